@@ -1,0 +1,10 @@
+//! mailbag: a POP3 mail server.
+//!
+//! This crate holds everything that does IO: the tokio driver and
+//! listeners (`server`), the mail stores (`store`), the password databases
+//! (`auth`), configuration and the command line. The protocol itself lives
+//! in the sans-IO crate `mailbag_proto`.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod store;

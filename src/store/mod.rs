@@ -1,0 +1,84 @@
+//! The store boundary: maildrops that a POP3 session opens, reads and
+//! commits, and the delivery path that fills them.
+//!
+//! One trait pair, two backends (Maildir here; PostgreSQL later). The
+//! server is generic over [`Store`], so dispatch is static.
+//!
+//! Semantics (DESIGN.md, not negotiable): `open` locks the maildrop
+//! exclusively and takes a snapshot before the client sees `+OK`;
+//! `commit` is the only path that deletes; dropping a [`Maildrop`] unlocks
+//! and deletes nothing.
+
+pub mod maildir;
+
+use std::future::Future;
+use std::io;
+
+use tokio::io::AsyncRead;
+
+/// One message as the POP3 session sees it: a stable unique id and the
+/// exact size in octets with CRLF line endings, before dot-stuffing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The UIDL: 1 to 70 characters in 0x21..=0x7E, stable for the life of
+    /// the message.
+    pub uid: String,
+    /// Octets that RETR sends before dot-stuffing (RFC 1939 §5, LIST).
+    pub size: u64,
+}
+
+/// What can go wrong at the store, in the shapes callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another session holds the maildrop lock (`-ERR [IN-USE]`).
+    #[error("maildrop is locked by another session")]
+    Locked,
+    /// The message was removed by another program during the session.
+    #[error("message no longer exists")]
+    Vanished,
+    /// A failure that may go away if the client tries again (`[SYS/TEMP]`).
+    #[error("temporary store failure")]
+    Temporary(#[source] io::Error),
+    /// A failure that will not go away by itself (`[SYS/PERM]`).
+    #[error("permanent store failure: {0}")]
+    Permanent(String),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        StoreError::Temporary(e)
+    }
+}
+
+/// A mail store: opens maildrops for users.
+pub trait Store: Send + Sync + 'static {
+    /// The locked maildrop of one user.
+    type Maildrop: Maildrop;
+
+    /// Locks `user`'s maildrop and snapshots its messages. A user whose
+    /// maildrop does not exist yet gets an empty one.
+    fn open(&self, user: &str) -> impl Future<Output = Result<Self::Maildrop, StoreError>> + Send;
+}
+
+/// A maildrop locked for one session. Dropping it releases the lock and
+/// deletes nothing.
+pub trait Maildrop: Send + 'static {
+    /// The stream of one message's stored bytes (line endings as stored).
+    type Reader: AsyncRead + Unpin + Send + 'static;
+
+    /// The snapshot taken at open, in message-number order.
+    fn messages(&self) -> &[MessageInfo];
+
+    /// Opens message `index` (0-based into the snapshot) for reading.
+    /// A message removed by another program is [`StoreError::Vanished`].
+    fn read(&mut self, index: usize)
+        -> impl Future<Output = Result<Self::Reader, StoreError>> + Send;
+
+    /// The UPDATE state (RFC 1939 §6): removes the messages at `deleted`,
+    /// marks those at `retrieved` as seen, and releases the lock.
+    fn commit(
+        self,
+        deleted: &[usize],
+        retrieved: &[usize],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
