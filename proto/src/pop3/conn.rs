@@ -1,0 +1,1271 @@
+//! The POP3 session state machine (RFC 1939 §§3–7, RFC 2449).
+//!
+//! ```text
+//!   greeting ──> AUTHORIZATION ──USER/PASS, APOP──> (Authenticate) ──> (OpenMaildrop)
+//!                  │   ^  wrong password: retry, up to a limit           │
+//!                  │   └──────────── [IN-USE], [SYS/TEMP] ───────────────┤
+//!                 QUIT                                                   v
+//!                  │                                               TRANSACTION
+//!                  v                                  STAT LIST RETR TOP DELE RSET UIDL NOOP
+//!                Closed <── (Commit) <── UPDATE <──────────── QUIT ──────┘
+//! ```
+//!
+//! Bytes go in with [`Conn::receive`]; [`Conn::next`] yields what to do:
+//! bytes to send, an [`Action`] for the driver to perform (authenticate,
+//! open the maildrop, stream a message, commit deletions), a request for
+//! more input, or the end of the session. The driver reports each action's
+//! result with [`Conn::complete`]. The core never touches a socket, a file
+//! or a clock; time limits are data it hands to the driver.
+//!
+//! Deletion happens only in UPDATE, entered by QUIT from TRANSACTION: a
+//! session that ends any other way emits no [`Action::Commit`].
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::command::{self, Command, MessageNumber, ParseError, Verb};
+use super::response::{self, Code};
+use crate::line::{LineEvent, LineReader};
+use crate::secret::Secret;
+
+/// One message of the maildrop snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The UIDL: 1 to 70 characters in 0x21..=0x7E, stable for the life of
+    /// the message.
+    pub uid: String,
+    /// Octets that RETR sends before dot-stuffing (RFC 1939 §5, LIST).
+    pub size: u64,
+}
+
+/// What a client presented to prove who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A plaintext password (USER/PASS).
+    Password(Secret<String>),
+    /// RFC 1939 §7 APOP: the hex MD5 of the greeting's timestamp and the
+    /// shared secret.
+    Apop {
+        /// The timestamp from the greeting, angle brackets included.
+        timestamp: String,
+        /// The client's digest.
+        digest: Secret<String>,
+    },
+}
+
+/// Per-connection policy and limits. Each limit says why it exists.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The RFC 1939 §7 APOP timestamp (`<...@host>`) for the greeting, or
+    /// `None` when no user could log in with APOP.
+    pub apop_timestamp: Option<String>,
+    /// Whether USER/PASS and APOP may be used on this connection (TLS, a
+    /// trusted network, or configuration allows plaintext).
+    pub plaintext_auth: bool,
+    /// Failed logins allowed before the connection is closed: a person may
+    /// mistype, a guesser gets few tries per connection.
+    pub max_auth_failures: u32,
+    /// Unknown or malformed commands allowed before the connection is
+    /// closed: a confused client should not loop forever.
+    pub max_bad_commands: u32,
+    /// RFC 2449 §4: a command line is at most 255 octets with its CRLF.
+    pub max_line_octets: usize,
+    /// RFC 2449 EXPIRE policy to advertise (`NEVER`, or days), if any.
+    pub expire: Option<String>,
+    /// RFC 2449 LOGIN-DELAY seconds to advertise, if any.
+    pub login_delay_secs: Option<u32>,
+    /// Idle time before login: short, so that idle sockets cannot pile up.
+    pub authorization_timeout: Duration,
+    /// RFC 1939 §3: the autologout timer is at least 10 minutes.
+    pub transaction_timeout: Duration,
+    /// Emit [`Event::Received`] for each command line, secrets redacted.
+    pub transcript: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            apop_timestamp: None,
+            plaintext_auth: true,
+            max_auth_failures: 3,
+            max_bad_commands: 20,
+            max_line_octets: 255,
+            expire: None,
+            login_delay_secs: None,
+            authorization_timeout: Duration::from_secs(120),
+            transaction_timeout: Duration::from_secs(600),
+            transcript: false,
+        }
+    }
+}
+
+/// An effect the driver performs, then reports with [`Conn::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Check a credential. Report [`Outcome::Authenticated`],
+    /// [`Outcome::AuthRejected`] (after the failure delay) or
+    /// [`Outcome::AuthUnavailable`].
+    Authenticate {
+        /// The user name as the client gave it.
+        user: String,
+        /// What the client presented.
+        credential: Credential,
+    },
+    /// Lock the user's maildrop and snapshot it. Report
+    /// [`Outcome::Opened`] or [`Outcome::OpenFailed`].
+    OpenMaildrop {
+        /// The canonical user name from authentication.
+        user: String,
+    },
+    /// Send one message: open it; if that fails report
+    /// [`Outcome::NotSent`] having written nothing. Otherwise write
+    /// `status`, then the body through `dot::Stuffer` (whole, or TOP's
+    /// header and `top_lines` body lines) and its terminator, then report
+    /// [`Outcome::Sent`]. A failure after `status` went out cannot be
+    /// reported on the wire: close the connection.
+    Retrieve {
+        /// 0-based index into the snapshot.
+        index: usize,
+        /// `None` for RETR; the line count for TOP.
+        top_lines: Option<u64>,
+        /// The `+OK` line to write before the body.
+        status: Vec<u8>,
+    },
+    /// RFC 1939 §6 UPDATE: delete `deleted`, mark `retrieved` as seen,
+    /// release the maildrop. Report [`Outcome::Committed`] or
+    /// [`Outcome::CommitFailed`].
+    Commit {
+        /// 0-based indexes of messages marked with DELE.
+        deleted: Vec<usize>,
+        /// 0-based indexes of messages sent whole by RETR and not deleted.
+        retrieved: Vec<usize>,
+    },
+}
+
+/// Why a store action failed, in the shapes the wire distinguishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The maildrop is locked by another session.
+    Locked,
+    /// The message was removed by another program.
+    Vanished,
+    /// May succeed later.
+    Temporary,
+    /// Will not succeed by retrying.
+    Permanent,
+}
+
+/// The result of an [`Action`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The credential is good; `user` is the canonical name.
+    Authenticated {
+        /// The user name as the password database stores it.
+        user: String,
+    },
+    /// Wrong user name or secret.
+    AuthRejected,
+    /// The password database could not answer.
+    AuthUnavailable,
+    /// The maildrop is locked and snapshotted.
+    Opened(Vec<MessageInfo>),
+    /// The maildrop could not be opened.
+    OpenFailed(StoreFailure),
+    /// The message went out whole.
+    Sent,
+    /// The message could not be opened; nothing was written.
+    NotSent(StoreFailure),
+    /// UPDATE finished.
+    Committed,
+    /// UPDATE failed (some deletions may not have happened).
+    CommitFailed(StoreFailure),
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Write these bytes (a whole response, or telnet option refusals).
+    Send(Vec<u8>),
+    /// Perform this action, then call [`Conn::complete`].
+    Act(Action),
+    /// A command line as received, with secrets replaced by `***`, for the
+    /// session transcript (only when [`Settings::transcript`] is set).
+    Received(Vec<u8>),
+    /// Flush what was sent and read more input.
+    NeedInput,
+    /// Flush what was sent and close the connection.
+    Close,
+}
+
+/// What the session did, for the log line at its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages sent whole by RETR.
+    pub retrieved: u64,
+    /// Octets of those messages.
+    pub retrieved_octets: u64,
+    /// Messages removed by a successful UPDATE.
+    pub deleted: u64,
+    /// Octets of those messages.
+    pub deleted_octets: u64,
+    /// Messages left in the maildrop after the session.
+    pub remaining: u64,
+    /// Octets of those messages.
+    pub remaining_octets: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Authorization { user: Option<String> },
+    Transaction(Transaction),
+    Update,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    user: String,
+    messages: Vec<MessageInfo>,
+    deleted: Vec<bool>,
+    retrieved: Vec<bool>,
+    deleted_count: usize,
+    deleted_octets: u64,
+}
+
+impl Transaction {
+    fn new(user: String, messages: Vec<MessageInfo>) -> Self {
+        let n = messages.len();
+        Transaction {
+            user,
+            messages,
+            deleted: vec![false; n],
+            retrieved: vec![false; n],
+            deleted_count: 0,
+            deleted_octets: 0,
+        }
+    }
+
+    fn total_octets(&self) -> u64 {
+        self.messages.iter().map(|m| m.size).sum()
+    }
+
+    /// RFC 1939 §5: messages marked as deleted are not counted.
+    fn visible(&self) -> (usize, u64) {
+        (
+            self.messages.len() - self.deleted_count,
+            self.total_octets() - self.deleted_octets,
+        )
+    }
+
+    /// The one place where a message number becomes an index: range and
+    /// deleted checks included (`RETR 0` can never mean message 1).
+    fn index(&self, n: MessageNumber) -> Result<usize, Vec<u8>> {
+        let i = n.index();
+        if i >= self.messages.len() {
+            let count = self.messages.len();
+            let text = match count {
+                0 => format!("No such message: {n} (the maildrop is empty)"),
+                1 => format!("No such message: {n} (there is 1 message)"),
+                _ => format!("No such message: {n} (there are {count} messages, 1 to {count})"),
+            };
+            return Err(response::err(None, text));
+        }
+        if self.deleted[i] {
+            return Err(response::err(
+                None,
+                format!("Message {n} is already deleted"),
+            ));
+        }
+        Ok(i)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Authenticate,
+    Open,
+    Retrieve { index: usize, whole: bool },
+    Commit { deleted: u64, deleted_octets: u64 },
+}
+
+/// One POP3 session's protocol state.
+#[derive(Debug)]
+pub struct Conn {
+    settings: Settings,
+    reader: LineReader,
+    state: State,
+    queue: VecDeque<Event>,
+    pending: Option<Pending>,
+    auth_failures: u32,
+    bad_commands: u32,
+    tally: Tally,
+}
+
+impl Conn {
+    /// A new session; its greeting is the first event.
+    pub fn new(settings: Settings) -> Self {
+        let greeting = match &settings.apop_timestamp {
+            Some(ts) => format!("mailbag POP3 server ready {ts}"),
+            None => "mailbag POP3 server ready".to_string(),
+        };
+        let mut conn = Conn {
+            reader: LineReader::new(settings.max_line_octets),
+            settings,
+            state: State::Authorization { user: None },
+            queue: VecDeque::new(),
+            pending: None,
+            auth_failures: 0,
+            bad_commands: 0,
+            tally: Tally::default(),
+        };
+        conn.send(response::ok(greeting));
+        conn
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        self.reader.push(bytes);
+    }
+
+    /// How long the driver may wait for input in the current state.
+    pub fn idle_timeout(&self) -> Duration {
+        match self.state {
+            State::Transaction(_) | State::Update => self.settings.transaction_timeout,
+            _ => self.settings.authorization_timeout,
+        }
+    }
+
+    /// Whether the session is in TRANSACTION (a maildrop is open).
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.state, State::Transaction(_))
+    }
+
+    /// The logged-in user, once in TRANSACTION.
+    pub fn user(&self) -> Option<&str> {
+        match &self.state {
+            State::Transaction(t) => Some(&t.user),
+            _ => None,
+        }
+    }
+
+    /// What the session did so far.
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// Releases buffer capacity while the session waits for input.
+    pub fn shrink(&mut self) {
+        self.reader.shrink();
+        self.queue.shrink_to_fit();
+    }
+
+    /// The next thing for the driver to do.
+    pub fn next(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return event;
+            }
+            if matches!(self.state, State::Closed) {
+                return Event::Close;
+            }
+            if self.pending.is_some() {
+                // The driver must complete the outstanding action first.
+                return Event::NeedInput;
+            }
+            match self.reader.next_event() {
+                None => return Event::NeedInput,
+                Some(LineEvent::Telnet(reply)) => return Event::Send(reply),
+                Some(LineEvent::TooLong) => {
+                    self.transcript(b"(line too long)".to_vec());
+                    let limit = self.settings.max_line_octets;
+                    self.bad_command(format!("Line too long (the limit is {limit} octets)"));
+                }
+                Some(LineEvent::Line(line)) => self.handle_line(&line),
+            }
+        }
+    }
+
+    /// Reports the result of the last [`Action`].
+    pub fn complete(&mut self, outcome: Outcome) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        match (pending, outcome) {
+            (Pending::Authenticate, Outcome::Authenticated { user }) => {
+                self.pending = Some(Pending::Open);
+                self.queue
+                    .push_back(Event::Act(Action::OpenMaildrop { user }));
+            }
+            (Pending::Authenticate, Outcome::AuthUnavailable) => {
+                self.state = State::Authorization { user: None };
+                self.send(response::err(
+                    Some(Code::SysTemp),
+                    "Authentication is unavailable right now; try again later",
+                ));
+            }
+            (Pending::Authenticate, _) => self.auth_failed(),
+            (Pending::Open, Outcome::Opened(messages)) => {
+                let user = match std::mem::replace(&mut self.state, State::Closed) {
+                    State::Authorization { user: Some(user) } => user,
+                    _ => String::new(),
+                };
+                let t = Transaction::new(user, messages);
+                let (count, octets) = t.visible();
+                self.state = State::Transaction(t);
+                self.send(response::ok(format!(
+                    "Logged in. Maildrop has {count} message{} ({octets} octets)",
+                    plural(count)
+                )));
+            }
+            (Pending::Open, outcome) => {
+                self.state = State::Authorization { user: None };
+                let msg = match outcome {
+                    Outcome::OpenFailed(StoreFailure::Locked) => response::err(
+                        Some(Code::InUse),
+                        "Maildrop is locked by another session; try again when it ends",
+                    ),
+                    Outcome::OpenFailed(StoreFailure::Permanent) => {
+                        response::err(Some(Code::SysPerm), "Maildrop cannot be opened")
+                    }
+                    _ => response::err(
+                        Some(Code::SysTemp),
+                        "Maildrop cannot be opened right now; try again later",
+                    ),
+                };
+                self.send(msg);
+            }
+            (Pending::Retrieve { index, whole }, Outcome::Sent) => {
+                if let State::Transaction(t) = &mut self.state {
+                    if whole && !t.retrieved[index] {
+                        t.retrieved[index] = true;
+                        self.tally.retrieved += 1;
+                        self.tally.retrieved_octets += t.messages[index].size;
+                    }
+                }
+            }
+            (Pending::Retrieve { index, .. }, outcome) => {
+                let n = index + 1;
+                let msg = match outcome {
+                    Outcome::NotSent(StoreFailure::Vanished) => {
+                        response::err(None, format!("Message {n} was removed by another program"))
+                    }
+                    _ => response::err(
+                        Some(Code::SysTemp),
+                        format!("Message {n} cannot be read right now"),
+                    ),
+                };
+                self.send(msg);
+            }
+            (
+                Pending::Commit {
+                    deleted,
+                    deleted_octets,
+                },
+                Outcome::Committed,
+            ) => {
+                self.tally.deleted = deleted;
+                self.tally.deleted_octets = deleted_octets;
+                let left = self.tally.remaining;
+                self.close_with(response::ok(format!(
+                    "mailbag signing off ({left} message{} left)",
+                    plural(left as usize)
+                )));
+            }
+            (Pending::Commit { .. }, _) => {
+                self.close_with(response::err(
+                    Some(Code::SysTemp),
+                    "Some deleted messages were not removed; they are still in the maildrop",
+                ));
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: Vec<u8>) {
+        self.queue.push_back(Event::Send(bytes));
+    }
+
+    fn close_with(&mut self, bytes: Vec<u8>) {
+        self.send(bytes);
+        self.state = State::Closed;
+    }
+
+    fn act(&mut self, pending: Pending, action: Action) {
+        self.pending = Some(pending);
+        self.queue.push_back(Event::Act(action));
+    }
+
+    fn transcript(&mut self, line: Vec<u8>) {
+        if self.settings.transcript {
+            self.queue.push_back(Event::Received(line));
+        }
+    }
+
+    fn bad_command(&mut self, text: String) {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.settings.max_bad_commands {
+            self.close_with(response::err(
+                None,
+                format!("{text}. Too many bad commands; closing the connection"),
+            ));
+        } else {
+            self.send(response::err(None, text));
+        }
+    }
+
+    fn auth_failed(&mut self) {
+        self.auth_failures += 1;
+        self.state = State::Authorization { user: None };
+        if self.auth_failures >= self.settings.max_auth_failures {
+            self.close_with(response::err(
+                Some(Code::Auth),
+                format!(
+                    "Authentication failed {} times; closing the connection",
+                    self.auth_failures
+                ),
+            ));
+        } else {
+            let left = self.settings.max_auth_failures - self.auth_failures;
+            self.send(response::err(
+                Some(Code::Auth),
+                format!(
+                    "Authentication failed: wrong user name or password ({left} attempt{} left; start again with USER)",
+                    plural(left as usize)
+                ),
+            ));
+        }
+    }
+
+    fn handle_line(&mut self, line: &[u8]) {
+        if self.settings.transcript {
+            self.transcript(command::redact(line));
+        }
+        let command = match command::parse(line) {
+            Ok(c) => c,
+            Err(e) => {
+                let text = self.parse_error_text(e);
+                return self.bad_command(text);
+            }
+        };
+        match &self.state {
+            State::Authorization { .. } => self.authorization(command),
+            State::Transaction(_) => self.transaction(command),
+            // No commands are read in UPDATE or after the end.
+            State::Update | State::Closed => {}
+        }
+    }
+
+    fn valid_now(&self) -> Vec<Verb> {
+        match self.state {
+            State::Authorization { .. } => {
+                let mut v = Vec::new();
+                if self.settings.plaintext_auth {
+                    v.extend([Verb::User, Verb::Pass]);
+                    if self.settings.apop_timestamp.is_some() {
+                        v.push(Verb::Apop);
+                    }
+                }
+                v.extend([Verb::Capa, Verb::Quit, Verb::Help]);
+                v
+            }
+            _ => vec![
+                Verb::Stat,
+                Verb::List,
+                Verb::Retr,
+                Verb::Top,
+                Verb::Dele,
+                Verb::Rset,
+                Verb::Uidl,
+                Verb::Noop,
+                Verb::Capa,
+                Verb::Quit,
+                Verb::Help,
+            ],
+        }
+    }
+
+    fn valid_now_text(&self) -> String {
+        let words: Vec<&str> = self.valid_now().iter().map(|v| v.keyword()).collect();
+        format!("Valid now: {}", words.join(" "))
+    }
+
+    fn parse_error_text(&self, e: ParseError) -> String {
+        let valid = self.valid_now_text();
+        match e {
+            ParseError::Empty => format!("Empty command. {valid}"),
+            ParseError::InvalidBytes => {
+                format!("Command contains invalid characters. {valid}")
+            }
+            ParseError::Unknown(word) => format!("Unknown command \"{word}\". {valid}"),
+            ParseError::Usage(verb) => format!("Usage: {}", usage_only(verb)),
+            ParseError::BadNumber(verb) => format!(
+                "Invalid message number: a number from 1 up is expected. Usage: {}",
+                usage_only(verb)
+            ),
+            ParseError::ArgTooLong(verb) => format!(
+                "Argument too long (at most {} characters). Usage: {}",
+                command::MAX_ARG_CHARS,
+                usage_only(verb)
+            ),
+        }
+    }
+
+    fn misplaced(&mut self, command: &Command) {
+        let verb = verb_of(command);
+        let valid = self.valid_now_text();
+        let text = match self.state {
+            State::Authorization { .. } => {
+                format!("{} is only valid after login. {valid}", verb.keyword())
+            }
+            _ => format!("{} is not valid after login. {valid}", verb.keyword()),
+        };
+        self.bad_command(text);
+    }
+
+    fn capa(&self) -> Vec<u8> {
+        let mut lines: Vec<String> = vec!["TOP".into()];
+        let authorization = matches!(self.state, State::Authorization { .. });
+        if authorization && self.settings.plaintext_auth {
+            lines.push("USER".into());
+        }
+        lines.extend([
+            "UIDL".into(),
+            "RESP-CODES".into(),
+            "AUTH-RESP-CODE".into(),
+            "PIPELINING".into(),
+        ]);
+        if let Some(expire) = &self.settings.expire {
+            lines.push(format!("EXPIRE {expire}"));
+        }
+        if let Some(delay) = self.settings.login_delay_secs {
+            lines.push(format!("LOGIN-DELAY {delay}"));
+        }
+        lines.push(format!(
+            "IMPLEMENTATION mailbag-{}",
+            env!("CARGO_PKG_VERSION")
+        ));
+        lines.push("X-HELP".into());
+        response::multiline("Capability list follows", lines)
+    }
+
+    fn help(&self) -> Vec<u8> {
+        let lines: Vec<&str> = self.valid_now().iter().map(|v| v.usage()).collect();
+        response::multiline("Commands valid now:", lines)
+    }
+
+    fn authorization(&mut self, command: Command) {
+        let State::Authorization { user } = &mut self.state else {
+            return;
+        };
+        match command {
+            Command::Capa => self.send(self.capa()),
+            Command::Help => self.send(self.help()),
+            Command::Quit => self.close_with(response::ok("mailbag signing off")),
+            Command::User(_) | Command::Pass(_) | Command::Apop { .. }
+                if !self.settings.plaintext_auth =>
+            {
+                self.send(response::err(
+                    Some(Code::Auth),
+                    "Plaintext authentication is not allowed on an unencrypted connection; use STLS first",
+                ));
+            }
+            Command::User(name) => {
+                *user = Some(name);
+                // RFC 1939 §7 allows refusing unknown names here; answering
+                // alike for all names keeps user existence secret.
+                self.send(response::ok("Send PASS"));
+            }
+            Command::Pass(password) => match user.clone() {
+                None => self.send(response::err(None, "Send USER first")),
+                Some(name) => self.act(
+                    Pending::Authenticate,
+                    Action::Authenticate {
+                        user: name,
+                        credential: Credential::Password(password),
+                    },
+                ),
+            },
+            Command::Apop { name, digest } => match self.settings.apop_timestamp.clone() {
+                None => self.send(response::err(
+                    None,
+                    "APOP is not available on this server; use USER and PASS",
+                )),
+                Some(timestamp) => {
+                    *user = Some(name.clone());
+                    self.act(
+                        Pending::Authenticate,
+                        Action::Authenticate {
+                            user: name,
+                            credential: Credential::Apop { timestamp, digest },
+                        },
+                    )
+                }
+            },
+            other => self.misplaced(&other),
+        }
+    }
+
+    fn transaction(&mut self, command: Command) {
+        let State::Transaction(t) = &mut self.state else {
+            return;
+        };
+        match command {
+            Command::Stat => {
+                let (count, octets) = t.visible();
+                self.send(response::ok(format!("{count} {octets}")));
+            }
+            Command::List(None) => {
+                let (count, octets) = t.visible();
+                let lines = listing(t, |i, m| format!("{} {}", i + 1, m.size));
+                let head = format!("{count} message{} ({octets} octets)", plural(count));
+                self.send(response::multiline(head, lines));
+            }
+            Command::List(Some(n)) => {
+                let reply = t
+                    .index(n)
+                    .map(|i| response::ok(format!("{n} {}", t.messages[i].size)));
+                self.send(reply.unwrap_or_else(|e| e));
+            }
+            Command::Uidl(None) => {
+                let lines = listing(t, |i, m| format!("{} {}", i + 1, m.uid));
+                self.send(response::multiline("Unique-ID listing follows", lines));
+            }
+            Command::Uidl(Some(n)) => {
+                let reply = t
+                    .index(n)
+                    .map(|i| response::ok(format!("{n} {}", t.messages[i].uid)));
+                self.send(reply.unwrap_or_else(|e| e));
+            }
+            Command::Retr(n) => match t.index(n) {
+                Ok(index) => {
+                    let size = t.messages[index].size;
+                    self.act(
+                        Pending::Retrieve { index, whole: true },
+                        Action::Retrieve {
+                            index,
+                            top_lines: None,
+                            status: response::ok(format!("{size} octets")),
+                        },
+                    );
+                }
+                Err(e) => self.send(e),
+            },
+            Command::Top { msg, lines } => match t.index(msg) {
+                Ok(index) => self.act(
+                    Pending::Retrieve {
+                        index,
+                        whole: false,
+                    },
+                    Action::Retrieve {
+                        index,
+                        top_lines: Some(lines),
+                        status: response::ok("Top of message follows"),
+                    },
+                ),
+                Err(e) => self.send(e),
+            },
+            Command::Dele(n) => match t.index(n) {
+                Ok(i) => {
+                    t.deleted[i] = true;
+                    t.deleted_count += 1;
+                    t.deleted_octets += t.messages[i].size;
+                    self.send(response::ok(format!(
+                        "Message {n} marked for deletion at QUIT"
+                    )));
+                }
+                Err(e) => self.send(e),
+            },
+            Command::Rset => {
+                t.deleted.iter_mut().for_each(|d| *d = false);
+                t.deleted_count = 0;
+                t.deleted_octets = 0;
+                let (count, octets) = t.visible();
+                self.send(response::ok(format!(
+                    "Maildrop has {count} message{} ({octets} octets)",
+                    plural(count)
+                )));
+            }
+            Command::Noop => self.send(response::ok("")),
+            Command::Capa => self.send(self.capa()),
+            Command::Help => self.send(self.help()),
+            Command::Quit => {
+                let State::Transaction(t) = std::mem::replace(&mut self.state, State::Update)
+                else {
+                    return;
+                };
+                let deleted: Vec<usize> = (0..t.messages.len()).filter(|&i| t.deleted[i]).collect();
+                let retrieved: Vec<usize> = (0..t.messages.len())
+                    .filter(|&i| t.retrieved[i] && !t.deleted[i])
+                    .collect();
+                let (count, octets) = t.visible();
+                self.tally.remaining = count as u64;
+                self.tally.remaining_octets = octets;
+                self.act(
+                    Pending::Commit {
+                        deleted: deleted.len() as u64,
+                        deleted_octets: t.deleted_octets,
+                    },
+                    Action::Commit { deleted, retrieved },
+                );
+            }
+            other => self.misplaced(&other),
+        }
+    }
+}
+
+fn listing(t: &Transaction, f: impl Fn(usize, &MessageInfo) -> String) -> Vec<String> {
+    t.messages
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !t.deleted[*i])
+        .map(|(i, m)| f(i, m))
+        .collect()
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn usage_only(verb: Verb) -> String {
+    let usage = verb.usage();
+    // The usage table pads the syntax to a column; the error wants only it.
+    match usage.find("  ") {
+        Some(i) => usage[..i].to_string(),
+        None => usage.to_string(),
+    }
+}
+
+fn verb_of(command: &Command) -> Verb {
+    match command {
+        Command::User(_) => Verb::User,
+        Command::Pass(_) => Verb::Pass,
+        Command::Apop { .. } => Verb::Apop,
+        Command::Stat => Verb::Stat,
+        Command::List(_) => Verb::List,
+        Command::Retr(_) => Verb::Retr,
+        Command::Dele(_) => Verb::Dele,
+        Command::Noop => Verb::Noop,
+        Command::Rset => Verb::Rset,
+        Command::Quit => Verb::Quit,
+        Command::Top { .. } => Verb::Top,
+        Command::Uidl(_) => Verb::Uidl,
+        Command::Capa => Verb::Capa,
+        Command::Help => Verb::Help,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted driver: one user `mrose` / `secret`, a user `busy` whose
+    /// maildrop is locked, two messages, message bodies as fixed text.
+    #[derive(Default)]
+    struct Driver {
+        out: Vec<u8>,
+        commits: Vec<(Vec<usize>, Vec<usize>)>,
+        closed: bool,
+        vanished: Option<usize>,
+    }
+
+    fn messages() -> Vec<MessageInfo> {
+        vec![
+            MessageInfo {
+                uid: "whqtswO00WBw418f9t5JxYwZ".into(),
+                size: 120,
+            },
+            MessageInfo {
+                uid: "QhdPYR:00WBw1Ph7x7".into(),
+                size: 200,
+            },
+        ]
+    }
+
+    impl Driver {
+        fn perform(&mut self, action: Action) -> Outcome {
+            match action {
+                Action::Authenticate { user, credential } => {
+                    let good = match credential {
+                        Credential::Password(p) => p.expose() == "secret",
+                        Credential::Apop { digest, .. } => digest.expose() == "good",
+                    };
+                    match (user.as_str(), good) {
+                        ("mrose" | "busy", true) => Outcome::Authenticated { user },
+                        ("down", _) => Outcome::AuthUnavailable,
+                        _ => Outcome::AuthRejected,
+                    }
+                }
+                Action::OpenMaildrop { user } => match user.as_str() {
+                    "busy" => Outcome::OpenFailed(StoreFailure::Locked),
+                    _ => Outcome::Opened(messages()),
+                },
+                Action::Retrieve { index, status, .. } => {
+                    if self.vanished == Some(index) {
+                        return Outcome::NotSent(StoreFailure::Vanished);
+                    }
+                    self.out.extend_from_slice(&status);
+                    self.out.extend_from_slice(b"body\r\n.\r\n");
+                    Outcome::Sent
+                }
+                Action::Commit { deleted, retrieved } => {
+                    self.commits.push((deleted, retrieved));
+                    Outcome::Committed
+                }
+            }
+        }
+
+        fn run(&mut self, conn: &mut Conn, input: &[u8]) -> String {
+            let start = self.out.len();
+            conn.receive(input);
+            loop {
+                match conn.next() {
+                    Event::Send(b) => self.out.extend_from_slice(&b),
+                    Event::Act(a) => {
+                        let outcome = self.perform(a);
+                        conn.complete(outcome);
+                    }
+                    Event::Received(_) => {}
+                    Event::NeedInput => break,
+                    Event::Close => {
+                        self.closed = true;
+                        break;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&self.out[start..]).into_owned()
+        }
+    }
+
+    fn session(settings: Settings) -> (Conn, Driver, String) {
+        let mut conn = Conn::new(settings);
+        let mut d = Driver::default();
+        let greeting = d.run(&mut conn, b"");
+        (conn, d, greeting)
+    }
+
+    fn logged_in() -> (Conn, Driver) {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(&mut conn, b"USER mrose\r\nPASS secret\r\n");
+        assert!(
+            out.ends_with("+OK Logged in. Maildrop has 2 messages (320 octets)\r\n"),
+            "{out}"
+        );
+        (conn, d)
+    }
+
+    #[test]
+    fn greeting_carries_the_apop_timestamp_only_when_possible() {
+        let (_, _, g) = session(Settings::default());
+        assert_eq!(g, "+OK mailbag POP3 server ready\r\n");
+        let (_, _, g) = session(Settings {
+            apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
+            ..Settings::default()
+        });
+        assert_eq!(
+            g,
+            "+OK mailbag POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
+        );
+    }
+
+    #[test]
+    fn rfc1939_session_with_deletion_at_quit() {
+        let (mut conn, mut d) = logged_in();
+        assert_eq!(d.run(&mut conn, b"STAT\r\n"), "+OK 2 320\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"LIST\r\n"),
+            "+OK 2 messages (320 octets)\r\n1 120\r\n2 200\r\n.\r\n"
+        );
+        assert_eq!(d.run(&mut conn, b"LIST 2\r\n"), "+OK 2 200\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"RETR 1\r\n"),
+            "+OK 120 octets\r\nbody\r\n.\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"DELE 1\r\n"),
+            "+OK Message 1 marked for deletion at QUIT\r\n"
+        );
+        assert_eq!(d.run(&mut conn, b"STAT\r\n"), "+OK 1 200\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"LIST\r\n"),
+            "+OK 1 message (200 octets)\r\n2 200\r\n.\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"RETR 1\r\n"),
+            "-ERR Message 1 is already deleted\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"DELE 1\r\n"),
+            "-ERR Message 1 is already deleted\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"UIDL\r\n"),
+            "+OK Unique-ID listing follows\r\n2 QhdPYR:00WBw1Ph7x7\r\n.\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"QUIT\r\n"),
+            "+OK mailbag signing off (1 message left)\r\n"
+        );
+        assert!(d.closed);
+        assert_eq!(d.commits, vec![(vec![0], vec![])]);
+        let tally = conn.tally();
+        assert_eq!((tally.deleted, tally.remaining), (1, 1));
+    }
+
+    #[test]
+    fn retrieved_messages_are_reported_at_commit_but_top_is_not() {
+        let (mut conn, mut d) = logged_in();
+        d.run(&mut conn, b"RETR 2\r\nTOP 1 0\r\nQUIT\r\n");
+        assert_eq!(d.commits, vec![(vec![], vec![1])]);
+        assert_eq!(conn.tally().retrieved, 1);
+    }
+
+    #[test]
+    fn rset_unmarks_and_a_dropped_session_commits_nothing() {
+        let (mut conn, mut d) = logged_in();
+        d.run(&mut conn, b"DELE 1\r\nDELE 2\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"RSET\r\n"),
+            "+OK Maildrop has 2 messages (320 octets)\r\n"
+        );
+        assert_eq!(d.run(&mut conn, b"STAT\r\n"), "+OK 2 320\r\n");
+        d.run(&mut conn, b"DELE 2\r\n");
+        drop(conn);
+        assert!(d.commits.is_empty());
+    }
+
+    #[test]
+    fn message_numbers_are_checked_in_one_place() {
+        let (mut conn, mut d) = logged_in();
+        assert_eq!(
+            d.run(&mut conn, b"RETR 3\r\n"),
+            "-ERR No such message: 3 (there are 2 messages, 1 to 2)\r\n"
+        );
+        for arg in ["0", "-1", "1a", "4294967297", "99999999999999999999"] {
+            let out = d.run(&mut conn, format!("RETR {arg}\r\n").as_bytes());
+            assert!(
+                out.starts_with("-ERR Invalid message number"),
+                "{arg}: {out}"
+            );
+        }
+        assert!(d
+            .run(&mut conn, b"TOP 1 -5\r\n")
+            .starts_with("-ERR Usage: TOP msg lines"));
+        assert_eq!(
+            d.run(&mut conn, b"TOP 1 99999999999999999999999\r\n"),
+            "+OK Top of message follows\r\nbody\r\n.\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"LIST 9\r\n"),
+            "-ERR No such message: 9 (there are 2 messages, 1 to 2)\r\n"
+        );
+    }
+
+    #[test]
+    fn vanished_message_is_an_error_not_a_crash() {
+        let (mut conn, mut d) = logged_in();
+        d.vanished = Some(0);
+        assert_eq!(
+            d.run(&mut conn, b"RETR 1\r\n"),
+            "-ERR Message 1 was removed by another program\r\n"
+        );
+        assert_eq!(d.run(&mut conn, b"NOOP\r\n"), "+OK \r\n");
+    }
+
+    #[test]
+    fn wrong_password_can_be_retried_up_to_the_limit() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(&mut conn, b"USER mrose\r\nPASS wrong\r\n");
+        assert!(out.contains("-ERR [AUTH] Authentication failed"), "{out}");
+        assert!(!d.closed);
+        let out = d.run(&mut conn, b"PASS secret\r\n");
+        assert_eq!(out, "-ERR Send USER first\r\n");
+        let out = d.run(&mut conn, b"USER mrose\r\nPASS secret\r\n");
+        assert!(out.ends_with("+OK Logged in. Maildrop has 2 messages (320 octets)\r\n"));
+    }
+
+    #[test]
+    fn too_many_failures_close_the_connection() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        d.run(&mut conn, b"USER a\r\nPASS b\r\nUSER a\r\nPASS b\r\n");
+        assert!(!d.closed);
+        let out = d.run(&mut conn, b"USER a\r\nPASS b\r\nUSER mrose\r\n");
+        assert!(
+            out.ends_with("-ERR [AUTH] Authentication failed 3 times; closing the connection\r\n"),
+            "{out}"
+        );
+        assert!(d.closed);
+    }
+
+    #[test]
+    fn locked_maildrop_answers_in_use_and_stays_in_authorization() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(&mut conn, b"USER busy\r\nPASS secret\r\n");
+        assert!(
+            out.ends_with(
+                "-ERR [IN-USE] Maildrop is locked by another session; try again when it ends\r\n"
+            ),
+            "{out}"
+        );
+        assert!(!conn.in_transaction());
+        assert!(d
+            .run(&mut conn, b"USER mrose\r\nPASS secret\r\n")
+            .contains("+OK Logged in"));
+    }
+
+    #[test]
+    fn unavailable_passdb_is_a_temporary_error() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(&mut conn, b"USER down\r\nPASS x\r\n");
+        assert!(out.ends_with(
+            "-ERR [SYS/TEMP] Authentication is unavailable right now; try again later\r\n"
+        ));
+    }
+
+    #[test]
+    fn apop_only_with_a_timestamp() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(
+            d.run(&mut conn, b"APOP mrose good\r\n"),
+            "-ERR APOP is not available on this server; use USER and PASS\r\n"
+        );
+        let (mut conn, mut d, _) = session(Settings {
+            apop_timestamp: Some("<1.2@h>".into()),
+            ..Settings::default()
+        });
+        assert!(d
+            .run(&mut conn, b"APOP mrose good\r\n")
+            .contains("+OK Logged in"));
+    }
+
+    #[test]
+    fn unknown_and_misplaced_commands_say_what_is_valid() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(
+            d.run(&mut conn, b"STAT\r\n"),
+            "-ERR STAT is only valid after login. Valid now: USER PASS CAPA QUIT HELP\r\n"
+        );
+        let (mut conn, mut d) = logged_in();
+        assert_eq!(
+            d.run(&mut conn, b"STS\r\n"),
+            "-ERR Unknown command \"STS\". Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"USER x\r\n"),
+            "-ERR USER is not valid after login. Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP\r\n"
+        );
+        let help = d.run(&mut conn, b"HELP\r\n");
+        assert!(
+            help.starts_with("+OK Commands valid now:\r\nSTAT "),
+            "{help}"
+        );
+        assert!(help.ends_with("\r\n.\r\n"));
+    }
+
+    #[test]
+    fn capa_lists_rfc2449_capabilities_per_state() {
+        let (mut conn, mut d, _) = session(Settings {
+            expire: Some("NEVER".into()),
+            login_delay_secs: Some(900),
+            ..Settings::default()
+        });
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        let lines: Vec<&str> = capa.split("\r\n").collect();
+        for want in [
+            "TOP",
+            "USER",
+            "UIDL",
+            "RESP-CODES",
+            "AUTH-RESP-CODE",
+            "PIPELINING",
+            "EXPIRE NEVER",
+            "LOGIN-DELAY 900",
+            "X-HELP",
+        ] {
+            assert!(lines.contains(&want), "{want} missing in {capa}");
+        }
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("IMPLEMENTATION mailbag")));
+        d.run(&mut conn, b"USER mrose\r\nPASS secret\r\n");
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        assert!(!capa.split("\r\n").any(|l| l == "USER"), "{capa}");
+    }
+
+    #[test]
+    fn plaintext_refused_when_not_allowed() {
+        let (mut conn, mut d, _) = session(Settings {
+            plaintext_auth: false,
+            ..Settings::default()
+        });
+        let out = d.run(&mut conn, b"USER mrose\r\n");
+        assert!(out.starts_with("-ERR [AUTH] Plaintext authentication is not allowed"));
+        assert!(!d.run(&mut conn, b"CAPA\r\n").contains("\r\nUSER\r\n"));
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_order() {
+        let (mut conn, mut d) = logged_in();
+        let input = "NOOP\r\n".repeat(50) + &"STAT\r\n".repeat(50);
+        let out = d.run(&mut conn, input.as_bytes());
+        let want = "+OK \r\n".repeat(50) + &"+OK 2 320\r\n".repeat(50);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn bad_commands_are_limited() {
+        let (mut conn, mut d, _) = session(Settings {
+            max_bad_commands: 3,
+            ..Settings::default()
+        });
+        d.run(&mut conn, b"X\r\n\r\n");
+        assert!(!d.closed);
+        let out = d.run(&mut conn, b"\x00\r\n");
+        assert!(out.contains("Too many bad commands"), "{out}");
+        assert!(d.closed);
+    }
+
+    #[test]
+    fn quit_before_login_closes_without_commit() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(d.run(&mut conn, b"QUIT\r\n"), "+OK mailbag signing off\r\n");
+        assert!(d.closed && d.commits.is_empty());
+    }
+
+    #[test]
+    fn nothing_after_quit_is_executed() {
+        let (mut conn, mut d) = logged_in();
+        let out = d.run(&mut conn, b"QUIT\r\nDELE 1\r\n");
+        assert_eq!(out, "+OK mailbag signing off (2 messages left)\r\n");
+        assert_eq!(d.commits, vec![(vec![], vec![])]);
+    }
+
+    #[test]
+    fn transcript_redacts_secrets() {
+        let (mut conn, _, _) = session(Settings {
+            transcript: true,
+            ..Settings::default()
+        });
+        conn.receive(b"USER mrose\r\nPASS hunter2\r\n");
+        let mut seen = Vec::new();
+        loop {
+            match conn.next() {
+                Event::Received(l) => seen.push(String::from_utf8(l).unwrap()),
+                Event::Act(_) => break,
+                Event::NeedInput | Event::Close => break,
+                Event::Send(_) => {}
+            }
+        }
+        assert_eq!(seen, vec!["USER mrose", "PASS ***"]);
+    }
+
+    #[test]
+    fn timeouts_follow_the_state() {
+        let (conn, _, _) = session(Settings::default());
+        assert_eq!(conn.idle_timeout(), Duration::from_secs(120));
+        let (conn, _) = logged_in();
+        assert_eq!(conn.idle_timeout(), Duration::from_secs(600));
+    }
+}
