@@ -4,7 +4,7 @@
 //! files, no clock, no async runtime. The driver in the `mailbag` crate owns
 //! all IO and asks these cores what to say and what to do.
 //!
-//! - [`line`]: command-line framing (length limit, bare LF, backspace/DEL,
+//! - [`line`](mod@line): command-line framing (length limit, bare LF, backspace/DEL,
 //!   telnet IAC).
 //! - [`dot`]: the multi-line body transform of RFC 1939 §3 (LF to CRLF,
 //!   dot-stuffing, TOP line counting) and the exact octet count it implies.
