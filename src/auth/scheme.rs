@@ -139,6 +139,9 @@ pub enum SchemeError {
     /// The name is not one of the supported schemes.
     #[error("unknown password scheme {0:?}")]
     UnknownScheme(String),
+    /// An empty password: [`verify`] never accepts one.
+    #[error("the password is empty")]
+    EmptyPassword,
     /// The password is longer than the scheme (or this server) accepts.
     #[error("password longer than {max_octets} octets cannot be stored as {scheme}")]
     PasswordTooLong {
@@ -215,7 +218,8 @@ pub fn scheme_of(stored: &str) -> Option<Scheme> {
 /// Checks `password` against a stored `{SCHEME}data` value. Any malformed
 /// or unsupported stored value gives `false`.
 pub fn verify(stored: &str, password: &[u8]) -> bool {
-    if password.len() > MAX_PASSWORD_OCTETS {
+    // An empty password is never a credential, whatever was stored.
+    if password.is_empty() || password.len() > MAX_PASSWORD_OCTETS {
         return false;
     }
     let Some((scheme, data)) = resolve(stored) else {
@@ -290,10 +294,11 @@ fn decode_sha512(data: &str) -> Option<Vec<u8>> {
 }
 
 /// The plaintext password of a `{PLAIN}` (or `{CLEAR}`, `{CLEARTEXT}`)
-/// value, which APOP and CRAM-MD5 need; `None` for every hashed scheme.
+/// value, which APOP and CRAM-MD5 need; `None` for every hashed scheme,
+/// and for an empty plaintext, which is no password at all.
 pub fn plaintext_equivalent(stored: &str) -> Option<&str> {
     match split_stored(stored)? {
-        Stored::Known(Scheme::Plain, data) => Some(data),
+        Stored::Known(Scheme::Plain, data) if !data.is_empty() => Some(data),
         _ => None,
     }
 }
@@ -304,9 +309,8 @@ pub fn plaintext_equivalent(stored: &str) -> Option<&str> {
 /// the client's digest in constant time.
 pub fn cram_md5_digest(stored: &str, challenge: &[u8]) -> Option<[u8; 16]> {
     let context = match resolve(stored)? {
-        (Scheme::Plain, plaintext) => cram_md5_context(plaintext.as_bytes()),
         (Scheme::CramMd5, hex) => decode_hex(hex)?.try_into().ok()?,
-        _ => return None,
+        _ => cram_md5_context(plaintext_equivalent(stored)?.as_bytes()),
     };
     let (outer, inner) = context.split_at(16);
     let inner_digest = md5_resume(state_from_le(inner), challenge);
@@ -320,6 +324,9 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
         Scheme::BlfCrypt => BLF_MAX_PASSWORD_OCTETS,
         _ => MAX_PASSWORD_OCTETS,
     };
+    if password.is_empty() {
+        return Err(SchemeError::EmptyPassword);
+    }
     if password.len() > max_octets {
         return Err(SchemeError::PasswordTooLong { scheme, max_octets });
     }
@@ -453,7 +460,7 @@ pub(crate) fn encode_hex(bytes: &[u8]) -> String {
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| char::from(c).to_digit(16);
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
@@ -626,7 +633,7 @@ mod tests {
     fn plaintext_equivalent_only_for_plain() {
         assert_eq!(plaintext_equivalent("{PLAIN}tanstaaf"), Some("tanstaaf"));
         assert_eq!(plaintext_equivalent("{clear}a:b"), Some("a:b"));
-        assert_eq!(plaintext_equivalent("{CLEARTEXT}"), Some(""));
+        assert_eq!(plaintext_equivalent("{CLEARTEXT}"), None);
         assert_eq!(plaintext_equivalent(SHA512_VECTOR), None);
         assert_eq!(plaintext_equivalent(CRAM_MD5_VECTOR), None);
         assert_eq!(plaintext_equivalent("tanstaaf"), None);
@@ -656,6 +663,17 @@ mod tests {
         let stored = hash(Scheme::CramMd5, &long).unwrap();
         assert!(verify(&stored, &long));
         assert!(!verify(&stored, &long[..99]));
+    }
+
+    #[test]
+    fn empty_passwords_are_never_credentials() {
+        assert!(!verify("{PLAIN}", b""));
+        assert!(!verify(&hash(Scheme::Sha512, b"x").unwrap(), b""));
+        assert!(matches!(
+            hash(Scheme::Plain, b""),
+            Err(SchemeError::EmptyPassword)
+        ));
+        assert_eq!(cram_md5_digest("{PLAIN}", b"<1@x>"), None);
     }
 
     #[test]
