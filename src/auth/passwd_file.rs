@@ -1,1 +1,880 @@
-//! placeholder
+//! The passwd-file password database: Dovecot's `user:{SCHEME}hash:…` lines,
+//! read by the server and rewritten by `mailbag user add|passwd|del|list`.
+//!
+//! Owns: parsing the file (only the first two fields count; later ones,
+//! comments and blank lines are kept on rewrite), noticing edits while the
+//! server runs, checking credentials off the async workers, and atomic,
+//! locked rewrites.
+//!
+//! Must not: log a line of the file or a password (lines hold hashes, and
+//! errors name a line by number only), let a refused user name reach the
+//! file system, or leave a half-written file behind. The user names it
+//! accepts are safe to use as maildrop names.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use md5::Digest as _;
+use subtle::ConstantTimeEq;
+
+use super::scheme::{self, Scheme, SchemeError};
+use super::{AuthError, Credential, PassDb};
+
+/// Longest user name accepted. Dovecot allows 255 octets; half of that is
+/// ample and keeps maildrop paths short.
+pub const MAX_USER_NAME_OCTETS: usize = 128;
+
+/// Mode of a passwd-file this module creates: it holds password hashes.
+const NEW_FILE_MODE: u32 = 0o600;
+
+/// Why the passwd-file could not be read, parsed or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswdError {
+    /// A file system operation failed.
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        /// What we tried to do ("read", "lock", …).
+        op: &'static str,
+        /// The file it was done to.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// A line of the file is not a valid entry. The line itself is never
+    /// quoted: it may hold a password hash.
+    #[error("{}:{line}: {reason}", path.display())]
+    Parse {
+        /// The passwd-file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The name is not acceptable as a user name (see [`valid_user_name`]).
+    #[error("invalid user name {user:?}")]
+    InvalidUserName {
+        /// The refused name.
+        user: String,
+    },
+    /// `add_user` for a name that is already in the file.
+    #[error("{}: user {user:?} already exists", path.display())]
+    UserExists {
+        /// The passwd-file.
+        path: PathBuf,
+        /// The user.
+        user: String,
+    },
+    /// The user is not in the file.
+    #[error("{}: no user {user:?}", path.display())]
+    NoSuchUser {
+        /// The passwd-file.
+        path: PathBuf,
+        /// The user.
+        user: String,
+    },
+    /// The new password could not be hashed.
+    #[error("cannot hash the password of user {user:?}")]
+    Scheme {
+        /// The user.
+        user: String,
+        /// Why.
+        #[source]
+        source: SchemeError,
+    },
+}
+
+/// A passwd-file as the server uses it: cheap to clone (all clones share
+/// one table), `Send + Sync`, and re-read when the file changes.
+#[derive(Clone)]
+pub struct PasswdFile {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    stamp: Stamp,
+    table: Arc<Table>,
+}
+
+/// What identifies one version of the file. mtime alone can miss an edit
+/// within its granularity; length, inode (a rename) and ctime catch most.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    mtime: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Self {
+        Stamp {
+            mtime: meta.modified().ok(),
+            len: meta.len(),
+            inode: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+struct Table {
+    /// User name → stored `{SCHEME}data` secret.
+    users: HashMap<String, String>,
+    apop_possible: bool,
+}
+
+struct Entry<'a> {
+    user: &'a str,
+    secret: &'a str,
+}
+
+impl PasswdFile {
+    /// Reads the passwd-file at `path` now; a missing or malformed file is
+    /// an error naming the path (and line).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, PasswdError> {
+        let path = path.into();
+        let (stamp, table) = load(&path)?;
+        Ok(PasswdFile {
+            shared: Arc::new(Shared {
+                path,
+                current: RwLock::new(Loaded {
+                    stamp,
+                    table: Arc::new(table),
+                }),
+            }),
+        })
+    }
+
+    /// The path this database reads.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn loaded(&self) -> Loaded {
+        // A poisoned lock still holds a whole `Loaded`: it is only ever
+        // replaced, never modified in place.
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The current table, re-read first if the file changed. A file that
+    /// cannot be read or parsed keeps the previous table, so a bad edit
+    /// does not lock everyone out.
+    fn table(&self) -> Arc<Table> {
+        let loaded = self.loaded();
+        let path = &self.shared.path;
+        let stamp = match fs::metadata(path) {
+            Ok(meta) => Stamp::of(&meta),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error,
+                    "cannot stat passwd-file; keeping the users read before");
+                return loaded.table;
+            }
+        };
+        if stamp == loaded.stamp {
+            return loaded.table;
+        }
+        let next = match load(path) {
+            Ok((stamp, table)) => Loaded {
+                stamp,
+                table: Arc::new(table),
+            },
+            Err(error) => {
+                // Remember the stamp so that one bad edit warns once, not
+                // on every login.
+                tracing::warn!(%error, "passwd-file changed but cannot be used; keeping the users read before");
+                Loaded {
+                    stamp,
+                    table: loaded.table,
+                }
+            }
+        };
+        let table = Arc::clone(&next.table);
+        *self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
+        table
+    }
+
+    fn verify_blocking(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
+        let table = self.table();
+        let Some((name, stored)) = table.users.get_key_value(user) else {
+            scheme::dummy_verify(presented_bytes(credential));
+            return Err(AuthError::Invalid);
+        };
+        let accepted = match credential {
+            Credential::Password(password) => {
+                let password = password.expose().as_bytes();
+                let accepted = scheme::verify(stored, password);
+                // A fast scheme, or a password verify() refuses unhashed,
+                // would make this user answer quicker than an unknown one.
+                let hashed = scheme::scheme_of(stored).is_some_and(Scheme::is_slow)
+                    && (1..=scheme::MAX_PASSWORD_OCTETS).contains(&password.len());
+                if !hashed {
+                    scheme::dummy_verify(password);
+                }
+                accepted
+            }
+            Credential::Apop { timestamp, digest } => {
+                // Every APOP pays one dummy verify: the digest check itself
+                // is instant, and timing must tell neither which users exist
+                // nor which of them store plaintext.
+                scheme::dummy_verify(digest.expose().as_bytes());
+                scheme::plaintext_equivalent(stored)
+                    .is_some_and(|secret| apop_matches(timestamp, secret, digest.expose()))
+            }
+        };
+        if accepted {
+            Ok(name.clone())
+        } else {
+            Err(AuthError::Invalid)
+        }
+    }
+}
+
+impl PassDb for PasswdFile {
+    async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
+        let this = self.clone();
+        let user = user.to_owned();
+        let credential = credential.clone();
+        tokio::task::spawn_blocking(move || this.verify_blocking(&user, &credential))
+            .await
+            .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?
+    }
+
+    fn apop_possible(&self) -> bool {
+        // A stat (and, after an edit, a read) of a small file: cheap enough
+        // for the greeting, and a new plaintext user is noticed at once.
+        self.table().apop_possible
+    }
+}
+
+fn presented_bytes(credential: &Credential) -> &[u8] {
+    match credential {
+        Credential::Password(password) => password.expose().as_bytes(),
+        Credential::Apop { digest, .. } => digest.expose().as_bytes(),
+    }
+}
+
+/// RFC 1939 §7: the digest is the lowercase hex MD5 of the greeting's
+/// timestamp followed by the shared secret.
+fn apop_matches(timestamp: &str, secret: &str, digest: &str) -> bool {
+    let mut md5 = md5::Md5::new();
+    md5.update(timestamp.as_bytes());
+    md5.update(secret.as_bytes());
+    let expected = scheme::encode_hex(&md5.finalize());
+    // Clients differ in hex case; RFC 1939 only shows lowercase.
+    let presented = digest.to_ascii_lowercase();
+    expected.as_bytes().ct_eq(presented.as_bytes()).into()
+}
+
+fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PasswdError + 'a {
+    move |source| PasswdError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Stats, then reads: if the file changes in between, the stamp is the
+/// older one and the next lookup reads again.
+fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
+    let meta = fs::metadata(path).map_err(io_error("read", path))?;
+    let text = fs::read(path).map_err(io_error("read", path))?;
+    let entries = parse(path, &text)?;
+    let apop_possible = entries
+        .iter()
+        .any(|entry| scheme::plaintext_equivalent(entry.secret).is_some());
+    let users = entries
+        .into_iter()
+        .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
+        .collect();
+    Ok((
+        Stamp::of(&meta),
+        Table {
+            users,
+            apop_possible,
+        },
+    ))
+}
+
+/// The user an entry line names, or `None` for a blank or comment line.
+fn entry_user(line: &str) -> Option<&str> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return None;
+    }
+    line.split(':').next()
+}
+
+fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError> {
+    let mut entries: Vec<Entry<'a>> = Vec::new();
+    let mut seen = HashMap::new();
+    for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let bad = |reason| PasswdError::Parse {
+            path: path.to_owned(),
+            line: index + 1,
+            reason,
+        };
+        let line = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        let Some(user) = entry_user(line) else {
+            continue;
+        };
+        if !valid_user_name(user) {
+            return Err(bad("invalid user name"));
+        }
+        if seen.insert(user, index).is_some() {
+            return Err(bad("user listed twice"));
+        }
+        // A missing password field is a user who cannot log in: verify()
+        // refuses an empty stored value.
+        let secret = line.split(':').nth(1).unwrap_or("");
+        entries.push(Entry { user, secret });
+    }
+    Ok(entries)
+}
+
+/// Whether `name` may be a user name: 1 to [`MAX_USER_NAME_OCTETS`] octets;
+/// no ':', '/', control characters or white space; at most one '@', with
+/// neither part empty nor starting with '.' (so never "." or ".."); and no
+/// leading '#', which would read as a comment.
+pub fn valid_user_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > MAX_USER_NAME_OCTETS || name.starts_with('#') {
+        return false;
+    }
+    if name
+        .chars()
+        .any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace())
+    {
+        return false;
+    }
+    let mut parts = name.split('@');
+    let local = parts.next();
+    let domain = parts.next();
+    if parts.next().is_some() {
+        return false;
+    }
+    [local, domain]
+        .into_iter()
+        .flatten()
+        .all(|part| !part.is_empty() && !part.starts_with('.'))
+}
+
+fn check_user_name(user: &str) -> Result<(), PasswdError> {
+    if valid_user_name(user) {
+        Ok(())
+    } else {
+        Err(PasswdError::InvalidUserName {
+            user: user.to_owned(),
+        })
+    }
+}
+
+fn hash_for(user: &str, password: &[u8], scheme: Scheme) -> Result<String, PasswdError> {
+    scheme::hash(scheme, password).map_err(|source| PasswdError::Scheme {
+        user: user.to_owned(),
+        source,
+    })
+}
+
+/// Adds `user` with `password` hashed by `scheme`. Fails if the user
+/// exists; creates the file (mode 0600) if it is missing.
+pub fn add_user(
+    path: &Path,
+    user: &str,
+    password: &[u8],
+    scheme: Scheme,
+) -> Result<(), PasswdError> {
+    check_user_name(user)?;
+    let stored = hash_for(user, password, scheme)?;
+    rewrite(path, true, |lines| {
+        if lines.iter().any(|line| entry_user(line) == Some(user)) {
+            return Err(PasswdError::UserExists {
+                path: path.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        lines.push(format!("{user}:{stored}"));
+        Ok(())
+    })
+}
+
+/// Replaces the password of an existing `user`, keeping the line's other
+/// fields.
+pub fn set_password(
+    path: &Path,
+    user: &str,
+    password: &[u8],
+    scheme: Scheme,
+) -> Result<(), PasswdError> {
+    check_user_name(user)?;
+    let stored = hash_for(user, password, scheme)?;
+    rewrite(path, false, |lines| {
+        let line = lines
+            .iter_mut()
+            .find(|line| entry_user(line) == Some(user))
+            .ok_or_else(|| PasswdError::NoSuchUser {
+                path: path.to_owned(),
+                user: user.to_owned(),
+            })?;
+        let (body, cr) = match line.strip_suffix('\r') {
+            Some(body) => (body, "\r"),
+            None => (line.as_str(), ""),
+        };
+        *line = match body.splitn(3, ':').nth(2) {
+            Some(rest) => format!("{user}:{stored}:{rest}{cr}"),
+            None => format!("{user}:{stored}{cr}"),
+        };
+        Ok(())
+    })
+}
+
+/// Removes `user`'s line.
+pub fn delete_user(path: &Path, user: &str) -> Result<(), PasswdError> {
+    check_user_name(user)?;
+    rewrite(path, false, |lines| {
+        let before = lines.len();
+        lines.retain(|line| entry_user(line) != Some(user));
+        if lines.len() == before {
+            return Err(PasswdError::NoSuchUser {
+                path: path.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// The user names in the file, in file order.
+pub fn list_users(path: &Path) -> Result<Vec<String>, PasswdError> {
+    let text = fs::read(path).map_err(io_error("read", path))?;
+    Ok(parse(path, &text)?
+        .into_iter()
+        .map(|entry| entry.user.to_owned())
+        .collect())
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Edits the file's lines under an exclusive lock on `<path>.lock`, then
+/// replaces the file atomically: write `<path>.tmp.<pid>`, fsync, rename
+/// over, fsync the directory. Readers see the old file or the new one.
+fn rewrite(
+    path: &Path,
+    create: bool,
+    edit: impl FnOnce(&mut Vec<String>) -> Result<(), PasswdError>,
+) -> Result<(), PasswdError> {
+    let lock_path = with_suffix(path, ".lock");
+    let lock = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(NEW_FILE_MODE)
+        .open(&lock_path)
+        .map_err(io_error("open the lock file", &lock_path))?;
+    lock.lock().map_err(io_error("lock", &lock_path))?;
+
+    let (text, meta) = match fs::read(path) {
+        Ok(text) => {
+            let meta = fs::metadata(path).map_err(io_error("read", path))?;
+            (text, Some(meta))
+        }
+        Err(error) if create && error.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
+        Err(error) => return Err(io_error("read", path)(error)),
+    };
+    // Refuse to rewrite what the server could not read: the edit would
+    // silently carry the damage along.
+    parse(path, &text)?;
+    let text = String::from_utf8(text).map_err(|_| PasswdError::Parse {
+        path: path.to_owned(),
+        line: 1,
+        reason: "not UTF-8",
+    })?;
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    if lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    edit(&mut lines)?;
+    let mut out = lines.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    let result = replace(path, out.as_bytes(), meta.as_ref());
+    drop(lock);
+    result
+}
+
+fn replace(path: &Path, content: &[u8], old: Option<&fs::Metadata>) -> Result<(), PasswdError> {
+    let tmp = with_suffix(path, &format!(".tmp.{}", std::process::id()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(NEW_FILE_MODE)
+            .open(&tmp)
+            .map_err(io_error("create", &tmp))?;
+        if let Some(old) = old {
+            // Root running `mailbag user add` must not leave a file the
+            // server's own user can no longer read.
+            let created = file.metadata().map_err(io_error("create", &tmp))?;
+            if (old.uid(), old.gid()) != (created.uid(), created.gid()) {
+                std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()))
+                    .map_err(io_error("preserve the owner of", path))?;
+            }
+            file.set_permissions(Permissions::from_mode(old.permissions().mode()))
+                .map_err(io_error("set the permissions of", &tmp))?;
+        } else {
+            // The umask may have narrowed the create mode, never widened it;
+            // make it exact.
+            file.set_permissions(Permissions::from_mode(NEW_FILE_MODE))
+                .map_err(io_error("set the permissions of", &tmp))?;
+        }
+        file.write_all(content).map_err(io_error("write", &tmp))?;
+        file.sync_all().map_err(io_error("sync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_error("replace", path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io_error("sync the directory of", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use mailbag_proto::secret::Secret;
+
+    use super::*;
+
+    // `openssl passwd -6 -salt Zq9x 'correct horse'`.
+    const BOB_HASH: &str = "{SHA512-CRYPT}$6$Zq9x$jAde8C2WfmLbo0GQzU7HlU2FgJkEe311Yi1d4hs5eEoRNils8NF2c9peCbgavx9NHxGWwnCa6X8U100dJ6pzn.";
+
+    fn password(text: &str) -> Credential {
+        Credential::Password(Secret::new(text.to_owned()))
+    }
+
+    fn sample(dir: &tempfile::TempDir) -> PathBuf {
+        let path = dir.path().join("passwd");
+        let text = format!(
+            "# mailbag users\n\
+             \n\
+             alice:{{PLAIN}}wonderland:1000:1000::/home/alice:/bin/sh:userdb_quota=1G\n\
+             bob@example.org:{BOB_HASH}::::::\n\
+             \x20 # indented comment\n\
+             carol\n"
+        );
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn parses_comments_blank_lines_and_extra_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(&dir);
+        assert_eq!(
+            list_users(&path).unwrap(),
+            ["alice", "bob@example.org", "carol"]
+        );
+        let db = PasswdFile::open(&path).unwrap();
+        let table = db.table();
+        assert_eq!(table.users["alice"], "{PLAIN}wonderland");
+        assert_eq!(table.users["bob@example.org"], BOB_HASH);
+        assert_eq!(table.users["carol"], "");
+    }
+
+    #[tokio::test]
+    async fn verify_accepts_good_and_refuses_bad_and_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = PasswdFile::open(sample(&dir)).unwrap();
+        assert_eq!(
+            db.verify("alice", &password("wonderland")).await.unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            db.verify("bob@example.org", &password("correct horse"))
+                .await
+                .unwrap(),
+            "bob@example.org"
+        );
+        for (user, pw) in [
+            ("alice", "Wonderland"),
+            ("Alice", "wonderland"),
+            ("bob@example.org", "wrong"),
+            ("carol", ""),
+            ("nobody", "wonderland"),
+            ("", ""),
+        ] {
+            assert!(
+                matches!(
+                    db.verify(user, &password(pw)).await,
+                    Err(AuthError::Invalid)
+                ),
+                "{user}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn apop_works_for_plaintext_users_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(&path, format!("mrose:{{PLAIN}}tanstaaf\nbob:{BOB_HASH}\n")).unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        assert!(db.apop_possible());
+        // RFC 1939 §7.
+        let apop = |user_digest: &str| Credential::Apop {
+            timestamp: "<1896.697170952@dbc.mtview.ca.us>".to_owned(),
+            digest: Secret::new(user_digest.to_owned()),
+        };
+        let good = "c4c9334bac560ecc979e58001b3e22fb";
+        assert_eq!(db.verify("mrose", &apop(good)).await.unwrap(), "mrose");
+        assert_eq!(
+            db.verify("mrose", &apop(&good.to_uppercase()))
+                .await
+                .unwrap(),
+            "mrose"
+        );
+        for (user, digest) in [
+            ("mrose", "c4c9334bac560ecc979e58001b3e22fc"),
+            ("mrose", ""),
+            ("bob", good),
+            ("nobody", good),
+        ] {
+            assert!(matches!(
+                db.verify(user, &apop(digest)).await,
+                Err(AuthError::Invalid)
+            ));
+        }
+        delete_user(&path, "mrose").unwrap();
+        assert!(!db.apop_possible());
+    }
+
+    #[tokio::test]
+    async fn sees_edits_without_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(&dir);
+        let db = PasswdFile::open(&path).unwrap();
+        assert!(db.verify("alice", &password("wonderland")).await.is_ok());
+
+        // A rewrite by the CLI renames a new file over the old one.
+        set_password(&path, "alice", b"looking-glass", Scheme::Plain).unwrap();
+        assert!(db.verify("alice", &password("wonderland")).await.is_err());
+        assert!(db.verify("alice", &password("looking-glass")).await.is_ok());
+
+        // An editor writing in place, within the same mtime tick: the length
+        // differs.
+        fs::write(&path, "dave:{PLAIN}x\n").unwrap();
+        assert!(db.verify("dave", &password("x")).await.is_ok());
+        assert!(db
+            .verify("alice", &password("looking-glass"))
+            .await
+            .is_err());
+
+        // A broken edit keeps the previous users.
+        fs::write(&path, "dave:{PLAIN}y\n:{PLAIN}z\n").unwrap();
+        assert!(db.verify("dave", &password("x")).await.is_ok());
+        assert!(db.verify("dave", &password("y")).await.is_err());
+    }
+
+    #[test]
+    fn errors_name_the_line_but_never_quote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(&path, format!("ok:{{PLAIN}}a\nbad user:{BOB_HASH}\n")).unwrap();
+        let error = PasswdFile::open(&path).err().unwrap();
+        let text = error.to_string();
+        assert!(
+            matches!(error, PasswdError::Parse { line: 2, .. }),
+            "{text}"
+        );
+        assert!(text.contains(&path.display().to_string()));
+        assert!(
+            !text.contains("Zq9x") && !text.contains("bad user"),
+            "{text}"
+        );
+
+        fs::write(&path, "a:{PLAIN}x\na:{PLAIN}y\n").unwrap();
+        assert!(matches!(
+            PasswdFile::open(&path),
+            Err(PasswdError::Parse { line: 2, .. })
+        ));
+        // The CLI refuses to carry damage into a rewrite.
+        assert!(matches!(
+            add_user(&path, "b", b"pw", Scheme::Plain),
+            Err(PasswdError::Parse { line: 2, .. })
+        ));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "a:{PLAIN}x\na:{PLAIN}y\n"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent");
+        let error = PasswdFile::open(&path).err().unwrap();
+        assert!(matches!(error, PasswdError::Io { .. }));
+        assert!(error.to_string().contains(&path.display().to_string()));
+        assert!(matches!(list_users(&path), Err(PasswdError::Io { .. })));
+    }
+
+    #[test]
+    fn add_passwd_del_list_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        add_user(&path, "erin", b"pw1", Scheme::Sha512Crypt).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        add_user(&path, "frank@example.org", b"pw2", Scheme::Plain).unwrap();
+        assert!(matches!(
+            add_user(&path, "erin", b"again", Scheme::Plain),
+            Err(PasswdError::UserExists { .. })
+        ));
+        assert_eq!(list_users(&path).unwrap(), ["erin", "frank@example.org"]);
+
+        set_password(&path, "erin", b"pw3", Scheme::Ssha512).unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        assert!(scheme::verify(&db.table().users["erin"], b"pw3"));
+        assert!(matches!(
+            set_password(&path, "ghost", b"x", Scheme::Plain),
+            Err(PasswdError::NoSuchUser { .. })
+        ));
+
+        delete_user(&path, "erin").unwrap();
+        assert!(matches!(
+            delete_user(&path, "erin"),
+            Err(PasswdError::NoSuchUser { .. })
+        ));
+        assert_eq!(list_users(&path).unwrap(), ["frank@example.org"]);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn rewrites_keep_comments_extra_fields_and_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(&dir);
+        fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
+        let before = fs::read_to_string(&path).unwrap();
+
+        set_password(&path, "alice", b"new", Scheme::Plain).unwrap();
+        add_user(&path, "zed", b"z", Scheme::Plain).unwrap();
+        delete_user(&path, "zed").unwrap();
+
+        let after = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            after,
+            before.replace("alice:{PLAIN}wonderland:", "alice:{PLAIN}new:")
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+    }
+
+    #[test]
+    fn concurrent_adds_lose_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    add_user(&path, &format!("user{i}"), b"pw", Scheme::Plain).unwrap();
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let mut users = list_users(&path).unwrap();
+        users.sort();
+        let mut expected: Vec<_> = (0..16).map(|i| format!("user{i}")).collect();
+        expected.sort();
+        assert_eq!(users, expected);
+    }
+
+    #[test]
+    fn invalid_user_names_are_refused_before_the_file_system() {
+        let long = "a".repeat(MAX_USER_NAME_OCTETS + 1);
+        let refused = [
+            "",
+            long.as_str(),
+            "a:b",
+            "a/b",
+            "../etc",
+            ".",
+            "..",
+            ".hidden",
+            "a b",
+            "a\tb",
+            "a\0b",
+            "a\x7fb",
+            "a\u{85}b",
+            "a@b@c",
+            "@example.org",
+            "user@",
+            "user@..",
+            "user@.example.org",
+            "#comment",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        for name in refused {
+            assert!(!valid_user_name(name), "{name:?}");
+            assert!(matches!(
+                add_user(&path, name, b"pw", Scheme::Plain),
+                Err(PasswdError::InvalidUserName { .. })
+            ));
+        }
+        assert!(!path.exists());
+        assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+        for name in [
+            "a",
+            "user@example.org",
+            "first.last",
+            "u-1_2+tag",
+            "Ünïcode",
+        ] {
+            assert!(valid_user_name(name), "{name:?}");
+        }
+        assert!(valid_user_name(&"a".repeat(MAX_USER_NAME_OCTETS)));
+    }
+}
