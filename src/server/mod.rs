@@ -1,0 +1,203 @@
+//! The network side: listeners, per-connection drivers, shutdown.
+//!
+//! [`Server`] binds the configured addresses and runs one tokio task per
+//! connection; each task drives a sans-IO protocol core
+//! ([`mailbag_proto::pop3::Conn`]) against the store and passdb it is
+//! generic over.
+
+pub mod pop3;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::auth::PassDb;
+use crate::config::Config;
+use crate::store::Store;
+
+/// How long sessions get to finish after shutdown is requested before
+/// they are dropped (dropping deletes nothing).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every session of a server shares.
+pub struct Shared<S, P> {
+    /// The mail store.
+    pub store: S,
+    /// The password database.
+    pub passdb: P,
+    /// The configuration the server started with.
+    pub config: Config,
+    /// This host's name, for APOP timestamps.
+    pub hostname: String,
+    session_ids: AtomicU64,
+}
+
+impl<S: Store, P: PassDb> Shared<S, P> {
+    /// Bundles what sessions share.
+    pub fn new(store: S, passdb: P, config: Config) -> Self {
+        Shared {
+            store,
+            passdb,
+            config,
+            hostname: hostname(),
+            session_ids: AtomicU64::new(1),
+        }
+    }
+
+    fn next_session_id(&self) -> u64 {
+        self.session_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// RFC 1939 §7: the APOP timestamp must differ for every greeting.
+    fn apop_timestamp(&self, session: u64) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "<{}.{}.{}@{}>",
+            std::process::id(),
+            session,
+            nanos,
+            self.hostname
+        )
+    }
+
+    /// Whether plaintext logins are allowed for a client at `ip` on an
+    /// unencrypted connection.
+    fn plaintext_allowed(&self, ip: IpAddr) -> bool {
+        self.config.auth.allow_plaintext || is_loopback(ip)
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+/// This machine's host name, for greetings and APOP timestamps.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'>'))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// A bound POP3 server.
+pub struct Server<S, P> {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared<S, P>>,
+}
+
+impl<S: Store, P: PassDb> Server<S, P> {
+    /// Binds every `pop3.listen` address of the config.
+    pub async fn bind(config: Config, store: S, passdb: P) -> std::io::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &config.pop3.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+            })?;
+            listeners.push(listener);
+        }
+        Ok(Server {
+            listeners,
+            shared: Arc::new(Shared::new(store, passdb, config)),
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, tells
+    /// waiting sessions that the server is going away, and returns when
+    /// they have ended (or the grace period is over).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.shared.config.limits.max_connections));
+        for listener in self.listeners {
+            let shared = self.shared.clone();
+            let permits = permits.clone();
+            let shutdown = shutdown.clone();
+            let sessions = tracker.clone();
+            tracker.spawn(async move {
+                accept_loop(listener, shared, permits, shutdown, sessions).await
+            });
+        }
+        shutdown.cancelled().await;
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions still open after the shutdown grace period; dropping them uncommitted");
+        }
+    }
+}
+
+async fn accept_loop<S: Store, P: PassDb>(
+    listener: TcpListener,
+    shared: Arc<Shared<S, P>>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    let local = listener.local_addr().ok();
+    info!(listen = ?local, "accepting POP3 connections");
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            sessions.spawn(refuse(stream, peer));
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let id = shared.next_session_id();
+        let span = info_span!("session", id, peer = %peer);
+        sessions.spawn(
+            async move {
+                pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn refuse(mut stream: TcpStream, peer: SocketAddr) {
+    warn!(peer = %peer, "connection refused: too many connections");
+    let _ = stream
+        .write_all(b"-ERR [SYS/TEMP] Too many connections; try again later\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}

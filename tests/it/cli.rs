@@ -1,0 +1,212 @@
+//! The `mailbag` binary: demo, serve, check-config and user management,
+//! run as a user would run them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `mailbag serve` on a free port with the test config in `dir`.
+fn spawn_serve(dir: &Path) -> (Child, SocketAddr) {
+    let port = free_port();
+    let text = config_text(dir, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.join("mailbag.toml"), text).unwrap();
+    let child = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("mailbag.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (child, addr)
+}
+
+async fn connect_retrying(addr: SocketAddr) -> Client {
+    for _ in 0..200 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            return Client {
+                stream: tokio::io::BufReader::new(s),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server at {addr} never came up");
+}
+
+async fn login(addr: SocketAddr, user: (&str, &str)) -> (Client, String) {
+    let mut c = connect_retrying(addr).await;
+    c.line().await;
+    c.ok(&format!("USER {}", user.0)).await;
+    let reply = c.cmd(&format!("PASS {}", user.1)).await;
+    (c, reply)
+}
+
+#[tokio::test]
+async fn lock_is_released_when_the_server_process_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let maildir = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&maildir, b"Subject: x\n\nbody\n").unwrap();
+    let (mut child, addr) = spawn_serve(dir.path());
+    let (mut c, reply) = login(addr, ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    c.ok("DELE 1").await;
+    child.kill().unwrap(); // SIGKILL: no cleanup code runs
+    child.wait().unwrap();
+    let (mut child, addr) = spawn_serve(dir.path());
+    let (mut c, reply) = login(addr, ALICE).await;
+    assert!(reply.starts_with("+OK Logged in. Maildrop has 1 message"), "{reply}");
+    c.ok("QUIT").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn user_add_takes_effect_without_restart() {
+    let s = TestServer::start().await;
+    let status = run_with_stdin(
+        mailbag()
+            .args(["user", "add", "carol", "--password-stdin", "--config"])
+            .arg(&s.config_path),
+        "s3cret pass\n",
+    );
+    assert!(status.success());
+    let passwd = std::fs::read_to_string(s.dir.path().join("passwd")).unwrap();
+    assert!(passwd.contains("carol:{ARGON2ID}$argon2id$"), "{passwd}");
+    assert!(!passwd.contains("s3cret"));
+    let mut c = s.login(("carol", "s3cret pass")).await;
+    c.ok("STAT").await;
+    c.ok("QUIT").await;
+
+    let status = run_with_stdin(
+        mailbag()
+            .args(["user", "passwd", "carol", "--password-stdin", "--config"])
+            .arg(&s.config_path),
+        "changed\n",
+    );
+    assert!(status.success());
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER carol").await;
+    assert!(c.cmd("PASS s3cret pass").await.starts_with("-ERR [AUTH]"));
+    c.ok("USER carol").await;
+    c.ok("PASS changed").await;
+    c.ok("QUIT").await;
+
+    let out = mailbag().args(["user", "list", "--config"]).arg(&s.config_path).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\nbob\ncarol\n");
+    let status = mailbag().args(["user", "del", "carol", "--config"]).arg(&s.config_path).status().unwrap();
+    assert!(status.success());
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER carol").await;
+    assert!(c.cmd("PASS changed").await.starts_with("-ERR [AUTH]"));
+    s.stop().await;
+}
+
+#[test]
+fn user_add_refuses_bad_names_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    std::fs::write(dir.path().join("mailbag.toml"), config_text(dir.path(), "")).unwrap();
+    for name in ["../etc", "a/b", "with space", "a:b", ".hidden"] {
+        let out = mailbag()
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(dir.path().join("mailbag.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} was accepted");
+    }
+    let status = run_with_stdin(
+        mailbag()
+            .args(["user", "add", "alice", "--password-stdin", "--config"])
+            .arg(dir.path().join("mailbag.toml")),
+        "x\n",
+    );
+    assert!(!status.success());
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    std::fs::write(&path, config_text(dir.path(), "max_failurez = 3")).unwrap();
+    for sub in ["check-config", "serve"] {
+        let out = mailbag().arg(sub).arg("--config").arg(&path).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("max_failurez"), "{sub}: {err}");
+    }
+    std::fs::write(&path, config_text(dir.path(), "")).unwrap();
+    let out = mailbag().arg("check-config").arg("--config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn example_config_in_the_repository_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mailbag.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    mailbag::config::Config::parse(&text, Path::new("/etc/mailbag")).unwrap();
+}
+
+#[tokio::test]
+async fn demo_serves_the_demo_user_and_reuses_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut child = mailbag()
+        .args(["demo", "--dir"])
+        .arg(&demo_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = "127.0.0.1:1110".parse().unwrap();
+    let (mut c, reply) = login(addr, ("demo", "demo")).await;
+    assert!(reply.starts_with("+OK Logged in. Maildrop has 5 messages"), "{reply}");
+    let (_, body) = c.multi("RETR 1").await;
+    assert!(String::from_utf8_lossy(&body).contains("Welcome"));
+    c.ok("QUIT").await;
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("telnet 127.0.0.1 1110"), "{text}");
+    assert!(text.contains("password: demo"), "{text}");
+    assert!(demo_dir.join("mailbag.toml").exists());
+    // Everything stays inside the demo directory.
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(entries.len(), 1);
+    // The config it wrote serves the same data with `mailbag serve`.
+    let out = mailbag()
+        .arg("check-config")
+        .arg("--config")
+        .arg(demo_dir.join("mailbag.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::ExitStatus {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait().unwrap()
+}

@@ -1,0 +1,247 @@
+//! Test support: start a real server in-process and talk to it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mailbag::auth::passwd_file::PasswdFile;
+use mailbag::config::Config;
+use mailbag::server::Server;
+use mailbag::store::maildir::{self, MaildirStore};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// `alice` has a plaintext-equivalent secret (so APOP works); `bob` an
+/// ARGON2ID hash.
+pub const ALICE: (&str, &str) = ("alice", "wonderland");
+pub const BOB: (&str, &str) = ("bob", "builder");
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+pub fn config_text(dir: &Path, extra: &str) -> String {
+    let _ = dir;
+    format!(
+        r#"
+[pop3]
+listen = ["127.0.0.1:0"]
+[store]
+root = "mail"
+[auth]
+passwd_file = "passwd"
+failure_delay_ms = 10
+{extra}
+"#
+    )
+}
+
+pub fn write_passwd(dir: &Path) {
+    let bob = mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Argon2id, BOB.1.as_bytes())
+        .expect("hash");
+    std::fs::write(
+        dir.join("passwd"),
+        format!("{}:{{PLAIN}}{}\n{}:{}\n", ALICE.0, ALICE.1, BOB.0, bob),
+    )
+    .unwrap();
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with("").await
+    }
+
+    /// Starts a server whose config has `extra` appended to `[auth]`
+    /// (further tables may follow in `extra`).
+    pub async fn start_with(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        write_passwd(dir.path());
+        let config_path = dir.path().join("mailbag.toml");
+        std::fs::write(&config_path, config_text(dir.path(), extra)).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let passdb = PasswdFile::open(&config.auth.passwd_file).unwrap();
+        let store = MaildirStore::new(
+            config.store.root.clone(),
+            config.store.path.clone(),
+            config.store.default_domain.clone(),
+        );
+        let server = Server::bind(config, store, passdb).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        TestServer {
+            addr,
+            dir,
+            config_path,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir.path().join("mail/localhost").join(user).join("Maildir")
+    }
+
+    pub fn deliver(&self, user: &str, message: &[u8]) -> String {
+        maildir::deliver(&self.maildir(user), message).unwrap()
+    }
+
+    /// Names of the files in new/ and cur/ together, sorted.
+    pub fn files(&self, user: &str) -> Vec<String> {
+        let mut v = Vec::new();
+        for sub in ["new", "cur"] {
+            if let Ok(rd) = std::fs::read_dir(self.maildir(user).join(sub)) {
+                for e in rd {
+                    v.push(format!("{sub}/{}", e.unwrap().file_name().to_string_lossy()));
+                }
+            }
+        }
+        v.sort();
+        v
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    pub async fn login(&self, user: (&str, &str)) -> Client {
+        let mut c = self.connect().await;
+        c.line().await;
+        c.ok(&format!("USER {}", user.0)).await;
+        c.ok(&format!("PASS {}", user.1)).await;
+        c
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub struct Client {
+    pub stream: BufReader<TcpStream>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Client {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// One response line, with its CRLF.
+    pub async fn line(&mut self) -> String {
+        let mut buf = Vec::new();
+        tokio::time::timeout(TIMEOUT, self.stream.read_until(b'\n', &mut buf))
+            .await
+            .expect("server did not answer in time")
+            .unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Sends a command and returns the status line.
+    pub async fn cmd(&mut self, command: &str) -> String {
+        self.send(format!("{command}\r\n").as_bytes()).await;
+        self.line().await
+    }
+
+    /// Sends a command and insists on `+OK`.
+    pub async fn ok(&mut self, command: &str) -> String {
+        let line = self.cmd(command).await;
+        assert!(line.starts_with("+OK"), "{command}: {line}");
+        line
+    }
+
+    /// The body of a multi-line response, raw (still dot-stuffed), without
+    /// the terminating line.
+    pub async fn body(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            tokio::time::timeout(TIMEOUT, self.stream.read_until(b'\n', &mut line))
+                .await
+                .expect("server did not finish the response in time")
+                .unwrap();
+            assert!(!line.is_empty(), "connection closed inside a multi-line response");
+            if line == b".\r\n" {
+                return body;
+            }
+            body.extend_from_slice(&line);
+        }
+    }
+
+    /// Sends a command expecting a multi-line `+OK` and returns the
+    /// status line and the unstuffed body.
+    pub async fn multi(&mut self, command: &str) -> (String, Vec<u8>) {
+        let status = self.ok(command).await;
+        (status, unstuff(&self.body().await))
+    }
+
+    /// Whether the server closed the connection (reads to EOF).
+    pub async fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(
+            tokio::time::timeout(TIMEOUT, self.stream.read_to_end(&mut rest)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// Undoes POP3 dot-stuffing of a multi-line body (CRLF lines).
+pub fn unstuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
+
+/// A message's bytes as POP3 sends them: CRLF line endings and a final
+/// CRLF.
+pub fn crlf(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut prev = 0u8;
+    for &b in message {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+pub async fn wait_for<F: Fn() -> bool>(f: F) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached in time");
+}
