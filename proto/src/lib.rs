@@ -9,11 +9,13 @@
 //! - [`dot`]: the multi-line body transform of RFC 1939 §3 (LF to CRLF,
 //!   dot-stuffing, TOP line counting) and the exact octet count it implies.
 //! - [`pop3`]: the POP3 session state machine (RFC 1939, RFC 2449).
+//! - [`lmtp`]: the LMTP session state machine for delivery (RFC 2033, RFC 5321).
 //! - [`secret`]: a wrapper that keeps credentials out of `Debug` output.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod dot;
 pub mod line;
+pub mod lmtp;
 pub mod pop3;
 pub mod secret;

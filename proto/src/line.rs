@@ -1,5 +1,5 @@
 //! Command-line framing: turns the raw bytes a client sends into command
-//! lines, for POP3 (and later LMTP).
+//! lines, for POP3 and LMTP.
 //!
 //! This module owns everything between the socket bytes and a command line:
 //!
@@ -269,6 +269,19 @@ impl LineReader {
         };
         self.raw.clear();
         self.line.clear();
+    }
+
+    /// Takes the raw bytes pushed but not yet processed, leaving the reader
+    /// with nothing to process. Telnet and line-editing rules never touch
+    /// them, so a protocol that switches to a different framing (LMTP DATA,
+    /// RFC 5321 §4.5.2) gets them exactly as the client sent them. Call it
+    /// right after a [`LineEvent::Line`], when no partial line is held;
+    /// a partial line, if any, stays in the reader.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        let rest = self.raw.split_off(self.raw_pos);
+        self.raw.clear();
+        self.raw_pos = 0;
+        rest
     }
 
     /// Releases buffer capacity; for sessions that sit idle.
@@ -632,6 +645,24 @@ mod tests {
         reader.push(b"CAPA\r\n\xff\xfb\x01");
         assert_eq!(reader.next_event(), Some(line(b"CAPA")));
         assert_eq!(reader.next_event(), Some(telnet(b"\xff\xfe\x01")));
+    }
+
+    #[test]
+    fn take_buffered_returns_unprocessed_bytes_untouched() {
+        let mut reader = LineReader::new(255);
+        reader.push(b"DATA\r\nbody\x08\xff\xfb\x01\r\n.\r\n");
+        assert_eq!(reader.next_event(), Some(line(b"DATA")));
+        reader.push(b"QUIT");
+        assert_eq!(
+            reader.take_buffered(),
+            b"body\x08\xff\xfb\x01\r\n.\r\nQUIT".to_vec()
+        );
+        assert!(!reader.has_buffered_input());
+        assert_eq!(reader.next_event(), None);
+        assert_eq!(reader.take_buffered(), b"".to_vec());
+        // Framing resumes on bytes handed back.
+        reader.push(b"NOOP\r\n");
+        assert_eq!(reader.next_event(), Some(line(b"NOOP")));
     }
 
     #[test]

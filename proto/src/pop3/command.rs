@@ -218,7 +218,7 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         None => (line, &[][..]),
     };
     let Some(verb) = Verb::from_keyword(word) else {
-        if line.iter().any(|&b| b == 0) || std::str::from_utf8(word).is_err() {
+        if line.contains(&0) || std::str::from_utf8(word).is_err() {
             return Err(ParseError::InvalidBytes);
         }
         return Err(ParseError::Unknown(printable(word)));

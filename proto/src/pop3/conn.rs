@@ -360,6 +360,9 @@ impl Conn {
     }
 
     /// The next thing for the driver to do.
+    // Not an Iterator: the sequence never ends (Close repeats), and
+    // NeedInput is a pause that more input resumes, not an end.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Event {
         loop {
             if let Some(event) = self.queue.pop_front() {
