@@ -1,1 +1,536 @@
-//! placeholder
+//! The Maildir backend of [`Store`]: one Maildir per user, found by a path
+//! template, locked with `flock` on `<maildir>/mailbag.lock` for the life
+//! of a session, and read as a snapshot of new/ and cur/ taken at open.
+//!
+//! Other programs (MDAs, IMAP servers, mutt) share the Maildir while a POP3
+//! session runs: they may deliver into new/, rename new/ → cur/ or change
+//! flags. Messages are therefore tracked by their base name (the part of
+//! the file name before ':'), which no program changes, and a path that
+//! has gone is looked up again by base name. Nothing is deleted outside
+//! [`Maildrop::commit`], and a message delivered after the snapshot is
+//! never touched.
+//!
+//! All filesystem work runs in `spawn_blocking`; file names and the size
+//! cache are untrusted input and never cause a panic.
+
+mod deliver;
+mod name;
+mod size;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+pub use deliver::deliver;
+
+use super::{Maildrop, MessageInfo, Store, StoreError};
+
+/// The lock file inside each Maildir: held with an exclusive `flock` for
+/// the life of a session, so the kernel releases it when the process dies.
+const LOCK_FILE: &str = "mailbag.lock";
+
+/// Longest user name accepted, in octets (the longest file name on most
+/// filesystems).
+const MAX_USER_OCTETS: usize = 255;
+
+/// Maildirs under one data root, one per user, found by a path template.
+#[derive(Debug, Clone)]
+pub struct MaildirStore {
+    root: PathBuf,
+    template: String,
+    default_domain: String,
+}
+
+impl MaildirStore {
+    /// `root` is the data root; `template` names a user's Maildir, e.g.
+    /// `"{root}/{domain}/{user}/Maildir"`, with `{root}`, `{user}` (the local
+    /// part), `{domain}` (after '@', or `default_domain` when the name has
+    /// none) and `{name}` (the whole user name).
+    pub fn new(root: PathBuf, template: String, default_domain: String) -> Self {
+        MaildirStore {
+            root,
+            template,
+            default_domain,
+        }
+    }
+
+    /// The Maildir of `user`. A name that could escape its directory or
+    /// hide its Maildir (separators, NUL, control characters, "..", a
+    /// leading '.', an empty part, more than 255 octets) is refused as
+    /// [`StoreError::Permanent`], as is any result outside the root.
+    pub fn maildir_path(&self, user: &str) -> Result<PathBuf, StoreError> {
+        if user.len() > MAX_USER_OCTETS {
+            return Err(refused("too long"));
+        }
+        check_part(user)?;
+        let (local, domain) = match user.split_once('@') {
+            Some((local, domain)) => (local, domain),
+            None => (user, self.default_domain.as_str()),
+        };
+        check_part(local)?;
+        if self.template.contains("{domain}") {
+            check_part(domain)?;
+            if domain.contains('@') {
+                return Err(refused("more than one '@'"));
+            }
+        }
+
+        let mut path = OsString::new();
+        let mut rest = self.template.as_str();
+        while let Some(open) = rest.find('{') {
+            path.push(&rest[..open]);
+            let after = &rest[open + 1..];
+            let close = after.find('}').ok_or_else(bad_template)?;
+            match &after[..close] {
+                "root" => path.push(self.root.as_os_str()),
+                "user" => path.push(local),
+                "domain" => path.push(domain),
+                "name" => path.push(user),
+                _ => return Err(bad_template()),
+            }
+            rest = &after[close + 1..];
+        }
+        path.push(rest);
+        let path = PathBuf::from(path);
+
+        let escapes = path.components().any(|c| c == Component::ParentDir);
+        if escapes || !path.starts_with(&self.root) || path == self.root {
+            return Err(StoreError::Permanent(
+                "maildir path is not under the data root".into(),
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Delivers `message` durably into `user`'s Maildir (see [`deliver`])
+    /// and returns its base name.
+    pub async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
+        let maildir = self.maildir_path(user)?;
+        blocking(move || Ok(deliver(&maildir, &message)?)).await
+    }
+}
+
+fn refused(why: &str) -> StoreError {
+    StoreError::Permanent(format!("user name refused: {why}"))
+}
+
+fn bad_template() -> StoreError {
+    StoreError::Permanent("maildir template has an unknown or unclosed {placeholder}".into())
+}
+
+/// One part of a user name that becomes (part of) a path component.
+fn check_part(part: &str) -> Result<(), StoreError> {
+    if part.is_empty() {
+        return Err(refused("empty part"));
+    }
+    if part.starts_with('.') {
+        return Err(refused("leading '.'"));
+    }
+    if part.contains("..") {
+        return Err(refused("'..'"));
+    }
+    if part
+        .chars()
+        .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
+        return Err(refused("separator or control character"));
+    }
+    Ok(())
+}
+
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Temporary(io::Error::other(e)))?
+}
+
+impl Store for MaildirStore {
+    type Maildrop = MaildirMaildrop;
+
+    async fn open(&self, user: &str) -> Result<MaildirMaildrop, StoreError> {
+        let maildir = self.maildir_path(user)?;
+        blocking(move || MaildirMaildrop::open(maildir)).await
+    }
+}
+
+/// Which of the two message directories a file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// Where one message of the snapshot currently is.
+#[derive(Debug, Clone)]
+struct Entry {
+    sub: Sub,
+    /// The full file name, flags included.
+    name: OsString,
+}
+
+impl Entry {
+    fn base(&self) -> &[u8] {
+        name::parse(self.name.as_bytes()).base
+    }
+
+    fn path(&self, maildir: &Path) -> PathBuf {
+        maildir.join(self.sub.dir()).join(&self.name)
+    }
+}
+
+/// A user's Maildir, locked for one POP3 session, with the snapshot taken
+/// at open. Dropping it releases the lock and deletes nothing.
+#[derive(Debug)]
+pub struct MaildirMaildrop {
+    /// Held only for its `flock`: closing the descriptor unlocks.
+    _lock: File,
+    maildir: PathBuf,
+    entries: Vec<Entry>,
+    infos: Vec<MessageInfo>,
+}
+
+impl MaildirMaildrop {
+    fn open(maildir: PathBuf) -> Result<Self, StoreError> {
+        deliver::create_maildir(&maildir)?;
+        let lock = lock(&maildir)?;
+        let (entries, infos) = snapshot(&maildir)?;
+        Ok(MaildirMaildrop {
+            _lock: lock,
+            maildir,
+            entries,
+            infos,
+        })
+    }
+
+    fn commit_blocking(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        let mut first: Option<StoreError> = None;
+        let mut note = |e: StoreError| {
+            tracing::warn!(error = %e, maildir = %self.maildir.display(), "maildrop commit");
+            first.get_or_insert(e);
+        };
+        let mut is_deleted = vec![false; self.entries.len()];
+        for &i in deleted {
+            match is_deleted.get_mut(i) {
+                Some(d) => *d = true,
+                None => note(StoreError::Permanent("message index out of range".into())),
+            }
+        }
+        for (entry, _) in self.entries.iter().zip(&is_deleted).filter(|(_, &d)| d) {
+            if let Err(e) = remove(&self.maildir, entry) {
+                note(e.into());
+            }
+        }
+        let mut done = vec![false; self.entries.len()];
+        for &i in retrieved {
+            let Some(entry) = self.entries.get(i) else {
+                note(StoreError::Permanent("message index out of range".into()));
+                continue;
+            };
+            if is_deleted[i] || std::mem::replace(&mut done[i], true) {
+                continue;
+            }
+            if let Err(e) = mark_seen(&self.maildir, entry) {
+                note(e.into());
+            }
+        }
+        for sub in [Sub::New, Sub::Cur] {
+            if let Err(e) = deliver::sync_dir(&self.maildir.join(sub.dir())) {
+                note(e.into());
+            }
+        }
+        // The lock goes with `self` here, after the directories are synced.
+        drop(self);
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Maildrop for MaildirMaildrop {
+    type Reader = tokio::fs::File;
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.infos
+    }
+
+    async fn read(&mut self, index: usize) -> Result<tokio::fs::File, StoreError> {
+        let entry = self
+            .entries
+            .get(index)
+            .cloned()
+            .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
+        let maildir = self.maildir.clone();
+        let (file, entry) = blocking(move || open_message(&maildir, entry)).await?;
+        self.entries[index] = entry;
+        Ok(tokio::fs::File::from_std(file))
+    }
+
+    async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        let deleted = deleted.to_vec();
+        let retrieved = retrieved.to_vec();
+        blocking(move || self.commit_blocking(&deleted, &retrieved)).await
+    }
+}
+
+/// Takes the session lock without waiting: a held lock is another session.
+fn lock(maildir: &Path) -> Result<File, StoreError> {
+    let path = maildir.join(LOCK_FILE);
+    match path.symlink_metadata() {
+        Ok(meta) if !meta.file_type().is_file() => {
+            return Err(StoreError::Permanent(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::Locked),
+        Err(TryLockError::Error(e)) => Err(e.into()),
+    }
+}
+
+/// One regular file found in new/ or cur/.
+struct Found {
+    entry: Entry,
+    uid: String,
+}
+
+/// Lists the message files of new/ and cur/: no dotfiles, no symlinks, no
+/// directories. One UIDL per message: where two files share a UIDL (the
+/// same base name in new/ and cur/ after a crash mid-rename), the one in
+/// cur/ wins, then the smaller name, so the choice is stable.
+fn list(maildir: &Path) -> io::Result<Vec<Found>> {
+    let mut by_uid: HashMap<String, usize> = HashMap::new();
+    let mut found: Vec<Found> = Vec::new();
+    for sub in [Sub::Cur, Sub::New] {
+        for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
+            let dirent = dirent?;
+            let name = dirent.file_name();
+            if name.as_bytes().first().is_none_or(|&b| b == b'.') {
+                continue;
+            }
+            // d_type from readdir: no stat per file on common filesystems.
+            match dirent.file_type() {
+                Ok(t) if t.is_file() => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            let uid = name::uidl(name::parse(name.as_bytes()).base);
+            let candidate = Found {
+                entry: Entry { sub, name },
+                uid,
+            };
+            match by_uid.get(&candidate.uid) {
+                None => {
+                    by_uid.insert(candidate.uid.clone(), found.len());
+                    found.push(candidate);
+                }
+                Some(&i) => {
+                    let kept = &found[i].entry;
+                    if kept.sub == candidate.entry.sub && candidate.entry.name < kept.name {
+                        found[i] = candidate;
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Lists the Maildir and sizes every message: from `W=`, else the size
+/// cache, else by reading the file (and then the cache learns it).
+fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError> {
+    let found = list(maildir)?;
+    let cache = size::load(maildir);
+    let mut cache_hits = 0usize;
+    let mut learned = false;
+    let mut rows: Vec<(Option<u64>, Found, u64)> = Vec::with_capacity(found.len());
+    for f in found {
+        let parsed = name::parse(f.entry.name.as_bytes());
+        let timestamp = parsed.timestamp;
+        let size = if let Some(w) = parsed.crlf_size {
+            w
+        } else if let Some(&cached) = cache.get(parsed.base) {
+            cache_hits += 1;
+            cached
+        } else {
+            match measure(&f.entry.path(maildir)) {
+                Ok(Some(n)) => {
+                    learned = true;
+                    n
+                }
+                // Removed by another program since the listing.
+                Ok(None) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        rows.push((timestamp, f, size));
+    }
+    rows.sort_by(|(ta, a, _), (tb, b, _)| name::order(*ta, a.entry.base(), *tb, b.entry.base()));
+
+    if learned || cache_hits != cache.len() {
+        let unnamed = rows
+            .iter()
+            .filter(|(_, f, _)| name::parse(f.entry.name.as_bytes()).crlf_size.is_none())
+            .map(|(_, f, size)| (f.entry.base(), *size));
+        if let Err(e) = size::store(maildir, unnamed) {
+            tracing::warn!(error = %e, maildir = %maildir.display(), "cannot write size cache");
+        }
+    }
+
+    let mut entries = Vec::with_capacity(rows.len());
+    let mut infos = Vec::with_capacity(rows.len());
+    for (_, f, size) in rows {
+        entries.push(f.entry);
+        infos.push(MessageInfo { uid: f.uid, size });
+    }
+    Ok((entries, infos))
+}
+
+/// The CRLF size of a message file; `None` when it has gone.
+fn measure(path: &Path) -> Result<Option<u64>, StoreError> {
+    let Some(mut file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    Ok(Some(size::file_crlf_size(&mut file)?))
+}
+
+/// Opens a regular file without following a symlink: the file opened must
+/// be the very inode that `lstat` saw, so a link swapped in between is
+/// refused. `None` when the path does not exist.
+fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
+    let before = match path.symlink_metadata() {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if !before.file_type().is_file() {
+        return Err(not_regular(path));
+    }
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let after = file.metadata()?;
+    if (after.dev(), after.ino()) != (before.dev(), before.ino()) || !after.is_file() {
+        return Err(not_regular(path));
+    }
+    Ok(Some(file))
+}
+
+fn not_regular(path: &Path) -> StoreError {
+    StoreError::Permanent(format!("{} is not a regular file", path.display()))
+}
+
+/// Finds the file that now holds `base` after another program renamed it;
+/// cur/ first, where such renames lead.
+fn find_base(maildir: &Path, base: &[u8]) -> io::Result<Option<Entry>> {
+    for sub in [Sub::Cur, Sub::New] {
+        for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
+            let dirent = dirent?;
+            let name = dirent.file_name();
+            if name.as_bytes().first() == Some(&b'.') || name::parse(name.as_bytes()).base != base {
+                continue;
+            }
+            if dirent.file_type().is_ok_and(|t| t.is_file()) {
+                return Ok(Some(Entry { sub, name }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn open_message(maildir: &Path, entry: Entry) -> Result<(File, Entry), StoreError> {
+    if let Some(file) = open_regular(&entry.path(maildir))? {
+        return Ok((file, entry));
+    }
+    let moved = find_base(maildir, entry.base())?.ok_or(StoreError::Vanished)?;
+    match open_regular(&moved.path(maildir))? {
+        Some(file) => Ok((file, moved)),
+        None => Err(StoreError::Vanished),
+    }
+}
+
+/// Unlinks a message wherever it now is; one already gone is fine.
+fn remove(maildir: &Path, entry: &Entry) -> io::Result<()> {
+    match std::fs::remove_file(entry.path(maildir)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    match find_base(maildir, entry.base())? {
+        Some(moved) => match std::fs::remove_file(moved.path(maildir)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        },
+        None => Ok(()),
+    }
+}
+
+/// Where a retrieved message goes: into cur/ with the S flag. `None` when
+/// it is there already, or its info part is one we must not rewrite.
+fn seen_target(entry: &Entry) -> Option<Entry> {
+    let name = entry.name.as_bytes();
+    if name::parse(name).foreign_info {
+        return None;
+    }
+    let seen = name::seen_name(name);
+    if entry.sub == Sub::Cur && seen.is_none() {
+        return None;
+    }
+    let name = seen.map_or_else(|| entry.name.clone(), OsString::from_vec);
+    Some(Entry {
+        sub: Sub::Cur,
+        name,
+    })
+}
+
+fn mark_seen(maildir: &Path, entry: &Entry) -> io::Result<()> {
+    let Some(target) = seen_target(entry) else {
+        return Ok(());
+    };
+    match std::fs::rename(entry.path(maildir), target.path(maildir)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    // Another program moved it first; mark it where it is now.
+    let Some(moved) = find_base(maildir, entry.base())? else {
+        return Ok(());
+    };
+    let Some(target) = seen_target(&moved) else {
+        return Ok(());
+    };
+    match std::fs::rename(moved.path(maildir), target.path(maildir)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;
