@@ -71,8 +71,10 @@ pub trait Maildrop: Send + 'static {
 
     /// Opens message `index` (0-based into the snapshot) for reading.
     /// A message removed by another program is [`StoreError::Vanished`].
-    fn read(&mut self, index: usize)
-        -> impl Future<Output = Result<Self::Reader, StoreError>> + Send;
+    fn read(
+        &mut self,
+        index: usize,
+    ) -> impl Future<Output = Result<Self::Reader, StoreError>> + Send;
 
     /// The UPDATE state (RFC 1939 §6): removes the messages at `deleted`,
     /// marks those at `retrieved` as seen, and releases the lock.
