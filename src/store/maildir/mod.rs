@@ -17,7 +17,7 @@ mod deliver;
 mod name;
 mod size;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -183,11 +183,22 @@ struct Entry {
     sub: Sub,
     /// The full file name, flags included.
     name: OsString,
+    /// The length of the base name, a prefix of `name`.
+    base_len: usize,
 }
 
 impl Entry {
+    fn new(sub: Sub, name: OsString) -> Self {
+        let base_len = name::parse(name.as_bytes()).base.len();
+        Entry {
+            sub,
+            name,
+            base_len,
+        }
+    }
+
     fn base(&self) -> &[u8] {
-        name::parse(self.name.as_bytes()).base
+        &self.name.as_bytes()[..self.base_len]
     }
 
     fn path(&self, maildir: &Path) -> PathBuf {
@@ -314,18 +325,19 @@ fn lock(maildir: &Path) -> Result<File, StoreError> {
     }
 }
 
-/// One regular file found in new/ or cur/.
+/// One regular file found in new/ or cur/, with what its name says.
 struct Found {
     entry: Entry,
+    time_key: u128,
+    crlf_size: Option<u64>,
     uid: String,
+    /// The UIDL is a digest, not the base name itself.
+    digest: bool,
 }
 
 /// Lists the message files of new/ and cur/: no dotfiles, no symlinks, no
-/// directories. One UIDL per message: where two files share a UIDL (the
-/// same base name in new/ and cur/ after a crash mid-rename), the one in
-/// cur/ wins, then the smaller name, so the choice is stable.
+/// directories.
 fn list(maildir: &Path) -> io::Result<Vec<Found>> {
-    let mut by_uid: HashMap<String, usize> = HashMap::new();
     let mut found: Vec<Found> = Vec::new();
     for sub in [Sub::Cur, Sub::New] {
         for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
@@ -341,74 +353,104 @@ fn list(maildir: &Path) -> io::Result<Vec<Found>> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
-            let uid = name::uidl(name::parse(name.as_bytes()).base);
-            let candidate = Found {
-                entry: Entry { sub, name },
+            // Everything derived from the name is computed here, while the
+            // name is hot in cache: later passes visit names in sorted order,
+            // which is random order in memory.
+            let parsed = name::parse(name.as_bytes());
+            let uid = name::uidl(parsed.base);
+            found.push(Found {
+                digest: uid.as_bytes() != parsed.base,
+                time_key: name::time_key(parsed.timestamp),
+                crlf_size: parsed.crlf_size,
                 uid,
-            };
-            match by_uid.get(&candidate.uid) {
-                None => {
-                    by_uid.insert(candidate.uid.clone(), found.len());
-                    found.push(candidate);
-                }
-                Some(&i) => {
-                    let kept = &found[i].entry;
-                    if kept.sub == candidate.entry.sub && candidate.entry.name < kept.name {
-                        found[i] = candidate;
-                    }
-                }
-            }
+                entry: Entry {
+                    base_len: parsed.base.len(),
+                    sub,
+                    name,
+                },
+            });
         }
     }
     Ok(found)
 }
 
-/// Lists the Maildir and sizes every message: from `W=`, else the size
-/// cache, else by reading the file (and then the cache learns it).
+/// Lists the Maildir, orders it, makes UIDLs unique and sizes every
+/// message: from `W=`, else the size cache, else by reading the file (and
+/// then the cache learns it).
 fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError> {
-    let found = list(maildir)?;
-    let cache = size::load(maildir);
+    let mut found = list(maildir)?;
+    // Small keys are sorted and each entry is moved once, straight into the
+    // snapshot: at 100,000 messages, moving the entries themselves around
+    // costs more than the rest of the work.
+    let mut order: Vec<(u128, usize)> = found
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.time_key, i))
+        .collect();
+    // Within one base name, cur/ first, then the smaller name: a crash
+    // mid-rename leaves the same message in new/ and cur/, and the cur/
+    // copy is the one other programs have moved on to.
+    order.sort_unstable_by(|&(ka, a), &(kb, b)| {
+        let (a, b) = (&found[a].entry, &found[b].entry);
+        ka.cmp(&kb)
+            .then_with(|| a.base().cmp(b.base()))
+            .then_with(|| (a.sub == Sub::New).cmp(&(b.sub == Sub::New)))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    // The same base has the same timestamp, so most names need no look.
+    order.dedup_by(|later, earlier| {
+        later.0 == earlier.0 && found[later.1].entry.base() == found[earlier.1].entry.base()
+    });
+    if found.iter().any(|f| f.digest) {
+        // A digest can only collide with a base name chosen to match it;
+        // the earlier message keeps the UIDL and the other is left out.
+        let mut seen = HashSet::with_capacity(order.len());
+        order.retain(|&(_, i)| seen.insert(found[i].uid.as_str()));
+    }
+
+    let mut cache = size::load(maildir);
     let mut cache_hits = 0usize;
     let mut learned = false;
-    let mut rows: Vec<(Option<u64>, Found, u64)> = Vec::with_capacity(found.len());
-    for f in found {
-        let parsed = name::parse(f.entry.name.as_bytes());
-        let timestamp = parsed.timestamp;
-        let size = if let Some(w) = parsed.crlf_size {
-            w
-        } else if let Some(&cached) = cache.get(parsed.base) {
-            cache_hits += 1;
-            cached
-        } else {
-            match measure(&f.entry.path(maildir)) {
-                Ok(Some(n)) => {
-                    learned = true;
-                    n
+    let mut entries = Vec::with_capacity(order.len());
+    let mut infos = Vec::with_capacity(order.len());
+    let mut uncached: Vec<usize> = Vec::new();
+    for &(_, i) in &order {
+        let f = &mut found[i];
+        let size = match f.crlf_size {
+            Some(w) => w,
+            None => match cache.get(f.entry.base()) {
+                Some(cached) => {
+                    cache_hits += 1;
+                    uncached.push(entries.len());
+                    cached
                 }
-                // Removed by another program since the listing.
-                Ok(None) => continue,
-                Err(e) => return Err(e),
-            }
+                None => match measure(&f.entry.path(maildir))? {
+                    Some(n) => {
+                        learned = true;
+                        uncached.push(entries.len());
+                        n
+                    }
+                    // Removed by another program since the listing.
+                    None => continue,
+                },
+            },
         };
-        rows.push((timestamp, f, size));
+        entries.push(Entry {
+            sub: f.entry.sub,
+            name: std::mem::take(&mut f.entry.name),
+            base_len: f.entry.base_len,
+        });
+        infos.push(MessageInfo {
+            uid: std::mem::take(&mut f.uid),
+            size,
+        });
     }
-    rows.sort_by(|(ta, a, _), (tb, b, _)| name::order(*ta, a.entry.base(), *tb, b.entry.base()));
 
     if learned || cache_hits != cache.len() {
-        let unnamed = rows
-            .iter()
-            .filter(|(_, f, _)| name::parse(f.entry.name.as_bytes()).crlf_size.is_none())
-            .map(|(_, f, size)| (f.entry.base(), *size));
-        if let Err(e) = size::store(maildir, unnamed) {
+        let sizes = uncached.iter().map(|&i| (entries[i].base(), infos[i].size));
+        if let Err(e) = size::store(maildir, sizes) {
             tracing::warn!(error = %e, maildir = %maildir.display(), "cannot write size cache");
         }
-    }
-
-    let mut entries = Vec::with_capacity(rows.len());
-    let mut infos = Vec::with_capacity(rows.len());
-    for (_, f, size) in rows {
-        entries.push(f.entry);
-        infos.push(MessageInfo { uid: f.uid, size });
     }
     Ok((entries, infos))
 }
@@ -460,7 +502,7 @@ fn find_base(maildir: &Path, base: &[u8]) -> io::Result<Option<Entry>> {
                 continue;
             }
             if dirent.file_type().is_ok_and(|t| t.is_file()) {
-                return Ok(Some(Entry { sub, name }));
+                return Ok(Some(Entry::new(sub, name)));
             }
         }
     }
@@ -505,10 +547,7 @@ fn seen_target(entry: &Entry) -> Option<Entry> {
         return None;
     }
     let name = seen.map_or_else(|| entry.name.clone(), OsString::from_vec);
-    Some(Entry {
-        sub: Sub::Cur,
-        name,
-    })
+    Some(Entry::new(Sub::Cur, name))
 }
 
 fn mark_seen(maildir: &Path, entry: &Entry) -> io::Result<()> {

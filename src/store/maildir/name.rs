@@ -7,7 +7,6 @@
 //! untrusted: a name that does not fit the grammar still yields a base, a
 //! printable UIDL and a sort key. No IO except reading the hostname.
 
-use std::cmp::Ordering;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -89,8 +88,9 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 pub(crate) fn uidl(base: &[u8]) -> String {
     let printable = base.iter().all(|&b| (0x21..=0x7E).contains(&b));
     if !base.is_empty() && base.len() <= MAX_UIDL_OCTETS && printable {
-        // All bytes are ASCII, so this is lossless.
-        return String::from_utf8_lossy(base).into_owned();
+        if let Ok(ascii) = std::str::from_utf8(base) {
+            return ascii.to_owned();
+        }
     }
     let digest = Sha256::digest(base);
     let mut hex = String::with_capacity(40);
@@ -103,20 +103,10 @@ pub(crate) fn uidl(base: &[u8]) -> String {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Message order: delivery time, then base name; names without a leading
-/// timestamp last, by name.
-pub(crate) fn order(
-    a_time: Option<u64>,
-    a_base: &[u8],
-    b_time: Option<u64>,
-    b_base: &[u8],
-) -> Ordering {
-    match (a_time, b_time) {
-        (Some(x), Some(y)) => x.cmp(&y).then_with(|| a_base.cmp(b_base)),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a_base.cmp(b_base),
-    }
+/// The first sort key of a message: its delivery time, with names that
+/// have no leading timestamp after all that do. Ties go by base name.
+pub(crate) fn time_key(timestamp: Option<u64>) -> u128 {
+    timestamp.map_or(u128::MAX, u128::from)
 }
 
 /// The file name in cur/ for a message that has been retrieved: the same
@@ -269,7 +259,7 @@ mod tests {
     #[test]
     fn order_by_time_then_name_untimed_last() {
         let mut v: Vec<&[u8]> = vec![b"zz", b"20.a", b"3.b", b"3.a", b"aa", b"100"];
-        v.sort_by(|a, b| order(parse(a).timestamp, a, parse(b).timestamp, b));
+        v.sort_by_key(|name| (time_key(parse(name).timestamp), *name));
         assert_eq!(v, vec![&b"3.a"[..], b"3.b", b"20.a", b"100", b"aa", b"zz"]);
     }
 

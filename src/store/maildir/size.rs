@@ -8,12 +8,12 @@
 //! as long as its base name exists.
 //!
 //! Format: the line `mailbag-sizes 1`, then one line per message,
-//! `<decimal size> <base name bytes>`, each ending in LF. Base names that
-//! contain LF are never cached.
+//! `<decimal size> <base name bytes>`, each ending in LF, sorted by base
+//! name. Base names that contain LF are never cached.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -77,37 +77,93 @@ pub(crate) fn file_crlf_size(file: &mut File) -> io::Result<u64> {
     }
 }
 
-/// Reads the cache. A missing, unreadable or foreign file is an empty
-/// cache: it only ever saves work.
-pub(crate) fn load(maildir: &Path) -> HashMap<Vec<u8>, u64> {
-    let Ok(bytes) = std::fs::read(maildir.join(CACHE_FILE)) else {
-        return HashMap::new();
-    };
-    parse(&bytes)
+/// The parsed cache: the file's bytes and, sorted by base name, where
+/// each well-formed line's base is, with its size. No allocation per line.
+#[derive(Debug, Default)]
+pub(crate) struct SizeCache {
+    bytes: Vec<u8>,
+    lines: Vec<(Range<usize>, u64)>,
+    /// Where the previous hit was: a snapshot asks in delivery-time order,
+    /// which for timestamped names is the cache's order, so the next
+    /// answer is usually the next line and needs no search.
+    cursor: usize,
 }
 
-fn parse(bytes: &[u8]) -> HashMap<Vec<u8>, u64> {
-    let mut sizes = HashMap::new();
-    let Some(body) = bytes.strip_prefix(HEADER) else {
-        return sizes;
-    };
-    for line in body.split(|&b| b == b'\n') {
-        let Some(sp) = memchr::memchr(b' ', line) else {
-            continue;
+impl SizeCache {
+    pub(crate) fn get(&mut self, base: &[u8]) -> Option<u64> {
+        let line = |i: usize| &self.bytes[self.lines[i].0.clone()];
+        let at = if self.cursor < self.lines.len() && line(self.cursor) == base {
+            self.cursor
+        } else {
+            self.lines
+                .binary_search_by(|(range, _)| self.bytes[range.clone()].cmp(base))
+                .ok()?
         };
-        let (digits, base) = (&line[..sp], &line[sp + 1..]);
-        if base.is_empty() || digits.is_empty() || digits.len() > 19 {
-            continue;
-        }
-        if !digits.iter().all(u8::is_ascii_digit) {
-            continue;
-        }
-        let size = digits
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        sizes.insert(base.to_vec(), size);
+        self.cursor = at + 1;
+        Some(self.lines[at].1)
     }
-    sizes
+
+    pub(crate) fn len(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+/// Reads the cache. A missing, unreadable or foreign file is an empty
+/// cache: it only ever saves work.
+pub(crate) fn load(maildir: &Path) -> SizeCache {
+    match std::fs::read(maildir.join(CACHE_FILE)) {
+        Ok(bytes) => parse(bytes),
+        Err(_) => SizeCache::default(),
+    }
+}
+
+fn parse(bytes: Vec<u8>) -> SizeCache {
+    let mut lines = Vec::new();
+    if bytes.starts_with(HEADER) {
+        let mut start = HEADER.len();
+        while start < bytes.len() {
+            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+            if let Some(size) = parse_line(&bytes[start..end]) {
+                let sp = memchr::memchr(b' ', &bytes[start..end]).unwrap_or(0);
+                lines.push((start + sp + 1..end, size));
+            }
+            start = end + 1;
+        }
+    }
+    let mut cache = SizeCache {
+        bytes,
+        lines,
+        cursor: 0,
+    };
+    let bytes = &cache.bytes;
+    // Written sorted; sort anyway when someone else wrote it.
+    if !cache
+        .lines
+        .is_sorted_by(|(a, _), (b, _)| bytes[a.clone()] <= bytes[b.clone()])
+    {
+        cache
+            .lines
+            .sort_unstable_by(|(a, _), (b, _)| bytes[a.clone()].cmp(&bytes[b.clone()]));
+    }
+    cache
+}
+
+/// The size of one `<size> <base>` line, `None` when malformed.
+fn parse_line(line: &[u8]) -> Option<u64> {
+    let sp = memchr::memchr(b' ', line)?;
+    let (digits, base) = (&line[..sp], &line[sp + 1..]);
+    // 19 digits always fit in a u64.
+    if base.is_empty() || digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 /// Replaces the cache atomically (write a temporary file, fsync, rename).
@@ -116,7 +172,9 @@ pub(crate) fn store<'a>(
     maildir: &Path,
     entries: impl Iterator<Item = (&'a [u8], u64)>,
 ) -> io::Result<()> {
-    let mut out = Vec::with_capacity(4096);
+    let mut entries: Vec<(&[u8], u64)> = entries.collect();
+    entries.sort_unstable();
+    let mut out = Vec::with_capacity(HEADER.len() + entries.len() * 64);
     out.extend_from_slice(HEADER);
     for (base, size) in entries {
         if base.contains(&b'\n') {
@@ -187,17 +245,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<(&[u8], u64)> = vec![(b"1.a", 10), (b"odd name\xff", 7), (b"nl\nname", 3)];
         store(dir.path(), names.into_iter()).unwrap();
-        let got = load(dir.path());
+        let mut got = load(dir.path());
         assert_eq!(got.len(), 2);
-        assert_eq!(got[&b"1.a"[..]], 10);
-        assert_eq!(got[&b"odd name\xff"[..]], 7);
+        assert_eq!(got.get(b"1.a"), Some(10));
+        assert_eq!(got.get(b"odd name\xff"), Some(7));
+        assert_eq!(got.get(b"nl\nname"), None);
 
         let garbage =
             b"mailbag-sizes 1\n12\n x\n-1 a\n99999999999999999999 b\n1e3 c\n5 ok\n\xff\xff";
-        let got = parse(garbage);
+        let mut got = parse(garbage.to_vec());
         assert_eq!(got.len(), 1);
-        assert_eq!(got[&b"ok"[..]], 5);
-        assert!(parse(b"5 ok\n").is_empty());
-        assert!(load(&dir.path().join("missing")).is_empty());
+        assert_eq!(got.get(b"ok"), Some(5));
+        assert_eq!(parse(b"5 ok\n".to_vec()).len(), 0);
+        assert_eq!(load(&dir.path().join("missing")).len(), 0);
+
+        let mut unsorted = parse(b"mailbag-sizes 1\n3 c\n1 a\n2 b".to_vec());
+        for (name, size) in [
+            (b"a", 1),
+            (b"c", 3),
+            (b"b", 2),
+            (b"b", 2),
+            (b"x", 0),
+            (b"a", 1),
+        ] {
+            let want = (size > 0).then_some(size);
+            assert_eq!(unsorted.get(name), want);
+        }
     }
 }
