@@ -17,7 +17,7 @@ mod deliver;
 mod name;
 mod size;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -230,39 +230,44 @@ impl MaildirMaildrop {
         })
     }
 
-    fn commit_blocking(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+    fn commit_blocking(mut self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        let maildir = self.maildir.clone();
         let mut first: Option<StoreError> = None;
         let mut note = |e: StoreError| {
-            tracing::warn!(error = %e, maildir = %self.maildir.display(), "maildrop commit");
+            tracing::warn!(error = %e, maildir = %maildir.display(), "maildrop commit");
             first.get_or_insert(e);
         };
-        let mut is_deleted = vec![false; self.entries.len()];
-        for &i in deleted {
-            match is_deleted.get_mut(i) {
-                Some(d) => *d = true,
-                None => note(StoreError::Permanent("message index out of range".into())),
+        let n = self.entries.len();
+        let mut is_deleted = vec![false; n];
+        let mut is_retrieved = vec![false; n];
+        for (indices, marks) in [(deleted, &mut is_deleted), (retrieved, &mut is_retrieved)] {
+            for &i in indices {
+                match marks.get_mut(i) {
+                    Some(mark) => *mark = true,
+                    None => note(StoreError::Permanent("message index out of range".into())),
+                }
             }
         }
-        for (entry, _) in self.entries.iter().zip(&is_deleted).filter(|(_, &d)| d) {
-            if let Err(e) = remove(&self.maildir, entry) {
-                note(e.into());
-            }
-        }
-        let mut done = vec![false; self.entries.len()];
-        for &i in retrieved {
-            let Some(entry) = self.entries.get(i) else {
-                note(StoreError::Permanent("message index out of range".into()));
+        let mut relocated = false;
+        for i in 0..n {
+            let result = if is_deleted[i] {
+                with_relocation(&maildir, &mut self.entries, i, &mut relocated, |e| {
+                    remove(&maildir, e)
+                })
+            } else if is_retrieved[i] {
+                with_relocation(&maildir, &mut self.entries, i, &mut relocated, |e| {
+                    mark_seen(&maildir, e)
+                })
+            } else {
                 continue;
             };
-            if is_deleted[i] || std::mem::replace(&mut done[i], true) {
-                continue;
-            }
-            if let Err(e) = mark_seen(&self.maildir, entry) {
+            // Not found even after relocation: gone, which is fine for both.
+            if let Err(e) = result {
                 note(e.into());
             }
         }
         for sub in [Sub::New, Sub::Cur] {
-            if let Err(e) = deliver::sync_dir(&self.maildir.join(sub.dir())) {
+            if let Err(e) = deliver::sync_dir(&maildir.join(sub.dir())) {
                 note(e.into());
             }
         }
@@ -283,12 +288,22 @@ impl Maildrop for MaildirMaildrop {
         let entry = self
             .entries
             .get(index)
-            .cloned()
             .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
+        let path = entry.path(&self.maildir);
+        if let Some(file) = blocking(move || open_regular(&path)).await? {
+            return Ok(tokio::fs::File::from_std(file));
+        }
         let maildir = self.maildir.clone();
-        let (file, entry) = blocking(move || open_message(&maildir, entry)).await?;
-        self.entries[index] = entry;
-        Ok(tokio::fs::File::from_std(file))
+        let mut entries = self.entries.clone();
+        let (entries, file) = blocking(move || {
+            relocate(&maildir, &mut entries)?;
+            let file = open_regular(&entries[index].path(&maildir))?;
+            Ok((entries, file))
+        })
+        .await?;
+        self.entries = entries;
+        file.map(tokio::fs::File::from_std)
+            .ok_or(StoreError::Vanished)
     }
 
     async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
@@ -491,48 +506,66 @@ fn not_regular(path: &Path) -> StoreError {
     StoreError::Permanent(format!("{} is not a regular file", path.display()))
 }
 
-/// Finds the file that now holds `base` after another program renamed it;
-/// cur/ first, where such renames lead.
-fn find_base(maildir: &Path, base: &[u8]) -> io::Result<Option<Entry>> {
+/// Points every entry at the file that now holds its base name, after
+/// another program renamed files (new/ → cur/, flag changes). One listing
+/// serves all entries, so a session whose whole maildrop was moved pays
+/// for one scan, not one per message. Entries whose base is gone stay as
+/// they were, and opening them finds nothing.
+fn relocate(maildir: &Path, entries: &mut [Entry]) -> io::Result<()> {
+    let mut now: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(entries.len());
+    // cur/ first: where a message in both is taken to be.
     for sub in [Sub::Cur, Sub::New] {
         for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
             let dirent = dirent?;
             let name = dirent.file_name();
-            if name.as_bytes().first() == Some(&b'.') || name::parse(name.as_bytes()).base != base {
+            if name.as_bytes().first().is_none_or(|&b| b == b'.')
+                || !dirent.file_type().is_ok_and(|t| t.is_file())
+            {
                 continue;
             }
-            if dirent.file_type().is_ok_and(|t| t.is_file()) {
-                return Ok(Some(Entry::new(sub, name)));
-            }
+            let entry = Entry::new(sub, name);
+            now.entry(entry.base().to_vec()).or_insert(entry);
         }
     }
-    Ok(None)
+    for entry in entries {
+        if let Some(moved) = now.get(entry.base()) {
+            entry.clone_from(moved);
+        }
+    }
+    Ok(())
 }
 
-fn open_message(maildir: &Path, entry: Entry) -> Result<(File, Entry), StoreError> {
-    if let Some(file) = open_regular(&entry.path(maildir))? {
-        return Ok((file, entry));
+/// Runs `op` on entry `i` (`Ok(None)` means its file was not found); when
+/// not found and no relocation has happened yet, relocates all entries
+/// once and tries again. `Ok(None)` at the end means the message is gone.
+fn with_relocation<T>(
+    maildir: &Path,
+    entries: &mut [Entry],
+    i: usize,
+    relocated: &mut bool,
+    op: impl Fn(&Entry) -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
+    if let Some(done) = op(&entries[i])? {
+        return Ok(Some(done));
     }
-    let moved = find_base(maildir, entry.base())?.ok_or(StoreError::Vanished)?;
-    match open_regular(&moved.path(maildir))? {
-        Some(file) => Ok((file, moved)),
-        None => Err(StoreError::Vanished),
+    if std::mem::replace(relocated, true) {
+        return Ok(None);
+    }
+    relocate(maildir, entries)?;
+    op(&entries[i])
+}
+
+fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(done) => Ok(Some(done)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
 /// Unlinks a message wherever it now is; one already gone is fine.
-fn remove(maildir: &Path, entry: &Entry) -> io::Result<()> {
-    match std::fs::remove_file(entry.path(maildir)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        other => return other,
-    }
-    match find_base(maildir, entry.base())? {
-        Some(moved) => match std::fs::remove_file(moved.path(maildir)) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        },
-        None => Ok(()),
-    }
+fn remove(maildir: &Path, entry: &Entry) -> io::Result<Option<()>> {
+    not_found_is_none(std::fs::remove_file(entry.path(maildir)))
 }
 
 /// Where a retrieved message goes: into cur/ with the S flag. `None` when
@@ -550,24 +583,14 @@ fn seen_target(entry: &Entry) -> Option<Entry> {
     Some(Entry::new(Sub::Cur, name))
 }
 
-fn mark_seen(maildir: &Path, entry: &Entry) -> io::Result<()> {
-    let Some(target) = seen_target(entry) else {
-        return Ok(());
-    };
-    match std::fs::rename(entry.path(maildir), target.path(maildir)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        other => return other,
-    }
-    // Another program moved it first; mark it where it is now.
-    let Some(moved) = find_base(maildir, entry.base())? else {
-        return Ok(());
-    };
-    let Some(target) = seen_target(&moved) else {
-        return Ok(());
-    };
-    match std::fs::rename(moved.path(maildir), target.path(maildir)) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+/// Marks a message seen (RFC 1939 leaves this to us; the Maildir spec says
+/// how: cur/ and the S flag).
+fn mark_seen(maildir: &Path, entry: &Entry) -> io::Result<Option<()>> {
+    match seen_target(entry) {
+        None => Ok(Some(())),
+        Some(target) => {
+            not_found_is_none(std::fs::rename(entry.path(maildir), target.path(maildir)))
+        }
     }
 }
 

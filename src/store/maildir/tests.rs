@@ -345,3 +345,28 @@ async fn timing_100k() {
         }
     }
 }
+
+#[tokio::test]
+async fn commit_follows_a_whole_maildrop_moved_by_another_program() {
+    let (_dir, store, md) = setup();
+    let bases: Vec<String> = (0..20)
+        .map(|i| deliver(&md, format!("m{i}\n").as_bytes()).unwrap())
+        .collect();
+    let mut maildrop = store.open("alice").await.unwrap();
+    for base in &bases {
+        let to = md.join("cur").join(format!("{base}:2,F"));
+        std::fs::rename(md.join("new").join(base), to).unwrap();
+    }
+    assert_eq!(read_all(&mut maildrop, 3).await.unwrap(), b"m3\n");
+    std::fs::rename(
+        md.join("cur").join(format!("{}:2,F", bases[5])),
+        md.join("cur").join(format!("{}:2,FT", bases[5])),
+    )
+    .unwrap();
+    let deleted: Vec<usize> = (0..10).collect();
+    let retrieved: Vec<usize> = (5..20).collect();
+    maildrop.commit(&deleted, &retrieved).await.unwrap();
+    let mut want: Vec<String> = bases[10..].iter().map(|b| format!("{b}:2,FS")).collect();
+    want.sort();
+    assert_eq!(names(&md.join("cur")), want);
+}
