@@ -97,8 +97,11 @@ impl MaildirStore {
         path.push(rest);
         let path = PathBuf::from(path);
 
-        let escapes = path.components().any(|c| c == Component::ParentDir);
-        if escapes || !path.starts_with(&self.root) || path == self.root {
+        let below_root = match path.strip_prefix(&self.root) {
+            Ok(rest) => rest.components().all(|c| matches!(c, Component::Normal(_))),
+            Err(_) => false,
+        };
+        if !below_root || path == self.root {
             return Err(StoreError::Permanent(
                 "maildir path is not under the data root".into(),
             ));

@@ -231,6 +231,34 @@ mod tests {
     }
 
     #[test]
+    fn any_bytes_give_a_valid_uidl_and_seen_name() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"0123456789.,:=SW2aFRT \xff\x00\n";
+        for _ in 0..20_000 {
+            let len = (next() % 90) as usize;
+            let name: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            let p = parse(&name);
+            let uid = uidl(p.base);
+            assert!((1..=70).contains(&uid.len()), "{name:?}");
+            assert!(uid.bytes().all(|b| (0x21..=0x7E).contains(&b)));
+            if let Some(seen) = seen_name(&name) {
+                let q = parse(&seen);
+                assert_eq!(q.base, p.base);
+                assert!(q.flags.is_some_and(|f| f.contains(&b'S') && f.is_sorted()));
+                assert_eq!(seen_name(&seen), None);
+            }
+        }
+    }
+
+    #[test]
     fn uidl_is_base_or_digest() {
         assert_eq!(
             uidl(b"1700000000.M1P2.host,S=12"),

@@ -370,3 +370,13 @@ async fn commit_follows_a_whole_maildrop_moved_by_another_program() {
     want.sort();
     assert_eq!(names(&md.join("cur")), want);
 }
+
+#[test]
+fn root_with_dot_dot_still_confines_users() {
+    let s = MaildirStore::new("/data/../srv".into(), "{root}/{user}".into(), String::new());
+    assert_eq!(s.maildir_path("a").unwrap(), Path::new("/data/../srv/a"));
+    let bare = MaildirStore::new("/srv".into(), "{root}/{user}/../x".into(), String::new());
+    assert!(bare.maildir_path("a").is_err());
+    let same = MaildirStore::new("/srv".into(), "{root}".into(), String::new());
+    assert!(same.maildir_path("a").is_err());
+}
