@@ -1,0 +1,275 @@
+//! Message sizes in CRLF octets (RFC 1939 §5: what LIST reports and RETR
+//! sends before dot-stuffing), and `mailbag.sizes`, the per-Maildir cache
+//! of sizes for messages whose names carry no `W=` field.
+//!
+//! The cache is untrusted input: a malformed line is skipped, and a size is
+//! only ever looked up for a base name that is on disk. Maildir messages
+//! are immutable and base names unique, so a cached size stays valid for
+//! as long as its base name exists.
+//!
+//! Format: the line `mailbag-sizes 1`, then one line per message,
+//! `<decimal size> <base name bytes>`, each ending in LF, sorted by base
+//! name. Base names that contain LF are never cached.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The file name of the cache inside the Maildir.
+pub(crate) const CACHE_FILE: &str = "mailbag.sizes";
+const CACHE_TMP: &str = "mailbag.sizes.tmp";
+const HEADER: &[u8] = b"mailbag-sizes 1\n";
+
+/// The size of `bytes` once every bare LF is CRLF and the message ends in
+/// CRLF. Placeholder until `mailbag_proto::dot::canonical_size` lands.
+pub(crate) fn crlf_size(bytes: &[u8]) -> u64 {
+    let mut counter = CrlfCounter::default();
+    counter.update(bytes);
+    counter.finish()
+}
+
+/// [`crlf_size`] over a stream of chunks, so that a message on disk need
+/// not be read into memory at once.
+#[derive(Debug, Default)]
+pub(crate) struct CrlfCounter {
+    octets: u64,
+    last: Option<u8>,
+}
+
+impl CrlfCounter {
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        let Some(&tail) = chunk.last() else { return };
+        self.octets += chunk.len() as u64;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let before = if i == 0 {
+                self.last
+            } else {
+                Some(chunk[i - 1])
+            };
+            if before != Some(b'\r') {
+                self.octets += 1;
+            }
+        }
+        self.last = Some(tail);
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        match self.last {
+            Some(b'\n') | None => self.octets,
+            Some(_) => self.octets + 2,
+        }
+    }
+}
+
+/// The CRLF size of a file's content, read in chunks.
+pub(crate) fn file_crlf_size(file: &mut File) -> io::Result<u64> {
+    let mut counter = CrlfCounter::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(counter.finish()),
+            Ok(n) => counter.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The parsed cache: the file's bytes and, sorted by base name, where
+/// each well-formed line's base is, with its size. No allocation per line.
+#[derive(Debug, Default)]
+pub(crate) struct SizeCache {
+    bytes: Vec<u8>,
+    lines: Vec<(Range<usize>, u64)>,
+    /// Where the previous hit was: a snapshot asks in delivery-time order,
+    /// which for timestamped names is the cache's order, so the next
+    /// answer is usually the next line and needs no search.
+    cursor: usize,
+}
+
+impl SizeCache {
+    pub(crate) fn get(&mut self, base: &[u8]) -> Option<u64> {
+        let line = |i: usize| &self.bytes[self.lines[i].0.clone()];
+        let at = if self.cursor < self.lines.len() && line(self.cursor) == base {
+            self.cursor
+        } else {
+            self.lines
+                .binary_search_by(|(range, _)| self.bytes[range.clone()].cmp(base))
+                .ok()?
+        };
+        self.cursor = at + 1;
+        Some(self.lines[at].1)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+/// Reads the cache. A missing, unreadable or foreign file is an empty
+/// cache: it only ever saves work.
+pub(crate) fn load(maildir: &Path) -> SizeCache {
+    match std::fs::read(maildir.join(CACHE_FILE)) {
+        Ok(bytes) => parse(bytes),
+        Err(_) => SizeCache::default(),
+    }
+}
+
+fn parse(bytes: Vec<u8>) -> SizeCache {
+    let mut lines = Vec::new();
+    if bytes.starts_with(HEADER) {
+        let mut start = HEADER.len();
+        while start < bytes.len() {
+            let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+            if let Some(size) = parse_line(&bytes[start..end]) {
+                let sp = memchr::memchr(b' ', &bytes[start..end]).unwrap_or(0);
+                lines.push((start + sp + 1..end, size));
+            }
+            start = end + 1;
+        }
+    }
+    let mut cache = SizeCache {
+        bytes,
+        lines,
+        cursor: 0,
+    };
+    let bytes = &cache.bytes;
+    // Written sorted; sort anyway when someone else wrote it.
+    if !cache
+        .lines
+        .is_sorted_by(|(a, _), (b, _)| bytes[a.clone()] <= bytes[b.clone()])
+    {
+        cache
+            .lines
+            .sort_unstable_by(|(a, _), (b, _)| bytes[a.clone()].cmp(&bytes[b.clone()]));
+    }
+    cache
+}
+
+/// The size of one `<size> <base>` line, `None` when malformed.
+fn parse_line(line: &[u8]) -> Option<u64> {
+    let sp = memchr::memchr(b' ', line)?;
+    let (digits, base) = (&line[..sp], &line[sp + 1..]);
+    // 19 digits always fit in a u64.
+    if base.is_empty() || digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+/// Replaces the cache atomically (write a temporary file, fsync, rename).
+/// The caller holds the maildrop lock, so the temporary name is ours.
+pub(crate) fn store<'a>(
+    maildir: &Path,
+    entries: impl Iterator<Item = (&'a [u8], u64)>,
+) -> io::Result<()> {
+    let mut entries: Vec<(&[u8], u64)> = entries.collect();
+    entries.sort_unstable();
+    let mut out = Vec::with_capacity(HEADER.len() + entries.len() * 64);
+    out.extend_from_slice(HEADER);
+    for (base, size) in entries {
+        if base.contains(&b'\n') {
+            continue;
+        }
+        out.extend_from_slice(size.to_string().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(base);
+        out.push(b'\n');
+    }
+    let tmp = maildir.join(CACHE_TMP);
+    let result = (|| {
+        // A stale temporary file from a crash, or a planted symlink, must not
+        // redirect the write.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&out)?;
+        // A torn cache after a crash would give wrong sizes; fsync before
+        // the rename makes the file either old or complete.
+        file.sync_all()?;
+        std::fs::rename(&tmp, maildir.join(CACHE_FILE))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_size_counts_bare_lf_and_missing_final_newline() {
+        assert_eq!(crlf_size(b""), 0);
+        assert_eq!(crlf_size(b"a"), 3);
+        assert_eq!(crlf_size(b"a\n"), 3);
+        assert_eq!(crlf_size(b"a\r\n"), 3);
+        assert_eq!(crlf_size(b"\n"), 2);
+        assert_eq!(crlf_size(b"\r"), 3);
+        assert_eq!(crlf_size(b"a\nb\r\nc"), 3 + 3 + 3);
+        assert_eq!(crlf_size(b"\n\n"), 4);
+        assert_eq!(crlf_size(b"\r\r\n"), 3);
+    }
+
+    #[test]
+    fn counter_agrees_across_chunk_boundaries() {
+        let msg = b"Subject: x\r\n\nbody\nline\r\n\r\n.\nend\r";
+        let whole = crlf_size(msg);
+        for split in 0..=msg.len() {
+            let mut c = CrlfCounter::default();
+            c.update(&msg[..split]);
+            c.update(&[]);
+            c.update(&msg[split..]);
+            assert_eq!(c.finish(), whole, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn cache_round_trips_and_skips_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<(&[u8], u64)> = vec![(b"1.a", 10), (b"odd name\xff", 7), (b"nl\nname", 3)];
+        store(dir.path(), names.into_iter()).unwrap();
+        let mut got = load(dir.path());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got.get(b"1.a"), Some(10));
+        assert_eq!(got.get(b"odd name\xff"), Some(7));
+        assert_eq!(got.get(b"nl\nname"), None);
+
+        let garbage =
+            b"mailbag-sizes 1\n12\n x\n-1 a\n99999999999999999999 b\n1e3 c\n5 ok\n\xff\xff";
+        let mut got = parse(garbage.to_vec());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got.get(b"ok"), Some(5));
+        assert_eq!(parse(b"5 ok\n".to_vec()).len(), 0);
+        assert_eq!(load(&dir.path().join("missing")).len(), 0);
+
+        let mut unsorted = parse(b"mailbag-sizes 1\n3 c\n1 a\n2 b".to_vec());
+        for (name, size) in [
+            (b"a", 1),
+            (b"c", 3),
+            (b"b", 2),
+            (b"b", 2),
+            (b"x", 0),
+            (b"a", 1),
+        ] {
+            let want = (size > 0).then_some(size);
+            assert_eq!(unsorted.get(name), want);
+        }
+    }
+}

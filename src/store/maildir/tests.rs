@@ -1,0 +1,382 @@
+//! Tests of the Maildir store against real temporary directories.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tokio::io::AsyncReadExt;
+
+use super::*;
+
+fn store(dir: &Path) -> MaildirStore {
+    MaildirStore::new(
+        dir.to_path_buf(),
+        "{root}/{domain}/{user}/Maildir".into(),
+        "example.org".into(),
+    )
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn put(md: &Path, sub: &str, name: &str, content: &[u8]) {
+    std::fs::create_dir_all(md.join(sub)).unwrap();
+    std::fs::write(md.join(sub).join(name), content).unwrap();
+}
+
+async fn read_all(maildrop: &mut MaildirMaildrop, index: usize) -> Result<Vec<u8>, StoreError> {
+    let mut file = maildrop.read(index).await?;
+    let mut out = Vec::new();
+    file.read_to_end(&mut out).await.unwrap();
+    Ok(out)
+}
+
+fn setup() -> (tempfile::TempDir, MaildirStore, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let md = store.maildir_path("alice").unwrap();
+    (dir, store, md)
+}
+
+#[test]
+fn path_template_and_refusals() {
+    let s = store(Path::new("/data"));
+    assert_eq!(
+        s.maildir_path("bob@example.com").unwrap(),
+        Path::new("/data/example.com/bob/Maildir")
+    );
+    assert_eq!(
+        s.maildir_path("bob").unwrap(),
+        Path::new("/data/example.org/bob/Maildir")
+    );
+    let by_name = MaildirStore::new("/d".into(), "{root}/{name}".into(), String::new());
+    assert_eq!(by_name.maildir_path("a@b").unwrap(), Path::new("/d/a@b"));
+    assert_eq!(by_name.maildir_path("a").unwrap(), Path::new("/d/a"));
+
+    let long = "a".repeat(256);
+    for bad in [
+        "../x", "a/b", ".hidden", "a\0b", "a\\b", "a\nb", "", "@x", "x@", "x@.y", "x@a..b",
+        "x@y@z", "a..b", &long,
+    ] {
+        assert!(
+            matches!(s.maildir_path(bad), Err(StoreError::Permanent(_))),
+            "{bad:?} accepted"
+        );
+    }
+    let outside = MaildirStore::new("/d".into(), "/elsewhere/{user}".into(), String::new());
+    assert!(outside.maildir_path("a").is_err());
+    let unknown = MaildirStore::new("/d".into(), "{root}/{uid}".into(), String::new());
+    assert!(unknown.maildir_path("a").is_err());
+}
+
+#[tokio::test]
+async fn missing_maildir_opens_empty_and_is_created() {
+    let (_dir, store, md) = setup();
+    let maildrop = store.open("alice").await.unwrap();
+    assert!(maildrop.messages().is_empty());
+    for sub in ["tmp", "new", "cur"] {
+        assert!(md.join(sub).is_dir());
+    }
+}
+
+#[tokio::test]
+async fn sizes_from_names_files_and_order() {
+    let (_dir, store, md) = setup();
+    // W= is trusted even though the content differs.
+    put(&md, "cur", "1000.a,S=5,W=7:2,S", b"12345");
+    put(&md, "new", "1001.b", b"a\nb\n");
+    put(&md, "cur", "1002.c:2,RS", b"a\r\nb\r\n");
+    // S= is the on-disk length, not the CRLF size.
+    put(&md, "new", "1003.d,S=4", b"x\ny\n");
+    put(&md, "new", "999.e,S=1", b"z");
+    put(&md, "new", "notime", b"");
+    put(&md, "new", ".dotfile", b"hidden");
+    std::os::unix::fs::symlink("/etc/passwd", md.join("new/1004.link")).unwrap();
+    std::fs::create_dir(md.join("cur/1005.dir")).unwrap();
+
+    let maildrop = store.open("alice").await.unwrap();
+    let got: Vec<(&str, u64)> = maildrop
+        .messages()
+        .iter()
+        .map(|m| (m.uid.as_str(), m.size))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("999.e,S=1", 3),
+            ("1000.a,S=5,W=7", 7),
+            ("1001.b", 6),
+            ("1002.c", 6),
+            ("1003.d,S=4", 6),
+            ("notime", 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn lf_and_crlf_files_measure_the_same() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1.lf", b"Subject: x\n\nbody\n");
+    put(&md, "new", "2.crlf", b"Subject: x\r\n\r\nbody\r\n");
+    put(&md, "new", "3.mixed", b"Subject: x\r\n\nbody");
+    let maildrop = store.open("alice").await.unwrap();
+    let sizes: Vec<u64> = maildrop.messages().iter().map(|m| m.size).collect();
+    assert_eq!(sizes, vec![20, 20, 20]);
+}
+
+#[tokio::test]
+async fn same_base_in_new_and_cur_is_one_message_from_cur() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1.dup", b"old\n");
+    put(&md, "cur", "1.dup:2,S", b"new\n");
+    let mut maildrop = store.open("alice").await.unwrap();
+    assert_eq!(maildrop.messages().len(), 1);
+    assert_eq!(read_all(&mut maildrop, 0).await.unwrap(), b"new\n");
+}
+
+#[tokio::test]
+async fn uidl_stable_across_retrieval_rename() {
+    let (_dir, store, md) = setup();
+    let delivered = deliver(&md, b"hello\n").unwrap();
+    let odd = "1700000001.has spaces and a very long name that goes well past seventy octets";
+    put(&md, "new", odd, b"odd\n");
+    put(&md, "cur", "1700000002.flagged:2,T", b"t\n");
+
+    let first = store.open("alice").await.unwrap();
+    let before: Vec<MessageInfo> = first.messages().to_vec();
+    assert_eq!(before.len(), 3);
+    assert_eq!(before[0].uid.len(), 40);
+    assert_eq!(before[2].uid, delivered);
+    first.commit(&[], &[0, 1, 2, 2]).await.unwrap();
+
+    assert_eq!(
+        names(&md.join("cur")),
+        vec![
+            format!("{odd}:2,S"),
+            "1700000002.flagged:2,ST".to_string(),
+            format!("{delivered}:2,S"),
+        ]
+    );
+    assert!(names(&md.join("new")).is_empty());
+    let again = store.open("alice").await.unwrap();
+    assert_eq!(again.messages(), &before[..]);
+}
+
+#[tokio::test]
+async fn second_open_is_locked_until_drop() {
+    let (_dir, store, _md) = setup();
+    let first = store.open("alice").await.unwrap();
+    assert!(matches!(store.open("alice").await, Err(StoreError::Locked)));
+    // Another user is independent.
+    let _bob = store.open("bob").await.unwrap();
+    drop(first);
+    let second = store.open("alice").await.unwrap();
+    second.commit(&[], &[]).await.unwrap();
+    store.open("alice").await.unwrap();
+}
+
+#[tokio::test]
+async fn commit_deletes_marks_seen_and_spares_later_delivery() {
+    let (_dir, store, md) = setup();
+    let a = deliver(&md, b"a\n").unwrap();
+    let b = deliver(&md, b"b\n").unwrap();
+    put(&md, "cur", "1.c:2,RF", b"c\n");
+    let maildrop = store.open("alice").await.unwrap();
+    let late = store.deliver("alice", b"late\n".to_vec()).await.unwrap();
+    let uids: Vec<&str> = maildrop.messages().iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uids, vec!["1.c", a.as_str(), b.as_str()]);
+
+    // Message 2 (a) deleted and retrieved: deletion wins.
+    maildrop.commit(&[1], &[0, 1, 2]).await.unwrap();
+    assert_eq!(names(&md.join("new")), vec![late.clone()]);
+    assert_eq!(
+        names(&md.join("cur")),
+        vec!["1.c:2,FRS".to_string(), format!("{b}:2,S")]
+    );
+    assert_eq!(
+        std::fs::read(md.join("new").join(&late)).unwrap(),
+        b"late\n"
+    );
+    let reopened = store.open("alice").await.unwrap();
+    assert_eq!(reopened.messages().len(), 3);
+}
+
+#[tokio::test]
+async fn read_follows_external_rename_and_reports_vanished() {
+    let (_dir, store, md) = setup();
+    let a = deliver(&md, b"first\n").unwrap();
+    let b = deliver(&md, b"second\n").unwrap();
+    let mut maildrop = store.open("alice").await.unwrap();
+
+    // An IMAP client marks it read and flagged meanwhile.
+    std::fs::rename(
+        md.join("new").join(&a),
+        md.join("cur").join(format!("{a}:2,FS")),
+    )
+    .unwrap();
+    assert_eq!(read_all(&mut maildrop, 0).await.unwrap(), b"first\n");
+    std::fs::remove_file(md.join("new").join(&b)).unwrap();
+    assert!(matches!(
+        read_all(&mut maildrop, 1).await,
+        Err(StoreError::Vanished)
+    ));
+    assert!(maildrop.read(2).await.is_err());
+
+    // Deleting an externally renamed or vanished message is fine.
+    maildrop.commit(&[0, 1], &[]).await.unwrap();
+    assert!(names(&md.join("cur")).is_empty());
+}
+
+#[tokio::test]
+async fn read_refuses_a_symlink_swapped_in() {
+    let (dir, store, md) = setup();
+    put(&md, "new", "1.x", b"x\n");
+    let mut maildrop = store.open("alice").await.unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"secret").unwrap();
+    std::fs::remove_file(md.join("new/1.x")).unwrap();
+    std::os::unix::fs::symlink(&secret, md.join("new/1.x")).unwrap();
+    assert!(matches!(
+        read_all(&mut maildrop, 0).await,
+        Err(StoreError::Permanent(_))
+    ));
+}
+
+#[tokio::test]
+async fn size_cache_is_written_used_and_garbage_ignored() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1.a", b"a\nb\n");
+    put(&md, "new", "2.b", b"ccc");
+    deliver(&md, b"w\n").unwrap();
+    drop(store.open("alice").await.unwrap());
+    let cache = std::fs::read_to_string(md.join("mailbag.sizes")).unwrap();
+    let mut lines: Vec<&str> = cache.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["5 2.b", "6 1.a", "mailbag-sizes 1"]);
+
+    // A warm open trusts the cache for names on disk (messages are immutable).
+    std::fs::write(
+        md.join("mailbag.sizes"),
+        "mailbag-sizes 1\n9 1.a\n5 2.b\n7 gone\n",
+    )
+    .unwrap();
+    let sizes: Vec<u64> = store
+        .open("alice")
+        .await
+        .unwrap()
+        .messages()
+        .iter()
+        .map(|m| m.size)
+        .collect();
+    assert_eq!(sizes, vec![9, 5, 3]);
+    let pruned = std::fs::read_to_string(md.join("mailbag.sizes")).unwrap();
+    assert!(!pruned.contains("gone"));
+
+    for garbage in [
+        &b"\xff\x00garbage\n\n"[..],
+        b"mailbag-sizes 1\nx 1.a\n-4 2.b\n 1.a\n",
+    ] {
+        std::fs::write(md.join("mailbag.sizes"), garbage).unwrap();
+        let sizes: Vec<u64> = store
+            .open("alice")
+            .await
+            .unwrap()
+            .messages()
+            .iter()
+            .map(|m| m.size)
+            .collect();
+        assert_eq!(sizes, vec![6, 5, 3]);
+    }
+}
+
+#[tokio::test]
+async fn store_deliver_resolves_the_user() {
+    let (_dir, store, md) = setup();
+    let base = store.deliver("alice", b"x".to_vec()).await.unwrap();
+    assert!(base.ends_with(",S=1,W=3"));
+    assert!(md.join("new").join(&base).is_file());
+    assert!(store.deliver("../x", b"x".to_vec()).await.is_err());
+}
+
+/// Prints cold and warm open times for 100,000 tiny messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing figures, run by hand"]
+async fn timing_100k() {
+    const N: usize = 100_000;
+    let (_dir, store, md) = setup();
+    deliver::create_maildir(&md).unwrap();
+    let t = Instant::now();
+    // Named as deliver() names them, written without fsync to keep setup short.
+    for i in 0..N {
+        let base = format!("{}.M{i}P1Q{i}.host,S=4,W=6", 1_700_000_000 + i);
+        std::fs::write(md.join("new").join(base), b"x\ny\n").unwrap();
+    }
+    // A second maildir whose names carry no W= (sizes from files, then the cache).
+    let plain = store.maildir_path("plain").unwrap();
+    deliver::create_maildir(&plain).unwrap();
+    for i in 0..N {
+        std::fs::write(
+            plain
+                .join("cur")
+                .join(format!("{}.{i}.host:2,S", 1_700_000_000 + i)),
+            b"x\ny\n",
+        )
+        .unwrap();
+    }
+    println!("setup {:?}", t.elapsed());
+
+    for user in ["alice", "plain"] {
+        for round in ["cold", "warm", "warm"] {
+            let t = Instant::now();
+            let maildrop = store.open(user).await.unwrap();
+            let uids = maildrop
+                .messages()
+                .iter()
+                .map(|m| m.uid.len())
+                .sum::<usize>();
+            let elapsed = t.elapsed();
+            assert_eq!(maildrop.messages().len(), N);
+            println!("{user} {round}: open+UIDL {elapsed:?} ({uids} uid octets)");
+        }
+    }
+}
+
+#[tokio::test]
+async fn commit_follows_a_whole_maildrop_moved_by_another_program() {
+    let (_dir, store, md) = setup();
+    let bases: Vec<String> = (0..20)
+        .map(|i| deliver(&md, format!("m{i}\n").as_bytes()).unwrap())
+        .collect();
+    let mut maildrop = store.open("alice").await.unwrap();
+    for base in &bases {
+        let to = md.join("cur").join(format!("{base}:2,F"));
+        std::fs::rename(md.join("new").join(base), to).unwrap();
+    }
+    assert_eq!(read_all(&mut maildrop, 3).await.unwrap(), b"m3\n");
+    std::fs::rename(
+        md.join("cur").join(format!("{}:2,F", bases[5])),
+        md.join("cur").join(format!("{}:2,FT", bases[5])),
+    )
+    .unwrap();
+    let deleted: Vec<usize> = (0..10).collect();
+    let retrieved: Vec<usize> = (5..20).collect();
+    maildrop.commit(&deleted, &retrieved).await.unwrap();
+    let mut want: Vec<String> = bases[10..].iter().map(|b| format!("{b}:2,FS")).collect();
+    want.sort();
+    assert_eq!(names(&md.join("cur")), want);
+}
+
+#[test]
+fn root_with_dot_dot_still_confines_users() {
+    let s = MaildirStore::new("/data/../srv".into(), "{root}/{user}".into(), String::new());
+    assert_eq!(s.maildir_path("a").unwrap(), Path::new("/data/../srv/a"));
+    let bare = MaildirStore::new("/srv".into(), "{root}/{user}/../x".into(), String::new());
+    assert!(bare.maildir_path("a").is_err());
+    let same = MaildirStore::new("/srv".into(), "{root}".into(), String::new());
+    assert!(same.maildir_path("a").is_err());
+}
