@@ -102,7 +102,10 @@ fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("cannot prepare the demo directory {}", dir.display()))?;
             let config = load(&config_path)?;
             println!("mailbag demo");
-            println!("  data directory: {}", config_path.parent().unwrap_or(Path::new(".")).display());
+            println!(
+                "  data directory: {}",
+                config_path.parent().unwrap_or(Path::new(".")).display()
+            );
             println!("  config file:    {}", config_path.display());
             for addr in &config.pop3.listen {
                 println!("  POP3:           {addr}");
@@ -128,8 +131,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve => serve(load(&cli.config)?),
         Command::CheckConfig => {
             let config = load(&cli.config)?;
-            PasswdFile::open(&config.auth.passwd_file)
-                .with_context(|| format!("auth.passwd_file {}", config.auth.passwd_file.display()))?;
+            PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                format!("auth.passwd_file {}", config.auth.passwd_file.display())
+            })?;
             println!("{}: OK", cli.config.display());
             Ok(())
         }
@@ -148,9 +152,8 @@ fn serve(config: Config) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let passdb = PasswdFile::open(&config.auth.passwd_file).with_context(|| {
-            format!("auth.passwd_file {}", config.auth.passwd_file.display())
-        })?;
+        let passdb = PasswdFile::open(&config.auth.passwd_file)
+            .with_context(|| format!("auth.passwd_file {}", config.auth.passwd_file.display()))?;
         let store = MaildirStore::new(
             config.store.root.clone(),
             config.store.path.clone(),
@@ -235,8 +238,9 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn parse_scheme(s: &str) -> Result<Scheme> {
-    s.parse()
-        .map_err(|_| anyhow::anyhow!("unknown password scheme {s:?}; try ARGON2ID, SHA512-CRYPT or BLF-CRYPT"))
+    s.parse().map_err(|_| {
+        anyhow::anyhow!("unknown password scheme {s:?}; try ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
+    })
 }
 
 fn read_password(from_stdin: bool) -> Result<String> {

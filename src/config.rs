@@ -210,11 +210,17 @@ impl Config {
             })
         };
         if self.pop3.listen.is_empty() {
-            return invalid("pop3.listen", "at least one address is needed, e.g. [\"0.0.0.0:110\"]");
+            return invalid(
+                "pop3.listen",
+                "at least one address is needed, e.g. [\"0.0.0.0:110\"]",
+            );
         }
         let t = &self.store.path;
         if !(t.contains("{user}") || t.contains("{name}")) {
-            return invalid("store.path", "must contain {user} or {name}, or every user would share one maildrop");
+            return invalid(
+                "store.path",
+                "must contain {user} or {name}, or every user would share one maildrop",
+            );
         }
         if let Some(rest) = t.split('{').skip(1).find(|p| {
             !["root}", "user}", "domain}", "name}"]
@@ -223,7 +229,10 @@ impl Config {
         }) {
             return invalid(
                 "store.path",
-                &format!("unknown placeholder {{{}; use {{root}}, {{user}}, {{domain}} or {{name}}", rest.split('}').next().unwrap_or(rest)),
+                &format!(
+                    "unknown placeholder {{{}; use {{root}}, {{user}}, {{domain}} or {{name}}",
+                    rest.split('}').next().unwrap_or(rest)
+                ),
             );
         }
         if self.store.default_domain.is_empty()
@@ -236,13 +245,19 @@ impl Config {
             return invalid("auth.max_failures", "must be at least 1");
         }
         if self.auth.failure_delay_ms > 60_000 {
-            return invalid("auth.failure_delay_ms", "must be at most 60000 (one minute)");
+            return invalid(
+                "auth.failure_delay_ms",
+                "must be at most 60000 (one minute)",
+            );
         }
         if self.limits.max_connections == 0 {
             return invalid("limits.max_connections", "must be at least 1");
         }
         if self.limits.authorization_timeout_secs == 0 || self.limits.autologout_secs == 0 {
-            return invalid("limits.autologout_secs", "timeouts must be at least 1 second");
+            return invalid(
+                "limits.autologout_secs",
+                "timeouts must be at least 1 second",
+            );
         }
         if self.limits.max_bad_commands == 0 {
             return invalid("limits.max_bad_commands", "must be at least 1");
@@ -296,7 +311,9 @@ passwd_file = "passwd"
     #[test]
     fn unknown_key_is_named() {
         let text = MINIMAL.replace("[auth]", "[auth]\npasswd_fiel = 1");
-        let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
+        let e = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("passwd_fiel"), "{e}");
     }
 
@@ -304,18 +321,38 @@ passwd_file = "passwd"
     fn bad_values_name_their_key() {
         let cases = [
             (MINIMAL.replace("[\"127.0.0.1:1110\"]", "[]"), "pop3.listen"),
-            (MINIMAL.replace("root = \"mail\"", "root = \"mail\"\npath = \"{root}/all\""), "store.path"),
-            (MINIMAL.replace("root = \"mail\"", "root = \"mail\"\npath = \"{root}/{usr}\""), "store.path"),
-            (MINIMAL.replace("[auth]", "[auth]\nmax_failures = 0"), "auth.max_failures"),
-            (MINIMAL.replace("[pop3]", "[pop3]\nexpire = \"soon\""), "pop3.expire"),
+            (
+                MINIMAL.replace("root = \"mail\"", "root = \"mail\"\npath = \"{root}/all\""),
+                "store.path",
+            ),
+            (
+                MINIMAL.replace(
+                    "root = \"mail\"",
+                    "root = \"mail\"\npath = \"{root}/{usr}\"",
+                ),
+                "store.path",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nmax_failures = 0"),
+                "auth.max_failures",
+            ),
+            (
+                MINIMAL.replace("[pop3]", "[pop3]\nexpire = \"soon\""),
+                "pop3.expire",
+            ),
         ];
         for (text, key) in cases {
-            let e = Config::parse(&text, Path::new("/")).unwrap_err().to_string();
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
-        let e = Config::parse(&MINIMAL.replace("127.0.0.1:1110", "nonsense"), Path::new("/"))
-            .unwrap_err()
-            .to_string();
+        let e = Config::parse(
+            &MINIMAL.replace("127.0.0.1:1110", "nonsense"),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("listen"), "{e}");
     }
 }

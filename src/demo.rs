@@ -63,7 +63,11 @@ pub fn prepare(dir: &Path) -> io::Result<PathBuf> {
     if !passwd.exists() {
         // A plaintext-equivalent secret, so that APOP works in the demo
         // too; `mailbag user add` writes ARGON2ID hashes for real users.
-        write_new(&passwd, format!("{USER}:{{PLAIN}}{PASSWORD}\n").as_bytes(), 0o600)?;
+        write_new(
+            &passwd,
+            format!("{USER}:{{PLAIN}}{PASSWORD}\n").as_bytes(),
+            0o600,
+        )?;
     }
     let maildir = dir.join("mail/localhost").join(USER).join("Maildir");
     if !maildir.exists() {

@@ -7,4 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod server;
 pub mod store;

@@ -9,22 +9,7 @@ pub mod scheme;
 
 use std::future::Future;
 
-use mailbag_proto::secret::Secret;
-
-/// What a client presented to prove who it is.
-#[derive(Debug, Clone)]
-pub enum Credential {
-    /// A plaintext password (USER/PASS, AUTH PLAIN, AUTH LOGIN).
-    Password(Secret<String>),
-    /// RFC 1939 §7 APOP: the hex MD5 of the greeting's timestamp and the
-    /// shared secret.
-    Apop {
-        /// The timestamp from the greeting, angle brackets included.
-        timestamp: String,
-        /// The client's digest, 32 lowercase hex digits.
-        digest: Secret<String>,
-    },
-}
+pub use mailbag_proto::pop3::Credential;
 
 /// Why a credential was not accepted.
 #[derive(Debug, thiserror::Error)]

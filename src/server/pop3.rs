@@ -72,7 +72,10 @@ pub async fn serve<S, P, T>(
             }
             Event::Act(action) => {
                 let outcome = match action {
-                    Action::Authenticate { user: name, credential } => {
+                    Action::Authenticate {
+                        user: name,
+                        credential,
+                    } => {
                         // Answer what came before while the hash runs.
                         if write_out(&mut stream, &mut out).await.is_err() {
                             break;
@@ -176,7 +179,9 @@ pub async fn serve<S, P, T>(
                     Err(_) => {
                         info!("autologout: idle too long");
                         let _ = stream
-                            .write_all(b"-ERR Autologout: idle for too long; nothing was deleted\r\n")
+                            .write_all(
+                                b"-ERR Autologout: idle for too long; nothing was deleted\r\n",
+                            )
                             .await;
                         break;
                     }
@@ -207,7 +212,10 @@ pub async fn serve<S, P, T>(
     );
 }
 
-async fn write_out<T: AsyncWrite + Unpin>(stream: &mut T, out: &mut Vec<u8>) -> std::io::Result<()> {
+async fn write_out<T: AsyncWrite + Unpin>(
+    stream: &mut T,
+    out: &mut Vec<u8>,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }

@@ -16,16 +16,7 @@ use std::io;
 
 use tokio::io::AsyncRead;
 
-/// One message as the POP3 session sees it: a stable unique id and the
-/// exact size in octets with CRLF line endings, before dot-stuffing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageInfo {
-    /// The UIDL: 1 to 70 characters in 0x21..=0x7E, stable for the life of
-    /// the message.
-    pub uid: String,
-    /// Octets that RETR sends before dot-stuffing (RFC 1939 §5, LIST).
-    pub size: u64,
-}
+pub use mailbag_proto::pop3::MessageInfo;
 
 /// What can go wrong at the store, in the shapes callers branch on.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,11 @@ fn mailbag() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts `mailbag serve` on a free port with the test config in `dir`.
@@ -67,7 +71,10 @@ async fn lock_is_released_when_the_server_process_is_killed() {
     child.wait().unwrap();
     let (mut child, addr) = spawn_serve(dir.path());
     let (mut c, reply) = login(addr, ALICE).await;
-    assert!(reply.starts_with("+OK Logged in. Maildrop has 1 message"), "{reply}");
+    assert!(
+        reply.starts_with("+OK Logged in. Maildrop has 1 message"),
+        "{reply}"
+    );
     c.ok("QUIT").await;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -105,9 +112,17 @@ async fn user_add_takes_effect_without_restart() {
     c.ok("PASS changed").await;
     c.ok("QUIT").await;
 
-    let out = mailbag().args(["user", "list", "--config"]).arg(&s.config_path).output().unwrap();
+    let out = mailbag()
+        .args(["user", "list", "--config"])
+        .arg(&s.config_path)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\nbob\ncarol\n");
-    let status = mailbag().args(["user", "del", "carol", "--config"]).arg(&s.config_path).status().unwrap();
+    let status = mailbag()
+        .args(["user", "del", "carol", "--config"])
+        .arg(&s.config_path)
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut c = s.connect().await;
     c.line().await;
@@ -146,14 +161,28 @@ fn bad_config_is_refused_naming_the_key() {
     let path = dir.path().join("mailbag.toml");
     std::fs::write(&path, config_text(dir.path(), "max_failurez = 3")).unwrap();
     for sub in ["check-config", "serve"] {
-        let out = mailbag().arg(sub).arg("--config").arg(&path).output().unwrap();
+        let out = mailbag()
+            .arg(sub)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("max_failurez"), "{sub}: {err}");
     }
     std::fs::write(&path, config_text(dir.path(), "")).unwrap();
-    let out = mailbag().arg("check-config").arg("--config").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mailbag()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -176,7 +205,10 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
         .unwrap();
     let addr: SocketAddr = "127.0.0.1:1110".parse().unwrap();
     let (mut c, reply) = login(addr, ("demo", "demo")).await;
-    assert!(reply.starts_with("+OK Logged in. Maildrop has 5 messages"), "{reply}");
+    assert!(
+        reply.starts_with("+OK Logged in. Maildrop has 5 messages"),
+        "{reply}"
+    );
     let (_, body) = c.multi("RETR 1").await;
     assert!(String::from_utf8_lossy(&body).contains("Welcome"));
     c.ok("QUIT").await;
@@ -196,7 +228,11 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
         .arg(demo_dir.join("mailbag.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::ExitStatus {
@@ -207,6 +243,11 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::ExitStatus {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     child.wait().unwrap()
 }

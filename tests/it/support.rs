@@ -37,15 +37,21 @@ listen = ["127.0.0.1:0"]
 root = "mail"
 [auth]
 passwd_file = "passwd"
-failure_delay_ms = 10
+{delay}
 {extra}
-"#
+"#,
+        delay = if extra.contains("failure_delay_ms") {
+            ""
+        } else {
+            "failure_delay_ms = 10"
+        }
     )
 }
 
 pub fn write_passwd(dir: &Path) {
-    let bob = mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Argon2id, BOB.1.as_bytes())
-        .expect("hash");
+    let bob =
+        mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Argon2id, BOB.1.as_bytes())
+            .expect("hash");
     std::fs::write(
         dir.join("passwd"),
         format!("{}:{{PLAIN}}{}\n{}:{}\n", ALICE.0, ALICE.1, BOB.0, bob),
@@ -86,7 +92,11 @@ impl TestServer {
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {
-        self.dir.path().join("mail/localhost").join(user).join("Maildir")
+        self.dir
+            .path()
+            .join("mail/localhost")
+            .join(user)
+            .join("Maildir")
     }
 
     pub fn deliver(&self, user: &str, message: &[u8]) -> String {
@@ -99,7 +109,10 @@ impl TestServer {
         for sub in ["new", "cur"] {
             if let Ok(rd) = std::fs::read_dir(self.maildir(user).join(sub)) {
                 for e in rd {
-                    v.push(format!("{sub}/{}", e.unwrap().file_name().to_string_lossy()));
+                    v.push(format!(
+                        "{sub}/{}",
+                        e.unwrap().file_name().to_string_lossy()
+                    ));
                 }
             }
         }
@@ -120,6 +133,11 @@ impl TestServer {
     }
 
     pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    /// Stops the server but keeps its directory.
+    pub async fn shutdown(&mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             let _ = h.await;
@@ -184,7 +202,10 @@ impl Client {
                 .await
                 .expect("server did not finish the response in time")
                 .unwrap();
-            assert!(!line.is_empty(), "connection closed inside a multi-line response");
+            assert!(
+                !line.is_empty(),
+                "connection closed inside a multi-line response"
+            );
             if line == b".\r\n" {
                 return body;
             }
@@ -234,14 +255,4 @@ pub fn crlf(message: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
-}
-
-pub async fn wait_for<F: Fn() -> bool>(f: F) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not reached in time");
 }
