@@ -40,7 +40,19 @@ enum Command {
         dir: PathBuf,
     },
     /// Run the server from --config.
-    Serve,
+    Serve {
+        /// Write a transcript of every session of this user (repeatable);
+        /// adds to `transcript.users`.
+        #[arg(long = "transcript-user", value_name = "USER")]
+        transcript_users: Vec<String>,
+        /// Write a transcript of every session from this client address
+        /// (repeatable); adds to `transcript.addresses`.
+        #[arg(long = "transcript-address", value_name = "IP")]
+        transcript_addresses: Vec<std::net::IpAddr>,
+        /// Where transcripts go; overrides `transcript.dir`.
+        #[arg(long, value_name = "DIR")]
+        transcript_dir: Option<PathBuf>,
+    },
     /// Check --config and report the first problem.
     CheckConfig,
     /// Manage the users of the passwd-file named in --config.
@@ -128,7 +140,21 @@ fn run(cli: Cli) -> Result<()> {
             println!("Press Ctrl-C to stop.");
             serve(config)
         }
-        Command::Serve => serve(load(&cli.config)?),
+        Command::Serve {
+            transcript_users,
+            transcript_addresses,
+            transcript_dir,
+        } => {
+            let mut config = load(&cli.config)?;
+            let t = &mut config.transcript;
+            t.users.extend(transcript_users);
+            t.addresses.extend(transcript_addresses);
+            if let Some(dir) = transcript_dir {
+                t.dir = Some(std::path::absolute(dir)?);
+            }
+            config.validate()?;
+            serve(config)
+        }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
             PasswdFile::open(&config.auth.passwd_file).with_context(|| {

@@ -4,7 +4,7 @@
 //! Relative paths are taken relative to the directory of the config file,
 //! so a config and its data can move together (the demo relies on this).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,6 +53,50 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Per-session transcripts for chosen users or client addresses.
+    #[serde(default)]
+    pub transcript: TranscriptConfig,
+}
+
+/// `[transcript]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranscriptConfig {
+    /// Where transcripts are written (one file per session).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Users whose sessions are transcribed (from the line after login;
+    /// the lines before it are kept in memory until then).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Client addresses whose sessions are transcribed from the greeting.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Largest transcript file, in octets; the rest of a session is cut.
+    #[serde(default = "default_transcript_file_octets")]
+    pub max_file_octets: u64,
+    /// Most transcript files kept in `dir`; the oldest are removed.
+    #[serde(default = "default_transcript_files")]
+    pub max_files: usize,
+}
+
+impl Default for TranscriptConfig {
+    fn default() -> Self {
+        TranscriptConfig {
+            dir: None,
+            users: Vec::new(),
+            addresses: Vec::new(),
+            max_file_octets: default_transcript_file_octets(),
+            max_files: default_transcript_files(),
+        }
+    }
+}
+
+fn default_transcript_file_octets() -> u64 {
+    1024 * 1024
+}
+fn default_transcript_files() -> usize {
+    1000
 }
 
 /// `[pop3]`
@@ -198,11 +242,15 @@ impl Config {
         })?;
         config.store.root = absolute(base, &config.store.root);
         config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
+        if let Some(dir) = &config.transcript.dir {
+            config.transcript.dir = Some(absolute(base, dir));
+        }
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks values that parse but cannot work; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
             Err(ConfigError::Invalid {
                 key,
@@ -261,6 +309,16 @@ impl Config {
         }
         if self.limits.max_bad_commands == 0 {
             return invalid("limits.max_bad_commands", "must be at least 1");
+        }
+        let t = &self.transcript;
+        if t.dir.is_none() && !(t.users.is_empty() && t.addresses.is_empty()) {
+            return invalid(
+                "transcript.dir",
+                "is needed when transcript.users or transcript.addresses is set",
+            );
+        }
+        if t.max_files == 0 {
+            return invalid("transcript.max_files", "must be at least 1");
         }
         if let Some(e) = &self.pop3.expire {
             if !(e == "NEVER" || (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))) {

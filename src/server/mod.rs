@@ -6,6 +6,7 @@
 //! generic over.
 
 pub mod pop3;
+pub mod transcript;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::transcript::Transcript;
 use super::Shared;
 use crate::auth::{AuthError, PassDb};
 use crate::store::{Maildrop, Store, StoreError};
@@ -58,6 +59,11 @@ pub async fn serve<S, P, T>(
         transaction_timeout: std::time::Duration::from_secs(config.limits.autologout_secs),
         ..Settings::default()
     };
+    let mut transcript = Transcript::start(&config.transcript, peer, session);
+    let settings = Settings {
+        transcript: transcript.is_some(),
+        ..settings
+    };
     let mut conn = Conn::new(settings);
     let mut out: Vec<u8> = Vec::new();
     let mut maildrop: Option<S::Maildrop> = None;
@@ -66,9 +72,16 @@ pub async fn serve<S, P, T>(
     debug!("connected");
     loop {
         match conn.next() {
-            Event::Send(bytes) => out.extend_from_slice(&bytes),
+            Event::Send(bytes) => {
+                if let Some(t) = &mut transcript {
+                    t.server(&bytes);
+                }
+                out.extend_from_slice(&bytes);
+            }
             Event::Received(line) => {
-                debug!(line = %String::from_utf8_lossy(&line), "C:");
+                if let Some(t) = &mut transcript {
+                    t.client(&line);
+                }
             }
             Event::Act(action) => {
                 let outcome = match action {
@@ -82,6 +95,9 @@ pub async fn serve<S, P, T>(
                         }
                         match shared.passdb.verify(&name, &credential).await {
                             Ok(canonical) => {
+                                if let Some(t) = &mut transcript {
+                                    t.logged_in(&canonical);
+                                }
                                 user = Some(canonical.clone());
                                 Outcome::Authenticated { user: canonical }
                             }
@@ -128,6 +144,9 @@ pub async fn serve<S, P, T>(
                                 Outcome::NotSent(failure(&e))
                             }
                             Ok(reader) => {
+                                if let Some(t) = &mut transcript {
+                                    t.server(&status);
+                                }
                                 out.extend_from_slice(&status);
                                 let stuffer = match top_lines {
                                     Some(n) => Stuffer::top(n),
@@ -140,6 +159,9 @@ pub async fn serve<S, P, T>(
                                     // left is to end the connection.
                                     warn!(error = %e, index, "message transfer failed");
                                     break;
+                                }
+                                if let Some(t) = &mut transcript {
+                                    t.note("(message body sent)");
                                 }
                                 Outcome::Sent
                             }
@@ -159,6 +181,9 @@ pub async fn serve<S, P, T>(
                 conn.complete(outcome);
             }
             Event::NeedInput => {
+                if let Some(t) = &mut transcript {
+                    t.flush();
+                }
                 if write_out(&mut stream, &mut out).await.is_err() {
                     break;
                 }

@@ -4,3 +4,4 @@
 mod cli;
 mod pop3;
 mod support;
+mod telnet;
