@@ -133,6 +133,12 @@ struct Table {
     /// User name → stored `{SCHEME}data` secret.
     users: HashMap<String, String>,
     apop_possible: bool,
+    /// A stored secret in the file's most common scheme, with its real
+    /// parameters: checking a password for an unknown user against it
+    /// costs what checking a typical known user costs, without a hash of
+    /// our own that could be much slower (ARGON2ID for a PLAIN file) or
+    /// much faster than the users' real ones.
+    decoy: Option<String>,
 }
 
 struct Entry<'a> {
@@ -215,28 +221,28 @@ impl PasswdFile {
 
     fn verify_blocking(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         let table = self.table();
+        // An unknown user costs one check against the decoy, as a typical
+        // known user costs one check against their own secret. The driver
+        // also answers every failure at a fixed delay after the attempt,
+        // which hides what differences remain (a user with a rarer scheme).
         let Some((name, stored)) = table.users.get_key_value(user) else {
-            scheme::dummy_verify(presented_bytes(credential));
+            match &table.decoy {
+                Some(decoy) => {
+                    std::hint::black_box(scheme::verify(decoy, presented_bytes(credential)));
+                }
+                None => scheme::dummy_verify(presented_bytes(credential)),
+            }
             return Err(AuthError::Invalid);
         };
         let accepted = match credential {
-            Credential::Password(password) => {
-                let password = password.expose().as_bytes();
-                let accepted = scheme::verify(stored, password);
-                // A fast scheme, or a password verify() refuses unhashed,
-                // would make this user answer quicker than an unknown one.
-                let hashed = scheme::scheme_of(stored).is_some_and(Scheme::is_slow)
-                    && (1..=scheme::MAX_PASSWORD_OCTETS).contains(&password.len());
-                if !hashed {
-                    scheme::dummy_verify(password);
-                }
-                accepted
-            }
+            Credential::Password(password) => scheme::verify(stored, password.expose().as_bytes()),
             Credential::Apop { timestamp, digest } => {
-                // Every APOP pays one dummy verify: the digest check itself
-                // is instant, and timing must tell neither which users exist
-                // nor which of them store plaintext.
-                scheme::dummy_verify(digest.expose().as_bytes());
+                // The digest check itself is instant; pay what a password
+                // check costs so APOP timing does not tell which users store
+                // plaintext.
+                if let Some(decoy) = &table.decoy {
+                    std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
+                }
                 scheme::plaintext_equivalent(stored)
                     .is_some_and(|secret| apop_matches(timestamp, secret, digest.expose()))
             }
@@ -302,6 +308,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
     let apop_possible = entries
         .iter()
         .any(|entry| scheme::plaintext_equivalent(entry.secret).is_some());
+    let decoy = decoy(&entries);
     let users = entries
         .into_iter()
         .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
@@ -311,8 +318,24 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         Table {
             users,
             apop_possible,
+            decoy,
         },
     ))
+}
+
+/// The first secret of the most common scheme among `entries`.
+fn decoy(entries: &[Entry<'_>]) -> Option<String> {
+    let mut counts: HashMap<Option<Scheme>, (usize, &str)> = HashMap::new();
+    for entry in entries {
+        let slot = counts
+            .entry(scheme::scheme_of(entry.secret))
+            .or_insert((0, entry.secret));
+        slot.0 += 1;
+    }
+    counts
+        .into_values()
+        .max_by_key(|(count, _)| *count)
+        .map(|(_, secret)| secret.to_owned())
 }
 
 /// The user an entry line names, or `None` for a blank or comment line.
@@ -581,6 +604,17 @@ mod tests {
 
     fn password(text: &str) -> Credential {
         Credential::Password(Secret::new(text.to_owned()))
+    }
+
+    #[test]
+    fn decoy_is_a_secret_of_the_most_common_scheme() {
+        let text = format!("a:{{PLAIN}}x\nb:{BOB_HASH}\nc:{{PLAIN}}y\n");
+        let entries = parse(Path::new("p"), text.as_bytes()).unwrap();
+        assert_eq!(decoy(&entries).as_deref(), Some("{PLAIN}x"));
+        let text = format!("a:{{PLAIN}}x\nb:{BOB_HASH}\nc:{BOB_HASH}\n");
+        let entries = parse(Path::new("p"), text.as_bytes()).unwrap();
+        assert_eq!(decoy(&entries).as_deref(), Some(BOB_HASH));
+        assert_eq!(decoy(&[]), None);
     }
 
     fn sample(dir: &tempfile::TempDir) -> PathBuf {

@@ -93,6 +93,7 @@ pub async fn serve<S, P, T>(
                         if write_out(&mut stream, &mut out).await.is_err() {
                             break;
                         }
+                        let started = tokio::time::Instant::now();
                         match shared.passdb.verify(&name, &credential).await {
                             Ok(canonical) => {
                                 if let Some(t) = &mut transcript {
@@ -108,8 +109,12 @@ pub async fn serve<S, P, T>(
                                     reason = "invalid credentials",
                                     "authentication failed"
                                 );
-                                // Only this session waits; others go on.
-                                tokio::time::sleep(shared.config.failure_delay()).await;
+                                // Every failure is answered at the same time
+                                // after the attempt, however long the check
+                                // took, so timing does not tell which users
+                                // exist. Only this session waits.
+                                tokio::time::sleep_until(started + shared.config.failure_delay())
+                                    .await;
                                 Outcome::AuthRejected
                             }
                             Err(AuthError::Temporary(e)) => {
