@@ -234,6 +234,11 @@ impl MaildirMaildrop {
     }
 
     fn commit_blocking(mut self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        if deleted.is_empty() && retrieved.is_empty() {
+            // Nothing changes: no directory needs an fsync (most polling
+            // sessions end this way).
+            return Ok(());
+        }
         let maildir = self.maildir.clone();
         let mut first: Option<StoreError> = None;
         let mut note = |e: StoreError| {
