@@ -10,6 +10,7 @@
 //!   dot-stuffing, TOP line counting) and the exact octet count it implies.
 //! - [`pop3`]: the POP3 session state machine (RFC 1939, RFC 2449).
 //! - [`lmtp`]: the LMTP session state machine for delivery (RFC 2033, RFC 5321).
+//! - [`proxy`]: the PROXY protocol header (v1 and v2) from load balancers.
 //! - [`secret`]: a wrapper that keeps credentials out of `Debug` output.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,4 +19,5 @@ pub mod dot;
 pub mod line;
 pub mod lmtp;
 pub mod pop3;
+pub mod proxy;
 pub mod secret;
