@@ -5,6 +5,7 @@
 //! ([`mailbag_proto::pop3::Conn`]) against the store and passdb it is
 //! generic over.
 
+pub mod limits;
 pub mod pop3;
 pub mod transcript;
 

@@ -1,0 +1,365 @@
+//! Connection limits and brute-force defences shared by all sessions.
+//!
+//! - [`AddressSlots`] counts open connections per client address, so one
+//!   address cannot take every connection.
+//! - [`Failures`] remembers failed logins per client address and per user
+//!   name for a window of time: each failure makes the next answer slower
+//!   (exponential back-off), and an address with too many failures is
+//!   refused outright for a while. A user is never locked out, only
+//!   slowed, so an attacker cannot lock a real user out of their mail.
+//! - [`LoginDelay`] enforces RFC 2449 LOGIN-DELAY when configured.
+//!
+//! Every table is bounded: at capacity, expired entries go first, then the
+//! oldest. The locks are held for a map lookup only, once per connection
+//! or login, never per command.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Entries each table holds at most.
+const MAX_ENTRIES: usize = 100_000;
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The tables hold plain counters; a panic elsewhere leaves them usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Open connections per client address.
+#[derive(Debug)]
+pub struct AddressSlots {
+    max_per_address: u32,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One connection's claim on its address's slots; released on drop.
+#[derive(Debug)]
+pub struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    ip: IpAddr,
+}
+
+impl AddressSlots {
+    /// At most `max_per_address` connections from one address at once.
+    pub fn new(max_per_address: u32) -> Arc<Self> {
+        Arc::new(AddressSlots {
+            max_per_address,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Claims a slot for `ip`, or `None` when the address is at its limit.
+    pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = locked(&self.open);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip` now.
+    pub fn open_from(&self, ip: IpAddr) -> u32 {
+        locked(&self.open).get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = locked(&self.slots.open);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Brute-force policy.
+#[derive(Debug, Clone)]
+pub struct FailurePolicy {
+    /// The delay before answering any failed login.
+    pub base_delay: Duration,
+    /// The longest back-off delay.
+    pub max_delay: Duration,
+    /// How long a failure is remembered.
+    pub window: Duration,
+    /// Failures from one address within the window before it is refused.
+    pub max_per_address: u32,
+    /// How long such an address is refused.
+    pub block: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    failures: u32,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Table<K> {
+    map: HashMap<K, Record>,
+}
+
+impl<K: Hash + Eq + Clone> Table<K> {
+    fn live(&mut self, key: &K, now: Instant, window: Duration) -> Option<&mut Record> {
+        let expired = self.map.get(key).is_some_and(|r| {
+            now.duration_since(r.last) > window && r.blocked_until.is_none_or(|b| b <= now)
+        });
+        if expired {
+            self.map.remove(key);
+        }
+        self.map.get_mut(key)
+    }
+
+    fn record(&mut self, key: K, now: Instant, window: Duration) -> &mut Record {
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_ENTRIES {
+            self.map.retain(|_, r| {
+                now.duration_since(r.last) <= window || r.blocked_until.is_some_and(|b| b > now)
+            });
+            if self.map.len() >= MAX_ENTRIES {
+                // Still full of live entries: forget the stalest one.
+                if let Some(oldest) = self
+                    .map
+                    .iter()
+                    .min_by_key(|(_, r)| r.last)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.map.remove(&oldest);
+                }
+            }
+        }
+        let _ = self.live(&key, now, window);
+        self.map.entry(key).or_insert(Record {
+            failures: 0,
+            last: now,
+            blocked_until: None,
+        })
+    }
+}
+
+/// Failed logins per address and per user.
+#[derive(Debug)]
+pub struct Failures {
+    policy: FailurePolicy,
+    by_address: Mutex<Table<IpAddr>>,
+    by_user: Mutex<Table<String>>,
+}
+
+impl Failures {
+    /// Empty tables under `policy`.
+    pub fn new(policy: FailurePolicy) -> Self {
+        Failures {
+            policy,
+            by_address: Mutex::new(Table {
+                map: HashMap::new(),
+            }),
+            by_user: Mutex::new(Table {
+                map: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Whether `ip` is refused now, and for how much longer.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let mut t = locked(&self.by_address);
+        let r = t.live(&ip, now, self.policy.window)?;
+        r.blocked_until
+            .and_then(|b| b.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records a failed login and returns how long to wait before
+    /// answering it: the base delay, doubled for each earlier failure of
+    /// the same address or user within the window, capped.
+    pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        let window = self.policy.window;
+        let by_ip = {
+            let mut t = locked(&self.by_address);
+            let r = t.record(ip, now, window);
+            r.failures += 1;
+            r.last = now;
+            if r.failures >= self.policy.max_per_address {
+                r.blocked_until = Some(now + self.policy.block);
+            }
+            r.failures
+        };
+        let by_user = {
+            let mut t = locked(&self.by_user);
+            let r = t.record(user.to_string(), now, window);
+            r.failures += 1;
+            r.last = now;
+            r.failures
+        };
+        self.backoff(by_ip.max(by_user))
+    }
+
+    /// A successful login clears the address's failures (a person who
+    /// mistyped, then got it right).
+    pub fn succeeded(&self, ip: IpAddr) {
+        let mut t = locked(&self.by_address);
+        if t.map.get(&ip).is_some_and(|r| r.blocked_until.is_none()) {
+            t.map.remove(&ip);
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        // The first three failures (a person mistyping) cost the base
+        // delay; after that each one doubles it.
+        let doublings = failures.saturating_sub(3).min(16);
+        self.policy
+            .base_delay
+            .saturating_mul(1 << doublings)
+            .min(self.policy.max_delay.max(self.policy.base_delay))
+    }
+}
+
+/// RFC 2449 LOGIN-DELAY: the time of each user's last login.
+#[derive(Debug)]
+pub struct LoginDelay {
+    delay: Duration,
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl LoginDelay {
+    /// Enforces at least `delay` between logins of one user.
+    pub fn new(delay: Duration) -> Self {
+        LoginDelay {
+            delay,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a login of `user` at `now`, or says how long the user must
+    /// still wait.
+    pub fn check(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        let mut last = locked(&self.last);
+        if let Some(t) = last.get(user) {
+            let since = now.duration_since(*t);
+            if since < self.delay {
+                return Err(self.delay - since);
+            }
+        }
+        if last.len() >= MAX_ENTRIES {
+            let delay = self.delay;
+            last.retain(|_, t| now.duration_since(*t) < delay);
+        }
+        last.insert(user.to_string(), now);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy() -> FailurePolicy {
+        FailurePolicy {
+            base_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(30),
+            window: Duration::from_secs(600),
+            max_per_address: 10,
+            block: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn address_slots_are_counted_and_released() {
+        let slots = AddressSlots::new(2);
+        let a = slots.claim(ip("192.0.2.1")).unwrap();
+        let _b = slots.claim(ip("192.0.2.1")).unwrap();
+        assert!(slots.claim(ip("192.0.2.1")).is_none());
+        assert!(slots.claim(ip("192.0.2.2")).is_some());
+        drop(a);
+        assert_eq!(slots.open_from(ip("192.0.2.1")), 1);
+        assert!(slots.claim(ip("192.0.2.1")).is_some());
+    }
+
+    #[test]
+    fn failures_back_off_and_then_block_the_address() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let delays: Vec<u64> = (0..6)
+            .map(|i| f.failed(a, &format!("u{i}"), t0).as_secs())
+            .collect();
+        assert_eq!(delays, vec![2, 2, 2, 4, 8, 16]);
+        assert!(f.blocked(a, t0).is_none());
+        for _ in 6..10 {
+            f.failed(a, "x", t0);
+        }
+        assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
+        assert!(f.blocked(ip("192.0.2.2"), t0).is_none());
+        assert!(f.blocked(a, t0 + Duration::from_secs(301)).is_none());
+    }
+
+    #[test]
+    fn one_user_guessed_from_many_addresses_is_slowed() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let mut last = Duration::ZERO;
+        for i in 0..8 {
+            last = f.failed(ip(&format!("198.51.100.{i}")), "alice", t0);
+        }
+        assert_eq!(last, Duration::from_secs(30));
+        // Other users are not slowed by alice's attackers.
+        assert_eq!(
+            f.failed(ip("198.51.100.99"), "bob", t0),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn failures_expire_and_success_clears_the_address() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..5 {
+            f.failed(a, "u", t0);
+        }
+        let later = t0 + Duration::from_secs(601);
+        assert_eq!(f.failed(a, "v", later), Duration::from_secs(2));
+        f.failed(a, "w", later);
+        f.succeeded(a);
+        assert_eq!(f.failed(a, "z", later), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn tables_stay_bounded() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        for i in 0..(MAX_ENTRIES as u32 + 10) {
+            f.failed(
+                IpAddr::V4(i.into()),
+                "u",
+                t0 + Duration::from_micros(i as u64),
+            );
+        }
+        assert!(locked(&f.by_address).map.len() <= MAX_ENTRIES);
+    }
+
+    #[test]
+    fn login_delay_is_enforced_per_user() {
+        let d = LoginDelay::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        assert!(d.check("alice", t0).is_ok());
+        assert_eq!(
+            d.check("alice", t0 + Duration::from_secs(100)),
+            Err(Duration::from_secs(200))
+        );
+        assert!(d.check("bob", t0).is_ok());
+        assert!(d.check("alice", t0 + Duration::from_secs(300)).is_ok());
+    }
+}
