@@ -6,6 +6,7 @@
 //! generic over.
 
 pub mod limits;
+pub mod metrics;
 pub mod pop3;
 pub mod transcript;
 
