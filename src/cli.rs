@@ -215,6 +215,8 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes would break log parsers such as fail2ban.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

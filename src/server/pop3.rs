@@ -103,12 +103,7 @@ pub async fn serve<S, P, T>(
                                 Outcome::Authenticated { user: canonical }
                             }
                             Err(AuthError::Invalid) => {
-                                warn!(
-                                    peer = %peer.ip(),
-                                    user = %printable(&name),
-                                    reason = "invalid credentials",
-                                    "authentication failed"
-                                );
+                                log_auth_failure(peer, &name, "invalid-credentials");
                                 // Every failure is answered at the same time
                                 // after the attempt, however long the check
                                 // took, so timing does not tell which users
@@ -304,11 +299,36 @@ fn log_store_error(what: &str, e: &StoreError) {
     }
 }
 
+/// The one stable line per failed login that fail2ban and CrowdSec match
+/// (docs/LOGGING.md; contrib/fail2ban): everything is in the message, in a
+/// fixed order, so the subscriber's field formatting cannot move it.
+pub(crate) fn log_auth_failure(peer: SocketAddr, user: &str, reason: &str) {
+    warn!(
+        target: "mailbag::auth",
+        "authentication failed: rip={} user={} reason={reason} service=pop3",
+        canonical_ip(peer.ip()),
+        printable(user)
+    );
+}
+
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 /// A client-supplied name as it may appear in a log line: no control
 /// characters (no forged log lines), bounded length.
 fn printable(s: &str) -> String {
     s.chars()
         .take(64)
-        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }

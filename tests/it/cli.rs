@@ -251,3 +251,72 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> std::process::ExitStatus {
         .unwrap();
     child.wait().unwrap()
 }
+
+#[tokio::test]
+async fn failed_logins_log_one_line_that_the_fail2ban_filter_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let port = free_port();
+    let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let log_path = dir.path().join("mailbag.log");
+    let mut child = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut c, reply) = login(addr, ("alice", "wrong password")).await;
+    assert!(reply.starts_with("-ERR [AUTH]"));
+    c.ok("USER nobody ").await;
+    assert!(c.cmd("PASS x").await.starts_with("-ERR [AUTH]"));
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    c.ok("QUIT").await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("authentication failed"))
+        .collect();
+    assert_eq!(failures.len(), 2, "{log}");
+    assert!(failures[0].contains("mailbag::auth: authentication failed: rip=127.0.0.1 user=alice reason=invalid-credentials service=pop3"), "{log}");
+    assert!(
+        !log.contains("wrong password") && !log.contains("wonderland"),
+        "a password reached the log:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "colour codes in a log file");
+
+    let filter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/fail2ban/filter.d/mailbag.conf");
+    if Command::new("fail2ban-regex")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "fail2ban-regex is required in CI"
+        );
+        eprintln!("SKIPPED: fail2ban-regex is not installed");
+        return;
+    }
+    let out = Command::new("fail2ban-regex")
+        .arg(&log_path)
+        .arg(&filter)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    let matched = report
+        .lines()
+        .find(|l| l.starts_with("Lines:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(matched.contains(", 2 matched,"), "{report}");
+    assert!(report.contains("127.0.0.1"), "{report}");
+}
