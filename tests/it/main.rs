@@ -2,6 +2,7 @@
 //! directories, real TCP clients.
 
 mod cli;
+mod hostile;
 mod pop3;
 mod support;
 mod telnet;

@@ -1,0 +1,189 @@
+//! Hostile input, from the classes of bugs found in POP3 servers over the
+//! years: every case gets a clear `-ERR`, the session goes on (or ends
+//! cleanly), and no message is lost.
+
+use crate::support::*;
+
+const MESSAGE: &[u8] = b"From: a@example.org\nSubject: keep me\n\nbody\n";
+
+/// Sends raw bytes and returns the next response line.
+async fn raw(c: &mut Client, bytes: &[u8]) -> String {
+    c.send(bytes).await;
+    c.line().await
+}
+
+#[tokio::test]
+async fn the_tail_of_an_over_long_line_never_runs() {
+    let s = TestServer::start().await;
+    s.deliver("alice", MESSAGE);
+    let mut c = s.login(ALICE).await;
+    for pad in [250, 251, 600, 5000, 70_000] {
+        let line = format!("NOOP {}DELE 1\r\n", " ".repeat(pad));
+        let reply = raw(&mut c, line.as_bytes()).await;
+        assert!(reply.starts_with("-ERR Line too long"), "{pad}: {reply}");
+    }
+    assert!(c.cmd("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+    assert_eq!(s.files("alice").len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn format_directives_nul_and_invalid_utf8_are_inert() {
+    let s = TestServer::start().await;
+    let mut c = s.connect().await;
+    c.line().await;
+    for line in [
+        &b"USER %s%n%x%n%s\r\n"[..],
+        b"PASS %s%n%x%n%s\r\n",
+        b"USER ali\0ce\r\n",
+        b"USER \xc3\x28\r\n",
+        b"\xff\xff\xff\xff\r\n",
+        b"US\0ER alice\r\n",
+        b"%n%n%n%n%n%n\r\n",
+        b"USER alice\x1b[2J\r\n",
+    ] {
+        let reply = raw(&mut c, line).await;
+        assert!(
+            reply.starts_with("+OK") || reply.starts_with("-ERR"),
+            "{line:?}: {reply}"
+        );
+        assert!(
+            !reply.contains('\0') && !reply.contains('\x1b'),
+            "{reply:?}"
+        );
+    }
+    // Still a working session.
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn message_numbers_out_of_every_range_are_refused() {
+    let s = TestServer::start_with("\n[limits]\nmax_bad_commands = 1000\n").await;
+    s.deliver("alice", MESSAGE);
+    let mut c = s.login(ALICE).await;
+    for cmd in ["RETR", "DELE", "LIST", "UIDL", "TOP"] {
+        for n in [
+            "0",
+            "-1",
+            "1a",
+            "2",
+            "4294967296",
+            "4294967297",
+            "99999999999999999999",
+            "+1",
+            " ",
+        ] {
+            let line = if cmd == "TOP" {
+                format!("{cmd} {n} 1")
+            } else {
+                format!("{cmd} {n}")
+            };
+            let reply = c.cmd(&line).await;
+            // "LIST  " with only spaces is the whole listing.
+            if n == " " && (cmd == "LIST" || cmd == "UIDL") {
+                assert!(reply.starts_with("+OK"), "{line}: {reply}");
+                c.body().await;
+                continue;
+            }
+            assert!(reply.starts_with("-ERR"), "{line}: {reply}");
+        }
+    }
+    for lines in ["-1", "-99999999999999999999", "1.5", "x"] {
+        assert!(
+            c.cmd(&format!("TOP 1 {lines}")).await.starts_with("-ERR"),
+            "{lines}"
+        );
+    }
+    let (_, body) = c.multi("TOP 1 99999999999999999999").await;
+    assert_eq!(body, crlf(MESSAGE));
+    c.ok("QUIT").await;
+    assert_eq!(s.files("alice").len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_command_with_no_one_and_too_many_arguments_in_every_state() {
+    let s = TestServer::start_with("\n[limits]\nmax_bad_commands = 1000\n").await;
+    s.deliver("alice", MESSAGE);
+    let verbs = [
+        "USER", "PASS", "APOP", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "QUIT", "TOP",
+        "UIDL", "CAPA", "HELP", "AUTH", "STLS", "UTF8", "XYZZY",
+    ];
+    for state in ["authorization", "transaction"] {
+        let mut c = if state == "authorization" {
+            let mut c = s.connect().await;
+            c.line().await;
+            c
+        } else {
+            s.login(ALICE).await
+        };
+        for verb in verbs {
+            for args in ["", " 1", " 1 2 3 4 5 6 7 8 9"] {
+                if verb == "QUIT" && args.is_empty() {
+                    continue;
+                }
+                // USER/PASS with an argument would change the state.
+                if state == "authorization"
+                    && (verb == "USER" || verb == "PASS" || verb == "APOP")
+                    && !args.is_empty()
+                {
+                    continue;
+                }
+                let line = format!("{verb}{args}");
+                c.send(format!("{line}\r\n").as_bytes()).await;
+                let reply = c.line().await;
+                assert!(
+                    reply.starts_with("+OK") || reply.starts_with("-ERR"),
+                    "{state} {line}: {reply}"
+                );
+                let multi_line = match verb {
+                    "CAPA" | "HELP" | "RETR" | "TOP" => true,
+                    "LIST" | "UIDL" => args.is_empty(),
+                    _ => false,
+                };
+                if reply.starts_with("+OK") && multi_line {
+                    c.body().await;
+                }
+            }
+            // Empty and blank lines.
+            for blank in [&b"\r\n"[..], b"   \r\n", b"\n", b"\t\r\n"] {
+                let reply = raw(&mut c, blank).await;
+                assert!(reply.starts_with("-ERR"), "{state} {blank:?}: {reply}");
+            }
+        }
+        c.ok("QUIT").await;
+        assert!(c.closed().await);
+    }
+    assert_eq!(s.files("alice").len(), 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_transfer_loses_nothing() {
+    let s = TestServer::start().await;
+    let big = vec![b'x'; 4 * 1024 * 1024];
+    s.deliver("alice", &big);
+    s.deliver("alice", MESSAGE);
+    {
+        let mut c = s.login(ALICE).await;
+        c.ok("DELE 2").await;
+        c.send(b"RETR 1\r\n").await;
+        // Read a little of the 4 MiB, then disappear.
+        c.line().await;
+    }
+    // Once the server notices, the maildrop is free and whole.
+    let mut c = loop {
+        let mut c = s.connect().await;
+        c.line().await;
+        c.ok("USER alice").await;
+        if c.cmd("PASS wonderland").await.starts_with("+OK") {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    s.stop().await;
+}
