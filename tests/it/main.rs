@@ -2,5 +2,6 @@
 //! directories, real TCP clients.
 
 mod cli;
+mod lmtp;
 mod pop3;
 mod support;
