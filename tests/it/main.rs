@@ -2,6 +2,7 @@
 //! directories, real TCP clients.
 
 mod cli;
+mod deliver;
 mod lmtp;
 mod pop3;
 mod support;
