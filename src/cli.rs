@@ -33,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a ready server on 127.0.0.1:1110 with the user `demo`, password
-    /// `demo`, and sample messages (data kept in --dir).
+    /// Run a ready server on 127.0.0.1:1110 (POP3) and 127.0.0.1:2424
+    /// (LMTP) with the user `demo`, password `demo`, and sample messages
+    /// (data kept in --dir).
     Demo {
         /// The directory that holds the demo's config, users and mail.
         #[arg(long, default_value = "mailbag-demo")]
@@ -133,6 +134,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for addr in &config.pop3.listen {
                 println!("  POP3:           {addr}");
             }
+            for addr in &config.lmtp.listen {
+                println!("  LMTP:           {addr}");
+            }
             println!(
                 "  user: {}   password: {}",
                 mailbag::demo::USER,
@@ -143,6 +147,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!();
                 println!("Try it:  telnet {} {}", addr.ip(), addr.port());
                 println!("then type: USER demo, PASS demo, STAT, LIST, TOP 1 0, RETR 1, QUIT");
+            }
+            if let Some(addr) = config.lmtp.listen.first() {
+                println!();
+                println!("Send it a message over LMTP:");
+                println!(
+                    "  swaks --server {addr} --protocol LMTP --to {}@localhost",
+                    mailbag::demo::USER
+                );
             }
             println!(
                 "Serve the same data later with: mailbag serve --config {}",
