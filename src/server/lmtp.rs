@@ -337,3 +337,27 @@ fn printable(s: &str) -> String {
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_or_a_plain_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _other_server = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let e = bind_unix(&live).err().expect("stole a live socket");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("live.sock"), "{e}");
+
+        let file = dir.path().join("typo.conf");
+        std::fs::write(&file, b"precious").unwrap();
+        assert!(bind_unix(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(matches!(bind_unix(&stale), Ok(Listener::Unix(..))));
+    }
+}

@@ -299,6 +299,24 @@ async fn full_disk_is_a_temporary_failure_with_no_half_message() {
 }
 
 #[tokio::test]
+async fn shutdown_tells_a_waiting_client_to_retry() {
+    let mut s = start("").await;
+    let mut c = lmtp(&s).await;
+    lhlo(&mut c).await;
+    c.ok_lmtp("MAIL FROM:<x@y>").await;
+    s.shutdown().await;
+    assert_eq!(
+        c.line().await,
+        "421 4.3.2 Server shutting down; try again later\r\n"
+    );
+    assert!(c.closed().await);
+    // The listener is gone too.
+    assert!(tokio::net::TcpStream::connect(s.lmtp_addr.unwrap())
+        .await
+        .is_err());
+}
+
+#[tokio::test]
 async fn unix_socket_replaces_a_stale_file_and_delivers() {
     // The socket lives in the server's directory; its name is relative to
     // the config file. A previous run's socket file is left behind first.
