@@ -1,4 +1,5 @@
-//! The command line: `demo`, `serve`, `check-config` and `user`.
+//! The command line: `demo`, `serve`, `check-config`, `user` and
+//! `deliver`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -32,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a ready server on 127.0.0.1:1110 with the user `demo`, password
-    /// `demo`, and sample messages (data kept in --dir).
+    /// Run a ready server on 127.0.0.1:1110 (POP3) and 127.0.0.1:2424
+    /// (LMTP) with the user `demo`, password `demo`, and sample messages
+    /// (data kept in --dir).
     Demo {
         /// The directory that holds the demo's config, users and mail.
         #[arg(long, default_value = "mailbag-demo")]
@@ -59,6 +61,19 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserCommand,
+    },
+    /// Deliver one message from standard input (a local delivery agent
+    /// for Postfix `mailbox_command`, procmail or fetchmail's `mda`).
+    /// Exit codes: 0 delivered, 64 bad usage, 67 no such user, 73 mailbox
+    /// full or message too large, 75 temporary failure (retry later),
+    /// 78 unusable config.
+    Deliver {
+        /// The recipient (`user` or `user@domain`, as in the passwd-file).
+        #[arg(long)]
+        user: String,
+        /// The envelope sender, for the Return-Path header.
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -97,9 +112,16 @@ enum UserCommand {
 
 /// Runs the command line and maps errors to an exit status.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // sysexits EX_USAGE, which `deliver`'s callers understand.
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("mailbag: {e:#}");
             ExitCode::FAILURE
@@ -107,8 +129,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> Result<ExitCode> {
+    let done: Result<()> = match cli.command {
+        // Its own exit codes, for the MTA that runs it.
+        Command::Deliver { user, from } => return Ok(deliver(&cli.config, &user, from.as_deref())),
         Command::Demo { dir } => {
             let config_path = mailbag::demo::prepare(&dir)
                 .with_context(|| format!("cannot prepare the demo directory {}", dir.display()))?;
@@ -122,6 +146,9 @@ fn run(cli: Cli) -> Result<()> {
             for addr in &config.pop3.listen {
                 println!("  POP3:           {addr}");
             }
+            for addr in &config.lmtp.listen {
+                println!("  LMTP:           {addr}");
+            }
             println!(
                 "  user: {}   password: {}",
                 mailbag::demo::USER,
@@ -132,6 +159,14 @@ fn run(cli: Cli) -> Result<()> {
                 println!();
                 println!("Try it:  telnet {} {}", addr.ip(), addr.port());
                 println!("then type: USER demo, PASS demo, STAT, LIST, TOP 1 0, RETR 1, QUIT");
+            }
+            if let Some(addr) = config.lmtp.listen.first() {
+                println!();
+                println!("Send it a message over LMTP:");
+                println!(
+                    "  swaks --server {addr} --protocol LMTP --to {}@localhost",
+                    mailbag::demo::USER
+                );
             }
             println!(
                 "Serve the same data later with: mailbag serve --config {}",
@@ -164,6 +199,45 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::User { action } => user(&cli.config, action),
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `mailbag deliver`: every outcome is an exit code an MTA understands,
+/// and a failure is one line on standard error.
+fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
+    use mailbag::deliver::Exit;
+    let fail = |exit: Exit, reason: &dyn std::fmt::Display| {
+        eprintln!("mailbag deliver: {reason}");
+        ExitCode::from(exit.code())
+    };
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(Exit::Config, &e),
+    };
+    let passdb = match PasswdFile::open(&config.auth.passwd_file) {
+        Ok(passdb) => passdb,
+        // Keep the mail queued while the passwd-file is fixed.
+        Err(e) => return fail(Exit::TempFail, &e),
+    };
+    let store = MaildirStore::new(
+        config.store.root.clone(),
+        config.store.path.clone(),
+        config.store.default_domain.clone(),
+    );
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(Exit::TempFail, &e),
+    };
+    let stdin = std::io::stdin().lock();
+    match runtime.block_on(mailbag::deliver::run(
+        &config, &store, &passdb, user, from, stdin,
+    )) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(refused) => fail(refused.exit, &refused.reason),
     }
 }
 

@@ -4,6 +4,7 @@
 //! Relative paths are taken relative to the directory of the config file,
 //! so a config and its data can move together (the demo relies on this).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +46,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The POP3 listeners and advertised policies.
+    #[serde(default)]
     pub pop3: Pop3Config,
     /// Where mail is kept.
     pub store: StoreConfig,
@@ -53,6 +55,12 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// LMTP listeners, for mail from an MTA.
+    #[serde(default)]
+    pub lmtp: LmtpConfig,
+    /// Mailbox quotas, enforced at delivery.
+    #[serde(default)]
+    pub quota: QuotaConfig,
     /// Per-session transcripts for chosen users or client addresses.
     #[serde(default)]
     pub transcript: TranscriptConfig,
@@ -99,8 +107,79 @@ fn default_transcript_files() -> usize {
     1000
 }
 
-/// `[pop3]`
+/// `[lmtp]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmtpConfig {
+    /// TCP addresses (port 24 in production). LMTP has no authentication:
+    /// anyone who can connect can deliver, so keep these on loopback or a
+    /// trusted network.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// A Unix socket path (e.g. `/run/mailbag/lmtp.sock`); a stale socket
+    /// file is replaced at start, and the socket gets mode 0660.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// The largest message accepted, in octets (advertised as SIZE).
+    #[serde(default = "default_max_message_octets")]
+    pub max_message_octets: u64,
+    /// Recipients accepted per transaction.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+}
+
+impl Default for LmtpConfig {
+    fn default() -> Self {
+        LmtpConfig {
+            listen: Vec::new(),
+            socket: None,
+            max_message_octets: default_max_message_octets(),
+            max_recipients: default_max_recipients(),
+        }
+    }
+}
+
+/// One quota: 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Total CRLF octets a maildrop may hold.
+    #[serde(default)]
+    pub max_octets: u64,
+    /// Messages a maildrop may hold.
+    #[serde(default)]
+    pub max_messages: u64,
+}
+
+/// `[quota]`: the default for every user, and `[quota.users."name"]`
+/// overrides for single users.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Total CRLF octets a maildrop may hold (0: unlimited).
+    #[serde(default)]
+    pub max_octets: u64,
+    /// Messages a maildrop may hold (0: unlimited).
+    #[serde(default)]
+    pub max_messages: u64,
+    /// Per-user quotas by canonical user name; a key left out of an
+    /// override is unlimited for that user.
+    #[serde(default)]
+    pub users: BTreeMap<String, Quota>,
+}
+
+impl QuotaConfig {
+    /// The quota that applies to `user` (a canonical user name).
+    pub fn for_user(&self, user: &str) -> Quota {
+        self.users.get(user).copied().unwrap_or(Quota {
+            max_octets: self.max_octets,
+            max_messages: self.max_messages,
+        })
+    }
+}
+
+/// `[pop3]`
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pop3Config {
     /// Addresses for plain POP3 (port 110 in production).
@@ -215,6 +294,14 @@ fn default_autologout_secs() -> u64 {
 fn default_max_bad_commands() -> u32 {
     20
 }
+fn default_max_message_octets() -> u64 {
+    // Postfix's default message_size_limit.
+    10_240_000
+}
+fn default_max_recipients() -> usize {
+    // RFC 5321 §4.5.3.1.8: at least 100 must be accepted.
+    100
+}
 
 impl Config {
     /// Reads, parses and validates a config file.
@@ -245,6 +332,9 @@ impl Config {
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }
+        if let Some(socket) = &config.lmtp.socket {
+            config.lmtp.socket = Some(absolute(base, socket));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -257,10 +347,31 @@ impl Config {
                 message: message.to_string(),
             })
         };
-        if self.pop3.listen.is_empty() {
+        // A delivery-only node (LMTP, no POP3) is legitimate; a server
+        // that listens on nothing is not.
+        if self.pop3.listen.is_empty() && self.lmtp.listen.is_empty() && self.lmtp.socket.is_none()
+        {
             return invalid(
                 "pop3.listen",
-                "at least one address is needed, e.g. [\"0.0.0.0:110\"]",
+                "no listener: give at least one of pop3.listen (e.g. [\"0.0.0.0:110\"]), \
+                 lmtp.listen or lmtp.socket",
+            );
+        }
+        if self.lmtp.max_message_octets == 0 {
+            return invalid("lmtp.max_message_octets", "must be at least 1");
+        }
+        if self.lmtp.max_recipients == 0 {
+            return invalid("lmtp.max_recipients", "must be at least 1");
+        }
+        if self
+            .lmtp
+            .socket
+            .as_ref()
+            .is_some_and(|p| p.file_name().is_none())
+        {
+            return invalid(
+                "lmtp.socket",
+                "must name a file, e.g. /run/mailbag/lmtp.sock",
             );
         }
         let t = &self.store.path;
@@ -367,6 +478,58 @@ passwd_file = "passwd"
     }
 
     #[test]
+    fn lmtp_alone_is_a_server_and_quotas_default_to_unlimited() {
+        let text = r#"
+[lmtp]
+socket = "run/lmtp.sock"
+[store]
+root = "mail"
+[auth]
+passwd_file = "passwd"
+[quota]
+max_octets = 1000
+[quota.users."bob@example.org"]
+max_messages = 5
+"#;
+        let c = Config::parse(text, Path::new("/etc/mailbag")).unwrap();
+        assert!(c.pop3.listen.is_empty());
+        assert_eq!(
+            c.lmtp.socket.as_deref(),
+            Some(Path::new("/etc/mailbag/run/lmtp.sock"))
+        );
+        assert_eq!(c.lmtp.max_message_octets, 10_240_000);
+        assert_eq!(c.lmtp.max_recipients, 100);
+        assert_eq!(
+            c.quota.for_user("alice"),
+            Quota {
+                max_octets: 1000,
+                max_messages: 0
+            }
+        );
+        assert_eq!(
+            c.quota.for_user("bob@example.org"),
+            Quota {
+                max_octets: 0,
+                max_messages: 5
+            }
+        );
+        let plain = Config::parse(MINIMAL, Path::new("/")).unwrap();
+        assert_eq!(plain.quota.for_user("x"), Quota::default());
+        assert!(plain.lmtp.listen.is_empty() && plain.lmtp.socket.is_none());
+        // Neither POP3 nor LMTP: nothing to serve.
+        let e = Config::parse(
+            &text.replace("socket = \"run/lmtp.sock\"", ""),
+            Path::new("/"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("pop3.listen") && e.contains("lmtp.socket"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let text = MINIMAL.replace("[auth]", "[auth]\npasswd_fiel = 1");
         let e = Config::parse(&text, Path::new("/"))
@@ -378,6 +541,10 @@ passwd_file = "passwd"
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
+            (
+                format!("{MINIMAL}\n[transcript]\nusers = [\"alice\"]\n"),
+                "transcript.dir",
+            ),
             (MINIMAL.replace("[\"127.0.0.1:1110\"]", "[]"), "pop3.listen"),
             (
                 MINIMAL.replace("root = \"mail\"", "root = \"mail\"\npath = \"{root}/all\""),
@@ -399,6 +566,17 @@ passwd_file = "passwd"
                 "pop3.expire",
             ),
         ];
+        let cases = cases.into_iter().chain([
+            (
+                format!("{MINIMAL}[lmtp]\nmax_recipients = 0\n"),
+                "lmtp.max_recipients",
+            ),
+            (
+                format!("{MINIMAL}[lmtp]\nmax_message_octets = 0\n"),
+                "lmtp.max_message_octets",
+            ),
+            (format!("{MINIMAL}[quota]\nmax_octet = 1\n"), "max_octet"),
+        ]);
         for (text, key) in cases {
             let e = Config::parse(&text, Path::new("/"))
                 .unwrap_err()

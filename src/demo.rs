@@ -19,6 +19,8 @@ pub const USER: &str = "demo";
 pub const PASSWORD: &str = "demo";
 /// The demo's POP3 address: loopback only.
 pub const POP3_ADDR: &str = "127.0.0.1:1110";
+/// The demo's LMTP address: loopback only, since LMTP has no login.
+pub const LMTP_ADDR: &str = "127.0.0.1:2424";
 
 const SAMPLES: [&[u8]; 5] = [
     include_bytes!("demo/1-welcome.eml"),
@@ -36,6 +38,9 @@ fn config_text() -> String {
 
 [pop3]
 listen = ["{POP3_ADDR}"]
+
+[lmtp]
+listen = ["{LMTP_ADDR}"]
 
 [store]
 kind = "maildir"

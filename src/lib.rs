@@ -2,12 +2,14 @@
 //!
 //! This crate holds everything that does IO: the tokio driver and
 //! listeners (`server`), the mail stores (`store`), the password databases
-//! (`auth`), configuration and the command line. The protocol itself lives
+//! (`auth`), local delivery (`deliver`), configuration and the command
+//! line. The protocol itself lives
 //! in the sans-IO crate `mailbag_proto`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
+pub mod deliver;
 pub mod demo;
 pub mod server;
 pub mod store;

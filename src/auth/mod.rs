@@ -32,6 +32,14 @@ pub trait PassDb: Send + Sync + 'static {
         credential: &Credential,
     ) -> impl Future<Output = Result<String, AuthError>> + Send;
 
+    /// Whether `user` exists, asked without a credential (for mail
+    /// delivery). Returns the canonical user name, which names the
+    /// maildrop, or `None` for an unknown user.
+    fn user_exists(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Option<String>, AuthError>> + Send;
+
     /// Whether any user has a plaintext-equivalent secret, so that APOP
     /// can work at all and the greeting should carry a timestamp.
     fn apop_possible(&self) -> bool;

@@ -265,6 +265,16 @@ impl PassDb for PasswdFile {
             .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?
     }
 
+    async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
+        // A stat and a hash lookup, no password hashing: delivery answers
+        // RCPT at once, and the MTA already knows which users exist.
+        let table = self.table();
+        Ok(table
+            .users
+            .get_key_value(user)
+            .map(|(name, _)| name.clone()))
+    }
+
     fn apop_possible(&self) -> bool {
         // A stat (and, after an edit, a read) of a small file: cheap enough
         // for the greeting, and a new plaintext user is noticed at once.
@@ -676,6 +686,28 @@ mod tests {
                 "{user}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn user_exists_names_the_canonical_user_without_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(&dir);
+        let db = PasswdFile::open(&path).unwrap();
+        for (asked, found) in [
+            ("alice", Some("alice")),
+            ("bob@example.org", Some("bob@example.org")),
+            // A user who cannot log in still receives mail.
+            ("carol", Some("carol")),
+            ("Alice", None),
+            ("bob", None),
+            ("nobody", None),
+            ("", None),
+        ] {
+            let got = db.user_exists(asked).await.unwrap();
+            assert_eq!(got.as_deref(), found, "{asked}");
+        }
+        delete_user(&path, "carol").unwrap();
+        assert_eq!(db.user_exists("carol").await.unwrap(), None);
     }
 
     #[tokio::test]

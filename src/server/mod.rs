@@ -2,10 +2,11 @@
 //!
 //! [`Server`] binds the configured addresses and runs one tokio task per
 //! connection; each task drives a sans-IO protocol core
-//! ([`mailbag_proto::pop3::Conn`]) against the store and passdb it is
-//! generic over.
+//! ([`mailbag_proto::pop3::Conn`], [`mailbag_proto::lmtp::Conn`]) against
+//! the store and passdb it is generic over.
 
 pub mod limits;
+pub mod lmtp;
 pub mod metrics;
 pub mod pop3;
 pub mod transcript;
@@ -100,14 +101,16 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// A bound POP3 server.
+/// A bound server: POP3 and LMTP listeners.
 pub struct Server<S, P> {
     listeners: Vec<TcpListener>,
+    lmtp: Vec<lmtp::Listener>,
     shared: Arc<Shared<S, P>>,
 }
 
 impl<S: Store, P: PassDb> Server<S, P> {
-    /// Binds every `pop3.listen` address of the config.
+    /// Binds every `pop3.listen` and `lmtp.listen` address and the
+    /// `lmtp.socket` of the config.
     pub async fn bind(config: Config, store: S, passdb: P) -> std::io::Result<Self> {
         let mut listeners = Vec::new();
         for addr in &config.pop3.listen {
@@ -116,8 +119,19 @@ impl<S: Store, P: PassDb> Server<S, P> {
             })?;
             listeners.push(listener);
         }
+        let mut lmtp = Vec::new();
+        for addr in &config.lmtp.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen for LMTP on {addr}: {e}"))
+            })?;
+            lmtp.push(lmtp::Listener::Tcp(listener));
+        }
+        if let Some(path) = &config.lmtp.socket {
+            lmtp.push(lmtp::bind_unix(path)?);
+        }
         Ok(Server {
             listeners,
+            lmtp,
             shared: Arc::new(Shared::new(store, passdb, config)),
         })
     }
@@ -127,6 +141,17 @@ impl<S: Store, P: PassDb> Server<S, P> {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The LMTP TCP addresses actually bound (port 0 resolved).
+    pub fn lmtp_addrs(&self) -> Vec<SocketAddr> {
+        self.lmtp
+            .iter()
+            .filter_map(|l| match l {
+                lmtp::Listener::Tcp(l) => l.local_addr().ok(),
+                lmtp::Listener::Unix(..) => None,
+            })
             .collect()
     }
 
@@ -143,6 +168,15 @@ impl<S: Store, P: PassDb> Server<S, P> {
             let sessions = tracker.clone();
             tracker.spawn(async move {
                 accept_loop(listener, shared, permits, shutdown, sessions).await
+            });
+        }
+        for listener in self.lmtp {
+            let shared = self.shared.clone();
+            let permits = permits.clone();
+            let shutdown = shutdown.clone();
+            let sessions = tracker.clone();
+            tracker.spawn(async move {
+                lmtp::accept_loop(listener, shared, permits, shutdown, sessions).await
             });
         }
         shutdown.cancelled().await;

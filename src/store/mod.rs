@@ -49,6 +49,30 @@ pub trait Store: Send + Sync + 'static {
     /// Locks `user`'s maildrop and snapshots its messages. A user whose
     /// maildrop does not exist yet gets an empty one.
     fn open(&self, user: &str) -> impl Future<Output = Result<Self::Maildrop, StoreError>> + Send;
+
+    /// Delivers `message` into `user`'s maildrop, durably: when this
+    /// returns `Ok`, the message survives a crash, and on `Err` nothing
+    /// of it is visible to a session. Needs no lock, so it works while a
+    /// session holds the maildrop (which will not see the new message).
+    /// Returns the new message's identifier in the store.
+    fn deliver(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// How much `user`'s maildrop holds now, for quota checks. Cheap
+    /// rather than exact under concurrent change.
+    fn usage(&self, user: &str) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+}
+
+/// The size of a maildrop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Messages held.
+    pub messages: u64,
+    /// Their total size in CRLF octets (as POP3 STAT counts them).
+    pub octets: u64,
 }
 
 /// A maildrop locked for one session. Dropping it releases the lock and

@@ -212,10 +212,37 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
     let (_, body) = c.multi("RETR 1").await;
     assert!(String::from_utf8_lossy(&body).contains("Welcome"));
     c.ok("QUIT").await;
+    // The demo takes mail over LMTP, as its printed swaks line does.
+    let mut l = connect_retrying("127.0.0.1:2424".parse().unwrap()).await;
+    assert!(l.line().await.starts_with("220 "));
+    l.send(
+        b"LHLO c\r\nMAIL FROM:<me@example.org>\r\nRCPT TO:<demo@localhost>\r\nDATA\r\n\
+          Subject: sent to the demo\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    )
+    .await;
+    let mut delivered = false;
+    loop {
+        let line = l.line().await;
+        delivered |= line == "250 2.0.0 <demo@localhost> delivered\r\n";
+        if line.is_empty() || line.starts_with("221") {
+            break;
+        }
+    }
+    assert!(delivered);
+    let (mut c, reply) = login(addr, ("demo", "demo")).await;
+    assert!(
+        reply.starts_with("+OK Logged in. Maildrop has 6 messages"),
+        "{reply}"
+    );
+    c.ok("QUIT").await;
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("telnet 127.0.0.1 1110"), "{text}");
+    assert!(
+        text.contains("swaks --server 127.0.0.1:2424 --protocol LMTP --to demo@localhost"),
+        "{text}"
+    );
     assert!(text.contains("password: demo"), "{text}");
     assert!(demo_dir.join("mailbag.toml").exists());
     // Everything stays inside the demo directory.

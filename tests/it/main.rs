@@ -2,7 +2,9 @@
 //! directories, real TCP clients.
 
 mod cli;
+mod deliver;
 mod hostile;
+mod lmtp;
 mod pop3;
 mod support;
 mod telnet;

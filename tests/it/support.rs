@@ -21,6 +21,8 @@ pub const BOB: (&str, &str) = ("bob", "builder");
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The first `lmtp.listen` address, when the config has one.
+    pub lmtp_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -67,10 +69,17 @@ impl TestServer {
     /// Starts a server whose config has `extra` appended to `[auth]`
     /// (further tables may follow in `extra`).
     pub async fn start_with(extra: &str) -> TestServer {
+        TestServer::start_with_dir(|_| extra.to_string()).await
+    }
+
+    /// Like [`TestServer::start_with`], with `extra` made by `prepare`,
+    /// which may also set up the server's directory before it starts.
+    pub async fn start_with_dir(prepare: impl FnOnce(&Path) -> String) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         write_passwd(dir.path());
+        let extra = prepare(dir.path());
         let config_path = dir.path().join("mailbag.toml");
-        std::fs::write(&config_path, config_text(dir.path(), extra)).unwrap();
+        std::fs::write(&config_path, config_text(dir.path(), &extra)).unwrap();
         let config = Config::load(&config_path).unwrap();
         let passdb = PasswdFile::open(&config.auth.passwd_file).unwrap();
         let store = MaildirStore::new(
@@ -80,10 +89,12 @@ impl TestServer {
         );
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
+        let lmtp_addr = server.lmtp_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            lmtp_addr,
             dir,
             config_path,
             shutdown,
@@ -255,4 +266,73 @@ pub fn crlf(message: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// A small tmpfs mounted for a full-disk test, unmounted on drop.
+pub struct TmpFs {
+    pub path: PathBuf,
+}
+
+impl TmpFs {
+    /// Mounts a tmpfs of `size` (e.g. "64k") at `path` (created). `None`
+    /// when this machine does not let the tests mount (not root, or a
+    /// container without the capability).
+    pub fn mount(path: &Path, size: &str) -> Option<TmpFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| TmpFs {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// The files of one Maildir subdirectory (`new`, `cur`, `tmp`): name and
+/// content, sorted by name.
+pub fn maildir_files(maildir: &Path, sub: &str) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = match std::fs::read_dir(maildir.join(sub)) {
+        Ok(rd) => rd
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort();
+    v
+}
+
+/// The `,S=` and `,W=` fields of a Maildir file name.
+pub fn size_fields(name: &str) -> (Option<u64>, Option<u64>) {
+    let base = name.split(':').next().unwrap();
+    let field = |key: &str| {
+        base.split(',')
+            .skip(1)
+            .find_map(|f| f.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+    };
+    (field("S="), field("W="))
 }

@@ -81,6 +81,9 @@ pub enum Action {
         return_path: String,
         /// Canonical user names from [`RcptResult::Accepted`], in RCPT order.
         recipients: Vec<String>,
+        /// The forward paths as the client wrote them, same order as
+        /// `recipients`: what a `Delivered-To:` header records.
+        addresses: Vec<String>,
         /// The unstuffed message exactly as received (line endings kept).
         message: Vec<u8>,
     },
@@ -511,6 +514,7 @@ impl Conn {
             let action = Action::Deliver {
                 return_path: t.return_path.clone(),
                 recipients: t.recipients.iter().map(|r| r.user.clone()).collect(),
+                addresses: t.recipients.iter().map(|r| r.address.clone()).collect(),
                 message: data.message,
             };
             self.state = State::Delivering(t);
@@ -602,6 +606,7 @@ mod tests {
                     return_path,
                     recipients,
                     message,
+                    ..
                 } => {
                     let results = recipients
                         .iter()
@@ -1103,6 +1108,7 @@ mod tests {
             Event::Act(Action::Deliver {
                 return_path: "a@b".into(),
                 recipients: vec!["u1".into(), "u2".into()],
+                addresses: vec!["x@y".into(), "z@w".into()],
                 message: b"header\r\n".to_vec(),
             })
         );

@@ -9,8 +9,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
+use mailbag_proto::dot::canonical_size;
+
 use super::name;
-use super::size::crlf_size;
 
 /// How often a name clash in tmp/ is retried with a fresh name before
 /// giving up; a clash needs another host with our name and pid.
@@ -55,7 +56,7 @@ pub fn deliver(maildir: &Path, message: &[u8]) -> io::Result<String> {
         file.write_all(message)?;
         file.sync_all()?;
         drop(file);
-        let base = format!("{unique},S={},W={}", message.len(), crlf_size(message));
+        let base = format!("{unique},S={},W={}", message.len(), canonical_size(message));
         std::fs::rename(&tmp, maildir.join("new").join(&base))?;
         Ok(base)
     })();
@@ -106,7 +107,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(md.join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read(md.join("new").join(&base)).unwrap(), msg);
         let p = parse(base.as_bytes());
-        assert_eq!(p.crlf_size, Some(crlf_size(msg)));
+        assert_eq!(p.crlf_size, Some(canonical_size(msg)));
         assert_eq!(p.stored_size, Some(msg.len() as u64));
         assert!(p.flags.is_none());
         let mode = std::os::unix::fs::PermissionsExt::mode(

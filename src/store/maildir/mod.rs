@@ -16,6 +16,7 @@
 mod deliver;
 mod name;
 mod size;
+mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -27,7 +28,7 @@ use std::path::{Component, Path, PathBuf};
 
 pub use deliver::deliver;
 
-use super::{Maildrop, MessageInfo, Store, StoreError};
+use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
 
 /// The lock file inside each Maildir: held with an exclusive `flock` for
 /// the life of a session, so the kernel releases it when the process dies.
@@ -161,6 +162,15 @@ impl Store for MaildirStore {
     async fn open(&self, user: &str) -> Result<MaildirMaildrop, StoreError> {
         let maildir = self.maildir_path(user)?;
         blocking(move || MaildirMaildrop::open(maildir)).await
+    }
+
+    async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
+        MaildirStore::deliver(self, user, message).await
+    }
+
+    async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
+        let maildir = self.maildir_path(user)?;
+        blocking(move || Ok(usage::usage(&maildir)?)).await
     }
 }
 

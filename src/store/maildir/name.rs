@@ -136,14 +136,16 @@ pub(crate) fn seen_name(name: &[u8]) -> Option<Vec<u8>> {
 static DELIVERIES: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh unique base name: `<secs>.M<micros>P<pid>Q<counter>.<host>`
-/// (the Maildir spec's modern form; Dovecot writes the same shape).
+/// (the Maildir spec's modern form; Dovecot writes the same shape). The
+/// microseconds have six digits, so that names of one second sort in
+/// delivery order: the snapshot orders by time, then by base name.
 pub(crate) fn unique() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let counter = DELIVERIES.fetch_add(1, AtomicOrdering::Relaxed);
     format!(
-        "{}.M{}P{}Q{}.{}",
+        "{}.M{:06}P{}Q{}.{}",
         now.as_secs(),
         now.subsec_micros(),
         std::process::id(),
@@ -297,6 +299,8 @@ mod tests {
         assert_eq!(escape_hostname("a/b:c,d"), "a\\057b\\072c\\054d");
         let u = unique();
         assert!(!u.contains([':', '/', ',']));
+        let micros = u.split_once(".M").unwrap().1.split_once('P').unwrap().0;
+        assert_eq!(micros.len(), 6, "{u}");
         assert_eq!(uidl(u.as_bytes()), u);
     }
 }

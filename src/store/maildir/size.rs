@@ -17,60 +17,21 @@ use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use mailbag_proto::dot::SizeCounter;
+
 /// The file name of the cache inside the Maildir.
 pub(crate) const CACHE_FILE: &str = "mailbag.sizes";
 const CACHE_TMP: &str = "mailbag.sizes.tmp";
 const HEADER: &[u8] = b"mailbag-sizes 1\n";
 
-/// The size of `bytes` once every bare LF is CRLF and the message ends in
-/// CRLF. Placeholder until `mailbag_proto::dot::canonical_size` lands.
-pub(crate) fn crlf_size(bytes: &[u8]) -> u64 {
-    let mut counter = CrlfCounter::default();
-    counter.update(bytes);
-    counter.finish()
-}
-
-/// [`crlf_size`] over a stream of chunks, so that a message on disk need
-/// not be read into memory at once.
-#[derive(Debug, Default)]
-pub(crate) struct CrlfCounter {
-    octets: u64,
-    last: Option<u8>,
-}
-
-impl CrlfCounter {
-    pub(crate) fn update(&mut self, chunk: &[u8]) {
-        let Some(&tail) = chunk.last() else { return };
-        self.octets += chunk.len() as u64;
-        for i in memchr::memchr_iter(b'\n', chunk) {
-            let before = if i == 0 {
-                self.last
-            } else {
-                Some(chunk[i - 1])
-            };
-            if before != Some(b'\r') {
-                self.octets += 1;
-            }
-        }
-        self.last = Some(tail);
-    }
-
-    pub(crate) fn finish(&self) -> u64 {
-        match self.last {
-            Some(b'\n') | None => self.octets,
-            Some(_) => self.octets + 2,
-        }
-    }
-}
-
 /// The CRLF size of a file's content, read in chunks.
 pub(crate) fn file_crlf_size(file: &mut File) -> io::Result<u64> {
-    let mut counter = CrlfCounter::default();
+    let mut counter = SizeCounter::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match file.read(&mut buf) {
             Ok(0) => return Ok(counter.finish()),
-            Ok(n) => counter.update(&buf[..n]),
+            Ok(n) => counter.feed(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -213,32 +174,6 @@ pub(crate) fn store<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crlf_size_counts_bare_lf_and_missing_final_newline() {
-        assert_eq!(crlf_size(b""), 0);
-        assert_eq!(crlf_size(b"a"), 3);
-        assert_eq!(crlf_size(b"a\n"), 3);
-        assert_eq!(crlf_size(b"a\r\n"), 3);
-        assert_eq!(crlf_size(b"\n"), 2);
-        assert_eq!(crlf_size(b"\r"), 3);
-        assert_eq!(crlf_size(b"a\nb\r\nc"), 3 + 3 + 3);
-        assert_eq!(crlf_size(b"\n\n"), 4);
-        assert_eq!(crlf_size(b"\r\r\n"), 3);
-    }
-
-    #[test]
-    fn counter_agrees_across_chunk_boundaries() {
-        let msg = b"Subject: x\r\n\nbody\nline\r\n\r\n.\nend\r";
-        let whole = crlf_size(msg);
-        for split in 0..=msg.len() {
-            let mut c = CrlfCounter::default();
-            c.update(&msg[..split]);
-            c.update(&[]);
-            c.update(&msg[split..]);
-            assert_eq!(c.finish(), whole, "split at {split}");
-        }
-    }
 
     #[test]
     fn cache_round_trips_and_skips_garbage() {

@@ -1,0 +1,363 @@
+//! The LMTP driver (RFC 2033): the listeners an MTA delivers through (TCP
+//! and a Unix socket), and one task per connection that drives the sans-IO
+//! core [`mailbag_proto::lmtp::Conn`] against the passdb and the store.
+//!
+//! The core answers; this module performs its two effects. RCPT asks the
+//! passdb whether the address names a user (and the store whether that
+//! maildrop is already full); the final `.` of DATA delivers the message to
+//! each accepted recipient on its own, durably, with its own trace
+//! headers, before the core sends that recipient's 250. Replies are
+//! collected and written once no complete command is waiting, which gives
+//! PIPELINING with few writes.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbag_proto::lmtp::{Action, Conn, DeliveryResult, Event, Outcome, RcptResult, Settings};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::Shared;
+use crate::auth::PassDb;
+use crate::deliver::{self, DeliverError};
+use crate::store::{Store, StoreError};
+
+/// Bytes read from the client at a time.
+const READ_OCTETS: usize = 64 * 1024;
+/// Mode of the Unix socket: the MTA's group may connect, others not.
+const SOCKET_MODE: u32 = 0o660;
+
+/// A bound LMTP listener.
+pub(crate) enum Listener {
+    /// `lmtp.listen`.
+    Tcp(TcpListener),
+    /// `lmtp.socket`; the path is removed again at shutdown.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Listener::Unix(_, path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Binds the Unix socket at `path`. A socket file left by a process that
+/// is gone is replaced; a live one, or anything that is not a socket, is
+/// an error, so that two servers never steal each other's socket and a
+/// typo never deletes a file.
+pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
+    let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    match path.symlink_metadata() {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{}: another server is listening", path.display()),
+                ));
+            }
+            std::fs::remove_file(path).map_err(with_path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(with_path(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(with_path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(with_path)?;
+    Ok(Listener::Unix(listener, path.to_path_buf()))
+}
+
+/// Accepts LMTP connections until `shutdown`, one task per connection.
+pub(crate) async fn accept_loop<S: Store, P: PassDb>(
+    listener: Listener,
+    shared: Arc<Shared<S, P>>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+) {
+    info!(listen = %listener.describe(), "accepting LMTP connections");
+    loop {
+        let accepted = tokio::select! {
+            a = accept(&listener) => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning.
+                warn!(error = %e, "LMTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            sessions.spawn(async move {
+                warn!(peer = %peer, "LMTP connection refused: too many connections");
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let id = shared.next_session_id();
+        let span = info_span!("lmtp", id, peer = %peer);
+        sessions.spawn(
+            async move {
+                serve(stream, &shared, &shutdown).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    if let Listener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A TCP or Unix stream, so that one session task type serves both.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (stream, peer) = l.accept().await?;
+            // Replies are small and the client waits for each batch.
+            let _ = stream.set_nodelay(true);
+            Ok((Stream::Tcp(stream), peer.to_string()))
+        }
+        Listener::Unix(l, path) => {
+            let (stream, _) = l.accept().await?;
+            Ok((Stream::Unix(stream), path.display().to_string()))
+        }
+    }
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(bytes).await,
+            Stream::Unix(s) => s.write_all(bytes).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Unix(s) => s.shutdown().await,
+        }
+    }
+}
+
+async fn serve<S: Store, P: PassDb>(
+    stream: Stream,
+    shared: &Shared<S, P>,
+    shutdown: &CancellationToken,
+) {
+    match stream {
+        Stream::Tcp(s) => session(s, shared, shutdown).await,
+        Stream::Unix(s) => session(s, shared, shutdown).await,
+    }
+}
+
+/// Serves one LMTP connection to its end. A connection that drops before
+/// the final `.` delivers nothing; once it is read, the delivery finishes
+/// even if the client has gone or shutdown begins.
+pub async fn session<S, P, T>(mut stream: T, shared: &Shared<S, P>, shutdown: &CancellationToken)
+where
+    S: Store,
+    P: PassDb,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &shared.config;
+    let settings = Settings {
+        hostname: shared.hostname.clone(),
+        max_message_octets: config.lmtp.max_message_octets,
+        max_recipients: config.lmtp.max_recipients,
+        max_bad_commands: config.limits.max_bad_commands,
+        ..Settings::default()
+    };
+    let mut conn = Conn::new(settings);
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; READ_OCTETS];
+    debug!("connected");
+    loop {
+        match conn.next() {
+            Event::Send(bytes) => out.extend_from_slice(&bytes),
+            Event::Act(Action::CheckRecipient { address }) => {
+                let result = check_recipient(shared, &address).await;
+                conn.complete(Outcome::Recipient(result));
+            }
+            Event::Act(Action::Deliver {
+                return_path,
+                recipients,
+                addresses,
+                message,
+            }) => {
+                let mut results = Vec::with_capacity(recipients.len());
+                for (i, user) in recipients.iter().enumerate() {
+                    let address = addresses.get(i).unwrap_or(user);
+                    results.push(deliver_one(shared, &return_path, user, address, &message).await);
+                }
+                conn.complete(Outcome::Delivered(results));
+            }
+            Event::NeedInput => {
+                if write_out(&mut stream, &mut out).await.is_err() {
+                    break;
+                }
+                conn.shrink();
+                let read = tokio::select! {
+                    r = tokio::time::timeout(conn.idle_timeout(), stream.read(&mut buf)) => r,
+                    _ = shutdown.cancelled() => {
+                        let _ = stream
+                            .write_all(b"421 4.3.2 Server shutting down; try again later\r\n")
+                            .await;
+                        break;
+                    }
+                };
+                match read {
+                    Err(_) => {
+                        info!("idle too long; closing");
+                        let _ = stream
+                            .write_all(b"421 4.4.2 Idle for too long; closing\r\n")
+                            .await;
+                        break;
+                    }
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => conn.receive(&buf[..n]),
+                }
+            }
+            Event::Close => {
+                let _ = write_out(&mut stream, &mut out).await;
+                let _ = stream.shutdown().await;
+                break;
+            }
+        }
+    }
+    debug!("disconnected");
+}
+
+async fn check_recipient<S: Store, P: PassDb>(shared: &Shared<S, P>, address: &str) -> RcptResult {
+    let config = &shared.config;
+    match deliver::resolve(&shared.passdb, &config.store.default_domain, address).await {
+        Ok(Some(user)) => {
+            let quota = config.quota.for_user(&user);
+            if deliver::at_quota(&shared.store, quota, &user).await {
+                info!(user = %user, "recipient refused: mailbox full");
+                RcptResult::OverQuota
+            } else {
+                RcptResult::Accepted { user }
+            }
+        }
+        Ok(None) => {
+            info!(recipient = %printable(address), "recipient refused: no such user");
+            RcptResult::Unknown
+        }
+        Err(e) => {
+            error!(error = %e, "password database unavailable");
+            RcptResult::TemporaryFailure
+        }
+    }
+}
+
+/// Delivers one recipient's copy, with its own trace headers.
+async fn deliver_one<S: Store, P: PassDb>(
+    shared: &Shared<S, P>,
+    return_path: &str,
+    user: &str,
+    address: &str,
+    message: &[u8],
+) -> DeliveryResult {
+    // The core refuses paths with control characters, so these are safe
+    // header values.
+    let copy = deliver::with_headers(Some(return_path), address, message);
+    let octets = copy.len();
+    let quota = shared.config.quota.for_user(user);
+    match deliver::deliver(&shared.store, quota, user, copy).await {
+        Ok(id) => {
+            info!(user = %user, octets, id = %id, "delivered");
+            DeliveryResult::Delivered
+        }
+        Err(DeliverError::OverQuota) => {
+            info!(user = %user, octets, "not delivered: mailbox full");
+            DeliveryResult::OverQuota
+        }
+        Err(DeliverError::Store(StoreError::Permanent(reason))) => {
+            error!(user = %user, error = %reason, "not delivered");
+            DeliveryResult::PermanentFailure
+        }
+        Err(e) => {
+            // A full disk, a permission problem, any IO error: the MTA
+            // keeps the message and retries.
+            error!(user = %user, error = %deliver::error_chain(&e), "not delivered; temporary failure");
+            DeliveryResult::TemporaryFailure
+        }
+    }
+}
+
+async fn write_out<T: AsyncWrite + Unpin>(stream: &mut T, out: &mut Vec<u8>) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(out).await?;
+    stream.flush().await?;
+    out.clear();
+    Ok(())
+}
+
+/// A client-supplied address as it may appear in a log line: no control
+/// characters, bounded length.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_or_a_plain_file_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.sock");
+        let _other_server = std::os::unix::net::UnixListener::bind(&live).unwrap();
+        let e = bind_unix(&live).err().expect("stole a live socket");
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("live.sock"), "{e}");
+
+        let file = dir.path().join("typo.conf");
+        std::fs::write(&file, b"precious").unwrap();
+        assert!(bind_unix(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+
+        let stale = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        assert!(matches!(bind_unix(&stale), Ok(Listener::Unix(..))));
+    }
+}
