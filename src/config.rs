@@ -64,6 +64,19 @@ pub struct Config {
     /// Per-session transcripts for chosen users or client addresses.
     #[serde(default)]
     pub transcript: TranscriptConfig,
+    /// The Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics` (keep it on loopback or a management
+    /// network); no endpoint when unset.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[transcript]`
@@ -231,6 +244,21 @@ pub struct AuthConfig {
     /// Failed logins per connection before it is closed.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
+    /// The longest delay before answering a failed login: failures beyond
+    /// the third from one address or for one user double the delay up to
+    /// this, in milliseconds.
+    #[serde(default = "default_max_failure_delay_ms")]
+    pub max_failure_delay_ms: u64,
+    /// How long a failed login is remembered, in seconds.
+    #[serde(default = "default_failure_window_secs")]
+    pub failure_window_secs: u64,
+    /// Failed logins from one address within the window before the
+    /// address is refused for `address_block_secs`.
+    #[serde(default = "default_max_failures_per_address")]
+    pub max_failures_per_address: u32,
+    /// How long an address with too many failures is refused, in seconds.
+    #[serde(default = "default_address_block_secs")]
+    pub address_block_secs: u64,
     /// Allow USER/PASS and APOP on unencrypted connections from any
     /// address. Without it, only loopback clients may use them.
     #[serde(default)]
@@ -254,6 +282,13 @@ pub struct LimitsConfig {
     /// Unknown or malformed commands before the connection is closed.
     #[serde(default = "default_max_bad_commands")]
     pub max_bad_commands: u32,
+    /// Connections open at once from one client address.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: u32,
+    /// Connections not yet logged in, all addresses together, so that idle
+    /// sockets before login cannot take every connection.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
 }
 
 impl Default for LimitsConfig {
@@ -263,6 +298,8 @@ impl Default for LimitsConfig {
             authorization_timeout_secs: default_authorization_timeout_secs(),
             autologout_secs: default_autologout_secs(),
             max_bad_commands: default_max_bad_commands(),
+            max_connections_per_address: default_max_connections_per_address(),
+            max_unauthenticated: default_max_unauthenticated(),
         }
     }
 }
@@ -279,6 +316,18 @@ fn default_domain() -> String {
 fn default_failure_delay_ms() -> u64 {
     2000
 }
+fn default_max_failure_delay_ms() -> u64 {
+    30_000
+}
+fn default_failure_window_secs() -> u64 {
+    600
+}
+fn default_max_failures_per_address() -> u32 {
+    10
+}
+fn default_address_block_secs() -> u64 {
+    300
+}
 fn default_max_failures() -> u32 {
     3
 }
@@ -290,6 +339,12 @@ fn default_authorization_timeout_secs() -> u64 {
 }
 fn default_autologout_secs() -> u64 {
     600
+}
+fn default_max_connections_per_address() -> u32 {
+    100
+}
+fn default_max_unauthenticated() -> usize {
+    1000
 }
 fn default_max_bad_commands() -> u32 {
     20
@@ -418,6 +473,21 @@ impl Config {
                 "timeouts must be at least 1 second",
             );
         }
+        if self.limits.max_connections_per_address == 0 {
+            return invalid("limits.max_connections_per_address", "must be at least 1");
+        }
+        if self.limits.max_unauthenticated == 0 {
+            return invalid("limits.max_unauthenticated", "must be at least 1");
+        }
+        if self.auth.max_failures_per_address == 0 {
+            return invalid("auth.max_failures_per_address", "must be at least 1");
+        }
+        if self.auth.max_failure_delay_ms < self.auth.failure_delay_ms {
+            return invalid(
+                "auth.max_failure_delay_ms",
+                "must be at least auth.failure_delay_ms",
+            );
+        }
         if self.limits.max_bad_commands == 0 {
             return invalid("limits.max_bad_commands", "must be at least 1");
         }
@@ -437,6 +507,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The brute-force policy of `[auth]`.
+    pub fn failure_policy(&self) -> crate::server::limits::FailurePolicy {
+        crate::server::limits::FailurePolicy {
+            base_delay: Duration::from_millis(self.auth.failure_delay_ms),
+            max_delay: Duration::from_millis(self.auth.max_failure_delay_ms),
+            window: Duration::from_secs(self.auth.failure_window_secs),
+            max_per_address: self.auth.max_failures_per_address,
+            block: Duration::from_secs(self.auth.address_block_secs),
+        }
     }
 
     /// The failure delay as a duration.

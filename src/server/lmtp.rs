@@ -297,7 +297,9 @@ async fn deliver_one<S: Store, P: PassDb>(
     let copy = deliver::with_headers(Some(return_path), address, message);
     let octets = copy.len();
     let quota = shared.config.quota.for_user(user);
-    match deliver::deliver(&shared.store, quota, user, copy).await {
+    let result = deliver::deliver(&shared.store, quota, user, copy).await;
+    shared.metrics.delivery(result.is_ok());
+    match result {
         Ok(id) => {
             info!(user = %user, octets, id = %id, "delivered");
             DeliveryResult::Delivered

@@ -41,7 +41,25 @@ pub struct Shared<S, P> {
     pub config: Config,
     /// This host's name, for APOP timestamps.
     pub hostname: String,
+    /// Open connections per client address.
+    pub slots: Arc<limits::AddressSlots>,
+    /// Failed logins per address and user.
+    pub failures: limits::Failures,
+    /// RFC 2449 LOGIN-DELAY, when configured.
+    pub login_delay: Option<limits::LoginDelay>,
+    /// Connections not yet logged in.
+    pub unauthenticated: Arc<Semaphore>,
+    /// Counters for the metrics endpoint.
+    pub metrics: Arc<metrics::Metrics>,
     session_ids: AtomicU64,
+}
+
+/// A connection's claims on the shared limits; dropped when it ends.
+pub struct Admission {
+    _slot: limits::AddressSlot,
+    /// Held until login; released then so that logged-in sessions do not
+    /// count against the unauthenticated limit.
+    pub unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<S: Store, P: PassDb> Shared<S, P> {
@@ -50,10 +68,40 @@ impl<S: Store, P: PassDb> Shared<S, P> {
         Shared {
             store,
             passdb,
-            config,
             hostname: hostname(),
+            slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
+            failures: limits::Failures::new(config.failure_policy()),
+            login_delay: config
+                .pop3
+                .login_delay_secs
+                .map(|secs| limits::LoginDelay::new(Duration::from_secs(secs.into()))),
+            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+            metrics: Arc::new(metrics::Metrics::default()),
             session_ids: AtomicU64::new(1),
+            config,
         }
+    }
+
+    /// Admits a connection from `ip` under the per-address, brute-force
+    /// and unauthenticated limits, or says why not (the text for a
+    /// `-ERR [SYS/TEMP]` line).
+    pub fn admit(&self, ip: IpAddr) -> Result<Admission, String> {
+        if let Some(wait) = self.failures.blocked(ip, std::time::Instant::now()) {
+            return Err(format!(
+                "Too many failed logins from your address; try again in {} seconds",
+                wait.as_secs().max(1)
+            ));
+        }
+        let Some(slot) = self.slots.claim(ip) else {
+            return Err("Too many connections from your address; try again later".into());
+        };
+        let Ok(permit) = self.unauthenticated.clone().try_acquire_owned() else {
+            return Err("Too many connections waiting to log in; try again later".into());
+        };
+        Ok(Admission {
+            _slot: slot,
+            unauthenticated: Some(permit),
+        })
     }
 
     fn next_session_id(&self) -> u64 {
@@ -103,6 +151,7 @@ pub fn hostname() -> String {
 
 /// A bound server: POP3 and LMTP listeners.
 pub struct Server<S, P> {
+    metrics: Option<TcpListener>,
     listeners: Vec<TcpListener>,
     lmtp: Vec<lmtp::Listener>,
     shared: Arc<Shared<S, P>>,
@@ -129,7 +178,14 @@ impl<S: Store, P: PassDb> Server<S, P> {
         if let Some(path) = &config.lmtp.socket {
             lmtp.push(lmtp::bind_unix(path)?);
         }
+        let metrics = match config.metrics.listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
         Ok(Server {
+            metrics,
             listeners,
             lmtp,
             shared: Arc::new(Shared::new(store, passdb, config)),
@@ -142,6 +198,11 @@ impl<S: Store, P: PassDb> Server<S, P> {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// The metrics endpoint's address, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The LMTP TCP addresses actually bound (port 0 resolved).
@@ -169,6 +230,13 @@ impl<S: Store, P: PassDb> Server<S, P> {
             tracker.spawn(async move {
                 accept_loop(listener, shared, permits, shutdown, sessions).await
             });
+        }
+        if let Some(listener) = self.metrics {
+            tracker.spawn(metrics::serve(
+                listener,
+                self.shared.metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         for listener in self.lmtp {
             let shared = self.shared.clone();

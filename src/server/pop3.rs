@@ -9,6 +9,7 @@
 //! [`Stuffer`] in large chunks and are never held whole.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure};
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::metrics::{LoginResult, Metrics};
 use super::transcript::Transcript;
 use super::Shared;
 use crate::auth::{AuthError, PassDb};
@@ -42,6 +44,20 @@ pub async fn serve<S, P, T>(
     P: PassDb,
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut admission = match shared.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(text) => {
+            shared.metrics.connection_refused();
+            warn!(reason = %text, "connection refused");
+            let _ = stream
+                .write_all(format!("-ERR [SYS/TEMP] {text}\r\n").as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    shared.metrics.connection_opened();
+    let metrics = &*shared.metrics;
     let config = &shared.config;
     let settings = Settings {
         apop_timestamp: shared
@@ -90,29 +106,55 @@ pub async fn serve<S, P, T>(
                         credential,
                     } => {
                         // Answer what came before while the hash runs.
-                        if write_out(&mut stream, &mut out).await.is_err() {
+                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
+                            break;
+                        }
+                        if shared.failures.blocked(peer.ip(), Instant::now()).is_some() {
+                            metrics.login(LoginResult::Refused);
+                            let _ = stream
+                                .write_all(b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n")
+                                .await;
                             break;
                         }
                         let started = tokio::time::Instant::now();
                         match shared.passdb.verify(&name, &credential).await {
                             Ok(canonical) => {
-                                if let Some(t) = &mut transcript {
-                                    t.logged_in(&canonical);
+                                shared.failures.succeeded(peer.ip());
+                                let delayed = shared
+                                    .login_delay
+                                    .as_ref()
+                                    .and_then(|d| d.check(&canonical, Instant::now()).err());
+                                if let Some(wait) = delayed {
+                                    metrics.login(LoginResult::Refused);
+                                    Outcome::LoginDelayed {
+                                        seconds: wait.as_secs().max(1),
+                                    }
+                                } else {
+                                    if let Some(t) = &mut transcript {
+                                        t.logged_in(&canonical);
+                                    }
+                                    // Logged in: no longer counts against
+                                    // the unauthenticated limit.
+                                    admission.unauthenticated = None;
+                                    metrics.login(LoginResult::Ok);
+                                    user = Some(canonical.clone());
+                                    Outcome::Authenticated { user: canonical }
                                 }
-                                user = Some(canonical.clone());
-                                Outcome::Authenticated { user: canonical }
                             }
                             Err(AuthError::Invalid) => {
                                 log_auth_failure(peer, &name, "invalid-credentials");
+                                metrics.login(LoginResult::Invalid);
+                                let delay =
+                                    shared.failures.failed(peer.ip(), &name, Instant::now());
                                 // Every failure is answered at the same time
                                 // after the attempt, however long the check
                                 // took, so timing does not tell which users
                                 // exist. Only this session waits.
-                                tokio::time::sleep_until(started + shared.config.failure_delay())
-                                    .await;
+                                tokio::time::sleep_until(started + delay).await;
                                 Outcome::AuthRejected
                             }
                             Err(AuthError::Temporary(e)) => {
+                                metrics.login(LoginResult::Unavailable);
                                 error!(error = %e, "password database unavailable");
                                 Outcome::AuthUnavailable
                             }
@@ -126,6 +168,9 @@ pub async fn serve<S, P, T>(
                             Outcome::Opened(messages)
                         }
                         Err(e) => {
+                            if let StoreError::Locked = e {
+                                metrics.login(LoginResult::InUse);
+                            }
                             log_store_error("open maildrop", &e);
                             Outcome::OpenFailed(failure(&e))
                         }
@@ -184,7 +229,7 @@ pub async fn serve<S, P, T>(
                 if let Some(t) = &mut transcript {
                     t.flush();
                 }
-                if write_out(&mut stream, &mut out).await.is_err() {
+                if write_out(&mut stream, &mut out, metrics).await.is_err() {
                     break;
                 }
                 if out.capacity() > IDLE_BUFFER_OCTETS {
@@ -215,7 +260,7 @@ pub async fn serve<S, P, T>(
                 }
             }
             Event::Close => {
-                let _ = write_out(&mut stream, &mut out).await;
+                let _ = write_out(&mut stream, &mut out, metrics).await;
                 let _ = stream.shutdown().await;
                 break;
             }
@@ -223,6 +268,10 @@ pub async fn serve<S, P, T>(
     }
     let uncommitted = maildrop.is_some();
     drop(maildrop);
+    metrics.connection_closed();
+    if user.is_some() {
+        metrics.authenticated_session_ended();
+    }
     let t = conn.tally();
     info!(
         user = user.as_deref().unwrap_or("-"),
@@ -240,10 +289,12 @@ pub async fn serve<S, P, T>(
 async fn write_out<T: AsyncWrite + Unpin>(
     stream: &mut T,
     out: &mut Vec<u8>,
+    metrics: &Metrics,
 ) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
+    metrics.sent(out.len());
     stream.write_all(out).await?;
     stream.flush().await?;
     out.clear();

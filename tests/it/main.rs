@@ -4,6 +4,7 @@
 mod cli;
 mod deliver;
 mod hostile;
+mod limits;
 mod lmtp;
 mod pop3;
 mod support;

@@ -23,6 +23,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The first `lmtp.listen` address, when the config has one.
     pub lmtp_addr: Option<SocketAddr>,
+    /// The metrics endpoint, when the config has one.
+    pub metrics_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -31,10 +33,15 @@ pub struct TestServer {
 
 pub fn config_text(dir: &Path, extra: &str) -> String {
     let _ = dir;
+    // A test that needs more of [pop3] brings the whole table.
+    let pop3 = if extra.contains("[pop3]") {
+        ""
+    } else {
+        "[pop3]\nlisten = [\"127.0.0.1:0\"]"
+    };
     format!(
         r#"
-[pop3]
-listen = ["127.0.0.1:0"]
+{pop3}
 [store]
 root = "mail"
 [auth]
@@ -89,12 +96,14 @@ impl TestServer {
         );
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
+        let metrics_addr = server.metrics_addr();
         let lmtp_addr = server.lmtp_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
             lmtp_addr,
+            metrics_addr,
             dir,
             config_path,
             shutdown,

@@ -179,6 +179,12 @@ pub enum Outcome {
     Committed,
     /// UPDATE failed (some deletions may not have happened).
     CommitFailed(StoreFailure),
+    /// The credential is good, but RFC 2449 LOGIN-DELAY forbids another
+    /// login this soon.
+    LoginDelayed {
+        /// Seconds until a login is allowed.
+        seconds: u64,
+    },
 }
 
 /// What the driver should do next.
@@ -404,6 +410,14 @@ impl Conn {
                 self.send(response::err(
                     Some(Code::SysTemp),
                     "Authentication is unavailable right now; try again later",
+                ));
+            }
+            (Pending::Authenticate, Outcome::LoginDelayed { seconds }) => {
+                self.state = State::Authorization { user: None };
+                let every = self.settings.login_delay_secs.unwrap_or(0);
+                self.send(response::err(
+                    Some(Code::LoginDelay),
+                    format!("Only one login every {every} seconds; try again in {seconds} seconds"),
                 ));
             }
             (Pending::Authenticate, _) => self.auth_failed(),

@@ -1,0 +1,231 @@
+//! Limits and refusals over real sockets: connections per address and in
+//! all, unauthenticated connections, brute-force back-off and blocking,
+//! LOGIN-DELAY, slow clients, and the metrics endpoint.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpSocket;
+
+use crate::support::*;
+
+/// Connects from a chosen loopback source address (127.0.0.0/8 is all
+/// loopback on Linux), so a test can be several clients.
+async fn connect_from(source: &str, addr: SocketAddr) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    Client {
+        stream: BufReader::new(stream),
+    }
+}
+
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    let s = TestServer::start_with("\n[limits]\nmax_connections_per_address = 3\n").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.2", s.addr).await;
+        assert!(c.line().await.starts_with("+OK"));
+        open.push(c);
+    }
+    let mut refused = connect_from("127.0.0.2", s.addr).await;
+    let line = refused.line().await;
+    assert_eq!(
+        line,
+        "-ERR [SYS/TEMP] Too many connections from your address; try again later\r\n"
+    );
+    assert!(refused.closed().await);
+    // Another address is not affected.
+    let mut other = connect_from("127.0.0.3", s.addr).await;
+    assert!(other.line().await.starts_with("+OK"));
+    // A slot frees when a connection ends.
+    let mut first = open.remove(0);
+    first.ok("QUIT").await;
+    assert!(first.closed().await);
+    let mut again = connect_from("127.0.0.2", s.addr).await;
+    assert!(again.line().await.starts_with("+OK"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_limited_and_login_frees_a_slot() {
+    let s = TestServer::start_with("\n[limits]\nmax_unauthenticated = 2\n").await;
+    let mut a = s.connect().await;
+    a.line().await;
+    let mut b = s.connect().await;
+    b.line().await;
+    let mut c = s.connect().await;
+    assert_eq!(
+        c.line().await,
+        "-ERR [SYS/TEMP] Too many connections waiting to log in; try again later\r\n"
+    );
+    a.ok("USER alice").await;
+    a.ok("PASS wonderland").await;
+    let mut d = s.connect().await;
+    assert!(d.line().await.starts_with("+OK"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn total_connections_are_limited() {
+    let s = TestServer::start_with("\n[limits]\nmax_connections = 2\n").await;
+    let mut a = s.connect().await;
+    a.line().await;
+    let mut b = s.connect().await;
+    b.line().await;
+    let mut c = s.connect().await;
+    assert_eq!(
+        c.line().await,
+        "-ERR [SYS/TEMP] Too many connections; try again later\r\n"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_guessing_address_is_slowed_then_refused_while_others_log_in() {
+    let s = TestServer::start_with(
+        "failure_delay_ms = 50\nmax_failures_per_address = 5\naddress_block_secs = 60\n",
+    )
+    .await;
+    let mut guesser = connect_from("127.0.0.4", s.addr).await;
+    guesser.line().await;
+    let mut timings = Vec::new();
+    for i in 0..4 {
+        guesser.ok(&format!("USER user{i}")).await;
+        let started = std::time::Instant::now();
+        let reply = guesser.cmd("PASS guess").await;
+        timings.push(started.elapsed());
+        assert!(reply.starts_with("-ERR [AUTH]"), "{reply}");
+        if i == 2 {
+            // max_failures (3) per connection: reconnect and go on.
+            assert!(guesser.closed().await);
+            guesser = connect_from("127.0.0.4", s.addr).await;
+            guesser.line().await;
+        }
+    }
+    // The fourth failure waits twice the base delay.
+    assert!(timings[3] >= Duration::from_millis(95), "{timings:?}");
+    guesser.ok("USER user5").await;
+    assert!(guesser.cmd("PASS guess").await.starts_with("-ERR [AUTH]"));
+    // Five failures: the address is refused, even with the right password.
+    let mut next = connect_from("127.0.0.4", s.addr).await;
+    let line = next.line().await;
+    assert!(
+        line.starts_with("-ERR [SYS/TEMP] Too many failed logins from your address; try again in "),
+        "{line}"
+    );
+    // Everyone else logs in as usual.
+    let mut other = connect_from("127.0.0.5", s.addr).await;
+    other.line().await;
+    other.ok("USER alice").await;
+    other.ok("PASS wonderland").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn login_delay_is_announced_and_enforced() {
+    let s =
+        TestServer::start_with("\n[pop3]\nlisten = [\"127.0.0.1:0\"]\nlogin_delay_secs = 600\n")
+            .await;
+    let mut c = s.connect().await;
+    c.line().await;
+    let (_, capa) = c.multi("CAPA").await;
+    assert!(String::from_utf8(capa)
+        .unwrap()
+        .contains("LOGIN-DELAY 600\r\n"));
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    c.ok("QUIT").await;
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER alice").await;
+    let reply = c.cmd("PASS wonderland").await;
+    assert!(
+        reply.starts_with("-ERR [LOGIN-DELAY] Only one login every 600 seconds"),
+        "{reply}"
+    );
+    // Another user is not delayed.
+    c.ok("USER bob").await;
+    c.ok("PASS builder").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn slow_clients_do_not_hold_up_anyone_else() {
+    let s = TestServer::start().await;
+    s.deliver("alice", b"Subject: hi\n\nhello\n");
+    // Slowloris: 200 connections from four addresses, each sending one
+    // byte of a command now and then, never finishing a line.
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let source = format!("127.0.1.{}", 1 + i % 4);
+        let mut c = connect_from(&source, s.addr).await;
+        c.line().await;
+        slow.push(c);
+    }
+    let dribble = tokio::spawn(async move {
+        for round in 0..20 {
+            for c in slow.iter_mut() {
+                let _ = c
+                    .stream
+                    .get_mut()
+                    .write_all(&[b"USERNAME"[round % 8]])
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slow
+    });
+    for _ in 0..5 {
+        let mut c = s.login(ALICE).await;
+        let (_, body) = c.multi("RETR 1").await;
+        assert_eq!(body, b"Subject: hi\r\n\r\nhello\r\n");
+        c.ok("QUIT").await;
+        assert!(c.closed().await);
+    }
+    let slow = dribble.await.unwrap();
+    assert_eq!(slow.len(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_endpoint_is_scraped_and_parsed() {
+    let s = TestServer::start_with("\n[metrics]\nlisten = \"127.0.0.1:0\"\n").await;
+    let mut c = s.login(ALICE).await;
+    c.ok("QUIT").await;
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER alice").await;
+    c.cmd("PASS wrong").await;
+    let addr = s.metrics_addr.expect("metrics listener");
+    let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"));
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{body}"))
+    };
+    assert_eq!(value("mailbag_logins_total{result=\"ok\"}"), 1.0);
+    assert_eq!(value("mailbag_logins_total{result=\"invalid\"}"), 1.0);
+    assert!(value("mailbag_connections_total") >= 2.0);
+    assert!(value("mailbag_sent_bytes_total") > 0.0);
+    let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http.write_all(b"GET /other HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 404"));
+    s.stop().await;
+}
