@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cidr::Cidr;
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,6 +55,19 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The certificate for STLS and implicit TLS; without it, no TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server certificate, then its intermediates.
+    pub certificate: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[pop3]`
@@ -62,6 +77,9 @@ pub struct Pop3Config {
     /// Addresses for plain POP3 (port 110 in production).
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Addresses for POP3 over implicit TLS (RFC 8314; port 995).
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
     /// RFC 2449 EXPIRE value to advertise in CAPA (`NEVER` or days).
     #[serde(default)]
     pub expire: Option<String>,
@@ -112,6 +130,9 @@ pub struct AuthConfig {
     /// address. Without it, only loopback clients may use them.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Client networks that may use plaintext logins without TLS.
+    #[serde(default = "default_trusted_networks")]
+    pub trusted_networks: Vec<Cidr>,
 }
 
 /// `[limits]`
@@ -152,6 +173,12 @@ fn default_path_template() -> String {
 }
 fn default_domain() -> String {
     "localhost".into()
+}
+fn default_trusted_networks() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 fn default_failure_delay_ms() -> u64 {
     2000
@@ -198,6 +225,10 @@ impl Config {
         })?;
         config.store.root = absolute(base, &config.store.root);
         config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
+        if let Some(tls) = &mut config.tls {
+            tls.certificate = absolute(base, &tls.certificate);
+            tls.key = absolute(base, &tls.key);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -209,10 +240,16 @@ impl Config {
                 message: message.to_string(),
             })
         };
-        if self.pop3.listen.is_empty() {
+        if self.pop3.listen.is_empty() && self.pop3.listen_tls.is_empty() {
             return invalid(
                 "pop3.listen",
                 "at least one address is needed, e.g. [\"0.0.0.0:110\"]",
+            );
+        }
+        if !self.pop3.listen_tls.is_empty() && self.tls.is_none() {
+            return invalid(
+                "pop3.listen_tls",
+                "implicit TLS needs a [tls] table with certificate and key",
             );
         }
         let t = &self.store.path;
@@ -306,6 +343,36 @@ passwd_file = "passwd"
         assert_eq!(c.limits.autologout_secs, 600);
         assert_eq!(c.auth.failure_delay_ms, 2000);
         assert!(!c.auth.allow_plaintext);
+        assert!(c.tls.is_none());
+        let trusted: Vec<String> = c
+            .auth
+            .trusted_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn tls_paths_are_absolute_and_listen_tls_needs_them() {
+        let text = MINIMAL.replace("[pop3]", "[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n[pop3]\nlisten_tls = [\"127.0.0.1:1995\"]");
+        let c = Config::parse(&text, Path::new("/etc/mailbag")).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.certificate, Path::new("/etc/mailbag/c.pem"));
+        assert_eq!(tls.key, Path::new("/etc/mailbag/k.pem"));
+        let text = MINIMAL.replace("[pop3]", "[pop3]\nlisten_tls = [\"127.0.0.1:1995\"]");
+        let e = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pop3.listen_tls"), "{e}");
+        let text = MINIMAL.replace("[auth]", "[auth]\ntrusted_networks = [\"10.0.0.0/33\"]");
+        let e = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("trusted_networks") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod demo;
 pub mod server;

@@ -10,6 +10,8 @@
 //!   dot-stuffing, TOP line counting) and the exact octet count it implies.
 //! - [`pop3`]: the POP3 session state machine (RFC 1939, RFC 2449).
 //! - [`lmtp`]: the LMTP session state machine for delivery (RFC 2033, RFC 5321).
+//! - [`sasl`]: SASL mechanisms (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256) as
+//!   step machines.
 //! - [`secret`]: a wrapper that keeps credentials out of `Debug` output.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,4 +20,5 @@ pub mod dot;
 pub mod line;
 pub mod lmtp;
 pub mod pop3;
+pub mod sasl;
 pub mod secret;

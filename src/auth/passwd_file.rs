@@ -16,14 +16,16 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use md5::Digest as _;
 use subtle::ConstantTimeEq;
 
 use super::scheme::{self, Scheme, SchemeError};
-use super::{AuthError, Credential, PassDb};
+use mailbag_proto::sasl::scram;
+
+use super::{AuthError, Credential, PassDb, ScramKeys};
 
 /// Longest user name accepted. Dovecot allows 255 octets; half of that is
 /// ample and keeps maildrop paths short.
@@ -133,6 +135,8 @@ struct Table {
     /// User name → stored `{SCHEME}data` secret.
     users: HashMap<String, String>,
     apop_possible: bool,
+    /// Whether any user has a secret CRAM-MD5 can use.
+    cram_possible: bool,
 }
 
 struct Entry<'a> {
@@ -232,6 +236,13 @@ impl PasswdFile {
                 }
                 accepted
             }
+            Credential::CramMd5 { challenge, digest } => {
+                scheme::dummy_verify(digest.expose().as_bytes());
+                scheme::cram_md5_digest(stored, challenge.as_bytes()).is_some_and(|expected| {
+                    let expected = scheme::encode_hex(&expected);
+                    expected.as_bytes().ct_eq(digest.expose().as_bytes()).into()
+                })
+            }
             Credential::Apop { timestamp, digest } => {
                 // Every APOP pays one dummy verify: the digest check itself
                 // is instant, and timing must tell neither which users exist
@@ -259,6 +270,32 @@ impl PassDb for PasswdFile {
             .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?
     }
 
+    async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
+        let this = self.clone();
+        let user = user.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let table = this.table();
+            let salt = scram_salt(&user);
+            let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
+                Some((name.clone(), scheme::scram_keys(stored, &salt)?))
+            });
+            // An unknown user (or one whose hash SCRAM cannot use) gets keys
+            // that nothing matches, made as slowly as real ones, so the
+            // exchange looks the same up to the failure.
+            Ok(found.unwrap_or_else(|| {
+                let mut junk = [0u8; 32];
+                rand::fill(&mut junk);
+                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
+            }))
+        })
+        .await
+        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))?
+    }
+
+    fn cram_md5_possible(&self) -> bool {
+        self.table().cram_possible
+    }
+
     fn apop_possible(&self) -> bool {
         // A stat (and, after an edit, a read) of a small file: cheap enough
         // for the greeting, and a new plaintext user is noticed at once.
@@ -269,8 +306,29 @@ impl PassDb for PasswdFile {
 fn presented_bytes(credential: &Credential) -> &[u8] {
     match credential {
         Credential::Password(password) => password.expose().as_bytes(),
-        Credential::Apop { digest, .. } => digest.expose().as_bytes(),
+        Credential::Apop { digest, .. } | Credential::CramMd5 { digest, .. } => {
+            digest.expose().as_bytes()
+        }
     }
+}
+
+/// The salt for SCRAM keys derived on the fly (plaintext-equivalent
+/// secrets, unknown users): stable per user for the life of the process,
+/// so that repeated attempts cannot tell the two apart.
+fn scram_salt(user: &str) -> [u8; 16] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
+        key
+    });
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(key);
+    hasher.update(user.as_bytes());
+    let digest = hasher.finalize();
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&digest[..16]);
+    salt
 }
 
 /// RFC 1939 §7: the digest is the lowercase hex MD5 of the greeting's
@@ -302,6 +360,9 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
     let apop_possible = entries
         .iter()
         .any(|entry| scheme::plaintext_equivalent(entry.secret).is_some());
+    let cram_possible = entries
+        .iter()
+        .any(|entry| scheme::cram_md5_digest(entry.secret, b"").is_some());
     let users = entries
         .into_iter()
         .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
@@ -311,6 +372,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         Table {
             users,
             apop_possible,
+            cram_possible,
         },
     ))
 }

@@ -6,6 +6,7 @@
 //! generic over.
 
 pub mod pop3;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,9 @@ use crate::auth::PassDb;
 use crate::config::Config;
 use crate::store::Store;
 
+/// How long a client gets to finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long sessions get to finish after shutdown is requested before
 /// they are dropped (dropping deletes nothing).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -37,17 +41,20 @@ pub struct Shared<S, P> {
     pub config: Config,
     /// This host's name, for APOP timestamps.
     pub hostname: String,
+    /// The certificate and key, when TLS is configured.
+    pub tls: Option<Arc<tls::Tls>>,
     session_ids: AtomicU64,
 }
 
 impl<S: Store, P: PassDb> Shared<S, P> {
     /// Bundles what sessions share.
-    pub fn new(store: S, passdb: P, config: Config) -> Self {
+    pub fn new(store: S, passdb: P, config: Config, tls: Option<Arc<tls::Tls>>) -> Self {
         Shared {
             store,
             passdb,
             config,
             hostname: hostname(),
+            tls,
             session_ids: AtomicU64::new(1),
         }
     }
@@ -74,16 +81,13 @@ impl<S: Store, P: PassDb> Shared<S, P> {
     /// Whether plaintext logins are allowed for a client at `ip` on an
     /// unencrypted connection.
     fn plaintext_allowed(&self, ip: IpAddr) -> bool {
-        self.config.auth.allow_plaintext || is_loopback(ip)
-    }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        self.config.auth.allow_plaintext
+            || self
+                .config
+                .auth
+                .trusted_networks
+                .iter()
+                .any(|net| net.contains(ip))
     }
 }
 
@@ -99,32 +103,57 @@ pub fn hostname() -> String {
 
 /// A bound POP3 server.
 pub struct Server<S, P> {
-    listeners: Vec<TcpListener>,
+    /// Each listener, and whether it speaks implicit TLS.
+    listeners: Vec<(TcpListener, bool)>,
     shared: Arc<Shared<S, P>>,
 }
 
 impl<S: Store, P: PassDb> Server<S, P> {
-    /// Binds every `pop3.listen` address of the config.
+    /// Loads the TLS certificate (if configured) and binds every
+    /// `pop3.listen` and `pop3.listen_tls` address of the config.
     pub async fn bind(config: Config, store: S, passdb: P) -> std::io::Result<Self> {
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(
+                tls::Tls::load(&t.certificate, &t.key).map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let mut listeners = Vec::new();
-        for addr in &config.pop3.listen {
+        let plain = config.pop3.listen.iter().map(|a| (a, false));
+        let implicit = config.pop3.listen_tls.iter().map(|a| (a, true));
+        for (addr, implicit_tls) in plain.chain(implicit) {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
-            listeners.push(listener);
+            listeners.push((listener, implicit_tls));
         }
         Ok(Server {
             listeners,
-            shared: Arc::new(Shared::new(store, passdb, config)),
+            shared: Arc::new(Shared::new(store, passdb, config, tls)),
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The plain POP3 addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(false)
+    }
+
+    /// The implicit-TLS addresses actually bound.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(true)
+    }
+
+    fn addrs(&self, implicit_tls: bool) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, t)| *t == implicit_tls)
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
+    }
+
+    /// The TLS settings, for reloading the certificate (SIGHUP).
+    pub fn tls(&self) -> Option<Arc<tls::Tls>> {
+        self.shared.tls.clone()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, tells
@@ -133,13 +162,13 @@ impl<S: Store, P: PassDb> Server<S, P> {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.shared.config.limits.max_connections));
-        for listener in self.listeners {
+        for (listener, implicit_tls) in self.listeners {
             let shared = self.shared.clone();
             let permits = permits.clone();
             let shutdown = shutdown.clone();
             let sessions = tracker.clone();
             tracker.spawn(async move {
-                accept_loop(listener, shared, permits, shutdown, sessions).await
+                accept_loop(listener, implicit_tls, shared, permits, shutdown, sessions).await
             });
         }
         shutdown.cancelled().await;
@@ -155,13 +184,14 @@ impl<S: Store, P: PassDb> Server<S, P> {
 
 async fn accept_loop<S: Store, P: PassDb>(
     listener: TcpListener,
+    implicit_tls: bool,
     shared: Arc<Shared<S, P>>,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
     let local = listener.local_addr().ok();
-    info!(listen = ?local, "accepting POP3 connections");
+    info!(listen = ?local, implicit_tls, "accepting POP3 connections");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -188,7 +218,29 @@ async fn accept_loop<S: Store, P: PassDb>(
         let span = info_span!("session", id, peer = %peer);
         sessions.spawn(
             async move {
-                pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                let stream = match (implicit_tls, &shared.tls) {
+                    (false, _) => Some(tls::Stream::Plain(stream)),
+                    (true, Some(t)) => {
+                        let mut s = tls::Stream::Plain(stream);
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.start_tls(t.acceptor()))
+                            .await
+                        {
+                            Ok(Ok(())) => Some(s),
+                            Ok(Err(e)) => {
+                                info!(error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                info!("TLS handshake timed out");
+                                None
+                            }
+                        }
+                    }
+                    (true, None) => None,
+                };
+                if let Some(stream) = stream {
+                    pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                }
                 drop(permit);
             }
             .instrument(span),

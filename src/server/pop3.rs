@@ -10,13 +10,15 @@
 
 use std::net::SocketAddr;
 
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::Shared;
+use super::tls::Stream;
+use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::auth::{AuthError, PassDb};
 use crate::store::{Maildrop, Store, StoreError};
 
@@ -30,8 +32,8 @@ const IDLE_BUFFER_OCTETS: usize = 8 * 1024;
 
 /// Serves one POP3 connection to its end. Whatever way it ends, an open
 /// maildrop is dropped uncommitted unless the core reached UPDATE.
-pub async fn serve<S, P, T>(
-    mut stream: T,
+pub async fn serve<S, P>(
+    mut stream: Stream,
     peer: SocketAddr,
     session: u64,
     shared: &Shared<S, P>,
@@ -39,15 +41,22 @@ pub async fn serve<S, P, T>(
 ) where
     S: Store,
     P: PassDb,
-    T: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &shared.config;
+    let tls_active = matches!(stream, Stream::Tls(_));
     let settings = Settings {
         apop_timestamp: shared
             .passdb
             .apop_possible()
             .then(|| shared.apop_timestamp(session)),
-        plaintext_auth: shared.plaintext_allowed(peer.ip()),
+        // RFC 2195 asks for the same unique form as APOP's timestamp.
+        cram_md5_challenge: shared
+            .passdb
+            .cram_md5_possible()
+            .then(|| shared.apop_timestamp(session)),
+        plaintext_auth: tls_active || shared.plaintext_allowed(peer.ip()),
+        tls_available: shared.tls.is_some(),
+        tls_active,
         max_auth_failures: config.auth.max_failures,
         max_bad_commands: config.limits.max_bad_commands,
         expire: config.pop3.expire.clone(),
@@ -72,6 +81,56 @@ pub async fn serve<S, P, T>(
             }
             Event::Act(action) => {
                 let outcome = match action {
+                    Action::StartTls => {
+                        // RFC 2595 §4: the +OK goes out in the clear, whole,
+                        // before the handshake starts.
+                        if write_out(&mut stream, &mut out).await.is_err() {
+                            break;
+                        }
+                        let Some(tls) = &shared.tls else {
+                            break;
+                        };
+                        conn.discard_buffered_input();
+                        match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            stream.start_tls(tls.acceptor()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => {
+                                debug!("STLS: TLS started");
+                                Outcome::TlsStarted
+                            }
+                            Ok(Err(e)) => {
+                                info!(error = %e, "STLS: TLS handshake failed");
+                                break;
+                            }
+                            Err(_) => {
+                                info!("STLS: TLS handshake timed out");
+                                break;
+                            }
+                        }
+                    }
+                    Action::ScramLookup { user: name } => {
+                        if write_out(&mut stream, &mut out).await.is_err() {
+                            break;
+                        }
+                        match shared.passdb.scram_keys(&name).await {
+                            Ok((canonical, keys)) => {
+                                let mut nonce = [0u8; 18];
+                                rand::fill(&mut nonce);
+                                Outcome::ScramKeys {
+                                    user: canonical,
+                                    keys,
+                                    nonce: BASE64_STANDARD.encode(nonce),
+                                }
+                            }
+                            Err(e) => {
+                                error!(error = %e, "password database unavailable");
+                                Outcome::AuthUnavailable
+                            }
+                        }
+                    }
                     Action::Authenticate {
                         user: name,
                         credential,
@@ -106,6 +165,7 @@ pub async fn serve<S, P, T>(
                         Ok(m) => {
                             let messages = m.messages().to_vec();
                             info!(user = %name, messages = messages.len(), "logged in");
+                            user = Some(name.clone());
                             maildrop = Some(m);
                             Outcome::Opened(messages)
                         }
