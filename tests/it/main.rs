@@ -3,4 +3,6 @@
 
 mod cli;
 mod pop3;
+mod sasl;
 mod support;
+mod tls;

@@ -21,6 +21,8 @@ pub const BOB: (&str, &str) = ("bob", "builder");
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The implicit-TLS address, when started with TLS.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -67,10 +69,33 @@ impl TestServer {
     /// Starts a server whose config has `extra` appended to `[auth]`
     /// (further tables may follow in `extra`).
     pub async fn start_with(extra: &str) -> TestServer {
+        TestServer::start_config(extra, false).await
+    }
+
+    /// Starts a server with a fresh self-signed certificate for
+    /// `localhost` (in `tls/cert.pem`), STLS on `addr` and implicit TLS
+    /// on `tls_addr`.
+    pub async fn start_tls(extra: &str) -> TestServer {
+        TestServer::start_config(extra, true).await
+    }
+
+    async fn start_config(extra: &str, tls: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         write_passwd(dir.path());
         let config_path = dir.path().join("mailbag.toml");
-        std::fs::write(&config_path, config_text(dir.path(), extra)).unwrap();
+        let mut text = config_text(dir.path(), extra);
+        if tls {
+            std::fs::create_dir(dir.path().join("tls")).unwrap();
+            mailbag::server::tls::write_self_signed(
+                &["localhost", "127.0.0.1"],
+                &dir.path().join("tls/cert.pem"),
+                &dir.path().join("tls/key.pem"),
+            )
+            .unwrap();
+            text = text.replace("[pop3]\n", "[pop3]\nlisten_tls = [\"127.0.0.1:0\"]\n");
+            text.push_str("\n[tls]\ncertificate = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n");
+        }
+        std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
         let passdb = PasswdFile::open(&config.auth.passwd_file).unwrap();
         let store = MaildirStore::new(
@@ -80,10 +105,12 @@ impl TestServer {
         );
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
+        let tls_addr = server.local_tls_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
+            tls_addr,
             dir,
             config_path,
             shutdown,
