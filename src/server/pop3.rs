@@ -111,6 +111,19 @@ pub async fn serve<S, P>(
                             }
                         }
                     }
+                    Action::Rejected { user: name } => {
+                        if write_out(&mut stream, &mut out).await.is_err() {
+                            break;
+                        }
+                        warn!(
+                            peer = %peer.ip(),
+                            user = %printable(&name),
+                            reason = "invalid SASL proof",
+                            "authentication failed"
+                        );
+                        tokio::time::sleep(shared.config.failure_delay()).await;
+                        Outcome::AuthRejected
+                    }
                     Action::ScramLookup { user: name } => {
                         if write_out(&mut stream, &mut out).await.is_err() {
                             break;

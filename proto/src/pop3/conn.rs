@@ -174,6 +174,13 @@ pub enum Action {
         /// The SASLprepped user name.
         user: String,
     },
+    /// The core found a login wrong by itself (a SCRAM proof that does not
+    /// match): log it, wait the failure delay as for a wrong password, and
+    /// report [`Outcome::AuthRejected`].
+    Rejected {
+        /// The user name the client gave.
+        user: String,
+    },
     /// RFC 1939 §6 UPDATE: delete `deleted`, mark `retrieved` as seen,
     /// release the maildrop. Report [`Outcome::Committed`] or
     /// [`Outcome::CommitFailed`].
@@ -974,7 +981,14 @@ impl Conn {
             Step::Failed(sasl::Failure::AuthzidRefused) => {
                 self.auth_failed_with("logging in as another user is not allowed")
             }
-            Step::Failed(sasl::Failure::Rejected) => self.auth_failed(),
+            Step::Failed(sasl::Failure::Rejected) => {
+                let user = match &self.state {
+                    State::Sasl { user, .. } => user.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                self.end_sasl();
+                self.act(Pending::Authenticate, Action::Rejected { user });
+            }
         }
     }
 
@@ -1289,6 +1303,7 @@ mod tests {
                     self.commits.push((deleted, retrieved));
                     Outcome::Committed
                 }
+                Action::Rejected { .. } => Outcome::AuthRejected,
                 Action::StartTls => {
                     self.tls_started += 1;
                     Outcome::TlsStarted
@@ -1822,6 +1837,37 @@ mod tests {
         let v = format!("v={}", b64(&mac(&keys.server_key, auth.as_bytes())));
         assert_eq!(out, format!("+ {}\r\n", b64(v.as_bytes())));
         assert!(d.run(&mut conn, b"\r\n").contains("+OK Logged in"));
+    }
+
+    #[test]
+    fn wrong_scram_proof_goes_through_the_driver_for_the_failure_delay() {
+        let (mut conn, _, _) = session(Settings::default());
+        conn.receive(format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=mrose,r=C")).as_bytes());
+        assert!(matches!(
+            conn.next(),
+            Event::Act(Action::ScramLookup { .. })
+        ));
+        conn.complete(Outcome::ScramKeys {
+            user: "mrose".into(),
+            keys: sasl::scram::ScramKeys::derive(b"secret", b"salt", 4096),
+            nonce: "S".into(),
+        });
+        assert!(matches!(conn.next(), Event::Send(_)));
+        let proof = b64(&[0u8; 32]);
+        conn.receive(
+            format!("{}\r\n", b64(format!("c=biws,r=CS,p={proof}").as_bytes())).as_bytes(),
+        );
+        assert_eq!(
+            conn.next(),
+            Event::Act(Action::Rejected {
+                user: "mrose".into()
+            })
+        );
+        conn.complete(Outcome::AuthRejected);
+        let Event::Send(reply) = conn.next() else {
+            panic!("no reply")
+        };
+        assert!(reply.starts_with(b"-ERR [AUTH] Authentication failed"));
     }
 
     #[test]
