@@ -225,7 +225,7 @@ async fn failed_handshake_ends_only_that_session() {
 }
 
 #[tokio::test]
-async fn reloaded_certificate_is_used_by_new_handshakes_only() {
+async fn reload_keeps_the_old_certificate_when_the_new_key_is_broken() {
     let dir = tempfile::tempdir().unwrap();
     write_passwd(dir.path());
     std::fs::create_dir(dir.path().join("tls")).unwrap();
@@ -324,4 +324,85 @@ async fn curl_over_pop3s_and_stls() {
     )
     .await;
     assert!(ok && out.contains("via curl"), "{out}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    let (cert, key) = (
+        dir.path().join("tls/cert.pem"),
+        dir.path().join("tls/key.pem"),
+    );
+    mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
+    let (plain, implicit_port) = (free_port(), free_port());
+    let text = config_text(dir.path(), "").replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"127.0.0.1:{plain}\"]\nlisten_tls = [\"127.0.0.1:{implicit_port}\"]"),
+    ) + "\n[tls]\ncertificate = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n";
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{implicit_port}").parse().unwrap();
+    let name = || ServerName::try_from("localhost").unwrap();
+    let old = connector(dir.path());
+    let mut tcp = None;
+    for _ in 0..200 {
+        if let Ok(t) = TcpStream::connect(addr).await {
+            tcp = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut session = Lines::new(old.connect(name(), tcp.unwrap()).await.unwrap());
+    session.line().await;
+    assert!(session.cmd("USER alice").await.starts_with("+OK"));
+    assert!(session
+        .cmd("PASS wonderland")
+        .await
+        .starts_with("+OK Logged in"));
+
+    std::fs::remove_file(&key).unwrap();
+    mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
+    let new = connector(dir.path());
+    let pid = server.id().unwrap();
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -HUP {pid}"))
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        if new.connect(name(), tcp).await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "new handshakes never got the new certificate");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    assert!(old.connect(name(), tcp).await.is_err());
+    // The session that started before the reload goes on.
+    assert!(session.cmd("STAT").await.starts_with("+OK 0 0"));
+    assert!(session.cmd("QUIT").await.starts_with("+OK"));
+    server.kill().await.unwrap();
 }
