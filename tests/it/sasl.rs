@@ -243,3 +243,70 @@ async fn utf8_user_names_and_8bit_headers() {
     let (_, body) = c.multi("RETR 1").await;
     assert_eq!(body, crlf(message.as_bytes()));
 }
+
+/// Python's poplib upgrades with STLS (checking the certificate), then
+/// runs AUTH PLAIN and an independent SCRAM-SHA-256 client (RFC 5802,
+/// written with hashlib) through poplib's line layer.
+const PYTHON_SASL_CLIENT: &str = r#"
+import base64, hashlib, hmac, os, poplib, ssl, sys
+host, port, cafile, mech, user, password = sys.argv[1:7]
+ctx = ssl.create_default_context(cafile=cafile)
+p = poplib.POP3(host, int(port), timeout=20)
+caps = p.capa()
+assert "STLS" in caps and "PLAIN" not in caps.get("SASL", []), caps
+p.stls(context=ctx)
+caps = p.capa()
+assert "PLAIN" in caps["SASL"] and "SCRAM-SHA-256" in caps["SASL"], caps
+b64 = lambda b: base64.b64encode(b).decode()
+def challenge(resp):
+    assert resp.startswith(b"+ "), resp
+    return base64.b64decode(resp[2:])
+if mech == "PLAIN":
+    resp = p._shortcmd("AUTH PLAIN " + b64(b"\0" + user.encode() + b"\0" + password.encode()))
+else:
+    cnonce = b64(os.urandom(18))
+    first_bare = "n=%s,r=%s" % (user, cnonce)
+    p._putcmd("AUTH SCRAM-SHA-256 " + b64(("n,," + first_bare).encode()))
+    server_first = challenge(p._getline()[0]).decode()
+    f = dict(kv.split("=", 1) for kv in server_first.split(","))
+    assert f["r"].startswith(cnonce)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(f["s"]), int(f["i"]))
+    mac = lambda k, m: hmac.new(k, m, hashlib.sha256).digest()
+    client_key = mac(salted, b"Client Key")
+    final_bare = "c=biws,r=" + f["r"]
+    auth = ",".join([first_bare, server_first, final_bare]).encode()
+    sig = mac(hashlib.sha256(client_key).digest(), auth)
+    proof = bytes(a ^ b for a, b in zip(client_key, sig))
+    p._putcmd(b64((final_bare + ",p=" + b64(proof)).encode()))
+    v = challenge(p._getline()[0])
+    assert v == b"v=" + base64.b64encode(mac(mac(salted, b"Server Key"), auth)), v
+    p._putcmd("")
+    resp = p._getresp()
+print(resp.decode())
+print(p.stat())
+p.quit()
+"#;
+
+#[tokio::test]
+async fn python_poplib_stls_then_plain_and_scram() {
+    let s = TestServer::start_tls("trusted_networks = []").await;
+    s.deliver("alice", b"Subject: x\n\ny\n");
+    for mechanism in ["PLAIN", "SCRAM"] {
+        let out = tokio::process::Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON_SASL_CLIENT)
+            .arg("localhost")
+            .arg(s.addr.port().to_string())
+            .arg(s.dir.path().join("tls/cert.pem"))
+            .args([mechanism, "alice", "wonderland"])
+            .output()
+            .await
+            .expect("python3 is on every machine");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.starts_with("+OK Logged in") && stdout.contains("(1, "),
+            "{mechanism}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
