@@ -130,6 +130,11 @@ pub struct AuthConfig {
     /// address. Without it, only loopback clients may use them.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Users who may open another user's maildrop by naming it as the
+    /// SASL authorization identity (AUTH PLAIN or SCRAM). Everyone else
+    /// is refused an authzid other than themselves.
+    #[serde(default)]
+    pub master_users: Vec<String>,
     /// Client networks that may use plaintext logins without TLS.
     #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<Cidr>,

@@ -56,6 +56,7 @@ pub async fn serve<S, P>(
             .then(|| shared.apop_timestamp(session)),
         plaintext_auth: tls_active || shared.plaintext_allowed(peer.ip()),
         tls_available: shared.tls.is_some(),
+        master_users: config.auth.master_users.clone(),
         tls_active,
         max_auth_failures: config.auth.max_failures,
         max_bad_commands: config.limits.max_bad_commands,

@@ -74,6 +74,30 @@ async fn auth_plain_refuses_another_authzid_and_bad_input() {
     assert!(c.cmd("USER alice").await.starts_with("+OK"));
 }
 
+#[tokio::test]
+async fn a_master_user_may_name_another_maildrop_as_authzid() {
+    let s = TestServer::start_with("master_users = [\"bob\"]").await;
+    s.deliver("alice", b"Subject: for alice\n\nx\n");
+    let mut c = connect(&s).await;
+    let out = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"alice\0bob\0builder")))
+        .await;
+    assert!(
+        out.starts_with("+OK Logged in. Maildrop has 1 message"),
+        "{out}"
+    );
+    assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    // alice is no master user: she cannot name bob.
+    let mut c = connect(&s).await;
+    let out = c
+        .cmd(&format!("AUTH PLAIN {}", b64(b"bob\0alice\0wonderland")))
+        .await;
+    assert!(
+        out.starts_with("-ERR [AUTH] Authentication failed: logging in as another user"),
+        "{out}"
+    );
+}
+
 /// RFC 2195 with the key and challenge the server gives.
 fn cram_md5(key: &[u8], challenge: &[u8]) -> String {
     let mut mac = <Hmac<md5::Md5> as KeyInit>::new_from_slice(key).unwrap();

@@ -102,6 +102,10 @@ pub struct Settings {
     /// A unique RFC 2195 challenge for CRAM-MD5, or `None` when no user
     /// could log in with CRAM-MD5.
     pub cram_md5_challenge: Option<String>,
+    /// Users who may log in to another user's maildrop by naming it as
+    /// the SASL authorization identity (administrators, migration
+    /// tools). Everyone else may only name themselves.
+    pub master_users: Vec<String>,
     /// RFC 5034 §4: SASL responses may be longer than a command line;
     /// this bounds them (and the memory a client can make us hold).
     pub max_sasl_line_octets: usize,
@@ -124,6 +128,7 @@ impl Default for Settings {
             tls_active: false,
             sasl_mechanisms: Mechanism::ALL.to_vec(),
             cram_md5_challenge: None,
+            master_users: Vec::new(),
             max_sasl_line_octets: 8192,
         }
     }
@@ -373,6 +378,9 @@ pub struct Conn {
     utf8: bool,
     /// Whether the running login came from AUTH, for the error's hint.
     sasl_login: bool,
+    /// The maildrop to open instead of the authenticated user's, when a
+    /// master user named another user as the SASL authzid.
+    acting_for: Option<String>,
 }
 
 impl Conn {
@@ -393,6 +401,7 @@ impl Conn {
             tally: Tally::default(),
             utf8: false,
             sasl_login: false,
+            acting_for: None,
         };
         conn.send(response::ok(greeting));
         conn
@@ -517,11 +526,21 @@ impl Conn {
                 ));
             }
             (Pending::Authenticate, Outcome::Authenticated { user }) => {
+                let user = match self.acting_for.take() {
+                    Some(target) => {
+                        self.state = State::Authorization {
+                            user: Some(target.clone()),
+                        };
+                        target
+                    }
+                    None => user,
+                };
                 self.pending = Some(Pending::Open);
                 self.queue
                     .push_back(Event::Act(Action::OpenMaildrop { user }));
             }
             (Pending::Authenticate, Outcome::AuthUnavailable) => {
+                self.acting_for = None;
                 self.state = State::Authorization { user: None };
                 self.send(response::err(
                     Some(Code::SysTemp),
@@ -643,6 +662,7 @@ impl Conn {
 
     fn auth_failed_with(&mut self, why: &str) {
         self.auth_failures += 1;
+        self.acting_for = None;
         self.end_sasl();
         self.state = State::Authorization { user: None };
         if self.auth_failures >= self.settings.max_auth_failures {
@@ -931,7 +951,14 @@ impl Conn {
                 line.extend_from_slice(b"\r\n");
                 self.send(line);
             }
-            Step::Password { user, password } => {
+            Step::Password {
+                user,
+                authzid,
+                password,
+            } => {
+                if !self.may_act_for(&user, authzid) {
+                    return self.auth_failed_with("logging in as another user is not allowed");
+                }
                 self.end_sasl();
                 self.state = State::Authorization {
                     user: Some(user.clone()),
@@ -961,7 +988,10 @@ impl Conn {
                     },
                 );
             }
-            Step::ScramLookup { user } => {
+            Step::ScramLookup { user, authzid } => {
+                if !self.may_act_for(&user, authzid) {
+                    return self.auth_failed_with("logging in as another user is not allowed");
+                }
                 self.act(Pending::ScramLookup, Action::ScramLookup { user })
             }
             Step::Authenticated => {
@@ -969,6 +999,7 @@ impl Conn {
                     State::Sasl { user, .. } => user.clone().unwrap_or_default(),
                     _ => String::new(),
                 };
+                let user = self.acting_for.take().unwrap_or(user);
                 self.end_sasl();
                 self.state = State::Authorization {
                     user: Some(user.clone()),
@@ -989,6 +1020,19 @@ impl Conn {
                 self.end_sasl();
                 self.act(Pending::Authenticate, Action::Rejected { user });
             }
+        }
+    }
+
+    /// Whether `user` may open `authzid`'s maildrop; remembers the target.
+    fn may_act_for(&mut self, user: &str, authzid: Option<String>) -> bool {
+        self.acting_for = None;
+        match authzid {
+            None => true,
+            Some(target) if self.settings.master_users.iter().any(|m| m == user) => {
+                self.acting_for = Some(target);
+                true
+            }
+            Some(_) => false,
         }
     }
 
@@ -1048,6 +1092,7 @@ impl Conn {
                         .map(Secret::new)
                         .unwrap_or(password);
                     self.sasl_login = false;
+                    self.acting_for = None;
                     self.act(
                         Pending::Authenticate,
                         Action::Authenticate {
@@ -1755,6 +1800,32 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("try AUTH again"), "{out}");
+    }
+
+    #[test]
+    fn master_users_may_name_another_maildrop() {
+        let (mut conn, mut d, _) = session(Settings {
+            master_users: vec!["mrose".into()],
+            ..Settings::default()
+        });
+        // The target's maildrop is opened (and "busy" is locked).
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"busy\0mrose\0secret")).as_bytes(),
+        );
+        assert!(out.starts_with("-ERR [IN-USE]"), "{out}");
+        // A wrong password gets nowhere, authzid or not.
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"busy\0mrose\0wrong")).as_bytes(),
+        );
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed: wrong"),
+            "{out}"
+        );
+        // Afterwards, a plain login opens the user's own maildrop.
+        let out = d.run(&mut conn, b"USER mrose\r\nPASS secret\r\n");
+        assert!(out.contains("+OK Logged in"), "{out}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl Login {
             }
             Some(user) => Step::Password {
                 user,
+                authzid: None,
                 password: Secret::new(text),
             },
         }
@@ -52,6 +53,7 @@ mod tests {
             m.step(b"pw"),
             Step::Password {
                 user: "tim".into(),
+                authzid: None,
                 password: Secret::new("pw".into())
             }
         );

@@ -71,6 +71,9 @@ pub enum Step {
     Password {
         /// The authentication identity.
         user: String,
+        /// RFC 4422 §3.4.1: the user to act as, when it is not `user`
+        /// itself. Whether `user` may is the server's policy.
+        authzid: Option<String>,
         /// The password.
         password: Secret<String>,
     },
@@ -88,6 +91,8 @@ pub enum Step {
     ScramLookup {
         /// The SASLprepped user name.
         user: String,
+        /// The user to act as, when it is not `user` itself.
+        authzid: Option<String>,
     },
     /// The client proved who it is (SCRAM).
     Authenticated,
@@ -100,7 +105,8 @@ pub enum Step {
 pub enum Failure {
     /// The response does not follow the mechanism's syntax.
     Malformed,
-    /// An authorization identity other than the user was asked for.
+    /// The authorization identity is not a valid user name, or acting
+    /// as another user is not allowed.
     AuthzidRefused,
     /// Wrong proof (SCRAM) or wrong user.
     Rejected,

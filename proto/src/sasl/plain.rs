@@ -46,13 +46,17 @@ impl Plain {
         let (Some(user), Some(password)) = (saslprep(authcid), saslprep(password)) else {
             return Step::Failed(Failure::Malformed);
         };
-        // Acting as another user would need a policy of who may; there is
-        // none, so only the user itself is an acceptable authzid.
-        if !authzid.is_empty() && saslprep(authzid).as_deref() != Some(user.as_str()) {
-            return Step::Failed(Failure::AuthzidRefused);
-        }
+        let authzid = match authzid {
+            "" => None,
+            a => match saslprep(a) {
+                Some(a) if a == user => None,
+                Some(a) if !a.is_empty() => Some(a),
+                _ => return Step::Failed(Failure::AuthzidRefused),
+            },
+        };
         Step::Password {
             user,
+            authzid,
             password: Secret::new(password),
         }
     }
@@ -65,6 +69,7 @@ mod tests {
     fn password(user: &str, pw: &str) -> Step {
         Step::Password {
             user: user.into(),
+            authzid: None,
             password: Secret::new(pw.into()),
         }
     }
@@ -80,6 +85,14 @@ mod tests {
         let mut m = Plain::default();
         assert_eq!(
             m.step(b"Kurt\0tim\0tanstaaftanstaaf"),
+            Step::Password {
+                user: "tim".into(),
+                authzid: Some("Kurt".into()),
+                password: Secret::new("tanstaaftanstaaf".into()),
+            }
+        );
+        assert_eq!(
+            Plain::default().step(b"K\x07\0tim\0pw"),
             Step::Failed(Failure::AuthzidRefused)
         );
         let mut m = Plain::default();

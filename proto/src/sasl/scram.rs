@@ -154,20 +154,28 @@ impl ScramSha256 {
         else {
             return Step::Failed(Failure::Malformed);
         };
-        if !authzid.is_empty() {
-            let Some(a) = authzid.strip_prefix("a=").and_then(unescape) else {
-                return Step::Failed(Failure::Malformed);
-            };
-            if saslprep(&a).as_deref() != Some(user.as_str()) {
-                return Step::Failed(Failure::AuthzidRefused);
+        let acting_for = match authzid {
+            "" => None,
+            a => {
+                let Some(a) = a.strip_prefix("a=").and_then(unescape) else {
+                    return Step::Failed(Failure::Malformed);
+                };
+                match saslprep(&a) {
+                    Some(a) if a == user => None,
+                    Some(a) if !a.is_empty() => Some(a),
+                    _ => return Step::Failed(Failure::AuthzidRefused),
+                }
             }
-        }
+        };
         self.phase = Phase::Lookup {
             gs2_header: format!("{cb},{authzid},"),
             bare: bare.to_owned(),
             client_nonce: client_nonce.to_owned(),
         };
-        Step::ScramLookup { user }
+        Step::ScramLookup {
+            user,
+            authzid: acting_for,
+        }
     }
 
     /// Continues after [`Step::ScramLookup`] with the user's keys (made-up
@@ -272,7 +280,8 @@ mod tests {
         assert_eq!(
             m.step(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO"),
             Step::ScramLookup {
-                user: "user".into()
+                user: "user".into(),
+                authzid: None,
             }
         );
         assert_eq!(
@@ -325,12 +334,16 @@ mod tests {
         }
         assert_eq!(
             ScramSha256::default().step(b"n,a=other,n=user,r=abc"),
-            Step::Failed(Failure::AuthzidRefused)
+            Step::ScramLookup {
+                user: "user".into(),
+                authzid: Some("other".into()),
+            }
         );
         assert_eq!(
             ScramSha256::default().step(b"n,,n=a=2Cb=3D,r=abc"),
             Step::ScramLookup {
-                user: "a,b=".into()
+                user: "a,b=".into(),
+                authzid: None,
             }
         );
     }
