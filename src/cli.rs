@@ -146,6 +146,9 @@ fn run(cli: Cli) -> Result<()> {
             PasswdFile::open(&config.auth.passwd_file).with_context(|| {
                 format!("auth.passwd_file {}", config.auth.passwd_file.display())
             })?;
+            if let Some(tls) = &config.tls {
+                Tls::load(&tls.certificate, &tls.key)?;
+            }
             println!("{}: OK", cli.config.display());
             Ok(())
         }

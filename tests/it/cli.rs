@@ -214,6 +214,28 @@ fn bad_config_is_refused_naming_the_key() {
 }
 
 #[test]
+fn check_config_loads_the_tls_certificate_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    let text =
+        config_text(dir.path(), "") + "[tls]\ncertificate = \"missing.pem\"\nkey = \"key.pem\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = mailbag()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.certificate") && err.contains("missing.pem"),
+        "{err}"
+    );
+}
+
+#[test]
 fn example_config_in_the_repository_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mailbag.example.toml");
     let text = std::fs::read_to_string(&path).unwrap();
