@@ -501,12 +501,15 @@ impl Conn {
             return;
         };
         match (pending, outcome) {
-            (Pending::StartTls, _) => {
+            (Pending::StartTls, Outcome::TlsStarted) => {
                 self.reader.discard_buffered();
                 self.settings.tls_active = true;
                 // RFC 2595 §4: TLS protects the password.
                 self.settings.plaintext_auth = true;
             }
+            // The driver closes after a failed handshake; nothing more may
+            // be said in the clear either way.
+            (Pending::StartTls, _) => self.state = State::Closed,
             (Pending::ScramLookup, Outcome::ScramKeys { user, keys, nonce }) => {
                 if let State::Sasl {
                     exchange: Exchange::ScramSha256(m),
@@ -1744,6 +1747,17 @@ mod tests {
             .run(&mut conn, b"STLS\r\n")
             .starts_with("-ERR STLS is not valid after login"));
         assert_eq!(d.tls_started, 1);
+    }
+
+    #[test]
+    fn stls_whose_handshake_did_not_start_ends_the_session() {
+        let (mut conn, _, _) = session(tls_settings());
+        conn.receive(b"STLS\r\n");
+        assert!(matches!(conn.next(), Event::Send(_)));
+        assert_eq!(conn.next(), Event::Act(Action::StartTls));
+        conn.complete(Outcome::AuthRejected);
+        assert_eq!(conn.next(), Event::Close);
+        assert!(!conn.tls_active());
     }
 
     #[test]
