@@ -2022,6 +2022,25 @@ mod tests {
     }
 
     #[test]
+    fn transcript_redacts_sasl_payloads() {
+        let (mut conn, _, _) = session(Settings {
+            transcript: true,
+            ..Settings::default()
+        });
+        conn.receive(b"AUTH PLAIN AG1yb3NlAHNlY3JldA==\r\nAUTH LOGIN\r\nbXJvc2U=\r\n*\r\n");
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            match conn.next() {
+                Event::Received(l) => seen.push(String::from_utf8(l).unwrap()),
+                Event::Act(_) => conn.complete(Outcome::AuthRejected),
+                Event::NeedInput | Event::Close => break,
+                Event::Send(_) => {}
+            }
+        }
+        assert_eq!(seen, ["AUTH PLAIN ***", "AUTH LOGIN", "***", "*"]);
+    }
+
+    #[test]
     fn timeouts_follow_the_state() {
         let (conn, _, _) = session(Settings::default());
         assert_eq!(conn.idle_timeout(), Duration::from_secs(120));
