@@ -19,6 +19,15 @@
 //!
 //! Deletion happens only in UPDATE, entered by QUIT from TRANSACTION: a
 //! session that ends any other way emits no [`Action::Commit`].
+//!
+//! In AUTHORIZATION, STLS (RFC 2595) answers `+OK`, drops whatever input
+//! followed it, and asks for [`Action::StartTls`]; AUTH (RFC 5034) runs a
+//! [`crate::sasl`] mechanism, during which lines are base64 responses
+//! (longer ones allowed, `*` cancels) rather than commands. Plaintext
+//! logins (USER/PASS, APOP, AUTH PLAIN and LOGIN) are offered and accepted
+//! only when [`Settings::plaintext_auth`] says the connection may carry
+//! them; UTF8 (RFC 6856) is accepted, and user names and passwords are
+//! SASLprepped (RFC 4013).
 
 use std::collections::VecDeque;
 use std::time::Duration;
