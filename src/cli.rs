@@ -12,8 +12,11 @@ use mailbag::auth::scheme::Scheme;
 use mailbag::config::Config;
 use mailbag::server::Server;
 use mailbag::store::maildir::MaildirStore;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+
+use mailbag::server::tls::Tls;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(name = "mailbag", version, about = "A POP3 mail server")]
@@ -144,7 +147,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             println!("  config file:    {}", config_path.display());
             for addr in &config.pop3.listen {
-                println!("  POP3:           {addr}");
+                println!("  POP3 (STLS):    {addr}");
+            }
+            for addr in &config.pop3.listen_tls {
+                println!("  POP3S:          {addr}");
             }
             for addr in &config.lmtp.listen {
                 println!("  LMTP:           {addr}");
@@ -159,6 +165,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!();
                 println!("Try it:  telnet {} {}", addr.ip(), addr.port());
                 println!("then type: USER demo, PASS demo, STAT, LIST, TOP 1 0, RETR 1, QUIT");
+                println!(
+                    "Or over TLS (self-signed certificate):  openssl s_client -connect {addr} -starttls pop3"
+                );
+            }
+            if let Some(addr) = config.pop3.listen_tls.first() {
+                println!("                                        curl --insecure pop3s://demo:demo@{addr}/1");
             }
             if let Some(addr) = config.lmtp.listen.first() {
                 println!();
@@ -195,6 +207,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             PasswdFile::open(&config.auth.passwd_file).with_context(|| {
                 format!("auth.passwd_file {}", config.auth.passwd_file.display())
             })?;
+            if let Some(tls) = &config.tls {
+                Tls::load(&tls.certificate, &tls.key)?;
+            }
             println!("{}: OK", cli.config.display());
             Ok(())
         }
@@ -261,24 +276,35 @@ fn serve(config: Config) -> Result<()> {
         );
         let server = Server::bind(config, store, passdb).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone()));
+        tokio::spawn(signals(shutdown.clone(), server.tls()));
         server.run(shutdown).await;
         info!("stopped");
         Ok(())
     })
 }
 
-async fn signals(shutdown: CancellationToken) {
+async fn signals(shutdown: CancellationToken, tls: Option<Arc<Tls>>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => match &tls {
+                // New handshakes get the new certificate; sessions go on.
+                Some(tls) => match tls.reload() {
+                    Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => warn!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one"),
+                },
+                None => info!("SIGHUP: no TLS configured; nothing to reload"),
+            },
+        }
     }
     shutdown.cancel();
 }
@@ -341,7 +367,9 @@ fn check_name(name: &str) -> Result<()> {
 
 fn parse_scheme(s: &str) -> Result<Scheme> {
     s.parse().map_err(|_| {
-        anyhow::anyhow!("unknown password scheme {s:?}; try ARGON2ID, SHA512-CRYPT or BLF-CRYPT")
+        anyhow::anyhow!(
+            "unknown password scheme {s:?}; try ARGON2ID, SHA512-CRYPT, BLF-CRYPT or SCRAM-SHA-256"
+        )
     })
 }
 

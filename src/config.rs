@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cidr::Cidr;
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +69,19 @@ pub struct Config {
     /// The Prometheus metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The certificate for STLS and implicit TLS; without it, no TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server certificate, then its intermediates.
+    pub certificate: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[metrics]`
@@ -198,6 +213,9 @@ pub struct Pop3Config {
     /// Addresses for plain POP3 (port 110 in production).
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Addresses for POP3 over implicit TLS (RFC 8314; port 995).
+    #[serde(default)]
+    pub listen_tls: Vec<SocketAddr>,
     /// RFC 2449 EXPIRE value to advertise in CAPA (`NEVER` or days).
     #[serde(default)]
     pub expire: Option<String>,
@@ -263,6 +281,14 @@ pub struct AuthConfig {
     /// address. Without it, only loopback clients may use them.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// Users who may open another user's maildrop by naming it as the
+    /// SASL authorization identity (AUTH PLAIN or SCRAM). Everyone else
+    /// is refused an authzid other than themselves.
+    #[serde(default)]
+    pub master_users: Vec<String>,
+    /// Client networks that may use plaintext logins without TLS.
+    #[serde(default = "default_trusted_networks")]
+    pub trusted_networks: Vec<Cidr>,
 }
 
 /// `[limits]`
@@ -312,6 +338,12 @@ fn default_path_template() -> String {
 }
 fn default_domain() -> String {
     "localhost".into()
+}
+fn default_trusted_networks() -> Vec<Cidr> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 fn default_failure_delay_ms() -> u64 {
     2000
@@ -390,6 +422,10 @@ impl Config {
         if let Some(socket) = &config.lmtp.socket {
             config.lmtp.socket = Some(absolute(base, socket));
         }
+        if let Some(tls) = &mut config.tls {
+            tls.certificate = absolute(base, &tls.certificate);
+            tls.key = absolute(base, &tls.key);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -404,12 +440,15 @@ impl Config {
         };
         // A delivery-only node (LMTP, no POP3) is legitimate; a server
         // that listens on nothing is not.
-        if self.pop3.listen.is_empty() && self.lmtp.listen.is_empty() && self.lmtp.socket.is_none()
+        if self.pop3.listen.is_empty()
+            && self.pop3.listen_tls.is_empty()
+            && self.lmtp.listen.is_empty()
+            && self.lmtp.socket.is_none()
         {
             return invalid(
                 "pop3.listen",
                 "no listener: give at least one of pop3.listen (e.g. [\"0.0.0.0:110\"]), \
-                 lmtp.listen or lmtp.socket",
+                 pop3.listen_tls, lmtp.listen or lmtp.socket",
             );
         }
         if self.lmtp.max_message_octets == 0 {
@@ -427,6 +466,12 @@ impl Config {
             return invalid(
                 "lmtp.socket",
                 "must name a file, e.g. /run/mailbag/lmtp.sock",
+            );
+        }
+        if !self.pop3.listen_tls.is_empty() && self.tls.is_none() {
+            return invalid(
+                "pop3.listen_tls",
+                "implicit TLS needs a [tls] table with certificate and key",
             );
         }
         let t = &self.store.path;
@@ -556,6 +601,36 @@ passwd_file = "passwd"
         assert_eq!(c.limits.autologout_secs, 600);
         assert_eq!(c.auth.failure_delay_ms, 2000);
         assert!(!c.auth.allow_plaintext);
+        assert!(c.tls.is_none());
+        let trusted: Vec<String> = c
+            .auth
+            .trusted_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(trusted, ["127.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn tls_paths_are_absolute_and_listen_tls_needs_them() {
+        let text = MINIMAL.replace("[pop3]", "[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n[pop3]\nlisten_tls = [\"127.0.0.1:1995\"]");
+        let c = Config::parse(&text, Path::new("/etc/mailbag")).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.certificate, Path::new("/etc/mailbag/c.pem"));
+        assert_eq!(tls.key, Path::new("/etc/mailbag/k.pem"));
+        let text = MINIMAL.replace("[pop3]", "[pop3]\nlisten_tls = [\"127.0.0.1:1995\"]");
+        let e = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pop3.listen_tls"), "{e}");
+        let text = MINIMAL.replace("[auth]", "[auth]\ntrusted_networks = [\"10.0.0.0/33\"]");
+        let e = Config::parse(&text, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("trusted_networks") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
     }
 
     #[test]

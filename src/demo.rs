@@ -3,7 +3,8 @@
 //! Everything lives in one directory that the demo names and reuses: an
 //! ordinary config file (so `mailbag serve --config <dir>/mailbag.toml`
 //! serves the same thing), a passwd-file with the demo user, and the
-//! user's Maildir seeded with sample messages on first run. Nothing
+//! user's Maildir seeded with sample messages on first run, and a
+//! self-signed certificate for STLS and implicit TLS. Nothing
 //! outside that directory is touched.
 
 use std::fs;
@@ -17,10 +18,12 @@ use crate::store::maildir;
 pub const USER: &str = "demo";
 /// The demo user's password.
 pub const PASSWORD: &str = "demo";
-/// The demo's POP3 address: loopback only.
+/// The demo's POP3 address (STLS offered): loopback only.
 pub const POP3_ADDR: &str = "127.0.0.1:1110";
 /// The demo's LMTP address: loopback only, since LMTP has no login.
 pub const LMTP_ADDR: &str = "127.0.0.1:2424";
+/// The demo's implicit-TLS address.
+pub const POP3S_ADDR: &str = "127.0.0.1:1995";
 
 const SAMPLES: [&[u8]; 5] = [
     include_bytes!("demo/1-welcome.eml"),
@@ -38,6 +41,12 @@ fn config_text() -> String {
 
 [pop3]
 listen = ["{POP3_ADDR}"]
+listen_tls = ["{POP3S_ADDR}"]
+
+# A self-signed certificate that `mailbag demo` generated for localhost.
+[tls]
+certificate = "tls/cert.pem"
+key = "tls/key.pem"
 
 [lmtp]
 listen = ["{LMTP_ADDR}"]
@@ -63,6 +72,16 @@ pub fn prepare(dir: &Path) -> io::Result<PathBuf> {
     let config = dir.join("mailbag.toml");
     if !config.exists() {
         write_new(&config, config_text().as_bytes(), 0o644)?;
+    }
+    let tls = dir.join("tls");
+    if !tls.join("cert.pem").exists() {
+        fs::create_dir_all(&tls)?;
+        let _ = fs::remove_file(tls.join("key.pem"));
+        crate::server::tls::write_self_signed(
+            &["localhost", "127.0.0.1"],
+            &tls.join("cert.pem"),
+            &tls.join("key.pem"),
+        )?;
     }
     let passwd = dir.join("passwd");
     if !passwd.exists() {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cidr;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -11,6 +11,8 @@
 //! - [`pop3`]: the POP3 session state machine (RFC 1939, RFC 2449).
 //! - [`lmtp`]: the LMTP session state machine for delivery (RFC 2033, RFC 5321).
 //! - [`proxy`]: the PROXY protocol header (v1 and v2) from load balancers.
+//! - [`sasl`]: SASL mechanisms (PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256) as
+//!   step machines.
 //! - [`secret`]: a wrapper that keeps credentials out of `Debug` output.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,4 +22,5 @@ pub mod line;
 pub mod lmtp;
 pub mod pop3;
 pub mod proxy;
+pub mod sasl;
 pub mod secret;

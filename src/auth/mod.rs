@@ -10,6 +10,7 @@ pub mod scheme;
 use std::future::Future;
 
 pub use mailbag_proto::pop3::Credential;
+pub use mailbag_proto::sasl::scram::ScramKeys;
 
 /// Why a credential was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,17 @@ pub trait PassDb: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<Option<String>, AuthError>> + Send;
+    /// SCRAM-SHA-256 keys for `user` and the canonical name; for an
+    /// unknown user (or one whose hash SCRAM cannot use), keys that no
+    /// proof matches, so that the exchange fails only at its end.
+    fn scram_keys(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<(String, ScramKeys), AuthError>> + Send;
+
+    /// Whether any user's secret can answer CRAM-MD5 (plaintext or a
+    /// `{CRAM-MD5}` context), so that the mechanism is worth offering.
+    fn cram_md5_possible(&self) -> bool;
 
     /// Whether any user has a plaintext-equivalent secret, so that APOP
     /// can work at all and the greeting should carry a timestamp.

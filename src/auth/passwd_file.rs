@@ -16,14 +16,16 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use md5::Digest as _;
 use subtle::ConstantTimeEq;
 
 use super::scheme::{self, Scheme, SchemeError};
-use super::{AuthError, Credential, PassDb};
+use mailbag_proto::sasl::scram;
+
+use super::{AuthError, Credential, PassDb, ScramKeys};
 
 /// Longest user name accepted. Dovecot allows 255 octets; half of that is
 /// ample and keeps maildrop paths short.
@@ -139,6 +141,8 @@ struct Table {
     /// our own that could be much slower (ARGON2ID for a PLAIN file) or
     /// much faster than the users' real ones.
     decoy: Option<String>,
+    /// Whether any user has a secret CRAM-MD5 can use.
+    cram_possible: bool,
 }
 
 struct Entry<'a> {
@@ -236,6 +240,16 @@ impl PasswdFile {
         };
         let accepted = match credential {
             Credential::Password(password) => scheme::verify(stored, password.expose().as_bytes()),
+            Credential::CramMd5 { challenge, digest } => {
+                // Like APOP: pay what a password check costs.
+                if let Some(decoy) = &table.decoy {
+                    std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
+                }
+                scheme::cram_md5_digest(stored, challenge.as_bytes()).is_some_and(|expected| {
+                    let expected = scheme::encode_hex(&expected);
+                    expected.as_bytes().ct_eq(digest.expose().as_bytes()).into()
+                })
+            }
             Credential::Apop { timestamp, digest } => {
                 // The digest check itself is instant; pay what a password
                 // check costs so APOP timing does not tell which users store
@@ -275,6 +289,32 @@ impl PassDb for PasswdFile {
             .map(|(name, _)| name.clone()))
     }
 
+    async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
+        let this = self.clone();
+        let user = user.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let table = this.table();
+            let salt = scram_salt(&user);
+            let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
+                Some((name.clone(), scheme::scram_keys(stored, &salt)?))
+            });
+            // An unknown user (or one whose hash SCRAM cannot use) gets keys
+            // that nothing matches, made as slowly as real ones, so the
+            // exchange looks the same up to the failure.
+            Ok(found.unwrap_or_else(|| {
+                let mut junk = [0u8; 32];
+                rand::fill(&mut junk);
+                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
+            }))
+        })
+        .await
+        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))?
+    }
+
+    fn cram_md5_possible(&self) -> bool {
+        self.table().cram_possible
+    }
+
     fn apop_possible(&self) -> bool {
         // A stat (and, after an edit, a read) of a small file: cheap enough
         // for the greeting, and a new plaintext user is noticed at once.
@@ -285,8 +325,29 @@ impl PassDb for PasswdFile {
 fn presented_bytes(credential: &Credential) -> &[u8] {
     match credential {
         Credential::Password(password) => password.expose().as_bytes(),
-        Credential::Apop { digest, .. } => digest.expose().as_bytes(),
+        Credential::Apop { digest, .. } | Credential::CramMd5 { digest, .. } => {
+            digest.expose().as_bytes()
+        }
     }
+}
+
+/// The salt for SCRAM keys derived on the fly (plaintext-equivalent
+/// secrets, unknown users): stable per user for the life of the process,
+/// so that repeated attempts cannot tell the two apart.
+fn scram_salt(user: &str) -> [u8; 16] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        rand::fill(&mut key);
+        key
+    });
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(key);
+    hasher.update(user.as_bytes());
+    let digest = hasher.finalize();
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&digest[..16]);
+    salt
 }
 
 /// RFC 1939 §7: the digest is the lowercase hex MD5 of the greeting's
@@ -319,6 +380,9 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         .iter()
         .any(|entry| scheme::plaintext_equivalent(entry.secret).is_some());
     let decoy = decoy(&entries);
+    let cram_possible = entries
+        .iter()
+        .any(|entry| scheme::cram_md5_digest(entry.secret, b"").is_some());
     let users = entries
         .into_iter()
         .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
@@ -329,6 +393,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
             users,
             apop_possible,
             decoy,
+            cram_possible,
         },
     ))
 }

@@ -3,7 +3,8 @@
 //!
 //! Owns: parsing the scheme prefix, verifying and hashing for ARGON2ID,
 //! BLF-CRYPT, SHA512-CRYPT, SHA256-CRYPT, SSHA512, SHA512, PLAIN and
-//! CRAM-MD5 (Dovecot's HMAC-MD5 context, RFC 2195), and the dummy
+//! CRAM-MD5 (Dovecot's HMAC-MD5 context, RFC 2195), SCRAM-SHA-256
+//! (Dovecot's `iterations,salt,StoredKey,ServerKey` in base64), and the dummy
 //! verification that makes unknown users cost as much as known ones.
 //!
 //! Must not: do IO, log anything (every input here is a secret or a hash),
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::prelude::{Engine as _, BASE64_STANDARD};
+use mailbag_proto::sasl::scram::{self, ScramKeys};
 use md5::Digest as _;
 use sha2::Sha512;
 use sha_crypt::ShaCrypt;
@@ -71,11 +73,14 @@ pub enum Scheme {
     Plain,
     /// `{CRAM-MD5}`: the 64-hex-digit HMAC-MD5 context of the password.
     CramMd5,
+    /// `{SCRAM-SHA-256}iterations,salt,StoredKey,ServerKey` (base64 each),
+    /// as Dovecot writes it: usable for SCRAM-SHA-256 and for passwords.
+    ScramSha256,
 }
 
 impl Scheme {
     /// Every scheme, in the order an administrator would prefer them.
-    pub const ALL: [Scheme; 8] = [
+    pub const ALL: [Scheme; 9] = [
         Scheme::Argon2id,
         Scheme::BlfCrypt,
         Scheme::Sha512Crypt,
@@ -84,6 +89,7 @@ impl Scheme {
         Scheme::Sha512,
         Scheme::Plain,
         Scheme::CramMd5,
+        Scheme::ScramSha256,
     ];
 
     /// The canonical Dovecot name, as written between the braces.
@@ -97,6 +103,7 @@ impl Scheme {
             Scheme::Sha512 => "SHA512",
             Scheme::Plain => "PLAIN",
             Scheme::CramMd5 => "CRAM-MD5",
+            Scheme::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 
@@ -248,6 +255,49 @@ pub fn verify(stored: &str, password: &[u8]) -> bool {
         Scheme::CramMd5 => decode_hex(data)
             .filter(|context| context.len() == CRAM_MD5_CONTEXT_OCTETS)
             .is_some_and(|context| context.ct_eq(&cram_md5_context(password)).into()),
+        Scheme::ScramSha256 => {
+            parse_scram(data).is_some_and(|keys| keys.matches_password(password))
+        }
+    }
+}
+
+/// SCRAM iterations for new `{SCRAM-SHA-256}` values: Dovecot's default,
+/// and RFC 7677's minimum.
+const SCRAM_ITERATIONS: u32 = scram::MIN_ITERATIONS;
+const SCRAM_SALT_BYTES: usize = 16;
+
+fn parse_scram(data: &str) -> Option<ScramKeys> {
+    let mut parts = data.split(',');
+    let (Some(iterations), Some(salt), Some(stored), Some(server), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let iterations: u32 = iterations.parse().ok()?;
+    if !(1..=scram::MAX_ITERATIONS).contains(&iterations) {
+        return None;
+    }
+    Some(ScramKeys {
+        salt: BASE64_STANDARD.decode(salt).ok()?,
+        iterations,
+        stored_key: BASE64_STANDARD.decode(stored).ok()?.try_into().ok()?,
+        server_key: BASE64_STANDARD.decode(server).ok()?.try_into().ok()?,
+    })
+}
+
+/// The SCRAM-SHA-256 keys behind a stored value: the stored ones for
+/// `{SCRAM-SHA-256}`, derived ones for a plaintext-equivalent value
+/// (with `salt`, which the caller keeps stable per user), `None` for a
+/// one-way hash that SCRAM cannot use.
+pub fn scram_keys(stored: &str, salt: &[u8]) -> Option<ScramKeys> {
+    match resolve(stored)? {
+        (Scheme::ScramSha256, data) => parse_scram(data),
+        _ => plaintext_equivalent(stored)
+            .map(|p| ScramKeys::derive(p.as_bytes(), salt, SCRAM_ITERATIONS)),
     }
 }
 
@@ -375,6 +425,18 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
             text.to_owned()
         }
         Scheme::CramMd5 => encode_hex(&cram_md5_context(password)),
+        Scheme::ScramSha256 => {
+            let mut salt = [0u8; SCRAM_SALT_BYTES];
+            rand::fill(&mut salt);
+            let keys = ScramKeys::derive(password, &salt, SCRAM_ITERATIONS);
+            format!(
+                "{},{},{},{}",
+                keys.iterations,
+                BASE64_STANDARD.encode(&keys.salt),
+                BASE64_STANDARD.encode(keys.stored_key),
+                BASE64_STANDARD.encode(keys.server_key)
+            )
+        }
     };
     Ok(format!("{{{scheme}}}{data}"))
 }
@@ -512,8 +574,34 @@ mod tests {
     }
 
     #[test]
+    fn scram_values_hold_rfc7677_keys() {
+        // RFC 7677 §3's user: password "pencil", this salt, 4096 rounds.
+        let salt = BASE64_STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let keys = ScramKeys::derive(b"pencil", &salt, 4096);
+        let stored = format!(
+            "{{SCRAM-SHA-256}}4096,W22ZaJ0SNY7soEsUEjb6gQ==,{},{}",
+            BASE64_STANDARD.encode(keys.stored_key),
+            BASE64_STANDARD.encode(keys.server_key)
+        );
+        assert!(verify(&stored, b"pencil"));
+        assert!(!verify(&stored, b"pencil2"));
+        assert_eq!(scram_keys(&stored, b"ignored"), Some(keys.clone()));
+        assert_eq!(
+            scram_keys("{PLAIN}pencil", &salt).map(|k| k.stored_key),
+            Some(keys.stored_key)
+        );
+        assert_eq!(scram_keys(ARGON2ID_VECTOR, &salt), None);
+        assert_eq!(scram_keys("{SCRAM-SHA-256}0,AA==,AA==,AA==", &salt), None);
+    }
+
+    #[test]
     fn salts_are_fresh() {
-        for scheme in [Scheme::Ssha512, Scheme::Sha512Crypt, Scheme::BlfCrypt] {
+        for scheme in [
+            Scheme::Ssha512,
+            Scheme::Sha512Crypt,
+            Scheme::BlfCrypt,
+            Scheme::ScramSha256,
+        ] {
             assert_ne!(hash(scheme, b"pw").unwrap(), hash(scheme, b"pw").unwrap());
         }
     }

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod lmtp;
 pub mod metrics;
 pub mod pop3;
+pub mod tls;
 pub mod transcript;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +27,9 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::auth::PassDb;
 use crate::config::Config;
 use crate::store::Store;
+
+/// How long a client gets to finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long sessions get to finish after shutdown is requested before
 /// they are dropped (dropping deletes nothing).
@@ -51,6 +55,8 @@ pub struct Shared<S, P> {
     pub unauthenticated: Arc<Semaphore>,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<metrics::Metrics>,
+    /// The certificate and key, when TLS is configured.
+    pub tls: Option<Arc<tls::Tls>>,
     session_ids: AtomicU64,
 }
 
@@ -64,7 +70,7 @@ pub struct Admission {
 
 impl<S: Store, P: PassDb> Shared<S, P> {
     /// Bundles what sessions share.
-    pub fn new(store: S, passdb: P, config: Config) -> Self {
+    pub fn new(store: S, passdb: P, config: Config, tls: Option<Arc<tls::Tls>>) -> Self {
         Shared {
             store,
             passdb,
@@ -77,6 +83,7 @@ impl<S: Store, P: PassDb> Shared<S, P> {
                 .map(|secs| limits::LoginDelay::new(Duration::from_secs(secs.into()))),
             unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
             metrics: Arc::new(metrics::Metrics::default()),
+            tls,
             session_ids: AtomicU64::new(1),
             config,
         }
@@ -126,16 +133,13 @@ impl<S: Store, P: PassDb> Shared<S, P> {
     /// Whether plaintext logins are allowed for a client at `ip` on an
     /// unencrypted connection.
     fn plaintext_allowed(&self, ip: IpAddr) -> bool {
-        self.config.auth.allow_plaintext || is_loopback(ip)
-    }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        self.config.auth.allow_plaintext
+            || self
+                .config
+                .auth
+                .trusted_networks
+                .iter()
+                .any(|net| net.contains(ip))
     }
 }
 
@@ -151,22 +155,32 @@ pub fn hostname() -> String {
 
 /// A bound server: POP3 and LMTP listeners.
 pub struct Server<S, P> {
-    metrics: Option<TcpListener>,
-    listeners: Vec<TcpListener>,
+    /// Each POP3 listener, and whether it speaks implicit TLS.
+    listeners: Vec<(TcpListener, bool)>,
     lmtp: Vec<lmtp::Listener>,
+    metrics: Option<TcpListener>,
     shared: Arc<Shared<S, P>>,
 }
 
 impl<S: Store, P: PassDb> Server<S, P> {
-    /// Binds every `pop3.listen` and `lmtp.listen` address and the
-    /// `lmtp.socket` of the config.
+    /// Loads the TLS certificate (if configured) and binds every
+    /// `pop3.listen`, `pop3.listen_tls` and `lmtp.listen` address, the
+    /// `lmtp.socket` and the `metrics.listen` address of the config.
     pub async fn bind(config: Config, store: S, passdb: P) -> std::io::Result<Self> {
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(
+                tls::Tls::load(&t.certificate, &t.key).map_err(std::io::Error::other)?,
+            )),
+            None => None,
+        };
         let mut listeners = Vec::new();
-        for addr in &config.pop3.listen {
+        let plain = config.pop3.listen.iter().map(|a| (a, false));
+        let implicit = config.pop3.listen_tls.iter().map(|a| (a, true));
+        for (addr, implicit_tls) in plain.chain(implicit) {
             let listener = TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
-            listeners.push(listener);
+            listeners.push((listener, implicit_tls));
         }
         let mut lmtp = Vec::new();
         for addr in &config.lmtp.listen {
@@ -185,18 +199,28 @@ impl<S: Store, P: PassDb> Server<S, P> {
             None => None,
         };
         Ok(Server {
-            metrics,
             listeners,
             lmtp,
-            shared: Arc::new(Shared::new(store, passdb, config)),
+            metrics,
+            shared: Arc::new(Shared::new(store, passdb, config, tls)),
         })
     }
 
-    /// The addresses actually bound (port 0 resolved).
+    /// The plain POP3 addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(false)
+    }
+
+    /// The implicit-TLS addresses actually bound.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(true)
+    }
+
+    fn addrs(&self, implicit_tls: bool) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, t)| *t == implicit_tls)
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -216,19 +240,24 @@ impl<S: Store, P: PassDb> Server<S, P> {
             .collect()
     }
 
+    /// The TLS settings, for reloading the certificate (SIGHUP).
+    pub fn tls(&self) -> Option<Arc<tls::Tls>> {
+        self.shared.tls.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, tells
     /// waiting sessions that the server is going away, and returns when
     /// they have ended (or the grace period is over).
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.shared.config.limits.max_connections));
-        for listener in self.listeners {
+        for (listener, implicit_tls) in self.listeners {
             let shared = self.shared.clone();
             let permits = permits.clone();
             let shutdown = shutdown.clone();
             let sessions = tracker.clone();
             tracker.spawn(async move {
-                accept_loop(listener, shared, permits, shutdown, sessions).await
+                accept_loop(listener, implicit_tls, shared, permits, shutdown, sessions).await
             });
         }
         if let Some(listener) = self.metrics {
@@ -260,13 +289,14 @@ impl<S: Store, P: PassDb> Server<S, P> {
 
 async fn accept_loop<S: Store, P: PassDb>(
     listener: TcpListener,
+    implicit_tls: bool,
     shared: Arc<Shared<S, P>>,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
     let local = listener.local_addr().ok();
-    info!(listen = ?local, "accepting POP3 connections");
+    info!(listen = ?local, implicit_tls, "accepting POP3 connections");
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -293,7 +323,29 @@ async fn accept_loop<S: Store, P: PassDb>(
         let span = info_span!("session", id, peer = %peer);
         sessions.spawn(
             async move {
-                pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                let stream = match (implicit_tls, &shared.tls) {
+                    (false, _) => Some(tls::Stream::Plain(stream)),
+                    (true, Some(t)) => {
+                        let mut s = tls::Stream::Plain(stream);
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.start_tls(t.acceptor()))
+                            .await
+                        {
+                            Ok(Ok(())) => Some(s),
+                            Ok(Err(e)) => {
+                                info!(error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => {
+                                info!("TLS handshake timed out");
+                                None
+                            }
+                        }
+                    }
+                    (true, None) => None,
+                };
+                if let Some(stream) = stream {
+                    pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                }
                 drop(permit);
             }
             .instrument(span),

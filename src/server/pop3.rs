@@ -11,6 +11,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::metrics::{LoginResult, Metrics};
+use super::tls::Stream;
 use super::transcript::Transcript;
-use super::Shared;
+use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::auth::{AuthError, PassDb};
 use crate::store::{Maildrop, Store, StoreError};
 
@@ -33,8 +35,8 @@ const IDLE_BUFFER_OCTETS: usize = 8 * 1024;
 
 /// Serves one POP3 connection to its end. Whatever way it ends, an open
 /// maildrop is dropped uncommitted unless the core reached UPDATE.
-pub async fn serve<S, P, T>(
-    mut stream: T,
+pub async fn serve<S, P>(
+    mut stream: Stream,
     peer: SocketAddr,
     session: u64,
     shared: &Shared<S, P>,
@@ -42,7 +44,6 @@ pub async fn serve<S, P, T>(
 ) where
     S: Store,
     P: PassDb,
-    T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut admission = match shared.admit(peer.ip()) {
         Ok(a) => a,
@@ -59,12 +60,21 @@ pub async fn serve<S, P, T>(
     shared.metrics.connection_opened();
     let metrics = &*shared.metrics;
     let config = &shared.config;
+    let tls_active = matches!(stream, Stream::Tls(_));
     let settings = Settings {
         apop_timestamp: shared
             .passdb
             .apop_possible()
             .then(|| shared.apop_timestamp(session)),
-        plaintext_auth: shared.plaintext_allowed(peer.ip()),
+        // RFC 2195 asks for the same unique form as APOP's timestamp.
+        cram_md5_challenge: shared
+            .passdb
+            .cram_md5_possible()
+            .then(|| shared.apop_timestamp(session)),
+        plaintext_auth: tls_active || shared.plaintext_allowed(peer.ip()),
+        tls_available: shared.tls.is_some(),
+        master_users: config.auth.master_users.clone(),
+        tls_active,
         max_auth_failures: config.auth.max_failures,
         max_bad_commands: config.limits.max_bad_commands,
         expire: config.pop3.expire.clone(),
@@ -101,6 +111,66 @@ pub async fn serve<S, P, T>(
             }
             Event::Act(action) => {
                 let outcome = match action {
+                    Action::StartTls => {
+                        // RFC 2595 §4: the +OK goes out in the clear, whole,
+                        // before the handshake starts.
+                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
+                            break;
+                        }
+                        let Some(tls) = &shared.tls else {
+                            break;
+                        };
+                        conn.discard_buffered_input();
+                        match tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            stream.start_tls(tls.acceptor()),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => {
+                                debug!("STLS: TLS started");
+                                Outcome::TlsStarted
+                            }
+                            Ok(Err(e)) => {
+                                info!(error = %e, "STLS: TLS handshake failed");
+                                break;
+                            }
+                            Err(_) => {
+                                info!("STLS: TLS handshake timed out");
+                                break;
+                            }
+                        }
+                    }
+                    Action::Rejected { user: name } => {
+                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
+                            break;
+                        }
+                        log_auth_failure(peer, &name, "invalid-credentials");
+                        metrics.login(LoginResult::Invalid);
+                        let delay = shared.failures.failed(peer.ip(), &name, Instant::now());
+                        tokio::time::sleep(delay).await;
+                        Outcome::AuthRejected
+                    }
+                    Action::ScramLookup { user: name } => {
+                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
+                            break;
+                        }
+                        match shared.passdb.scram_keys(&name).await {
+                            Ok((canonical, keys)) => {
+                                let mut nonce = [0u8; 18];
+                                rand::fill(&mut nonce);
+                                Outcome::ScramKeys {
+                                    user: canonical,
+                                    keys,
+                                    nonce: BASE64_STANDARD.encode(nonce),
+                                }
+                            }
+                            Err(e) => {
+                                error!(error = %e, "password database unavailable");
+                                Outcome::AuthUnavailable
+                            }
+                        }
+                    }
                     Action::Authenticate {
                         user: name,
                         credential,
@@ -118,29 +188,7 @@ pub async fn serve<S, P, T>(
                         }
                         let started = tokio::time::Instant::now();
                         match shared.passdb.verify(&name, &credential).await {
-                            Ok(canonical) => {
-                                shared.failures.succeeded(peer.ip());
-                                let delayed = shared
-                                    .login_delay
-                                    .as_ref()
-                                    .and_then(|d| d.check(&canonical, Instant::now()).err());
-                                if let Some(wait) = delayed {
-                                    metrics.login(LoginResult::Refused);
-                                    Outcome::LoginDelayed {
-                                        seconds: wait.as_secs().max(1),
-                                    }
-                                } else {
-                                    if let Some(t) = &mut transcript {
-                                        t.logged_in(&canonical);
-                                    }
-                                    // Logged in: no longer counts against
-                                    // the unauthenticated limit.
-                                    admission.unauthenticated = None;
-                                    metrics.login(LoginResult::Ok);
-                                    user = Some(canonical.clone());
-                                    Outcome::Authenticated { user: canonical }
-                                }
-                            }
+                            Ok(canonical) => Outcome::Authenticated { user: canonical },
                             Err(AuthError::Invalid) => {
                                 log_auth_failure(peer, &name, "invalid-credentials");
                                 metrics.login(LoginResult::Invalid);
@@ -160,21 +208,46 @@ pub async fn serve<S, P, T>(
                             }
                         }
                     }
-                    Action::OpenMaildrop { user: name } => match shared.store.open(&name).await {
-                        Ok(m) => {
-                            let messages = m.messages().to_vec();
-                            info!(user = %name, messages = messages.len(), "logged in");
-                            maildrop = Some(m);
-                            Outcome::Opened(messages)
-                        }
-                        Err(e) => {
-                            if let StoreError::Locked = e {
-                                metrics.login(LoginResult::InUse);
+                    // Every way of logging in (USER/PASS, APOP, each SASL
+                    // mechanism) ends here once the credential is good.
+                    Action::OpenMaildrop { user: name } => {
+                        shared.failures.succeeded(peer.ip());
+                        let delayed = shared
+                            .login_delay
+                            .as_ref()
+                            .and_then(|d| d.check(&name, Instant::now()).err());
+                        if let Some(wait) = delayed {
+                            metrics.login(LoginResult::Refused);
+                            Outcome::LoginDelayed {
+                                seconds: wait.as_secs().max(1),
                             }
-                            log_store_error("open maildrop", &e);
-                            Outcome::OpenFailed(failure(&e))
+                        } else {
+                            match shared.store.open(&name).await {
+                                Ok(m) => {
+                                    let messages = m.messages().to_vec();
+                                    info!(user = %name, messages = messages.len(), "logged in");
+                                    if let Some(t) = &mut transcript {
+                                        t.logged_in(&name);
+                                    }
+                                    // Logged in: no longer counts against the
+                                    // unauthenticated limit.
+                                    admission.unauthenticated = None;
+                                    metrics.login(LoginResult::Ok);
+                                    user = Some(name.clone());
+                                    maildrop = Some(m);
+                                    Outcome::Opened(messages)
+                                }
+                                Err(e) => {
+                                    metrics.login(match e {
+                                        StoreError::Locked => LoginResult::InUse,
+                                        _ => LoginResult::Unavailable,
+                                    });
+                                    log_store_error("open maildrop", &e);
+                                    Outcome::OpenFailed(failure(&e))
+                                }
+                            }
                         }
-                    },
+                    }
                     Action::Retrieve {
                         index,
                         top_lines,

@@ -131,6 +131,34 @@ async fn user_add_takes_effect_without_restart() {
     s.stop().await;
 }
 
+#[tokio::test]
+async fn user_add_writes_dovecot_scram_sha_256_values_that_log_in() {
+    let s = TestServer::start().await;
+    let status = run_with_stdin(
+        mailbag()
+            .args([
+                "user",
+                "add",
+                "dave",
+                "--scheme",
+                "SCRAM-SHA-256",
+                "--password-stdin",
+                "--config",
+            ])
+            .arg(&s.config_path),
+        "pencil\n",
+    );
+    assert!(status.success());
+    let passwd = std::fs::read_to_string(s.dir.path().join("passwd")).unwrap();
+    let line = passwd.lines().find(|l| l.starts_with("dave:")).unwrap();
+    // Dovecot's layout: iterations,salt,StoredKey,ServerKey in base64.
+    let data = line.strip_prefix("dave:{SCRAM-SHA-256}4096,").unwrap();
+    assert_eq!(data.split(',').count(), 3, "{line}");
+    let mut c = s.login(("dave", "pencil")).await;
+    c.ok("QUIT").await;
+    s.stop().await;
+}
+
 #[test]
 fn user_add_refuses_bad_names_and_duplicates() {
     let dir = tempfile::tempdir().unwrap();
@@ -186,6 +214,28 @@ fn bad_config_is_refused_naming_the_key() {
 }
 
 #[test]
+fn check_config_loads_the_tls_certificate_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    let text =
+        config_text(dir.path(), "") + "[tls]\ncertificate = \"missing.pem\"\nkey = \"key.pem\"\n";
+    std::fs::write(&path, text).unwrap();
+    let out = mailbag()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.certificate") && err.contains("missing.pem"),
+        "{err}"
+    );
+}
+
+#[test]
 fn example_config_in_the_repository_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("mailbag.example.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -235,6 +285,53 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
         "{reply}"
     );
     c.ok("QUIT").await;
+    // TLS out of the box: STLS on 1110 (openssl) and implicit TLS on 1995
+    // (curl), with the generated self-signed certificate.
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-crlf",
+            "-starttls",
+            "pop3",
+            "-connect",
+            "127.0.0.1:1110",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut openssl = out;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin
+            .write_all(b"USER demo\nPASS demo\nQUIT\n")
+            .await
+            .unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), openssl.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("+OK Logged in. Maildrop has 6 messages"),
+        "{text}"
+    );
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--insecure",
+            "--user",
+            "demo:demo",
+            "pop3s://127.0.0.1:1995/1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Welcome"));
     child.kill().unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -243,6 +340,9 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
         text.contains("swaks --server 127.0.0.1:2424 --protocol LMTP --to demo@localhost"),
         "{text}"
     );
+    assert!(text.contains("-starttls pop3"), "{text}");
+    assert!(text.contains("pop3s://demo:demo@127.0.0.1:1995"), "{text}");
+    assert!(demo_dir.join("tls/cert.pem").exists());
     assert!(text.contains("password: demo"), "{text}");
     assert!(demo_dir.join("mailbag.toml").exists());
     // Everything stays inside the demo directory.

@@ -141,7 +141,8 @@ async fn every_command_with_no_one_and_too_many_arguments_in_every_state() {
                 );
                 let multi_line = match verb {
                     "CAPA" | "HELP" | "RETR" | "TOP" => true,
-                    "LIST" | "UIDL" => args.is_empty(),
+                    // Bare AUTH lists the SASL mechanisms (RFC 5034 §4).
+                    "LIST" | "UIDL" | "AUTH" => args.is_empty(),
                     _ => false,
                 };
                 if reply.starts_with("+OK") && multi_line {

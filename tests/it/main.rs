@@ -7,5 +7,7 @@ mod hostile;
 mod limits;
 mod lmtp;
 mod pop3;
+mod sasl;
 mod support;
 mod telnet;
+mod tls;

@@ -25,6 +25,8 @@ pub struct TestServer {
     pub lmtp_addr: Option<SocketAddr>,
     /// The metrics endpoint, when the config has one.
     pub metrics_addr: Option<SocketAddr>,
+    /// The implicit-TLS address, when started with TLS.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub config_path: PathBuf,
     shutdown: CancellationToken,
@@ -76,17 +78,40 @@ impl TestServer {
     /// Starts a server whose config has `extra` appended to `[auth]`
     /// (further tables may follow in `extra`).
     pub async fn start_with(extra: &str) -> TestServer {
-        TestServer::start_with_dir(|_| extra.to_string()).await
+        TestServer::start_config(|_| extra.to_string(), false).await
     }
 
     /// Like [`TestServer::start_with`], with `extra` made by `prepare`,
     /// which may also set up the server's directory before it starts.
     pub async fn start_with_dir(prepare: impl FnOnce(&Path) -> String) -> TestServer {
+        TestServer::start_config(prepare, false).await
+    }
+
+    /// Starts a server with a fresh self-signed certificate for
+    /// `localhost` (in `tls/cert.pem`), STLS on `addr` and implicit TLS
+    /// on `tls_addr`.
+    pub async fn start_tls(extra: &str) -> TestServer {
+        TestServer::start_config(|_| extra.to_string(), true).await
+    }
+
+    async fn start_config(prepare: impl FnOnce(&Path) -> String, tls: bool) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         write_passwd(dir.path());
         let extra = prepare(dir.path());
         let config_path = dir.path().join("mailbag.toml");
-        std::fs::write(&config_path, config_text(dir.path(), &extra)).unwrap();
+        let mut text = config_text(dir.path(), &extra);
+        if tls {
+            std::fs::create_dir(dir.path().join("tls")).unwrap();
+            mailbag::server::tls::write_self_signed(
+                &["localhost", "127.0.0.1"],
+                &dir.path().join("tls/cert.pem"),
+                &dir.path().join("tls/key.pem"),
+            )
+            .unwrap();
+            text = text.replace("[pop3]\n", "[pop3]\nlisten_tls = [\"127.0.0.1:0\"]\n");
+            text.push_str("\n[tls]\ncertificate = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n");
+        }
+        std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
         let passdb = PasswdFile::open(&config.auth.passwd_file).unwrap();
         let store = MaildirStore::new(
@@ -98,12 +123,14 @@ impl TestServer {
         let addr = server.local_addrs()[0];
         let metrics_addr = server.metrics_addr();
         let lmtp_addr = server.lmtp_addrs().first().copied();
+        let tls_addr = server.local_tls_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         TestServer {
             addr,
             lmtp_addr,
             metrics_addr,
+            tls_addr,
             dir,
             config_path,
             shutdown,

@@ -88,6 +88,18 @@ pub enum Command {
     Capa,
     /// `HELP`: mailbag's extension for people at a telnet prompt.
     Help,
+    /// `STLS` (RFC 2595 §4).
+    Stls,
+    /// `AUTH [mechanism [initial-response]]` (RFC 5034 §4). Bare `AUTH`
+    /// lists the mechanisms, for clients older than CAPA.
+    Auth {
+        /// The SASL mechanism, upper-cased; `None` for bare `AUTH`.
+        mechanism: Option<String>,
+        /// The initial response, still base64 (`=` for an empty one).
+        initial: Option<Secret<String>>,
+    },
+    /// `UTF8` (RFC 6856 §2).
+    Utf8,
 }
 
 /// The keywords this server knows, in the order HELP lists them.
@@ -121,10 +133,16 @@ pub enum Verb {
     Help,
     /// QUIT
     Quit,
+    /// STLS
+    Stls,
+    /// AUTH
+    Auth,
+    /// UTF8
+    Utf8,
 }
 
 impl Verb {
-    const ALL: [Verb; 14] = [
+    const ALL: [Verb; 17] = [
         Verb::User,
         Verb::Pass,
         Verb::Apop,
@@ -139,6 +157,9 @@ impl Verb {
         Verb::Capa,
         Verb::Help,
         Verb::Quit,
+        Verb::Stls,
+        Verb::Auth,
+        Verb::Utf8,
     ];
 
     /// The keyword as written on the wire.
@@ -158,6 +179,9 @@ impl Verb {
             Verb::Capa => "CAPA",
             Verb::Help => "HELP",
             Verb::Quit => "QUIT",
+            Verb::Stls => "STLS",
+            Verb::Auth => "AUTH",
+            Verb::Utf8 => "UTF8",
         }
     }
 
@@ -178,6 +202,9 @@ impl Verb {
             Verb::Capa => "CAPA               list the server's capabilities",
             Verb::Help => "HELP               this list",
             Verb::Quit => "QUIT               end the session; delete marked messages",
+            Verb::Stls => "STLS               switch this connection to TLS",
+            Verb::Auth => "AUTH [mechanism]   log in with SASL, or list the mechanisms",
+            Verb::Utf8 => "UTF8               enable UTF-8 user names and passwords",
         }
     }
 
@@ -237,6 +264,25 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         return Ok(Command::Pass(Secret::new(password.to_string())));
     }
     let args: Vec<&str> = text.split(' ').filter(|a| !a.is_empty()).collect();
+    if verb == Verb::Auth {
+        // RFC 5034 §4: the initial response is base64, limited only by the
+        // 255-octet line, not by the 40-character argument limit.
+        return match args.as_slice() {
+            [] => Ok(Command::Auth {
+                mechanism: None,
+                initial: None,
+            }),
+            [m] if m.len() <= MAX_ARG_CHARS => Ok(Command::Auth {
+                mechanism: Some(m.to_ascii_uppercase()),
+                initial: None,
+            }),
+            [m, initial] if m.len() <= MAX_ARG_CHARS => Ok(Command::Auth {
+                mechanism: Some(m.to_ascii_uppercase()),
+                initial: Some(Secret::new(initial.to_string())),
+            }),
+            _ => Err(ParseError::Usage(verb)),
+        };
+    }
     if args.iter().any(|a| a.chars().count() > MAX_ARG_CHARS) {
         return Err(ParseError::ArgTooLong(verb));
     }
@@ -264,6 +310,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         (Verb::Uidl, [n]) => Ok(Command::Uidl(Some(number(n)?))),
         (Verb::Capa, []) => Ok(Command::Capa),
         (Verb::Help, _) => Ok(Command::Help),
+        (Verb::Stls, []) => Ok(Command::Stls),
+        (Verb::Utf8, []) => Ok(Command::Utf8),
         _ => usage,
     }
 }
@@ -277,6 +325,19 @@ pub fn redact(line: &[u8]) -> Vec<u8> {
     if word.eq_ignore_ascii_case(b"PASS") {
         let mut out = word.to_vec();
         out.extend_from_slice(b" ***");
+        return out;
+    }
+    if word.eq_ignore_ascii_case(b"AUTH") {
+        // Keep the mechanism; an initial response is a secret.
+        let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let mut out = words.next().unwrap_or_default().to_vec();
+        if let Some(mechanism) = words.next() {
+            out.push(b' ');
+            out.extend_from_slice(mechanism);
+        }
+        if words.next().is_some() {
+            out.extend_from_slice(b" ***");
+        }
         return out;
     }
     if word.eq_ignore_ascii_case(b"APOP") {
@@ -500,6 +561,8 @@ mod tests {
             b"APOP mrose ***"
         );
         assert_eq!(redact(b"USER mrose"), b"USER mrose");
+        assert_eq!(redact(b"AUTH PLAIN AGZvbwBiYXI="), b"AUTH PLAIN ***");
+        assert_eq!(redact(b"AUTH LOGIN"), b"AUTH LOGIN");
         assert_eq!(redact(b"RETR 1"), b"RETR 1");
     }
 

@@ -19,6 +19,15 @@
 //!
 //! Deletion happens only in UPDATE, entered by QUIT from TRANSACTION: a
 //! session that ends any other way emits no [`Action::Commit`].
+//!
+//! In AUTHORIZATION, STLS (RFC 2595) answers `+OK`, drops whatever input
+//! followed it, and asks for [`Action::StartTls`]; AUTH (RFC 5034) runs a
+//! [`crate::sasl`] mechanism, during which lines are base64 responses
+//! (longer ones allowed, `*` cancels) rather than commands. Plaintext
+//! logins (USER/PASS, APOP, AUTH PLAIN and LOGIN) are offered and accepted
+//! only when [`Settings::plaintext_auth`] says the connection may carry
+//! them; UTF8 (RFC 6856) is accepted, and user names and passwords are
+//! SASLprepped (RFC 4013).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,7 +35,10 @@ use std::time::Duration;
 use super::command::{self, Command, MessageNumber, ParseError, Verb};
 use super::response::{self, Code};
 use crate::line::{LineEvent, LineReader};
+use crate::sasl::{self, Exchange, Mechanism, Step};
 use crate::secret::Secret;
+
+use base64::prelude::{Engine as _, BASE64_STANDARD};
 
 /// One message of the maildrop snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +61,14 @@ pub enum Credential {
         /// The timestamp from the greeting, angle brackets included.
         timestamp: String,
         /// The client's digest.
+        digest: Secret<String>,
+    },
+    /// RFC 2195 CRAM-MD5: the hex HMAC-MD5 of the challenge keyed by the
+    /// shared secret.
+    CramMd5 {
+        /// The challenge the server sent.
+        challenge: String,
+        /// The client's lowercase hex digest.
         digest: Secret<String>,
     },
 }
@@ -80,6 +100,24 @@ pub struct Settings {
     pub transaction_timeout: Duration,
     /// Emit [`Event::Received`] for each command line, secrets redacted.
     pub transcript: bool,
+    /// Whether STLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+    /// Whether the connection is already encrypted (implicit TLS, or after
+    /// STLS).
+    pub tls_active: bool,
+    /// The SASL mechanisms enabled; CAPA and AUTH offer those of them that
+    /// are usable on the connection at the moment.
+    pub sasl_mechanisms: Vec<Mechanism>,
+    /// A unique RFC 2195 challenge for CRAM-MD5, or `None` when no user
+    /// could log in with CRAM-MD5.
+    pub cram_md5_challenge: Option<String>,
+    /// Users who may log in to another user's maildrop by naming it as
+    /// the SASL authorization identity (administrators, migration
+    /// tools). Everyone else may only name themselves.
+    pub master_users: Vec<String>,
+    /// RFC 5034 §4: SASL responses may be longer than a command line;
+    /// this bounds them (and the memory a client can make us hold).
+    pub max_sasl_line_octets: usize,
 }
 
 impl Default for Settings {
@@ -95,6 +133,12 @@ impl Default for Settings {
             authorization_timeout: Duration::from_secs(120),
             transaction_timeout: Duration::from_secs(600),
             transcript: false,
+            tls_available: false,
+            tls_active: false,
+            sasl_mechanisms: Mechanism::ALL.to_vec(),
+            cram_md5_challenge: None,
+            master_users: Vec::new(),
+            max_sasl_line_octets: 8192,
         }
     }
 }
@@ -130,6 +174,26 @@ pub enum Action {
         top_lines: Option<u64>,
         /// The `+OK` line to write before the body.
         status: Vec<u8>,
+    },
+    /// RFC 2595 §4: the `+OK` queued before this action must go out and
+    /// be flushed first; then do the TLS handshake (under a timeout) and
+    /// report [`Outcome::TlsStarted`], or close the connection if it fails.
+    /// Input that arrived before the handshake has been discarded already.
+    StartTls,
+    /// SCRAM needs the user's stored keys and a random server nonce.
+    /// Report [`Outcome::ScramKeys`] (with made-up keys for an unknown
+    /// user, so that the exchange looks the same) or
+    /// [`Outcome::AuthUnavailable`].
+    ScramLookup {
+        /// The SASLprepped user name.
+        user: String,
+    },
+    /// The core found a login wrong by itself (a SCRAM proof that does not
+    /// match): log it, wait the failure delay as for a wrong password, and
+    /// report [`Outcome::AuthRejected`].
+    Rejected {
+        /// The user name the client gave.
+        user: String,
     },
     /// RFC 1939 §6 UPDATE: delete `deleted`, mark `retrieved` as seen,
     /// release the maildrop. Report [`Outcome::Committed`] or
@@ -185,6 +249,17 @@ pub enum Outcome {
         /// Seconds until a login is allowed.
         seconds: u64,
     },
+    /// The TLS handshake after STLS succeeded.
+    TlsStarted,
+    /// SCRAM keys for [`Action::ScramLookup`].
+    ScramKeys {
+        /// The canonical user name (the name given, for an unknown user).
+        user: String,
+        /// The stored keys.
+        keys: sasl::scram::ScramKeys,
+        /// A fresh random nonce: printable ASCII without `,`.
+        nonce: String,
+    },
 }
 
 /// What the driver should do next.
@@ -222,7 +297,14 @@ pub struct Tally {
 
 #[derive(Debug)]
 enum State {
-    Authorization { user: Option<String> },
+    Authorization {
+        user: Option<String>,
+    },
+    /// An AUTH exchange is running: lines are SASL responses.
+    Sasl {
+        exchange: Exchange,
+        user: Option<String>,
+    },
     Transaction(Transaction),
     Update,
     Closed,
@@ -288,6 +370,8 @@ impl Transaction {
 
 #[derive(Debug, Clone)]
 enum Pending {
+    StartTls,
+    ScramLookup,
     Authenticate,
     Open,
     Retrieve { index: usize, whole: bool },
@@ -305,6 +389,13 @@ pub struct Conn {
     auth_failures: u32,
     bad_commands: u32,
     tally: Tally,
+    /// RFC 6856: UTF8 was issued.
+    utf8: bool,
+    /// Whether the running login came from AUTH, for the error's hint.
+    sasl_login: bool,
+    /// The maildrop to open instead of the authenticated user's, when a
+    /// master user named another user as the SASL authzid.
+    acting_for: Option<String>,
 }
 
 impl Conn {
@@ -323,6 +414,9 @@ impl Conn {
             auth_failures: 0,
             bad_commands: 0,
             tally: Tally::default(),
+            utf8: false,
+            sasl_login: false,
+            acting_for: None,
         };
         conn.send(response::ok(greeting));
         conn
@@ -359,6 +453,19 @@ impl Conn {
         self.tally
     }
 
+    /// Whether the connection is encrypted (as far as the core knows).
+    pub fn tls_active(&self) -> bool {
+        self.settings.tls_active
+    }
+
+    /// Drops every byte received but not yet processed. RFC 2595 §4 and
+    /// RFC 3207 §6: nothing a client sent before the TLS handshake may be
+    /// taken as a command after it. The core does this itself at STLS;
+    /// the driver may call it again for bytes it read later.
+    pub fn discard_buffered_input(&mut self) {
+        self.reader.discard_buffered();
+    }
+
     /// Releases buffer capacity while the session waits for input.
     pub fn shrink(&mut self) {
         self.reader.shrink();
@@ -384,6 +491,15 @@ impl Conn {
             match self.reader.next_event() {
                 None => return Event::NeedInput,
                 Some(LineEvent::Telnet(reply)) => return Event::Send(reply),
+                Some(LineEvent::TooLong) if matches!(self.state, State::Sasl { .. }) => {
+                    self.transcript(b"(SASL response too long)".to_vec());
+                    let limit = self.settings.max_sasl_line_octets;
+                    self.end_sasl();
+                    self.send(response::err(
+                        Some(Code::Auth),
+                        format!("AUTH response too long (the limit is {limit} octets)"),
+                    ));
+                }
                 Some(LineEvent::TooLong) => {
                     self.transcript(b"(line too long)".to_vec());
                     let limit = self.settings.max_line_octets;
@@ -400,19 +516,56 @@ impl Conn {
             return;
         };
         match (pending, outcome) {
+            (Pending::StartTls, Outcome::TlsStarted) => {
+                self.reader.discard_buffered();
+                self.settings.tls_active = true;
+                // RFC 2595 §4: TLS protects the password.
+                self.settings.plaintext_auth = true;
+            }
+            // The driver closes after a failed handshake; nothing more may
+            // be said in the clear either way.
+            (Pending::StartTls, _) => self.state = State::Closed,
+            (Pending::ScramLookup, Outcome::ScramKeys { user, keys, nonce }) => {
+                if let State::Sasl {
+                    exchange: Exchange::ScramSha256(m),
+                    user: u,
+                } = &mut self.state
+                {
+                    *u = Some(user);
+                    let step = m.keys(keys, &nonce);
+                    self.sasl_step(step);
+                }
+            }
+            (Pending::ScramLookup, _) => {
+                self.end_sasl();
+                self.send(response::err(
+                    Some(Code::SysTemp),
+                    "Authentication is unavailable right now; try again later",
+                ));
+            }
             (Pending::Authenticate, Outcome::Authenticated { user }) => {
+                let user = match self.acting_for.take() {
+                    Some(target) => {
+                        self.state = State::Authorization {
+                            user: Some(target.clone()),
+                        };
+                        target
+                    }
+                    None => user,
+                };
                 self.pending = Some(Pending::Open);
                 self.queue
                     .push_back(Event::Act(Action::OpenMaildrop { user }));
             }
             (Pending::Authenticate, Outcome::AuthUnavailable) => {
+                self.acting_for = None;
                 self.state = State::Authorization { user: None };
                 self.send(response::err(
                     Some(Code::SysTemp),
                     "Authentication is unavailable right now; try again later",
                 ));
             }
-            (Pending::Authenticate, Outcome::LoginDelayed { seconds }) => {
+            (Pending::Authenticate | Pending::Open, Outcome::LoginDelayed { seconds }) => {
                 self.state = State::Authorization { user: None };
                 let every = self.settings.login_delay_secs.unwrap_or(0);
                 self.send(response::err(
@@ -530,7 +683,13 @@ impl Conn {
     }
 
     fn auth_failed(&mut self) {
+        self.auth_failed_with("wrong user name or password");
+    }
+
+    fn auth_failed_with(&mut self, why: &str) {
         self.auth_failures += 1;
+        self.acting_for = None;
+        self.end_sasl();
         self.state = State::Authorization { user: None };
         if self.auth_failures >= self.settings.max_auth_failures {
             self.close_with(response::err(
@@ -542,10 +701,15 @@ impl Conn {
             ));
         } else {
             let left = self.settings.max_auth_failures - self.auth_failures;
+            let again = if self.sasl_login {
+                "try AUTH again"
+            } else {
+                "start again with USER"
+            };
             self.send(response::err(
                 Some(Code::Auth),
                 format!(
-                    "Authentication failed: wrong user name or password ({left} attempt{} left; start again with USER)",
+                    "Authentication failed: {why} ({left} attempt{} left; {again})",
                     plural(left as usize)
                 ),
             ));
@@ -553,6 +717,9 @@ impl Conn {
     }
 
     fn handle_line(&mut self, line: &[u8]) {
+        if matches!(self.state, State::Sasl { .. }) {
+            return self.sasl_response(line);
+        }
         if self.settings.transcript {
             self.transcript(command::redact(line));
         }
@@ -567,7 +734,7 @@ impl Conn {
             State::Authorization { .. } => self.authorization(command),
             State::Transaction(_) => self.transaction(command),
             // No commands are read in UPDATE or after the end.
-            State::Update | State::Closed => {}
+            State::Update | State::Closed | State::Sasl { .. } => {}
         }
     }
 
@@ -581,7 +748,13 @@ impl Conn {
                         v.push(Verb::Apop);
                     }
                 }
-                v.extend([Verb::Capa, Verb::Quit, Verb::Help]);
+                if !self.usable_mechanisms().is_empty() {
+                    v.push(Verb::Auth);
+                }
+                if self.stls_offered() {
+                    v.push(Verb::Stls);
+                }
+                v.extend([Verb::Utf8, Verb::Capa, Verb::Quit, Verb::Help]);
                 v
             }
             _ => vec![
@@ -644,6 +817,15 @@ impl Conn {
         if authorization && self.settings.plaintext_auth {
             lines.push("USER".into());
         }
+        if authorization && self.stls_offered() {
+            lines.push("STLS".into());
+        }
+        let mechanisms = self.usable_mechanisms();
+        if !mechanisms.is_empty() {
+            let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+            lines.push(format!("SASL {}", names.join(" ")));
+        }
+        lines.push("UTF8 USER".into());
         lines.extend([
             "UIDL".into(),
             "RESP-CODES".into(),
@@ -669,11 +851,241 @@ impl Conn {
         response::multiline("Commands valid now:", lines)
     }
 
+    fn stls_offered(&self) -> bool {
+        self.settings.tls_available && !self.settings.tls_active && !self.utf8
+    }
+
+    /// The mechanisms a client may use on this connection now: those that
+    /// send the password need TLS or a trusted network, CRAM-MD5 a user
+    /// who can use it.
+    fn usable_mechanisms(&self) -> Vec<Mechanism> {
+        self.settings
+            .sasl_mechanisms
+            .iter()
+            .copied()
+            .filter(|m| !m.is_plaintext() || self.settings.plaintext_auth)
+            .filter(|m| *m != Mechanism::CramMd5 || self.settings.cram_md5_challenge.is_some())
+            .collect()
+    }
+
+    fn start_tls(&mut self) {
+        if !self.settings.tls_available {
+            return self.send(response::err(None, "TLS is not available on this server"));
+        }
+        if self.settings.tls_active {
+            return self.send(response::err(None, "This connection already uses TLS"));
+        }
+        if self.utf8 {
+            // RFC 6856 §2.1: STLS after UTF8 is a protocol error.
+            return self.send(response::err(None, "STLS is not allowed after UTF8"));
+        }
+        self.send(response::ok("Begin TLS negotiation"));
+        // Anything pipelined behind STLS was sent in the clear and must not
+        // run as if it came over TLS (the STARTTLS command injection).
+        self.reader.discard_buffered();
+        self.act(Pending::StartTls, Action::StartTls);
+    }
+
+    fn auth(&mut self, mechanism: Option<String>, initial: Option<Secret<String>>) {
+        let usable = self.usable_mechanisms();
+        let Some(name) = mechanism else {
+            // RFC 1734: bare AUTH lists the mechanisms, for clients older
+            // than CAPA.
+            let names: Vec<&str> = usable.iter().map(|m| m.name()).collect();
+            return self.send(response::multiline("SASL mechanisms follow", names));
+        };
+        let names: Vec<&str> = usable.iter().map(|m| m.name()).collect();
+        let Some(mechanism) =
+            Mechanism::from_name(&name).filter(|m| self.settings.sasl_mechanisms.contains(m))
+        else {
+            return self.send(response::err(
+                None,
+                format!("Unsupported SASL mechanism. Available: {}", names.join(" ")),
+            ));
+        };
+        if !usable.contains(&mechanism) {
+            let text = if mechanism.is_plaintext() {
+                "Plaintext authentication is not allowed on an unencrypted connection; use STLS first"
+            } else {
+                "This mechanism cannot be used here"
+            };
+            return self.send(response::err(Some(Code::Auth), text));
+        }
+        let initial = match initial {
+            None => Vec::new(),
+            Some(text) => match decode_response(text.expose()) {
+                Some(bytes) => bytes,
+                None => {
+                    return self.send(response::err(
+                        Some(Code::Auth),
+                        "AUTH initial response is not valid base64",
+                    ))
+                }
+            },
+        };
+        let exchange = match mechanism {
+            Mechanism::Plain => Exchange::Plain(Default::default()),
+            Mechanism::Login => Exchange::Login(Default::default()),
+            Mechanism::CramMd5 => Exchange::CramMd5(sasl::cram_md5::CramMd5::new(
+                self.settings.cram_md5_challenge.clone().unwrap_or_default(),
+            )),
+            Mechanism::ScramSha256 => Exchange::ScramSha256(Box::default()),
+        };
+        self.state = State::Sasl {
+            exchange,
+            user: None,
+        };
+        self.sasl_login = true;
+        // RFC 5034 §4: responses after the command may be of any length.
+        self.reader
+            .set_max_line_octets(self.settings.max_sasl_line_octets);
+        self.feed_exchange(&initial);
+    }
+
+    fn feed_exchange(&mut self, response: &[u8]) {
+        let State::Sasl { exchange, .. } = &mut self.state else {
+            return;
+        };
+        let step = exchange.step(response);
+        self.sasl_step(step);
+    }
+
+    fn sasl_response(&mut self, line: &[u8]) {
+        if line == b"*" {
+            self.transcript(b"*".to_vec());
+            self.end_sasl();
+            return self.send(response::err(None, "AUTH cancelled"));
+        }
+        self.transcript(b"***".to_vec());
+        match std::str::from_utf8(line).ok().and_then(decode_response) {
+            Some(bytes) => self.feed_exchange(&bytes),
+            None => {
+                self.end_sasl();
+                self.send(response::err(
+                    Some(Code::Auth),
+                    "AUTH response is not valid base64; AUTH cancelled",
+                ));
+            }
+        }
+    }
+
+    fn sasl_step(&mut self, step: Step) {
+        match step {
+            Step::Challenge(bytes) => {
+                let mut line = b"+ ".to_vec();
+                line.extend_from_slice(BASE64_STANDARD.encode(bytes).as_bytes());
+                line.extend_from_slice(b"\r\n");
+                self.send(line);
+            }
+            Step::Password {
+                user,
+                authzid,
+                password,
+            } => {
+                if !self.may_act_for(&user, authzid) {
+                    return self.auth_failed_with("logging in as another user is not allowed");
+                }
+                self.end_sasl();
+                self.state = State::Authorization {
+                    user: Some(user.clone()),
+                };
+                self.act(
+                    Pending::Authenticate,
+                    Action::Authenticate {
+                        user,
+                        credential: Credential::Password(password),
+                    },
+                );
+            }
+            Step::CramMd5 {
+                user,
+                challenge,
+                digest,
+            } => {
+                self.end_sasl();
+                self.state = State::Authorization {
+                    user: Some(user.clone()),
+                };
+                self.act(
+                    Pending::Authenticate,
+                    Action::Authenticate {
+                        user,
+                        credential: Credential::CramMd5 { challenge, digest },
+                    },
+                );
+            }
+            Step::ScramLookup { user, authzid } => {
+                if !self.may_act_for(&user, authzid) {
+                    return self.auth_failed_with("logging in as another user is not allowed");
+                }
+                self.act(Pending::ScramLookup, Action::ScramLookup { user })
+            }
+            Step::Authenticated => {
+                let user = match &self.state {
+                    State::Sasl { user, .. } => user.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let user = self.acting_for.take().unwrap_or(user);
+                self.end_sasl();
+                self.state = State::Authorization {
+                    user: Some(user.clone()),
+                };
+                self.act(Pending::Open, Action::OpenMaildrop { user });
+            }
+            Step::Failed(sasl::Failure::Malformed) => {
+                self.auth_failed_with("malformed SASL response")
+            }
+            Step::Failed(sasl::Failure::AuthzidRefused) => {
+                self.auth_failed_with("logging in as another user is not allowed")
+            }
+            Step::Failed(sasl::Failure::Rejected) => {
+                let user = match &self.state {
+                    State::Sasl { user, .. } => user.clone().unwrap_or_default(),
+                    _ => String::new(),
+                };
+                self.end_sasl();
+                self.act(Pending::Authenticate, Action::Rejected { user });
+            }
+        }
+    }
+
+    /// Whether `user` may open `authzid`'s maildrop; remembers the target.
+    fn may_act_for(&mut self, user: &str, authzid: Option<String>) -> bool {
+        self.acting_for = None;
+        match authzid {
+            None => true,
+            Some(target) if self.settings.master_users.iter().any(|m| m == user) => {
+                self.acting_for = Some(target);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Leaves an AUTH exchange: back to command lines and their limit.
+    fn end_sasl(&mut self) {
+        self.reader
+            .set_max_line_octets(self.settings.max_line_octets);
+        if matches!(self.state, State::Sasl { .. }) {
+            self.state = State::Authorization { user: None };
+        }
+    }
+
     fn authorization(&mut self, command: Command) {
+        if let Command::Auth { mechanism, initial } = command {
+            return self.auth(mechanism, initial);
+        }
+        if matches!(command, Command::Stls) {
+            return self.start_tls();
+        }
         let State::Authorization { user } = &mut self.state else {
             return;
         };
         match command {
+            Command::Utf8 => {
+                self.utf8 = true;
+                self.send(response::ok("UTF-8 enabled"));
+            }
             Command::Capa => self.send(self.capa()),
             Command::Help => self.send(self.help()),
             Command::Quit => self.close_with(response::ok("mailbag signing off")),
@@ -686,6 +1098,12 @@ impl Conn {
                 ));
             }
             Command::User(name) => {
+                let Some(name) = sasl::saslprep(&name) else {
+                    return self.send(response::err(
+                        Some(Code::Auth),
+                        "User name contains characters that are not allowed",
+                    ));
+                };
                 *user = Some(name);
                 // RFC 1939 §7 allows refusing unknown names here; answering
                 // alike for all names keeps user existence secret.
@@ -693,13 +1111,22 @@ impl Conn {
             }
             Command::Pass(password) => match user.clone() {
                 None => self.send(response::err(None, "Send USER first")),
-                Some(name) => self.act(
-                    Pending::Authenticate,
-                    Action::Authenticate {
-                        user: name,
-                        credential: Credential::Password(password),
-                    },
-                ),
+                Some(name) => {
+                    // RFC 6856 §2.2: SASLprep the password as a query string;
+                    // one that fails it cannot match anything stored.
+                    let password = sasl::saslprep(password.expose())
+                        .map(Secret::new)
+                        .unwrap_or(password);
+                    self.sasl_login = false;
+                    self.acting_for = None;
+                    self.act(
+                        Pending::Authenticate,
+                        Action::Authenticate {
+                            user: name,
+                            credential: Credential::Password(password),
+                        },
+                    )
+                }
             },
             Command::Apop { name, digest } => match self.settings.apop_timestamp.clone() {
                 None => self.send(response::err(
@@ -838,6 +1265,15 @@ fn listing(t: &Transaction, f: impl Fn(usize, &MessageInfo) -> String) -> Vec<St
         .collect()
 }
 
+/// RFC 5034 §4: strict base64 (no stray characters, padding only at the
+/// end); `=` alone is an empty response.
+fn decode_response(text: &str) -> Option<Vec<u8>> {
+    if text == "=" {
+        return Some(Vec::new());
+    }
+    BASE64_STANDARD.decode(text).ok()
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -871,6 +1307,9 @@ fn verb_of(command: &Command) -> Verb {
         Command::Uidl(_) => Verb::Uidl,
         Command::Capa => Verb::Capa,
         Command::Help => Verb::Help,
+        Command::Stls => Verb::Stls,
+        Command::Auth { .. } => Verb::Auth,
+        Command::Utf8 => Verb::Utf8,
     }
 }
 
@@ -886,6 +1325,7 @@ mod tests {
         commits: Vec<(Vec<usize>, Vec<usize>)>,
         closed: bool,
         vanished: Option<usize>,
+        tls_started: usize,
     }
 
     fn messages() -> Vec<MessageInfo> {
@@ -908,6 +1348,9 @@ mod tests {
                     let good = match credential {
                         Credential::Password(p) => p.expose() == "secret",
                         Credential::Apop { digest, .. } => digest.expose() == "good",
+                        Credential::CramMd5 { challenge, digest } => {
+                            challenge == "<1.2@h>" && digest.expose() == "good"
+                        }
                     };
                     match (user.as_str(), good) {
                         ("mrose" | "busy", true) => Outcome::Authenticated { user },
@@ -931,6 +1374,16 @@ mod tests {
                     self.commits.push((deleted, retrieved));
                     Outcome::Committed
                 }
+                Action::Rejected { .. } => Outcome::AuthRejected,
+                Action::StartTls => {
+                    self.tls_started += 1;
+                    Outcome::TlsStarted
+                }
+                Action::ScramLookup { user } => Outcome::ScramKeys {
+                    user,
+                    keys: sasl::scram::ScramKeys::derive(b"secret", b"salt", 4096),
+                    nonce: "SERVERNONCE".into(),
+                },
             }
         }
 
@@ -1162,7 +1615,7 @@ mod tests {
         let (mut conn, mut d, _) = session(Settings::default());
         assert_eq!(
             d.run(&mut conn, b"STAT\r\n"),
-            "-ERR STAT is only valid after login. Valid now: USER PASS CAPA QUIT HELP\r\n"
+            "-ERR STAT is only valid after login. Valid now: USER PASS AUTH UTF8 CAPA QUIT HELP\r\n"
         );
         let (mut conn, mut d) = logged_in();
         assert_eq!(
@@ -1276,6 +1729,338 @@ mod tests {
             }
         }
         assert_eq!(seen, vec!["USER mrose", "PASS ***"]);
+    }
+
+    fn tls_settings() -> Settings {
+        Settings {
+            tls_available: true,
+            plaintext_auth: false,
+            ..Settings::default()
+        }
+    }
+
+    fn b64(s: &[u8]) -> String {
+        BASE64_STANDARD.encode(s)
+    }
+
+    #[test]
+    fn stls_discards_pipelined_input_and_enables_plaintext() {
+        let (mut conn, mut d, _) = session(tls_settings());
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        assert!(capa.contains("\r\nSTLS\r\n"), "{capa}");
+        assert!(!capa.contains("\r\nUSER\r\n"), "{capa}");
+        assert!(capa.contains("\r\nSASL SCRAM-SHA-256\r\n"), "{capa}");
+        // RFC 2595 §4: what followed STLS in the same packet never runs.
+        let out = d.run(&mut conn, b"STLS\r\nCAPA\r\n");
+        assert_eq!(out, "+OK Begin TLS negotiation\r\n");
+        assert_eq!(d.tls_started, 1);
+        assert!(conn.tls_active());
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        assert!(!capa.contains("STLS"), "{capa}");
+        assert!(capa.contains("\r\nUSER\r\n"), "{capa}");
+        assert!(capa.contains("SASL SCRAM-SHA-256 PLAIN LOGIN"), "{capa}");
+        assert_eq!(
+            d.run(&mut conn, b"STLS\r\n"),
+            "-ERR This connection already uses TLS\r\n"
+        );
+        assert!(d
+            .run(&mut conn, b"USER mrose\r\nPASS secret\r\n")
+            .contains("+OK Logged in"));
+        assert!(d
+            .run(&mut conn, b"STLS\r\n")
+            .starts_with("-ERR STLS is not valid after login"));
+        assert_eq!(d.tls_started, 1);
+    }
+
+    #[test]
+    fn stls_whose_handshake_did_not_start_ends_the_session() {
+        let (mut conn, _, _) = session(tls_settings());
+        conn.receive(b"STLS\r\n");
+        assert!(matches!(conn.next(), Event::Send(_)));
+        assert_eq!(conn.next(), Event::Act(Action::StartTls));
+        conn.complete(Outcome::AuthRejected);
+        assert_eq!(conn.next(), Event::Close);
+        assert!(!conn.tls_active());
+    }
+
+    #[test]
+    fn stls_without_a_certificate_or_after_utf8_is_refused() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert!(!d.run(&mut conn, b"CAPA\r\n").contains("STLS"));
+        assert_eq!(
+            d.run(&mut conn, b"STLS\r\n"),
+            "-ERR TLS is not available on this server\r\n"
+        );
+        let (mut conn, mut d, _) = session(tls_settings());
+        d.run(&mut conn, b"UTF8\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"STLS\r\n"),
+            "-ERR STLS is not allowed after UTF8\r\n"
+        );
+        assert_eq!(d.tls_started, 0);
+    }
+
+    #[test]
+    fn auth_plain_with_initial_response_and_with_continuation() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"\0mrose\0secret")).as_bytes(),
+        );
+        assert!(out.contains("+OK Logged in"), "{out}");
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(d.run(&mut conn, b"AUTH PLAIN\r\n"), "+ \r\n");
+        let out = d.run(
+            &mut conn,
+            format!("{}\r\n", b64(b"mrose\0mrose\0secret")).as_bytes(),
+        );
+        assert!(out.contains("+OK Logged in"), "{out}");
+    }
+
+    #[test]
+    fn auth_plain_refuses_another_authzid_and_wrong_passwords() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"busy\0mrose\0secret")).as_bytes(),
+        );
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed: logging in as another user"),
+            "{out}"
+        );
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"\0mrose\0wrong")).as_bytes(),
+        );
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed: wrong"),
+            "{out}"
+        );
+        assert!(out.contains("try AUTH again"), "{out}");
+    }
+
+    #[test]
+    fn master_users_may_name_another_maildrop() {
+        let (mut conn, mut d, _) = session(Settings {
+            master_users: vec!["mrose".into()],
+            ..Settings::default()
+        });
+        // The target's maildrop is opened (and "busy" is locked).
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"busy\0mrose\0secret")).as_bytes(),
+        );
+        assert!(out.starts_with("-ERR [IN-USE]"), "{out}");
+        // A wrong password gets nowhere, authzid or not.
+        let out = d.run(
+            &mut conn,
+            format!("AUTH PLAIN {}\r\n", b64(b"busy\0mrose\0wrong")).as_bytes(),
+        );
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed: wrong"),
+            "{out}"
+        );
+        // Afterwards, a plain login opens the user's own maildrop.
+        let out = d.run(&mut conn, b"USER mrose\r\nPASS secret\r\n");
+        assert!(out.contains("+OK Logged in"), "{out}");
+    }
+
+    #[test]
+    fn auth_login_asks_for_user_and_password() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(d.run(&mut conn, b"AUTH LOGIN\r\n"), "+ VXNlcm5hbWU6\r\n");
+        assert_eq!(d.run(&mut conn, b"bXJvc2U=\r\n"), "+ UGFzc3dvcmQ6\r\n");
+        assert!(d.run(&mut conn, b"c2VjcmV0\r\n").contains("+OK Logged in"));
+    }
+
+    #[test]
+    fn auth_cram_md5_only_with_a_challenge() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert!(!d.run(&mut conn, b"CAPA\r\n").contains("CRAM-MD5"));
+        assert!(d
+            .run(&mut conn, b"AUTH CRAM-MD5\r\n")
+            .starts_with("-ERR [AUTH]"));
+        let (mut conn, mut d, _) = session(Settings {
+            cram_md5_challenge: Some("<1.2@h>".into()),
+            ..Settings::default()
+        });
+        assert!(d.run(&mut conn, b"CAPA\r\n").contains("CRAM-MD5"));
+        assert_eq!(
+            d.run(&mut conn, b"AUTH CRAM-MD5\r\n"),
+            format!("+ {}\r\n", b64(b"<1.2@h>"))
+        );
+        let digest = "00112233445566778899aabbccddeeff";
+        let out = d.run(
+            &mut conn,
+            format!("{}\r\n", b64(format!("mrose {digest}").as_bytes())).as_bytes(),
+        );
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn auth_scram_sha_256_full_exchange() {
+        let (mut conn, mut d, _) = session(tls_settings());
+        let out = d.run(
+            &mut conn,
+            format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=mrose,r=CLIENT")).as_bytes(),
+        );
+        let server_first = BASE64_STANDARD
+            .decode(out.trim_end().strip_prefix("+ ").unwrap())
+            .unwrap();
+        let keys = sasl::scram::ScramKeys::derive(b"secret", b"salt", 4096);
+        assert_eq!(
+            String::from_utf8(server_first.clone()).unwrap(),
+            format!("r=CLIENTSERVERNONCE,s={},i=4096", b64(b"salt"))
+        );
+        // The client's side of RFC 5802 §3, computed here from the password.
+        use hmac::{Hmac, KeyInit, Mac};
+        use sha2::{Digest, Sha256};
+        let mut salted = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(b"secret", b"salt", 4096, &mut salted);
+        let mac = |k: &[u8], m: &[u8]| {
+            let mut h = <Hmac<Sha256> as KeyInit>::new_from_slice(k).unwrap();
+            h.update(m);
+            h.finalize().into_bytes().to_vec()
+        };
+        let client_key = mac(&salted, b"Client Key");
+        assert_eq!(Sha256::digest(&client_key).as_slice(), keys.stored_key);
+        let without_proof = "c=biws,r=CLIENTSERVERNONCE";
+        let auth = format!(
+            "n=mrose,r=CLIENT,{},{without_proof}",
+            String::from_utf8(server_first).unwrap()
+        );
+        let sig = mac(&keys.stored_key, auth.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(sig).map(|(a, b)| a ^ b).collect();
+        let out = d.run(
+            &mut conn,
+            format!(
+                "{}\r\n",
+                b64(format!("{without_proof},p={}", b64(&proof)).as_bytes())
+            )
+            .as_bytes(),
+        );
+        let v = format!("v={}", b64(&mac(&keys.server_key, auth.as_bytes())));
+        assert_eq!(out, format!("+ {}\r\n", b64(v.as_bytes())));
+        assert!(d.run(&mut conn, b"\r\n").contains("+OK Logged in"));
+    }
+
+    #[test]
+    fn wrong_scram_proof_goes_through_the_driver_for_the_failure_delay() {
+        let (mut conn, _, _) = session(Settings::default());
+        conn.receive(format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=mrose,r=C")).as_bytes());
+        assert!(matches!(
+            conn.next(),
+            Event::Act(Action::ScramLookup { .. })
+        ));
+        conn.complete(Outcome::ScramKeys {
+            user: "mrose".into(),
+            keys: sasl::scram::ScramKeys::derive(b"secret", b"salt", 4096),
+            nonce: "S".into(),
+        });
+        assert!(matches!(conn.next(), Event::Send(_)));
+        let proof = b64(&[0u8; 32]);
+        conn.receive(
+            format!("{}\r\n", b64(format!("c=biws,r=CS,p={proof}").as_bytes())).as_bytes(),
+        );
+        assert_eq!(
+            conn.next(),
+            Event::Act(Action::Rejected {
+                user: "mrose".into()
+            })
+        );
+        conn.complete(Outcome::AuthRejected);
+        let Event::Send(reply) = conn.next() else {
+            panic!("no reply")
+        };
+        assert!(reply.starts_with(b"-ERR [AUTH] Authentication failed"));
+    }
+
+    #[test]
+    fn auth_cancel_bad_base64_and_oversized_responses() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        d.run(&mut conn, b"AUTH PLAIN\r\n");
+        assert_eq!(d.run(&mut conn, b"*\r\n"), "-ERR AUTH cancelled\r\n");
+        assert_eq!(d.run(&mut conn, b"NOOP\r\n").get(..4), Some("-ERR"));
+        d.run(&mut conn, b"AUTH PLAIN\r\n");
+        assert!(d
+            .run(&mut conn, b"=AAA\r\n")
+            .starts_with("-ERR [AUTH] AUTH response is not valid base64"));
+        assert!(d
+            .run(&mut conn, b"AUTH PLAIN AG!!\r\n")
+            .starts_with("-ERR [AUTH] AUTH initial response is not valid base64"));
+        d.run(&mut conn, b"AUTH PLAIN\r\n");
+        let long = "A".repeat(9000) + "\r\n";
+        assert!(d
+            .run(&mut conn, long.as_bytes())
+            .starts_with("-ERR [AUTH] AUTH response too long"));
+        // Back to the command-line limit.
+        let long = "NOOP ".to_string() + &"x".repeat(300) + "\r\n";
+        assert!(d
+            .run(&mut conn, long.as_bytes())
+            .starts_with("-ERR Line too long"));
+        // A response longer than a command line is fine inside AUTH.
+        d.run(&mut conn, b"AUTH PLAIN\r\n");
+        let big = b64(&[b"\0mrose\0".as_slice(), &[b'x'; 250]].concat());
+        assert!(big.len() > 255);
+        assert!(d
+            .run(&mut conn, format!("{big}\r\n").as_bytes())
+            .starts_with("-ERR [AUTH] Authentication failed"));
+    }
+
+    #[test]
+    fn bare_auth_lists_usable_mechanisms() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert_eq!(
+            d.run(&mut conn, b"AUTH\r\n"),
+            "+OK SASL mechanisms follow\r\nSCRAM-SHA-256\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+        );
+        let (mut conn, mut d, _) = session(tls_settings());
+        assert_eq!(
+            d.run(&mut conn, b"AUTH\r\n"),
+            "+OK SASL mechanisms follow\r\nSCRAM-SHA-256\r\n.\r\n"
+        );
+        assert!(d
+            .run(&mut conn, format!("AUTH PLAIN {}\r\n", b64(b"\0mrose\0secret")).as_bytes())
+            .starts_with("-ERR [AUTH] Plaintext authentication is not allowed on an unencrypted connection; use STLS"));
+        assert!(d
+            .run(&mut conn, b"AUTH GSSAPI\r\n")
+            .starts_with("-ERR Unsupported SASL mechanism"));
+    }
+
+    #[test]
+    fn utf8_user_names_are_saslprepped() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert!(d.run(&mut conn, b"CAPA\r\n").contains("\r\nUTF8 USER\r\n"));
+        assert_eq!(d.run(&mut conn, b"UTF8\r\n"), "+OK UTF-8 enabled\r\n");
+        // U+00AD (soft hyphen) maps to nothing: "mro\u{AD}se" is "mrose".
+        let out = d.run(&mut conn, "USER mro\u{AD}se\r\nPASS secret\r\n".as_bytes());
+        assert!(out.contains("+OK Logged in"), "{out}");
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert!(d
+            .run(&mut conn, "USER a\u{7}b\r\n".as_bytes())
+            .starts_with("-ERR"));
+    }
+
+    #[test]
+    fn transcript_redacts_sasl_payloads() {
+        let (mut conn, _, _) = session(Settings {
+            transcript: true,
+            ..Settings::default()
+        });
+        conn.receive(b"AUTH PLAIN AG1yb3NlAHNlY3JldA==\r\nAUTH LOGIN\r\nbXJvc2U=\r\n*\r\n");
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            match conn.next() {
+                Event::Received(l) => seen.push(String::from_utf8(l).unwrap()),
+                Event::Act(_) => conn.complete(Outcome::AuthRejected),
+                Event::NeedInput | Event::Close => break,
+                Event::Send(_) => {}
+            }
+        }
+        assert_eq!(seen, ["AUTH PLAIN ***", "AUTH LOGIN", "***", "*"]);
     }
 
     #[test]

@@ -1,0 +1,197 @@
+//! TLS for POP3 (RFC 8314 implicit TLS, RFC 2595 STLS) with rustls.
+//!
+//! Owns: loading the certificate chain and key from PEM files, the
+//! acceptor that new handshakes use (swapped whole on reload, so that
+//! SIGHUP picks up a renewed certificate without dropping sessions), and
+//! [`Stream`], the one connection type the driver serves whether or not it
+//! is encrypted. Must not log key material.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// Why the certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{what} {path}: {message}")]
+    Pem {
+        /// `tls.certificate` or `tls.key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the pair (e.g. the key does not match).
+    #[error("tls.certificate and tls.key: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The current TLS settings: an acceptor that a reload replaces.
+pub struct Tls {
+    certificate: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    /// Loads the PEM certificate chain and private key.
+    pub fn load(certificate: &Path, key: &Path) -> Result<Tls, TlsError> {
+        let config = server_config(certificate, key)?;
+        Ok(Tls {
+            certificate: certificate.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(config),
+        })
+    }
+
+    /// Reads the files again; new handshakes use them, sessions already
+    /// running keep theirs. On error the previous pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.certificate, &self.key)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+}
+
+fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let pem_error = |what, path: &Path, message: String| TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        message,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .map_err(|e| pem_error("tls.certificate", certificate, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_error("tls.certificate", certificate, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_error(
+            "tls.certificate",
+            certificate,
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("tls.key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A client connection, encrypted or not. The driver holds one value and
+/// replaces it in place at STLS.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the TLS state is large, and idle plaintext
+    /// sessions should not pay for it).
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Between taking the TCP stream out for a handshake and putting the
+    /// TLS stream back; any IO here fails.
+    Upgrading,
+}
+
+impl Stream {
+    /// Upgrades a plain stream with a server handshake. The stream is
+    /// left as `Upgrading` (unusable) if the handshake fails.
+    pub async fn start_tls(&mut self, acceptor: TlsAcceptor) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+            return Err(io::Error::other("STLS on a stream that is not plain TCP"));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        *self = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+}
+
+fn upgrading() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "TLS handshake did not finish")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Upgrading => Poll::Ready(Err(upgrading())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Writes a self-signed certificate for `names` (DNS names or IP
+/// addresses) and its key as PEM files, e.g. for the demo.
+pub fn write_self_signed(names: &[&str], certificate: &Path, key: &Path) -> io::Result<()> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let certified = rcgen::generate_simple_self_signed(names).map_err(io::Error::other)?;
+    std::fs::write(certificate, certified.cert.pem())?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(key)?;
+    f.write_all(certified.signing_key.serialize_pem().as_bytes())?;
+    f.sync_all()
+}
