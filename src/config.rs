@@ -216,6 +216,12 @@ pub struct Pop3Config {
     /// Addresses for POP3 over implicit TLS (RFC 8314; port 995).
     #[serde(default)]
     pub listen_tls: Vec<SocketAddr>,
+    /// Load balancers (address prefixes) that send a PROXY protocol
+    /// header (v1 or v2) first: a connection from one of them must start
+    /// with one, and the client address it names is the one that limits
+    /// and logs use. From anywhere else a PROXY header is not honoured.
+    #[serde(default)]
+    pub proxy_from: Vec<Cidr>,
     /// RFC 2449 EXPIRE value to advertise in CAPA (`NEVER` or days).
     #[serde(default)]
     pub expire: Option<String>,

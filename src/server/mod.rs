@@ -9,6 +9,7 @@ pub mod limits;
 pub mod lmtp;
 pub mod metrics;
 pub mod pop3;
+pub mod proxy;
 pub mod tls;
 pub mod transcript;
 
@@ -320,9 +321,31 @@ async fn accept_loop<S: Store, P: PassDb>(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let id = shared.next_session_id();
-        let span = info_span!("session", id, peer = %peer);
+        let span = info_span!("session", id, peer = %peer, client = tracing::field::Empty);
         sessions.spawn(
             async move {
+                let mut stream = stream;
+                let mut peer = peer;
+                if shared
+                    .config
+                    .pop3
+                    .proxy_from
+                    .iter()
+                    .any(|n| n.contains(peer.ip()))
+                {
+                    match proxy::read_header(&mut stream).await {
+                        Ok(proxy::Header::Proxied { source, .. }) => {
+                            tracing::Span::current()
+                                .record("client", tracing::field::display(source));
+                            peer = source;
+                        }
+                        Ok(proxy::Header::Local) => {}
+                        Err(e) => {
+                            warn!(error = %e, "bad PROXY header from a trusted balancer; closing");
+                            return;
+                        }
+                    }
+                }
                 let stream = match (implicit_tls, &shared.tls) {
                     (false, _) => Some(tls::Stream::Plain(stream)),
                     (true, Some(t)) => {
