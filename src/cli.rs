@@ -274,7 +274,27 @@ fn serve(config: Config) -> Result<()> {
             config.store.path.clone(),
             config.store.default_domain.clone(),
         );
+        let run_as = config.server.user.clone();
+        let target = match &run_as {
+            Some(user) => Some((
+                user.clone(),
+                mailbag::privileges::target(user, config.server.group.as_deref())?,
+            )),
+            None => None,
+        };
+        let socket = config.lmtp.socket.clone();
         let server = Server::bind(config, store, passdb).await?;
+        // Ports are bound: from here on, no root.
+        if let Some((user, target)) = target {
+            if let Some(path) = &socket {
+                if nix::unistd::geteuid().is_root() {
+                    mailbag::privileges::give(path, target)
+                        .with_context(|| format!("cannot hand {} to {user}", path.display()))?;
+                }
+            }
+            mailbag::privileges::drop_to(&user, target)?;
+            info!(user = %user, "running as {user}");
+        }
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone(), server.tls()));
         server.run(shutdown).await;

@@ -72,6 +72,21 @@ pub struct Config {
     /// The certificate for STLS and implicit TLS; without it, no TLS.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The process: whom to run as.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Started as root, become this user once the ports are bound.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to become (default: the user's primary group).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// `[tls]`
@@ -551,6 +566,9 @@ impl Config {
         }
         if t.max_files == 0 {
             return invalid("transcript.max_files", "must be at least 1");
+        }
+        if self.server.group.is_some() && self.server.user.is_none() {
+            return invalid("server.group", "needs server.user as well");
         }
         if let Some(e) = &self.pop3.expire {
             if !(e == "NEVER" || (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))) {

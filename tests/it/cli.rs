@@ -447,3 +447,90 @@ async fn failed_logins_log_one_line_that_the_fail2ban_filter_matches() {
     assert!(matched.contains(", 2 matched,"), "{report}");
     assert!(report.contains("127.0.0.1"), "{report}");
 }
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_started_as_root_binds_then_runs_as_the_configured_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to switch users");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_passwd(dir.path());
+    let maildir = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&maildir, b"Subject: x\n\nbody\n").unwrap();
+    chown_tree(dir.path(), nobody.uid.as_raw(), nobody.gid.as_raw());
+    let port = free_port();
+    let text = config_text(dir.path(), "\n[server]\nuser = \"nobody\"\n")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut child = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut c, reply) = login(addr, ALICE).await;
+    assert!(
+        reply.starts_with("+OK Logged in. Maildrop has 1 message"),
+        "{reply}"
+    );
+    c.multi("RETR 1").await;
+    c.ok("DELE 1").await;
+    c.ok("QUIT").await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let uids = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let want = nobody.uid.as_raw().to_string();
+    assert!(
+        uids.split_whitespace().skip(1).all(|u| u == want),
+        "still privileged: {uids}"
+    );
+    assert_eq!(std::fs::read_dir(maildir.join("new")).unwrap().count(), 0);
+}
+
+#[test]
+fn serve_refuses_to_run_as_root_after_the_switch() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &path,
+        config_text(dir.path(), "\n[server]\nuser = \"root\"\n"),
+    )
+    .unwrap();
+    let out = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to run as root"), "{err}");
+}
