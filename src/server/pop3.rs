@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::Stuffer;
-use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure};
+use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -95,6 +95,8 @@ pub async fn serve<S, P>(
     let mut maildrop: Option<S::Maildrop> = None;
     let mut user: Option<String> = None;
     let mut buf = [0u8; READ_OCTETS];
+    // The command being answered, for its latency.
+    let mut command: Option<(Verb, Instant)> = None;
     debug!("connected");
     loop {
         match conn.next() {
@@ -107,6 +109,11 @@ pub async fn serve<S, P>(
             Event::Received(line) => {
                 if let Some(t) = &mut transcript {
                     t.client(&line);
+                }
+            }
+            Event::Command(verb) => {
+                if let Some((verb, started)) = command.replace((verb, Instant::now())) {
+                    metrics.command(verb.keyword(), started.elapsed());
                 }
             }
             Event::Act(action) => {
@@ -299,6 +306,9 @@ pub async fn serve<S, P>(
                 conn.complete(outcome);
             }
             Event::NeedInput => {
+                if let Some((verb, started)) = command.take() {
+                    metrics.command(verb.keyword(), started.elapsed());
+                }
                 if let Some(t) = &mut transcript {
                     t.flush();
                 }
@@ -333,11 +343,17 @@ pub async fn serve<S, P>(
                 }
             }
             Event::Close => {
+                if let Some((verb, started)) = command.take() {
+                    metrics.command(verb.keyword(), started.elapsed());
+                }
                 let _ = write_out(&mut stream, &mut out, metrics).await;
                 let _ = stream.shutdown().await;
                 break;
             }
         }
+    }
+    if let Some((verb, started)) = command.take() {
+        metrics.command(verb.keyword(), started.elapsed());
     }
     let uncommitted = maildrop.is_some();
     drop(maildrop);

@@ -220,6 +220,15 @@ async fn metrics_endpoint_is_scraped_and_parsed() {
     assert_eq!(value("mailbag_logins_total{result=\"invalid\"}"), 1.0);
     assert!(value("mailbag_connections_total") >= 2.0);
     assert!(value("mailbag_sent_bytes_total") > 0.0);
+    assert_eq!(
+        value("mailbag_command_duration_seconds_count{verb=\"USER\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("mailbag_command_duration_seconds_count{verb=\"QUIT\"}"),
+        1.0
+    );
+    assert!(value("mailbag_command_duration_seconds_bucket{verb=\"PASS\",le=\"+Inf\"}") >= 2.0);
     let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
     http.write_all(b"GET /other HTTP/1.0\r\n\r\n")
         .await

@@ -272,6 +272,10 @@ pub enum Event {
     /// A command line as received, with secrets replaced by `***`, for the
     /// session transcript (only when [`Settings::transcript`] is set).
     Received(Vec<u8>),
+    /// A command line parsed as this command and is being answered now
+    /// (for metrics: the time until the next event of this kind or
+    /// [`Event::NeedInput`] is the command's latency).
+    Command(Verb),
     /// Flush what was sent and read more input.
     NeedInput,
     /// Flush what was sent and close the connection.
@@ -730,6 +734,7 @@ impl Conn {
                 return self.bad_command(text);
             }
         };
+        self.queue.push_back(Event::Command(verb_of(&command)));
         match &self.state {
             State::Authorization { .. } => self.authorization(command),
             State::Transaction(_) => self.transaction(command),
@@ -1397,7 +1402,7 @@ mod tests {
                         let outcome = self.perform(a);
                         conn.complete(outcome);
                     }
-                    Event::Received(_) => {}
+                    Event::Received(_) | Event::Command(_) => {}
                     Event::NeedInput => break,
                     Event::Close => {
                         self.closed = true;
@@ -1723,6 +1728,7 @@ mod tests {
         loop {
             match conn.next() {
                 Event::Received(l) => seen.push(String::from_utf8(l).unwrap()),
+                Event::Command(_) => {}
                 Event::Act(_) => break,
                 Event::NeedInput | Event::Close => break,
                 Event::Send(_) => {}
@@ -1776,6 +1782,7 @@ mod tests {
     fn stls_whose_handshake_did_not_start_ends_the_session() {
         let (mut conn, _, _) = session(tls_settings());
         conn.receive(b"STLS\r\n");
+        assert_eq!(conn.next(), Event::Command(Verb::Stls));
         assert!(matches!(conn.next(), Event::Send(_)));
         assert_eq!(conn.next(), Event::Act(Action::StartTls));
         conn.complete(Outcome::AuthRejected);
@@ -1951,6 +1958,7 @@ mod tests {
     fn wrong_scram_proof_goes_through_the_driver_for_the_failure_delay() {
         let (mut conn, _, _) = session(Settings::default());
         conn.receive(format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"n,,n=mrose,r=C")).as_bytes());
+        assert_eq!(conn.next(), Event::Command(Verb::Auth));
         assert!(matches!(
             conn.next(),
             Event::Act(Action::ScramLookup { .. })
@@ -2055,6 +2063,7 @@ mod tests {
         for _ in 0..20 {
             match conn.next() {
                 Event::Received(l) => seen.push(String::from_utf8(l).unwrap()),
+                Event::Command(_) => {}
                 Event::Act(_) => conn.complete(Outcome::AuthRejected),
                 Event::NeedInput | Event::Close => break,
                 Event::Send(_) => {}
