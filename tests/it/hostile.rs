@@ -188,3 +188,57 @@ async fn a_client_that_vanishes_mid_transfer_loses_nothing() {
     assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
     s.stop().await;
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn ten_thousand_sasl_cancels_keep_memory_flat() {
+    let s = TestServer::start().await;
+    let mut c = s.connect().await;
+    c.line().await;
+    // Warm up, then measure.
+    c.send(b"AUTH PLAIN\r\n*\r\n").await;
+    let mut answered = 0usize;
+    while answered < 2 {
+        let line = c.line().await;
+        assert!(!line.is_empty());
+        if line.starts_with('+') || line.starts_with('-') {
+            answered += 1;
+        }
+    }
+    let before = rss_kib();
+    let chunk = "AUTH PLAIN\r\n*\r\n".repeat(100);
+    let mut closed = false;
+    for _ in 0..100 {
+        c.send(chunk.as_bytes()).await;
+        // Each round: one "+ " challenge and one -ERR per pair, or the
+        // server decides enough is enough and closes.
+        for _ in 0..200 {
+            let line = c.line().await;
+            if line.is_empty() {
+                closed = true;
+                break;
+            }
+            assert!(line.starts_with("+ ") || line.starts_with("-ERR"), "{line}");
+        }
+        if closed {
+            break;
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 4096, "memory grew by {grown} KiB");
+    if !closed {
+        // Still a working session afterwards.
+        c.ok("USER alice").await;
+        c.ok("PASS wonderland").await;
+    }
+    s.stop().await;
+}
