@@ -185,22 +185,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config_path.display()
             );
             println!("Press Ctrl-C to stop.");
-            serve(config)
+            serve(config, Box::new(move || load(&config_path)))
         }
         Command::Serve {
             transcript_users,
             transcript_addresses,
             transcript_dir,
         } => {
-            let mut config = load(&cli.config)?;
-            let t = &mut config.transcript;
-            t.users.extend(transcript_users);
-            t.addresses.extend(transcript_addresses);
-            if let Some(dir) = transcript_dir {
-                t.dir = Some(std::path::absolute(dir)?);
-            }
-            config.validate()?;
-            serve(config)
+            let transcript_dir = transcript_dir.map(std::path::absolute).transpose()?;
+            // The command line's additions apply again at every reload.
+            let path = cli.config.clone();
+            let load_with_flags = move || -> Result<Config> {
+                let mut config = load(&path)?;
+                let t = &mut config.transcript;
+                t.users.extend(transcript_users.iter().cloned());
+                t.addresses.extend(transcript_addresses.iter().copied());
+                if let Some(dir) = &transcript_dir {
+                    t.dir = Some(dir.clone());
+                }
+                config.validate()?;
+                Ok(config)
+            };
+            serve(load_with_flags()?, Box::new(load_with_flags))
         }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
@@ -260,7 +266,10 @@ fn load(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
 }
 
-fn serve(config: Config) -> Result<()> {
+/// Reads the configuration again, for SIGHUP.
+type Reload = Box<dyn Fn() -> Result<Config> + Send + Sync>;
+
+fn serve(config: Config, reload: Reload) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -296,14 +305,26 @@ fn serve(config: Config) -> Result<()> {
             info!(user = %user, "running as {user}");
         }
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals(shutdown.clone(), server.tls()));
+        let shared = server.shared();
+        let reload_config = move || match reload() {
+            Ok(config) => {
+                shared.reload(config);
+                info!("SIGHUP: configuration reloaded (limits, timeouts, transcripts, quotas; listeners need a restart)");
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; keeping the old one"),
+        };
+        tokio::spawn(signals(shutdown.clone(), server.tls(), reload_config));
         server.run(shutdown).await;
         info!("stopped");
         Ok(())
     })
 }
 
-async fn signals(shutdown: CancellationToken, tls: Option<Arc<Tls>>) {
+async fn signals(
+    shutdown: CancellationToken,
+    tls: Option<Arc<Tls>>,
+    reload_config: impl Fn() + Send + 'static,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -316,14 +337,19 @@ async fn signals(shutdown: CancellationToken, tls: Option<Arc<Tls>>) {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => match &tls {
+            _ = hup.recv() => {
+                // Users need nothing: the passwd-file is re-read when it
+                // changes.
+                reload_config();
+                match &tls {
                 // New handshakes get the new certificate; sessions go on.
                 Some(tls) => match tls.reload() {
                     Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
                     Err(e) => warn!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one"),
                 },
-                None => info!("SIGHUP: no TLS configured; nothing to reload"),
-            },
+                None => {}
+                }
+            }
         }
     }
     shutdown.cancel();

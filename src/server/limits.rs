@@ -16,7 +16,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Entries each table holds at most.
@@ -30,7 +31,7 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Open connections per client address.
 #[derive(Debug)]
 pub struct AddressSlots {
-    max_per_address: u32,
+    max_per_address: AtomicU32,
     open: Mutex<HashMap<IpAddr, u32>>,
 }
 
@@ -45,7 +46,7 @@ impl AddressSlots {
     /// At most `max_per_address` connections from one address at once.
     pub fn new(max_per_address: u32) -> Arc<Self> {
         Arc::new(AddressSlots {
-            max_per_address,
+            max_per_address: AtomicU32::new(max_per_address),
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -54,7 +55,7 @@ impl AddressSlots {
     pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         let mut open = locked(&self.open);
         let n = open.entry(ip).or_insert(0);
-        if *n >= self.max_per_address {
+        if *n >= self.max_per_address.load(Relaxed) {
             return None;
         }
         *n += 1;
@@ -62,6 +63,11 @@ impl AddressSlots {
             slots: self.clone(),
             ip,
         })
+    }
+
+    /// Changes the limit (on reload); connections already open stay.
+    pub fn set_max(&self, max_per_address: u32) {
+        self.max_per_address.store(max_per_address, Relaxed);
     }
 
     /// Connections open from `ip` now.
@@ -149,7 +155,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
 /// Failed logins per address and per user.
 #[derive(Debug)]
 pub struct Failures {
-    policy: FailurePolicy,
+    policy: RwLock<FailurePolicy>,
     by_address: Mutex<Table<IpAddr>>,
     by_user: Mutex<Table<String>>,
 }
@@ -158,7 +164,7 @@ impl Failures {
     /// Empty tables under `policy`.
     pub fn new(policy: FailurePolicy) -> Self {
         Failures {
-            policy,
+            policy: RwLock::new(policy),
             by_address: Mutex::new(Table {
                 map: HashMap::new(),
             }),
@@ -171,7 +177,8 @@ impl Failures {
     /// Whether `ip` is refused now, and for how much longer.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut t = locked(&self.by_address);
-        let r = t.live(&ip, now, self.policy.window)?;
+        let window = self.policy().window;
+        let r = t.live(&ip, now, window)?;
         r.blocked_until
             .and_then(|b| b.checked_duration_since(now))
             .filter(|d| !d.is_zero())
@@ -181,14 +188,15 @@ impl Failures {
     /// answering it: the base delay, doubled for each earlier failure of
     /// the same address or user within the window, capped.
     pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
-        let window = self.policy.window;
+        let policy = self.policy();
+        let window = policy.window;
         let by_ip = {
             let mut t = locked(&self.by_address);
             let r = t.record(ip, now, window);
             r.failures += 1;
             r.last = now;
-            if r.failures >= self.policy.max_per_address {
-                r.blocked_until = Some(now + self.policy.block);
+            if r.failures >= policy.max_per_address {
+                r.blocked_until = Some(now + policy.block);
             }
             r.failures
         };
@@ -211,45 +219,68 @@ impl Failures {
         }
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> FailurePolicy {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the policy (on reload); remembered failures stay.
+    pub fn set_policy(&self, policy: FailurePolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
     fn backoff(&self, failures: u32) -> Duration {
         // The first three failures (a person mistyping) cost the base
         // delay; after that each one doubles it.
         let doublings = failures.saturating_sub(3).min(16);
-        self.policy
+        let policy = self.policy();
+        policy
             .base_delay
             .saturating_mul(1 << doublings)
-            .min(self.policy.max_delay.max(self.policy.base_delay))
+            .min(policy.max_delay.max(policy.base_delay))
     }
 }
 
 /// RFC 2449 LOGIN-DELAY: the time of each user's last login.
 #[derive(Debug)]
 pub struct LoginDelay {
-    delay: Duration,
+    delay_millis: AtomicU64,
     last: Mutex<HashMap<String, Instant>>,
 }
 
 impl LoginDelay {
-    /// Enforces at least `delay` between logins of one user.
+    /// Enforces at least `delay` between logins of one user; zero turns
+    /// the check off.
     pub fn new(delay: Duration) -> Self {
         LoginDelay {
-            delay,
+            delay_millis: AtomicU64::new(delay.as_millis() as u64),
             last: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes the delay (on reload); zero turns the check off.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_millis.store(delay.as_millis() as u64, Relaxed);
     }
 
     /// Records a login of `user` at `now`, or says how long the user must
     /// still wait.
     pub fn check(&self, user: &str, now: Instant) -> Result<(), Duration> {
+        let delay = Duration::from_millis(self.delay_millis.load(Relaxed));
+        if delay.is_zero() {
+            return Ok(());
+        }
         let mut last = locked(&self.last);
         if let Some(t) = last.get(user) {
             let since = now.duration_since(*t);
-            if since < self.delay {
-                return Err(self.delay - since);
+            if since < delay {
+                return Err(delay - since);
             }
         }
         if last.len() >= MAX_ENTRIES {
-            let delay = self.delay;
             last.retain(|_, t| now.duration_since(*t) < delay);
         }
         last.insert(user.to_string(), now);
@@ -361,5 +392,7 @@ mod tests {
         );
         assert!(d.check("bob", t0).is_ok());
         assert!(d.check("alice", t0 + Duration::from_secs(300)).is_ok());
+        d.set_delay(Duration::ZERO);
+        assert!(d.check("alice", t0 + Duration::from_secs(301)).is_ok());
     }
 }

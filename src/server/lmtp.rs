@@ -193,7 +193,7 @@ where
     P: PassDb,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = &shared.config;
+    let config = shared.live();
     let settings = Settings {
         hostname: shared.hostname.clone(),
         max_message_octets: config.lmtp.max_message_octets,
@@ -262,7 +262,7 @@ where
 }
 
 async fn check_recipient<S: Store, P: PassDb>(shared: &Shared<S, P>, address: &str) -> RcptResult {
-    let config = &shared.config;
+    let config = shared.live();
     match deliver::resolve(&shared.passdb, &config.store.default_domain, address).await {
         Ok(Some(user)) => {
             let quota = config.quota.for_user(&user);
@@ -296,7 +296,7 @@ async fn deliver_one<S: Store, P: PassDb>(
     // header values.
     let copy = deliver::with_headers(Some(return_path), address, message);
     let octets = copy.len();
-    let quota = shared.config.quota.for_user(user);
+    let quota = shared.live().quota.for_user(user);
     let result = deliver::deliver(&shared.store, quota, user, copy).await;
     shared.metrics.delivery(result.is_ok());
     match result {

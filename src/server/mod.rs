@@ -50,8 +50,10 @@ pub struct Shared<S, P> {
     pub slots: Arc<limits::AddressSlots>,
     /// Failed logins per address and user.
     pub failures: limits::Failures,
-    /// RFC 2449 LOGIN-DELAY, when configured.
-    pub login_delay: Option<limits::LoginDelay>,
+    /// RFC 2449 LOGIN-DELAY (off when not configured).
+    pub login_delay: limits::LoginDelay,
+    /// The configuration as last (re)loaded: what each new session reads.
+    live: std::sync::RwLock<Arc<Config>>,
     /// Connections not yet logged in.
     pub unauthenticated: Arc<Semaphore>,
     /// Counters for the metrics endpoint.
@@ -78,16 +80,37 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             hostname: hostname(),
             slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
             failures: limits::Failures::new(config.failure_policy()),
-            login_delay: config
-                .pop3
-                .login_delay_secs
-                .map(|secs| limits::LoginDelay::new(Duration::from_secs(secs.into()))),
+            login_delay: limits::LoginDelay::new(Duration::from_secs(
+                config.pop3.login_delay_secs.unwrap_or(0).into(),
+            )),
+            live: std::sync::RwLock::new(Arc::new(config.clone())),
             unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
             metrics: Arc::new(metrics::Metrics::default()),
             tls,
             session_ids: AtomicU64::new(1),
             config,
         }
+    }
+
+    /// The configuration as last (re)loaded. Sessions take it once, at
+    /// their start; listeners, the store and the TLS paths keep the
+    /// configuration the server started with (`config`).
+    pub fn live(&self) -> Arc<Config> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// SIGHUP: takes a newly read configuration for everything that can
+    /// change without a restart (limits, timeouts, the brute-force policy,
+    /// LOGIN-DELAY, transcripts, quotas). Sessions already running keep
+    /// what they started with; nothing is dropped.
+    pub fn reload(&self, config: Config) {
+        self.slots
+            .set_max(config.limits.max_connections_per_address);
+        self.failures.set_policy(config.failure_policy());
+        self.login_delay.set_delay(Duration::from_secs(
+            config.pop3.login_delay_secs.unwrap_or(0).into(),
+        ));
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
     /// Admits a connection from `ip` under the per-address, brute-force
@@ -133,10 +156,9 @@ impl<S: Store, P: PassDb> Shared<S, P> {
 
     /// Whether plaintext logins are allowed for a client at `ip` on an
     /// unencrypted connection.
-    fn plaintext_allowed(&self, ip: IpAddr) -> bool {
-        self.config.auth.allow_plaintext
-            || self
-                .config
+    fn plaintext_allowed(config: &Config, ip: IpAddr) -> bool {
+        config.auth.allow_plaintext
+            || config
                 .auth
                 .trusted_networks
                 .iter()
@@ -239,6 +261,11 @@ impl<S: Store, P: PassDb> Server<S, P> {
                 lmtp::Listener::Unix(..) => None,
             })
             .collect()
+    }
+
+    /// What the sessions share, for reloading (SIGHUP).
+    pub fn shared(&self) -> Arc<Shared<S, P>> {
+        self.shared.clone()
     }
 
     /// The TLS settings, for reloading the certificate (SIGHUP).

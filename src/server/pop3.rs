@@ -59,7 +59,7 @@ pub async fn serve<S, P>(
     };
     shared.metrics.connection_opened();
     let metrics = &*shared.metrics;
-    let config = &shared.config;
+    let config = shared.live();
     let tls_active = matches!(stream, Stream::Tls(_));
     let settings = Settings {
         apop_timestamp: shared
@@ -71,7 +71,7 @@ pub async fn serve<S, P>(
             .passdb
             .cram_md5_possible()
             .then(|| shared.apop_timestamp(session)),
-        plaintext_auth: tls_active || shared.plaintext_allowed(peer.ip()),
+        plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(&config, peer.ip()),
         tls_available: shared.tls.is_some(),
         master_users: config.auth.master_users.clone(),
         tls_active,
@@ -219,10 +219,7 @@ pub async fn serve<S, P>(
                     // mechanism) ends here once the credential is good.
                     Action::OpenMaildrop { user: name } => {
                         shared.failures.succeeded(peer.ip());
-                        let delayed = shared
-                            .login_delay
-                            .as_ref()
-                            .and_then(|d| d.check(&name, Instant::now()).err());
+                        let delayed = shared.login_delay.check(&name, Instant::now()).err();
                         if let Some(wait) = delayed {
                             metrics.login(LoginResult::Refused);
                             Outcome::LoginDelayed {

@@ -534,3 +534,67 @@ fn serve_refuses_to_run_as_root_after_the_switch() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to run as root"), "{err}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_limits_without_dropping_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let port = free_port();
+    let config = |per_address: u32| {
+        config_text(
+            dir.path(),
+            &format!("\n[limits]\nmax_connections_per_address = {per_address}\n"),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    };
+    let path = dir.path().join("mailbag.toml");
+    std::fs::write(&path, config(1)).unwrap();
+    let mut child = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut first, reply) = login(addr, ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let mut second = connect_retrying(addr).await;
+    assert!(second
+        .line()
+        .await
+        .starts_with("-ERR [SYS/TEMP] Too many connections from your address"));
+
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    std::fs::write(&path, config(3)).unwrap();
+    hup();
+    let mut admitted = false;
+    for _ in 0..100 {
+        let mut c = connect_retrying(addr).await;
+        if c.line().await.starts_with("+OK") {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the new limit never applied");
+    // The session from before the reload goes on.
+    first.ok("STAT").await;
+
+    // A broken config is refused and the running one kept.
+    std::fs::write(&path, "this is not toml [").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.ok("NOOP").await;
+    let mut c = connect_retrying(addr).await;
+    assert!(c.line().await.starts_with("+OK"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
