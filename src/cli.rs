@@ -341,13 +341,12 @@ async fn signals(
                 // Users need nothing: the passwd-file is re-read when it
                 // changes.
                 reload_config();
-                match &tls {
                 // New handshakes get the new certificate; sessions go on.
-                Some(tls) => match tls.reload() {
-                    Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
-                    Err(e) => warn!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one"),
-                },
-                None => {}
+                if let Some(tls) = &tls {
+                    match tls.reload() {
+                        Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => warn!(error = %e, "SIGHUP: TLS certificate not reloaded; keeping the old one"),
+                    }
                 }
             }
         }
