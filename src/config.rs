@@ -112,6 +112,14 @@ pub struct Pop3Config {
     /// RFC 2449 LOGIN-DELAY seconds to advertise in CAPA.
     #[serde(default)]
     pub login_delay_secs: Option<u32>,
+    /// SUMMARY and `mailbox inspect` flag messages larger than this, in
+    /// octets: the ones a slow or limited client may never finish.
+    #[serde(default = "default_summary_large_octets")]
+    pub summary_large_octets: u64,
+}
+
+fn default_summary_large_octets() -> u64 {
+    10 * 1024 * 1024
 }
 
 /// The kind of store.
@@ -325,6 +333,9 @@ impl Config {
                 return invalid("pop3.expire", "must be \"NEVER\" or a number of days");
             }
         }
+        if self.pop3.summary_large_octets == 0 {
+            return invalid("pop3.summary_large_octets", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -364,6 +375,7 @@ passwd_file = "passwd"
         assert_eq!(c.limits.autologout_secs, 600);
         assert_eq!(c.auth.failure_delay_ms, 2000);
         assert!(!c.auth.allow_plaintext);
+        assert_eq!(c.pop3.summary_large_octets, 10 * 1024 * 1024);
     }
 
     #[test]
@@ -397,6 +409,10 @@ passwd_file = "passwd"
             (
                 MINIMAL.replace("[pop3]", "[pop3]\nexpire = \"soon\""),
                 "pop3.expire",
+            ),
+            (
+                MINIMAL.replace("[pop3]", "[pop3]\nsummary_large_octets = 0"),
+                "pop3.summary_large_octets",
             ),
         ];
         for (text, key) in cases {

@@ -11,3 +11,4 @@ pub mod config;
 pub mod demo;
 pub mod server;
 pub mod store;
+pub mod summary;

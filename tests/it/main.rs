@@ -3,5 +3,6 @@
 
 mod cli;
 mod pop3;
+mod summary;
 mod support;
 mod telnet;

@@ -88,6 +88,9 @@ pub enum Command {
     Capa,
     /// `HELP`: mailbag's extension for people at a telnet prompt.
     Help,
+    /// `SUMMARY [msg]`: mailbag's extension (CAPA `X-SUMMARY`) that lists
+    /// each message's date, sender, subject and what looks broken in it.
+    Summary(Option<MessageNumber>),
 }
 
 /// The keywords this server knows, in the order HELP lists them.
@@ -121,10 +124,12 @@ pub enum Verb {
     Help,
     /// QUIT
     Quit,
+    /// SUMMARY
+    Summary,
 }
 
 impl Verb {
-    const ALL: [Verb; 14] = [
+    const ALL: [Verb; 15] = [
         Verb::User,
         Verb::Pass,
         Verb::Apop,
@@ -139,6 +144,7 @@ impl Verb {
         Verb::Capa,
         Verb::Help,
         Verb::Quit,
+        Verb::Summary,
     ];
 
     /// The keyword as written on the wire.
@@ -158,6 +164,7 @@ impl Verb {
             Verb::Capa => "CAPA",
             Verb::Help => "HELP",
             Verb::Quit => "QUIT",
+            Verb::Summary => "SUMMARY",
         }
     }
 
@@ -178,6 +185,9 @@ impl Verb {
             Verb::Capa => "CAPA               list the server's capabilities",
             Verb::Help => "HELP               this list",
             Verb::Quit => "QUIT               end the session; delete marked messages",
+            Verb::Summary => {
+                "SUMMARY [msg]      date, sender, subject and problems of each message, or of one"
+            }
         }
     }
 
@@ -264,6 +274,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         (Verb::Uidl, [n]) => Ok(Command::Uidl(Some(number(n)?))),
         (Verb::Capa, []) => Ok(Command::Capa),
         (Verb::Help, _) => Ok(Command::Help),
+        (Verb::Summary, []) => Ok(Command::Summary(None)),
+        (Verb::Summary, [n]) => Ok(Command::Summary(Some(number(n)?))),
         _ => usage,
     }
 }
@@ -395,6 +407,8 @@ mod tests {
             (b"UIDL 4294967295", Command::Uidl(Some(n(u32::MAX)))),
             (b"CAPA", Command::Capa),
             (b"help", Command::Help),
+            (b"SUMMARY", Command::Summary(None)),
+            (b"summary 3", Command::Summary(Some(n(3)))),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want), "{:?}", String::from_utf8_lossy(line));
@@ -445,6 +459,7 @@ mod tests {
             b"RSET 1",
             b"LIST 1 2",
             b"CAPA x",
+            b"SUMMARY 1 2",
         ] {
             assert!(
                 matches!(parse(line), Err(ParseError::Usage(_))),
