@@ -1,4 +1,4 @@
-//! The command line: `demo`, `serve`, `check-config` and `user`.
+//! The command line: `demo`, `serve`, `check-config`, `user` and `mailbox`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -59,6 +59,12 @@ enum Command {
     User {
         #[command(subcommand)]
         action: UserCommand,
+    },
+    /// Look into a user's maildrop and move aside a message that stops
+    /// their mail program (refused while a POP3 session holds the lock).
+    Mailbox {
+        #[command(subcommand)]
+        action: mailbag::mailbox::MailboxCommand,
     },
 }
 
@@ -164,6 +170,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::User { action } => user(&cli.config, action),
+        Command::Mailbox { action } => {
+            let config = load(&cli.config)?;
+            Ok(mailbag::mailbox::run(
+                &config,
+                action,
+                &mut std::io::stdout().lock(),
+            )?)
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod mailbox;
 pub mod server;
 pub mod store;
 pub mod summary;

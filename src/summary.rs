@@ -360,6 +360,18 @@ pub fn line(
     summary: &Summary,
     large_octets: u64,
 ) -> String {
+    line_labelled(&number.to_string(), octets, uid, summary, large_octets)
+}
+
+/// [`line`] with any short label in the number column (`Q` for a
+/// quarantined message).
+pub fn line_labelled(
+    number: &str,
+    octets: u64,
+    uid: Option<(&str, usize)>,
+    summary: &Summary,
+    large_octets: u64,
+) -> String {
     let mut labels: Vec<String> = Vec::new();
     if octets > large_octets {
         labels.push(format!("larger than {}", human(large_octets)));

@@ -238,3 +238,154 @@ async fn summary_at_a_real_telnet_prompt() {
     drop(t);
     s.stop().await;
 }
+
+/// Runs `mailbag --config <the test config> mailbox ARGS`.
+fn mailbox(s: &TestServer, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
+        .arg("--config")
+        .arg(&s.config_path)
+        .arg("mailbox")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// UIDL listing over POP3, as (number, uid) pairs.
+async fn uidls(s: &TestServer) -> Vec<(String, String)> {
+    let mut c = s.login(ALICE).await;
+    let (_, body) = c.multi("UIDL").await;
+    c.ok("QUIT").await;
+    assert!(c.closed().await);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (n, u) = l.split_once(' ').unwrap();
+            (n.to_string(), u.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn inspect_show_quarantine_and_release_keep_the_uidl() {
+    let s = TestServer::start().await;
+    let seeds: Vec<_> = seeds()
+        .into_iter()
+        .filter(|(subject, _, _)| !subject.starts_with("huge"))
+        .collect();
+    for (_, message, _) in &seeds {
+        s.deliver("alice", message);
+    }
+    let before = uidls(&s).await;
+
+    let (ok, table, err) = mailbox(&s, &["inspect", "alice"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("alice: {} messages (", seeds.len())),
+        "{table}"
+    );
+    for (subject, _, verdict) in &seeds {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("  {}", shown(subject))))
+            .unwrap_or_else(|| panic!("no line for {subject} in\n{table}"));
+        assert!(line.ends_with(verdict), "{line}");
+    }
+    // Each line carries the number and UIDL that POP3 shows.
+    for (n, uid) in &before {
+        let line = lines[n.parse::<usize>().unwrap()];
+        let mut cols = line.split_whitespace();
+        assert_eq!(
+            (cols.next(), cols.next()),
+            (Some(n.as_str()), Some(uid.as_str()))
+        );
+    }
+
+    let (number, uid) = before
+        .iter()
+        .find(|(n, _)| lines[n.parse::<usize>().unwrap()].contains("  nul inside"))
+        .cloned()
+        .unwrap();
+    let (ok, header, err) = mailbox(&s, &["show", "alice", &number]);
+    assert!(ok, "{err}");
+    assert_eq!(header, format!("{DATE}{FROM}Subject: nul inside\n"));
+
+    let (ok, said, err) = mailbox(&s, &["quarantine", "alice", &number]);
+    assert!(ok, "{err}");
+    assert!(said.contains(&format!("(UIDL {uid})")), "{said}");
+    let after = uidls(&s).await;
+    assert_eq!(after.len(), before.len() - 1);
+    assert!(after.iter().all(|(_, u)| u != &uid));
+    assert!(s
+        .maildir("alice")
+        .join(".Quarantine/maildirfolder")
+        .is_file());
+
+    let (ok, table, _) = mailbox(&s, &["inspect", "alice"]);
+    assert!(ok);
+    let q = table
+        .lines()
+        .skip_while(|l| !l.starts_with("quarantined: 1"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(q.starts_with(&format!("   Q  {uid}")), "{q}");
+    assert!(q.ends_with("!! NUL bytes"), "{q}");
+
+    let (ok, _, err) = mailbox(&s, &["release", "alice", &uid]);
+    assert!(ok, "{err}");
+    let mut back: Vec<String> = uidls(&s).await.into_iter().map(|(_, u)| u).collect();
+    let mut want: Vec<String> = before.iter().map(|(_, u)| u.clone()).collect();
+    back.sort();
+    want.sort();
+    assert_eq!(back, want);
+
+    // By UIDL as well; an unknown UIDL or number is refused.
+    let (ok, _, err) = mailbox(&s, &["quarantine", "alice", &uid]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = mailbox(&s, &["quarantine", "alice", "no-such-uidl"]);
+    assert!(!ok && err.contains("no-such-uidl"), "{err}");
+    let (ok, _, err) = mailbox(&s, &["show", "alice", "99"]);
+    assert!(!ok && err.contains("no message 99"), "{err}");
+    let (ok, _, err) = mailbox(&s, &["release", "alice", "no-such-uidl"]);
+    assert!(!ok && err.contains("no quarantined message"), "{err}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mailbox_commands_refuse_while_a_session_holds_the_lock() {
+    let s = TestServer::start().await;
+    s.deliver("alice", format!("{DATE}{FROM}Subject: a\n\nx\n").as_bytes());
+    let files = s.files("alice");
+    let mut c = s.login(ALICE).await;
+    for args in [
+        &["inspect", "alice"][..],
+        &["show", "alice", "1"],
+        &["quarantine", "alice", "1"],
+        &["release", "alice", "x"],
+    ] {
+        let (ok, out, err) = mailbox(&s, args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert!(
+            err.contains("the maildrop of alice is in use by a POP3 session"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(s.files("alice"), files);
+    assert!(!s.maildir("alice").join(".Quarantine").exists());
+    c.ok("QUIT").await;
+    assert!(c.closed().await);
+    let (ok, _, err) = mailbox(&s, &["quarantine", "alice", "1"]);
+    assert!(ok, "{err}");
+    assert!(s.files("alice").is_empty());
+    // A user without a maildrop is an error, and nothing is created.
+    let (ok, _, err) = mailbox(&s, &["inspect", "nobody"]);
+    assert!(!ok && err.contains("no maildrop for nobody"), "{err}");
+    assert!(!s.maildir("nobody").exists());
+    s.stop().await;
+}
