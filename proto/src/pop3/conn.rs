@@ -6,7 +6,7 @@
 //!                  │   └──────────── [IN-USE], [SYS/TEMP] ───────────────┤
 //!                 QUIT                                                   v
 //!                  │                                               TRANSACTION
-//!                  v                                  STAT LIST RETR TOP DELE RSET UIDL NOOP
+//!                  v                          STAT LIST RETR TOP DELE RSET UIDL NOOP SUMMARY
 //!                Closed <── (Commit) <── UPDATE <──────────── QUIT ──────┘
 //! ```
 //!
