@@ -1,0 +1,23 @@
+//! Fuzz target: the SUMMARY of any bytes as a message. Never panics, gives
+//! the same summary however the bytes are chunked, and renders a line
+//! without control characters and of bounded width.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mailbag::summary::{self, Scanner};
+
+fuzz_target!(|data: &[u8]| {
+    let whole = summary::summarize(data);
+    // The first byte picks a chunk size, so chunk boundaries fall
+    // everywhere: inside CRLF, inside a long line, at the parse limit.
+    let chunk = data.first().map_or(1, |&b| usize::from(b) + 1);
+    let mut scanner = Scanner::new();
+    for part in data.chunks(chunk) {
+        scanner.feed(part);
+    }
+    assert_eq!(scanner.finish(), whole);
+    let line = summary::line(1, data.len() as u64, None, &whole, 1024);
+    assert!(!line.chars().any(char::is_control), "{line:?}");
+    // Fixed columns plus every problem label at most once.
+    assert!(line.chars().count() <= 400, "{line:?}");
+});
