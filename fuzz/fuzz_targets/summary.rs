@@ -1,6 +1,13 @@
 //! Fuzz target: the SUMMARY of any bytes as a message. Never panics, gives
 //! the same summary however the bytes are chunked, and renders a line
 //! without control characters and of bounded width.
+//!
+//! Run from `fuzz/` (cargo-fuzz needs a nightly compiler; stable with
+//! `RUSTC_BOOTSTRAP=1` works):
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run -O -s none summary corpus/summary seeds/summary -- -max_total_time=60`
+//! `-O` leaves out debug assertions: one inside mail-parser fires on
+//! hostile MIME (the seed `parser-debug-assert.eml`); the summariser
+//! catches that panic, but libFuzzer's panic hook aborts on any panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -389,3 +389,32 @@ async fn mailbox_commands_refuse_while_a_session_holds_the_lock() {
     assert!(!s.maildir("nobody").exists());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn summary_says_which_message_another_program_removed() {
+    let s = TestServer::start().await;
+    s.deliver(
+        "alice",
+        format!("{DATE}{FROM}Subject: stays\n\nx\n").as_bytes(),
+    );
+    let gone = s.deliver(
+        "alice",
+        format!("{DATE}{FROM}Subject: goes\n\nx\n").as_bytes(),
+    );
+    let mut c = s.login(ALICE).await;
+    std::fs::remove_file(s.maildir("alice").join("new").join(&gone)).unwrap();
+    let (status, body) = c.multi("SUMMARY").await;
+    assert!(status.starts_with("+OK 2 messages"), "{status}");
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("  stays  "), "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("!! removed by another program")),
+        "{body}"
+    );
+    c.ok("QUIT").await;
+    s.stop().await;
+}
