@@ -105,7 +105,8 @@ pub fn run(
         MailboxCommand::Quarantine { user, message } => {
             let mut m = open(&user)?;
             let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
-                index_of_number(&m, message.parse().unwrap_or(0))?
+                // Too many digits for a number is no message either.
+                index_of_number(&m, message.parse().unwrap_or(usize::MAX))?
             } else {
                 m.index_of(&message).ok_or_else(|| {
                     MailboxError::NoSuchMessage(format!(
@@ -133,8 +134,13 @@ pub fn run(
 fn index_of_number(m: &AdminMaildrop, number: usize) -> Result<usize, MailboxError> {
     let count = m.messages().len();
     if number == 0 || number > count {
+        let shown = if number == usize::MAX {
+            "with that number".to_string()
+        } else {
+            number.to_string()
+        };
         return Err(MailboxError::NoSuchMessage(format!(
-            "no message {number}: the maildrop has {count} message{}",
+            "no message {shown}: the maildrop has {count} message{}",
             if count == 1 { "" } else { "s" }
         )));
     }

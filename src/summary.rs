@@ -185,11 +185,9 @@ impl Scanner {
             // A CR as the very last octet has no LF after it.
             self.bare_cr = true;
         }
-        if self.line_octets > 0 {
-            let content = self.line_octets;
-            if content > MAX_LINE_OCTETS {
-                self.long_line = true;
-            }
+        // The last line may have no LF; a CR ending it is content here.
+        if self.line_octets > MAX_LINE_OCTETS {
+            self.long_line = true;
         }
         let mut problems = Vec::new();
         if !self.header_ended {

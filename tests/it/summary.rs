@@ -352,6 +352,8 @@ async fn inspect_show_quarantine_and_release_keep_the_uidl() {
     assert!(!ok && err.contains("no-such-uidl"), "{err}");
     let (ok, _, err) = mailbox(&s, &["show", "alice", "99"]);
     assert!(!ok && err.contains("no message 99"), "{err}");
+    let (ok, _, err) = mailbox(&s, &["quarantine", "alice", "99999999999999999999999"]);
+    assert!(!ok && err.contains("no message with that number"), "{err}");
     let (ok, _, err) = mailbox(&s, &["release", "alice", "no-such-uidl"]);
     assert!(!ok && err.contains("no quarantined message"), "{err}");
     s.stop().await;
