@@ -1,5 +1,5 @@
-//! The command line: `demo`, `serve`, `check-config`, `user` and
-//! `deliver`.
+//! The command line: `demo`, `serve`, `check-config`, `user`, `deliver`
+//! and `mailbox`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -77,6 +77,12 @@ enum Command {
         /// The envelope sender, for the Return-Path header.
         #[arg(long)]
         from: Option<String>,
+    },
+    /// Look into a user's maildrop and move aside a message that stops
+    /// their mail program (refused while a POP3 session holds the lock).
+    Mailbox {
+        #[command(subcommand)]
+        action: mailbag::mailbox::MailboxCommand,
     },
 }
 
@@ -220,6 +226,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(())
         }
         Command::User { action } => user(&cli.config, action),
+        Command::Mailbox { action } => {
+            let config = load(&cli.config)?;
+            Ok(mailbag::mailbox::run(
+                &config,
+                action,
+                &mut std::io::stdout().lock(),
+            )?)
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }

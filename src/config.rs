@@ -222,7 +222,7 @@ impl QuotaConfig {
 }
 
 /// `[pop3]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pop3Config {
     /// Addresses for plain POP3 (port 110 in production).
@@ -243,6 +243,28 @@ pub struct Pop3Config {
     /// RFC 2449 LOGIN-DELAY seconds to advertise in CAPA.
     #[serde(default)]
     pub login_delay_secs: Option<u32>,
+    /// SUMMARY and `mailbox inspect` flag messages larger than this, in
+    /// octets: the ones a slow or limited client may never finish.
+    #[serde(default = "default_summary_large_octets")]
+    pub summary_large_octets: u64,
+}
+
+impl Default for Pop3Config {
+    /// A server without a `[pop3]` table (LMTP only).
+    fn default() -> Self {
+        Pop3Config {
+            listen: Vec::new(),
+            listen_tls: Vec::new(),
+            proxy_from: Vec::new(),
+            expire: None,
+            login_delay_secs: None,
+            summary_large_octets: default_summary_large_octets(),
+        }
+    }
+}
+
+fn default_summary_large_octets() -> u64 {
+    10 * 1024 * 1024
 }
 
 /// The kind of store.
@@ -575,6 +597,9 @@ impl Config {
                 return invalid("pop3.expire", "must be \"NEVER\" or a number of days");
             }
         }
+        if self.pop3.summary_large_octets == 0 {
+            return invalid("pop3.summary_large_octets", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -625,6 +650,7 @@ passwd_file = "passwd"
         assert_eq!(c.limits.autologout_secs, 600);
         assert_eq!(c.auth.failure_delay_ms, 2000);
         assert!(!c.auth.allow_plaintext);
+        assert_eq!(c.pop3.summary_large_octets, 10 * 1024 * 1024);
         assert!(c.tls.is_none());
         let trusted: Vec<String> = c
             .auth
@@ -744,6 +770,10 @@ max_messages = 5
             (
                 MINIMAL.replace("[pop3]", "[pop3]\nexpire = \"soon\""),
                 "pop3.expire",
+            ),
+            (
+                MINIMAL.replace("[pop3]", "[pop3]\nsummary_large_octets = 0"),
+                "pop3.summary_large_octets",
             ),
         ];
         let cases = cases.into_iter().chain([

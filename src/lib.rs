@@ -12,6 +12,8 @@ pub mod cidr;
 pub mod config;
 pub mod deliver;
 pub mod demo;
+pub mod mailbox;
 pub mod privileges;
 pub mod server;
 pub mod store;
+pub mod summary;

@@ -20,9 +20,9 @@ const BUCKETS: [f64; 10] = [
 ];
 
 /// The POP3 verbs counted separately; anything else counts as `other`.
-pub const VERBS: [&str; 18] = [
+pub const VERBS: [&str; 19] = [
     "USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "RETR", "TOP", "DELE", "RSET",
-    "UIDL", "NOOP", "QUIT", "UTF8", "HELP", "other",
+    "UIDL", "NOOP", "QUIT", "UTF8", "HELP", "SUMMARY", "other",
 ];
 
 /// Why a login failed, as counted.

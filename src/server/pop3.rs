@@ -288,6 +288,18 @@ pub async fn serve<S, P>(
                             }
                         }
                     }
+                    Action::Summarize { indexes } => {
+                        let Some(m) = maildrop.as_mut() else {
+                            break;
+                        };
+                        // Reading many messages takes a while: answer what
+                        // came before first.
+                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
+                            break;
+                        }
+                        let large = config.pop3.summary_large_octets;
+                        crate::summary::summarize_maildrop(m, &indexes, large).await
+                    }
                     Action::Commit { deleted, retrieved } => match maildrop.take() {
                         None => Outcome::Committed,
                         Some(m) => match m.commit(&deleted, &retrieved).await {

@@ -9,6 +9,7 @@ mod lmtp;
 mod pop3;
 mod proxy;
 mod sasl;
+mod summary;
 mod support;
 mod telnet;
 mod tls;

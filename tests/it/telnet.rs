@@ -60,7 +60,7 @@ async fn help_and_errors_say_what_is_valid_now() {
     c.ok("PASS wonderland").await;
     assert_eq!(
         c.cmd("STS").await,
-        "-ERR Unknown command \"STS\". Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP\r\n"
+        "-ERR Unknown command \"STS\". Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP SUMMARY\r\n"
     );
     assert_eq!(
         c.cmd("RETR 5").await,
@@ -157,12 +157,12 @@ async fn wait_for_transcript(dir: &std::path::Path, marker: &str) -> String {
 
 /// A real terminal: tmux runs the `telnet` client, the test types with
 /// send-keys and reads the screen with capture-pane.
-struct Terminal {
+pub(crate) struct Terminal {
     socket: String,
 }
 
 impl Terminal {
-    fn start(command: &str) -> Option<Terminal> {
+    pub(crate) fn start(command: &str) -> Option<Terminal> {
         let have = |tool: &str| {
             Command::new("sh")
                 .arg("-c")
@@ -208,20 +208,20 @@ impl Terminal {
         self.tmux(&["capture-pane", "-p", "-t", "pop", "-S", "-200"])
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "pop"];
         args.extend_from_slice(keys);
         self.tmux(&args);
     }
 
     /// Types a line and waits until `expect` appears `count` times.
-    async fn type_line(&self, line: &str, expect: &str, count: usize) -> String {
+    pub(crate) async fn type_line(&self, line: &str, expect: &str, count: usize) -> String {
         self.keys(&["-l", line]);
         self.keys(&["Enter"]);
         self.wait(expect, count).await
     }
 
-    async fn wait(&self, expect: &str, count: usize) -> String {
+    pub(crate) async fn wait(&self, expect: &str, count: usize) -> String {
         let start = Instant::now();
         loop {
             let screen = self.screen();

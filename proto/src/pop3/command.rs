@@ -100,6 +100,9 @@ pub enum Command {
     },
     /// `UTF8` (RFC 6856 §2).
     Utf8,
+    /// `SUMMARY [msg]`: mailbag's extension (CAPA `X-SUMMARY`) that lists
+    /// each message's date, sender, subject and what looks broken in it.
+    Summary(Option<MessageNumber>),
 }
 
 /// The keywords this server knows, in the order HELP lists them.
@@ -139,10 +142,12 @@ pub enum Verb {
     Auth,
     /// UTF8
     Utf8,
+    /// SUMMARY
+    Summary,
 }
 
 impl Verb {
-    const ALL: [Verb; 17] = [
+    const ALL: [Verb; 18] = [
         Verb::User,
         Verb::Pass,
         Verb::Apop,
@@ -160,6 +165,7 @@ impl Verb {
         Verb::Stls,
         Verb::Auth,
         Verb::Utf8,
+        Verb::Summary,
     ];
 
     /// The keyword as written on the wire.
@@ -182,6 +188,7 @@ impl Verb {
             Verb::Stls => "STLS",
             Verb::Auth => "AUTH",
             Verb::Utf8 => "UTF8",
+            Verb::Summary => "SUMMARY",
         }
     }
 
@@ -205,6 +212,9 @@ impl Verb {
             Verb::Stls => "STLS               switch this connection to TLS",
             Verb::Auth => "AUTH [mechanism]   log in with SASL, or list the mechanisms",
             Verb::Utf8 => "UTF8               enable UTF-8 user names and passwords",
+            Verb::Summary => {
+                "SUMMARY [msg]      date, sender, subject and problems of each message, or of one"
+            }
         }
     }
 
@@ -312,6 +322,8 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         (Verb::Help, _) => Ok(Command::Help),
         (Verb::Stls, []) => Ok(Command::Stls),
         (Verb::Utf8, []) => Ok(Command::Utf8),
+        (Verb::Summary, []) => Ok(Command::Summary(None)),
+        (Verb::Summary, [n]) => Ok(Command::Summary(Some(number(n)?))),
         _ => usage,
     }
 }
@@ -456,6 +468,8 @@ mod tests {
             (b"UIDL 4294967295", Command::Uidl(Some(n(u32::MAX)))),
             (b"CAPA", Command::Capa),
             (b"help", Command::Help),
+            (b"SUMMARY", Command::Summary(None)),
+            (b"summary 3", Command::Summary(Some(n(3)))),
         ];
         for (line, want) in cases {
             assert_eq!(parse(line), Ok(want), "{:?}", String::from_utf8_lossy(line));
@@ -506,6 +520,7 @@ mod tests {
             b"RSET 1",
             b"LIST 1 2",
             b"CAPA x",
+            b"SUMMARY 1 2",
         ] {
             assert!(
                 matches!(parse(line), Err(ParseError::Usage(_))),

@@ -6,7 +6,7 @@
 //!                  │   └──────────── [IN-USE], [SYS/TEMP] ───────────────┤
 //!                 QUIT                                                   v
 //!                  │                                               TRANSACTION
-//!                  v                                  STAT LIST RETR TOP DELE RSET UIDL NOOP
+//!                  v                          STAT LIST RETR TOP DELE RSET UIDL NOOP SUMMARY
 //!                Closed <── (Commit) <── UPDATE <──────────── QUIT ──────┘
 //! ```
 //!
@@ -204,6 +204,14 @@ pub enum Action {
         /// 0-based indexes of messages sent whole by RETR and not deleted.
         retrieved: Vec<usize>,
     },
+    /// SUMMARY: read each message and describe it in one line (number,
+    /// octets, date, From, Subject, problems). Report
+    /// [`Outcome::Summarized`] with the lines in the order of `indexes`, or
+    /// [`Outcome::NotSent`] when the maildrop cannot be read at all.
+    Summarize {
+        /// 0-based indexes into the snapshot, deleted messages left out.
+        indexes: Vec<usize>,
+    },
 }
 
 /// Why a store action failed, in the shapes the wire distinguishes.
@@ -260,6 +268,8 @@ pub enum Outcome {
         /// A fresh random nonce: printable ASCII without `,`.
         nonce: String,
     },
+    /// The SUMMARY lines, one per message asked for (no CR or LF in them).
+    Summarized(Vec<String>),
 }
 
 /// What the driver should do next.
@@ -380,6 +390,7 @@ enum Pending {
     Open,
     Retrieve { index: usize, whole: bool },
     Commit { deleted: u64, deleted_octets: u64 },
+    Summarize { count: usize },
 }
 
 /// One POP3 session's protocol state.
@@ -651,6 +662,19 @@ impl Conn {
                     "Some deleted messages were not removed; they are still in the maildrop",
                 ));
             }
+            (Pending::Summarize { count }, Outcome::Summarized(lines)) => {
+                let head = format!(
+                    "{count} message{}: number, octets, date, From, Subject, problems",
+                    plural(count)
+                );
+                self.send(response::multiline(head, lines));
+            }
+            (Pending::Summarize { .. }, _) => {
+                self.send(response::err(
+                    Some(Code::SysTemp),
+                    "The summary cannot be made right now",
+                ));
+            }
         }
     }
 
@@ -774,6 +798,7 @@ impl Conn {
                 Verb::Capa,
                 Verb::Quit,
                 Verb::Help,
+                Verb::Summary,
             ],
         }
     }
@@ -848,6 +873,7 @@ impl Conn {
             env!("CARGO_PKG_VERSION")
         ));
         lines.push("X-HELP".into());
+        lines.push("X-SUMMARY".into());
         response::multiline("Capability list follows", lines)
     }
 
@@ -1236,6 +1262,21 @@ impl Conn {
             Command::Noop => self.send(response::ok("")),
             Command::Capa => self.send(self.capa()),
             Command::Help => self.send(self.help()),
+            Command::Summary(None) => {
+                let indexes: Vec<usize> =
+                    (0..t.messages.len()).filter(|&i| !t.deleted[i]).collect();
+                let count = indexes.len();
+                self.act(Pending::Summarize { count }, Action::Summarize { indexes });
+            }
+            Command::Summary(Some(n)) => match t.index(n) {
+                Ok(index) => self.act(
+                    Pending::Summarize { count: 1 },
+                    Action::Summarize {
+                        indexes: vec![index],
+                    },
+                ),
+                Err(e) => self.send(e),
+            },
             Command::Quit => {
                 let State::Transaction(t) = std::mem::replace(&mut self.state, State::Update)
                 else {
@@ -1315,6 +1356,7 @@ fn verb_of(command: &Command) -> Verb {
         Command::Stls => Verb::Stls,
         Command::Auth { .. } => Verb::Auth,
         Command::Utf8 => Verb::Utf8,
+        Command::Summary(_) => Verb::Summary,
     }
 }
 
@@ -1389,6 +1431,17 @@ mod tests {
                     keys: sasl::scram::ScramKeys::derive(b"secret", b"salt", 4096),
                     nonce: "SERVERNONCE".into(),
                 },
+                Action::Summarize { indexes } => {
+                    if indexes.iter().any(|&i| self.vanished == Some(i)) {
+                        return Outcome::NotSent(StoreFailure::Temporary);
+                    }
+                    Outcome::Summarized(
+                        indexes
+                            .iter()
+                            .map(|i| format!("{} summary", i + 1))
+                            .collect(),
+                    )
+                }
             }
         }
 
@@ -1625,11 +1678,11 @@ mod tests {
         let (mut conn, mut d) = logged_in();
         assert_eq!(
             d.run(&mut conn, b"STS\r\n"),
-            "-ERR Unknown command \"STS\". Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP\r\n"
+            "-ERR Unknown command \"STS\". Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP SUMMARY\r\n"
         );
         assert_eq!(
             d.run(&mut conn, b"USER x\r\n"),
-            "-ERR USER is not valid after login. Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP\r\n"
+            "-ERR USER is not valid after login. Valid now: STAT LIST RETR TOP DELE RSET UIDL NOOP CAPA QUIT HELP SUMMARY\r\n"
         );
         let help = d.run(&mut conn, b"HELP\r\n");
         assert!(
@@ -1658,6 +1711,7 @@ mod tests {
             "EXPIRE NEVER",
             "LOGIN-DELAY 900",
             "X-HELP",
+            "X-SUMMARY",
         ] {
             assert!(lines.contains(&want), "{want} missing in {capa}");
         }
@@ -2078,5 +2132,53 @@ mod tests {
         assert_eq!(conn.idle_timeout(), Duration::from_secs(120));
         let (conn, _) = logged_in();
         assert_eq!(conn.idle_timeout(), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn summary_lists_undeleted_messages_and_checks_numbers_like_list() {
+        let (mut conn, mut d) = logged_in();
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY\r\n"),
+            "+OK 2 messages: number, octets, date, From, Subject, problems\r\n1 summary\r\n2 summary\r\n.\r\n"
+        );
+        d.run(&mut conn, b"DELE 1\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY\r\n"),
+            "+OK 1 message: number, octets, date, From, Subject, problems\r\n2 summary\r\n.\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY 1\r\n"),
+            "-ERR Message 1 is already deleted\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY 3\r\n"),
+            "-ERR No such message: 3 (there are 2 messages, 1 to 2)\r\n"
+        );
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY 2\r\n"),
+            "+OK 1 message: number, octets, date, From, Subject, problems\r\n2 summary\r\n.\r\n"
+        );
+        assert!(d
+            .run(&mut conn, b"SUMMARY x\r\n")
+            .starts_with("-ERR Invalid message number"));
+        d.vanished = Some(1);
+        assert_eq!(
+            d.run(&mut conn, b"SUMMARY\r\n"),
+            "-ERR [SYS/TEMP] The summary cannot be made right now\r\n"
+        );
+        // Nothing about SUMMARY touches what QUIT commits.
+        d.run(&mut conn, b"QUIT\r\n");
+        assert_eq!(d.commits, vec![(vec![0], vec![])]);
+    }
+
+    #[test]
+    fn summary_is_only_valid_after_login_and_listed_by_help() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        assert!(d
+            .run(&mut conn, b"SUMMARY\r\n")
+            .starts_with("-ERR SUMMARY is only valid after login"));
+        let (mut conn, mut d) = logged_in();
+        let help = d.run(&mut conn, b"HELP\r\n");
+        assert!(help.contains("\r\nSUMMARY [msg] "), "{help}");
     }
 }

@@ -15,6 +15,7 @@
 
 mod deliver;
 mod name;
+mod quarantine;
 mod size;
 mod usage;
 
@@ -27,6 +28,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 pub use deliver::deliver;
+pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 
 use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
 

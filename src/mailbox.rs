@@ -1,0 +1,251 @@
+//! `mailbag mailbox`: the administrator helping a user whose mail program
+//! is stuck on one bad message. `inspect` prints the SUMMARY table with
+//! UIDLs (and what is in quarantine), `show` prints one message's header,
+//! `quarantine` moves a message out of the POP3 view, `release` puts it
+//! back with its UIDL unchanged.
+//!
+//! Every subcommand, `inspect` and `show` included, takes the maildrop
+//! lock that POP3 sessions take, and refuses while a session holds it: the
+//! numbers it prints are then the ones the user's client sees, and nothing
+//! moves under a session. `inspect` and `show` change nothing but the size
+//! cache, which any session refreshes too.
+
+use std::io::{self, Read, Write};
+
+use clap::Subcommand;
+
+use crate::config::Config;
+use crate::store::maildir::{AdminMaildrop, MaildirStore};
+use crate::store::StoreError;
+use crate::summary::{self, PARSE_PREFIX_OCTETS};
+
+/// `mailbag mailbox …`
+#[derive(Debug, Subcommand)]
+pub enum MailboxCommand {
+    /// Print one line per message (number, UIDL, octets, date, From,
+    /// Subject, problems), then the quarantined messages.
+    Inspect {
+        /// The user name.
+        user: String,
+    },
+    /// Print the header of message N, numbered as POP3 numbers it now.
+    Show {
+        /// The user name.
+        user: String,
+        /// The message number.
+        number: usize,
+    },
+    /// Move a message out of the POP3 view into the Quarantine folder
+    /// inside the user's Maildir.
+    Quarantine {
+        /// The user name.
+        user: String,
+        /// A message number (all digits) or a UIDL.
+        message: String,
+    },
+    /// Put a quarantined message back, with its UIDL unchanged.
+    Release {
+        /// The user name.
+        user: String,
+        /// The UIDL that `inspect` shows for it.
+        uidl: String,
+    },
+}
+
+/// Why a `mailbox` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// A POP3 session holds the maildrop lock.
+    #[error("the maildrop of {0} is in use by a POP3 session; nothing was done. Try again when the session ends")]
+    Locked(String),
+    /// No message has that number or UIDL.
+    #[error("{0}")]
+    NoSuchMessage(String),
+    /// The store failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Runs one `mailbox` command, printing to `out`.
+pub fn run(
+    config: &Config,
+    command: MailboxCommand,
+    out: &mut impl Write,
+) -> Result<(), MailboxError> {
+    let store = MaildirStore::new(
+        config.store.root.clone(),
+        config.store.path.clone(),
+        config.store.default_domain.clone(),
+    );
+    let open = |user: &str| {
+        store.open_admin(user).map_err(|e| match e {
+            StoreError::Locked => MailboxError::Locked(user.to_string()),
+            other => MailboxError::Store(other),
+        })
+    };
+    let large = config.pop3.summary_large_octets;
+    match command {
+        MailboxCommand::Inspect { user } => {
+            let mut m = open(&user)?;
+            inspect(&mut m, &user, large, out)
+        }
+        MailboxCommand::Show { user, number } => {
+            let mut m = open(&user)?;
+            let index = index_of_number(&m, number)?;
+            let mut prefix = Vec::new();
+            m.open(index)?
+                .take(PARSE_PREFIX_OCTETS as u64)
+                .read_to_end(&mut prefix)?;
+            out.write_all(header_block(&prefix).as_bytes())?;
+            Ok(())
+        }
+        MailboxCommand::Quarantine { user, message } => {
+            let mut m = open(&user)?;
+            let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
+                // Too many digits for a number is no message either.
+                index_of_number(&m, message.parse().unwrap_or(usize::MAX))?
+            } else {
+                m.index_of(&message).ok_or_else(|| {
+                    MailboxError::NoSuchMessage(format!(
+                        "no message of {user} has the UIDL {message}"
+                    ))
+                })?
+            };
+            let uid = m.quarantine(index)?;
+            writeln!(
+                out,
+                "message {} (UIDL {uid}) of {user} is in quarantine; put it back with: mailbag mailbox release {user} {uid}",
+                index + 1
+            )?;
+            Ok(())
+        }
+        MailboxCommand::Release { user, uidl } => {
+            let mut m = open(&user)?;
+            m.release(&uidl)?;
+            writeln!(out, "released {uidl} into the maildrop of {user}")?;
+            Ok(())
+        }
+    }
+}
+
+fn index_of_number(m: &AdminMaildrop, number: usize) -> Result<usize, MailboxError> {
+    let count = m.messages().len();
+    if number == 0 || number > count {
+        let shown = if number == usize::MAX {
+            "with that number".to_string()
+        } else {
+            number.to_string()
+        };
+        return Err(MailboxError::NoSuchMessage(format!(
+            "no message {shown}: the maildrop has {count} message{}",
+            if count == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(number - 1)
+}
+
+fn inspect(
+    m: &mut AdminMaildrop,
+    user: &str,
+    large: u64,
+    out: &mut impl Write,
+) -> Result<(), MailboxError> {
+    let count = m.messages().len();
+    let octets: u64 = m.messages().iter().map(|i| i.size).sum();
+    writeln!(
+        out,
+        "{user}: {count} message{} ({octets} octets) in {}",
+        if count == 1 { "" } else { "s" },
+        m.maildir().display()
+    )?;
+    let quarantined = m.quarantined()?;
+    let width = m
+        .messages()
+        .iter()
+        .map(|i| i.uid.len())
+        .chain(quarantined.iter().map(|q| q.uid.len()))
+        .max()
+        .unwrap_or(0);
+    for index in 0..count {
+        let info = m.messages()[index].clone();
+        let uid = Some((info.uid.as_str(), width));
+        let line = match m.open(index).map(summary::summarize_read) {
+            Ok(Ok(s)) => summary::line(index + 1, info.size, uid, &s, large),
+            Ok(Err(_)) | Err(_) => {
+                summary::unreadable_line(index + 1, info.size, uid, "cannot be read")
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    if !quarantined.is_empty() {
+        writeln!(
+            out,
+            "quarantined: {} (put one back with: mailbag mailbox release {user} UIDL)",
+            quarantined.len()
+        )?;
+        for q in quarantined {
+            let uid = Some((q.uid.as_str(), width));
+            let line = match std::fs::File::open(&q.path).map(summary::summarize_read) {
+                Ok(Ok(s)) => summary::line_labelled("Q", q.size, uid, &s, large),
+                _ => summary::unreadable_line(0, q.size, uid, "cannot be read"),
+            };
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The header of a message as text safe to print on a terminal: up to the
+/// blank line that ends it (or all of `prefix` when none does), CRLF as
+/// LF, other control characters as `?`, invalid UTF-8 replaced.
+pub fn header_block(prefix: &[u8]) -> String {
+    let mut end = prefix.len();
+    let mut line_start = 0;
+    for (i, &b) in prefix.iter().enumerate() {
+        if b == b'\n' {
+            let line = &prefix[line_start..i];
+            if line.is_empty() || line == b"\r" {
+                end = line_start;
+                break;
+            }
+            line_start = i + 1;
+        }
+    }
+    let text = String::from_utf8_lossy(&prefix[..end]);
+    let mut out = String::with_capacity(text.len() + 1);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_block_stops_at_the_blank_line_and_is_safe_to_print() {
+        assert_eq!(
+            header_block(b"Subject: a\r\nFrom: b\r\n\r\nbody\r\n"),
+            "Subject: a\nFrom: b\n"
+        );
+        assert_eq!(header_block(b"Subject: a\n\nbody\n"), "Subject: a\n");
+        assert_eq!(
+            header_block(b"Subject: \x1b[2Jx\0\rz\nno end"),
+            "Subject: ?[2Jx??z\nno end\n"
+        );
+        assert_eq!(header_block(b""), "");
+    }
+}
