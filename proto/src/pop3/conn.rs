@@ -30,6 +30,7 @@
 //! SASLprepped (RFC 4013).
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::time::Duration;
 
 use super::command::{self, Command, MessageNumber, ParseError, Verb};
@@ -1190,9 +1191,11 @@ impl Conn {
             }
             Command::List(None) => {
                 let (count, octets) = t.visible();
-                let lines = listing(t, |i, m| format!("{} {}", i + 1, m.size));
                 let head = format!("{count} message{} ({octets} octets)", plural(count));
-                self.send(response::multiline(head, lines));
+                let reply = listing(&head, t, 12, |out, m| {
+                    let _ = write!(out, "{}", m.size);
+                });
+                self.send(reply);
             }
             Command::List(Some(n)) => {
                 let reply = t
@@ -1201,8 +1204,10 @@ impl Conn {
                 self.send(reply.unwrap_or_else(|e| e));
             }
             Command::Uidl(None) => {
-                let lines = listing(t, |i, m| format!("{} {}", i + 1, m.uid));
-                self.send(response::multiline("Unique-ID listing follows", lines));
+                let reply = listing("Unique-ID listing follows", t, 32, |out, m| {
+                    out.extend_from_slice(m.uid.as_bytes());
+                });
+                self.send(reply);
             }
             Command::Uidl(Some(n)) => {
                 let reply = t
@@ -1302,13 +1307,28 @@ impl Conn {
     }
 }
 
-fn listing(t: &Transaction, f: impl Fn(usize, &MessageInfo) -> String) -> Vec<String> {
-    t.messages
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !t.deleted[*i])
-        .map(|(i, m)| f(i, m))
-        .collect()
+/// A LIST or UIDL listing: `+OK head`, then `n <item>` for every message
+/// not deleted, then `.`. Written straight into one buffer (a maildrop may
+/// hold 100,000 messages). No line needs dot-stuffing: each starts with a
+/// digit, and sizes and UIDLs hold no CR or LF.
+fn listing(
+    head: &str,
+    t: &Transaction,
+    octets_per_line: usize,
+    item: impl Fn(&mut Vec<u8>, &MessageInfo),
+) -> Vec<u8> {
+    let mut out = response::ok(head);
+    out.reserve(t.messages.len() * octets_per_line + 3);
+    for (i, m) in t.messages.iter().enumerate() {
+        if t.deleted[i] {
+            continue;
+        }
+        let _ = write!(out, "{} ", i + 1);
+        item(&mut out, m);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
 }
 
 /// RFC 5034 §4: strict base64 (no stray characters, padding only at the
