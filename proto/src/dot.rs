@@ -40,7 +40,7 @@ impl SizeCounter {
         let mut prev = self.last;
         let mut rest = chunk;
         // Every LF not preceded by CR gains a CR.
-        while let Some(i) = rest.iter().position(|&b| b == LF) {
+        while let Some(i) = memchr::memchr(LF, rest) {
             let before = if i > 0 { Some(rest[i - 1]) } else { prev };
             if before != Some(CR) {
                 self.octets += 1;
@@ -77,7 +77,7 @@ pub fn canonicalize(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + message.len() / 32 + 2);
     let mut rest = message;
     let mut prev = None;
-    while let Some(i) = rest.iter().position(|&b| b == LF) {
+    while let Some(i) = memchr::memchr(LF, rest) {
         let before = if i > 0 { Some(rest[i - 1]) } else { prev };
         out.extend_from_slice(&rest[..i]);
         out.extend_from_slice(if before == Some(CR) { b"\n" } else { b"\r\n" });
@@ -176,7 +176,7 @@ impl Stuffer {
                     out.push(DOT);
                 }
             }
-            let Some(i) = rest.iter().position(|&b| b == LF) else {
+            let Some(i) = memchr::memchr(LF, rest) else {
                 out.extend_from_slice(rest);
                 self.note_text(rest);
                 self.prev_cr = rest[rest.len() - 1] == CR;
@@ -311,7 +311,7 @@ impl Unstuffer {
                 // more on it loses that first period.
                 UnstuffState::LineStart | UnstuffState::Dot | UnstuffState::Text => {
                     let rest = &input[pos..];
-                    match rest.iter().position(|&b| b == LF) {
+                    match memchr::memchr(LF, rest) {
                         None => {
                             out.extend_from_slice(rest);
                             pos = input.len();
