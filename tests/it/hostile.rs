@@ -189,8 +189,8 @@ async fn a_client_that_vanishes_mid_transfer_loses_nothing() {
     s.stop().await;
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -199,46 +199,136 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
+/// Sends 100 AUTH-and-cancel pairs; false when the server closed.
+async fn cancels(c: &mut Client, chunk: &str) -> bool {
+    c.send(chunk.as_bytes()).await;
+    for _ in 0..200 {
+        let line = c.line().await;
+        if line.is_empty() {
+            return false;
+        }
+        assert!(line.starts_with("+ ") || line.starts_with("-ERR"), "{line}");
+    }
+    true
+}
+
 #[tokio::test]
 async fn ten_thousand_sasl_cancels_keep_memory_flat() {
-    let s = TestServer::start().await;
-    let mut c = s.connect().await;
+    // The server runs as its own process so that its memory is its own.
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            break Client {
+                stream: tokio::io::BufReader::new(s),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     c.line().await;
     // Warm up, then measure.
-    c.send(b"AUTH PLAIN\r\n*\r\n").await;
-    let mut answered = 0usize;
-    while answered < 2 {
-        let line = c.line().await;
-        assert!(!line.is_empty());
-        if line.starts_with('+') || line.starts_with('-') {
-            answered += 1;
-        }
-    }
-    let before = rss_kib();
     let chunk = "AUTH PLAIN\r\n*\r\n".repeat(100);
-    let mut closed = false;
+    assert!(cancels(&mut c, &chunk).await);
+    let before = rss_kib(child.id());
+    let mut open = true;
     for _ in 0..100 {
-        c.send(chunk.as_bytes()).await;
-        // Each round: one "+ " challenge and one -ERR per pair, or the
-        // server decides enough is enough and closes.
-        for _ in 0..200 {
-            let line = c.line().await;
-            if line.is_empty() {
-                closed = true;
-                break;
-            }
-            assert!(line.starts_with("+ ") || line.starts_with("-ERR"), "{line}");
-        }
-        if closed {
+        if !cancels(&mut c, &chunk).await {
+            open = false;
             break;
         }
     }
-    let grown = rss_kib().saturating_sub(before);
-    assert!(grown < 4096, "memory grew by {grown} KiB");
-    if !closed {
+    let grown = rss_kib(child.id()).saturating_sub(before);
+    if open {
         // Still a working session afterwards.
         c.ok("USER alice").await;
         c.ok("PASS wonderland").await;
     }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(grown < 1024, "server memory grew by {grown} KiB");
+}
+
+#[tokio::test]
+async fn auth_plain_without_nuls_is_refused_cleanly() {
+    let s = TestServer::start().await;
+    let mut c = s.connect().await;
+    c.line().await;
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for payload in [
+        b64(b"alicewonderland"),
+        b64(b"alice\0wonderland"),
+        b64(b"\0\0"),
+        b64(b""),
+        b64(&[0xff; 40]),
+    ] {
+        // An empty initial response is "=" (RFC 5034 §4).
+        let payload = if payload.is_empty() {
+            "=".to_string()
+        } else {
+            payload
+        };
+        let reply = c.cmd(&format!("AUTH PLAIN {payload}")).await;
+        assert!(reply.starts_with("-ERR"), "{payload}: {reply}");
+        if reply.contains("closing") {
+            // Three failures end a connection; go on in a new one.
+            c = s.connect().await;
+            c.line().await;
+        }
+    }
+    c.ok("CAPA").await;
+    c.body().await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn path_traversal_user_names_never_touch_the_file_system() {
+    let s = TestServer::start_with("\n[limits]\nmax_bad_commands = 100\n").await;
+    let mut c = s.connect().await;
+    c.line().await;
+    for name in [
+        "../../../etc",
+        "..",
+        "a/b",
+        ".hidden",
+        "alice/../bob",
+        "/etc/passwd",
+    ] {
+        let reply = c.cmd(&format!("USER {name}")).await;
+        if reply.starts_with("+OK") {
+            let reply = c.cmd("PASS wonderland").await;
+            assert!(reply.starts_with("-ERR [AUTH]"), "{name}: {reply}");
+        }
+        if c.stream.get_ref().peer_addr().is_err() {
+            break;
+        }
+        if reply.contains("closing") {
+            c = s.connect().await;
+            c.line().await;
+        }
+    }
+    // Nothing was created outside the one data root, or in it.
+    let mail = s.dir.path().join("mail");
+    let created: Vec<_> = std::fs::read_dir(&mail)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(created.is_empty(), "{created:?}");
+    assert!(!s.dir.path().parent().unwrap().join("etc").exists());
     s.stop().await;
 }

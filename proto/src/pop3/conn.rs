@@ -943,6 +943,7 @@ impl Conn {
             };
             return self.send(response::err(Some(Code::Auth), text));
         }
+        let has_initial = initial.is_some();
         let initial = match initial {
             None => Vec::new(),
             Some(text) => match decode_response(text.expose()) {
@@ -956,6 +957,9 @@ impl Conn {
             },
         };
         let exchange = match mechanism {
+            Mechanism::Plain if has_initial => {
+                Exchange::Plain(sasl::plain::Plain::with_initial_response())
+            }
             Mechanism::Plain => Exchange::Plain(Default::default()),
             Mechanism::Login => Exchange::Login(Default::default()),
             Mechanism::CramMd5 => Exchange::CramMd5(sasl::cram_md5::CramMd5::new(

@@ -15,6 +15,13 @@ pub struct Plain {
 }
 
 impl Plain {
+    /// An exchange whose client sent an initial response with the command
+    /// (RFC 5034 §4), even an empty one (`=`): nothing more will be asked,
+    /// so an empty message fails instead of starting a challenge.
+    pub fn with_initial_response() -> Self {
+        Plain { asked: true }
+    }
+
     /// Feeds one response.
     pub fn step(&mut self, response: &[u8]) -> Step {
         if response.is_empty() && !self.asked {
@@ -103,6 +110,11 @@ mod tests {
     fn empty_initial_response_gets_an_empty_challenge() {
         let mut m = Plain::default();
         assert_eq!(m.step(b""), Step::Challenge(Vec::new()));
+        // "AUTH PLAIN =" is an empty message, not a request for a prompt.
+        assert_eq!(
+            Plain::with_initial_response().step(b""),
+            Step::Failed(Failure::Malformed)
+        );
         assert_eq!(m.step(b""), Step::Failed(Failure::Malformed));
     }
 
