@@ -12,5 +12,6 @@ pub mod cidr;
 pub mod config;
 pub mod deliver;
 pub mod demo;
+pub mod import;
 pub mod server;
 pub mod store;
