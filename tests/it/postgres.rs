@@ -613,3 +613,343 @@ async fn second_login_gets_in_use_until_the_first_ends(backend: Backend) {
     first.ok("QUIT").await;
     node.login(ALICE).await.ok("QUIT").await;
 }
+
+// --------------------------------------------- PostgreSQL: across nodes
+
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
+}
+
+/// Runs `mailbag` with `args` and `stdin`; returns status, stdout, stderr.
+fn run(args: &[&str], stdin: &[u8]) -> (std::process::ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = mailbag()
+        .args(args)
+        .env("MAILBAG_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn count_messages(url: &str) -> i64 {
+    connect(url)
+        .await
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn in_use_holds_across_nodes_and_quit_on_one_frees_the_other() {
+    let Some(f) = Fixture::new(Backend::Postgres, "in_use_across_nodes").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    let (a, b) = (f.node().await, f.node().await);
+    let mut on_a = a.login(ALICE).await;
+    let (_, reply) = b.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    on_a.ok("DELE 1").await;
+    on_a.ok("QUIT").await;
+    let mut on_b = b.login(ALICE).await;
+    assert_eq!(on_b.cmd("STAT").await, "+OK 0 0\r\n");
+    on_b.ok("QUIT").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_of_a_node_mid_session_releases_the_lock_and_deletes_nothing() {
+    let Some(f) = Fixture::new(Backend::Postgres, "kill_9_node").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
+    // Node A is a real process, so that it can die by SIGKILL.
+    let port = free_port();
+    let text = std::fs::read_to_string(&f.config_path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let a_config = f.dir.path().join("a.toml");
+    std::fs::write(&a_config, text).unwrap();
+    let mut a = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(&a_config)
+        .env("MAILBAG_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(a_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "node A did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut on_a = Client::connect(a_addr).await;
+    on_a.line().await;
+    on_a.ok("USER alice").await;
+    on_a.ok("PASS wonderland").await;
+    on_a.ok("DELE 1").await;
+    on_a.ok("DELE 2").await;
+    let b = f.node().await;
+    let (_, reply) = b.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+    let mut on_b = login_when_free(&b, ALICE).await;
+    let total = crlf(ONE).len() + crlf(TWO).len();
+    assert_eq!(on_b.cmd("STAT").await, format!("+OK 2 {total}\r\n"));
+    on_b.ok("QUIT").await;
+}
+
+#[tokio::test]
+async fn lost_lock_connection_fails_quit_with_sys_temp_and_deletes_nothing() {
+    let Some(f) = Fixture::new(Backend::Postgres, "lost_lock_connection").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    let url = f.url.clone().unwrap();
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    c.ok("DELE 1").await;
+    // What a failover or a network cut does to the connection that holds
+    // the lock.
+    let killed: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+              WHERE locktype = 'advisory' AND database =
+                    (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    let reply = c.cmd("QUIT").await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert_eq!(count_messages(&url).await, 1);
+    // A new lock connection serves the next session.
+    let mut c = login_when_free(&node, ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+}
+
+#[tokio::test]
+async fn delivery_while_the_database_restarts_fails_temporarily_and_loses_nothing() {
+    let test = "delivery_while_the_database_restarts";
+    // Its own cluster: stopping the shared one would fail other tests.
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            skip::<()>(test, &why);
+            return;
+        }
+    };
+    let url = cluster.database("restart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let deliver = |body: &[u8]| {
+        run(
+            &["deliver", "--user", "alice", "--config", config_arg],
+            body,
+        )
+    };
+    assert!(deliver(b"Subject: 1\n\none\n").0.success());
+
+    let store = pg_store(&url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(Config::load(&config).unwrap(), store, passdb).await;
+
+    cluster.stop_server();
+    let (status, _, stderr) = deliver(b"Subject: 2\n\ntwo\n");
+    assert_eq!(status.code(), Some(75), "EX_TEMPFAIL while down: {stderr}");
+    let (_, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+
+    cluster.start_server().unwrap();
+    let (status, _, stderr) = deliver(b"Subject: 2\n\ntwo\n");
+    assert!(status.success(), "{stderr}");
+    // Exactly the two acknowledged messages: none lost, none doubled.
+    assert_eq!(count_messages(&url).await, 2);
+    // The node's pooled connections died with the server; it reconnects.
+    let mut c = node.login(ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    c.ok("QUIT").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
+    let test = "serve_refuses_a_schema_behind";
+    let Some(cluster) = cluster(test) else { return };
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE unmigrated")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{}\"\n[auth]\n",
+            cluster.url("unmigrated")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (status, _, stderr) = run(&["serve", "--config", config], b"");
+    assert!(!status.success());
+    assert!(stderr.contains("mailbag migrate"), "{stderr}");
+    let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "applied migration 1\n");
+    let (status, stdout, _) = run(&["migrate", "--config", config], b"");
+    assert!(status.success());
+    assert!(stdout.starts_with("schema is current"), "{stdout}");
+    let (status, stdout, stderr) = run(&["check-config", "--config", config], b"");
+    assert!(status.success() && stdout.ends_with(": OK\n"), "{stderr}");
+}
+
+#[tokio::test]
+async fn user_commands_manage_the_users_table() {
+    let Some(f) = Fixture::new(Backend::Postgres, "user_commands").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"s3cret\n",
+    );
+    assert!(status.success(), "{stderr}");
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"other\n",
+    );
+    assert!(!status.success() && stderr.contains("exists"), "{stderr}");
+    let (_, stdout, _) = run(&["user", "list", "--config", config], b"");
+    assert_eq!(stdout, "alice\nbob\ncarol\n");
+    let node = f.node().await;
+    node.login(("carol", "s3cret")).await.ok("QUIT").await;
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "passwd",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"n3w\n",
+    );
+    assert!(status.success(), "{stderr}");
+    node.login(("carol", "n3w")).await.ok("QUIT").await;
+    let (status, _, _) = run(&["user", "del", "carol", "--config", config], b"");
+    assert!(status.success());
+    let (_, reply) = node.try_login(("carol", "n3w")).await;
+    assert!(reply.starts_with("-ERR"), "{reply}");
+}
+
+#[tokio::test]
+async fn import_copies_maildir_and_mbox_in_and_back_out_verified() {
+    let Some(f) = Fixture::new(Backend::Postgres, "import").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    let source = f.dir.path().join("old/Maildir");
+    let bodies: [&[u8]; 2] = [ONE, TWO];
+    for body in bodies {
+        mailbag::store::maildir::deliver(&source, body).unwrap();
+    }
+    let from = format!("maildir:{}", source.display());
+    let (status, stdout, stderr) = run(
+        &[
+            "import", "--user", "alice", "--from", &from, "--config", config,
+        ],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    let octets = crlf(ONE).len() + crlf(TWO).len();
+    assert_eq!(
+        stdout,
+        format!("copied and verified 2 messages ({octets} octets)\n")
+    );
+
+    let mbox = f.dir.path().join("mbox");
+    std::fs::write(
+        &mbox,
+        b"From a@b Mon Jan  1 00:00:00 2024\nSubject: m\n\n>From here\n\nFrom c@d Mon Jan  1 00:00:01 2024\nSubject: n\n\nx\n",
+    )
+    .unwrap();
+    let from = format!("mbox:{}", mbox.display());
+    let (status, stdout, stderr) = run(
+        &[
+            "import", "--user", "alice", "--from", &from, "--config", config,
+        ],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 2 messages"),
+        "{stdout}"
+    );
+
+    let back = f.dir.path().join("back/Maildir");
+    let to = format!("maildir:{}", back.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 4 messages"),
+        "{stdout}"
+    );
+    let mut got: Vec<Vec<u8>> = ["cur", "new"]
+        .iter()
+        .flat_map(|sub| maildir_files(&back, sub))
+        .map(|(_, body)| body)
+        .collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = vec![
+        ONE.to_vec(),
+        TWO.to_vec(),
+        b"Subject: m\n\nFrom here\n".to_vec(),
+        b"Subject: n\n\nx\n".to_vec(),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+}
