@@ -49,7 +49,8 @@ pub struct Cluster {
 
 fn pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MAILBAG_PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        return dir.join("pg_ctl").exists().then_some(dir);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
@@ -283,6 +284,8 @@ fn pg_store(url: &str) -> PgStore {
 /// One mailbag node serving in this process.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The LMTP listener, when the config has one.
+    pub lmtp: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<()>>,
 }
@@ -291,10 +294,12 @@ impl Node {
     async fn start<S: Store, P: PassDb>(config: Config, store: S, passdb: P) -> Node {
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
+        let lmtp = server.lmtp_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         Node {
             addr,
+            lmtp,
             shutdown,
             handle: Some(handle),
         }
@@ -763,7 +768,7 @@ async fn delivery_while_the_database_restarts_fails_temporarily_and_loses_nothin
     let config = dir.path().join("mailbag.toml");
     std::fs::write(
         &config,
-        format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
     )
     .unwrap();
     let config_arg = config.to_str().unwrap();
@@ -784,17 +789,39 @@ async fn delivery_while_the_database_restarts_fails_temporarily_and_loses_nothin
     assert_eq!(status.code(), Some(75), "EX_TEMPFAIL while down: {stderr}");
     let (_, reply) = node.try_login(ALICE).await;
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    let lmtp = node.lmtp.unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: 3\r\n\r\nthree\r\n").await;
+    assert!(reply.starts_with("451"), "LMTP while down: {reply}");
 
     cluster.start_server().unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: 3\r\n\r\nthree\r\n").await;
+    assert!(reply.starts_with("250"), "LMTP after the restart: {reply}");
     let (status, _, stderr) = deliver(b"Subject: 2\n\ntwo\n");
     assert!(status.success(), "{stderr}");
-    // Exactly the two acknowledged messages: none lost, none doubled.
-    assert_eq!(count_messages(&url).await, 2);
+    // Exactly the acknowledged messages: none lost, none doubled.
+    assert_eq!(count_messages(&url).await, 3);
     // The node's pooled connections died with the server; it reconnects.
     let mut c = node.login(ALICE).await;
-    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    assert!(c.cmd("STAT").await.starts_with("+OK 3 "));
     c.ok("QUIT").await;
     node.stop().await;
+}
+
+/// One LMTP transaction for `rcpt`; returns the reply that decided it
+/// (RCPT's when refused, else the one after the data).
+async fn lmtp_deliver(addr: SocketAddr, rcpt: &str, body: &[u8]) -> String {
+    let mut c = Client::connect(addr).await;
+    assert!(c.line().await.starts_with("220"));
+    c.send(b"LHLO test\r\n").await;
+    while c.line().await.as_bytes().get(3) == Some(&b'-') {}
+    assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).await;
+    if !reply.starts_with('2') {
+        return reply;
+    }
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(body).await;
+    c.cmd(".").await
 }
 
 #[tokio::test]

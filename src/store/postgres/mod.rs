@@ -319,10 +319,15 @@ impl Maildrop for PgMaildrop {
         let deleted = pick(deleted)?;
         let mut seen = pick(retrieved)?;
         seen.retain(|id| !deleted.contains(id));
+        if deleted.is_empty() && seen.is_empty() {
+            // Nothing changes, so a lost lock costs nothing here.
+            self.lock.unlock().await;
+            return Ok(());
+        }
         if self.lock.conn().is_lost() {
             return Err(lock_lost());
         }
-        if !deleted.is_empty() || !seen.is_empty() {
+        {
             // One statement is one transaction: all deletions or none.
             // It runs on the lock connection, so it cannot run once the
             // lock has gone.
