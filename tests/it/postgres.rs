@@ -45,6 +45,8 @@ pub struct Cluster {
     /// Whether the server processes run as the `postgres` user (we are
     /// root, and PostgreSQL refuses to run as root).
     as_postgres: bool,
+    /// Off for tests (speed); on when measuring.
+    fsync: bool,
 }
 
 fn pg_bin() -> Option<PathBuf> {
@@ -76,6 +78,11 @@ impl Cluster {
 
     /// initdb, start, and a watcher that cleans up after this process.
     pub fn start() -> Result<Cluster, String> {
+        Cluster::start_with(false)
+    }
+
+    /// Like [`Cluster::start`]; `fsync` as in production when measuring.
+    pub fn start_with(fsync: bool) -> Result<Cluster, String> {
         let bin = pg_bin().ok_or(
             "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin \
              (install the Debian `postgresql` package, or set MAILBAG_PG_BIN)",
@@ -104,6 +111,7 @@ impl Cluster {
             root,
             port: free_port(),
             as_postgres,
+            fsync,
         };
         cluster.watch();
         let out = cluster
@@ -150,9 +158,10 @@ impl Cluster {
 
     pub fn start_server(&self) -> Result<(), String> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=400",
             self.port,
-            self.root.display()
+            self.root.display(),
+            if self.fsync { "on" } else { "off" }
         );
         let out = self
             .command("pg_ctl")
@@ -979,4 +988,150 @@ async fn import_copies_maildir_and_mbox_in_and_back_out_verified() {
     ];
     want.sort();
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------- figures
+
+/// Sizing figures for docs/DEPLOYMENT.md, printed, never asserted:
+/// `cargo test --test it postgres::figures -- --ignored --nocapture`.
+/// Runs on its own cluster with fsync on, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints sizing figures; run by hand"]
+async fn figures() {
+    let cluster = Cluster::start_with(true).expect("PostgreSQL binaries");
+    let url = cluster.database("figures").await;
+    let store = pg_store(&url);
+    let message: Vec<u8> = {
+        let mut m = b"Subject: sizing\r\n\r\n".to_vec();
+        while m.len() < 10 * 1024 {
+            m.extend_from_slice(b"A line of text of the kind that mail is made of.\r\n");
+        }
+        m
+    };
+
+    let n = 400;
+    let started = Instant::now();
+    for _ in 0..n {
+        Store::deliver(&store, "bob", message.clone())
+            .await
+            .unwrap();
+    }
+    let serial = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let message = message.clone();
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    Store::deliver(&store, "bob", message.clone())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let parallel = n as f64 / started.elapsed().as_secs_f64();
+    println!("deliver 10 KiB: {serial:.0} msg/s one at a time, {parallel:.0} msg/s 8 at once");
+
+    let admin = connect(&url).await;
+    let row = admin
+        .query_one(
+            "SELECT pg_total_relation_size('messages')::bigint, count(*), sum(octet_length(body))::bigint FROM messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (total, count, body): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    println!(
+        "storage: {} octets per 10 KiB message on disk ({:.2}x the body)",
+        total / count,
+        total as f64 / body as f64
+    );
+
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\nlock_connections = 2\n[auth]\nfailure_delay_ms = 10\n[limits]\nmax_connections_per_address = 1000\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let node_store = PgStore::new(&PgOptions {
+        url: url.clone(),
+        pool_size: 8,
+        lock_connections: 2,
+    })
+    .unwrap();
+    let passdb = PgPassDb::new(Arc::clone(node_store.pool())).await;
+    let node = Arc::new(Node::start(config, node_store, passdb).await);
+
+    // Many sessions in TRANSACTION at once: database connections stay at
+    // pool_size + lock_connections, whatever the number of sessions.
+    for i in 0..200 {
+        let name = format!("user{i}");
+        PgPassDb::new(Arc::clone(store.pool()))
+            .await
+            .add_user(&name, b"pw", Scheme::Plain)
+            .await
+            .unwrap();
+    }
+    let mut open = Vec::new();
+    for i in 0..200 {
+        open.push(node.login((&format!("user{i}"), "pw")).await);
+    }
+    let backends: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!("200 sessions in TRANSACTION on one node: {backends} database connections (at most: node pool 8 + node locks 2 + the measuring store's pool 4)");
+    for mut c in open {
+        c.ok("QUIT").await;
+    }
+
+    let sessions = 400;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                for i in 0..sessions / 8 {
+                    let user = format!("user{}", t * 25 + i % 25);
+                    let mut c = node.login((&user, "pw")).await;
+                    c.ok("STAT").await;
+                    c.multi("UIDL").await;
+                    c.ok("QUIT").await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "login (PLAIN secret), STAT, UIDL, QUIT: {:.0} sessions/s with 8 clients",
+        sessions as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let big: Vec<u8> = message.iter().copied().cycle().take(20 << 20).collect();
+    Store::deliver(&store, "carol", big.clone()).await.unwrap();
+    PgPassDb::new(Arc::clone(store.pool()))
+        .await
+        .add_user("carol", b"pw", Scheme::Plain)
+        .await
+        .unwrap();
+    let mut c = node.login(("carol", "pw")).await;
+    let started = Instant::now();
+    let (_, body) = c.multi("RETR 1").await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(body.len(), crlf(&big).len());
+    println!(
+        "RETR of a 20 MiB message: {:.0} MB/s (256 KiB chunks)",
+        big.len() as f64 / secs / 1e6
+    );
+    c.ok("QUIT").await;
 }
