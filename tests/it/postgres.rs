@@ -369,7 +369,7 @@ impl Fixture {
     pub async fn new(backend: Backend, test: &str) -> Option<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("mailbag.toml");
-        let common = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n";
+        let common = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n";
         let (text, url) = match backend {
             Backend::Maildir => {
                 write_passwd(dir.path());
@@ -461,6 +461,8 @@ both_backends!(
     dele_then_quit_deletes_exactly_the_marked_messages,
     delivery_during_a_session_is_invisible_and_survives_quit,
     second_login_gets_in_use_until_the_first_ends,
+    passwords_apop_and_unknown_users_authenticate_alike,
+    lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused,
 );
 
 // ------------------------------------------------- the shared behaviours
@@ -691,9 +693,11 @@ async fn kill_9_of_a_node_mid_session_releases_the_lock_and_deletes_nothing() {
     f.deliver("alice", TWO).await;
     // Node A is a real process, so that it can die by SIGKILL.
     let port = free_port();
-    let text = std::fs::read_to_string(&f.config_path)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let text = std::fs::read_to_string(&f.config_path).unwrap().replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
     let a_config = f.dir.path().join("a.toml");
     std::fs::write(&a_config, text).unwrap();
     let mut a = mailbag()
@@ -1133,5 +1137,67 @@ async fn figures() {
         "RETR of a 20 MiB message: {:.0} MB/s (256 KiB chunks)",
         big.len() as f64 / secs / 1e6
     );
+    c.ok("QUIT").await;
+}
+
+// ------------------------------------------- more shared behaviours
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn passwords_apop_and_unknown_users_authenticate_alike(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "passwords_apop_and_unknown_users_authenticate_alike",
+    )
+    .await
+    else {
+        return;
+    };
+    let node = f.node().await;
+    node.login(BOB).await.ok("QUIT").await;
+    for (user, password) in [("bob", "wrong"), ("nobody", "builder")] {
+        let (_, reply) = node.try_login((user, password)).await;
+        assert!(reply.starts_with("-ERR [AUTH]"), "{user}: {reply}");
+    }
+    // alice's secret is plaintext-equivalent, so the greeting offers APOP.
+    let mut c = Client::connect(node.addr).await;
+    let greeting = c.line().await;
+    let ts = &greeting[greeting.find('<').expect("APOP timestamp")..=greeting.rfind('>').unwrap()];
+    let digest = md5_hex(format!("{ts}{}", ALICE.1).as_bytes());
+    c.ok(&format!("APOP alice {digest}")).await;
+    c.ok("QUIT").await;
+}
+
+async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused",
+    )
+    .await
+    else {
+        return;
+    };
+    let node = f.node().await;
+    let lmtp = node.lmtp.unwrap();
+    let reply = lmtp_deliver(lmtp, "nobody", b"x\r\n").await;
+    assert!(reply.starts_with("550"), "{reply}");
+    let body = b"Subject: over lmtp\r\n\r\n..starts with a dot\r\n\xff 8-bit\r\n";
+    let reply = lmtp_deliver(lmtp, "alice", body).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let mut c = node.login(ALICE).await;
+    let (_, got) = c.multi("RETR 1").await;
+    // LMTP unstuffs the leading dot; the stored message gains trace headers.
+    assert!(
+        got.ends_with(b"Subject: over lmtp\r\n\r\n.starts with a dot\r\n\xff 8-bit\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.starts_with(b"Return-Path: <x@example.org>\r\n"));
     c.ok("QUIT").await;
 }

@@ -361,3 +361,27 @@ fn lock_lost() -> StoreError {
         "the database connection holding the maildrop lock was lost",
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uidls_are_rfc_1939_shaped_and_distinct() {
+        let a = new_uidl();
+        let b = new_uidl();
+        assert_ne!(a, b);
+        for u in [a, b] {
+            assert!((1..=70).contains(&u.len()), "{u}");
+            assert!(u.bytes().all(|c| (0x21..=0x7e).contains(&c)), "{u}");
+        }
+    }
+
+    #[test]
+    fn control_characters_in_user_names_are_refused() {
+        assert!(check_user("alice@example.org").is_ok());
+        for bad in ["", "a\nb", "a\0b", &"x".repeat(256)] {
+            assert!(matches!(check_user(bad), Err(StoreError::Permanent(_))));
+        }
+    }
+}
