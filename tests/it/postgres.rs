@@ -733,11 +733,12 @@ async fn kill_9_of_a_node_mid_session_releases_the_lock_and_deletes_nothing() {
 }
 
 #[tokio::test]
-async fn lost_lock_connection_fails_quit_with_sys_temp_and_deletes_nothing() {
+async fn lost_lock_connection_fails_retr_and_quit_with_sys_temp_and_deletes_nothing() {
     let Some(f) = Fixture::new(Backend::Postgres, "lost_lock_connection").await else {
         return;
     };
     f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
     let url = f.url.clone().unwrap();
     let node = f.node().await;
     let mut c = node.login(ALICE).await;
@@ -756,12 +757,24 @@ async fn lost_lock_connection_fails_quit_with_sys_temp_and_deletes_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(killed, 1);
+    // Once the node has noticed, the session reads nothing more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.cmd("RETR 2").await;
+        if reply.starts_with("-ERR [SYS/TEMP]") {
+            break;
+        }
+        assert!(reply.starts_with("+OK"), "{reply}");
+        c.body().await;
+        assert!(Instant::now() < deadline, "the lost lock went unnoticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let reply = c.cmd("QUIT").await;
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
-    assert_eq!(count_messages(&url).await, 1);
+    assert_eq!(count_messages(&url).await, 2);
     // A new lock connection serves the next session.
     let mut c = login_when_free(&node, ALICE).await;
-    assert!(c.cmd("STAT").await.starts_with("+OK 1 "));
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
     c.ok("QUIT").await;
 }
 

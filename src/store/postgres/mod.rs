@@ -290,6 +290,11 @@ impl Maildrop for PgMaildrop {
             .ids
             .get(index)
             .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
+        if self.lock.conn().is_lost() {
+            // Another node may own the maildrop now; this session serves
+            // nothing more from it.
+            return Err(lock_lost());
+        }
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
