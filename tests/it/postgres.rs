@@ -205,12 +205,18 @@ impl Cluster {
     pub async fn database(&self, name: &str) -> String {
         static N: AtomicUsize = AtomicUsize::new(0);
         let db = format!("t{}_{name}", N.fetch_add(1, Ordering::Relaxed));
+        self.create(&db).await;
+        self.url(&db)
+    }
+
+    /// Database `db`, migrated, with alice and bob.
+    pub async fn create(&self, db: &str) {
         let admin = connect(&self.url("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await
             .unwrap();
-        let url = self.url(&db);
+        let url = self.url(db);
         let store = pg_store(&url);
         assert_eq!(store.migrate().await.unwrap(), vec![1]);
         let users = PgPassDb::new(Arc::clone(store.pool())).await;
@@ -222,7 +228,6 @@ impl Cluster {
             .add_user(BOB.0, BOB.1.as_bytes(), Scheme::Argon2id)
             .await
             .unwrap();
-        url
     }
 }
 
@@ -848,6 +853,82 @@ async fn lmtp_deliver(addr: SocketAddr, rcpt: &str, body: &[u8]) -> String {
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(body).await;
     c.cmd(".").await
+}
+
+/// Makes a cluster refuse writes (as a standby does) or accept them (as
+/// it does once promoted).
+async fn set_read_only(cluster: &Cluster, read_only: bool) {
+    let admin = connect(&cluster.url("postgres")).await;
+    let value = if read_only { "on" } else { "off" };
+    admin
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET default_transaction_read_only = {value}"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn nodes_follow_a_failover_through_the_connection_string_alone() {
+    let test = "nodes_follow_a_failover";
+    // Two clusters of their own: one stands in for the standby (it
+    // refuses writes, which is what target_session_attrs looks at), the
+    // other for the primary. Copying the data between them is
+    // PostgreSQL's replication's job, not what this test shows.
+    let (standby, primary) = match (Cluster::start(), Cluster::start()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(why), _) | (_, Err(why)) => {
+            skip::<()>(test, &why);
+            return;
+        }
+    };
+    standby.create("mail").await;
+    primary.create("mail").await;
+    set_read_only(&standby, true).await;
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=mail \
+         target_session_attrs=read-write connect_timeout=5",
+        standby.port, primary.port
+    );
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let store = pg_store(&url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let lmtp = node.lmtp.unwrap();
+
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: before\r\n\r\n1\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(count_messages(&primary.url("mail")).await, 1);
+    assert_eq!(count_messages(&standby.url("mail")).await, 0);
+
+    // The primary dies and the standby is promoted; the node's config
+    // does not change.
+    primary.stop_server();
+    set_read_only(&standby, false).await;
+    let mut tries = 0;
+    loop {
+        let reply = lmtp_deliver(lmtp, "alice", b"Subject: after\r\n\r\n2\r\n").await;
+        if reply.starts_with("250") {
+            break;
+        }
+        // Connections to the dead primary fail first: a retry, never a loss.
+        assert!(reply.starts_with('4'), "{reply}");
+        tries += 1;
+        assert!(tries < 10, "the node did not find the promoted standby");
+    }
+    assert_eq!(count_messages(&standby.url("mail")).await, 1);
+    let mut c = login_when_free(&node, ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+    node.stop().await;
 }
 
 #[tokio::test]
