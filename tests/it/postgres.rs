@@ -932,6 +932,54 @@ async fn nodes_follow_a_failover_through_the_connection_string_alone() {
 }
 
 #[tokio::test]
+async fn many_sessions_share_a_few_database_connections() {
+    let Some(f) = Fixture::new(Backend::Postgres, "many_sessions").await else {
+        return;
+    };
+    let url = f.url.clone().unwrap();
+    let users = PgPassDb::new(Arc::clone(pg_store(&url).pool())).await;
+    let sessions = 40;
+    for i in 0..sessions {
+        users
+            .add_user(&format!("u{i}"), b"pw", Scheme::Plain)
+            .await
+            .unwrap();
+    }
+    // The node's own connections carry an application_name to count by.
+    let node_url = format!("{url} application_name=node");
+    let text = std::fs::read_to_string(&f.config_path)
+        .unwrap()
+        .replace(&url, &node_url)
+        .replace("pool_size = 4", "pool_size = 4\nlock_connections = 2");
+    let config = Config::parse(&text, f.dir.path()).unwrap();
+    let store = pg_store(&node_url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let mut open = Vec::new();
+    for i in 0..sessions {
+        open.push(node.login((&format!("u{i}"), "pw")).await);
+    }
+    let used: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'node'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // At least the lock connections, or the count proves nothing.
+    assert!(
+        (2..=4 + 2).contains(&used),
+        "{sessions} sessions used {used} connections"
+    );
+    for mut c in open {
+        c.ok("QUIT").await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     let test = "serve_refuses_a_schema_behind";
     let Some(cluster) = cluster(test) else { return };
