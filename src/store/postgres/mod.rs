@@ -142,23 +142,21 @@ impl PgStore {
         let uidl = new_uidl();
         let size = canonical_size(&message) as i64;
         let id = self.maildrop_id(user).await?;
-        let inserted = async {
-            let client = self.pool.get().await?;
-            client
-                .execute(
-                    "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
-                    &[&id, &uidl, &size, &message],
-                )
-                .await?;
-            Ok::<_, PgError>(())
-        }
-        .await;
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
+                &[&id, &uidl, &size, &message],
+            )
+            .await;
+        drop(client);
         match inserted {
-            Ok(()) => Ok(uidl),
+            Ok(_) => Ok(uidl),
             // A statement the server refused was rolled back: nothing of
             // the message is stored.
-            Err(PgError::Db(e)) if e.as_db_error().is_some() => Err(PgError::Db(e).into()),
+            Err(e) if e.as_db_error().is_some() => Err(PgError::Db(e).into()),
             Err(e) => {
+                let e = PgError::Db(e);
                 if self.stored(&uidl).await {
                     Ok(uidl)
                 } else {
