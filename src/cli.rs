@@ -79,7 +79,7 @@ enum Command {
         /// The source: maildir:PATH or mbox:PATH.
         #[arg(long, value_parser = parse_mailbox, conflicts_with = "to", required_unless_present = "to")]
         from: Option<Mailbox>,
-        /// The target: maildir:PATH.
+        /// The target: maildir:PATH or mbox:PATH (appended to).
         #[arg(long, value_parser = parse_mailbox)]
         to: Option<Mailbox>,
     },
@@ -446,7 +446,7 @@ async fn import_with<S: Store>(
             import::into_store(store, user, &messages, |m| Ok(m.clone())).await?
         }
         (None, Some(Mailbox::Maildir(dir))) => import::out_to_maildir(store, user, &dir).await?,
-        (None, Some(Mailbox::Mbox(_))) => bail!("--to takes maildir:PATH"),
+        (None, Some(Mailbox::Mbox(file))) => import::out_to_mbox(store, user, &file).await?,
         _ => bail!("give one of --from or --to"),
     };
     println!(

@@ -234,6 +234,59 @@ pub async fn out_to_maildir<S: Store>(
     user: &str,
     target: &Path,
 ) -> Result<Copied, ImportError> {
+    out_of_store(store, user, target, maildir_usage, |message| {
+        maildir::deliver(target, &message).map(drop)
+    })
+    .await
+}
+
+/// Appends every message of `user`'s maildrop in `store` to the mbox file
+/// `target` (mboxrd quoting; created if missing, synced at the end), then
+/// checks the file grew by their count and CRLF octets.
+pub async fn out_to_mbox<S: Store>(
+    store: &S,
+    user: &str,
+    target: &Path,
+) -> Result<Copied, ImportError> {
+    let mut file: Option<std::fs::File> = None;
+    let copied = out_of_store(store, user, target, mbox_usage, |message| {
+        let file = match &mut file {
+            Some(file) => file,
+            None => file.insert(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(target)?,
+            ),
+        };
+        file.write_all(&mbox_entry(&message))
+    });
+    // The closure borrows `file` until the copy is done.
+    let copied = copied.await;
+    if let Some(file) = file {
+        file.sync_all().map_err(|source| ImportError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+    }
+    copied
+}
+
+/// The copy loop of [`out_to_maildir`] and [`out_to_mbox`]. `write` runs
+/// inline: this is a command-line tool, and each message has been read
+/// whole before it is written.
+async fn out_of_store<S: Store>(
+    store: &S,
+    user: &str,
+    target: &Path,
+    measure: fn(&Path) -> io::Result<Usage>,
+    mut write: impl FnMut(Vec<u8>) -> io::Result<()>,
+) -> Result<Copied, ImportError> {
+    let read_error = |source| ImportError::Read {
+        path: target.to_path_buf(),
+        source,
+    };
+    let before = measure(target).map_err(read_error)?;
     let mut maildrop = store
         .open(user)
         .await
@@ -243,19 +296,6 @@ pub async fn out_to_maildir<S: Store>(
             source,
         })?;
     let total = maildrop.messages().len();
-    let target_usage = |path: &Path| {
-        let path = path.to_path_buf();
-        async move {
-            tokio::task::spawn_blocking(move || maildir_usage(&path))
-                .await
-                .map_err(io::Error::other)?
-        }
-    };
-    let read_error = |source| ImportError::Read {
-        path: target.to_path_buf(),
-        source,
-    };
-    let before = target_usage(target).await.map_err(read_error)?;
     let mut progress = Progress::new(total);
     let mut copied = Copied {
         messages: 0,
@@ -275,20 +315,82 @@ pub async fn out_to_maildir<S: Store>(
             .await
             .map_err(|e| store_error(StoreError::Temporary(e)))?;
         let octets = canonical_size(&message);
-        let dir = target.to_path_buf();
-        tokio::task::spawn_blocking(move || maildir::deliver(&dir, &message))
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r)
-            .map_err(read_error)?;
+        write(message).map_err(read_error)?;
         copied.messages += 1;
         copied.octets += octets;
         progress.update(index + 1, copied.octets);
     }
     drop(maildrop);
-    let after = target_usage(target).await.map_err(read_error)?;
+    let after = measure(target).map_err(read_error)?;
     verify(copied, before, after)?;
     Ok(copied)
+}
+
+/// One mbox entry: a `From ` line, the message with mboxrd quoting (one
+/// more `>` before any `>*From ` line), a final newline if it lacks one,
+/// and the empty separator line.
+fn mbox_entry(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    out.extend_from_slice(b"From MAILER-DAEMON ");
+    out.extend_from_slice(asctime_now().as_bytes());
+    out.push(b'\n');
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let quoted = line.iter().take_while(|&&b| b == b'>').count();
+        if line[quoted..].starts_with(b"From ") {
+            out.push(b'>');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// The current UTC time as mbox `From ` lines write it (`asctime`).
+fn asctime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {day:>2} {:02}:{:02}:{:02} {year}",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// Messages and CRLF octets of an mbox file; a missing file holds none.
+fn mbox_usage(path: &Path) -> io::Result<Usage> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
+        Err(e) => return Err(e),
+    };
+    let messages = split_mbox(&data);
+    Ok(Usage {
+        messages: messages.len() as u64,
+        octets: messages.iter().map(|m| canonical_size(m)).sum(),
+    })
 }
 
 /// Messages and CRLF octets of a Maildir, measured from the files.
@@ -372,5 +474,39 @@ mod tests {
         got.sort();
         want.sort();
         assert_eq!(got, want);
+
+        let mbox = dir.path().join("mbox");
+        std::fs::write(&mbox, b"").unwrap();
+        let out = out_to_mbox(&store, "u", &mbox).await.unwrap();
+        assert_eq!(out, copied);
+        let mut got = split_mbox(&std::fs::read(&mbox).unwrap());
+        got.sort();
+        // The one message without a final newline gains one, as POP3
+        // would send it.
+        let mut want: Vec<Vec<u8>> = vec![
+            bodies[0].to_vec(),
+            b"Subject: b\r\n\r\ny\n".to_vec(),
+            bodies[2].to_vec(),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn mbox_entries_quote_from_lines_and_split_back() {
+        let message = b"Subject: q\n\nFrom me\n>From you\nplain\n";
+        let entry = mbox_entry(message);
+        assert!(entry.starts_with(b"From MAILER-DAEMON "));
+        assert!(
+            entry.ends_with(b"\n>From me\n>>From you\nplain\n\n"),
+            "{}",
+            String::from_utf8_lossy(&entry)
+        );
+        assert_eq!(
+            split_mbox(&[entry.clone(), entry].concat()),
+            vec![message.to_vec(); 2]
+        );
+        let date = asctime_now();
+        assert_eq!(date.len(), 24, "{date}");
     }
 }

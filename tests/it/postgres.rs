@@ -1066,7 +1066,7 @@ async fn user_commands_manage_the_users_table() {
 }
 
 #[tokio::test]
-async fn import_copies_maildir_and_mbox_in_and_back_out_verified() {
+async fn import_copies_maildir_and_mbox_in_and_back_out_to_both_verified() {
     let Some(f) = Fixture::new(Backend::Postgres, "import").await else {
         return;
     };
@@ -1133,6 +1133,21 @@ async fn import_copies_maildir_and_mbox_in_and_back_out_verified() {
         b"Subject: n\n\nx\n".to_vec(),
     ];
     want.sort();
+    assert_eq!(got, want);
+
+    let out = f.dir.path().join("out.mbox");
+    let to = format!("mbox:{}", out.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 4 messages"),
+        "{stdout}"
+    );
+    let mut got = mailbag::import::split_mbox(&std::fs::read(&out).unwrap());
+    got.sort();
     assert_eq!(got, want);
 }
 
