@@ -1358,3 +1358,96 @@ async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(bac
     assert!(got.starts_with(b"Return-Path: <x@example.org>\r\n"));
     c.ok("QUIT").await;
 }
+
+// ------------------------------------------- an unknown COMMIT outcome
+
+/// A TCP proxy to PostgreSQL that, once, lets the statement after an
+/// `INSERT INTO messages` prepare reach the server (so it executes and
+/// commits) but never relays the reply, then cuts the connection: what a
+/// network failure at the worst moment looks like to the node. Returns
+/// its port and whether the cut has happened.
+async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(true));
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_out = Arc::clone(&cut);
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (armed, cut) = (Arc::clone(&armed), Arc::clone(&cut));
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let muted = Arc::new(AtomicBool::new(false));
+                let muted_s2c = Arc::clone(&muted);
+                let s2c = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        // Muted: the reply is swallowed, and the client
+                        // waits until the connection is cut.
+                        if !muted_s2c.load(Ordering::SeqCst)
+                            && client_tx.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 1 << 20];
+                let mut insert_prepared = false;
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if insert_prepared {
+                        muted.store(true, Ordering::SeqCst);
+                        cut.store(true, Ordering::SeqCst);
+                        let _ = server_tx.write_all(chunk).await;
+                        // Long enough for the server to execute and commit.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        s2c.abort();
+                        return;
+                    }
+                    if chunk.windows(20).any(|w| w == b"INSERT INTO messages")
+                        && armed.swap(false, Ordering::SeqCst)
+                    {
+                        insert_prepared = true;
+                    }
+                    if server_tx.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut_out)
+}
+
+#[tokio::test]
+async fn a_delivery_whose_commit_reply_is_lost_is_found_not_repeated() {
+    let test = "a_delivery_whose_commit_reply_is_lost";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("lost_reply").await;
+    let (port, cut) = reply_losing_proxy(cluster.port).await;
+    let store = pg_store(&url.replace(&format!("port={}", cluster.port), &format!("port={port}")));
+    // Acknowledged although the reply never came: the node looked the
+    // message's UIDL up. Refusing it would make the MTA send it again.
+    let uidl = Store::deliver(&store, "alice", b"Subject: once\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
+    let rows: Vec<String> = connect(&url)
+        .await
+        .query("SELECT uidl FROM messages", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![uidl]);
+}
