@@ -1,5 +1,8 @@
-//! The command line: `demo`, `serve`, `check-config`, `user`, `deliver`
-//! and `mailbox`.
+//! The command line: `demo`, `serve`, `check-config`, `user`, `deliver`,
+//! `mailbox`, `migrate` and `import`.
+//!
+//! `store.kind` picks the concrete store and passdb (a Maildir with a
+//! passwd-file, or PostgreSQL for both); everything after that is generic.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -8,10 +11,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mailbag::auth::passwd_file::{self, PasswdFile};
+use mailbag::auth::postgres::PgPassDb;
 use mailbag::auth::scheme::Scheme;
-use mailbag::config::Config;
+use mailbag::auth::PassDb;
+use mailbag::config::{Config, StoreKind};
 use mailbag::server::Server;
 use mailbag::store::maildir::MaildirStore;
+use mailbag::store::postgres::{PgOptions, PgStore};
+use mailbag::store::Store;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -60,7 +67,24 @@ enum Command {
     },
     /// Check --config and report the first problem.
     CheckConfig,
-    /// Manage the users of the passwd-file named in --config.
+    /// Create or upgrade the PostgreSQL schema (store.kind = "postgres").
+    Migrate,
+    /// Copy one user's mail from a Maildir or mbox into the configured
+    /// store (--from), or from the store out to a Maildir (--to), and
+    /// verify counts and octets. Nothing is deleted on either side.
+    Import {
+        /// The user whose maildrop is filled or read.
+        #[arg(long)]
+        user: String,
+        /// The source: maildir:PATH or mbox:PATH.
+        #[arg(long, value_parser = parse_mailbox, conflicts_with = "to", required_unless_present = "to")]
+        from: Option<Mailbox>,
+        /// The target: maildir:PATH or mbox:PATH (appended to).
+        #[arg(long, value_parser = parse_mailbox)]
+        to: Option<Mailbox>,
+    },
+    /// Manage the users of the passwd-file named in --config (or of the
+    /// database, with store.kind = "postgres").
     User {
         #[command(subcommand)]
         action: UserCommand,
@@ -117,6 +141,22 @@ enum UserCommand {
     },
     /// List the users.
     List,
+}
+
+/// Where `mailbag import` copies from or to: `maildir:PATH` or
+/// `mbox:PATH`.
+#[derive(Clone, Debug)]
+enum Mailbox {
+    Maildir(PathBuf),
+    Mbox(PathBuf),
+}
+
+fn parse_mailbox(s: &str) -> Result<Mailbox, String> {
+    match s.split_once(':') {
+        Some(("maildir", path)) if !path.is_empty() => Ok(Mailbox::Maildir(path.into())),
+        Some(("mbox", path)) if !path.is_empty() => Ok(Mailbox::Mbox(path.into())),
+        _ => Err("expected maildir:PATH or mbox:PATH".into()),
+    }
 }
 
 /// Runs the command line and maps errors to an exit status.
@@ -216,9 +256,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
-            PasswdFile::open(&config.auth.passwd_file).with_context(|| {
-                format!("auth.passwd_file {}", config.auth.passwd_file.display())
-            })?;
+            match config.store.kind {
+                StoreKind::Maildir => {
+                    PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                        format!("auth.passwd_file {}", config.auth.passwd_file.display())
+                    })?;
+                }
+                StoreKind::Postgres => runtime()?.block_on(async {
+                    pg_store(&config)?
+                        .check_schema()
+                        .await
+                        .context("store.url: database check failed")
+                })?,
+            }
             if let Some(tls) = &config.tls {
                 Tls::load(&tls.certificate, &tls.key)?;
             }
@@ -234,6 +284,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &mut std::io::stdout().lock(),
             )?)
         }
+        Command::Migrate => migrate(&load(&cli.config)?),
+        Command::Import { user, from, to } => import(&load(&cli.config)?, &user, from, to),
     };
     done.map(|()| ExitCode::SUCCESS)
 }
@@ -250,16 +302,6 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
     };
-    let passdb = match PasswdFile::open(&config.auth.passwd_file) {
-        Ok(passdb) => passdb,
-        // Keep the mail queued while the passwd-file is fixed.
-        Err(e) => return fail(Exit::TempFail, &e),
-    };
-    let store = MaildirStore::new(
-        config.store.root.clone(),
-        config.store.path.clone(),
-        config.store.default_domain.clone(),
-    );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -268,9 +310,30 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         Err(e) => return fail(Exit::TempFail, &e),
     };
     let stdin = std::io::stdin().lock();
-    match runtime.block_on(mailbag::deliver::run(
-        &config, &store, &passdb, user, from, stdin,
-    )) {
+    let delivered = match config.store.kind {
+        StoreKind::Maildir => {
+            let passdb = match PasswdFile::open(&config.auth.passwd_file) {
+                Ok(passdb) => passdb,
+                // Keep the mail queued while the passwd-file is fixed.
+                Err(e) => return fail(Exit::TempFail, &e),
+            };
+            let store = maildir_store(&config);
+            runtime.block_on(mailbag::deliver::run(
+                &config, &store, &passdb, user, from, stdin,
+            ))
+        }
+        StoreKind::Postgres => {
+            let store = match pg_store(&config) {
+                Ok(store) => store,
+                Err(e) => return fail(Exit::Config, &e),
+            };
+            runtime.block_on(async {
+                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                mailbag::deliver::run(&config, &store, &passdb, user, from, stdin).await
+            })
+        }
+    };
+    match delivered {
         Ok(_) => ExitCode::SUCCESS,
         Err(refused) => fail(refused.exit, &refused.reason),
     }
@@ -290,48 +353,203 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let passdb = PasswdFile::open(&config.auth.passwd_file)
-            .with_context(|| format!("auth.passwd_file {}", config.auth.passwd_file.display()))?;
-        let store = MaildirStore::new(
-            config.store.root.clone(),
-            config.store.path.clone(),
-            config.store.default_domain.clone(),
-        );
-        let run_as = config.server.user.clone();
-        let target = match &run_as {
-            Some(user) => Some((
-                user.clone(),
-                mailbag::privileges::target(user, config.server.group.as_deref())?,
-            )),
-            None => None,
-        };
-        let socket = config.lmtp.socket.clone();
-        let server = Server::bind(config, store, passdb).await?;
-        // Ports are bound: from here on, no root.
-        if let Some((user, target)) = target {
-            if let Some(path) = &socket {
-                if nix::unistd::geteuid().is_root() {
-                    mailbag::privileges::give(path, target)
-                        .with_context(|| format!("cannot hand {} to {user}", path.display()))?;
-                }
+        match config.store.kind {
+            StoreKind::Maildir => {
+                let passdb = PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                    format!("auth.passwd_file {}", config.auth.passwd_file.display())
+                })?;
+                let store = maildir_store(&config);
+                serve_with(config, store, passdb, reload).await
             }
-            mailbag::privileges::drop_to(&user, target)?;
-            info!(user = %user, "running as {user}");
+            StoreKind::Postgres => {
+                let store = pg_store(&config)?;
+                store
+                    .check_schema()
+                    .await
+                    .context("store.url: cannot use the database")?;
+                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                serve_with(config, store, passdb, reload).await
+            }
         }
-        let shutdown = CancellationToken::new();
-        let shared = server.shared();
-        let reload_config = move || match reload() {
-            Ok(config) => {
-                shared.reload(config);
-                info!("SIGHUP: configuration reloaded (limits, timeouts, transcripts, quotas; listeners need a restart)");
+    })
+}
+
+/// The server on any store and passdb.
+async fn serve_with<S: Store, P: PassDb>(
+    config: Config,
+    store: S,
+    passdb: P,
+    reload: Reload,
+) -> Result<()> {
+    let target = match &config.server.user {
+        Some(user) => Some((
+            user.clone(),
+            mailbag::privileges::target(user, config.server.group.as_deref())?,
+        )),
+        None => None,
+    };
+    let socket = config.lmtp.socket.clone();
+    let server = Server::bind(config, store, passdb).await?;
+    // Ports are bound: from here on, no root.
+    if let Some((user, target)) = target {
+        if let Some(path) = &socket {
+            if nix::unistd::geteuid().is_root() {
+                mailbag::privileges::give(path, target)
+                    .with_context(|| format!("cannot hand {} to {user}", path.display()))?;
             }
-            Err(e) => warn!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; keeping the old one"),
-        };
-        tokio::spawn(signals(shutdown.clone(), server.tls(), reload_config));
-        server.run(shutdown).await;
-        info!("stopped");
+        }
+        mailbag::privileges::drop_to(&user, target)?;
+        info!(user = %user, "running as {user}");
+    }
+    let shutdown = CancellationToken::new();
+    let shared = server.shared();
+    let reload_config = move || match reload() {
+        Ok(config) => {
+            shared.reload(config);
+            info!("SIGHUP: configuration reloaded (limits, timeouts, transcripts, quotas; listeners need a restart)");
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "SIGHUP: configuration not reloaded; keeping the old one")
+        }
+    };
+    tokio::spawn(signals(shutdown.clone(), server.tls(), reload_config));
+    server.run(shutdown).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn maildir_store(config: &Config) -> MaildirStore {
+    MaildirStore::new(
+        config.store.root.clone(),
+        config.store.path.clone(),
+        config.store.default_domain.clone(),
+    )
+}
+
+fn pg_store(config: &Config) -> Result<PgStore> {
+    Ok(PgStore::new(&PgOptions {
+        url: config.store.url.clone().unwrap_or_default(),
+        pool_size: config.store.pool_size,
+        lock_connections: config.store.lock_connections,
+    })?)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn migrate(config: &Config) -> Result<()> {
+    if config.store.kind != StoreKind::Postgres {
+        bail!("store.kind is not \"postgres\": a Maildir store needs no migration");
+    }
+    runtime()?.block_on(async {
+        let applied = pg_store(config)?
+            .migrate()
+            .await
+            .context("store.url: migration failed (nothing was changed)")?;
+        if applied.is_empty() {
+            println!(
+                "schema is current (version {})",
+                mailbag::store::postgres::schema::LATEST
+            );
+        } else {
+            for version in applied {
+                println!("applied migration {version}");
+            }
+        }
         Ok(())
     })
+}
+
+fn import(config: &Config, user: &str, from: Option<Mailbox>, to: Option<Mailbox>) -> Result<()> {
+    let runtime = runtime()?;
+    match config.store.kind {
+        StoreKind::Maildir => runtime.block_on(import_with(&maildir_store(config), user, from, to)),
+        StoreKind::Postgres => {
+            let store = pg_store(config)?;
+            runtime.block_on(async {
+                store.check_schema().await.context("store.url")?;
+                import_with(&store, user, from, to).await
+            })
+        }
+    }
+}
+
+async fn import_with<S: Store>(
+    store: &S,
+    user: &str,
+    from: Option<Mailbox>,
+    to: Option<Mailbox>,
+) -> Result<()> {
+    use mailbag::import::{self, ImportError};
+    let copied = match (from, to) {
+        (Some(Mailbox::Maildir(dir)), None) => {
+            let files = import::read_maildir(&dir)?;
+            import::into_store(store, user, &files, |p| {
+                std::fs::read(p).map_err(|source| ImportError::Read {
+                    path: p.clone(),
+                    source,
+                })
+            })
+            .await?
+        }
+        (Some(Mailbox::Mbox(file)), None) => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let messages = import::split_mbox(&data);
+            import::into_store(store, user, &messages, |m| Ok(m.clone())).await?
+        }
+        (None, Some(Mailbox::Maildir(dir))) => import::out_to_maildir(store, user, &dir).await?,
+        (None, Some(Mailbox::Mbox(file))) => import::out_to_mbox(store, user, &file).await?,
+        _ => bail!("give one of --from or --to"),
+    };
+    println!(
+        "copied and verified {} messages ({} octets)",
+        copied.messages, copied.octets
+    );
+    Ok(())
+}
+
+async fn pg_user(config: &Config, action: UserCommand) -> Result<()> {
+    let store = pg_store(config)?;
+    store.check_schema().await.context("store.url")?;
+    let db = PgPassDb::new(Arc::clone(store.pool())).await;
+    match action {
+        UserCommand::Add {
+            name,
+            password_stdin,
+            scheme,
+        } => {
+            check_name(&name)?;
+            let scheme = parse_scheme(&scheme)?;
+            let password = read_password(password_stdin)?;
+            db.add_user(&name, password.as_bytes(), scheme).await?;
+            println!("added {name}");
+        }
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+            scheme,
+        } => {
+            let scheme = parse_scheme(&scheme)?;
+            let password = read_password(password_stdin)?;
+            db.set_password(&name, password.as_bytes(), scheme).await?;
+            println!("password changed for {name}");
+        }
+        UserCommand::Del { name } => {
+            db.delete_user(&name).await?;
+            println!("deleted {name} (their mail is left in place)");
+        }
+        UserCommand::List => {
+            for name in db.list_users().await? {
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn signals(
@@ -381,6 +599,9 @@ fn init_logging() {
 
 fn user(config_path: &Path, action: UserCommand) -> Result<()> {
     let config = load(config_path)?;
+    if config.store.kind == StoreKind::Postgres {
+        return runtime()?.block_on(pg_user(&config, action));
+    }
     let path = &config.auth.passwd_file;
     match action {
         UserCommand::Add {

@@ -273,6 +273,9 @@ fn default_summary_large_octets() -> u64 {
 pub enum StoreKind {
     /// Maildir directories on a local file system.
     Maildir,
+    /// A PostgreSQL database shared by many nodes (users, maildrops and
+    /// messages); `store.url` says where.
+    Postgres,
 }
 
 /// `[store]`
@@ -282,7 +285,8 @@ pub struct StoreConfig {
     /// The store backend.
     #[serde(default = "default_store_kind")]
     pub kind: StoreKind,
-    /// The data root under which every maildrop lives.
+    /// The data root under which every maildrop lives (Maildir only).
+    #[serde(default)]
     pub root: PathBuf,
     /// Where a user's Maildir is: `{root}`, `{user}` (local part),
     /// `{domain}` and `{name}` (the whole user name) are replaced.
@@ -291,13 +295,27 @@ pub struct StoreConfig {
     /// The `{domain}` of user names without `@`.
     #[serde(default = "default_domain")]
     pub default_domain: String,
+    /// PostgreSQL only: a libpq connection string or URL. Several hosts
+    /// and `target_session_attrs=read-write` let a node find the promoted
+    /// primary after a failover, e.g. `postgresql://mailbag@db1,db2/mailbag?target_session_attrs=read-write`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL only: pooled connections per node for queries.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL only: dedicated connections per node that hold the
+    /// maildrop locks (each holds many).
+    #[serde(default = "default_lock_connections")]
+    pub lock_connections: usize,
 }
 
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// A passwd-file in Dovecot's format.
+    /// A passwd-file in Dovecot's format (Maildir store; with the
+    /// PostgreSQL store, users are in the database).
+    #[serde(default)]
     pub passwd_file: PathBuf,
     /// How long a failed login waits before its `-ERR`, in milliseconds.
     #[serde(default = "default_failure_delay_ms")]
@@ -375,6 +393,12 @@ impl Default for LimitsConfig {
 
 fn default_store_kind() -> StoreKind {
     StoreKind::Maildir
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_lock_connections() -> usize {
+    2
 }
 fn default_path_template() -> String {
     "{root}/{domain}/{user}/Maildir".into()
@@ -457,8 +481,14 @@ impl Config {
             path: PathBuf::new(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        config.store.root = absolute(base, &config.store.root);
-        config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
+        // An empty path is a missing key (the PostgreSQL store needs
+        // neither); validate() says so when it matters.
+        if !config.store.root.as_os_str().is_empty() {
+            config.store.root = absolute(base, &config.store.root);
+        }
+        if !config.auth.passwd_file.as_os_str().is_empty() {
+            config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
+        }
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }
@@ -516,6 +546,34 @@ impl Config {
                 "pop3.listen_tls",
                 "implicit TLS needs a [tls] table with certificate and key",
             );
+        }
+        match self.store.kind {
+            StoreKind::Maildir => {
+                if self.store.root.as_os_str().is_empty() {
+                    return invalid("store.root", "missing: the Maildir store needs a data root");
+                }
+                if self.auth.passwd_file.as_os_str().is_empty() {
+                    return invalid(
+                        "auth.passwd_file",
+                        "missing: the Maildir store takes its users from a passwd-file",
+                    );
+                }
+            }
+            StoreKind::Postgres => {
+                if self.store.url.as_deref().is_none_or(str::is_empty) {
+                    return invalid(
+                        "store.url",
+                        "missing: give the PostgreSQL connection string, e.g. \
+                         \"postgresql://mailbag@db1,db2/mailbag?target_session_attrs=read-write\"",
+                    );
+                }
+                if self.store.pool_size == 0 {
+                    return invalid("store.pool_size", "must be at least 1");
+                }
+                if self.store.lock_connections == 0 {
+                    return invalid("store.lock_connections", "must be at least 1");
+                }
+            }
         }
         let t = &self.store.path;
         if !(t.contains("{user}") || t.contains("{name}")) {
@@ -640,6 +698,45 @@ root = "mail"
 [auth]
 passwd_file = "passwd"
 "#;
+
+    #[test]
+    fn postgres_store_needs_a_url_and_neither_root_nor_passwd_file() {
+        let pg = r#"
+[pop3]
+listen = ["127.0.0.1:1110"]
+[store]
+kind = "postgres"
+url = "host=db1,db2 user=mailbag dbname=mailbag target_session_attrs=read-write"
+[auth]
+"#;
+        let c = Config::parse(pg, Path::new("/etc/mailbag")).unwrap();
+        assert_eq!(c.store.kind, StoreKind::Postgres);
+        assert_eq!((c.store.pool_size, c.store.lock_connections), (16, 2));
+        for (text, key) in [
+            (pg.replace("url = ", "# url = "), "store.url"),
+            (
+                pg.replace("[auth]", "pool_size = 0\n[auth]"),
+                "store.pool_size",
+            ),
+            (
+                pg.replace("[auth]", "lock_connections = 0\n[auth]"),
+                "store.lock_connections",
+            ),
+            (
+                pg.replace("kind = \"postgres\"", "kind = \"maildir\""),
+                "store.root",
+            ),
+            (
+                pg.replace("kind = \"postgres\"", "kind = \"maildir\"\nroot = \"m\""),
+                "auth.passwd_file",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
 
     #[test]
     fn minimal_config_gets_defaults_and_absolute_paths() {

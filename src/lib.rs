@@ -12,6 +12,7 @@ pub mod cidr;
 pub mod config;
 pub mod deliver;
 pub mod demo;
+pub mod import;
 pub mod mailbox;
 pub mod privileges;
 pub mod server;

@@ -238,29 +238,7 @@ impl PasswdFile {
             }
             return Err(AuthError::Invalid);
         };
-        let accepted = match credential {
-            Credential::Password(password) => scheme::verify(stored, password.expose().as_bytes()),
-            Credential::CramMd5 { challenge, digest } => {
-                // Like APOP: pay what a password check costs.
-                if let Some(decoy) = &table.decoy {
-                    std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
-                }
-                scheme::cram_md5_digest(stored, challenge.as_bytes()).is_some_and(|expected| {
-                    let expected = scheme::encode_hex(&expected);
-                    expected.as_bytes().ct_eq(digest.expose().as_bytes()).into()
-                })
-            }
-            Credential::Apop { timestamp, digest } => {
-                // The digest check itself is instant; pay what a password
-                // check costs so APOP timing does not tell which users store
-                // plaintext.
-                if let Some(decoy) = &table.decoy {
-                    std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
-                }
-                scheme::plaintext_equivalent(stored)
-                    .is_some_and(|secret| apop_matches(timestamp, secret, digest.expose()))
-            }
-        };
+        let accepted = credential_matches(stored, table.decoy.as_deref(), credential);
         if accepted {
             Ok(name.clone())
         } else {
@@ -322,7 +300,40 @@ impl PassDb for PasswdFile {
     }
 }
 
-fn presented_bytes(credential: &Credential) -> &[u8] {
+/// Whether `credential` matches the `stored` secret. `decoy`, a typical
+/// stored hash, is checked too where the match itself would be instant,
+/// so that timing does not tell which users store plaintext.
+pub(crate) fn credential_matches(
+    stored: &str,
+    decoy: Option<&str>,
+    credential: &Credential,
+) -> bool {
+    match credential {
+        Credential::Password(password) => scheme::verify(stored, password.expose().as_bytes()),
+        Credential::CramMd5 { challenge, digest } => {
+            // Like APOP: pay what a password check costs.
+            if let Some(decoy) = decoy {
+                std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
+            }
+            scheme::cram_md5_digest(stored, challenge.as_bytes()).is_some_and(|expected| {
+                let expected = scheme::encode_hex(&expected);
+                expected.as_bytes().ct_eq(digest.expose().as_bytes()).into()
+            })
+        }
+        Credential::Apop { timestamp, digest } => {
+            // The digest check itself is instant; pay what a password
+            // check costs so APOP timing does not tell which users store
+            // plaintext.
+            if let Some(decoy) = decoy {
+                std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
+            }
+            scheme::plaintext_equivalent(stored)
+                .is_some_and(|secret| apop_matches(timestamp, secret, digest.expose()))
+        }
+    }
+}
+
+pub(crate) fn presented_bytes(credential: &Credential) -> &[u8] {
     match credential {
         Credential::Password(password) => password.expose().as_bytes(),
         Credential::Apop { digest, .. } | Credential::CramMd5 { digest, .. } => {
@@ -334,7 +345,7 @@ fn presented_bytes(credential: &Credential) -> &[u8] {
 /// The salt for SCRAM keys derived on the fly (plaintext-equivalent
 /// secrets, unknown users): stable per user for the life of the process,
 /// so that repeated attempts cannot tell the two apart.
-fn scram_salt(user: &str) -> [u8; 16] {
+pub(crate) fn scram_salt(user: &str) -> [u8; 16] {
     static KEY: OnceLock<[u8; 32]> = OnceLock::new();
     let key = KEY.get_or_init(|| {
         let mut key = [0u8; 32];

@@ -1,7 +1,7 @@
 //! The store boundary: maildrops that a POP3 session opens, reads and
 //! commits, and the delivery path that fills them.
 //!
-//! One trait pair, two backends (Maildir here; PostgreSQL later). The
+//! One trait pair, two backends (`maildir`, `postgres`). The
 //! server is generic over [`Store`], so dispatch is static.
 //!
 //! Semantics (DESIGN.md, not negotiable): `open` locks the maildrop
@@ -10,6 +10,7 @@
 //! and deletes nothing.
 
 pub mod maildir;
+pub mod postgres;
 
 use std::future::Future;
 use std::io;

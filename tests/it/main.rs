@@ -7,6 +7,7 @@ mod hostile;
 mod limits;
 mod lmtp;
 mod pop3;
+mod postgres;
 mod proxy;
 mod sasl;
 mod summary;

@@ -1,0 +1,251 @@
+//! The PostgreSQL password database: the `users` table, with secrets in
+//! the passwd-file's `{SCHEME}data` format, checked by the same
+//! [`scheme`](super::scheme) code. Shares the store's connection pool.
+//!
+//! Also the administration behind `mailbag user add|passwd|del|list` when
+//! the store is PostgreSQL.
+//!
+//! `cram_md5_possible` and `apop_possible` are asked synchronously (for
+//! CAPA and the greeting), so they are answered from flags that a
+//! background task refreshes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailbag_proto::sasl::scram;
+
+use super::passwd_file::{credential_matches, presented_bytes, scram_salt, valid_user_name};
+use super::scheme::{self, Scheme};
+use super::{AuthError, Credential, PassDb, ScramKeys};
+use crate::store::postgres::pool::Pool;
+use crate::store::postgres::PgError;
+
+/// How often the APOP and CRAM-MD5 flags are re-read.
+const FLAGS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Why a user could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The name is not a valid user name.
+    #[error("invalid user name {0:?}")]
+    InvalidName(String),
+    /// `add` for a user that exists.
+    #[error("user {0} exists already")]
+    Exists(String),
+    /// `passwd` or `del` for a user that does not exist.
+    #[error("no such user: {0}")]
+    Missing(String),
+    /// The password could not be hashed.
+    #[error("cannot hash the password: {0}")]
+    Scheme(#[from] scheme::SchemeError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] PgError),
+}
+
+/// Users in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgPassDb {
+    pool: Arc<Pool>,
+    flags: Arc<Flags>,
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    cram: AtomicBool,
+    apop: AtomicBool,
+}
+
+fn temporary(e: impl std::fmt::Display) -> AuthError {
+    AuthError::Temporary(e.to_string())
+}
+
+impl PgPassDb {
+    /// A passdb on `pool`. Reads the flags once now (a database that is
+    /// down leaves them off) and keeps refreshing them while the passdb
+    /// lives.
+    pub async fn new(pool: Arc<Pool>) -> PgPassDb {
+        let db = PgPassDb {
+            pool,
+            flags: Arc::default(),
+        };
+        if let Err(error) = db.refresh_flags().await {
+            tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
+        }
+        let weak = Arc::downgrade(&db.flags);
+        let pool = Arc::clone(&db.pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FLAGS_REFRESH).await;
+                let Some(flags) = weak.upgrade() else { return };
+                let db = PgPassDb {
+                    pool: Arc::clone(&pool),
+                    flags,
+                };
+                let _ = db.refresh_flags().await;
+            }
+        });
+        db
+    }
+
+    async fn refresh_flags(&self) -> Result<(), PgError> {
+        let row = self
+            .pool
+            .get()
+            .await?
+            .query_one(
+                r"SELECT coalesce(bool_or(secret ~* '^\{(PLAIN|CLEAR|CLEARTEXT)[.}]'), false),
+                         coalesce(bool_or(secret ~* '^\{(PLAIN|CLEAR|CLEARTEXT|CRAM-MD5)[.}]'), false)
+                    FROM users",
+                &[],
+            )
+            .await?;
+        self.flags.apop.store(row.get(0), Ordering::Relaxed);
+        self.flags.cram.store(row.get(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The stored secret of `user` and the name as stored.
+    async fn lookup(&self, user: &str) -> Result<Option<(String, String)>, AuthError> {
+        let client = self.pool.get().await.map_err(temporary)?;
+        let row = client
+            .query_opt("SELECT name, secret FROM users WHERE name = $1", &[&user])
+            .await
+            .map_err(temporary)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Adds `user` with `password` hashed by `scheme`.
+    pub async fn add_user(
+        &self,
+        user: &str,
+        password: &[u8],
+        scheme: Scheme,
+    ) -> Result<(), UserError> {
+        if !valid_user_name(user) {
+            return Err(UserError::InvalidName(user.into()));
+        }
+        let secret = hash(scheme, password).await?;
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "INSERT INTO users (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&user, &secret],
+            )
+            .await
+            .map_err(PgError::from)?;
+        if n == 0 {
+            return Err(UserError::Exists(user.into()));
+        }
+        Ok(())
+    }
+
+    /// Replaces the password of `user`.
+    pub async fn set_password(
+        &self,
+        user: &str,
+        password: &[u8],
+        scheme: Scheme,
+    ) -> Result<(), UserError> {
+        let secret = hash(scheme, password).await?;
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE users SET secret = $2 WHERE name = $1",
+                &[&user, &secret],
+            )
+            .await
+            .map_err(PgError::from)?;
+        if n == 0 {
+            return Err(UserError::Missing(user.into()));
+        }
+        Ok(())
+    }
+
+    /// Deletes `user`; their maildrop stays, as a Maildir stays on disk.
+    pub async fn delete_user(&self, user: &str) -> Result<(), UserError> {
+        let n = self
+            .pool
+            .get()
+            .await?
+            .execute("DELETE FROM users WHERE name = $1", &[&user])
+            .await
+            .map_err(PgError::from)?;
+        if n == 0 {
+            return Err(UserError::Missing(user.into()));
+        }
+        Ok(())
+    }
+
+    /// Every user name, sorted.
+    pub async fn list_users(&self) -> Result<Vec<String>, UserError> {
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query("SELECT name FROM users ORDER BY name", &[])
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+/// Hashing is slow on purpose; these run from the command line, where
+/// blocking the one thread costs nothing.
+async fn hash(scheme: Scheme, password: &[u8]) -> Result<String, UserError> {
+    Ok(scheme::hash(scheme, password)?)
+}
+
+impl PassDb for PgPassDb {
+    async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
+        let found = self.lookup(user).await?;
+        let credential = credential.clone();
+        tokio::task::spawn_blocking(move || match found {
+            Some((name, stored)) => credential_matches(&stored, None, &credential)
+                .then_some(name)
+                .ok_or(AuthError::Invalid),
+            None => {
+                // An unknown user costs what a password check costs.
+                scheme::dummy_verify(presented_bytes(&credential));
+                Err(AuthError::Invalid)
+            }
+        })
+        .await
+        .map_err(temporary)?
+    }
+
+    async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
+        Ok(self.lookup(user).await?.map(|(name, _)| name))
+    }
+
+    async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
+        let found = self.lookup(user).await?;
+        let user = user.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let salt = scram_salt(&user);
+            let keys =
+                found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
+            // Keys nothing matches, made as slowly as real ones.
+            keys.unwrap_or_else(|| {
+                let mut junk = [0u8; 32];
+                rand::fill(&mut junk);
+                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
+            })
+        })
+        .await
+        .map_err(temporary)
+    }
+
+    fn cram_md5_possible(&self) -> bool {
+        self.flags.cram.load(Ordering::Relaxed)
+    }
+
+    fn apop_possible(&self) -> bool {
+        self.flags.apop.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,512 @@
+//! `mailbag import`: copies one user's mail from a Maildir or an mbox
+//! file into the configured store, or from the store out to a Maildir,
+//! and checks that the counts and octets on both sides agree.
+//!
+//! Every message goes through the store's own delivery path, so the
+//! copy is as durable as delivered mail. Nothing is deleted on either
+//! side: a failed or interrupted import is repaired by removing what it
+//! wrote (or by importing into an empty maildrop again).
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mailbag_proto::dot::canonical_size;
+use tokio::io::AsyncReadExt;
+
+use crate::store::{maildir, Maildrop, Store, StoreError, Usage};
+
+/// Why an import did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The source could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The target refused a message.
+    #[error("store failure after {done} of {total} messages: {source}")]
+    Store {
+        /// Messages copied before the failure.
+        done: usize,
+        /// Messages in the source.
+        total: usize,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The counts or octets differ after the copy.
+    #[error("verification failed: expected {expected_messages} messages and {expected_octets} octets more, found {found_messages} and {found_octets} (was mail delivered meanwhile?)")]
+    Mismatch {
+        /// Messages copied.
+        expected_messages: u64,
+        /// Their octets.
+        expected_octets: u64,
+        /// What the target gained in messages.
+        found_messages: u64,
+        /// What it gained in octets.
+        found_octets: u64,
+    },
+}
+
+/// What was copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Messages.
+    pub messages: u64,
+    /// Their CRLF octets (as POP3 counts them).
+    pub octets: u64,
+}
+
+/// The message files of a Maildir (cur/ then new/ and their names, in name
+/// order, which is delivery order for the names Maildir writers choose).
+pub fn read_maildir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+    let mut files = Vec::new();
+    for sub in ["cur", "new"] {
+        let path = dir.join(sub);
+        let entries = std::fs::read_dir(&path).map_err(|source| ImportError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| ImportError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && !entry.file_name().to_string_lossy().starts_with('.') {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Splits an mbox file into messages: a message starts at a `From ` line
+/// at the start of the file or after an empty line; mboxrd quoting
+/// (`>From `, `>>From `, ...) loses one `>`; the empty line before the
+/// next `From ` belongs to the format, not the message.
+pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages: Vec<Vec<u8>> = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    let mut previous_empty = true;
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if previous_empty && line.starts_with(b"From ") {
+            if let Some(done) = current.take() {
+                messages.push(strip_separator(done));
+            }
+            current = Some(Vec::new());
+            previous_empty = false;
+            continue;
+        }
+        previous_empty = line == b"\n" || line == b"\r\n";
+        let Some(message) = current.as_mut() else {
+            continue;
+        };
+        let quoted = line.iter().take_while(|&&b| b == b'>').count();
+        if quoted > 0 && line[quoted..].starts_with(b"From ") {
+            message.extend_from_slice(&line[1..]);
+        } else {
+            message.extend_from_slice(line);
+        }
+    }
+    if let Some(done) = current {
+        messages.push(strip_separator(done));
+    }
+    messages
+}
+
+fn strip_separator(mut message: Vec<u8>) -> Vec<u8> {
+    if message.ends_with(b"\r\n\r\n") {
+        message.truncate(message.len() - 2);
+    } else if message.ends_with(b"\n\n") {
+        message.truncate(message.len() - 1);
+    }
+    message
+}
+
+/// A progress bar on standard error, drawn only on a terminal.
+struct Progress {
+    total: usize,
+    started: Instant,
+    drawn: Option<Instant>,
+    terminal: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            started: Instant::now(),
+            drawn: None,
+            terminal: io::stderr().is_terminal(),
+        }
+    }
+
+    fn update(&mut self, done: usize, octets: u64) {
+        let due = self
+            .drawn
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+        if !self.terminal || !(due || done == self.total) {
+            return;
+        }
+        self.drawn = Some(Instant::now());
+        const WIDTH: usize = 30;
+        let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let _ = write!(
+            io::stderr(),
+            "\r[{}{}] {done}/{} messages, {:.1} MB, {:.0?}",
+            "#".repeat(filled),
+            " ".repeat(WIDTH - filled),
+            self.total,
+            octets as f64 / 1e6,
+            self.started.elapsed()
+        );
+        if done == self.total {
+            let _ = writeln!(io::stderr());
+        }
+    }
+}
+
+/// Delivers `messages` (read one at a time by `load`) to `user` in
+/// `store`, then checks the maildrop grew by exactly their count and CRLF
+/// octets.
+pub async fn into_store<S: Store, T>(
+    store: &S,
+    user: &str,
+    sources: &[T],
+    load: impl Fn(&T) -> Result<Vec<u8>, ImportError>,
+) -> Result<Copied, ImportError> {
+    let total = sources.len();
+    let store_error = |done, source| ImportError::Store {
+        done,
+        total,
+        source,
+    };
+    let before = store.usage(user).await.map_err(|e| store_error(0, e))?;
+    let mut progress = Progress::new(total);
+    let mut copied = Copied {
+        messages: 0,
+        octets: 0,
+    };
+    progress.update(0, 0);
+    for (done, source) in sources.iter().enumerate() {
+        let message = load(source)?;
+        let octets = canonical_size(&message);
+        store
+            .deliver(user, message)
+            .await
+            .map_err(|e| store_error(done, e))?;
+        copied.messages += 1;
+        copied.octets += octets;
+        progress.update(done + 1, copied.octets);
+    }
+    let after = store.usage(user).await.map_err(|e| store_error(total, e))?;
+    verify(copied, before, after)?;
+    Ok(copied)
+}
+
+fn verify(copied: Copied, before: Usage, after: Usage) -> Result<(), ImportError> {
+    let found_messages = after.messages.saturating_sub(before.messages);
+    let found_octets = after.octets.saturating_sub(before.octets);
+    if (found_messages, found_octets) != (copied.messages, copied.octets) {
+        return Err(ImportError::Mismatch {
+            expected_messages: copied.messages,
+            expected_octets: copied.octets,
+            found_messages,
+            found_octets,
+        });
+    }
+    Ok(())
+}
+
+/// Copies every message of `user`'s maildrop in `store` into the Maildir
+/// `target` (created if missing), then checks the Maildir grew by their
+/// count and CRLF octets. Holds the maildrop lock meanwhile, and deletes
+/// nothing.
+pub async fn out_to_maildir<S: Store>(
+    store: &S,
+    user: &str,
+    target: &Path,
+) -> Result<Copied, ImportError> {
+    out_of_store(store, user, target, maildir_usage, |message| {
+        maildir::deliver(target, &message).map(drop)
+    })
+    .await
+}
+
+/// Appends every message of `user`'s maildrop in `store` to the mbox file
+/// `target` (mboxrd quoting; created if missing, synced at the end), then
+/// checks the file grew by their count and CRLF octets.
+pub async fn out_to_mbox<S: Store>(
+    store: &S,
+    user: &str,
+    target: &Path,
+) -> Result<Copied, ImportError> {
+    let mut file: Option<std::fs::File> = None;
+    let copied = out_of_store(store, user, target, mbox_usage, |message| {
+        let file = match &mut file {
+            Some(file) => file,
+            None => file.insert(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(target)?,
+            ),
+        };
+        file.write_all(&mbox_entry(&message))
+    });
+    // The closure borrows `file` until the copy is done.
+    let copied = copied.await;
+    if let Some(file) = file {
+        file.sync_all().map_err(|source| ImportError::Read {
+            path: target.to_path_buf(),
+            source,
+        })?;
+    }
+    copied
+}
+
+/// The copy loop of [`out_to_maildir`] and [`out_to_mbox`]. `write` runs
+/// inline: this is a command-line tool, and each message has been read
+/// whole before it is written.
+async fn out_of_store<S: Store>(
+    store: &S,
+    user: &str,
+    target: &Path,
+    measure: fn(&Path) -> io::Result<Usage>,
+    mut write: impl FnMut(Vec<u8>) -> io::Result<()>,
+) -> Result<Copied, ImportError> {
+    let read_error = |source| ImportError::Read {
+        path: target.to_path_buf(),
+        source,
+    };
+    let before = measure(target).map_err(read_error)?;
+    let mut maildrop = store
+        .open(user)
+        .await
+        .map_err(|source| ImportError::Store {
+            done: 0,
+            total: 0,
+            source,
+        })?;
+    let total = maildrop.messages().len();
+    let mut progress = Progress::new(total);
+    let mut copied = Copied {
+        messages: 0,
+        octets: 0,
+    };
+    progress.update(0, 0);
+    for index in 0..total {
+        let store_error = |source| ImportError::Store {
+            done: index,
+            total,
+            source,
+        };
+        let mut reader = maildrop.read(index).await.map_err(store_error)?;
+        let mut message = Vec::new();
+        reader
+            .read_to_end(&mut message)
+            .await
+            .map_err(|e| store_error(StoreError::Temporary(e)))?;
+        let octets = canonical_size(&message);
+        write(message).map_err(read_error)?;
+        copied.messages += 1;
+        copied.octets += octets;
+        progress.update(index + 1, copied.octets);
+    }
+    drop(maildrop);
+    let after = measure(target).map_err(read_error)?;
+    verify(copied, before, after)?;
+    Ok(copied)
+}
+
+/// One mbox entry: a `From ` line, the message with mboxrd quoting (one
+/// more `>` before any `>*From ` line), a final newline if it lacks one,
+/// and the empty separator line.
+fn mbox_entry(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    out.extend_from_slice(b"From MAILER-DAEMON ");
+    out.extend_from_slice(asctime_now().as_bytes());
+    out.push(b'\n');
+    for line in message.split_inclusive(|&b| b == b'\n') {
+        let quoted = line.iter().take_while(|&&b| b == b'>').count();
+        if line[quoted..].starts_with(b"From ") {
+            out.push(b'>');
+        }
+        out.extend_from_slice(line);
+    }
+    if !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// The current UTC time as mbox `From ` lines write it (`asctime`).
+fn asctime_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {day:>2} {:02}:{:02}:{:02} {year}",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// Messages and CRLF octets of an mbox file; a missing file holds none.
+fn mbox_usage(path: &Path) -> io::Result<Usage> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
+        Err(e) => return Err(e),
+    };
+    let messages = split_mbox(&data);
+    Ok(Usage {
+        messages: messages.len() as u64,
+        octets: messages.iter().map(|m| canonical_size(m)).sum(),
+    })
+}
+
+/// Messages and CRLF octets of a Maildir, measured from the files.
+fn maildir_usage(dir: &Path) -> io::Result<Usage> {
+    let mut usage = Usage::default();
+    let files = match read_maildir(dir) {
+        Ok(files) => files,
+        Err(ImportError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(usage)
+        }
+        Err(ImportError::Read { source, .. }) => return Err(source),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    for file in files {
+        usage.messages += 1;
+        usage.octets += canonical_size(&std::fs::read(file)?);
+    }
+    Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_splits_on_from_lines_after_empty_lines_and_unquotes_mboxrd() {
+        let mbox = b"From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\n>From the start\n>>From deeper\nFrom inside (no empty line before)\n\nFrom c@d Tue Jan  2 00:00:00 2024\nSubject: two\n\nbody\n";
+        let messages = split_mbox(mbox);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(
+            messages[0],
+            b"Subject: one\n\nFrom the start\n>From deeper\nFrom inside (no empty line before)\n"
+        );
+        assert_eq!(messages[1], b"Subject: two\n\nbody\n");
+        assert!(split_mbox(b"").is_empty());
+    }
+
+    #[tokio::test]
+    async fn maildir_into_a_store_and_back_out_keeps_every_octet() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src");
+        let bodies: [&[u8]; 3] = [
+            b"Subject: a\n\nx\n",
+            b"Subject: b\r\n\r\ny",
+            b"\0binary\xff\n",
+        ];
+        for body in bodies {
+            maildir::deliver(&source, body).unwrap();
+        }
+        let store = maildir::MaildirStore::new(
+            dir.path().join("root"),
+            "{root}/{user}".into(),
+            "localhost".into(),
+        );
+        let files = read_maildir(&source).unwrap();
+        let copied = into_store(&store, "u", &files, |p| {
+            std::fs::read(p).map_err(|source| ImportError::Read {
+                path: p.clone(),
+                source,
+            })
+        })
+        .await
+        .unwrap();
+        let octets: u64 = bodies.iter().map(|b| canonical_size(b)).sum();
+        assert_eq!(
+            copied,
+            Copied {
+                messages: 3,
+                octets
+            }
+        );
+        let back = dir.path().join("back");
+        let out = out_to_maildir(&store, "u", &back).await.unwrap();
+        assert_eq!(out, copied);
+        let mut got: Vec<Vec<u8>> = read_maildir(&back)
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let mut want: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+
+        let mbox = dir.path().join("mbox");
+        std::fs::write(&mbox, b"").unwrap();
+        let out = out_to_mbox(&store, "u", &mbox).await.unwrap();
+        assert_eq!(out, copied);
+        let mut got = split_mbox(&std::fs::read(&mbox).unwrap());
+        got.sort();
+        // The one message without a final newline gains one, as POP3
+        // would send it.
+        let mut want: Vec<Vec<u8>> = vec![
+            bodies[0].to_vec(),
+            b"Subject: b\r\n\r\ny\n".to_vec(),
+            bodies[2].to_vec(),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn mbox_entries_quote_from_lines_and_split_back() {
+        let message = b"Subject: q\n\nFrom me\n>From you\nplain\n";
+        let entry = mbox_entry(message);
+        assert!(entry.starts_with(b"From MAILER-DAEMON "));
+        assert!(
+            entry.ends_with(b"\n>From me\n>>From you\nplain\n\n"),
+            "{}",
+            String::from_utf8_lossy(&entry)
+        );
+        assert_eq!(
+            split_mbox(&[entry.clone(), entry].concat()),
+            vec![message.to_vec(); 2]
+        );
+        let date = asctime_now();
+        assert_eq!(date.len(), 24, "{date}");
+    }
+}

@@ -1,0 +1,212 @@
+//! Maildrop locks as PostgreSQL session-level advisory locks, so that they
+//! hold across nodes and die with the connection that took them: a node
+//! that crashes or loses its network releases its locks when PostgreSQL
+//! notices the connection has gone.
+//!
+//! A node does not spend a connection per POP3 session. It keeps a few
+//! dedicated lock connections, and maildrop `k` is always locked on
+//! connection `k mod n`. One connection holds many locks; each is released
+//! with `pg_advisory_unlock` on the same connection when its session ends.
+//!
+//! Advisory locks are re-entrant within a connection, so two sessions of
+//! one node would both "get" a lock on the same connection: the node
+//! therefore also keeps the set of maildrops it holds, and refuses a
+//! second session before asking PostgreSQL.
+//!
+//! When a lock connection breaks, every lock it held is gone. The
+//! [`Held`] values that name it see it as lost, and their commits fail
+//! (nothing is deleted): another node may already have the maildrop.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::pool::Pool;
+use super::PgError;
+
+/// How often an idle lock connection is checked; a dead one is noticed
+/// within this plus [`PING_TIMEOUT`].
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One dedicated connection that holds advisory locks.
+#[derive(Debug)]
+pub(crate) struct LockConn {
+    pub(crate) client: Client,
+    /// Cancelled when the connection ends: its locks are gone.
+    lost: CancellationToken,
+}
+
+impl LockConn {
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_cancelled() || self.client.is_closed()
+    }
+}
+
+/// The lock connections of one node and the maildrops it holds.
+#[derive(Debug)]
+pub(crate) struct Locks {
+    pool: Arc<Pool>,
+    slots: Vec<tokio::sync::Mutex<Option<Arc<LockConn>>>>,
+    held: Mutex<HashSet<i64>>,
+}
+
+/// A maildrop lock held by this node. Dropping it unlocks (in a spawned
+/// task, since `Drop` cannot wait).
+#[derive(Debug)]
+pub(crate) struct Held {
+    key: i64,
+    conn: Arc<LockConn>,
+    locks: Arc<Locks>,
+    unlocked: bool,
+}
+
+impl Locks {
+    pub(crate) fn new(pool: Arc<Pool>, connections: usize) -> Arc<Locks> {
+        Arc::new(Locks {
+            pool,
+            slots: (0..connections.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            held: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the lock on maildrop `key` without waiting. `Ok(None)` means
+    /// another session (here or on another node) holds it.
+    pub(crate) async fn try_lock(self: &Arc<Self>, key: i64) -> Result<Option<Held>, PgError> {
+        if !self.held().insert(key) {
+            return Ok(None);
+        }
+        let result = async {
+            let conn = self.conn(key).await?;
+            let row = conn
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?;
+            Ok::<_, PgError>(row.get::<_, bool>(0).then_some(conn))
+        }
+        .await;
+        match result {
+            Ok(Some(conn)) => Ok(Some(Held {
+                key,
+                conn,
+                locks: Arc::clone(self),
+                unlocked: false,
+            })),
+            other => {
+                self.held().remove(&key);
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// The live lock connection for `key`, connecting when the last one
+    /// broke.
+    async fn conn(&self, key: i64) -> Result<Arc<LockConn>, PgError> {
+        let index = key.rem_euclid(self.slots.len() as i64) as usize;
+        let mut slot = self.slots[index].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.is_lost()) {
+            return Ok(Arc::clone(conn));
+        }
+        let conn = self.connect().await?;
+        *slot = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<Arc<LockConn>, PgError> {
+        let (client, connection) =
+            tokio::time::timeout(Duration::from_secs(10), self.pool.config().connect(NoTls))
+                .await
+                .map_err(|_| PgError::Timeout)??;
+        let lost = CancellationToken::new();
+        let conn = Arc::new(LockConn {
+            client,
+            lost: lost.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::error!(%error, "lock connection broke; its maildrop locks are lost");
+            }
+            lost.cancel();
+        });
+        tokio::spawn(ping(Arc::downgrade(&conn)));
+        Ok(conn)
+    }
+}
+
+/// Notices a lock connection that died without a TCP reset (a network
+/// partition), so that its sessions stop trusting their locks.
+async fn ping(conn: Weak<LockConn>) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        let Some(conn) = conn.upgrade() else { return };
+        if conn.is_lost() {
+            return;
+        }
+        let alive = tokio::time::timeout(PING_TIMEOUT, conn.client.simple_query("")).await;
+        if !matches!(alive, Ok(Ok(_))) {
+            tracing::error!("lock connection does not answer; its maildrop locks are lost");
+            conn.lost.cancel();
+            return;
+        }
+    }
+}
+
+impl Held {
+    /// The connection that holds the lock: statements run on it succeed
+    /// only while the lock is held.
+    pub(crate) fn conn(&self) -> &LockConn {
+        &self.conn
+    }
+
+    /// Unlocks now and waits for it.
+    pub(crate) async fn unlock(mut self) {
+        if !self.conn.is_lost() {
+            let done = self
+                .conn
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+                .await;
+            if let Err(error) = done {
+                tracing::warn!(%error, "maildrop unlock failed");
+            }
+        }
+        self.unlocked = true;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Removed before the unlock runs: a new session of this node then
+        // locks on the same connection, where PostgreSQL executes the two
+        // in order and the count ends right either way.
+        self.locks.held().remove(&self.key);
+        if self.unlocked || self.conn.is_lost() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime: the process is ending, and its connections (and
+            // locks) with it.
+            return;
+        };
+        let conn = Arc::clone(&self.conn);
+        let key = self.key;
+        runtime.spawn(async move {
+            if let Err(error) = conn
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&key])
+                .await
+            {
+                tracing::warn!(%error, "maildrop unlock failed");
+            }
+        });
+    }
+}

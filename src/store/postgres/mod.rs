@@ -1,0 +1,390 @@
+//! The PostgreSQL backend of [`Store`], for many nodes sharing one
+//! database: maildrops and messages live in tables, the maildrop lock is a
+//! session-level advisory lock (see [`lock`]), and PostgreSQL's own
+//! replication carries the data.
+//!
+//! - `open` finds (or creates) the maildrop row, takes its lock, then
+//!   snapshots `(id, uidl, size)` in delivery order.
+//! - `read` streams the body in chunks ([`reader`]).
+//! - `commit` deletes and marks seen in one statement, run on the lock
+//!   connection itself: if that connection has died, the lock has gone
+//!   with it and nothing is deleted.
+//! - `deliver` inserts the message in its own transaction, which is
+//!   committed (and, with `synchronous_commit`, flushed or replicated)
+//!   before it returns.
+//!
+//! Every database failure is [`StoreError::Temporary`] (`[SYS/TEMP]`).
+
+pub mod lock;
+pub mod pool;
+pub mod reader;
+pub mod schema;
+
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mailbag_proto::dot::canonical_size;
+
+use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
+use lock::{Held, Locks};
+use pool::Pool;
+pub use reader::ChunkReader;
+
+/// What can go wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string does not parse.
+    #[error("invalid PostgreSQL connection string: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// A query or connection failed.
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection within the time allowed.
+    #[error("timed out waiting for the database")]
+    Timeout,
+    /// The database needs `mailbag migrate`.
+    #[error(
+        "database schema is at version {have} but this mailbag needs {want}: run `mailbag migrate`"
+    )]
+    SchemaBehind {
+        /// The version found.
+        have: i32,
+        /// The version needed.
+        want: i32,
+    },
+    /// The database was migrated by a newer mailbag.
+    #[error(
+        "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"
+    )]
+    SchemaAhead {
+        /// The version found.
+        have: i32,
+        /// The version needed.
+        want: i32,
+    },
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Temporary(io::Error::other(e))
+    }
+}
+
+/// Connection settings of the PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// libpq-style connection string or URL; several hosts and
+    /// `target_session_attrs=read-write` are understood.
+    pub url: String,
+    /// Pooled connections for queries.
+    pub pool_size: usize,
+    /// Dedicated connections that hold maildrop locks.
+    pub lock_connections: usize,
+}
+
+/// Maildrops in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: Arc<Pool>,
+    locks: Arc<Locks>,
+}
+
+impl PgStore {
+    /// A store for `options`; connects lazily, so a database that is down
+    /// at start gives `[SYS/TEMP]` until it is back.
+    pub fn new(options: &PgOptions) -> Result<PgStore, PgError> {
+        let config = tokio_postgres::Config::from_str(&options.url).map_err(PgError::Url)?;
+        let pool = Pool::new(config, options.pool_size);
+        let locks = Locks::new(Arc::clone(&pool), options.lock_connections);
+        Ok(PgStore { pool, locks })
+    }
+
+    /// The connection pool (shared with the passdb).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Fails unless the schema is the one this build needs.
+    pub async fn check_schema(&self) -> Result<(), PgError> {
+        schema::check(&*self.pool.get().await?).await
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i32>, PgError> {
+        let mut client = self.pool.get().await?;
+        schema::migrate(client.client_mut()).await
+    }
+
+    /// The id of `user`'s maildrop, created when missing.
+    async fn maildrop_id(&self, user: &str) -> Result<i64, PgError> {
+        let client = self.pool.get().await?;
+        let select = "SELECT id FROM maildrops WHERE name = $1";
+        if let Some(row) = client.query_opt(select, &[&user]).await? {
+            return Ok(row.get(0));
+        }
+        client
+            .execute(
+                "INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&user],
+            )
+            .await?;
+        Ok(client.query_one(select, &[&user]).await?.get(0))
+    }
+
+    /// Stores `message` for `user` with a UIDL chosen here, so that an
+    /// unknown outcome (the connection broke around COMMIT) can be settled
+    /// by looking the UIDL up, instead of guessing and losing or
+    /// duplicating mail.
+    pub async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
+        check_user(user)?;
+        let uidl = new_uidl();
+        let size = canonical_size(&message) as i64;
+        let id = self.maildrop_id(user).await?;
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
+                &[&id, &uidl, &size, &message],
+            )
+            .await;
+        drop(client);
+        match inserted {
+            Ok(_) => Ok(uidl),
+            // A statement the server refused was rolled back: nothing of
+            // the message is stored.
+            Err(e) if e.as_db_error().is_some() => Err(PgError::Db(e).into()),
+            Err(e) => {
+                let e = PgError::Db(e);
+                if self.stored(&uidl).await {
+                    Ok(uidl)
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    /// Whether a message with `uidl` was committed; asked after a failure
+    /// whose outcome is unknown. `false` when the database cannot tell us
+    /// now (then the MTA retries, and at worst the message arrives twice,
+    /// never zero times).
+    async fn stored(&self, uidl: &str) -> bool {
+        for wait in [0, 500, 2000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let Ok(client) = self.pool.get().await else {
+                continue;
+            };
+            if let Ok(row) = client
+                .query_opt("SELECT 1 FROM messages WHERE uidl = $1", &[&uidl])
+                .await
+            {
+                return row.is_some();
+            }
+        }
+        false
+    }
+}
+
+/// Refuses names that cannot be a user (the passdb checks the rest).
+fn check_user(user: &str) -> Result<(), StoreError> {
+    if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
+        return Err(StoreError::Permanent("user name refused".into()));
+    }
+    Ok(())
+}
+
+/// A UIDL unique across nodes: time, then random, in hex (RFC 1939 §7:
+/// 1-70 characters in 0x21-0x7E).
+fn new_uidl() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut random = [0u8; 10];
+    rand::fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{micros:x}.{random}")
+}
+
+impl Store for PgStore {
+    type Maildrop = PgMaildrop;
+
+    async fn open(&self, user: &str) -> Result<PgMaildrop, StoreError> {
+        check_user(user)?;
+        let id = self.maildrop_id(user).await?;
+        let Some(lock) = self.locks.try_lock(id).await? else {
+            return Err(StoreError::Locked);
+        };
+        // The snapshot comes after the lock: nothing can delete under it.
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
+                &[&id],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut infos = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.get::<_, i64>(0));
+            infos.push(MessageInfo {
+                uid: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+            });
+        }
+        Ok(PgMaildrop {
+            pool: Arc::clone(&self.pool),
+            lock,
+            maildrop_id: id,
+            ids,
+            infos,
+        })
+    }
+
+    async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
+        PgStore::deliver(self, user, message).await
+    }
+
+    async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(m.id), coalesce(sum(m.size), 0)::bigint
+                   FROM maildrops d JOIN messages m ON m.maildrop_id = d.id
+                  WHERE d.name = $1",
+                &[&user],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(Usage {
+            messages: row.get::<_, i64>(0) as u64,
+            octets: row.get::<_, i64>(1) as u64,
+        })
+    }
+}
+
+/// A maildrop locked for one session, with its snapshot.
+#[derive(Debug)]
+pub struct PgMaildrop {
+    pool: Arc<Pool>,
+    lock: Held,
+    maildrop_id: i64,
+    /// Message ids, parallel to `infos`.
+    ids: Vec<i64>,
+    infos: Vec<MessageInfo>,
+}
+
+impl Maildrop for PgMaildrop {
+    type Reader = ChunkReader;
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.infos
+    }
+
+    async fn read(&mut self, index: usize) -> Result<ChunkReader, StoreError> {
+        let id = *self
+            .ids
+            .get(index)
+            .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
+        if self.lock.conn().is_lost() {
+            // Another node may own the maildrop now; this session serves
+            // nothing more from it.
+            return Err(lock_lost());
+        }
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT octet_length(body) FROM messages WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let Some(row) = row else {
+            return Err(StoreError::Vanished);
+        };
+        Ok(ChunkReader::spawn(Arc::clone(&self.pool), id, row.get(0)))
+    }
+
+    async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        let pick = |indices: &[usize]| -> Result<Vec<i64>, StoreError> {
+            indices
+                .iter()
+                .map(|&i| {
+                    self.ids
+                        .get(i)
+                        .copied()
+                        .ok_or_else(|| StoreError::Permanent("message index out of range".into()))
+                })
+                .collect()
+        };
+        let deleted = pick(deleted)?;
+        let mut seen = pick(retrieved)?;
+        seen.retain(|id| !deleted.contains(id));
+        if deleted.is_empty() && seen.is_empty() {
+            // Nothing changes, so a lost lock costs nothing here.
+            self.lock.unlock().await;
+            return Ok(());
+        }
+        if self.lock.conn().is_lost() {
+            return Err(lock_lost());
+        }
+        {
+            // One statement is one transaction: all deletions or none.
+            // It runs on the lock connection, so it cannot run once the
+            // lock has gone.
+            self.lock
+                .conn()
+                .client
+                .execute(
+                    "WITH gone AS (
+                         DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
+                     )
+                     UPDATE messages SET seen = true
+                      WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
+                    &[&self.maildrop_id, &deleted, &seen],
+                )
+                .await
+                .map_err(|e| {
+                    if self.lock.conn().is_lost() {
+                        lock_lost()
+                    } else {
+                        PgError::from(e).into()
+                    }
+                })?;
+        }
+        self.lock.unlock().await;
+        Ok(())
+    }
+}
+
+fn lock_lost() -> StoreError {
+    StoreError::Temporary(io::Error::other(
+        "the database connection holding the maildrop lock was lost",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uidls_are_rfc_1939_shaped_and_distinct() {
+        let a = new_uidl();
+        let b = new_uidl();
+        assert_ne!(a, b);
+        for u in [a, b] {
+            assert!((1..=70).contains(&u.len()), "{u}");
+            assert!(u.bytes().all(|c| (0x21..=0x7e).contains(&c)), "{u}");
+        }
+    }
+
+    #[test]
+    fn control_characters_in_user_names_are_refused() {
+        assert!(check_user("alice@example.org").is_ok());
+        for bad in ["", "a\nb", "a\0b", &"x".repeat(256)] {
+            assert!(matches!(check_user(bad), Err(StoreError::Permanent(_))));
+        }
+    }
+}

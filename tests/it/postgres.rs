@@ -1,0 +1,1453 @@
+//! The PostgreSQL backend against a real PostgreSQL server that these
+//! tests start themselves (a throwaway cluster made with `initdb` and run
+//! with `pg_ctl`), and the same behaviour suite run against both backends.
+//!
+//! Without the server binaries the PostgreSQL tests print `SKIPPED: ...`
+//! and pass, except when the `CI` variable is set: then they fail, so a CI
+//! that lost its `postgresql` package does not go green by skipping.
+//!
+//! One cluster serves every test of a run (each test gets its own
+//! database). A watcher process started with it stops it and removes its
+//! directory when the test process exits, however it exits: statics are
+//! never dropped, and a panic or ^C must not leave a server behind.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use mailbag::auth::passwd_file::PasswdFile;
+use mailbag::auth::postgres::PgPassDb;
+use mailbag::auth::scheme::Scheme;
+use mailbag::auth::PassDb;
+use mailbag::config::{Config, StoreKind};
+use mailbag::server::Server;
+use mailbag::store::maildir::MaildirStore;
+use mailbag::store::postgres::{PgOptions, PgStore};
+use mailbag::store::Store;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+// ---------------------------------------------------------------- cluster
+
+/// A running PostgreSQL cluster in a temporary directory.
+pub struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    root: PathBuf,
+    pub port: u16,
+    /// Whether the server processes run as the `postgres` user (we are
+    /// root, and PostgreSQL refuses to run as root).
+    as_postgres: bool,
+    /// Off for tests (speed); on when measuring.
+    fsync: bool,
+}
+
+fn pg_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("MAILBAG_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        return dir.join("pg_ctl").exists().then_some(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("bin")))
+        .filter(|bin| bin.join("pg_ctl").exists() && bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn command(&self, program: &str) -> Command {
+        command_as(self.as_postgres, &self.bin.join(program))
+    }
+
+    /// initdb, start, and a watcher that cleans up after this process.
+    pub fn start() -> Result<Cluster, String> {
+        Cluster::start_with(false)
+    }
+
+    /// Like [`Cluster::start`]; `fsync` as in production when measuring.
+    pub fn start_with(fsync: bool) -> Result<Cluster, String> {
+        let bin = pg_bin().ok_or(
+            "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin \
+             (install the Debian `postgresql` package, or set MAILBAG_PG_BIN)",
+        )?;
+        let as_postgres = is_root();
+        let root = tempfile::Builder::new()
+            .prefix("mailbag-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        if as_postgres {
+            let ok = Command::new("chown")
+                .arg("postgres:")
+                .arg(&root)
+                .status()
+                .map_err(|e| format!("chown: {e}"))?
+                .success();
+            if !ok {
+                return Err("cannot chown the cluster directory to the postgres user".into());
+            }
+        }
+        let data = root.join("data");
+        let cluster = Cluster {
+            bin,
+            data,
+            root,
+            port: free_port(),
+            as_postgres,
+            fsync,
+        };
+        cluster.watch();
+        let out = cluster
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .arg("-D")
+            .arg(&cluster.data)
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        cluster.start_server()?;
+        Ok(cluster)
+    }
+
+    /// Stops the cluster and removes its directory once this process has
+    /// gone, even after a panic or a signal.
+    fn watch(&self) {
+        let runas = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {runas}'{bin}/pg_ctl' -D '{data}' stop -m immediate >/dev/null 2>&1; \
+             rm -rf '{root}'",
+            pid = std::process::id(),
+            bin = self.bin.display(),
+            data = self.data.display(),
+            root = self.root.display(),
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
+
+    pub fn start_server(&self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=400",
+            self.port,
+            self.root.display(),
+            if self.fsync { "on" } else { "off" }
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-l"])
+            .arg(self.root.join("log"))
+            .args(["-o", &options, "start"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl start: {e}"))?;
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.root.join("log")).unwrap_or_default();
+            return Err(format!(
+                "pg_ctl start failed: {}{log}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn stop_server(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "stop"])
+            .stdin(Stdio::null())
+            .output();
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
+            self.port
+        )
+    }
+
+    /// A fresh database, migrated, with alice (plaintext-equivalent) and
+    /// bob (ARGON2ID).
+    pub async fn database(&self, name: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let db = format!("t{}_{name}", N.fetch_add(1, Ordering::Relaxed));
+        self.create(&db).await;
+        self.url(&db)
+    }
+
+    /// Database `db`, migrated, with alice and bob.
+    pub async fn create(&self, db: &str) {
+        let admin = connect(&self.url("postgres")).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let url = self.url(db);
+        let store = pg_store(&url);
+        assert_eq!(store.migrate().await.unwrap(), vec![1]);
+        let users = PgPassDb::new(Arc::clone(store.pool())).await;
+        users
+            .add_user(ALICE.0, ALICE.1.as_bytes(), Scheme::Plain)
+            .await
+            .unwrap();
+        users
+            .add_user(BOB.0, BOB.1.as_bytes(), Scheme::Argon2id)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn command_as(as_postgres: bool, program: &Path) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The shared cluster, or `None` (after saying why) when PostgreSQL is
+/// not installed; panics instead under CI.
+pub fn cluster(test: &str) -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(Cluster::start) {
+        Ok(cluster) => Some(cluster),
+        Err(why) => skip(test, why),
+    }
+}
+
+fn skip<T>(test: &str, why: &str) -> Option<T> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: PostgreSQL tests cannot run under CI: {why}");
+    }
+    eprintln!("SKIPPED: {test}: {why}");
+    None
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+fn pg_store(url: &str) -> PgStore {
+    PgStore::new(&PgOptions {
+        url: url.to_string(),
+        pool_size: 4,
+        lock_connections: 2,
+    })
+    .unwrap()
+}
+
+// ------------------------------------------------------------------ nodes
+
+/// One mailbag node serving in this process.
+pub struct Node {
+    pub addr: SocketAddr,
+    /// The LMTP listener, when the config has one.
+    pub lmtp: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    async fn start<S: Store, P: PassDb>(config: Config, store: S, passdb: P) -> Node {
+        let server = Server::bind(config, store, passdb).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let lmtp = server.lmtp_addrs().first().copied();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+        Node {
+            addr,
+            lmtp,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn login(&self, user: (&str, &str)) -> Client {
+        let mut c = Client::connect(self.addr).await;
+        c.line().await;
+        c.ok(&format!("USER {}", user.0)).await;
+        c.ok(&format!("PASS {}", user.1)).await;
+        c
+    }
+
+    /// The reply to PASS (the login may fail).
+    pub async fn try_login(&self, user: (&str, &str)) -> (Client, String) {
+        let mut c = Client::connect(self.addr).await;
+        c.line().await;
+        c.ok(&format!("USER {}", user.0)).await;
+        let reply = c.cmd(&format!("PASS {}", user.1)).await;
+        (c, reply)
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Maildir,
+    Postgres,
+}
+
+/// Mail in one backend, with the config a node needs to serve it.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    pub url: Option<String>,
+    store: AnyStore,
+}
+
+enum AnyStore {
+    Maildir(MaildirStore),
+    Postgres(PgStore),
+}
+
+impl Fixture {
+    /// `None` when PostgreSQL is wanted but not installed (outside CI).
+    pub async fn new(backend: Backend, test: &str) -> Option<Fixture> {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("mailbag.toml");
+        let common = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n";
+        let (text, url) = match backend {
+            Backend::Maildir => {
+                write_passwd(dir.path());
+                (
+                    format!("{common}[store]\nroot = \"mail\"\n[auth]\npasswd_file = \"passwd\"\nfailure_delay_ms = 10\n"),
+                    None,
+                )
+            }
+            Backend::Postgres => {
+                let url = cluster(test)?.database(test).await;
+                (
+                    format!("{common}[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 4\n[auth]\nfailure_delay_ms = 10\n"),
+                    Some(url),
+                )
+            }
+        };
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let store = match &url {
+            None => AnyStore::Maildir(MaildirStore::new(
+                config.store.root.clone(),
+                config.store.path.clone(),
+                config.store.default_domain.clone(),
+            )),
+            Some(url) => AnyStore::Postgres(pg_store(url)),
+        };
+        Some(Fixture {
+            dir,
+            config_path,
+            url,
+            store,
+        })
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path).unwrap()
+    }
+
+    /// A node serving this fixture's mail (several may run at once).
+    pub async fn node(&self) -> Node {
+        let config = self.config();
+        match config.store.kind {
+            StoreKind::Maildir => {
+                let passdb = PasswdFile::open(&config.auth.passwd_file).unwrap();
+                let store = MaildirStore::new(
+                    config.store.root.clone(),
+                    config.store.path.clone(),
+                    config.store.default_domain.clone(),
+                );
+                Node::start(config, store, passdb).await
+            }
+            StoreKind::Postgres => {
+                let store = pg_store(self.url.as_deref().unwrap());
+                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                Node::start(config, store, passdb).await
+            }
+        }
+    }
+
+    pub async fn deliver(&self, user: &str, message: &[u8]) -> String {
+        match &self.store {
+            AnyStore::Maildir(s) => s.deliver(user, message.to_vec()).await,
+            AnyStore::Postgres(s) => Store::deliver(s, user, message.to_vec()).await,
+        }
+        .unwrap()
+    }
+}
+
+/// Runs a generic behaviour against both backends, as two tests.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn maildir() {
+                super::$name(super::Backend::Maildir).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    stat_list_uidl_retr_and_top_are_exact,
+    large_message_streams_byte_exact,
+    dele_then_dropped_connection_deletes_nothing,
+    dele_then_quit_deletes_exactly_the_marked_messages,
+    delivery_during_a_session_is_invisible_and_survives_quit,
+    second_login_gets_in_use_until_the_first_ends,
+    passwords_apop_and_unknown_users_authenticate_alike,
+    lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused,
+);
+
+// ------------------------------------------------- the shared behaviours
+
+const ONE: &[u8] = b"From: a@example.org\nSubject: one\n\nHello\n.dot line\n";
+const TWO: &[u8] = b"Subject: two\r\n\r\nsecond message\r\nline 2\r\n";
+
+fn uids(listing: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(listing)
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect()
+}
+
+async fn stat_list_uidl_retr_and_top_are_exact(backend: Backend) {
+    let Some(f) = Fixture::new(backend, "stat_list_uidl_retr_and_top_are_exact").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    let (one, two) = (crlf(ONE).len(), crlf(TWO).len());
+    assert_eq!(c.cmd("STAT").await, format!("+OK 2 {}\r\n", one + two));
+    let (_, list) = c.multi("LIST").await;
+    assert_eq!(list, format!("1 {one}\r\n2 {two}\r\n").into_bytes());
+    let (_, uidl) = c.multi("UIDL").await;
+    let first = uids(&uidl);
+    assert_eq!(first.len(), 2);
+    assert!(first
+        .iter()
+        .all(|u| !u.is_empty() && u.len() <= 70 && u.bytes().all(|b| (0x21..=0x7e).contains(&b))));
+    let (status, body) = c.multi("RETR 1").await;
+    assert_eq!(status, format!("+OK {one} octets\r\n"));
+    assert_eq!(body, crlf(ONE));
+    let (_, top) = c.multi("TOP 2 0").await;
+    assert_eq!(top, b"Subject: two\r\n\r\n");
+    c.ok("QUIT").await;
+    // UIDLs are stable across sessions (and, for PostgreSQL, across nodes).
+    let other = f.node().await;
+    let mut c = other.login(ALICE).await;
+    let (_, uidl) = c.multi("UIDL").await;
+    assert_eq!(uids(&uidl), first);
+    c.ok("QUIT").await;
+}
+
+async fn large_message_streams_byte_exact(backend: Backend) {
+    let Some(f) = Fixture::new(backend, "large_message_streams_byte_exact").await else {
+        return;
+    };
+    // Several 256 KiB chunks, with lines that need dot-stuffing on chunk
+    // boundaries somewhere, and 8-bit bytes.
+    let mut message = b"Subject: big\n\n".to_vec();
+    let mut i = 0u32;
+    while message.len() < 1_300_000 {
+        message.extend_from_slice(format!(".line {i} ").as_bytes());
+        message.extend_from_slice(b"\xe9\xff with some padding text\n");
+        i += 1;
+    }
+    f.deliver("bob", &message).await;
+    let node = f.node().await;
+    let mut c = node.login(BOB).await;
+    let (status, body) = c.multi("RETR 1").await;
+    assert_eq!(status, format!("+OK {} octets\r\n", crlf(&message).len()));
+    assert!(body == crlf(&message), "RETR differs from the message");
+    c.ok("QUIT").await;
+}
+
+async fn dele_then_dropped_connection_deletes_nothing(backend: Backend) {
+    let Some(f) = Fixture::new(backend, "dele_then_dropped_connection_deletes_nothing").await
+    else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    c.ok("DELE 1").await;
+    c.ok("DELE 2").await;
+    drop(c);
+    let mut c = login_when_free(&node, ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    c.ok("QUIT").await;
+}
+
+/// Logs in, retrying while the lock of a just-ended session is released.
+async fn login_when_free(node: &Node, user: (&str, &str)) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (c, reply) = node.try_login(user).await;
+        if reply.starts_with("+OK") {
+            return c;
+        }
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+        assert!(Instant::now() < deadline, "the maildrop stayed locked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn dele_then_quit_deletes_exactly_the_marked_messages(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "dele_then_quit_deletes_exactly_the_marked_messages",
+    )
+    .await
+    else {
+        return;
+    };
+    for m in [ONE, TWO, ONE] {
+        f.deliver("alice", m).await;
+    }
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    let (_, uidl) = c.multi("UIDL").await;
+    let before = uids(&uidl);
+    c.ok("RETR 3").await;
+    c.body().await;
+    c.ok("DELE 2").await;
+    c.ok("QUIT").await;
+    let mut c = node.login(ALICE).await;
+    let (_, uidl) = c.multi("UIDL").await;
+    assert_eq!(uids(&uidl), vec![before[0].clone(), before[2].clone()]);
+    c.ok("QUIT").await;
+}
+
+async fn delivery_during_a_session_is_invisible_and_survives_quit(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "delivery_during_a_session_is_invisible_and_survives_quit",
+    )
+    .await
+    else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    f.deliver("alice", TWO).await;
+    assert_eq!(
+        c.cmd("STAT").await,
+        format!("+OK 1 {}\r\n", crlf(ONE).len())
+    );
+    c.ok("DELE 1").await;
+    c.ok("QUIT").await;
+    let mut c = node.login(ALICE).await;
+    assert_eq!(
+        c.cmd("STAT").await,
+        format!("+OK 1 {}\r\n", crlf(TWO).len())
+    );
+    c.ok("QUIT").await;
+}
+
+async fn second_login_gets_in_use_until_the_first_ends(backend: Backend) {
+    let Some(f) = Fixture::new(backend, "second_login_gets_in_use_until_the_first_ends").await
+    else {
+        return;
+    };
+    let node = f.node().await;
+    let mut first = node.login(ALICE).await;
+    let (_, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    // Another user is not held up.
+    node.login(BOB).await.ok("QUIT").await;
+    first.ok("QUIT").await;
+    node.login(ALICE).await.ok("QUIT").await;
+}
+
+// --------------------------------------------- PostgreSQL: across nodes
+
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
+}
+
+/// Runs `mailbag` with `args` and `stdin`; returns status, stdout, stderr.
+fn run(args: &[&str], stdin: &[u8]) -> (std::process::ExitStatus, String, String) {
+    use std::io::Write;
+    let mut child = mailbag()
+        .args(args)
+        .env("MAILBAG_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn count_messages(url: &str) -> i64 {
+    connect(url)
+        .await
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn in_use_holds_across_nodes_and_quit_on_one_frees_the_other() {
+    let Some(f) = Fixture::new(Backend::Postgres, "in_use_across_nodes").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    let (a, b) = (f.node().await, f.node().await);
+    let mut on_a = a.login(ALICE).await;
+    let (_, reply) = b.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    on_a.ok("DELE 1").await;
+    on_a.ok("QUIT").await;
+    let mut on_b = b.login(ALICE).await;
+    assert_eq!(on_b.cmd("STAT").await, "+OK 0 0\r\n");
+    on_b.ok("QUIT").await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_of_a_node_mid_session_releases_the_lock_and_deletes_nothing() {
+    let Some(f) = Fixture::new(Backend::Postgres, "kill_9_node").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
+    // Node A is a real process, so that it can die by SIGKILL.
+    let port = free_port();
+    let text = std::fs::read_to_string(&f.config_path).unwrap().replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
+    let a_config = f.dir.path().join("a.toml");
+    std::fs::write(&a_config, text).unwrap();
+    let mut a = mailbag()
+        .arg("serve")
+        .arg("--config")
+        .arg(&a_config)
+        .env("MAILBAG_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let a_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(a_addr).await.is_err() {
+        assert!(Instant::now() < deadline, "node A did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut on_a = Client::connect(a_addr).await;
+    on_a.line().await;
+    on_a.ok("USER alice").await;
+    on_a.ok("PASS wonderland").await;
+    on_a.ok("DELE 1").await;
+    on_a.ok("DELE 2").await;
+    let b = f.node().await;
+    let (_, reply) = b.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+
+    a.kill().unwrap(); // SIGKILL
+    a.wait().unwrap();
+    let mut on_b = login_when_free(&b, ALICE).await;
+    let total = crlf(ONE).len() + crlf(TWO).len();
+    assert_eq!(on_b.cmd("STAT").await, format!("+OK 2 {total}\r\n"));
+    on_b.ok("QUIT").await;
+}
+
+#[tokio::test]
+async fn lost_lock_connection_fails_retr_and_quit_with_sys_temp_and_deletes_nothing() {
+    let Some(f) = Fixture::new(Backend::Postgres, "lost_lock_connection").await else {
+        return;
+    };
+    f.deliver("alice", ONE).await;
+    f.deliver("alice", TWO).await;
+    let url = f.url.clone().unwrap();
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    c.ok("DELE 1").await;
+    // What a failover or a network cut does to the connection that holds
+    // the lock.
+    let killed: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+              WHERE locktype = 'advisory' AND database =
+                    (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    // Once the node has noticed, the session reads nothing more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = c.cmd("RETR 2").await;
+        if reply.starts_with("-ERR [SYS/TEMP]") {
+            break;
+        }
+        assert!(reply.starts_with("+OK"), "{reply}");
+        c.body().await;
+        assert!(Instant::now() < deadline, "the lost lock went unnoticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = c.cmd("QUIT").await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    assert_eq!(count_messages(&url).await, 2);
+    // A new lock connection serves the next session.
+    let mut c = login_when_free(&node, ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    c.ok("QUIT").await;
+}
+
+#[tokio::test]
+async fn delivery_while_the_database_restarts_fails_temporarily_and_loses_nothing() {
+    let test = "delivery_while_the_database_restarts";
+    // Its own cluster: stopping the shared one would fail other tests.
+    let cluster = match Cluster::start() {
+        Ok(cluster) => cluster,
+        Err(why) => {
+            skip::<()>(test, &why);
+            return;
+        }
+    };
+    let url = cluster.database("restart").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+    )
+    .unwrap();
+    let config_arg = config.to_str().unwrap();
+    let deliver = |body: &[u8]| {
+        run(
+            &["deliver", "--user", "alice", "--config", config_arg],
+            body,
+        )
+    };
+    assert!(deliver(b"Subject: 1\n\none\n").0.success());
+
+    let store = pg_store(&url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(Config::load(&config).unwrap(), store, passdb).await;
+
+    cluster.stop_server();
+    let (status, _, stderr) = deliver(b"Subject: 2\n\ntwo\n");
+    assert_eq!(status.code(), Some(75), "EX_TEMPFAIL while down: {stderr}");
+    let (_, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    let lmtp = node.lmtp.unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: 3\r\n\r\nthree\r\n").await;
+    assert!(reply.starts_with("451"), "LMTP while down: {reply}");
+
+    cluster.start_server().unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: 3\r\n\r\nthree\r\n").await;
+    assert!(reply.starts_with("250"), "LMTP after the restart: {reply}");
+    let (status, _, stderr) = deliver(b"Subject: 2\n\ntwo\n");
+    assert!(status.success(), "{stderr}");
+    // Exactly the acknowledged messages: none lost, none doubled.
+    assert_eq!(count_messages(&url).await, 3);
+    // The node's pooled connections died with the server; it reconnects.
+    let mut c = node.login(ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 3 "));
+    c.ok("QUIT").await;
+    node.stop().await;
+}
+
+/// One LMTP transaction for `rcpt`; returns the reply that decided it
+/// (RCPT's when refused, else the one after the data).
+async fn lmtp_deliver(addr: SocketAddr, rcpt: &str, body: &[u8]) -> String {
+    let mut c = Client::connect(addr).await;
+    assert!(c.line().await.starts_with("220"));
+    c.send(b"LHLO test\r\n").await;
+    while c.line().await.as_bytes().get(3) == Some(&b'-') {}
+    assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).await;
+    if !reply.starts_with('2') {
+        return reply;
+    }
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(body).await;
+    c.cmd(".").await
+}
+
+/// Makes a cluster refuse writes (as a standby does) or accept them (as
+/// it does once promoted).
+async fn set_read_only(cluster: &Cluster, read_only: bool) {
+    let admin = connect(&cluster.url("postgres")).await;
+    let value = if read_only { "on" } else { "off" };
+    admin
+        .batch_execute(&format!(
+            "ALTER SYSTEM SET default_transaction_read_only = {value}"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn nodes_follow_a_failover_through_the_connection_string_alone() {
+    let test = "nodes_follow_a_failover";
+    // Two clusters of their own: one stands in for the standby (it
+    // refuses writes, which is what target_session_attrs looks at), the
+    // other for the primary. Copying the data between them is
+    // PostgreSQL's replication's job, not what this test shows.
+    let (standby, primary) = match (Cluster::start(), Cluster::start()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(why), _) | (_, Err(why)) => {
+            skip::<()>(test, &why);
+            return;
+        }
+    };
+    standby.create("mail").await;
+    primary.create("mail").await;
+    set_read_only(&standby, true).await;
+    let url = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=mail \
+         target_session_attrs=read-write connect_timeout=5",
+        standby.port, primary.port
+    );
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let store = pg_store(&url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let lmtp = node.lmtp.unwrap();
+
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: before\r\n\r\n1\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(count_messages(&primary.url("mail")).await, 1);
+    assert_eq!(count_messages(&standby.url("mail")).await, 0);
+
+    // The primary dies and the standby is promoted; the node's config
+    // does not change.
+    primary.stop_server();
+    set_read_only(&standby, false).await;
+    let mut tries = 0;
+    loop {
+        let reply = lmtp_deliver(lmtp, "alice", b"Subject: after\r\n\r\n2\r\n").await;
+        if reply.starts_with("250") {
+            break;
+        }
+        // Connections to the dead primary fail first: a retry, never a loss.
+        assert!(reply.starts_with('4'), "{reply}");
+        tries += 1;
+        assert!(tries < 10, "the node did not find the promoted standby");
+    }
+    assert_eq!(count_messages(&standby.url("mail")).await, 1);
+    let mut c = login_when_free(&node, ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn many_sessions_share_a_few_database_connections() {
+    let Some(f) = Fixture::new(Backend::Postgres, "many_sessions").await else {
+        return;
+    };
+    let url = f.url.clone().unwrap();
+    let users = PgPassDb::new(Arc::clone(pg_store(&url).pool())).await;
+    let sessions = 40;
+    for i in 0..sessions {
+        users
+            .add_user(&format!("u{i}"), b"pw", Scheme::Plain)
+            .await
+            .unwrap();
+    }
+    // The node's own connections carry an application_name to count by.
+    let node_url = format!("{url} application_name=node");
+    let text = std::fs::read_to_string(&f.config_path)
+        .unwrap()
+        .replace(&url, &node_url)
+        .replace("pool_size = 4", "pool_size = 4\nlock_connections = 2");
+    let config = Config::parse(&text, f.dir.path()).unwrap();
+    let store = pg_store(&node_url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let mut open = Vec::new();
+    for i in 0..sessions {
+        open.push(node.login((&format!("u{i}"), "pw")).await);
+    }
+    let used: i64 = connect(&url)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'node'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // At least the lock connections, or the count proves nothing.
+    assert!(
+        (2..=4 + 2).contains(&used),
+        "{sessions} sessions used {used} connections"
+    );
+    for mut c in open {
+        c.ok("QUIT").await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
+    let test = "serve_refuses_a_schema_behind";
+    let Some(cluster) = cluster(test) else { return };
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE unmigrated")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{}\"\n[auth]\n",
+            cluster.url("unmigrated")
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (status, _, stderr) = run(&["serve", "--config", config], b"");
+    assert!(!status.success());
+    assert!(stderr.contains("mailbag migrate"), "{stderr}");
+    let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout, "applied migration 1\n");
+    let (status, stdout, _) = run(&["migrate", "--config", config], b"");
+    assert!(status.success());
+    assert!(stdout.starts_with("schema is current"), "{stdout}");
+    let (status, stdout, stderr) = run(&["check-config", "--config", config], b"");
+    assert!(status.success() && stdout.ends_with(": OK\n"), "{stderr}");
+}
+
+#[tokio::test]
+async fn user_commands_manage_the_users_table() {
+    let Some(f) = Fixture::new(Backend::Postgres, "user_commands").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"s3cret\n",
+    );
+    assert!(status.success(), "{stderr}");
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"other\n",
+    );
+    assert!(!status.success() && stderr.contains("exists"), "{stderr}");
+    let (_, stdout, _) = run(&["user", "list", "--config", config], b"");
+    assert_eq!(stdout, "alice\nbob\ncarol\n");
+    let node = f.node().await;
+    node.login(("carol", "s3cret")).await.ok("QUIT").await;
+    let (status, _, stderr) = run(
+        &[
+            "user",
+            "passwd",
+            "carol",
+            "--password-stdin",
+            "--config",
+            config,
+        ],
+        b"n3w\n",
+    );
+    assert!(status.success(), "{stderr}");
+    node.login(("carol", "n3w")).await.ok("QUIT").await;
+    let (status, _, _) = run(&["user", "del", "carol", "--config", config], b"");
+    assert!(status.success());
+    let (_, reply) = node.try_login(("carol", "n3w")).await;
+    assert!(reply.starts_with("-ERR"), "{reply}");
+}
+
+#[tokio::test]
+async fn import_copies_maildir_and_mbox_in_and_back_out_to_both_verified() {
+    let Some(f) = Fixture::new(Backend::Postgres, "import").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    let source = f.dir.path().join("old/Maildir");
+    let bodies: [&[u8]; 2] = [ONE, TWO];
+    for body in bodies {
+        mailbag::store::maildir::deliver(&source, body).unwrap();
+    }
+    let from = format!("maildir:{}", source.display());
+    let (status, stdout, stderr) = run(
+        &[
+            "import", "--user", "alice", "--from", &from, "--config", config,
+        ],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    let octets = crlf(ONE).len() + crlf(TWO).len();
+    assert_eq!(
+        stdout,
+        format!("copied and verified 2 messages ({octets} octets)\n")
+    );
+
+    let mbox = f.dir.path().join("mbox");
+    std::fs::write(
+        &mbox,
+        b"From a@b Mon Jan  1 00:00:00 2024\nSubject: m\n\n>From here\n\nFrom c@d Mon Jan  1 00:00:01 2024\nSubject: n\n\nx\n",
+    )
+    .unwrap();
+    let from = format!("mbox:{}", mbox.display());
+    let (status, stdout, stderr) = run(
+        &[
+            "import", "--user", "alice", "--from", &from, "--config", config,
+        ],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 2 messages"),
+        "{stdout}"
+    );
+
+    let back = f.dir.path().join("back/Maildir");
+    let to = format!("maildir:{}", back.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 4 messages"),
+        "{stdout}"
+    );
+    let mut got: Vec<Vec<u8>> = ["cur", "new"]
+        .iter()
+        .flat_map(|sub| maildir_files(&back, sub))
+        .map(|(_, body)| body)
+        .collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = vec![
+        ONE.to_vec(),
+        TWO.to_vec(),
+        b"Subject: m\n\nFrom here\n".to_vec(),
+        b"Subject: n\n\nx\n".to_vec(),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    let out = f.dir.path().join("out.mbox");
+    let to = format!("mbox:{}", out.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("copied and verified 4 messages"),
+        "{stdout}"
+    );
+    let mut got = mailbag::import::split_mbox(&std::fs::read(&out).unwrap());
+    got.sort();
+    assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------- figures
+
+/// Sizing figures for docs/DEPLOYMENT.md, printed, never asserted:
+/// `cargo test --test it postgres::figures -- --ignored --nocapture`.
+/// Runs on its own cluster with fsync on, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints sizing figures; run by hand"]
+async fn figures() {
+    let cluster = Cluster::start_with(true).expect("PostgreSQL binaries");
+    let url = cluster.database("figures").await;
+    let store = pg_store(&url);
+    let message: Vec<u8> = {
+        let mut m = b"Subject: sizing\r\n\r\n".to_vec();
+        while m.len() < 10 * 1024 {
+            m.extend_from_slice(b"A line of text of the kind that mail is made of.\r\n");
+        }
+        m
+    };
+
+    let n = 400;
+    let started = Instant::now();
+    for _ in 0..n {
+        Store::deliver(&store, "bob", message.clone())
+            .await
+            .unwrap();
+    }
+    let serial = n as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let message = message.clone();
+            tokio::spawn(async move {
+                for _ in 0..n / 8 {
+                    Store::deliver(&store, "bob", message.clone())
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let parallel = n as f64 / started.elapsed().as_secs_f64();
+    println!("deliver 10 KiB: {serial:.0} msg/s one at a time, {parallel:.0} msg/s 8 at once");
+
+    let admin = connect(&url).await;
+    let row = admin
+        .query_one(
+            "SELECT pg_total_relation_size('messages')::bigint, count(*), sum(octet_length(body))::bigint FROM messages",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (total, count, body): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    println!(
+        "storage: {} octets per 10 KiB message on disk ({:.2}x the body)",
+        total / count,
+        total as f64 / body as f64
+    );
+
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\npool_size = 8\nlock_connections = 2\n[auth]\nfailure_delay_ms = 10\n[limits]\nmax_connections_per_address = 1000\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let node_store = PgStore::new(&PgOptions {
+        url: url.clone(),
+        pool_size: 8,
+        lock_connections: 2,
+    })
+    .unwrap();
+    let passdb = PgPassDb::new(Arc::clone(node_store.pool())).await;
+    let node = Arc::new(Node::start(config, node_store, passdb).await);
+
+    // Many sessions in TRANSACTION at once: database connections stay at
+    // pool_size + lock_connections, whatever the number of sessions.
+    for i in 0..200 {
+        let name = format!("user{i}");
+        PgPassDb::new(Arc::clone(store.pool()))
+            .await
+            .add_user(&name, b"pw", Scheme::Plain)
+            .await
+            .unwrap();
+    }
+    let mut open = Vec::new();
+    for i in 0..200 {
+        open.push(node.login((&format!("user{i}"), "pw")).await);
+    }
+    let backends: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    println!("200 sessions in TRANSACTION on one node: {backends} database connections (at most: node pool 8 + node locks 2 + the measuring store's pool 4)");
+    for mut c in open {
+        c.ok("QUIT").await;
+    }
+
+    let sessions = 400;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let node = Arc::clone(&node);
+            tokio::spawn(async move {
+                for i in 0..sessions / 8 {
+                    let user = format!("user{}", t * 25 + i % 25);
+                    let mut c = node.login((&user, "pw")).await;
+                    c.ok("STAT").await;
+                    c.multi("UIDL").await;
+                    c.ok("QUIT").await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "login (PLAIN secret), STAT, UIDL, QUIT: {:.0} sessions/s with 8 clients",
+        sessions as f64 / started.elapsed().as_secs_f64()
+    );
+
+    let big: Vec<u8> = message.iter().copied().cycle().take(20 << 20).collect();
+    Store::deliver(&store, "carol", big.clone()).await.unwrap();
+    PgPassDb::new(Arc::clone(store.pool()))
+        .await
+        .add_user("carol", b"pw", Scheme::Plain)
+        .await
+        .unwrap();
+    let mut c = node.login(("carol", "pw")).await;
+    let started = Instant::now();
+    let (_, body) = c.multi("RETR 1").await;
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(body.len(), crlf(&big).len());
+    println!(
+        "RETR of a 20 MiB message: {:.0} MB/s (256 KiB chunks)",
+        big.len() as f64 / secs / 1e6
+    );
+    c.ok("QUIT").await;
+}
+
+// ------------------------------------------- more shared behaviours
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn passwords_apop_and_unknown_users_authenticate_alike(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "passwords_apop_and_unknown_users_authenticate_alike",
+    )
+    .await
+    else {
+        return;
+    };
+    let node = f.node().await;
+    node.login(BOB).await.ok("QUIT").await;
+    for (user, password) in [("bob", "wrong"), ("nobody", "builder")] {
+        let (_, reply) = node.try_login((user, password)).await;
+        assert!(reply.starts_with("-ERR [AUTH]"), "{user}: {reply}");
+    }
+    // alice's secret is plaintext-equivalent, so the greeting offers APOP.
+    let mut c = Client::connect(node.addr).await;
+    let greeting = c.line().await;
+    let ts = &greeting[greeting.find('<').expect("APOP timestamp")..=greeting.rfind('>').unwrap()];
+    let digest = md5_hex(format!("{ts}{}", ALICE.1).as_bytes());
+    c.ok(&format!("APOP alice {digest}")).await;
+    c.ok("QUIT").await;
+}
+
+async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(backend: Backend) {
+    let Some(f) = Fixture::new(
+        backend,
+        "lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused",
+    )
+    .await
+    else {
+        return;
+    };
+    let node = f.node().await;
+    let lmtp = node.lmtp.unwrap();
+    let reply = lmtp_deliver(lmtp, "nobody", b"x\r\n").await;
+    assert!(reply.starts_with("550"), "{reply}");
+    let body = b"Subject: over lmtp\r\n\r\n..starts with a dot\r\n\xff 8-bit\r\n";
+    let reply = lmtp_deliver(lmtp, "alice", body).await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let mut c = node.login(ALICE).await;
+    let (_, got) = c.multi("RETR 1").await;
+    // LMTP unstuffs the leading dot; the stored message gains trace headers.
+    assert!(
+        got.ends_with(b"Subject: over lmtp\r\n\r\n.starts with a dot\r\n\xff 8-bit\r\n"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(got.starts_with(b"Return-Path: <x@example.org>\r\n"));
+    c.ok("QUIT").await;
+}
+
+// ------------------------------------------- an unknown COMMIT outcome
+
+/// A TCP proxy to PostgreSQL that, once, lets the statement after an
+/// `INSERT INTO messages` prepare reach the server (so it executes and
+/// commits) but never relays the reply, then cuts the connection: what a
+/// network failure at the worst moment looks like to the node. Returns
+/// its port and whether the cut has happened.
+async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(true));
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_out = Arc::clone(&cut);
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (armed, cut) = (Arc::clone(&armed), Arc::clone(&cut));
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let muted = Arc::new(AtomicBool::new(false));
+                let muted_s2c = Arc::clone(&muted);
+                let s2c = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        // Muted: the reply is swallowed, and the client
+                        // waits until the connection is cut.
+                        if !muted_s2c.load(Ordering::SeqCst)
+                            && client_tx.write_all(&buf[..n]).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 1 << 20];
+                let mut insert_prepared = false;
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if insert_prepared {
+                        muted.store(true, Ordering::SeqCst);
+                        cut.store(true, Ordering::SeqCst);
+                        let _ = server_tx.write_all(chunk).await;
+                        // Long enough for the server to execute and commit.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        s2c.abort();
+                        return;
+                    }
+                    if chunk.windows(20).any(|w| w == b"INSERT INTO messages")
+                        && armed.swap(false, Ordering::SeqCst)
+                    {
+                        insert_prepared = true;
+                    }
+                    if server_tx.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, cut_out)
+}
+
+#[tokio::test]
+async fn a_delivery_whose_commit_reply_is_lost_is_found_not_repeated() {
+    let test = "a_delivery_whose_commit_reply_is_lost";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("lost_reply").await;
+    let (port, cut) = reply_losing_proxy(cluster.port).await;
+    let store = pg_store(&url.replace(&format!("port={}", cluster.port), &format!("port={port}")));
+    // Acknowledged although the reply never came: the node looked the
+    // message's UIDL up. Refusing it would make the MTA send it again.
+    let uidl = Store::deliver(&store, "alice", b"Subject: once\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
+    let rows: Vec<String> = connect(&url)
+        .await
+        .query("SELECT uidl FROM messages", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, vec![uidl]);
+}
