@@ -1,7 +1,7 @@
 //! The `mailbag` binary: demo, serve, check-config and user management,
 //! run as a user would run them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,14 +10,6 @@ use crate::support::*;
 
 fn mailbag() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailbag"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `mailbag serve` on a free port with the test config in `dir`.

@@ -217,11 +217,7 @@ async fn ten_thousand_sasl_cancels_keep_memory_flat() {
     // The server runs as its own process so that its memory is its own.
     let dir = tempfile::tempdir().unwrap();
     write_passwd(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))

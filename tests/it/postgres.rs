@@ -11,7 +11,7 @@
 //! directory when the test process exits, however it exits: statics are
 //! never dropped, and a panic or ^C must not leave a server behind.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,14 +61,6 @@ fn pg_bin() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Cluster {

@@ -33,6 +33,16 @@ pub struct TestServer {
     handle: Option<JoinHandle<()>>,
 }
 
+/// A port that was free a moment ago, for servers started as processes
+/// (which cannot report a port 0 back).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn config_text(dir: &Path, extra: &str) -> String {
     let _ = dir;
     // A test that needs more of [pop3] brings the whole table.

@@ -326,14 +326,6 @@ async fn curl_over_pop3s_and_stls() {
     assert!(ok && out.contains("via curl"), "{out}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn sighup_reloads_the_certificate_without_dropping_sessions() {
     let dir = tempfile::tempdir().unwrap();
