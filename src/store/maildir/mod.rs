@@ -449,6 +449,12 @@ fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError
     let mut entries = Vec::with_capacity(order.len());
     let mut infos = Vec::with_capacity(order.len());
     let mut uncached: Vec<usize> = Vec::new();
+    let need: Vec<usize> = order
+        .iter()
+        .map(|&(_, i)| i)
+        .filter(|&i| found[i].crlf_size.is_none() && cache.get(found[i].entry.base()).is_none())
+        .collect();
+    let mut measured = measure_all(maildir, &found, &need);
     for &(_, i) in &order {
         let f = &mut found[i];
         let size = match f.crlf_size {
@@ -459,7 +465,10 @@ fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError
                     uncached.push(entries.len());
                     cached
                 }
-                None => match measure(&f.entry.path(maildir))? {
+                None => match measured
+                    .remove(&i)
+                    .unwrap_or_else(|| measure(&f.entry.path(maildir)))?
+                {
                     Some(n) => {
                         learned = true;
                         uncached.push(entries.len());
@@ -488,6 +497,51 @@ fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError
         }
     }
     Ok((entries, infos))
+}
+
+/// Files measured by one thread before more threads are worth it.
+const MEASURE_PER_THREAD: usize = 256;
+/// Threads that measure at once: on a cold cache the time goes in waiting
+/// for the disk, and several reads in flight overlap those waits.
+const MEASURE_THREADS: usize = 8;
+
+/// Measures the files at `need` (indexes into `found`), in parallel when
+/// there are many (the first login to a large Maildir whose names carry
+/// no `W=`).
+fn measure_all(
+    maildir: &Path,
+    found: &[Found],
+    need: &[usize],
+) -> HashMap<usize, Result<Option<u64>, StoreError>> {
+    let threads = (need.len() / MEASURE_PER_THREAD).clamp(1, MEASURE_THREADS);
+    if threads == 1 {
+        return need
+            .iter()
+            .map(|&i| (i, measure(&found[i].entry.path(maildir))))
+            .collect();
+    }
+    let chunk = need.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = need
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|&i| (i, measure(&found[i].entry.path(maildir))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(sizes) => sizes,
+                // A measuring thread cannot panic on bad input; if it
+                // did, those files are measured again in the loop.
+                Err(_) => Vec::new(),
+            })
+            .collect()
+    })
 }
 
 /// The CRLF size of a message file; `None` when it has gone.

@@ -130,6 +130,35 @@ async fn lf_and_crlf_files_measure_the_same() {
 }
 
 #[tokio::test]
+async fn many_unsized_files_are_measured_in_parallel_and_exactly() {
+    let (_dir, store, md) = setup();
+    // Enough names without W= to take the parallel path; each message a
+    // different mix of line endings, so a size mixed up between threads
+    // would show.
+    let n = 3000u64;
+    for i in 0..n {
+        let body = format!("Subject: {i}\n\n{}", "x\n".repeat(i as usize % 17));
+        put(
+            &md,
+            if i % 2 == 0 { "new" } else { "cur" },
+            &format!("{}.M{i}P1.host", 1_700_000_000 + i),
+            body.as_bytes(),
+        );
+    }
+    let maildrop = store.open("alice").await.unwrap();
+    assert_eq!(maildrop.messages().len(), n as usize);
+    for (i, m) in maildrop.messages().iter().enumerate() {
+        let i = i as u64;
+        let body = format!("Subject: {i}\n\n{}", "x\n".repeat(i as usize % 17));
+        assert_eq!(
+            m.size,
+            mailbag_proto::dot::canonical_size(body.as_bytes()),
+            "message {i}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn same_base_in_new_and_cur_is_one_message_from_cur() {
     let (_dir, store, md) = setup();
     put(&md, "new", "1.dup", b"old\n");
