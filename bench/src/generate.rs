@@ -1,8 +1,8 @@
 //! Test data: deterministic messages of an exact size, and Maildirs of
 //! them for a range of users (`{root}/{domain}/{name}/Maildir`, messages in
 //! new/ named `<base>,S=<octets on disk>,W=<octets with CRLF>` as Dovecot
-//! and mailbag write them), plus passwd-file lines `name:{PLAIN}password`
-//! that mailbag and Dovecot both read.
+//! and mailbag write them), plus passwd-file lines (`name:{PLAIN}password`
+//! or a given hash) that mailbag and Dovecot both read.
 //!
 //! Benchmark data, not mail: files are written without fsync.
 
@@ -99,8 +99,8 @@ pub struct Plan {
     pub size: usize,
     /// A passwd-file to append the users to.
     pub passwd: Option<PathBuf>,
-    /// Everyone's password.
-    pub password: String,
+    /// Everyone's passwd-file field, e.g. `{PLAIN}pw`.
+    pub stored: String,
 }
 
 /// Writes the Maildirs and passwd lines; returns the number of files.
@@ -128,7 +128,7 @@ pub fn run(plan: &Plan) -> Result<u64> {
             write_message(&maildir, seq, plan.size)?;
             files += 1;
         }
-        lines.push_str(&format!("{name}:{{PLAIN}}{}\n", plan.password));
+        lines.push_str(&format!("{name}:{}\n", plan.stored));
     }
     if let Some(file) = passwd.as_mut() {
         file.write_all(lines.as_bytes())?;

@@ -56,18 +56,93 @@ impl Errors {
     }
 }
 
+/// Stops a load when the server's anonymous RSS passes a limit: a server that keeps
+/// memory per login must not exhaust a shared machine. Sampled every
+/// half second from /proc in a thread of its own.
+pub struct MemoryGuard {
+    tripped: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+    limit_kib: u64,
+}
+
+impl MemoryGuard {
+    /// Watches the tree of `server_pid` (none: never trips).
+    pub fn start(server_pid: Option<u32>, limit_kib: u64) -> MemoryGuard {
+        let tripped = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        if let Some(pid) = server_pid {
+            let (tripped, done) = (tripped.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if procfs::anon_rss_kib(&procfs::tree(pid)) > limit_kib {
+                        tripped.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            });
+        }
+        MemoryGuard {
+            tripped,
+            done,
+            limit_kib,
+        }
+    }
+
+    /// True once the server went over the limit.
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    fn fields(&self) -> Fields {
+        vec![field(
+            "memory_guard_tripped",
+            json!(if self.tripped() {
+                Value::from(format!(
+                    "server anonymous RSS over {} MiB: load cut short",
+                    self.limit_kib / 1024
+                ))
+            } else {
+                Value::from(false)
+            }),
+        )]
+    }
+}
+
+impl Drop for MemoryGuard {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The server under load, as the loads that watch it need it.
+pub struct Server {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Everyone's password.
+    pub password: String,
+    /// The root of its process tree.
+    pub pid: Option<u32>,
+    /// Cuts the load short if its memory runs away.
+    pub guard: Arc<MemoryGuard>,
+}
+
 /// (a) Login cycles: connect, greeting, USER/PASS, STAT, UIDL, LIST, QUIT,
 /// by `concurrency` workers over distinct users taken round-robin (a
 /// maildrop is locked per session), for `duration` or `max_cycles`.
 pub async fn login(
-    addr: SocketAddr,
+    server: Server,
     users: Users,
-    password: String,
     concurrency: usize,
     duration: Duration,
     max_cycles: Option<u64>,
-    server_pid: Option<u32>,
 ) -> Result<Fields> {
+    let Server {
+        addr,
+        password,
+        pid: server_pid,
+        guard,
+    } = server;
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(Errors::default());
     let users = Arc::new(users);
@@ -76,15 +151,16 @@ pub async fn login(
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (next, errors, users, password) = (
+        let (next, errors, users, password, guard) = (
             next.clone(),
             errors.clone(),
             users.clone(),
             password.clone(),
+            guard.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Latencies::default();
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !guard.tripped() {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if max_cycles.is_some_and(|max| i >= max) {
                     break;
@@ -113,6 +189,7 @@ pub async fn login(
     ];
     out.extend(latencies.summary("cycle"));
     out.extend(errors.fields(""));
+    out.extend(guard.fields());
     out.extend(meter.finish(worker_threads()));
     Ok(out)
 }
@@ -211,16 +288,22 @@ pub async fn retr(
 /// (c) Idle sessions: log in `users.count` distinct users and keep them
 /// open, then report the server's memory per session (PSS and RSS summed
 /// over its process tree, after minus before) and NOOP latency with all
-/// of them open. Stops opening at the first failure and reports how many
-/// it held.
+/// of them open. Stops opening at the first failure or after
+/// `ramp_limit`, and reports how many it held.
 pub async fn idle(
-    addr: SocketAddr,
+    server: Server,
     users: Users,
-    password: String,
-    server_pid: u32,
     open_concurrency: usize,
     noop_rounds: usize,
+    ramp_limit: Duration,
 ) -> Result<Fields> {
+    let Server {
+        addr,
+        password,
+        pid,
+        guard,
+    } = server;
+    let server_pid = pid.context("idle needs the server's PID to read its memory")?;
     let before = procfs::memory(server_pid);
     let meter = Meter::start(Some(server_pid));
     let next = Arc::new(AtomicU64::new(0));
@@ -228,8 +311,12 @@ pub async fn idle(
     let errors = Arc::new(Errors::default());
     let users = Arc::new(users);
     let password = Arc::new(password);
+    let ramp_deadline = Instant::now() + ramp_limit;
+    let out_of_time = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..open_concurrency {
+        let out_of_time = out_of_time.clone();
+        let guard = guard.clone();
         let (next, stop, errors, users, password) = (
             next.clone(),
             stop.clone(),
@@ -239,7 +326,11 @@ pub async fn idle(
         );
         tasks.push(tokio::spawn(async move {
             let mut held = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && !guard.tripped() {
+                if Instant::now() >= ramp_deadline {
+                    out_of_time.store(true, Ordering::Relaxed);
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= users.count {
                     break;
@@ -300,6 +391,18 @@ pub async fn idle(
     let mut out = vec![
         field("sessions", json!(sessions)),
         field("sessions_asked", json!(users.count)),
+        field(
+            "ramp_ended_by",
+            json!(if errors.count.load(Ordering::Relaxed) > 0 {
+                "an open error"
+            } else if guard.tripped() {
+                "the server memory guard"
+            } else if out_of_time.load(Ordering::Relaxed) {
+                "the ramp time limit"
+            } else {
+                "all open"
+            }),
+        ),
         field("open_s", json!(round(open_s, 2))),
         field("server_processes", json!(after.processes)),
         field("pss_before_kib", json!(before.pss_kib)),
@@ -317,6 +420,7 @@ pub async fn idle(
     // Opening stops at the first failure (the fd limit, say): that ends
     // the ramp, and is reported, but is not a failed run.
     out.extend(errors.fields("open_"));
+    out.extend(guard.fields());
     out.extend(meter.finish(worker_threads()));
     drop(groups);
     Ok(out)
@@ -489,17 +593,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn login_cycles_count_every_completed_cycle() {
         let addr = fake_server(0).await;
-        let f = login(
+        let server = Server {
             addr,
-            users(),
-            "pw".into(),
-            4,
-            Duration::from_secs(30),
-            Some(20),
-            None,
-        )
-        .await
-        .unwrap();
+            password: "pw".into(),
+            pid: None,
+            guard: Arc::new(MemoryGuard::start(None, u64::MAX)),
+        };
+        let f = login(server, users(), 4, Duration::from_secs(30), Some(20))
+            .await
+            .unwrap();
         assert_eq!(value(&f, "cycles"), &json!(20));
         assert_eq!(value(&f, "errors"), &json!(0));
     }

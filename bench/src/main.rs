@@ -19,6 +19,7 @@ mod report;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -56,6 +57,24 @@ struct Target {
     /// Everyone's password.
     #[arg(long, default_value = "pw")]
     password: String,
+    /// Cut the load short if the server's anonymous RSS (over its process
+    /// tree) passes this many MiB, to protect a shared machine.
+    #[arg(long, default_value_t = 6144)]
+    max_server_rss_mib: u64,
+}
+
+impl Target {
+    fn server(&self) -> loads::Server {
+        loads::Server {
+            addr: self.addr,
+            password: self.password.clone(),
+            pid: self.server_pid,
+            guard: Arc::new(loads::MemoryGuard::start(
+                self.server_pid,
+                self.max_server_rss_mib * 1024,
+            )),
+        }
+    }
 }
 
 /// A range of users `{prefix}{first}`..
@@ -106,6 +125,10 @@ enum Command {
         /// Everyone's password.
         #[arg(long, default_value = "pw")]
         password: String,
+        /// The passwd-file field to write instead of `{PLAIN}<password>`,
+        /// e.g. a `{SHA512-CRYPT}...` hash of the same password.
+        #[arg(long)]
+        stored: Option<String>,
     },
     /// Login cycles: connect, USER/PASS, STAT, UIDL, LIST, QUIT.
     Login {
@@ -176,6 +199,9 @@ enum Command {
         /// NOOPs from every session.
         #[arg(long, default_value_t = 3)]
         noop_rounds: usize,
+        /// Stop opening sessions after this many seconds.
+        #[arg(long, default_value_t = 600.0)]
+        ramp_limit: f64,
     },
     /// A large maildrop: PASS to the end of UIDL, first and warm.
     Maildrop {
@@ -223,6 +249,7 @@ fn main() -> Result<()> {
             size,
             passwd,
             password,
+            stored,
         } => {
             let plan = generate::Plan {
                 root,
@@ -231,7 +258,7 @@ fn main() -> Result<()> {
                 messages,
                 size,
                 passwd,
-                password,
+                stored: stored.unwrap_or_else(|| format!("{{PLAIN}}{password}")),
             };
             let started = std::time::Instant::now();
             let files = generate::run(&plan)?;
@@ -273,13 +300,11 @@ async fn run_load(command: Command) -> Result<()> {
             max_cycles,
         } => {
             let f = loads::login(
-                target.addr,
+                target.server(),
                 range.users(),
-                target.password.clone(),
                 concurrency,
                 secs(duration),
                 max_cycles,
-                target.server_pid,
             )
             .await?;
             ("login", target, f)
@@ -328,6 +353,7 @@ async fn run_load(command: Command) -> Result<()> {
                 name,
                 json,
                 password: String::new(),
+                max_server_rss_mib: 0,
             };
             ("raw", target, f)
         }
@@ -336,17 +362,14 @@ async fn run_load(command: Command) -> Result<()> {
             range,
             open_concurrency,
             noop_rounds,
+            ramp_limit,
         } => {
-            let pid = target
-                .server_pid
-                .context("idle needs --server-pid to read the server's memory")?;
             let f = loads::idle(
-                target.addr,
+                target.server(),
                 range.users(),
-                target.password.clone(),
-                pid,
                 open_concurrency,
                 noop_rounds,
+                secs(ramp_limit),
             )
             .await?;
             ("idle", target, f)

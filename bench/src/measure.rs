@@ -71,6 +71,7 @@ pub struct Meter {
     own_cpu: f64,
     server_pid: Option<u32>,
     server_cpu: f64,
+    machine: (u64, u64),
 }
 
 impl Meter {
@@ -82,6 +83,7 @@ impl Meter {
             own_cpu: procfs::own_cpu_seconds(),
             server_pid,
             server_cpu: server_pid.map(procfs::cpu_seconds).unwrap_or(0.0),
+            machine: procfs::machine_ticks(),
         }
     }
 
@@ -102,6 +104,16 @@ impl Meter {
         if let Some(pid) = self.server_pid {
             let server = (procfs::cpu_seconds(pid) - self.server_cpu) / wall;
             out.push(("server_cpu_cores".to_string(), json!(round(server, 2))));
+        }
+        // How busy the whole machine was: generator, server, and anyone
+        // else's work (other builds on a shared machine) together.
+        let (busy, total) = procfs::machine_ticks();
+        let (busy, total) = (busy - self.machine.0, total - self.machine.1);
+        if total > 0 {
+            out.push((
+                "machine_busy_percent".to_string(),
+                json!(round(100.0 * busy as f64 / total as f64, 1)),
+            ));
         }
         // The generator is the bottleneck when its threads are nearly all
         // busy: the server could have gone faster than we asked.

@@ -109,6 +109,23 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// Anonymous resident memory summed over `pids`, in KiB: statm's resident
+/// minus its file-backed shared pages. Unlike RSS it does not count the
+/// shared libraries of a multi-process server once per process.
+pub fn anon_rss_kib(pids: &[u32]) -> u64 {
+    let page_kib = 4;
+    pids.iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/statm")).ok())
+        .filter_map(|text| {
+            let mut fields = text.split_ascii_whitespace().skip(1);
+            let resident: u64 = fields.next()?.parse().ok()?;
+            let shared: u64 = fields.next()?.parse().ok()?;
+            Some(resident.saturating_sub(shared))
+        })
+        .map(|pages| pages * page_kib)
+        .sum()
+}
+
 /// CPU seconds used so far by the tree of `root` (including reaped
 /// children).
 pub fn cpu_seconds(root: u32) -> f64 {
@@ -125,6 +142,23 @@ pub fn own_cpu_seconds() -> f64 {
     read_stat(std::process::id())
         .map(|s| s.ticks as f64 / TICKS_PER_SECOND)
         .unwrap_or(0.0)
+}
+
+/// Jiffies since boot over all CPUs: (busy, total), from /proc/stat.
+pub fn machine_ticks() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().next() else {
+        return (0, 0);
+    };
+    let n: Vec<u64> = line
+        .split_ascii_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let total: u64 = n.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = n.get(3).copied().unwrap_or(0) + n.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 /// The 1-minute load average.
