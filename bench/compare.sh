@@ -336,5 +336,6 @@ fi
 # ---- report ------------------------------------------------------------
 log "report"
 echo "uptime at end: $(uptime)" >> "$out/machine.txt"
-"$BENCH" report "$results" --markdown "$out/report.md" --svg "$out/chart.svg"
+note="$(date -u +%Y-%m-%d), $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Dovecot $(dovecot --version | cut -d' ' -f1), passwords $SCHEME; load average $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+"$BENCH" report "$results" --markdown "$out/report.md" --svg "$out/chart.svg" --note "$note"
 echo "results in $out"

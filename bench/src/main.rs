@@ -235,6 +235,9 @@ enum Command {
         /// Write an SVG chart here.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// A line under the chart's title: the machine and its load.
+        #[arg(long, default_value = "")]
+        note: String,
     },
 }
 
@@ -278,7 +281,8 @@ fn main() -> Result<()> {
             subject,
             markdown,
             svg,
-        } => report::run(&input, &subject, markdown.as_deref(), svg.as_deref()),
+            note,
+        } => report::run(&input, &subject, &note, markdown.as_deref(), svg.as_deref()),
         command => runtime()?.block_on(run_load(command)),
     }
 }

@@ -176,7 +176,13 @@ impl Row<'_> {
 }
 
 /// Reads `input`, prints the comparison, and writes the Markdown and SVG.
-pub fn run(input: &Path, subject: &str, markdown: Option<&Path>, svg: Option<&Path>) -> Result<()> {
+pub fn run(
+    input: &Path,
+    subject: &str,
+    note: &str,
+    markdown: Option<&Path>,
+    svg: Option<&Path>,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(input).with_context(|| format!("read {}", input.display()))?;
     // (load, target) -> the last result.
@@ -240,7 +246,7 @@ pub fn run(input: &Path, subject: &str, markdown: Option<&Path>, svg: Option<&Pa
         std::fs::write(path, &table).with_context(|| format!("write {}", path.display()))?;
     }
     if let Some(path) = svg {
-        std::fs::write(path, chart(&rows, subject, &peers))
+        std::fs::write(path, chart(&rows, subject, &peers, note))
             .with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
@@ -300,7 +306,7 @@ fn markdown_table(rows: &[Row], subject: &str, peers: &[String], loadavg: &[f64]
 
 /// Horizontal bars per figure, scaled so that the best server in each
 /// figure fills the row (for lower-is-better figures, the lowest value).
-fn chart(rows: &[Row], subject: &str, peers: &[String]) -> String {
+fn chart(rows: &[Row], subject: &str, peers: &[String], note: &str) -> String {
     const WIDTH: f64 = 960.0;
     const LABEL: f64 = 330.0;
     const BAR_AREA: f64 = 480.0;
@@ -309,10 +315,10 @@ fn chart(rows: &[Row], subject: &str, peers: &[String]) -> String {
     let servers: Vec<&str> = std::iter::once(subject)
         .chain(peers.iter().map(String::as_str))
         .collect();
-    let mut y = 50.0;
+    let mut y = 56.0;
     let mut body = String::new();
     for r in rows {
-        let values: Vec<(&str, f64)> = servers
+        let mut values: Vec<(&str, f64)> = servers
             .iter()
             .filter_map(|s| {
                 if *s == subject {
@@ -322,6 +328,9 @@ fn chart(rows: &[Row], subject: &str, peers: &[String]) -> String {
                 }
             })
             .collect();
+        if let Some(limit) = r.limit {
+            values.push((LOOPBACK, limit));
+        }
         if values.is_empty() {
             continue;
         }
@@ -350,6 +359,8 @@ fn chart(rows: &[Row], subject: &str, peers: &[String]) -> String {
             };
             let fill = if *s == subject {
                 "#f58518"
+            } else if *s == LOOPBACK {
+                "#e0e0e0"
             } else {
                 colours[i % colours.len()]
             };
@@ -367,13 +378,15 @@ fn chart(rows: &[Row], subject: &str, peers: &[String]) -> String {
         y += 14.0;
     }
     format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{:.0}" font-family="sans-serif" font-size="12">
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{:.0}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="10" y="24" font-size="15" font-weight="bold">{} against its peers (longest bar = best in each figure)</text>
+<text x="10" y="40" fill="#555">{}</text>
 {body}</svg>
-"#,
+"##,
         y + 10.0,
-        escape(subject)
+        escape(subject),
+        escape(note)
     )
 }
 
