@@ -27,6 +27,7 @@ enum State {
 pub struct BodyCounter {
     state: State,
     octets: u64,
+    lines: u64,
 }
 
 impl Default for BodyCounter {
@@ -34,6 +35,7 @@ impl Default for BodyCounter {
         BodyCounter {
             state: State::LineStart,
             octets: 0,
+            lines: 0,
         }
     }
 }
@@ -58,6 +60,7 @@ impl BodyCounter {
                 State::Inside => match memchr::memchr(b'\n', &chunk[i..]) {
                     Some(at) => {
                         self.octets += at as u64 + 1;
+                        self.lines += 1;
                         i += at + 1;
                         self.state = State::LineStart;
                     }
@@ -97,6 +100,11 @@ impl BodyCounter {
         self.state == State::Done
     }
 
+    /// Complete lines so far, the terminator not counted.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
     /// The body's octets so far, unstuffed.
     pub fn octets(&self) -> u64 {
         self.octets
@@ -109,6 +117,12 @@ mod tests {
 
     /// Feeds `wire` in chunks of `size` and returns (octets, consumed).
     fn count(wire: &[u8], size: usize) -> (u64, usize) {
+        let (octets, _, consumed) = count_lines(wire, size);
+        (octets, consumed)
+    }
+
+    /// Feeds `wire` in chunks of `size`: (octets, lines, consumed).
+    fn count_lines(wire: &[u8], size: usize) -> (u64, u64, usize) {
         let mut counter = BodyCounter::default();
         let mut consumed = 0;
         for chunk in wire.chunks(size) {
@@ -118,7 +132,15 @@ mod tests {
             }
         }
         assert!(counter.is_done(), "no terminator at chunk size {size}");
-        (counter.octets(), consumed)
+        (counter.octets(), counter.lines(), consumed)
+    }
+
+    #[test]
+    fn counts_lines_without_the_terminator() {
+        let wire = b"1 a\r\n2 .b\r\n..\r\n.\r\n";
+        for size in 1..=wire.len() {
+            assert_eq!(count_lines(wire, size), (14, 3, wire.len()));
+        }
     }
 
     #[test]

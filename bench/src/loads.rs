@@ -437,6 +437,7 @@ pub async fn maildrop(
 ) -> Result<Fields> {
     let mut times = Vec::new();
     let mut count = 0;
+    let meter = Meter::start(None);
     for _ in 0..repeat.max(1) {
         let mut c = Client::connect(addr).await?;
         c.simple(&format!("USER {user}")).await?;
@@ -458,13 +459,15 @@ pub async fn maildrop(
     let mut warm = times[1..].to_vec();
     warm.sort_by(f64::total_cmp);
     let median = warm.get(warm.len() / 2).copied();
-    Ok(vec![
+    let mut out = vec![
         field("messages", json!(count)),
         field("first_ms", json!(round(first, 1))),
         field("warm_median_ms", json!(median.map(|m| round(m, 1)))),
         field("warm_min_ms", json!(warm.first().map(|m| round(*m, 1)))),
         field("warm_runs", json!(warm.len())),
-    ])
+    ];
+    out.extend(meter.finish(worker_threads()));
+    Ok(out)
 }
 
 /// RSS growth while the server sends message 1 of `user` (meant to be
