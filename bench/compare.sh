@@ -92,7 +92,8 @@ log() { printf '\n== %s (%s)\n' "$*" "$(uptime | sed 's/.*load/load/')"; }
     echo "memory: $(free -m | awk '/Mem:/ {print $2 " MiB"}')"
     echo "kernel: $(uname -r)"
     echo "dovecot: $(dovecot --version)"
-    echo "mailbag: $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    # The last commit that changed the server, not the benchmark.
+    echo "mailbag: $(git -C "$here" log -1 --format=%h -- src proto 2>/dev/null || echo unknown)"
     echo "fd limit: $(ulimit -n)"
     echo "uptime at start: $(uptime)"
 } > "$out/machine.txt"
