@@ -86,7 +86,7 @@ const METRICS: &[Metric] = &[
     Metric {
         load: "idle-max",
         key: "sessions",
-        title: "idle sessions held (fd limit)",
+        title: "idle sessions held, most (mailbag alone)",
         higher_is_better: true,
         goal: Goal::None,
     },
