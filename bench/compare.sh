@@ -6,7 +6,7 @@
 # measure the raw loopback limit for RETR, and write results.jsonl, a
 # Markdown table with ratios (report.md) and an SVG chart (chart.svg).
 #
-# Usage (as root, from the workspace root, after `cargo build --release`):
+# Usage (as root, after `cargo build --release -p mailbag -p mailbag-bench`):
 #   bench/compare.sh [OUT_DIR]
 # Environment:
 #   QUICK=1        small data and short runs, to check that everything works
@@ -51,7 +51,10 @@ idle_max=${IDLE_MAX:-$idle_max}
 login_users=$((login_users > idle_sessions ? login_users : idle_sessions))
 
 for bin in "$MAILBAG" "$BENCH"; do
-    [ -x "$bin" ] || { echo "missing $bin: run cargo build --release" >&2; exit 1; }
+    [ -x "$bin" ] || {
+        echo "missing $bin: run cargo build --release -p mailbag -p mailbag-bench" >&2
+        exit 1
+    }
 done
 command -v dovecot >/dev/null || {
     echo "dovecot is not installed: apt-get install -y dovecot-pop3d" >&2
