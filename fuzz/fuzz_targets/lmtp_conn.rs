@@ -10,10 +10,34 @@
 //! Close forever.
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use libfuzzer_sys::fuzz_target;
 use mailbag_proto::lmtp::conn::{
     Action, Conn, DeliveryResult, Event, Outcome, RcptResult, Settings,
 };
+
+/// Counts the bytes the Rust side holds (libFuzzer's own allocations do
+/// not go through it), to check that the core's buffers stay bounded.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 struct Input<'a> {
     data: &'a [u8],
@@ -78,6 +102,12 @@ fuzz_target!(|data: &[u8]| {
         ..Settings::default()
     };
     let max_message = settings.max_message_octets;
+    // The command line, the message (with a small limit) and the chunk
+    // being read (twice, for Vec's doubling); the rest is small and fixed.
+    let bound = 2 * (settings.max_line_octets + max_message.min(1 << 20) as usize + 64)
+        + 2 * data.len()
+        + 16384;
+    let before = LIVE.load(Ordering::Relaxed);
     let mut conn = Conn::new(settings);
 
     let mut outstanding: Option<Action> = None;
@@ -152,6 +182,8 @@ fuzz_target!(|data: &[u8]| {
                     conn.complete(outcome);
                     continue;
                 }
+                let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+                assert!(held <= bound, "{held} octets held (bound {bound})");
                 if input.data.is_empty() {
                     break;
                 }

@@ -11,6 +11,8 @@
 //! TRANSACTION, with indexes in range; after Close, Close forever.
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +20,27 @@ use mailbag_proto::pop3::{
     Action, Conn, Event, MessageInfo, Outcome, Settings, StoreFailure, Verb,
 };
 use mailbag_proto::sasl::scram::ScramKeys;
+
+/// Counts the bytes the Rust side holds (libFuzzer's own allocations do
+/// not go through it), to check that the core's buffers stay bounded.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 /// Control bytes come from the end of the input, client bytes from the
 /// front, so both stay meaningful as the fuzzer mutates.
@@ -122,6 +145,10 @@ fuzz_target!(|data: &[u8]| {
         ..Settings::default()
     };
     let transcript_limit = max_line_octets.max(max_sasl_line_octets) + 8;
+    // Lines, SASL responses and pipelined input are held up to their
+    // limits (twice, for Vec's doubling); the rest is small and fixed.
+    let bound = 2 * (max_line_octets.max(max_sasl_line_octets) + 64) + 2 * data.len() + 16384;
+    let before = LIVE.load(Ordering::Relaxed);
     let mut conn = Conn::new(settings);
 
     let mut outstanding: Option<Action> = None;
@@ -187,6 +214,8 @@ fuzz_target!(|data: &[u8]| {
                     in_transaction = conn.in_transaction();
                     continue;
                 }
+                let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+                assert!(held <= bound, "{held} octets held (bound {bound})");
                 if input.data.is_empty() {
                     break;
                 }
