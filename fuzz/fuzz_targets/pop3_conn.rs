@@ -152,7 +152,8 @@ fuzz_target!(|data: &[u8]| {
     let mut conn = Conn::new(settings);
 
     let mut outstanding: Option<Action> = None;
-    let mut messages: usize = 0;
+    // The snapshot's sizes, as the last Opened gave them.
+    let mut sizes: Vec<u64> = Vec::new();
     let mut in_transaction = false;
     let mut last_command_quit = false;
     let mut steps = 0u32;
@@ -171,18 +172,27 @@ fuzz_target!(|data: &[u8]| {
                     "{action:?} while {outstanding:?} is outstanding"
                 );
                 match &action {
-                    Action::Retrieve { index, status, .. } => {
-                        assert!(in_transaction && *index < messages, "{action:?}");
+                    Action::Retrieve {
+                        index,
+                        status,
+                        top_lines,
+                    } => {
+                        assert!(in_transaction && *index < sizes.len(), "{action:?}");
                         check_send(status);
                         assert!(status.starts_with(b"+OK"));
+                        // RFC 1939 §7: RETR's status gives the size LIST gave.
+                        if top_lines.is_none() {
+                            let expected = format!("+OK {} octets\r\n", sizes[*index]);
+                            assert_eq!(String::from_utf8_lossy(status), expected);
+                        }
                     }
                     Action::Commit { deleted, retrieved } => {
                         assert!(in_transaction && last_command_quit, "{action:?}");
-                        assert!(deleted.iter().chain(retrieved).all(|&i| i < messages));
+                        assert!(deleted.iter().chain(retrieved).all(|&i| i < sizes.len()));
                         assert!(!retrieved.iter().any(|i| deleted.contains(i)));
                     }
                     Action::Summarize { indexes } => {
-                        assert!(in_transaction && indexes.iter().all(|&i| i < messages));
+                        assert!(in_transaction && indexes.iter().all(|&i| i < sizes.len()));
                     }
                     Action::OpenMaildrop { user } => assert!(!user.is_empty()),
                     Action::Authenticate { .. }
@@ -209,7 +219,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                         continue;
                     }
-                    let outcome = complete(&action, c, &mut input, &mut messages);
+                    let outcome = complete(&action, c, &mut input, &mut sizes);
                     conn.complete(outcome);
                     in_transaction = conn.in_transaction();
                     continue;
@@ -239,7 +249,7 @@ fuzz_target!(|data: &[u8]| {
 
 /// A plausible outcome for `action`, chosen by `c`; now and then one that
 /// does not belong to the action at all.
-fn complete(action: &Action, c: u8, input: &mut Input, messages: &mut usize) -> Outcome {
+fn complete(action: &Action, c: u8, input: &mut Input, sizes: &mut Vec<u64>) -> Outcome {
     if c & 0x40 != 0 && c & 0x20 != 0 && c & 0x10 != 0 {
         // A confused driver.
         return match c % 3 {
@@ -260,12 +270,14 @@ fn complete(action: &Action, c: u8, input: &mut Input, messages: &mut usize) -> 
                 return Outcome::OpenFailed(failure(c >> 2));
             }
             let n = usize::from(input.control() % 6);
-            *messages = n;
+            *sizes = (0..n).map(|_| u64::from(input.control()) * 37).collect();
             Outcome::Opened(
-                (0..n)
-                    .map(|i| MessageInfo {
+                sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &size)| MessageInfo {
                         uid: format!("1700000000.M{i}P2.host"),
-                        size: u64::from(input.control()) * 37,
+                        size,
                     })
                     .collect(),
             )
@@ -284,7 +296,7 @@ fn complete(action: &Action, c: u8, input: &mut Input, messages: &mut usize) -> 
             )
         }
         Action::StartTls => {
-            if c % 2 == 0 {
+            if c & 1 == 0 {
                 Outcome::TlsStarted
             } else {
                 Outcome::AuthUnavailable
