@@ -32,6 +32,29 @@ pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 
 use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
 
+/// What the file name parser makes of one name; for the fuzz target only.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FuzzName {
+    /// The part before the first `:`.
+    pub base: Vec<u8>,
+    /// The UIDL derived from the base.
+    pub uidl: String,
+    /// The cur/ name once the message is retrieved, if it changes.
+    pub seen_name: Option<Vec<u8>>,
+}
+
+/// Runs the private name parser on `name`; for the fuzz target only.
+#[doc(hidden)]
+pub fn fuzz_name(name: &[u8]) -> FuzzName {
+    let parsed = name::parse(name);
+    FuzzName {
+        base: parsed.base.to_vec(),
+        uidl: name::uidl(parsed.base),
+        seen_name: name::seen_name(name),
+    }
+}
+
 /// The lock file inside each Maildir: held with an exclusive `flock` for
 /// the life of a session, so the kernel releases it when the process dies.
 const LOCK_FILE: &str = "mailbag.lock";
