@@ -259,6 +259,7 @@ pub async fn serve<S, P>(
                         let Some(m) = maildrop.as_mut() else {
                             break;
                         };
+                        let size = m.messages().get(index).map_or(0, |m| m.size);
                         match m.read(index).await {
                             Err(e) => {
                                 log_store_error("read message", &e);
@@ -274,7 +275,7 @@ pub async fn serve<S, P>(
                                     None => Stuffer::new(),
                                 };
                                 if let Err(e) =
-                                    stream_body(reader, stuffer, &mut out, &mut stream).await
+                                    stream_body(reader, size, stuffer, &mut out, &mut stream).await
                                 {
                                     // The +OK is out: the only honest signal
                                     // left is to end the connection.
@@ -428,6 +429,7 @@ async fn write_out<T: AsyncWrite + Unpin>(
 /// flush, so a small message leaves as one write with its status line.
 async fn stream_body<R, T>(
     mut reader: R,
+    size: u64,
     mut stuffer: Stuffer,
     out: &mut Vec<u8>,
     stream: &mut T,
@@ -436,7 +438,13 @@ where
     R: AsyncRead + Unpin,
     T: AsyncWrite + Unpin,
 {
-    let mut chunk = vec![0u8; BODY_CHUNK_OCTETS];
+    // A small message needs a small buffer (one more octet, so that the
+    // first read can already see the end of the file).
+    let chunk_octets = usize::try_from(size)
+        .map_or(BODY_CHUNK_OCTETS, |s| s.saturating_add(1))
+        .clamp(4096, BODY_CHUNK_OCTETS);
+    let mut chunk = vec![0u8; chunk_octets];
+    out.reserve(chunk_octets + chunk_octets / 8);
     loop {
         let n = reader.read(&mut chunk).await?;
         if n == 0 {

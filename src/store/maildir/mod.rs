@@ -320,33 +320,73 @@ impl MaildirMaildrop {
     }
 }
 
+/// Messages up to this size are read whole by the blocking call that
+/// opens them: one trip to the blocking pool instead of three (open, read,
+/// end of file) for the typical message.
+const READ_WHOLE_OCTETS: u64 = 128 * 1024;
+
+/// One message being read: in memory when small, streamed from its file
+/// otherwise (never a whole large message in memory).
+#[derive(Debug)]
+pub enum MessageReader {
+    /// A small message, read whole.
+    Memory(std::io::Cursor<Vec<u8>>),
+    /// A larger message, streamed.
+    File(tokio::fs::File),
+}
+
+impl tokio::io::AsyncRead for MessageReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            MessageReader::Memory(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            MessageReader::File(f) => std::pin::Pin::new(f).poll_read(cx, buf),
+        }
+    }
+}
+
+/// Opens a message file for [`MessageReader`]; `None` when it has gone.
+fn open_message(path: &Path) -> Result<Option<MessageReader>, StoreError> {
+    let Some(mut file) = open_regular(path)? else {
+        return Ok(None);
+    };
+    if file.metadata()?.len() <= READ_WHOLE_OCTETS {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        return Ok(Some(MessageReader::Memory(std::io::Cursor::new(bytes))));
+    }
+    Ok(Some(MessageReader::File(tokio::fs::File::from_std(file))))
+}
+
 impl Maildrop for MaildirMaildrop {
-    type Reader = tokio::fs::File;
+    type Reader = MessageReader;
 
     fn messages(&self) -> &[MessageInfo] {
         &self.infos
     }
 
-    async fn read(&mut self, index: usize) -> Result<tokio::fs::File, StoreError> {
+    async fn read(&mut self, index: usize) -> Result<MessageReader, StoreError> {
         let entry = self
             .entries
             .get(index)
             .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
         let path = entry.path(&self.maildir);
-        if let Some(file) = blocking(move || open_regular(&path)).await? {
-            return Ok(tokio::fs::File::from_std(file));
+        if let Some(reader) = blocking(move || open_message(&path)).await? {
+            return Ok(reader);
         }
         let maildir = self.maildir.clone();
         let mut entries = self.entries.clone();
-        let (entries, file) = blocking(move || {
+        let (entries, reader) = blocking(move || {
             relocate(&maildir, &mut entries)?;
-            let file = open_regular(&entries[index].path(&maildir))?;
-            Ok((entries, file))
+            let reader = open_message(&entries[index].path(&maildir))?;
+            Ok((entries, reader))
         })
         .await?;
         self.entries = entries;
-        file.map(tokio::fs::File::from_std)
-            .ok_or(StoreError::Vanished)
+        reader.ok_or(StoreError::Vanished)
     }
 
     async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
