@@ -24,7 +24,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 pub use deliver::deliver;
@@ -374,7 +374,19 @@ impl Maildrop for MaildirMaildrop {
             .get(index)
             .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
         let path = entry.path(&self.maildir);
-        if let Some(reader) = blocking(move || open_message(&path)).await? {
+        let small = self
+            .infos
+            .get(index)
+            .is_some_and(|m| m.size <= READ_WHOLE_OCTETS);
+        // A small message is opened and read right here: from the page
+        // cache that takes microseconds, less than the trip to the
+        // blocking pool would. Larger ones go to the pool.
+        let found = if small {
+            open_message(&path)?
+        } else {
+            blocking(move || open_message(&path)).await?
+        };
+        if let Some(reader) = found {
             return Ok(reader);
         }
         let maildir = self.maildir.clone();
@@ -612,25 +624,23 @@ fn measure(path: &Path) -> Result<Option<u64>, StoreError> {
     Ok(Some(size::file_crlf_size(&mut file)?))
 }
 
-/// Opens a regular file without following a symlink: the file opened must
-/// be the very inode that `lstat` saw, so a link swapped in between is
-/// refused. `None` when the path does not exist.
+/// Opens a regular file without following a symlink (`O_NOFOLLOW`: a
+/// link swapped in for a message is refused by the kernel, with no window
+/// between a check and the open). `None` when the path does not exist.
 fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
-    let before = match path.symlink_metadata() {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if !before.file_type().is_file() {
-        return Err(not_regular(path));
-    }
-    let file = match File::open(path) {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
+    {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Err(not_regular(path))
+        }
         Err(e) => return Err(e.into()),
     };
-    let after = file.metadata()?;
-    if (after.dev(), after.ino()) != (before.dev(), before.ino()) || !after.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(not_regular(path));
     }
     Ok(Some(file))
