@@ -443,14 +443,16 @@ where
     let chunk_octets = usize::try_from(size)
         .map_or(BODY_CHUNK_OCTETS, |s| s.saturating_add(1))
         .clamp(4096, BODY_CHUNK_OCTETS);
-    let mut chunk = vec![0u8; chunk_octets];
+    // read_buf fills spare capacity: no zeroing of the buffer first.
+    let mut chunk = Vec::with_capacity(chunk_octets);
     out.reserve(chunk_octets + chunk_octets / 8);
     loop {
-        let n = reader.read(&mut chunk).await?;
+        chunk.clear();
+        let n = reader.read_buf(&mut chunk).await?;
         if n == 0 {
             break;
         }
-        if stuffer.feed(&chunk[..n], out) {
+        if stuffer.feed(&chunk, out) {
             break;
         }
         if out.len() >= BODY_CHUNK_OCTETS {

@@ -350,11 +350,11 @@ impl tokio::io::AsyncRead for MessageReader {
 
 /// Opens a message file for [`MessageReader`]; `None` when it has gone.
 fn open_message(path: &Path) -> Result<Option<MessageReader>, StoreError> {
-    let Some(mut file) = open_regular(path)? else {
+    let Some((mut file, len)) = open_regular_with_len(path)? else {
         return Ok(None);
     };
-    if file.metadata()?.len() <= READ_WHOLE_OCTETS {
-        let mut bytes = Vec::new();
+    if len <= READ_WHOLE_OCTETS {
+        let mut bytes = Vec::with_capacity(len as usize + 1);
         io::Read::read_to_end(&mut file, &mut bytes)?;
         return Ok(Some(MessageReader::Memory(std::io::Cursor::new(bytes))));
     }
@@ -628,6 +628,11 @@ fn measure(path: &Path) -> Result<Option<u64>, StoreError> {
 /// link swapped in for a message is refused by the kernel, with no window
 /// between a check and the open). `None` when the path does not exist.
 fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
+    Ok(open_regular_with_len(path)?.map(|(file, _)| file))
+}
+
+/// [`open_regular`], with the file's length from the same `fstat`.
+fn open_regular_with_len(path: &Path) -> Result<Option<(File, u64)>, StoreError> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
@@ -640,10 +645,11 @@ fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
         }
         Err(e) => return Err(e.into()),
     };
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(not_regular(path));
     }
-    Ok(Some(file))
+    Ok(Some((file, meta.len())))
 }
 
 fn not_regular(path: &Path) -> StoreError {
