@@ -14,6 +14,7 @@
 //! cache are untrusted input and never cause a panic.
 
 mod deliver;
+mod listing;
 mod name;
 mod quarantine;
 mod size;
@@ -448,6 +449,47 @@ struct Found {
 /// Lists the message files of new/ and cur/: no dotfiles, no symlinks, no
 /// directories.
 fn list(maildir: &Path) -> io::Result<Vec<Found>> {
+    let stamp = listing::Stamp::read(maildir)?;
+    if let Some(names) = listing::load(maildir, stamp) {
+        let mut found = Vec::with_capacity(names.len());
+        for (in_cur, name) in names {
+            let sub = if in_cur { Sub::Cur } else { Sub::New };
+            found.push(found_from(sub, OsString::from_vec(name)));
+        }
+        return Ok(found);
+    }
+    let listed = listing::listing_time();
+    let found = scan(maildir)?;
+    listing::store(
+        maildir,
+        stamp,
+        listed,
+        found
+            .iter()
+            .map(|f| (f.entry.sub == Sub::Cur, listing::bytes(&f.entry.name))),
+    );
+    Ok(found)
+}
+
+/// What the name of a listed file says.
+fn found_from(sub: Sub, name: OsString) -> Found {
+    let parsed = name::parse(name.as_bytes());
+    let uid = name::uidl(parsed.base);
+    Found {
+        digest: uid.as_bytes() != parsed.base,
+        time_key: name::time_key(parsed.timestamp),
+        crlf_size: parsed.crlf_size,
+        uid,
+        entry: Entry {
+            base_len: parsed.base.len(),
+            sub,
+            name,
+        },
+    }
+}
+
+/// Reads new/ and cur/ from the directories themselves.
+fn scan(maildir: &Path) -> io::Result<Vec<Found>> {
     let mut found: Vec<Found> = Vec::new();
     for sub in [Sub::Cur, Sub::New] {
         for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
@@ -466,19 +508,7 @@ fn list(maildir: &Path) -> io::Result<Vec<Found>> {
             // Everything derived from the name is computed here, while the
             // name is hot in cache: later passes visit names in sorted order,
             // which is random order in memory.
-            let parsed = name::parse(name.as_bytes());
-            let uid = name::uidl(parsed.base);
-            found.push(Found {
-                digest: uid.as_bytes() != parsed.base,
-                time_key: name::time_key(parsed.timestamp),
-                crlf_size: parsed.crlf_size,
-                uid,
-                entry: Entry {
-                    base_len: parsed.base.len(),
-                    sub,
-                    name,
-                },
-            });
+            found.push(found_from(sub, name));
         }
     }
     Ok(found)

@@ -409,3 +409,70 @@ fn root_with_dot_dot_still_confines_users() {
     let same = MaildirStore::new("/srv".into(), "{root}".into(), String::new());
     assert!(same.maildir_path("a").is_err());
 }
+
+/// Sets a directory's mtime to a fixed moment long past (the same one
+/// every time, so that putting it back restores it exactly).
+fn age(dir: &Path) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    std::fs::File::open(dir).unwrap().set_modified(t).unwrap();
+}
+
+#[tokio::test]
+async fn a_settled_listing_is_reused_until_a_directory_changes() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1700000001.a,S=5,W=6", b"one\n\n");
+    put(&md, "cur", "1700000002.b,S=5,W=6:2,S", b"two\n\n");
+    age(&md.join("new"));
+    age(&md.join("cur"));
+    let first = store.open("alice").await.unwrap();
+    assert_eq!(first.messages().len(), 2);
+    drop(first);
+    assert!(
+        md.join(listing::FILE).exists(),
+        "a settled listing is cached"
+    );
+    // A file slipped in with the directory's time put back: only a cache
+    // would miss it, which shows the cache is what the next open reads.
+    put(&md, "new", "1700000003.c,S=5,W=6", b"thr\n\n");
+    age(&md.join("new"));
+    let cached = store.open("alice").await.unwrap();
+    assert_eq!(cached.messages().len(), 2);
+    drop(cached);
+    // A real change moves the directory's time: listed afresh.
+    deliver::deliver(&md, b"four\n").unwrap();
+    let fresh = store.open("alice").await.unwrap();
+    assert_eq!(fresh.messages().len(), 4);
+}
+
+#[tokio::test]
+async fn a_listing_of_recently_changed_directories_is_not_cached() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1700000001.a,S=5,W=6", b"one\n\n");
+    std::fs::create_dir_all(md.join("cur")).unwrap();
+    let m = store.open("alice").await.unwrap();
+    assert_eq!(m.messages().len(), 1);
+    assert!(!md.join(listing::FILE).exists());
+}
+
+#[tokio::test]
+async fn a_garbage_or_torn_listing_is_ignored() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1700000001.a,S=5,W=6", b"one\n\n");
+    std::fs::create_dir_all(md.join("cur")).unwrap();
+    age(&md.join("new"));
+    age(&md.join("cur"));
+    drop(store.open("alice").await.unwrap());
+    let good = std::fs::read(md.join(listing::FILE)).unwrap();
+    for bad in [
+        b"garbage".to_vec(),
+        good[..good.len() - 3].to_vec(),
+        [good.clone(), b"N 1700000009.x\n".to_vec()].concat(),
+        good.iter()
+            .map(|&b| if b == b'N' { b'X' } else { b })
+            .collect(),
+    ] {
+        std::fs::write(md.join(listing::FILE), &bad).unwrap();
+        let m = store.open("alice").await.unwrap();
+        assert_eq!(m.messages().len(), 1);
+    }
+}
