@@ -5,32 +5,11 @@
 //! chunked.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common.rs"]
+mod common;
 
 use libfuzzer_sys::fuzz_target;
 use mailbag_proto::line::{LineEvent, LineReader};
-
-/// Counts the bytes the Rust side holds (libFuzzer's own allocations do
-/// not go through it).
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&control, input)) = data.split_first() else {
@@ -80,14 +59,14 @@ fn events(limit: usize, input: &[u8], chunk: usize) -> Vec<LineEvent> {
 /// Whatever the input, the reader's buffers stay within a line and a
 /// chunk (twice each, for Vec's doubling).
 fn bounded(limit: usize, input: &[u8], chunk: usize) {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     let mut reader = LineReader::new(limit);
     for part in input.chunks(chunk) {
         reader.push(part);
         while let Some(event) = reader.next_event() {
             drop(event);
         }
-        let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+        let held = common::live().saturating_sub(before);
         assert!(
             held <= 2 * (limit + chunk) + 64,
             "{held} octets held with limit {limit} and chunks of {chunk}"

@@ -10,57 +10,14 @@
 //! Close forever.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common.rs"]
+mod common;
 
+use common::Input;
 use libfuzzer_sys::fuzz_target;
 use mailbag_proto::lmtp::conn::{
     Action, Conn, DeliveryResult, Event, Outcome, RcptResult, Settings,
 };
-
-/// Counts the bytes the Rust side holds (libFuzzer's own allocations do
-/// not go through it), to check that the core's buffers stay bounded.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl Input<'_> {
-    fn control(&mut self) -> u8 {
-        match self.data.split_last() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn client(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.data.len());
-        let (chunk, rest) = self.data.split_at(n);
-        self.data = rest;
-        chunk
-    }
-}
 
 /// Checks the reply syntax; returns the number of final replies (lines
 /// whose code is followed by a space).
@@ -107,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let bound = 2 * (settings.max_line_octets + max_message.min(1 << 20) as usize + 64)
         + 2 * data.len()
         + 16384;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     let mut conn = Conn::new(settings);
 
     let mut outstanding: Option<Action> = None;
@@ -182,7 +139,7 @@ fuzz_target!(|data: &[u8]| {
                     conn.complete(outcome);
                     continue;
                 }
-                let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+                let held = common::live().saturating_sub(before);
                 assert!(held <= bound, "{held} octets held (bound {bound})");
                 if input.data.is_empty() {
                     break;

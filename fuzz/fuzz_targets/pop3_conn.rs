@@ -11,61 +11,17 @@
 //! TRANSACTION, with indexes in range; after Close, Close forever.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "common.rs"]
+mod common;
+
 use std::sync::OnceLock;
 
+use common::Input;
 use libfuzzer_sys::fuzz_target;
 use mailbag_proto::pop3::{
     Action, Conn, Event, MessageInfo, Outcome, Settings, StoreFailure, Verb,
 };
 use mailbag_proto::sasl::scram::ScramKeys;
-
-/// Counts the bytes the Rust side holds (libFuzzer's own allocations do
-/// not go through it), to check that the core's buffers stay bounded.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Control bytes come from the end of the input, client bytes from the
-/// front, so both stay meaningful as the fuzzer mutates.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl Input<'_> {
-    fn control(&mut self) -> u8 {
-        match self.data.split_last() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn client(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.data.len());
-        let (chunk, rest) = self.data.split_at(n);
-        self.data = rest;
-        chunk
-    }
-}
 
 fn keys() -> ScramKeys {
     static KEYS: OnceLock<ScramKeys> = OnceLock::new();
@@ -148,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     // Lines, SASL responses and pipelined input are held up to their
     // limits (twice, for Vec's doubling); the rest is small and fixed.
     let bound = 2 * (max_line_octets.max(max_sasl_line_octets) + 64) + 2 * data.len() + 16384;
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = common::live();
     let mut conn = Conn::new(settings);
 
     let mut outstanding: Option<Action> = None;
@@ -224,7 +180,7 @@ fuzz_target!(|data: &[u8]| {
                     in_transaction = conn.in_transaction();
                     continue;
                 }
-                let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+                let held = common::live().saturating_sub(before);
                 assert!(held <= bound, "{held} octets held (bound {bound})");
                 if input.data.is_empty() {
                     break;
