@@ -14,7 +14,7 @@ use std::time::Instant;
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -23,7 +23,7 @@ use super::tls::Stream;
 use super::transcript::Transcript;
 use super::{Shared, HANDSHAKE_TIMEOUT};
 use crate::auth::{AuthError, PassDb};
-use crate::store::{Maildrop, Store, StoreError};
+use crate::store::{Maildrop, MessageBody, Store, StoreError};
 
 /// Bytes read from the client at a time.
 const READ_OCTETS: usize = 4096;
@@ -435,9 +435,16 @@ async fn stream_body<R, T>(
     stream: &mut T,
 ) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin,
+    R: MessageBody,
     T: AsyncWrite + Unpin,
 {
+    // A small message the store read whole goes through the stuffer in
+    // one pass, straight from the store's buffer.
+    if let Some(whole) = reader.in_memory() {
+        stuffer.feed(whole, out);
+        stuffer.finish(out);
+        return Ok(());
+    }
     // A small message needs a small buffer (one more octet, so that the
     // first read can already see the end of the file).
     let chunk_octets = usize::try_from(size)

@@ -76,11 +76,22 @@ pub struct Usage {
     pub octets: u64,
 }
 
+/// One message's stored bytes (line endings as stored), as RETR and TOP
+/// read them.
+pub trait MessageBody: AsyncRead + Unpin + Send + 'static {
+    /// The whole message, when the store already holds it in memory (a
+    /// small one): the driver then transforms it in one pass instead of
+    /// copying it through a read buffer first.
+    fn in_memory(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
 /// A maildrop locked for one session. Dropping it releases the lock and
 /// deletes nothing.
 pub trait Maildrop: Send + 'static {
     /// The stream of one message's stored bytes (line endings as stored).
-    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Reader: MessageBody;
 
     /// The snapshot taken at open, in message-number order.
     fn messages(&self) -> &[MessageInfo];

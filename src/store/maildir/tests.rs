@@ -1,7 +1,7 @@
 //! Tests of the Maildir store against real temporary directories.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
@@ -274,6 +274,62 @@ async fn read_refuses_a_symlink_swapped_in() {
         read_all(&mut maildrop, 0).await,
         Err(StoreError::Permanent(_))
     ));
+}
+
+#[tokio::test]
+async fn read_refuses_a_fifo_swapped_in_without_waiting_for_a_writer() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1.x", b"x\n");
+    let mut maildrop = store.open("alice").await.unwrap();
+    std::fs::remove_file(md.join("new/1.x")).unwrap();
+    let fifo = md.join("new/1.x");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // A blocking open would hold its thread until a writer came: read on
+    // a thread of its own, so that such a failure is seen and then freed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let read = runtime.block_on(read_all(&mut maildrop, 0));
+        let _ = tx.send(matches!(read, Err(StoreError::Permanent(_))));
+    });
+    let refused = rx.recv_timeout(Duration::from_secs(5));
+    if refused.is_err() {
+        // Let the stuck open finish.
+        let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+    }
+    reader.join().unwrap();
+    assert_eq!(refused, Ok(true), "the FIFO was not refused at once");
+}
+
+#[tokio::test]
+async fn small_messages_are_read_whole_and_exactly() {
+    let (_dir, store, md) = setup();
+    let small = READ_WHOLE_OCTETS as usize;
+    let sizes = [0, 1, 4095, 4096, 4097, 100_000, small, small + 1];
+    for (n, &size) in sizes.iter().enumerate() {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        put(&md, "cur", &format!("{n}.x:2,"), &body);
+    }
+    let mut maildrop = store.open("alice").await.unwrap();
+    let mut seen = Vec::new();
+    for index in 0..sizes.len() {
+        let whole = read_all(&mut maildrop, index).await.unwrap();
+        assert!(whole
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8));
+        // Up to READ_WHOLE_OCTETS in memory, larger ones streamed.
+        let reader = maildrop.read(index).await.unwrap();
+        assert_eq!(
+            reader.in_memory(),
+            (whole.len() <= small).then_some(&whole[..])
+        );
+        seen.push(whole.len());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, sizes);
 }
 
 #[tokio::test]

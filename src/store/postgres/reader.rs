@@ -78,6 +78,9 @@ async fn fetch(pool: &Arc<Pool>, id: i64, from: i32) -> io::Result<Vec<u8>> {
     }
 }
 
+/// Streamed in chunks from the database, never whole in memory.
+impl crate::store::MessageBody for ChunkReader {}
+
 impl AsyncRead for ChunkReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
