@@ -20,10 +20,13 @@ mod quarantine;
 mod size;
 mod usage;
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -252,6 +255,13 @@ pub struct MaildirMaildrop {
     /// Held only for its `flock`: closing the descriptor unlocks.
     _lock: File,
     maildir: PathBuf,
+    /// The Maildir directory, opened at the session's first read of a
+    /// small message: those open relative to it (`openat`), without a walk
+    /// of the whole path and a path built for each. Sessions that never
+    /// read hold no descriptor for it.
+    dir: Option<OwnedFd>,
+    /// Scratch for `cur/<name>`, reused from read to read.
+    relative: Vec<u8>,
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
 }
@@ -264,6 +274,8 @@ impl MaildirMaildrop {
         Ok(MaildirMaildrop {
             _lock: lock,
             maildir,
+            dir: None,
+            relative: Vec::new(),
             entries,
             infos,
         })
@@ -360,7 +372,16 @@ impl MessageBody for MessageReader {
 
 /// Opens a message file for [`MessageReader`]; `None` when it has gone.
 fn open_message(path: &Path) -> Result<Option<MessageReader>, StoreError> {
-    let Some((mut file, len)) = open_regular_with_len(path)? else {
+    reader_for(open_flagged(path), || path.to_path_buf())
+}
+
+/// A [`MessageReader`] for what an open of a message's file found:
+/// small messages are read whole at once, larger ones streamed.
+fn reader_for(
+    opened: io::Result<File>,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Option<MessageReader>, StoreError> {
+    let Some((mut file, len)) = regular_with_len(opened, path)? else {
         return Ok(None);
     };
     if len <= READ_WHOLE_OCTETS {
@@ -399,6 +420,39 @@ fn read_whole(file: &mut File, len: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+impl MaildirMaildrop {
+    /// Opens message `index` relative to the Maildir's directory and
+    /// reads it as [`open_message`] would.
+    fn open_small(&mut self, index: usize) -> Result<Option<MessageReader>, StoreError> {
+        let dir = match &mut self.dir {
+            Some(dir) => dir,
+            empty => empty.insert(
+                nix::fcntl::openat(
+                    nix::fcntl::AT_FDCWD,
+                    self.maildir.as_path(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io::Error::from)?,
+            ),
+        };
+        let entry = &self.entries[index];
+        self.relative.clear();
+        self.relative.extend_from_slice(entry.sub.dir().as_bytes());
+        self.relative.push(b'/');
+        self.relative.extend_from_slice(entry.name.as_bytes());
+        let opened = nix::fcntl::openat(
+            &*dir,
+            &self.relative[..],
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | MESSAGE_OPEN_FLAGS,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(io::Error::from);
+        reader_for(opened, || entry.path(&self.maildir))
+    }
+}
+
 impl Maildrop for MaildirMaildrop {
     type Reader = MessageReader;
 
@@ -411,7 +465,6 @@ impl Maildrop for MaildirMaildrop {
             .entries
             .get(index)
             .ok_or_else(|| StoreError::Permanent("message index out of range".into()))?;
-        let path = entry.path(&self.maildir);
         let small = self
             .infos
             .get(index)
@@ -420,8 +473,9 @@ impl Maildrop for MaildirMaildrop {
         // cache that takes microseconds, less than the trip to the
         // blocking pool would. Larger ones go to the pool.
         let found = if small {
-            open_message(&path)?
+            self.open_small(index)?
         } else {
+            let path = entry.path(&self.maildir);
             blocking(move || open_message(&path)).await?
         };
         if let Some(reader) = found {
@@ -700,24 +754,41 @@ fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
 
 /// [`open_regular`], with the file's length from the same `fstat`.
 fn open_regular_with_len(path: &Path) -> Result<Option<(File, u64)>, StoreError> {
-    let file = match OpenOptions::new()
+    regular_with_len(open_flagged(path), || path.to_path_buf())
+}
+
+/// Flags of every open of a message, beside read-only and close-on-exec:
+/// `O_NOFOLLOW` refuses a symlink swapped in for a message, with no window
+/// between a check and the open; `O_NONBLOCK` makes a FIFO put in a
+/// message's place open at once (and be refused as not a regular file)
+/// instead of holding the thread until a writer comes. Reads of regular
+/// files ignore it.
+const MESSAGE_OPEN_FLAGS: OFlag = OFlag::O_NOFOLLOW.union(OFlag::O_NONBLOCK);
+
+fn open_flagged(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
-        // O_NONBLOCK: a FIFO put in a message's place opens at once (and
-        // is refused below) instead of holding the thread until a writer
-        // comes. Reads of regular files ignore the flag.
-        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .custom_flags(MESSAGE_OPEN_FLAGS.bits())
         .open(path)
-    {
+}
+
+/// Checks what an open found: `None` when nothing was there, an error
+/// naming `path` when it was a symlink or anything but a regular file.
+fn regular_with_len(
+    opened: io::Result<File>,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Option<(File, u64)>, StoreError> {
+    let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
-            return Err(not_regular(path))
+            return Err(not_regular(&path()))
         }
         Err(e) => return Err(e.into()),
     };
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Err(not_regular(path));
+        return Err(not_regular(&path()));
     }
     Ok(Some((file, meta.len())))
 }
