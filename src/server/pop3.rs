@@ -96,6 +96,9 @@ pub async fn serve<S, P>(
     let mut user: Option<String> = None;
     // The command being answered, for its latency.
     let mut command: Option<(Verb, Instant)> = None;
+    // The session ended with the server's last word (QUIT, or a limit):
+    // the connection is shut down once its resources are released.
+    let mut closing = false;
     debug!("connected");
     loop {
         match conn.next() {
@@ -356,7 +359,7 @@ pub async fn serve<S, P>(
                     metrics.command(verb.keyword(), started.elapsed());
                 }
                 let _ = write_out(&mut stream, &mut out, metrics).await;
-                let _ = stream.shutdown().await;
+                closing = true;
                 break;
             }
         }
@@ -365,7 +368,14 @@ pub async fn serve<S, P>(
         metrics.command(verb.keyword(), started.elapsed());
     }
     let uncommitted = maildrop.is_some();
+    // The maildrop's lock and the address's connection slot go before the
+    // client sees the connection end: one that reconnects at once (to the
+    // same maildrop, from the same address) must not find them held.
     drop(maildrop);
+    drop(admission);
+    if closing {
+        let _ = stream.shutdown().await;
+    }
     metrics.connection_closed();
     if user.is_some() {
         metrics.authenticated_session_ended();
