@@ -12,6 +12,7 @@ pub mod pop3;
 pub mod proxy;
 pub mod tls;
 pub mod transcript;
+pub mod workers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -279,13 +280,30 @@ impl<S: Store, P: PassDb> Server<S, P> {
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.shared.config.limits.max_connections));
+        let workers = match workers::Workers::per_core() {
+            Ok(w) => Some(Arc::new(w)),
+            Err(e) => {
+                warn!(error = %e, "cannot start session threads; sessions share the main runtime");
+                None
+            }
+        };
         for (listener, implicit_tls) in self.listeners {
             let shared = self.shared.clone();
             let permits = permits.clone();
             let shutdown = shutdown.clone();
             let sessions = tracker.clone();
+            let workers = workers.clone();
             tracker.spawn(async move {
-                accept_loop(listener, implicit_tls, shared, permits, shutdown, sessions).await
+                accept_loop(
+                    listener,
+                    implicit_tls,
+                    shared,
+                    permits,
+                    shutdown,
+                    sessions,
+                    workers,
+                )
+                .await
             });
         }
         if let Some(listener) = self.metrics {
@@ -322,6 +340,7 @@ async fn accept_loop<S: Store, P: PassDb>(
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    workers: Option<Arc<workers::Workers>>,
 ) {
     let local = listener.local_addr().ok();
     info!(listen = ?local, implicit_tls, "accepting POP3 connections");
@@ -349,9 +368,25 @@ async fn accept_loop<S: Store, P: PassDb>(
         let shutdown = shutdown.clone();
         let id = shared.next_session_id();
         let span = info_span!("session", id, peer = %peer, client = tracing::field::Empty);
-        sessions.spawn(
+        let incoming = match &workers {
+            Some(_) => match stream.into_std() {
+                Ok(std) => Incoming::Moved(std),
+                Err(e) => {
+                    warn!(error = %e, "cannot hand the connection to a session thread");
+                    continue;
+                }
+            },
+            None => Incoming::Here(stream),
+        };
+        let session = sessions.track_future(
             async move {
-                let mut stream = stream;
+                let mut stream = match incoming.register() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "cannot register the connection");
+                        return;
+                    }
+                };
                 let mut peer = peer;
                 if shared
                     .config
@@ -400,6 +435,31 @@ async fn accept_loop<S: Store, P: PassDb>(
             }
             .instrument(span),
         );
+        match &workers {
+            Some(w) => w.spawn(session),
+            None => drop(tokio::spawn(session)),
+        }
+    }
+}
+
+/// An accepted connection on its way to the event loop that serves it.
+enum Incoming {
+    /// Served on this runtime.
+    Here(TcpStream),
+    /// Taken out of this runtime's event loop, to be registered with the
+    /// session thread's by the session itself.
+    Moved(std::net::TcpStream),
+}
+
+impl Incoming {
+    /// The connection, registered with the event loop of the runtime this
+    /// runs on.
+    fn register(self) -> std::io::Result<TcpStream> {
+        match self {
+            Incoming::Here(stream) => Ok(stream),
+            // into_std left it non-blocking, as from_std needs.
+            Incoming::Moved(std) => TcpStream::from_std(std),
+        }
     }
 }
 
