@@ -101,10 +101,11 @@ impl Metrics {
             .unwrap_or(VERBS.len() - 1);
         let h = &self.commands[i];
         let secs = elapsed.as_secs_f64();
-        for (bucket, bound) in h.buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
-                bucket.fetch_add(1, Relaxed);
-            }
+        // One bucket per command (the smallest that holds it); the
+        // exposition adds them up. Every atomic here is shared by all
+        // sessions, so a command touches as few as it can.
+        if let Some(bucket) = BUCKETS.iter().position(|&bound| secs <= bound) {
+            h.buckets[bucket].fetch_add(1, Relaxed);
         }
         h.count.fetch_add(1, Relaxed);
         h.sum_micros.fetch_add(elapsed.as_micros() as u64, Relaxed);
@@ -192,11 +193,12 @@ impl Metrics {
             "# HELP mailbag_command_duration_seconds POP3 commands by verb, from line to answer.\n# TYPE mailbag_command_duration_seconds histogram"
         );
         for (verb, h) in VERBS.iter().zip(&self.commands) {
+            let mut cumulative = 0;
             for (bucket, bound) in h.buckets.iter().zip(BUCKETS) {
+                cumulative += bucket.load(Relaxed);
                 let _ = writeln!(
                     s,
-                    "mailbag_command_duration_seconds_bucket{{verb=\"{verb}\",le=\"{bound}\"}} {}",
-                    bucket.load(Relaxed)
+                    "mailbag_command_duration_seconds_bucket{{verb=\"{verb}\",le=\"{bound}\"}} {cumulative}"
                 );
             }
             let count = h.count.load(Relaxed);
@@ -283,6 +285,13 @@ mod tests {
         assert!(text.contains("mailbag_sent_bytes_total 1234\n"));
         assert!(text
             .contains("mailbag_command_duration_seconds_bucket{verb=\"STAT\",le=\"0.0005\"} 1\n"));
+        // Buckets are cumulative: every bound above 300 us holds it too.
+        assert!(
+            text.contains("mailbag_command_duration_seconds_bucket{verb=\"STAT\",le=\"2.5\"} 1\n")
+        );
+        assert!(
+            text.contains("mailbag_command_duration_seconds_bucket{verb=\"STAT\",le=\"+Inf\"} 1\n")
+        );
         assert!(text.contains("mailbag_command_duration_seconds_count{verb=\"other\"} 1\n"));
         assert!(
             text.contains("mailbag_command_duration_seconds_bucket{verb=\"other\",le=\"2.5\"} 0\n")
