@@ -355,7 +355,11 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                let passdb = PasswdFile::open_with_cache(
+                    &config.auth.passwd_file,
+                    config.auth.verified_cache(),
+                )
+                .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
                 })?;
                 let store = maildir_store(&config);
@@ -367,7 +371,9 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
                     .check_schema()
                     .await
                     .context("store.url: cannot use the database")?;
-                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                let passdb = PgPassDb::new(Arc::clone(store.pool()))
+                    .await
+                    .with_cache(config.auth.verified_cache());
                 serve_with(config, store, passdb, reload).await
             }
         }

@@ -350,6 +350,25 @@ pub struct AuthConfig {
     /// Client networks that may use plaintext logins without TLS.
     #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<Cidr>,
+    /// The verified-credential cache: seconds a successful password check
+    /// is reused for the same user, password and stored secret without
+    /// hashing again (for clients that poll every minute). 0, the
+    /// default, turns it off. Read at start (a restart changes it).
+    #[serde(default)]
+    pub cache_secs: u64,
+    /// At most this many successes are kept.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+impl AuthConfig {
+    /// The verified-credential cache this configuration asks for, if any.
+    pub fn verified_cache(&self) -> Option<crate::auth::cache::VerifiedCache> {
+        crate::auth::cache::VerifiedCache::new(
+            std::time::Duration::from_secs(self.cache_secs),
+            self.cache_entries,
+        )
+    }
 }
 
 /// `[limits]`
@@ -412,6 +431,10 @@ fn default_trusted_networks() -> Vec<Cidr> {
         .filter_map(|s| s.parse().ok())
         .collect()
 }
+fn default_cache_entries() -> usize {
+    100_000
+}
+
 fn default_failure_delay_ms() -> u64 {
     2000
 }
@@ -632,6 +655,12 @@ impl Config {
             return invalid(
                 "auth.max_failure_delay_ms",
                 "must be at least auth.failure_delay_ms",
+            );
+        }
+        if self.auth.cache_secs > 86_400 {
+            return invalid(
+                "auth.cache_secs",
+                "must be at most 86400 (a day): a changed password must win within hours, not never",
             );
         }
         if self.limits.max_bad_commands == 0 {

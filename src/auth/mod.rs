@@ -4,6 +4,7 @@
 //! slow and runs off the async worker threads. An unknown user costs the
 //! same time as a known one, and nothing here logs a secret.
 
+pub mod cache;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use md5::Digest as _;
 use subtle::ConstantTimeEq;
 
+use super::cache::{self, VerifiedCache};
 use super::scheme::{self, Scheme, SchemeError};
 use mailbag_proto::sasl::scram;
 
@@ -102,6 +103,8 @@ pub struct PasswdFile {
 struct Shared {
     path: PathBuf,
     current: RwLock<Loaded>,
+    /// `auth.cache_secs`: recent successful password checks.
+    cache: Option<VerifiedCache>,
 }
 
 #[derive(Clone)]
@@ -163,8 +166,22 @@ impl PasswdFile {
                     stamp,
                     table: Arc::new(table),
                 }),
+                cache: None,
             }),
         })
+    }
+
+    /// [`PasswdFile::open`], with the verified-credential cache
+    /// (`auth.cache_secs`; `None` keeps it off).
+    pub fn open_with_cache(
+        path: impl Into<PathBuf>,
+        cache: Option<VerifiedCache>,
+    ) -> Result<Self, PasswdError> {
+        let mut db = PasswdFile::open(path)?;
+        if let Some(shared) = Arc::get_mut(&mut db.shared) {
+            shared.cache = cache;
+        }
+        Ok(db)
     }
 
     /// The path this database reads.
@@ -238,7 +255,13 @@ impl PasswdFile {
             }
             return Err(AuthError::Invalid);
         };
-        let accepted = credential_matches(stored, table.decoy.as_deref(), credential);
+        let accepted = credential_matches(
+            name,
+            stored,
+            table.decoy.as_deref(),
+            credential,
+            self.shared.cache.as_ref(),
+        );
         if accepted {
             Ok(name.clone())
         } else {
@@ -304,12 +327,16 @@ impl PassDb for PasswdFile {
 /// stored hash, is checked too where the match itself would be instant,
 /// so that timing does not tell which users store plaintext.
 pub(crate) fn credential_matches(
+    user: &str,
     stored: &str,
     decoy: Option<&str>,
     credential: &Credential,
+    cache: Option<&VerifiedCache>,
 ) -> bool {
     match credential {
-        Credential::Password(password) => scheme::verify(stored, password.expose().as_bytes()),
+        Credential::Password(password) => {
+            cache::verify_password(cache, user, stored, password.expose().as_bytes())
+        }
         Credential::CramMd5 { challenge, digest } => {
             // Like APOP: pay what a password check costs.
             if let Some(decoy) = decoy {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use mailbag_proto::sasl::scram;
 
+use super::cache::VerifiedCache;
 use super::passwd_file::{credential_matches, presented_bytes, scram_salt, valid_user_name};
 use super::scheme::{self, Scheme};
 use super::{AuthError, Credential, PassDb, ScramKeys};
@@ -49,6 +50,8 @@ pub enum UserError {
 pub struct PgPassDb {
     pool: Arc<Pool>,
     flags: Arc<Flags>,
+    /// `auth.cache_secs`: recent successful password checks.
+    cache: Option<Arc<VerifiedCache>>,
 }
 
 #[derive(Debug, Default)]
@@ -65,10 +68,18 @@ impl PgPassDb {
     /// A passdb on `pool`. Reads the flags once now (a database that is
     /// down leaves them off) and keeps refreshing them while the passdb
     /// lives.
+    /// With the verified-credential cache (`auth.cache_secs`; `None`
+    /// keeps it off).
+    pub fn with_cache(mut self, cache: Option<VerifiedCache>) -> PgPassDb {
+        self.cache = cache.map(Arc::new);
+        self
+    }
+
     pub async fn new(pool: Arc<Pool>) -> PgPassDb {
         let db = PgPassDb {
             pool,
             flags: Arc::default(),
+            cache: None,
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -82,6 +93,7 @@ impl PgPassDb {
                 let db = PgPassDb {
                     pool: Arc::clone(&pool),
                     flags,
+                    cache: None,
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -205,10 +217,13 @@ impl PassDb for PgPassDb {
     async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         let found = self.lookup(user).await?;
         let credential = credential.clone();
+        let cache = self.cache.clone();
         tokio::task::spawn_blocking(move || match found {
-            Some((name, stored)) => credential_matches(&stored, None, &credential)
-                .then_some(name)
-                .ok_or(AuthError::Invalid),
+            Some((name, stored)) => {
+                credential_matches(&name, &stored, None, &credential, cache.as_deref())
+                    .then_some(name)
+                    .ok_or(AuthError::Invalid)
+            }
             None => {
                 // An unknown user costs what a password check costs.
                 scheme::dummy_verify(presented_bytes(&credential));

@@ -536,3 +536,48 @@ fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// `auth.cache_secs`: a success is reused, but never for a wrong password,
+/// and a password changed in the passwd-file wins at once.
+#[tokio::test]
+async fn verified_credential_cache_never_outlives_a_password_change() {
+    let s = TestServer::start_with("cache_secs = 300\n").await;
+    for _ in 0..3 {
+        let mut c = s.login(BOB).await;
+        c.ok("QUIT").await;
+    }
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok(&format!("USER {}", BOB.0)).await;
+    let wrong = c.cmd("PASS not-the-password").await;
+    assert!(wrong.starts_with("-ERR"), "{wrong}");
+
+    // The administrator changes Bob's password (a new file, as `mailbag
+    // user passwd` writes it).
+    let new =
+        mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Sha512Crypt, b"new-pw").unwrap();
+    let passwd = s.dir.path().join("passwd");
+    let text = std::fs::read_to_string(&passwd).unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| match line.split_once(':') {
+            Some((user, _)) if user == BOB.0 => format!("{user}:{new}\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    let tmp = s.dir.path().join("passwd.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &passwd).unwrap();
+
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok(&format!("USER {}", BOB.0)).await;
+    let old = c.cmd(&format!("PASS {}", BOB.1)).await;
+    assert!(
+        old.starts_with("-ERR"),
+        "the cached old password still worked: {old}"
+    );
+    let mut c = s.login((BOB.0, "new-pw")).await;
+    c.ok("QUIT").await;
+    s.stop().await;
+}
