@@ -140,6 +140,11 @@ impl Row<'_> {
     /// Above 1 when the subject is better than the best peer.
     fn ratio(&self) -> Option<f64> {
         let (s, (_, p)) = (self.subject?, self.best_peer.as_ref()?);
+        // A zero on either side (no RSS growth measured, say) makes the
+        // ratio 0 or infinite: it says nothing.
+        if s <= 0.0 || *p <= 0.0 {
+            return None;
+        }
         let r = if self.metric.higher_is_better {
             s / p
         } else {
@@ -394,4 +399,30 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(metric: &Metric, subject: f64, peer: f64) -> Row<'_> {
+        Row {
+            metric,
+            subject: Some(subject),
+            peers: vec![("dovecot".into(), peer)],
+            best_peer: Some(("dovecot".into(), peer)),
+            limit: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_above_one_when_better_and_absent_for_zeros() {
+        let login = &METRICS[0];
+        let rss = METRICS.iter().find(|m| m.load == "rss").unwrap();
+        assert_eq!(row(login, 300.0, 100.0).ratio(), Some(3.0));
+        assert_eq!(row(rss, 100.0, 400.0).ratio(), Some(4.0));
+        // No growth measured for the peer: no ratio, not "0.00x".
+        assert_eq!(row(rss, 564.0, 0.0).ratio(), None);
+        assert_eq!(row(login, 0.0, 100.0).ratio(), None);
+    }
 }
