@@ -10,6 +10,9 @@ pub mod postgres;
 pub mod scheme;
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Semaphore;
 
 pub use mailbag_proto::pop3::Credential;
 pub use mailbag_proto::sasl::scram::ScramKeys;
@@ -57,4 +60,62 @@ pub trait PassDb: Send + Sync + 'static {
     /// Whether any user has a plaintext-equivalent secret, so that APOP
     /// can work at all and the greeting should carry a timestamp.
     fn apop_possible(&self) -> bool;
+}
+
+/// Runs deliberately slow credential work (a password hash, SCRAM key
+/// derivation) on the blocking pool, at most one per core at a time.
+///
+/// The work is CPU-bound: more of it in parallel than there are cores
+/// gains nothing, and each Argon2id check holds its memory block (tens of
+/// MiB) while it runs. Without a bound, a flood of logins (unknown users
+/// cost a decoy check too) could run hundreds at once and exhaust memory.
+/// Waiting sessions queue here without a thread. The permit goes with
+/// the work, so a client that hangs up mid-check frees it only when the
+/// check ends.
+pub(crate) async fn hashing<T, F>(work: F) -> Result<T, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(Semaphore::new(cores))
+    });
+    // The semaphore is never closed.
+    let permit = Arc::clone(slots).acquire_owned().await.ok();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_work_runs_at_most_one_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..4 * cores + 4 {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            tasks.push(tokio::spawn(hashing(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+            })));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(most.load(Ordering::SeqCst), cores);
+    }
 }

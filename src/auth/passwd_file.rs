@@ -275,7 +275,7 @@ impl PassDb for PasswdFile {
         let this = self.clone();
         let user = user.to_owned();
         let credential = credential.clone();
-        tokio::task::spawn_blocking(move || this.verify_blocking(&user, &credential))
+        super::hashing(move || this.verify_blocking(&user, &credential))
             .await
             .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?
     }
@@ -293,7 +293,7 @@ impl PassDb for PasswdFile {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let this = self.clone();
         let user = user.to_owned();
-        tokio::task::spawn_blocking(move || {
+        super::hashing(move || {
             let table = this.table();
             let salt = scram_salt(&user);
             let found = table.users.get_key_value(&user).and_then(|(name, stored)| {

@@ -218,7 +218,7 @@ impl PassDb for PgPassDb {
         let found = self.lookup(user).await?;
         let credential = credential.clone();
         let cache = self.cache.clone();
-        tokio::task::spawn_blocking(move || match found {
+        super::hashing(move || match found {
             Some((name, stored)) => {
                 credential_matches(&name, &stored, None, &credential, cache.as_deref())
                     .then_some(name)
@@ -241,7 +241,7 @@ impl PassDb for PgPassDb {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let found = self.lookup(user).await?;
         let user = user.to_owned();
-        tokio::task::spawn_blocking(move || {
+        super::hashing(move || {
             let salt = scram_salt(&user);
             let keys =
                 found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
