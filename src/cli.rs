@@ -437,6 +437,7 @@ fn pg_store(config: &Config) -> Result<PgStore> {
         url: config.store.url.clone().unwrap_or_default(),
         pool_size: config.store.pool_size,
         lock_connections: config.store.lock_connections,
+        ca_file: config.store.ca_file.clone(),
     })?)
 }
 

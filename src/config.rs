@@ -307,6 +307,12 @@ pub struct StoreConfig {
     /// maildrop locks (each holds many).
     #[serde(default = "default_lock_connections")]
     pub lock_connections: usize,
+    /// PostgreSQL only: the CA certificates (PEM) that sign the database
+    /// server's certificate, for `sslmode=require` in `url` (which makes
+    /// mailbag verify the certificate and host name). Without it, the
+    /// system's CA bundle.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[auth]`
@@ -517,6 +523,9 @@ impl Config {
         }
         if let Some(socket) = &config.lmtp.socket {
             config.lmtp.socket = Some(absolute(base, socket));
+        }
+        if let Some(ca) = &config.store.ca_file {
+            config.store.ca_file = Some(absolute(base, ca));
         }
         if let Some(tls) = &mut config.tls {
             tls.certificate = absolute(base, &tls.certificate);

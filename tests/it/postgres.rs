@@ -47,6 +47,9 @@ pub struct Cluster {
     as_postgres: bool,
     /// Off for tests (speed); on when measuring.
     fsync: bool,
+    /// Whether TCP clients must use TLS (`server.crt`, `server.key` in
+    /// `root`, a certificate for localhost and 127.0.0.1).
+    tls: bool,
 }
 
 fn pg_bin() -> Option<PathBuf> {
@@ -75,6 +78,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`]; `fsync` as in production when measuring.
     pub fn start_with(fsync: bool) -> Result<Cluster, String> {
+        Cluster::start_full(fsync, false)
+    }
+
+    /// A cluster that refuses TCP clients without TLS.
+    pub fn start_tls() -> Result<Cluster, String> {
+        Cluster::start_full(false, true)
+    }
+
+    fn start_full(fsync: bool, tls: bool) -> Result<Cluster, String> {
         let bin = pg_bin().ok_or(
             "PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin \
              (install the Debian `postgresql` package, or set MAILBAG_PG_BIN)",
@@ -104,6 +116,7 @@ impl Cluster {
             port: free_port(),
             as_postgres,
             fsync,
+            tls,
         };
         cluster.watch();
         let out = cluster
@@ -119,8 +132,38 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        if tls {
+            cluster.require_tls()?;
+        }
         cluster.start_server()?;
         Ok(cluster)
+    }
+
+    /// The server certificate (self-signed: also the CA to trust).
+    pub fn ca(&self) -> PathBuf {
+        self.root.join("server.crt")
+    }
+
+    /// A certificate and key for the server, and pg_hba.conf lines that
+    /// reject TCP clients without TLS.
+    fn require_tls(&self) -> Result<(), String> {
+        let key = self.root.join("server.key");
+        mailbag::server::tls::write_self_signed(&["localhost", "127.0.0.1"], &self.ca(), &key)
+            .map_err(|e| format!("certificate: {e}"))?;
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        if self.as_postgres {
+            Command::new("chown")
+                .arg("postgres:")
+                .arg(&key)
+                .arg(self.ca())
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+        }
+        let hba = self.data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        std::fs::write(&hba, format!("hostnossl all all all reject\n{old}"))
+            .map_err(|e| e.to_string())
     }
 
     /// Stops the cluster and removes its directory once this process has
@@ -149,12 +192,19 @@ impl Cluster {
     }
 
     pub fn start_server(&self) -> Result<(), String> {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=400",
             self.port,
             self.root.display(),
             if self.fsync { "on" } else { "off" }
         );
+        if self.tls {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                self.ca().display(),
+                self.root.join("server.key").display()
+            ));
+        }
         let out = self
             .command("pg_ctl")
             .arg("-D")
@@ -187,9 +237,30 @@ impl Cluster {
 
     pub fn url(&self, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5",
+            "host=127.0.0.1 port={} user=postgres dbname={db} connect_timeout=5{}",
+            self.port,
+            if self.tls { " sslmode=require" } else { "" }
+        )
+    }
+
+    /// Over the Unix socket, which needs no TLS: for setting up.
+    fn admin_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.root.display(),
             self.port
         )
+    }
+
+    /// A store on `url`, trusting this cluster's certificate.
+    pub fn store(&self, url: &str) -> PgStore {
+        PgStore::new(&PgOptions {
+            url: url.to_string(),
+            pool_size: 4,
+            lock_connections: 2,
+            ca_file: self.tls.then(|| self.ca()),
+        })
+        .unwrap()
     }
 
     /// A fresh database, migrated, with alice (plaintext-equivalent) and
@@ -203,13 +274,13 @@ impl Cluster {
 
     /// Database `db`, migrated, with alice and bob.
     pub async fn create(&self, db: &str) {
-        let admin = connect(&self.url("postgres")).await;
+        let admin = connect(&self.admin_url()).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {db}"))
             .await
             .unwrap();
         let url = self.url(db);
-        let store = pg_store(&url);
+        let store = self.store(&url);
         assert_eq!(store.migrate().await.unwrap(), vec![1]);
         let users = PgPassDb::new(Arc::clone(store.pool())).await;
         users
@@ -281,6 +352,7 @@ fn pg_store(url: &str) -> PgStore {
         url: url.to_string(),
         pool_size: 4,
         lock_connections: 2,
+        ca_file: None,
     })
     .unwrap()
 }
@@ -660,6 +732,79 @@ async fn count_messages(url: &str) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// The cluster that takes TCP clients over TLS only, or `None` (after
+/// saying why) when PostgreSQL is not installed; panics under CI.
+fn tls_cluster(test: &str) -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match CLUSTER.get_or_init(Cluster::start_tls) {
+        Ok(cluster) => Some(cluster),
+        Err(why) => skip(test, why),
+    }
+}
+
+/// `sslmode=require`: mailbag speaks TLS to PostgreSQL and verifies the
+/// server's certificate; the cluster rejects TCP clients without TLS.
+#[tokio::test]
+async fn sslmode_require_serves_over_verified_tls() {
+    let Some(cluster) = tls_cluster("sslmode_require") else {
+        return;
+    };
+    let url = cluster.database("tls").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\n[auth]\nfailure_delay_ms = 10\n",
+            cluster.ca().display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let store = PgStore::new(&PgOptions {
+        url: url.clone(),
+        pool_size: 4,
+        lock_connections: 2,
+        ca_file: config.store.ca_file.clone(),
+    })
+    .unwrap();
+    store.check_schema().await.unwrap();
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    // A login takes the maildrop lock (a lock connection) and STAT reads
+    // through the pool: both over TLS.
+    let mut c = node.login(ALICE).await;
+    assert_eq!(c.cmd("STAT").await, "+OK 0 0\r\n");
+    c.ok("QUIT").await;
+    node.stop().await;
+
+    // Without sslmode=require there is no TLS, and the cluster refuses.
+    let plain = pg_store(&url.replace(" sslmode=require", ""));
+    assert!(plain.check_schema().await.is_err());
+    // A certificate signed by another CA is refused by mailbag.
+    let other = dir.path().join("other.crt");
+    mailbag::server::tls::write_self_signed(&["localhost"], &other, &dir.path().join("other.key"))
+        .unwrap();
+    let untrusted = PgStore::new(&PgOptions {
+        url: url.clone(),
+        pool_size: 1,
+        lock_connections: 1,
+        ca_file: Some(other),
+    })
+    .unwrap();
+    assert!(untrusted.check_schema().await.is_err());
+    // A CA file with no certificate is a configuration error at once.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    assert!(PgStore::new(&PgOptions {
+        url,
+        pool_size: 1,
+        lock_connections: 1,
+        ca_file: Some(empty),
+    })
+    .is_err());
 }
 
 #[tokio::test]
@@ -1214,6 +1359,7 @@ async fn figures() {
         url: url.clone(),
         pool_size: 8,
         lock_connections: 2,
+        ca_file: None,
     })
     .unwrap();
     let passdb = PgPassDb::new(Arc::clone(node_store.pool())).await;

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
@@ -122,10 +122,7 @@ impl Locks {
     }
 
     async fn connect(&self) -> Result<Arc<LockConn>, PgError> {
-        let (client, connection) =
-            tokio::time::timeout(Duration::from_secs(10), self.pool.config().connect(NoTls))
-                .await
-                .map_err(|_| PgError::Timeout)??;
+        let (client, connection) = self.pool.open().await?;
         let lost = CancellationToken::new();
         let conn = Arc::new(LockConn {
             client,

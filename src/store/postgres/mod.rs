@@ -19,8 +19,10 @@ pub mod lock;
 pub mod pool;
 pub mod reader;
 pub mod schema;
+pub mod tls;
 
 use std::io;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,7 @@ use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
 use lock::{Held, Locks};
 use pool::Pool;
 pub use reader::ChunkReader;
+use tls::{PgTlsError, RustlsConnect};
 
 /// What can go wrong talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,9 @@ pub enum PgError {
         /// The version needed.
         want: i32,
     },
+    /// TLS to the database (`sslmode=require`) cannot be set up.
+    #[error("store.ca_file: {0}")]
+    Tls(#[from] PgTlsError),
     /// The database was migrated by a newer mailbag.
     #[error(
         "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"
@@ -82,6 +88,9 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Dedicated connections that hold maildrop locks.
     pub lock_connections: usize,
+    /// The CA certificates (PEM) that sign the database server's
+    /// certificate, for `sslmode=require`; the system's bundle if `None`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Maildrops in a PostgreSQL database.
@@ -96,7 +105,13 @@ impl PgStore {
     /// at start gives `[SYS/TEMP]` until it is back.
     pub fn new(options: &PgOptions) -> Result<PgStore, PgError> {
         let config = tokio_postgres::Config::from_str(&options.url).map_err(PgError::Url)?;
-        let pool = Pool::new(config, options.pool_size);
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => {
+                Some(RustlsConnect::new(options.ca_file.as_deref())?)
+            }
+            _ => None,
+        };
+        let pool = Pool::new(config, options.pool_size, tls);
         let locks = Locks::new(Arc::clone(&pool), options.lock_connections);
         Ok(PgStore { pool, locks })
     }

@@ -6,13 +6,16 @@
 //! `target_session_attrs=read-write`) is tokio-postgres's own, so a new
 //! connection after a failover finds the promoted primary by itself.
 
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 
+use super::tls::RustlsConnect;
 use super::PgError;
 
 /// How long one connection attempt may take, all hosts together.
@@ -22,9 +25,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Pool {
     config: Config,
+    /// Set when the connection string says `sslmode=require`.
+    tls: Option<RustlsConnect>,
     idle: Mutex<Vec<Client>>,
     permits: Arc<Semaphore>,
 }
+
+/// A connection's IO task: it runs until the connection ends.
+pub type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 
 /// A connection taken from the pool; returned to it on drop unless broken.
 pub struct Pooled {
@@ -34,16 +42,38 @@ pub struct Pooled {
 }
 
 impl Pool {
-    /// A pool of at most `size` connections (at least one).
-    pub fn new(mut config: Config, size: usize) -> Arc<Pool> {
+    /// A pool of at most `size` connections (at least one), over TLS when
+    /// `tls` is given.
+    pub fn new(mut config: Config, size: usize, tls: Option<RustlsConnect>) -> Arc<Pool> {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         Arc::new(Pool {
             config,
+            tls,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size.max(1))),
         })
+    }
+
+    /// Connects (over TLS when the pool has it); the caller runs the
+    /// returned driver.
+    pub async fn open(&self) -> Result<(Client, Driver), PgError> {
+        let opened = async {
+            Ok::<_, tokio_postgres::Error>(match &self.tls {
+                None => {
+                    let (client, connection) = self.config.connect(NoTls).await?;
+                    (client, Box::pin(connection) as Driver)
+                }
+                Some(tls) => {
+                    let (client, connection) = self.config.connect(tls.clone()).await?;
+                    (client, Box::pin(connection) as Driver)
+                }
+            })
+        };
+        Ok(tokio::time::timeout(CONNECT_TIMEOUT, opened)
+            .await
+            .map_err(|_| PgError::Timeout)??)
     }
 
     /// The connection settings.
@@ -53,10 +83,7 @@ impl Pool {
 
     /// Opens a new connection outside the pool (its task is spawned).
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, connection) =
-            tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(NoTls))
-                .await
-                .map_err(|_| PgError::Timeout)??;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%error, "database connection ended");
