@@ -449,10 +449,16 @@ where
     T: AsyncWrite + Unpin,
 {
     // A small message the store read whole goes through the stuffer in
-    // one pass, straight from the store's buffer.
+    // one pass, straight from the store's buffer. Pipelined RETRs would
+    // pile their answers up in `out`: past a chunk's worth it goes out
+    // now, as the chunked path below does.
     if let Some(whole) = reader.in_memory() {
         stuffer.feed(whole, out);
         stuffer.finish(out);
+        if out.len() >= BODY_CHUNK_OCTETS {
+            stream.write_all(out).await?;
+            out.clear();
+        }
         return Ok(());
     }
     // A small message needs a small buffer (one more octet, so that the
@@ -531,4 +537,36 @@ fn printable(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::maildir::MessageReader;
+
+    fn small(octets: usize) -> MessageReader {
+        MessageReader::Memory(std::io::Cursor::new(vec![b'a'; octets]))
+    }
+
+    #[tokio::test]
+    async fn answers_to_pipelined_retrs_do_not_pile_up() {
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        // Small answers stay in the buffer, to leave with what follows...
+        stream_body(small(1000), 1000, Stuffer::new(), &mut out, &mut sent)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1005);
+        assert!(sent.is_empty());
+        // ...but never more than a chunk's worth: a client that pipelines
+        // a thousand RETRs must not make the session hold them all.
+        for _ in 0..300 {
+            stream_body(small(1000), 1000, Stuffer::new(), &mut out, &mut sent)
+                .await
+                .unwrap();
+            assert!(out.len() < BODY_CHUNK_OCTETS);
+        }
+        assert_eq!(sent.len() + out.len(), 301 * 1005);
+        assert!(sent.ends_with(b"a\r\n.\r\n"));
+    }
 }
