@@ -520,6 +520,10 @@ pub async fn summarize_maildrop<M: crate::store::Maildrop>(
     use crate::store::StoreError;
     let mut lines = Vec::with_capacity(indexes.len());
     for &index in indexes {
+        // Small messages are read and parsed without ever waiting, and a
+        // session thread serves many sessions: let the others run between
+        // messages, so that SUMMARY of a big maildrop does not stall them.
+        tokio::task::yield_now().await;
         let number = index + 1;
         let octets = maildrop.messages().get(index).map_or(0, |m| m.size);
         let why = match maildrop.read(index).await {

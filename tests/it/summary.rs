@@ -420,3 +420,75 @@ async fn summary_says_which_message_another_program_removed() {
     c.ok("QUIT").await;
     s.stop().await;
 }
+
+/// Sessions share session threads; SUMMARY reads and parses message after
+/// message without waiting for anything, so it must let the others run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_of_a_big_maildrop_does_not_stall_other_sessions() {
+    use std::io::{BufRead, Read, Write};
+
+    let s = TestServer::start().await;
+    let md = s.maildir(ALICE.0);
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    let total = 5000;
+    for i in 0..total {
+        std::fs::write(
+            md.join("cur").join(format!("{i}.summary:2,")),
+            format!("From: a@example.org\r\nSubject: {i}\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\nbody\r\n"),
+        )
+        .unwrap();
+    }
+    // Alice's session, on a plain socket, so that what has arrived can be
+    // asked of the kernel without reading it.
+    let alice = std::net::TcpStream::connect(s.addr).unwrap();
+    let mut reader = std::io::BufReader::new(alice.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    (&alice)
+        .write_all(format!("USER {}\r\nPASS {}\r\n", ALICE.0, ALICE.1).as_bytes())
+        .unwrap();
+    for _ in 0..2 {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.starts_with("+OK"), "{line}");
+    }
+    // Connections are dealt to the session threads in turn: after one
+    // per thread, the next shares Alice's.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut others = Vec::new();
+    for _ in 0..threads {
+        let mut c = s.connect().await;
+        c.line().await;
+        others.push(c);
+    }
+    let neighbour = others.last_mut().unwrap();
+
+    (&alice).write_all(b"SUMMARY\r\n").unwrap();
+    // Any answer will do; USER needs no login.
+    neighbour.ok("USER bob").await;
+    alice.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let peeked = alice.peek(&mut byte);
+    assert!(
+        matches!(&peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the whole SUMMARY was done before a command on the same thread was answered: {peeked:?}"
+    );
+    alice.set_nonblocking(false).unwrap();
+    let mut lines = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == ".\r\n" {
+            break;
+        }
+        lines += 1;
+    }
+    // The status line and one line per message.
+    assert_eq!(lines, total + 1);
+    let mut rest = Vec::new();
+    (&alice).write_all(b"QUIT\r\n").unwrap();
+    reader.read_to_end(&mut rest).unwrap();
+    s.stop().await;
+}
