@@ -494,6 +494,13 @@ impl Maildrop for MaildirMaildrop {
     }
 
     async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
+        if deleted.is_empty() && retrieved.is_empty() {
+            // Nothing to change (most polling sessions end this way):
+            // unlocking is closing a descriptor, no work for the blocking
+            // pool and no trip there and back.
+            drop(self);
+            return Ok(());
+        }
         let deleted = deleted.to_vec();
         let retrieved = retrieved.to_vec();
         blocking(move || self.commit_blocking(&deleted, &retrieved)).await
