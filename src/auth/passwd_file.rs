@@ -157,6 +157,15 @@ impl PasswdFile {
     /// Reads the passwd-file at `path` now; a missing or malformed file is
     /// an error naming the path (and line).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, PasswdError> {
+        PasswdFile::open_with_cache(path, None)
+    }
+
+    /// [`PasswdFile::open`], with the verified-credential cache
+    /// (`auth.cache_secs`; `None` keeps it off).
+    pub fn open_with_cache(
+        path: impl Into<PathBuf>,
+        cache: Option<VerifiedCache>,
+    ) -> Result<Self, PasswdError> {
         let path = path.into();
         let (stamp, table) = load(&path)?;
         Ok(PasswdFile {
@@ -166,22 +175,9 @@ impl PasswdFile {
                     stamp,
                     table: Arc::new(table),
                 }),
-                cache: None,
+                cache,
             }),
         })
-    }
-
-    /// [`PasswdFile::open`], with the verified-credential cache
-    /// (`auth.cache_secs`; `None` keeps it off).
-    pub fn open_with_cache(
-        path: impl Into<PathBuf>,
-        cache: Option<VerifiedCache>,
-    ) -> Result<Self, PasswdError> {
-        let mut db = PasswdFile::open(path)?;
-        if let Some(shared) = Arc::get_mut(&mut db.shared) {
-            shared.cache = cache;
-        }
-        Ok(db)
     }
 
     /// The path this database reads.

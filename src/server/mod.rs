@@ -368,19 +368,19 @@ async fn accept_loop<S: Store, P: PassDb>(
         let shutdown = shutdown.clone();
         let id = shared.next_session_id();
         let span = info_span!("session", id, peer = %peer, client = tracing::field::Empty);
-        let incoming = match &workers {
-            Some(_) => match stream.into_std() {
-                Ok(std) => Incoming::Moved(std),
-                Err(e) => {
-                    warn!(error = %e, "cannot hand the connection to a session thread");
-                    continue;
-                }
-            },
-            None => Incoming::Here(stream),
+        // The socket leaves this event loop here and joins the one of the
+        // runtime the session runs on (a session thread's) in the session.
+        let incoming = match stream.into_std() {
+            Ok(std) => std,
+            Err(e) => {
+                warn!(error = %e, "cannot hand the connection to a session thread");
+                continue;
+            }
         };
         let session = sessions.track_future(
             async move {
-                let mut stream = match incoming.register() {
+                // into_std left it non-blocking, as from_std needs.
+                let mut stream = match TcpStream::from_std(incoming) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!(error = %e, "cannot register the connection");
@@ -438,27 +438,6 @@ async fn accept_loop<S: Store, P: PassDb>(
         match &workers {
             Some(w) => w.spawn(session),
             None => drop(tokio::spawn(session)),
-        }
-    }
-}
-
-/// An accepted connection on its way to the event loop that serves it.
-enum Incoming {
-    /// Served on this runtime.
-    Here(TcpStream),
-    /// Taken out of this runtime's event loop, to be registered with the
-    /// session thread's by the session itself.
-    Moved(std::net::TcpStream),
-}
-
-impl Incoming {
-    /// The connection, registered with the event loop of the runtime this
-    /// runs on.
-    fn register(self) -> std::io::Result<TcpStream> {
-        match self {
-            Incoming::Here(stream) => Ok(stream),
-            // into_std left it non-blocking, as from_std needs.
-            Incoming::Moved(std) => TcpStream::from_std(std),
         }
     }
 }

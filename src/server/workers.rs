@@ -68,16 +68,6 @@ impl Workers {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         drop(self.handles[i].spawn(session));
     }
-
-    /// How many session threads there are.
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    /// Never true: there is always at least one thread.
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -87,7 +77,6 @@ mod tests {
     #[test]
     fn sessions_are_dealt_to_the_threads_in_turn() {
         let workers = Workers::start(2).unwrap();
-        assert_eq!(workers.len(), 2);
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..6 {
             let tx = tx.clone();

@@ -76,11 +76,6 @@ impl Pool {
             .map_err(|_| PgError::Timeout)??)
     }
 
-    /// The connection settings.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Opens a new connection outside the pool (its task is spawned).
     pub async fn connect(&self) -> Result<Client, PgError> {
         let (client, connection) = self.open().await?;
