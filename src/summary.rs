@@ -509,6 +509,16 @@ pub async fn summarize_async(mut reader: impl tokio::io::AsyncRead + Unpin) -> i
     }
 }
 
+/// The line after the table that says how many messages the store found
+/// but could not read, and so left out of the maildrop; `None` when none.
+pub fn left_out_line(unreadable: usize) -> Option<String> {
+    match unreadable {
+        0 => None,
+        1 => Some("1 message could not be read and is not listed".to_string()),
+        n => Some(format!("{n} messages could not be read and are not listed")),
+    }
+}
+
 /// Performs the POP3 core's `Summarize` action: one line per index, in
 /// order. A message that cannot be read gets a line saying so, so that the
 /// rest of the maildrop is still described.
@@ -544,6 +554,9 @@ pub async fn summarize_maildrop<M: crate::store::Maildrop>(
             }
         };
         lines.push(unreadable_line(number, octets, None, why));
+    }
+    if let Some(line) = left_out_line(maildrop.unreadable()) {
+        lines.push(line);
     }
     mailbag_proto::pop3::Outcome::Summarized(lines)
 }

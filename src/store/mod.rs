@@ -96,6 +96,12 @@ pub trait Maildrop: Send + 'static {
     /// The snapshot taken at open, in message-number order.
     fn messages(&self) -> &[MessageInfo];
 
+    /// How many messages the store found but left out of the snapshot
+    /// because they cannot be read (SUMMARY reports it).
+    fn unreadable(&self) -> usize {
+        0
+    }
+
     /// Opens message `index` (0-based into the snapshot) for reading.
     /// A message removed by another program is [`StoreError::Vanished`].
     fn read(

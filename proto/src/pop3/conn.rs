@@ -348,16 +348,17 @@ impl Transaction {
         }
     }
 
-    fn total_octets(&self) -> u64 {
-        self.messages.iter().map(|m| m.size).sum()
-    }
-
-    /// RFC 1939 §5: messages marked as deleted are not counted.
+    /// RFC 1939 §5: messages marked as deleted are not counted. The sum
+    /// saturates: sizes come from the store, where a file name may claim
+    /// any size, and a total must not wrap.
     fn visible(&self) -> (usize, u64) {
-        (
-            self.messages.len() - self.deleted_count,
-            self.total_octets() - self.deleted_octets,
-        )
+        let octets = self
+            .messages
+            .iter()
+            .zip(&self.deleted)
+            .filter(|(_, &deleted)| !deleted)
+            .fold(0u64, |sum, (m, _)| sum.saturating_add(m.size));
+        (self.messages.len() - self.deleted_count, octets)
     }
 
     /// The one place where a message number becomes an index: range and
@@ -1251,7 +1252,7 @@ impl Conn {
                 Ok(i) => {
                     t.deleted[i] = true;
                     t.deleted_count += 1;
-                    t.deleted_octets += t.messages[i].size;
+                    t.deleted_octets = t.deleted_octets.saturating_add(t.messages[i].size);
                     self.send(response::ok(format!(
                         "Message {n} marked for deletion at QUIT"
                     )));
@@ -1424,13 +1425,23 @@ mod tests {
                         }
                     };
                     match (user.as_str(), good) {
-                        ("mrose" | "busy", true) => Outcome::Authenticated { user },
+                        ("mrose" | "busy" | "huge", true) => Outcome::Authenticated { user },
                         ("down", _) => Outcome::AuthUnavailable,
                         _ => Outcome::AuthRejected,
                     }
                 }
                 Action::OpenMaildrop { user } => match user.as_str() {
                     "busy" => Outcome::OpenFailed(StoreFailure::Locked),
+                    "huge" => Outcome::Opened(
+                        [u64::MAX, 5, u64::MAX - 1]
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, size)| MessageInfo {
+                                uid: format!("u{i}"),
+                                size,
+                            })
+                            .collect(),
+                    ),
                     _ => Outcome::Opened(messages()),
                 },
                 Action::Retrieve { index, status, .. } => {
@@ -1506,6 +1517,29 @@ mod tests {
             "{out}"
         );
         (conn, d)
+    }
+
+    #[test]
+    fn sizes_that_overflow_saturate_instead_of_wrapping() {
+        let (mut conn, mut d, _) = session(Settings::default());
+        let out = d.run(&mut conn, b"USER huge\r\nPASS secret\r\n");
+        assert!(out.ends_with("(18446744073709551615 octets)\r\n"), "{out}");
+        assert_eq!(
+            d.run(&mut conn, b"STAT\r\n"),
+            "+OK 3 18446744073709551615\r\n"
+        );
+        d.run(&mut conn, b"DELE 1\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"STAT\r\n"),
+            "+OK 2 18446744073709551615\r\n"
+        );
+        d.run(&mut conn, b"DELE 3\r\n");
+        assert_eq!(d.run(&mut conn, b"STAT\r\n"), "+OK 1 5\r\n");
+        d.run(&mut conn, b"RSET\r\n");
+        assert_eq!(
+            d.run(&mut conn, b"STAT\r\n"),
+            "+OK 3 18446744073709551615\r\n"
+        );
     }
 
     #[test]

@@ -4,43 +4,43 @@
 //!
 //! Blocking std code: async callers run it in `spawn_blocking`.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 use mailbag_proto::dot::canonical_size;
 
+use super::dirs::{self, Dirs, Location};
 use super::name;
+use crate::store::StoreError;
 
 /// How often a name clash in tmp/ is retried with a fresh name before
 /// giving up; a clash needs another host with our name and pid.
 const NAME_ATTEMPTS: usize = 8;
 
 /// Creates `maildir` with tmp/, new/ and cur/ (mode 0700) where missing.
+#[cfg(test)]
+/// The Maildir and its subdirectories are opened without following
+/// symlinks: one that is a symlink is an error.
 pub(crate) fn create_maildir(maildir: &Path) -> io::Result<()> {
-    if ["tmp", "new", "cur"]
-        .iter()
-        .all(|sub| maildir.join(sub).is_dir())
-    {
-        return Ok(());
-    }
-    let mut builder = DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    for sub in ["tmp", "new", "cur"] {
-        builder.create(maildir.join(sub))?;
-    }
-    // The new directories must survive a crash along with the first message.
-    sync_dir(maildir)?;
-    if let Some(parent) = maildir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    Dirs::open(&Location::of_path(maildir).map_err(to_io)?, true)
+        .map_err(to_io)?
+        .map(drop)
+        .ok_or_else(|| io::Error::other("maildir was not created"))
 }
 
-/// Flushes a directory's entries (renames, creations) to stable storage.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// A store error as the `io::Error` of the path-based functions.
+pub(crate) fn to_io(e: StoreError) -> io::Error {
+    match e {
+        StoreError::Temporary(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 /// Delivers `message` into `maildir` (created if missing) and returns the
@@ -48,46 +48,63 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 ///
 /// The message is written to tmp/, fsynced, renamed into new/, and new/ is
 /// fsynced. On any error the tmp/ file is removed and the error returned.
+/// The Maildir (its last component) and its subdirectories are never
+/// followed if they are symlinks.
 pub fn deliver(maildir: &Path, message: &[u8]) -> io::Result<String> {
-    create_maildir(maildir)?;
-    let (unique, mut file) = create_tmp(maildir)?;
-    let tmp = maildir.join("tmp").join(&unique);
+    deliver_at(&Location::of_path(maildir).map_err(to_io)?, message).map_err(to_io)
+}
+
+/// [`deliver`] into the Maildir at `at`, every directory below its trusted
+/// base opened without following symlinks, and the file created and
+/// renamed relative to them.
+pub(crate) fn deliver_at(at: &Location, message: &[u8]) -> Result<String, StoreError> {
+    let dirs = Dirs::open(at, true)?
+        .ok_or_else(|| StoreError::Permanent("maildir was not created".into()))?;
+    let tmp_dir = dirs::open_subdir(
+        dirs.maildir.as_fd(),
+        OsStr::new("tmp"),
+        true,
+        &dirs.path.join("tmp"),
+    )?
+    .ok_or_else(|| StoreError::Permanent("tmp/ was not created".into()))?;
+    let tmp = tmp_dir.as_fd();
+    let (unique, mut file) = create_tmp(tmp)?;
     let result = (|| {
         file.write_all(message)?;
         file.sync_all()?;
         drop(file);
         let base = format!("{unique},S={},W={}", message.len(), canonical_size(message));
-        std::fs::rename(&tmp, maildir.join("new").join(&base))?;
-        Ok(base)
+        nix::fcntl::renameat(tmp, unique.as_str(), dirs.new.as_fd(), base.as_str())?;
+        Ok::<_, io::Error>(base)
     })();
     match result {
         Ok(base) => {
             // The message is in new/ now; if this fsync fails the caller
             // must not acknowledge, but the file stays (a duplicate on retry
             // beats a lost message).
-            sync_dir(&maildir.join("new"))?;
+            dirs::sync(dirs.new.as_fd())?;
             Ok(base)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
+            let _ = dirs::unlink(tmp, OsStr::new(&unique));
+            Err(e.into())
         }
     }
 }
 
-fn create_tmp(maildir: &Path) -> io::Result<(String, File)> {
+fn create_tmp(tmp: BorrowedFd<'_>) -> io::Result<(String, File)> {
     let mut last = None;
     for _ in 0..NAME_ATTEMPTS {
         let unique = name::unique();
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(maildir.join("tmp").join(&unique))
-        {
-            Ok(file) => return Ok((unique, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
+        match nix::fcntl::openat(
+            tmp,
+            unique.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => return Ok((unique, File::from(fd))),
+            Err(Errno::EEXIST) => last = Some(io::Error::from(Errno::EEXIST)),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no unique name in tmp/")))

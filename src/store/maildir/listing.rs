@@ -9,16 +9,19 @@
 //! tick, so a change in the same tick as the listing could leave the mtime
 //! as it was; a change after a settled listing always moves it. Anything
 //! else (a different mtime, a torn or foreign file, a count that does not
-//! match) means the directories are listed again. Like the size cache, it
-//! is untrusted input: it can only name files, which are then opened with
-//! the usual checks, and a missing one is a vanished message.
+//! match, a name that is not one plain file name) means the directories
+//! are listed again. Like every file in a Maildir it is the mailbox
+//! owner's input: [`parse`] accepts a name only as one path component,
+//! and such a name is only ever opened, renamed or unlinked relative to
+//! the descriptor of new/ or cur/ (see `dirs.rs`).
 
-use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::dirs::{self, Dirs};
+use super::name;
 
 /// The cache file, beside the lock file.
 pub(super) const FILE: &str = "mailbag.listing";
@@ -26,6 +29,9 @@ const HEADER: &str = "mailbag-listing 1";
 /// How long after the directories' last change a listing must be taken
 /// to be trusted.
 pub(super) const SETTLE: Duration = Duration::from_secs(2);
+/// The largest listing read: about a million names. A larger file is
+/// not one mailbag wrote, and is ignored rather than read into memory.
+pub(super) const MAX_OCTETS: u64 = 64 << 20;
 
 /// The modification times of new/ and cur/, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +40,9 @@ pub(super) struct Stamp {
     cur: i128,
 }
 
-fn mtime_ns(path: &Path) -> io::Result<i128> {
-    let m = fs::metadata(path)?;
-    Ok(i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()))
+fn mtime_ns(dir: std::os::fd::BorrowedFd<'_>) -> std::io::Result<i128> {
+    let st = nix::sys::stat::fstat(dir)?;
+    Ok(i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec))
 }
 
 fn now_ns() -> i128 {
@@ -47,10 +53,10 @@ fn now_ns() -> i128 {
 
 impl Stamp {
     /// The directories' times now.
-    pub(super) fn read(maildir: &Path) -> io::Result<Stamp> {
+    pub(super) fn read(dirs: &Dirs) -> std::io::Result<Stamp> {
         Ok(Stamp {
-            new: mtime_ns(&maildir.join("new"))?,
-            cur: mtime_ns(&maildir.join("cur"))?,
+            new: mtime_ns(dirs.new.as_fd())?,
+            cur: mtime_ns(dirs.cur.as_fd())?,
         })
     }
 
@@ -59,10 +65,25 @@ impl Stamp {
     }
 }
 
-/// The cached names (`(in_cur, name)`), when the cache is still true for
-/// directories stamped `now`.
-pub(super) fn load(maildir: &Path, now: Stamp) -> Option<Vec<(bool, Vec<u8>)>> {
-    let bytes = fs::read(maildir.join(FILE)).ok()?;
+/// What a listing file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The mtime of new/ when listed, in nanoseconds.
+    pub new: i128,
+    /// The mtime of cur/ when listed, in nanoseconds.
+    pub cur: i128,
+    /// When the listing was taken, in nanoseconds.
+    pub listed: i128,
+    /// `(in_cur, name)`, each name one path component that is not a
+    /// dotfile and holds no newline.
+    pub names: Vec<(bool, Vec<u8>)>,
+}
+
+/// Parses a listing file. `None` for anything but a complete, well-formed
+/// listing whose every name is one file name as readdir could return it:
+/// the file is the mailbox owner's, and a name like `../../x` would
+/// otherwise be opened, renamed or unlinked outside the Maildir.
+pub fn parse(bytes: &[u8]) -> Option<Listing> {
     let mut lines = bytes.split(|&b| b == b'\n');
     if lines.next()? != HEADER.as_bytes() {
         return None;
@@ -78,11 +99,13 @@ pub(super) fn load(maildir: &Path, now: Stamp) -> Option<Vec<(bool, Vec<u8>)>> {
     let [new, cur, listed, count] = head[..] else {
         return None;
     };
-    if (Stamp { new, cur }) != now || !now.settled_before(listed) {
+    let count = usize::try_from(count).ok()?;
+    // Every name takes at least three octets ("N x"); a larger count is a
+    // lie, and must not size an allocation.
+    if count > bytes.len() / 3 {
         return None;
     }
-    let count = usize::try_from(count).ok()?;
-    let mut names = Vec::with_capacity(count.min(1 << 20));
+    let mut names = Vec::with_capacity(count);
     let mut ended = false;
     for line in lines {
         match line {
@@ -92,14 +115,46 @@ pub(super) fn load(maildir: &Path, now: Stamp) -> Option<Vec<(bool, Vec<u8>)>> {
                     return None;
                 }
             }
-            [b'C', b' ', name @ ..] if !name.is_empty() => names.push((true, name.to_vec())),
-            [b'N', b' ', name @ ..] if !name.is_empty() => names.push((false, name.to_vec())),
+            [kind @ (b'C' | b'N'), b' ', name @ ..] if name::is_message_name(name) => {
+                if names.len() == count {
+                    return None;
+                }
+                names.push((*kind == b'C', name.to_vec()));
+            }
             // The trailer: a file cut short anywhere has none.
             b"." => ended = true,
             _ => return None,
         }
     }
-    (ended && names.len() == count).then_some(names)
+    (ended && names.len() == count).then_some(Listing {
+        new,
+        cur,
+        listed,
+        names,
+    })
+}
+
+/// The cached names (`(in_cur, name)`), when the cache is still true for
+/// directories stamped `now`. A cache that cannot be read is no cache.
+pub(super) fn load(dirs: &Dirs, now: Stamp) -> Option<Vec<(bool, Vec<u8>)>> {
+    let bytes = match dirs::read_small(dirs.maildir.as_fd(), FILE, MAX_OCTETS) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return None,
+        Err(e) => {
+            super::warn_once(&dirs.path, "listing cache cannot be read; ignored", &e);
+            return None;
+        }
+    };
+    let listing = parse(&bytes)?;
+    if (Stamp {
+        new: listing.new,
+        cur: listing.cur,
+    }) != now
+        || !now.settled_before(listing.listed)
+    {
+        return None;
+    }
+    Some(listing.names)
 }
 
 /// Records a listing taken at `listed` (before the scan began) of
@@ -107,13 +162,14 @@ pub(super) fn load(maildir: &Path, now: Stamp) -> Option<Vec<(bool, Vec<u8>)>> {
 /// newline, or directories changed too recently, are not cached. A
 /// failure to write only costs the next login a scan.
 pub(super) fn store<'a>(
-    maildir: &Path,
+    dirs: &Dirs,
     stamp: Stamp,
     listed: i128,
     names: impl Iterator<Item = (bool, &'a [u8])> + Clone,
 ) {
+    let dir = dirs.maildir.as_fd();
     if !stamp.settled_before(listed) || names.clone().any(|(_, n)| n.contains(&b'\n')) {
-        let _ = fs::remove_file(maildir.join(FILE));
+        let _ = dirs::unlink(dir, std::ffi::OsStr::new(FILE));
         return;
     }
     let count = names.clone().count();
@@ -129,11 +185,10 @@ pub(super) fn store<'a>(
         out.push(b'\n');
     }
     out.extend_from_slice(b".\n");
-    let tmp = maildir.join(format!("{FILE}.tmp.{}", std::process::id()));
     // No fsync: a cache torn by a crash fails its count check and is
     // ignored.
-    if fs::write(&tmp, &out).is_err() || fs::rename(&tmp, maildir.join(FILE)).is_err() {
-        let _ = fs::remove_file(&tmp);
+    if let Err(e) = dirs::replace(dir, FILE, &out, false) {
+        super::warn_once(&dirs.path, "listing cache cannot be written", &e);
     }
 }
 

@@ -14,26 +14,37 @@
 //! cache are untrusted input and never cause a panic.
 
 mod deliver;
+mod dirs;
 mod listing;
 mod name;
 mod quarantine;
 mod size;
+mod update;
 mod usage;
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
-use std::fs::{File, OpenOptions, TryLockError};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, TryLockError};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 pub use deliver::deliver;
+#[doc(hidden)]
+pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
+#[doc(hidden)]
+pub use size::parse_entries as parse_sizes;
+#[doc(hidden)]
+pub use update::parse as parse_update;
+
+use dirs::{Dirs, Location};
 
 use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
 
@@ -62,6 +73,10 @@ pub fn fuzz_name(name: &[u8]) -> FuzzName {
 
 /// The lock file inside each Maildir: held with an exclusive `flock` for
 /// the life of a session, so the kernel releases it when the process dies.
+/// The lock that keeps sessions apart is the `flock` on the Maildir's own
+/// directory descriptor (it needs no file the server can write); the
+/// lock file is locked as well, when it can be opened, for mailbag
+/// processes of earlier versions that lock only the file.
 const LOCK_FILE: &str = "mailbag.lock";
 
 /// Longest user name accepted, in octets (the longest file name on most
@@ -140,11 +155,17 @@ impl MaildirStore {
         Ok(path)
     }
 
+    /// Where `user`'s Maildir is: the data root, and the components below
+    /// it, which are walked without following symlinks.
+    fn location(&self, user: &str) -> Result<Location, StoreError> {
+        Location::under(&self.root, &self.maildir_path(user)?)
+    }
+
     /// Delivers `message` durably into `user`'s Maildir (see [`deliver`])
     /// and returns its base name.
     pub async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
-        let maildir = self.maildir_path(user)?;
-        blocking(move || Ok(deliver(&maildir, &message)?)).await
+        let at = self.location(user)?;
+        blocking(move || deliver::deliver_at(&at, &message)).await
     }
 }
 
@@ -186,12 +207,35 @@ where
         .map_err(|e| StoreError::Temporary(io::Error::other(e)))?
 }
 
+/// Problems already logged, by Maildir and kind: a problem that every
+/// login meets (a cache the server cannot read, a message it cannot read)
+/// is logged once per maildrop, not once per session. Bounded: when full,
+/// it starts over, so a problem may be logged again, rarely.
+static LOGGED: Mutex<Option<HashSet<(PathBuf, &'static str)>>> = Mutex::new(None);
+/// How many (Maildir, problem) pairs [`LOGGED`] remembers.
+const LOGGED_MAX: usize = 4096;
+
+/// Logs `what` about `maildir` once (see [`LOGGED`]).
+pub(crate) fn warn_once(maildir: &Path, what: &'static str, detail: &dyn std::fmt::Display) {
+    let first = {
+        let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+        let set = logged.get_or_insert_with(HashSet::new);
+        if set.len() >= LOGGED_MAX {
+            set.clear();
+        }
+        set.insert((maildir.to_path_buf(), what))
+    };
+    if first {
+        tracing::warn!(maildir = %maildir.display(), detail = %detail, "{what}");
+    }
+}
+
 impl Store for MaildirStore {
     type Maildrop = MaildirMaildrop;
 
     async fn open(&self, user: &str) -> Result<MaildirMaildrop, StoreError> {
-        let maildir = self.maildir_path(user)?;
-        blocking(move || MaildirMaildrop::open(maildir)).await
+        let at = self.location(user)?;
+        blocking(move || MaildirMaildrop::open(&at)).await
     }
 
     async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
@@ -199,8 +243,8 @@ impl Store for MaildirStore {
     }
 
     async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
-        let maildir = self.maildir_path(user)?;
-        blocking(move || Ok(usage::usage(&maildir)?)).await
+        let at = self.location(user)?;
+        blocking(move || usage::usage(&at)).await
     }
 }
 
@@ -211,20 +255,11 @@ enum Sub {
     Cur,
 }
 
-impl Sub {
-    fn dir(self) -> &'static str {
-        match self {
-            Sub::New => "new",
-            Sub::Cur => "cur",
-        }
-    }
-}
-
 /// Where one message of the snapshot currently is.
 #[derive(Debug, Clone)]
 struct Entry {
     sub: Sub,
-    /// The full file name, flags included.
+    /// The full file name, flags included: one path component.
     name: OsString,
     /// The length of the base name, a prefix of `name`.
     base_len: usize,
@@ -244,8 +279,19 @@ impl Entry {
         &self.name.as_bytes()[..self.base_len]
     }
 
+    /// The path, for messages and logs only: files are opened relative
+    /// to the directory descriptors.
     fn path(&self, maildir: &Path) -> PathBuf {
         maildir.join(self.sub.dir()).join(&self.name)
+    }
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
     }
 }
 
@@ -253,85 +299,132 @@ impl Entry {
 /// at open. Dropping it releases the lock and deletes nothing.
 #[derive(Debug)]
 pub struct MaildirMaildrop {
-    /// Held only for its `flock`: closing the descriptor unlocks.
-    _lock: File,
-    maildir: PathBuf,
-    /// The Maildir directory, opened at the session's first read of a
-    /// small message: those open relative to it (`openat`), without a walk
-    /// of the whole path and a path built for each. Sessions that never
-    /// read hold no descriptor for it.
-    dir: Option<OwnedFd>,
-    /// Scratch for `cur/<name>`, reused from read to read.
-    relative: Vec<u8>,
+    /// The lock file, held only for its `flock` (the lock on the Maildir's
+    /// own descriptor, in `dirs`, is the one that counts).
+    _lock: Option<File>,
+    /// The Maildir, new/ and cur/, opened without following symlinks;
+    /// every file of the session is opened relative to them.
+    dirs: Arc<Dirs>,
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
+    /// Messages left out of the snapshot because they cannot be read.
+    unreadable: usize,
 }
 
 impl MaildirMaildrop {
-    fn open(maildir: PathBuf) -> Result<Self, StoreError> {
-        deliver::create_maildir(&maildir)?;
-        let lock = lock(&maildir)?;
-        let (entries, infos) = snapshot(&maildir)?;
+    fn open(at: &Location) -> Result<Self, StoreError> {
+        let dirs = Dirs::open(at, true)?
+            .ok_or_else(|| StoreError::Permanent("maildir was not created".into()))?;
+        let lock = lock(&dirs)?;
+        finish_interrupted_update(&dirs);
+        let snap = snapshot(&dirs)?;
         Ok(MaildirMaildrop {
             _lock: lock,
-            maildir,
-            dir: None,
-            relative: Vec::new(),
-            entries,
-            infos,
+            dirs: Arc::new(dirs),
+            entries: snap.entries,
+            infos: snap.infos,
+            unreadable: snap.unreadable,
         })
     }
 
     fn commit_blocking(mut self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {
-        if deleted.is_empty() && retrieved.is_empty() {
-            // Nothing changes: no directory needs an fsync (most polling
-            // sessions end this way).
-            return Ok(());
-        }
-        let maildir = self.maildir.clone();
-        let mut first: Option<StoreError> = None;
-        let mut note = |e: StoreError| {
-            tracing::warn!(error = %e, maildir = %maildir.display(), "maildrop commit");
-            first.get_or_insert(e);
-        };
-        let n = self.entries.len();
-        let mut is_deleted = vec![false; n];
-        let mut is_retrieved = vec![false; n];
-        for (indices, marks) in [(deleted, &mut is_deleted), (retrieved, &mut is_retrieved)] {
-            for &i in indices {
-                match marks.get_mut(i) {
-                    Some(mark) => *mark = true,
-                    None => note(StoreError::Permanent("message index out of range".into())),
-                }
-            }
-        }
-        let mut relocated = false;
-        for i in 0..n {
-            let result = if is_deleted[i] {
-                with_relocation(&maildir, &mut self.entries, i, &mut relocated, |e| {
-                    remove(&maildir, e)
-                })
-            } else if is_retrieved[i] {
-                with_relocation(&maildir, &mut self.entries, i, &mut relocated, |e| {
-                    mark_seen(&maildir, e)
-                })
-            } else {
-                continue;
-            };
-            // Not found even after relocation: gone, which is fine for both.
-            if let Err(e) = result {
-                note(e.into());
-            }
-        }
-        for sub in [Sub::New, Sub::Cur] {
-            if let Err(e) = deliver::sync_dir(&maildir.join(sub.dir())) {
-                note(e.into());
-            }
-        }
+        let result = commit_entries(&self.dirs, &mut self.entries, deleted, retrieved);
         // The lock goes with `self` here, after the directories are synced.
         drop(self);
-        first.map_or(Ok(()), Err)
+        result
     }
+}
+
+/// Finishes the deletions of an UPDATE that a crash interrupted (see
+/// `update.rs`). A failure is logged and the open goes on: the record
+/// stays, and the next open tries again.
+fn finish_interrupted_update(dirs: &Dirs) {
+    match update::recover(dirs) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            maildir = %dirs.path.display(),
+            removed = n,
+            "finished an interrupted UPDATE"
+        ),
+        Err(e) => warn_once(&dirs.path, "cannot finish an interrupted UPDATE", &e),
+    }
+}
+
+/// The UPDATE state over a snapshot's entries: deletions all or nothing
+/// (a durable record first, see `update.rs`), then seen-marks, whose
+/// failures are logged and do not fail the UPDATE (the messages are
+/// still there, only not marked).
+fn commit_entries(
+    dirs: &Dirs,
+    entries: &mut [Entry],
+    deleted: &[usize],
+    retrieved: &[usize],
+) -> Result<(), StoreError> {
+    if deleted.is_empty() && retrieved.is_empty() {
+        // Nothing changes: no directory needs an fsync (most polling
+        // sessions end this way).
+        return Ok(());
+    }
+    let n = entries.len();
+    let mut is_deleted = vec![false; n];
+    let mut is_retrieved = vec![false; n];
+    for (indices, marks) in [(deleted, &mut is_deleted), (retrieved, &mut is_retrieved)] {
+        for &i in indices {
+            match marks.get_mut(i) {
+                Some(mark) => *mark = true,
+                None => return Err(StoreError::Permanent("message index out of range".into())),
+            }
+        }
+    }
+    let mut relocated = false;
+    let mut first: Option<StoreError> = None;
+    if is_deleted.contains(&true) {
+        // Nothing is removed unless the record of all of it is durable.
+        update::begin(
+            dirs,
+            (0..n)
+                .filter(|&i| is_deleted[i])
+                .map(|i| (entries[i].sub, entries[i].name.as_os_str())),
+        )?;
+        for i in (0..n).filter(|&i| is_deleted[i]) {
+            // Not found even after relocation: gone, which is fine.
+            if let Err(e) = with_relocation(dirs, entries, i, &mut relocated, |e| remove(dirs, e)) {
+                tracing::warn!(error = %e, maildir = %dirs.path.display(), "maildrop commit: delete");
+                first.get_or_insert(e.into());
+            }
+        }
+        let synced = dirs::sync(dirs.new.as_fd()).and_then(|()| dirs::sync(dirs.cur.as_fd()));
+        match synced {
+            // Done and durable: the record has served its purpose. If a
+            // deletion failed, the record stays and the next open tries it
+            // again.
+            Ok(()) if first.is_none() => {
+                if let Err(e) = update::end(dirs) {
+                    tracing::warn!(error = %e, maildir = %dirs.path.display(), "cannot remove the UPDATE record");
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, maildir = %dirs.path.display(), "maildrop commit: sync");
+                first.get_or_insert(e.into());
+            }
+        }
+    }
+    let mut seen_marked = false;
+    for i in (0..n).filter(|&i| is_retrieved[i] && !is_deleted[i]) {
+        match with_relocation(dirs, entries, i, &mut relocated, |e| mark_seen(dirs, e)) {
+            Ok(_) => seen_marked = true,
+            Err(e) => warn_once(&dirs.path, "cannot mark retrieved messages as seen", &e),
+        }
+    }
+    if seen_marked {
+        for dir in [dirs.new.as_fd(), dirs.cur.as_fd()] {
+            if let Err(e) = dirs::sync(dir) {
+                warn_once(&dirs.path, "cannot sync seen-marks", &e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// Messages up to this size are read whole by the blocking call that
@@ -371,9 +464,11 @@ impl MessageBody for MessageReader {
     }
 }
 
-/// Opens a message file for [`MessageReader`]; `None` when it has gone.
-fn open_message(path: &Path) -> Result<Option<MessageReader>, StoreError> {
-    reader_for(open_flagged(path), || path.to_path_buf())
+/// Opens a message for [`MessageReader`]; `None` when it has gone.
+fn open_message(dirs: &Dirs, entry: &Entry) -> Result<Option<MessageReader>, StoreError> {
+    reader_for(dirs::open_read(dirs.sub(entry.sub), &entry.name), || {
+        entry.path(&dirs.path)
+    })
 }
 
 /// A [`MessageReader`] for what an open of a message's file found:
@@ -421,44 +516,15 @@ fn read_whole(file: &mut File, len: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-impl MaildirMaildrop {
-    /// Opens message `index` relative to the Maildir's directory and
-    /// reads it as [`open_message`] would.
-    fn open_small(&mut self, index: usize) -> Result<Option<MessageReader>, StoreError> {
-        let dir = match &mut self.dir {
-            Some(dir) => dir,
-            empty => empty.insert(
-                nix::fcntl::openat(
-                    nix::fcntl::AT_FDCWD,
-                    self.maildir.as_path(),
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(io::Error::from)?,
-            ),
-        };
-        let entry = &self.entries[index];
-        self.relative.clear();
-        self.relative.extend_from_slice(entry.sub.dir().as_bytes());
-        self.relative.push(b'/');
-        self.relative.extend_from_slice(entry.name.as_bytes());
-        let opened = nix::fcntl::openat(
-            &*dir,
-            &self.relative[..],
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | MESSAGE_OPEN_FLAGS,
-            Mode::empty(),
-        )
-        .map(File::from)
-        .map_err(io::Error::from);
-        reader_for(opened, || entry.path(&self.maildir))
-    }
-}
-
 impl Maildrop for MaildirMaildrop {
     type Reader = MessageReader;
 
     fn messages(&self) -> &[MessageInfo] {
         &self.infos
+    }
+
+    fn unreadable(&self) -> usize {
+        self.unreadable
     }
 
     async fn read(&mut self, index: usize) -> Result<MessageReader, StoreError> {
@@ -470,23 +536,25 @@ impl Maildrop for MaildirMaildrop {
             .infos
             .get(index)
             .is_some_and(|m| m.size <= READ_WHOLE_OCTETS);
-        // A small message is opened and read right here: from the page
-        // cache that takes microseconds, less than the trip to the
-        // blocking pool would. Larger ones go to the pool.
+        // A small message is opened (one `openat` relative to new/ or
+        // cur/) and read right here: from the page cache that takes
+        // microseconds, less than the trip to the blocking pool would.
+        // Larger ones go to the pool.
         let found = if small {
-            self.open_small(index)?
+            open_message(&self.dirs, entry)?
         } else {
-            let path = entry.path(&self.maildir);
-            blocking(move || open_message(&path)).await?
+            let dirs = Arc::clone(&self.dirs);
+            let entry = entry.clone();
+            blocking(move || open_message(&dirs, &entry)).await?
         };
         if let Some(reader) = found {
             return Ok(reader);
         }
-        let maildir = self.maildir.clone();
+        let dirs = Arc::clone(&self.dirs);
         let mut entries = self.entries.clone();
         let (entries, reader) = blocking(move || {
-            relocate(&maildir, &mut entries)?;
-            let reader = open_message(&entries[index].path(&maildir))?;
+            relocate(&dirs, &mut entries)?;
+            let reader = open_message(&dirs, &entries[index])?;
             Ok((entries, reader))
         })
         .await?;
@@ -509,27 +577,51 @@ impl Maildrop for MaildirMaildrop {
 }
 
 /// Takes the session lock without waiting: a held lock is another session.
-fn lock(maildir: &Path) -> Result<File, StoreError> {
-    let path = maildir.join(LOCK_FILE);
-    match path.symlink_metadata() {
-        Ok(meta) if !meta.file_type().is_file() => {
-            return Err(StoreError::Permanent(format!(
-                "{} is not a regular file",
-                path.display()
-            )));
-        }
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-        _ => {}
+///
+/// The lock is an exclusive `flock` on the Maildir's directory descriptor:
+/// it needs no write access and no file that someone else may own. The
+/// lock file is opened (read-write, else read-only: `flock` needs no
+/// write access either) relative to the Maildir, never through a symlink,
+/// and locked too; one the server cannot open at all is left alone
+/// (logged once), never replaced, since another process may hold it.
+fn lock(dirs: &Dirs) -> Result<Option<File>, StoreError> {
+    match dirs.maildir.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(StoreError::Locked),
+        Err(TryLockError::Error(e)) => return Err(e.into()),
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)?;
+    let shown = || dirs.path.join(LOCK_FILE);
+    let open = |flags: OFlag| {
+        nix::fcntl::openat(
+            dirs.maildir.as_fd(),
+            LOCK_FILE,
+            flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+    };
+    let opened = match open(OFlag::O_RDWR | OFlag::O_CREAT) {
+        Err(Errno::EACCES | Errno::EPERM | Errno::EROFS) => open(OFlag::O_RDONLY),
+        other => other,
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP | Errno::EISDIR | Errno::ENXIO) => return Err(not_regular(&shown())),
+        Err(e @ (Errno::EACCES | Errno::EPERM | Errno::ENOENT)) => {
+            warn_once(
+                &dirs.path,
+                "lock file cannot be opened; the lock on the maildir's directory keeps sessions apart",
+                &e,
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(io::Error::from(e).into()),
+    };
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(not_regular(&shown()));
+    }
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(Some(file)),
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked),
         Err(TryLockError::Error(e)) => Err(e.into()),
     }
@@ -546,10 +638,10 @@ struct Found {
 }
 
 /// Lists the message files of new/ and cur/: no dotfiles, no symlinks, no
-/// directories.
-fn list(maildir: &Path) -> io::Result<Vec<Found>> {
-    let stamp = listing::Stamp::read(maildir)?;
-    if let Some(names) = listing::load(maildir, stamp) {
+/// directories; from the listing cache while it is still true.
+fn list(dirs: &Dirs) -> io::Result<Vec<Found>> {
+    let stamp = listing::Stamp::read(dirs)?;
+    if let Some(names) = listing::load(dirs, stamp) {
         let mut found = Vec::with_capacity(names.len());
         for (in_cur, name) in names {
             let sub = if in_cur { Sub::Cur } else { Sub::New };
@@ -558,9 +650,9 @@ fn list(maildir: &Path) -> io::Result<Vec<Found>> {
         return Ok(found);
     }
     let listed = listing::listing_time();
-    let found = scan(maildir)?;
+    let found = scan(dirs)?;
     listing::store(
-        maildir,
+        dirs,
         stamp,
         listed,
         found
@@ -588,36 +680,33 @@ fn found_from(sub: Sub, name: OsString) -> Found {
 }
 
 /// Reads new/ and cur/ from the directories themselves.
-fn scan(maildir: &Path) -> io::Result<Vec<Found>> {
+fn scan(dirs: &Dirs) -> io::Result<Vec<Found>> {
     let mut found: Vec<Found> = Vec::new();
     for sub in [Sub::Cur, Sub::New] {
-        for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
-            let dirent = dirent?;
-            let name = dirent.file_name();
-            if name.as_bytes().first().is_none_or(|&b| b == b'.') {
-                continue;
-            }
-            // d_type from readdir: no stat per file on common filesystems.
-            match dirent.file_type() {
-                Ok(t) if t.is_file() => {}
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-            // Everything derived from the name is computed here, while the
-            // name is hot in cache: later passes visit names in sorted order,
-            // which is random order in memory.
+        // Everything derived from the name is computed here, while the
+        // name is hot in cache: later passes visit names in sorted order,
+        // which is random order in memory.
+        for name in dirs::list_files(dirs.sub(sub))? {
             found.push(found_from(sub, name));
         }
     }
     Ok(found)
 }
 
+/// A snapshot: the entries, what the client sees of them, and how many
+/// messages were left out because they cannot be read.
+struct Snapshot {
+    entries: Vec<Entry>,
+    infos: Vec<MessageInfo>,
+    unreadable: usize,
+}
+
 /// Lists the Maildir, orders it, makes UIDLs unique and sizes every
-/// message: from `W=`, else the size cache, else by reading the file (and
-/// then the cache learns it).
-fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError> {
-    let mut found = list(maildir)?;
+/// message: from `W=` when the file's length bears it out, else the size
+/// cache, else by reading the file (and then the cache learns it). A
+/// message that cannot be read is left out (and counted), not fatal.
+fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
+    let mut found = list(dirs)?;
     // Small keys are sorted and each entry is moved once, straight into the
     // snapshot: at 100,000 messages, moving the entries themselves around
     // costs more than the rest of the work.
@@ -647,40 +736,57 @@ fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError
         order.retain(|&(_, i)| seen.insert(found[i].uid.as_str()));
     }
 
-    let mut cache = size::load(maildir);
+    let mut cache = size::load(dirs);
     let mut cache_hits = 0usize;
     let mut learned = false;
     let mut entries = Vec::with_capacity(order.len());
     let mut infos = Vec::with_capacity(order.len());
+    let mut unreadable = 0usize;
     let mut uncached: Vec<usize> = Vec::new();
+    // Names with `W=` are checked against the file's length; names
+    // without are measured unless the cache knows them.
     let need: Vec<usize> = order
         .iter()
         .map(|&(_, i)| i)
-        .filter(|&i| found[i].crlf_size.is_none() && cache.get(found[i].entry.base()).is_none())
+        .filter(|&i| found[i].crlf_size.is_some() || cache.get(found[i].entry.base()).is_none())
         .collect();
-    let mut measured = measure_all(maildir, &found, &need);
+    cache.rewind();
+    let mut measured = measure_all(dirs, &found, &need);
     for &(_, i) in &order {
         let f = &mut found[i];
-        let size = match f.crlf_size {
-            Some(w) => w,
-            None => match cache.get(f.entry.base()) {
-                Some(cached) => {
-                    cache_hits += 1;
-                    uncached.push(entries.len());
-                    cached
-                }
-                None => match measured
-                    .remove(&i)
-                    .unwrap_or_else(|| measure(&f.entry.path(maildir)))?
-                {
-                    Some(n) => {
+        let from_cache = match f.crlf_size {
+            Some(_) => None,
+            None => cache.get(f.entry.base()),
+        };
+        let size = match from_cache {
+            Some(cached) => {
+                cache_hits += 1;
+                uncached.push(entries.len());
+                cached
+            }
+            None => match measured
+                .remove(&i)
+                .unwrap_or_else(|| size_of(dirs, &f.entry, f.crlf_size))
+            {
+                Ok(Some(SizeFound { size, measured })) => {
+                    if measured {
                         learned = true;
                         uncached.push(entries.len());
-                        n
                     }
-                    // Removed by another program since the listing.
-                    None => continue,
-                },
+                    size
+                }
+                // Removed by another program since the listing.
+                Ok(None) => continue,
+                Err(e) if is_unreadable(&e) => {
+                    unreadable += 1;
+                    warn_once(
+                        &dirs.path,
+                        "messages that cannot be read are left out of the maildrop",
+                        &format_args!("{}: {e}", f.entry.path(&dirs.path).display()),
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
             },
         };
         entries.push(Entry {
@@ -696,11 +802,35 @@ fn snapshot(maildir: &Path) -> Result<(Vec<Entry>, Vec<MessageInfo>), StoreError
 
     if learned || cache_hits != cache.len() {
         let sizes = uncached.iter().map(|&i| (entries[i].base(), infos[i].size));
-        if let Err(e) = size::store(maildir, sizes) {
-            tracing::warn!(error = %e, maildir = %maildir.display(), "cannot write size cache");
+        if let Err(e) = size::store(dirs, sizes) {
+            warn_once(&dirs.path, "size cache cannot be written", &e);
         }
     }
-    Ok((entries, infos))
+    Ok(Snapshot {
+        entries,
+        infos,
+        unreadable,
+    })
+}
+
+/// A message that the server cannot read, as opposed to a failure that
+/// may pass (which fails the open, to be tried again).
+fn is_unreadable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Permanent(_) => true,
+        StoreError::Temporary(e) => matches!(
+            e.raw_os_error().map(Errno::from_raw),
+            Some(Errno::EACCES | Errno::EPERM)
+        ),
+        _ => false,
+    }
+}
+
+/// A message's size, and whether it was measured from the file (and so
+/// belongs in the size cache) rather than taken from its name.
+struct SizeFound {
+    size: u64,
+    measured: bool,
 }
 
 /// Files measured by one thread before more threads are worth it.
@@ -709,32 +839,24 @@ const MEASURE_PER_THREAD: usize = 256;
 /// for the disk, and several reads in flight overlap those waits.
 const MEASURE_THREADS: usize = 8;
 
-/// Measures the files at `need` (indexes into `found`), in parallel when
+/// Sizes the files at `need` (indexes into `found`), in parallel when
 /// there are many (the first login to a large Maildir whose names carry
-/// no `W=`).
+/// no `W=`, and the length checks of `W=` on a large one).
 fn measure_all(
-    maildir: &Path,
+    dirs: &Dirs,
     found: &[Found],
     need: &[usize],
-) -> HashMap<usize, Result<Option<u64>, StoreError>> {
+) -> HashMap<usize, Result<Option<SizeFound>, StoreError>> {
+    let one = |i: usize| (i, size_of(dirs, &found[i].entry, found[i].crlf_size));
     let threads = (need.len() / MEASURE_PER_THREAD).clamp(1, MEASURE_THREADS);
     if threads == 1 {
-        return need
-            .iter()
-            .map(|&i| (i, measure(&found[i].entry.path(maildir))))
-            .collect();
+        return need.iter().map(|&i| one(i)).collect();
     }
     let chunk = need.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = need
             .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|&i| (i, measure(&found[i].entry.path(maildir))))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|part| scope.spawn(move || part.iter().map(|&i| one(i)).collect::<Vec<_>>()))
             .collect();
         workers
             .into_iter()
@@ -745,24 +867,64 @@ fn measure_all(
     })
 }
 
-/// The CRLF size of a message file; `None` when it has gone.
-fn measure(path: &Path) -> Result<Option<u64>, StoreError> {
-    let Some(mut file) = open_regular(path)? else {
+/// Whether a `W=` size can be right for a file of `len` octets: CRLF
+/// conversion only adds a CR before each LF, so the CRLF size is at least
+/// the length and at most twice it.
+fn plausible_crlf_size(crlf: u64, len: u64) -> bool {
+    crlf >= len && crlf <= len.saturating_mul(2)
+}
+
+/// The CRLF size of one message: its `W=` when the file's length (one
+/// `fstatat`) bears it out, else measured by reading the file. `None`
+/// when the file has gone.
+fn size_of(dirs: &Dirs, entry: &Entry, crlf: Option<u64>) -> Result<Option<SizeFound>, StoreError> {
+    if let Some(w) = crlf {
+        match dirs::file_len(dirs.sub(entry.sub), &entry.name) {
+            Ok(None) => return Ok(None),
+            Ok(Some(len)) if plausible_crlf_size(w, len) => {
+                return Ok(Some(SizeFound {
+                    size: w,
+                    measured: false,
+                }))
+            }
+            Ok(Some(_)) => {
+                warn_once(
+                    &dirs.path,
+                    "a W= size that the file's length contradicts is ignored",
+                    &entry.path(&dirs.path).display(),
+                );
+            }
+            Err(e) if e.kind() == io::ErrorKind::Other => {
+                return Err(not_regular(&entry.path(&dirs.path)))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(measure(dirs, entry)?.map(|size| SizeFound {
+        size,
+        measured: crlf.is_none(),
+    }))
+}
+
+/// The CRLF size of a message file, read whole; `None` when it has gone.
+fn measure(dirs: &Dirs, entry: &Entry) -> Result<Option<u64>, StoreError> {
+    let Some(mut file) = open_regular(dirs.sub(entry.sub), &entry.name, || entry.path(&dirs.path))?
+    else {
         return Ok(None);
     };
     Ok(Some(size::file_crlf_size(&mut file)?))
 }
 
-/// Opens a regular file without following a symlink (`O_NOFOLLOW`: a
-/// link swapped in for a message is refused by the kernel, with no window
-/// between a check and the open). `None` when the path does not exist.
-fn open_regular(path: &Path) -> Result<Option<File>, StoreError> {
-    Ok(open_regular_with_len(path)?.map(|(file, _)| file))
-}
-
-/// [`open_regular`], with the file's length from the same `fstat`.
-fn open_regular_with_len(path: &Path) -> Result<Option<(File, u64)>, StoreError> {
-    regular_with_len(open_flagged(path), || path.to_path_buf())
+/// Opens regular file `name` in `dir` without following a symlink
+/// (`O_NOFOLLOW`: a link swapped in for a message is refused by the
+/// kernel, with no window between a check and the open). `None` when it
+/// does not exist.
+fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<Option<File>, StoreError> {
+    Ok(regular_with_len(dirs::open_read(dir, name), path)?.map(|(file, _)| file))
 }
 
 /// Flags of every open of a message, beside read-only and close-on-exec:
@@ -773,13 +935,6 @@ fn open_regular_with_len(path: &Path) -> Result<Option<(File, u64)>, StoreError>
 /// files ignore it.
 const MESSAGE_OPEN_FLAGS: OFlag = OFlag::O_NOFOLLOW.union(OFlag::O_NONBLOCK);
 
-fn open_flagged(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(MESSAGE_OPEN_FLAGS.bits())
-        .open(path)
-}
-
 /// Checks what an open found: `None` when nothing was there, an error
 /// naming `path` when it was a symlink or anything but a regular file.
 fn regular_with_len(
@@ -789,7 +944,7 @@ fn regular_with_len(
     let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+        Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
             return Err(not_regular(&path()))
         }
         Err(e) => return Err(e.into()),
@@ -810,18 +965,11 @@ fn not_regular(path: &Path) -> StoreError {
 /// serves all entries, so a session whose whole maildrop was moved pays
 /// for one scan, not one per message. Entries whose base is gone stay as
 /// they were, and opening them finds nothing.
-fn relocate(maildir: &Path, entries: &mut [Entry]) -> io::Result<()> {
+fn relocate(dirs: &Dirs, entries: &mut [Entry]) -> io::Result<()> {
     let mut now: HashMap<Vec<u8>, Entry> = HashMap::with_capacity(entries.len());
     // cur/ first: where a message in both is taken to be.
     for sub in [Sub::Cur, Sub::New] {
-        for dirent in std::fs::read_dir(maildir.join(sub.dir()))? {
-            let dirent = dirent?;
-            let name = dirent.file_name();
-            if name.as_bytes().first().is_none_or(|&b| b == b'.')
-                || !dirent.file_type().is_ok_and(|t| t.is_file())
-            {
-                continue;
-            }
+        for name in dirs::list_files(dirs.sub(sub))? {
             let entry = Entry::new(sub, name);
             now.entry(entry.base().to_vec()).or_insert(entry);
         }
@@ -838,7 +986,7 @@ fn relocate(maildir: &Path, entries: &mut [Entry]) -> io::Result<()> {
 /// not found and no relocation has happened yet, relocates all entries
 /// once and tries again. `Ok(None)` at the end means the message is gone.
 fn with_relocation<T>(
-    maildir: &Path,
+    dirs: &Dirs,
     entries: &mut [Entry],
     i: usize,
     relocated: &mut bool,
@@ -850,21 +998,13 @@ fn with_relocation<T>(
     if std::mem::replace(relocated, true) {
         return Ok(None);
     }
-    relocate(maildir, entries)?;
+    relocate(dirs, entries)?;
     op(&entries[i])
 }
 
-fn not_found_is_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
-    match result {
-        Ok(done) => Ok(Some(done)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 /// Unlinks a message wherever it now is; one already gone is fine.
-fn remove(maildir: &Path, entry: &Entry) -> io::Result<Option<()>> {
-    not_found_is_none(std::fs::remove_file(entry.path(maildir)))
+fn remove(dirs: &Dirs, entry: &Entry) -> io::Result<Option<()>> {
+    Ok(dirs::unlink(dirs.sub(entry.sub), &entry.name)?.then_some(()))
 }
 
 /// Where a retrieved message goes: into cur/ with the S flag. `None` when
@@ -883,13 +1023,24 @@ fn seen_target(entry: &Entry) -> Option<Entry> {
 }
 
 /// Marks a message seen (RFC 1939 leaves this to us; the Maildir spec says
-/// how: cur/ and the S flag).
-fn mark_seen(maildir: &Path, entry: &Entry) -> io::Result<Option<()>> {
-    match seen_target(entry) {
-        None => Ok(Some(())),
-        Some(target) => {
-            not_found_is_none(std::fs::rename(entry.path(maildir), target.path(maildir)))
-        }
+/// how: cur/ and the S flag), renaming relative to new/ and cur/.
+fn mark_seen(dirs: &Dirs, entry: &Entry) -> io::Result<Option<()>> {
+    let Some(target) = seen_target(entry) else {
+        return Ok(Some(()));
+    };
+    if !name::is_message_name(target.name.as_bytes()) {
+        // Adding ":2,S" would make the name too long: leave it unmarked.
+        return Ok(Some(()));
+    }
+    match nix::fcntl::renameat(
+        dirs.sub(entry.sub),
+        entry.name.as_os_str(),
+        dirs.sub(Sub::Cur),
+        target.name.as_os_str(),
+    ) {
+        Ok(()) => Ok(Some(())),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -72,6 +72,28 @@ pub(crate) fn parse(name: &[u8]) -> ParsedName<'_> {
     }
 }
 
+/// The longest file name a directory entry can have (NAME_MAX).
+pub(crate) const MAX_NAME_OCTETS: usize = 255;
+
+/// Whether `name` is one path component as readdir could return it: not
+/// empty, at most [`MAX_NAME_OCTETS`], no '/' and no NUL, not "." or "..".
+/// Every name read from a cache file or a record inside a Maildir is
+/// checked with this before it is used: those files are the mailbox
+/// owner's, and a name that is a path could reach outside the directory.
+pub(crate) fn is_component(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_OCTETS
+        && name != b"."
+        && name != b".."
+        && !name.iter().any(|&b| b == b'/' || b == 0)
+}
+
+/// Whether `name` can be a message in new/ or cur/: one path component
+/// that is not a dotfile.
+pub(crate) fn is_message_name(name: &[u8]) -> bool {
+    is_component(name) && name[0] != b'.'
+}
+
 /// A non-empty run of ASCII digits that fits in a u64.
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {

@@ -11,14 +11,20 @@
 //!
 //! Blocking std code, for the command line.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, RenameFlags};
+use nix::sys::stat::Mode;
+
+use super::dirs::{self, Dirs};
 use super::{
-    deliver, lock, measure, name, open_regular, relocate, snapshot, Entry, MaildirStore, Sub,
+    finish_interrupted_update, lock, name, open_regular, relocate, size_of, snapshot, Entry,
+    MaildirStore, Sub,
 };
 use crate::store::{MessageInfo, StoreError};
 
@@ -30,8 +36,10 @@ pub const FOLDER: &str = ".Quarantine";
 #[derive(Debug)]
 pub struct AdminMaildrop {
     /// Held only for its `flock`.
-    _lock: File,
-    maildir: PathBuf,
+    _lock: Option<File>,
+    /// The Maildir and its new/ and cur/, opened without following
+    /// symlinks (and holding the lock on the Maildir's descriptor).
+    dirs: Dirs,
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
 }
@@ -43,8 +51,11 @@ pub struct Quarantined {
     pub uid: String,
     /// Its size with CRLF line endings.
     pub size: u64,
-    /// Where it is.
+    /// Where it is (for display: it is moved relative to the folder's
+    /// directory descriptors).
     pub path: PathBuf,
+    sub: Sub,
+    name: OsString,
 }
 
 impl MaildirStore {
@@ -52,20 +63,21 @@ impl MaildirStore {
     /// A Maildir that does not exist is an error, not created: a mistyped
     /// user name must not leave directories behind.
     pub fn open_admin(&self, user: &str) -> Result<AdminMaildrop, StoreError> {
-        let maildir = self.maildir_path(user)?;
-        if !(maildir.join("cur").is_dir() && maildir.join("new").is_dir()) {
+        let at = self.location(user)?;
+        let Some(dirs) = Dirs::open(&at, false)? else {
             return Err(StoreError::Permanent(format!(
                 "no maildrop for {user} at {}",
-                maildir.display()
+                at.path().display()
             )));
-        }
-        let lock = lock(&maildir)?;
-        let (entries, infos) = snapshot(&maildir)?;
+        };
+        let lock = lock(&dirs)?;
+        finish_interrupted_update(&dirs);
+        let snap = snapshot(&dirs)?;
         Ok(AdminMaildrop {
             _lock: lock,
-            maildir,
-            entries,
-            infos,
+            dirs,
+            entries: snap.entries,
+            infos: snap.infos,
         })
     }
 }
@@ -73,7 +85,7 @@ impl MaildirStore {
 impl AdminMaildrop {
     /// The Maildir's path.
     pub fn maildir(&self) -> &Path {
-        &self.maildir
+        &self.dirs.path
     }
 
     /// The snapshot, in message-number order.
@@ -83,17 +95,43 @@ impl AdminMaildrop {
 
     /// Opens message `index` (0-based) for reading.
     pub fn open(&mut self, index: usize) -> Result<File, StoreError> {
+        let dirs = &self.dirs;
         let entry = self.entries.get(index).ok_or(StoreError::Vanished)?;
-        if let Some(file) = open_regular(&entry.path(&self.maildir))? {
+        if let Some(file) =
+            open_regular(dirs.sub(entry.sub), &entry.name, || entry.path(&dirs.path))?
+        {
             return Ok(file);
         }
-        relocate(&self.maildir, &mut self.entries)?;
-        open_regular(&self.entries[index].path(&self.maildir))?.ok_or(StoreError::Vanished)
+        relocate(dirs, &mut self.entries)?;
+        let entry = &self.entries[index];
+        open_regular(dirs.sub(entry.sub), &entry.name, || entry.path(&dirs.path))?
+            .ok_or(StoreError::Vanished)
+    }
+
+    /// Opens a quarantined message for reading, relative to the folder.
+    pub fn open_quarantined(&self, q: &Quarantined) -> Result<File, StoreError> {
+        let folder = self.folder(false)?.ok_or(StoreError::Vanished)?;
+        open_regular(folder.sub(q.sub), &q.name, || q.path.clone())?.ok_or(StoreError::Vanished)
     }
 
     /// The 0-based index of the message with this UIDL.
     pub fn index_of(&self, uid: &str) -> Option<usize> {
         self.infos.iter().position(|m| m.uid == uid)
+    }
+
+    /// The quarantine folder's directories, opened (or with `create`,
+    /// made) without following symlinks. `None` when it does not exist.
+    fn folder(&self, create: bool) -> Result<Option<Dirs>, StoreError> {
+        let path = self.dirs.path.join(FOLDER);
+        let Some(fd) =
+            dirs::open_subdir(self.dirs.maildir.as_fd(), OsStr::new(FOLDER), create, &path)?
+        else {
+            return Ok(None);
+        };
+        if create {
+            mark_folder(&fd)?;
+        }
+        Dirs::within(fd, path, create)
     }
 
     /// Moves message `index` into the quarantine folder, file name (and so
@@ -105,69 +143,60 @@ impl AdminMaildrop {
             .ok_or(StoreError::Vanished)?
             .uid
             .clone();
-        let folder = self.maildir.join(FOLDER);
-        create_folder(&folder)?;
-        let target = folder.join("cur").join(&self.entries[index].name);
-        if target.symlink_metadata().is_ok() {
-            return Err(StoreError::Permanent(format!(
-                "{} already exists",
-                target.display()
-            )));
-        }
-        let mut moved = rename_if_there(&self.entries[index].path(&self.maildir), &target)?;
+        let folder = self
+            .folder(true)?
+            .ok_or_else(|| StoreError::Permanent("quarantine folder was not created".into()))?;
+        let mut moved = self.move_to(index, &folder)?;
         if !moved {
-            relocate(&self.maildir, &mut self.entries)?;
-            let target = folder.join("cur").join(&self.entries[index].name);
-            moved = rename_if_there(&self.entries[index].path(&self.maildir), &target)?;
+            relocate(&self.dirs, &mut self.entries)?;
+            moved = self.move_to(index, &folder)?;
         }
         if !moved {
             return Err(StoreError::Vanished);
         }
-        deliver::sync_dir(&folder.join("cur"))?;
-        deliver::sync_dir(&self.maildir.join(self.entries[index].sub.dir()))?;
+        dirs::sync(folder.cur.as_fd())?;
+        dirs::sync(self.dirs.sub(self.entries[index].sub))?;
         Ok(uid)
+    }
+
+    /// Renames message `index` into the folder's cur/; `false` when it is
+    /// not where the entry says.
+    fn move_to(&self, index: usize, folder: &Dirs) -> Result<bool, StoreError> {
+        let entry = &self.entries[index];
+        rename_no_replace(
+            self.dirs.sub(entry.sub),
+            &entry.name,
+            folder.cur.as_fd(),
+            &folder.path.join("cur").join(&entry.name),
+        )
     }
 
     /// The messages in the quarantine folder, by file name.
     pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let folder = self.maildir.join(FOLDER);
+        let Some(folder) = self.folder(false)? else {
+            return Ok(Vec::new());
+        };
         let mut found = Vec::new();
         for sub in [Sub::Cur, Sub::New] {
-            let dir = folder.join(sub.dir());
-            let listing = match std::fs::read_dir(&dir) {
-                Ok(listing) => listing,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for dirent in listing {
-                let dirent = dirent?;
-                let file_name = dirent.file_name();
-                if file_name.as_bytes().first().is_none_or(|&b| b == b'.')
-                    || !dirent.file_type().is_ok_and(|t| t.is_file())
-                {
-                    continue;
-                }
-                let parsed = name::parse(file_name.as_bytes());
-                let path = dir.join(&file_name);
-                let size = match parsed.crlf_size {
-                    Some(size) => size,
-                    None => match measure(&path)? {
-                        Some(size) => size,
-                        None => continue,
-                    },
+            for file_name in dirs::list_files(folder.sub(sub))? {
+                let entry = Entry::new(sub, file_name);
+                let parsed = name::parse(entry.name.as_bytes());
+                let size = match size_of(&folder, &entry, parsed.crlf_size) {
+                    Ok(Some(s)) => s.size,
+                    Ok(None) => continue,
+                    Err(e) => return Err(e),
                 };
-                found.push((
-                    file_name.clone(),
-                    Quarantined {
-                        uid: name::uidl(parsed.base),
-                        size,
-                        path,
-                    },
-                ));
+                found.push(Quarantined {
+                    uid: name::uidl(parsed.base),
+                    size,
+                    path: entry.path(&folder.path),
+                    sub,
+                    name: entry.name,
+                });
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(found.into_iter().map(|(_, q)| q).collect())
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
     }
 
     /// Puts the quarantined message with this UIDL back into cur/, file
@@ -183,40 +212,51 @@ impl AdminMaildrop {
                 "the maildrop already holds a message with the UIDL {uid}"
             )));
         }
-        let file_name: OsString = q.path.file_name().map(OsString::from).unwrap_or_default();
-        let target = self.maildir.join("cur").join(&file_name);
-        if target.symlink_metadata().is_ok() {
-            return Err(StoreError::Permanent(format!(
-                "{} already exists",
-                target.display()
-            )));
-        }
-        if !rename_if_there(&q.path, &target)? {
+        let folder = self.folder(false)?.ok_or(StoreError::Vanished)?;
+        if !rename_no_replace(
+            folder.sub(q.sub),
+            &q.name,
+            self.dirs.cur.as_fd(),
+            &self.dirs.path.join("cur").join(&q.name),
+        )? {
             return Err(StoreError::Vanished);
         }
-        deliver::sync_dir(&self.maildir.join("cur"))?;
-        if let Some(dir) = q.path.parent() {
-            deliver::sync_dir(dir)?;
-        }
+        dirs::sync(self.dirs.cur.as_fd())?;
+        dirs::sync(folder.sub(q.sub))?;
         Ok(())
     }
 }
 
-/// Creates the Maildir++ folder with its `maildirfolder` marker file.
-fn create_folder(folder: &Path) -> io::Result<()> {
-    deliver::create_maildir(folder)?;
-    let marker = folder.join("maildirfolder");
-    if marker.symlink_metadata().is_err() {
-        File::create(&marker)?;
+/// Creates the Maildir++ folder's `maildirfolder` marker file, relative
+/// to the folder, never through a symlink.
+fn mark_folder(folder: &OwnedFd) -> Result<(), StoreError> {
+    match nix::fcntl::openat(
+        folder.as_fd(),
+        "maildirfolder",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e).into()),
     }
-    Ok(())
 }
 
-/// Renames `from` to `to`; `false` when `from` is not there.
-fn rename_if_there(from: &Path, to: &Path) -> io::Result<bool> {
-    match std::fs::rename(from, to) {
+/// Renames `name` from one directory to another without replacing
+/// anything there; `false` when `name` is not there. `shown` names the
+/// target in the error when it exists.
+fn rename_no_replace(
+    from: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    to: std::os::fd::BorrowedFd<'_>,
+    shown: &Path,
+) -> Result<bool, StoreError> {
+    match nix::fcntl::renameat2(from, name, to, name, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(Errno::EEXIST) => Err(StoreError::Permanent(format!(
+            "{} already exists",
+            shown.display()
+        ))),
+        Err(e) => Err(std::io::Error::from(e).into()),
     }
 }

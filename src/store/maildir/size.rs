@@ -11,17 +11,21 @@
 //! `<decimal size> <base name bytes>`, each ending in LF, sorted by base
 //! name. Base names that contain LF are never cached.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::fd::AsFd;
 
 use mailbag_proto::dot::SizeCounter;
 
+use super::dirs::{self, Dirs};
+use super::name;
+
 /// The file name of the cache inside the Maildir.
 pub(crate) const CACHE_FILE: &str = "mailbag.sizes";
-const CACHE_TMP: &str = "mailbag.sizes.tmp";
+/// The largest cache read (about a million entries); a larger file is
+/// not one mailbag wrote, and is ignored rather than read into memory.
+const MAX_OCTETS: u64 = 64 << 20;
 const HEADER: &[u8] = b"mailbag-sizes 1\n";
 
 /// The CRLF size of a file's content, read in chunks.
@@ -64,6 +68,11 @@ impl SizeCache {
         Some(self.lines[at].1)
     }
 
+    /// Starts the next round of lookups from the first line.
+    pub(crate) fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lines.len()
     }
@@ -71,14 +80,31 @@ impl SizeCache {
 
 /// Reads the cache. A missing, unreadable or foreign file is an empty
 /// cache: it only ever saves work.
-pub(crate) fn load(maildir: &Path) -> SizeCache {
-    match std::fs::read(maildir.join(CACHE_FILE)) {
-        Ok(bytes) => parse(bytes),
-        Err(_) => SizeCache::default(),
+pub(crate) fn load(dirs: &Dirs) -> SizeCache {
+    match dirs::read_small(dirs.maildir.as_fd(), CACHE_FILE, MAX_OCTETS) {
+        Ok(Some(bytes)) => parse(bytes),
+        Ok(None) => SizeCache::default(),
+        Err(e) => {
+            super::warn_once(&dirs.path, "size cache cannot be read; ignored", &e);
+            SizeCache::default()
+        }
     }
 }
 
-fn parse(bytes: Vec<u8>) -> SizeCache {
+/// The entries of a cache file, `(base, size)` in the cache's order; for
+/// the fuzz target and tests. Every base is one path component.
+pub fn parse_entries(bytes: &[u8]) -> Vec<(Vec<u8>, u64)> {
+    let cache = parse(bytes.to_vec());
+    cache
+        .lines
+        .iter()
+        .map(|(range, size)| (cache.bytes[range.clone()].to_vec(), *size))
+        .collect()
+}
+
+/// Parses a cache file: malformed lines, and lines whose base is not one
+/// path component, are skipped.
+pub(crate) fn parse(bytes: Vec<u8>) -> SizeCache {
     let mut lines = Vec::new();
     if bytes.starts_with(HEADER) {
         let mut start = HEADER.len();
@@ -114,7 +140,7 @@ fn parse_line(line: &[u8]) -> Option<u64> {
     let sp = memchr::memchr(b' ', line)?;
     let (digits, base) = (&line[..sp], &line[sp + 1..]);
     // 19 digits always fit in a u64.
-    if base.is_empty() || digits.is_empty() || digits.len() > 19 {
+    if !name::is_component(base) || digits.is_empty() || digits.len() > 19 {
         return None;
     }
     if !digits.iter().all(u8::is_ascii_digit) {
@@ -127,10 +153,11 @@ fn parse_line(line: &[u8]) -> Option<u64> {
     )
 }
 
-/// Replaces the cache atomically (write a temporary file, fsync, rename).
-/// The caller holds the maildrop lock, so the temporary name is ours.
+/// Replaces the cache atomically (write a temporary file, fsync, rename,
+/// all relative to the Maildir's descriptor). The caller holds the
+/// maildrop lock, so the temporary name is ours.
 pub(crate) fn store<'a>(
-    maildir: &Path,
+    dirs: &Dirs,
     entries: impl Iterator<Item = (&'a [u8], u64)>,
 ) -> io::Result<()> {
     let mut entries: Vec<(&[u8], u64)> = entries.collect();
@@ -138,7 +165,7 @@ pub(crate) fn store<'a>(
     let mut out = Vec::with_capacity(HEADER.len() + entries.len() * 64);
     out.extend_from_slice(HEADER);
     for (base, size) in entries {
-        if base.contains(&b'\n') {
+        if base.contains(&b'\n') || !name::is_component(base) {
             continue;
         }
         out.extend_from_slice(size.to_string().as_bytes());
@@ -146,29 +173,9 @@ pub(crate) fn store<'a>(
         out.extend_from_slice(base);
         out.push(b'\n');
     }
-    let tmp = maildir.join(CACHE_TMP);
-    let result = (|| {
-        // A stale temporary file from a crash, or a planted symlink, must not
-        // redirect the write.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&out)?;
-        // A torn cache after a crash would give wrong sizes; fsync before
-        // the rename makes the file either old or complete.
-        file.sync_all()?;
-        std::fs::rename(&tmp, maildir.join(CACHE_FILE))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // A torn cache after a crash would give wrong sizes; fsync before
+    // the rename makes the file either old or complete.
+    dirs::replace(dirs.maildir.as_fd(), CACHE_FILE, &out, true)
 }
 
 #[cfg(test)]
@@ -178,9 +185,13 @@ mod tests {
     #[test]
     fn cache_round_trips_and_skips_garbage() {
         let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("Maildir");
+        let dirs = Dirs::open(&dirs::Location::of_path(&md).unwrap(), true)
+            .unwrap()
+            .unwrap();
         let names: Vec<(&[u8], u64)> = vec![(b"1.a", 10), (b"odd name\xff", 7), (b"nl\nname", 3)];
-        store(dir.path(), names.into_iter()).unwrap();
-        let mut got = load(dir.path());
+        store(&dirs, names.into_iter()).unwrap();
+        let mut got = load(&dirs);
         assert_eq!(got.len(), 2);
         assert_eq!(got.get(b"1.a"), Some(10));
         assert_eq!(got.get(b"odd name\xff"), Some(7));
@@ -192,7 +203,8 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got.get(b"ok"), Some(5));
         assert_eq!(parse(b"5 ok\n".to_vec()).len(), 0);
-        assert_eq!(load(&dir.path().join("missing")).len(), 0);
+        std::fs::remove_file(md.join(CACHE_FILE)).unwrap();
+        assert_eq!(load(&dirs).len(), 0);
 
         let mut unsorted = parse(b"mailbag-sizes 1\n3 c\n1 a\n2 b".to_vec());
         for (name, size) in [
@@ -206,5 +218,20 @@ mod tests {
             let want = (size > 0).then_some(size);
             assert_eq!(unsorted.get(name), want);
         }
+    }
+
+    #[test]
+    fn only_plain_file_names_are_cached_bases() {
+        let bytes = b"mailbag-sizes 1\n5 ../../etc/passwd\n6 a/b\n7 ..\n8 .\n9 a\0b\n10 ok\n";
+        assert_eq!(parse_entries(bytes), vec![(b"ok".to_vec(), 10)]);
+        let long = format!(
+            "mailbag-sizes 1\n1 {}\n2 {}\n",
+            "x".repeat(256),
+            "y".repeat(255)
+        );
+        assert_eq!(
+            parse_entries(long.as_bytes()),
+            vec![("y".repeat(255).into_bytes(), 2)]
+        );
     }
 }

@@ -9,38 +9,30 @@
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
-use super::name;
-use crate::store::Usage;
+use super::dirs::{self, Dirs, Location};
+use super::{name, Sub};
+use crate::store::{StoreError, Usage};
 
-/// Counts the messages of `maildir` and their sizes.
-pub(crate) fn usage(maildir: &Path) -> io::Result<Usage> {
+/// Counts the messages of the Maildir at `at` and their sizes.
+pub(crate) fn usage(at: &Location) -> Result<Usage, StoreError> {
     let mut total = Usage::default();
-    for sub in ["new", "cur"] {
-        let dir = match std::fs::read_dir(maildir.join(sub)) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for dirent in dir {
-            let dirent = dirent?;
-            let file_name = dirent.file_name();
-            let bytes = file_name.as_bytes();
-            // The same files a snapshot counts: no dotfiles, regular files.
-            if bytes.first().is_none_or(|&b| b == b'.')
-                || !dirent.file_type().is_ok_and(|t| t.is_file())
-            {
-                continue;
-            }
-            let parsed = name::parse(bytes);
+    let Some(dirs) = Dirs::open(at, false)? else {
+        return Ok(total);
+    };
+    for sub in [Sub::New, Sub::Cur] {
+        let dir = dirs.sub(sub);
+        for file_name in dirs::list_files(dir)? {
+            let parsed = name::parse(file_name.as_bytes());
             let octets = match parsed.crlf_size.or(parsed.stored_size) {
                 Some(n) => n,
-                None => match dirent.metadata() {
-                    Ok(meta) => meta.len(),
-                    // Removed by another program since the listing.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
+                None => match dirs::file_len(dir, &file_name) {
+                    Ok(Some(len)) => len,
+                    // Removed by another program since the listing, or
+                    // not a message.
+                    Ok(None) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Other => continue,
+                    Err(e) => return Err(e.into()),
                 },
             };
             total.messages += 1;
@@ -53,6 +45,10 @@ pub(crate) fn usage(maildir: &Path) -> io::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usage(md: &std::path::Path) -> Result<Usage, StoreError> {
+        super::usage(&Location::of_path(md)?)
+    }
 
     #[test]
     fn counts_new_and_cur_by_name_then_by_length() {
