@@ -6,6 +6,7 @@ mod deliver;
 mod hostile;
 mod limits;
 mod lmtp;
+mod maildir_trust;
 mod pop3;
 mod postgres;
 mod proxy;

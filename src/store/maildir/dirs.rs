@@ -22,6 +22,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::Mode;
+use nix::unistd::Uid;
 
 use super::name;
 use crate::store::StoreError;
@@ -181,6 +182,10 @@ pub(crate) struct Dirs {
     pub(crate) cur: OwnedFd,
     /// The path, for messages and logs only.
     pub(crate) path: PathBuf,
+    /// This process's effective user when the Maildir was opened (to tell
+    /// unreadable messages from their mode bits without a system call per
+    /// message).
+    pub(crate) euid: Uid,
 }
 
 impl Dirs {
@@ -220,6 +225,7 @@ impl Dirs {
             new,
             cur,
             path,
+            euid: nix::unistd::geteuid(),
         }))
     }
 
@@ -348,17 +354,49 @@ pub(crate) fn unlink(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     }
 }
 
-/// The length of regular file `name` in `dir` (not following a symlink);
-/// `None` when it is not there, an error when it is not a regular file.
-pub(crate) fn file_len(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<u64>> {
+/// What one `fstatat` says about a message file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileInfo {
+    pub(crate) len: u64,
+    /// The mode bits say this process cannot read it: it is not root, and
+    /// the file is its own without owner read permission, or someone
+    /// else's without group or other read permission (then no ACL entry
+    /// can grant it either: the ACL mask shows in the group bits). A file
+    /// only a group of ours may read counts as readable.
+    pub(crate) unreadable: bool,
+}
+
+/// The length (and readability, see [`FileInfo`]) of regular file `name`
+/// in `dir`, not following a symlink; `None` when it is not there, an
+/// error of kind `Other` when it is not a regular file.
+/// `euid` is this process's effective user (from [`Dirs::euid`]).
+pub(crate) fn file_info(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    euid: Uid,
+) -> io::Result<Option<FileInfo>> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) if (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG => {
-            Ok(Some(st.st_size as u64))
+            let unreadable = !euid.is_root()
+                && if st.st_uid == euid.as_raw() {
+                    st.st_mode & 0o400 == 0
+                } else {
+                    st.st_mode & 0o044 == 0
+                };
+            Ok(Some(FileInfo {
+                len: st.st_size as u64,
+                unreadable,
+            }))
         }
         Ok(_) => Err(io::Error::other("not a regular file")),
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The length of regular file `name` in `dir`, as [`file_info`].
+pub(crate) fn file_len(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<u64>> {
+    Ok(file_info(dir, name, Uid::from_raw(0))?.map(|i| i.len))
 }
 
 /// Flushes a directory's entries to stable storage.

@@ -879,9 +879,12 @@ fn plausible_crlf_size(crlf: u64, len: u64) -> bool {
 /// when the file has gone.
 fn size_of(dirs: &Dirs, entry: &Entry, crlf: Option<u64>) -> Result<Option<SizeFound>, StoreError> {
     if let Some(w) = crlf {
-        match dirs::file_len(dirs.sub(entry.sub), &entry.name) {
+        match dirs::file_info(dirs.sub(entry.sub), &entry.name, dirs.euid) {
             Ok(None) => return Ok(None),
-            Ok(Some(len)) if plausible_crlf_size(w, len) => {
+            Ok(Some(info)) if info.unreadable => {
+                return Err(StoreError::Temporary(Errno::EACCES.into()))
+            }
+            Ok(Some(info)) if plausible_crlf_size(w, info.len) => {
                 return Ok(Some(SizeFound {
                     size: w,
                     measured: false,
