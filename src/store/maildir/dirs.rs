@@ -104,22 +104,26 @@ impl Location {
     /// (mode 0700) on the way. `None` when it does not exist and `create`
     /// is false.
     pub(crate) fn open(&self, create: bool) -> Result<Option<OwnedFd>, StoreError> {
-        if create {
-            match std::fs::DirBuilder::new()
-                .recursive(true)
-                .create(&self.base)
-            {
-                Ok(()) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let mut dir = match nix::fcntl::open(
-            self.base.as_path(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        ) {
+        let open_base = || {
+            nix::fcntl::open(
+                self.base.as_path(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let mut dir = match open_base() {
             Ok(fd) => fd,
-            Err(Errno::ENOENT) if !create => return Ok(None),
+            Err(Errno::ENOENT) if create => {
+                // The base is the administrator's (the data root): made
+                // the ordinary way, by its path.
+                std::os::unix::fs::DirBuilderExt::mode(
+                    std::fs::DirBuilder::new().recursive(true),
+                    0o700,
+                )
+                .create(&self.base)?;
+                open_base().map_err(io::Error::from)?
+            }
+            Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(io::Error::from(e).into()),
         };
         let mut shown = self.base.clone();
@@ -206,20 +210,22 @@ impl Dirs {
         path: PathBuf,
         create: bool,
     ) -> Result<Option<Dirs>, StoreError> {
-        let mut subs = Vec::with_capacity(2);
-        for sub in ["new", "cur"] {
-            match open_subdir(maildir.as_fd(), OsStr::new(sub), create, &path.join(sub))? {
-                Some(fd) => subs.push(fd),
-                None => return Ok(None),
+        let sub = |name: &str, create: bool| {
+            open_subdir(maildir.as_fd(), OsStr::new(name), create, &path.join(name))
+        };
+        let (new, cur) = match (sub("new", false)?, sub("cur", false)?) {
+            (Some(new), Some(cur)) => (new, cur),
+            _ if !create => return Ok(None),
+            _ => {
+                // Made in the order the Maildir spec's readers expect:
+                // a Maildir without tmp/ cannot be delivered into.
+                sub("tmp", true)?;
+                match (sub("new", true)?, sub("cur", true)?) {
+                    (Some(new), Some(cur)) => (new, cur),
+                    _ => return Ok(None),
+                }
             }
-        }
-        let cur = subs.pop().expect("two directories were opened");
-        let new = subs.pop().expect("two directories were opened");
-        if create {
-            // A Maildir without tmp/ cannot be delivered into; make sure it
-            // has one (normally one failing openat: it exists).
-            open_subdir(maildir.as_fd(), OsStr::new("tmp"), true, &path.join("tmp"))?;
-        }
+        };
         Ok(Some(Dirs {
             maildir: File::from(maildir),
             new,

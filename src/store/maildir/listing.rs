@@ -201,3 +201,62 @@ pub(super) fn listing_time() -> i128 {
 pub(super) fn bytes(name: &std::ffi::OsStr) -> &[u8] {
     name.as_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(names: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("{HEADER}\n1 2 3 {}\n", names.len()).into_bytes();
+        for name in names {
+            out.extend_from_slice(name);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".\n");
+        out
+    }
+
+    #[test]
+    fn only_plain_file_names_are_listed() {
+        let good = parse(&listing(&[
+            b"N 1.a,S=1,W=2",
+            b"C 2.b:2,S",
+            b"N odd \xff name",
+        ]))
+        .unwrap();
+        assert_eq!((good.new, good.cur, good.listed), (1, 2, 3));
+        assert_eq!(
+            good.names,
+            vec![
+                (false, b"1.a,S=1,W=2".to_vec()),
+                (true, b"2.b:2,S".to_vec()),
+                (false, b"odd \xff name".to_vec()),
+            ]
+        );
+        let long = [&b"N "[..], &[b'x'; 256]].concat();
+        for bad in [
+            &b"C ../../../../etc/passwd"[..],
+            b"N ../../bob/Maildir/new/1.x",
+            b"N /etc/passwd",
+            b"N a/b",
+            b"C ..",
+            b"C .",
+            b"N .hidden",
+            b"N a\0b",
+            b"N ",
+            b"X 1.a",
+            &long,
+        ] {
+            assert_eq!(parse(&listing(&[b"N 1.a", bad])), None, "{bad:?}");
+        }
+        // Counts that do not match, or that no file could hold.
+        let mut wrong = listing(&[b"N 1.a"]);
+        wrong[HEADER.len() + 7] = b'2';
+        assert_eq!(parse(&wrong), None);
+        assert_eq!(
+            parse(format!("{HEADER}\n1 2 3 99999999999999\n.\n").as_bytes()),
+            None
+        );
+        assert_eq!(parse(b""), None);
+    }
+}

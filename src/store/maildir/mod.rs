@@ -10,8 +10,13 @@
 //! [`Maildrop::commit`], and a message delivered after the snapshot is
 //! never touched.
 //!
-//! All filesystem work runs in `spawn_blocking`; file names and the size
-//! cache are untrusted input and never cause a panic.
+//! Everything inside the Maildir is the mailbox owner's input: names,
+//! caches, the UPDATE record and the directories themselves. Every file
+//! operation goes through directory descriptors opened without following
+//! symlinks (`dirs.rs`), one path component at a time, and every name
+//! read from a file must be one plain file name (`name::is_component`).
+//! Filesystem work runs in `spawn_blocking`, except the open and read of
+//! a small message; bad input never causes a panic.
 
 mod deliver;
 mod dirs;
@@ -42,7 +47,7 @@ pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 #[doc(hidden)]
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
-pub use update::parse as parse_update;
+pub use update::{encode as encode_update, parse as parse_update};
 
 use dirs::{Dirs, Location};
 
@@ -751,7 +756,11 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
         .filter(|&i| found[i].crlf_size.is_some() || cache.get(found[i].entry.base()).is_none())
         .collect();
     cache.rewind();
-    let mut measured = measure_all(dirs, &found, &need);
+    let mut measured: Vec<Option<Result<Option<SizeFound>, StoreError>>> =
+        std::iter::repeat_with(|| None).take(found.len()).collect();
+    for (i, result) in measure_all(dirs, &found, &need) {
+        measured[i] = Some(result);
+    }
     for &(_, i) in &order {
         let f = &mut found[i];
         let from_cache = match f.crlf_size {
@@ -764,8 +773,8 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
                 uncached.push(entries.len());
                 cached
             }
-            None => match measured
-                .remove(&i)
+            None => match measured[i]
+                .take()
                 .unwrap_or_else(|| size_of(dirs, &f.entry, f.crlf_size))
             {
                 Ok(Some(SizeFound { size, measured })) => {
@@ -846,7 +855,7 @@ fn measure_all(
     dirs: &Dirs,
     found: &[Found],
     need: &[usize],
-) -> HashMap<usize, Result<Option<SizeFound>, StoreError>> {
+) -> Vec<(usize, Result<Option<SizeFound>, StoreError>)> {
     let one = |i: usize| (i, size_of(dirs, &found[i].entry, found[i].crlf_size));
     let threads = (need.len() / MEASURE_PER_THREAD).clamp(1, MEASURE_THREADS);
     if threads == 1 {

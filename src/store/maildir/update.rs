@@ -32,8 +32,10 @@ use super::{name, Sub};
 /// The record's file name in the Maildir.
 pub(super) const FILE: &str = "mailbag.update";
 const HEADER: &[u8] = b"mailbag-update 1\n";
-/// The largest record read: a maildrop of a million messages all deleted.
-const MAX_OCTETS: u64 = 600 << 20;
+/// The largest record written or read: about half a million deletions of
+/// typical names in one UPDATE. A larger UPDATE is refused whole (nothing
+/// deleted), and a larger file is not read into memory.
+const MAX_OCTETS: u64 = 64 << 20;
 
 /// Parses a record: `(in_cur, name)` for each message, or `None` when the
 /// file is not a complete, well-formed record whose every name is one
@@ -99,6 +101,9 @@ pub(super) fn begin<'a>(
     names: impl Iterator<Item = (Sub, &'a OsStr)>,
 ) -> io::Result<()> {
     let record = encode(names.map(|(sub, name)| (sub == Sub::Cur, name.as_bytes())));
+    if record.len() as u64 > MAX_OCTETS {
+        return Err(io::Error::other("too many deletions for one UPDATE record"));
+    }
     dirs::replace(dirs.maildir.as_fd(), FILE, &record, true)
 }
 
