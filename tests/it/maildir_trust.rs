@@ -114,10 +114,13 @@ fn symlink_dir(target: &Path, link: &Path) {
     std::os::unix::fs::symlink(target, link).unwrap();
 }
 
+/// Which directory of a Maildir a case replaces.
+type Pick = dyn Fn(&Path) -> PathBuf;
+
 #[tokio::test]
 async fn a_symlinked_directory_never_reaches_another_users_mail() {
     // (directory of alice's replaced, the same directory of bob's)
-    let cases: [(&str, &dyn Fn(&Path) -> PathBuf); 4] = [
+    let cases: [(&str, &Pick); 4] = [
         ("cur", &|md| md.join("cur")),
         ("new", &|md| md.join("new")),
         ("the Maildir", &|md| md.to_path_buf()),
