@@ -532,3 +532,50 @@ async fn a_garbage_or_torn_listing_is_ignored() {
         assert_eq!(m.messages().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn the_lock_holds_without_the_lock_file() {
+    let (_dir, store, md) = setup();
+    put(&md, "new", "1.x", b"x\n");
+    let first = store.open("alice").await.unwrap();
+    // Removed (or replaced by someone else's file) while a session holds
+    // the maildrop: the lock on the Maildir's descriptor still holds.
+    std::fs::remove_file(md.join(LOCK_FILE)).unwrap();
+    assert!(matches!(store.open("alice").await, Err(StoreError::Locked)));
+    drop(first);
+    drop(store.open("alice").await.unwrap());
+    // A lock file that is not a regular file is refused by name.
+    std::fs::remove_file(md.join(LOCK_FILE)).unwrap();
+    std::fs::create_dir(md.join(LOCK_FILE)).unwrap();
+    match store.open("alice").await {
+        Err(StoreError::Permanent(why)) => assert!(why.contains(LOCK_FILE), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_update_record_is_written_before_and_removed_after_deletion() {
+    let (_dir, store, md) = setup();
+    let bases: Vec<String> = (0..3)
+        .map(|i| deliver(&md, format!("m{i}\n").as_bytes()).unwrap())
+        .collect();
+    let maildrop = store.open("alice").await.unwrap();
+    maildrop.commit(&[0, 2], &[1]).await.unwrap();
+    assert!(!md.join(update::FILE).exists());
+    assert!(!md.join(format!("{}.tmp", update::FILE)).exists());
+    assert_eq!(names(&md.join("new")), Vec::<String>::new());
+    assert_eq!(names(&md.join("cur")), vec![format!("{}:2,S", bases[1])]);
+
+    // A record left by a crash is finished by the next open, before the
+    // snapshot; one naming nothing that exists changes nothing.
+    let more: Vec<String> = (0..2)
+        .map(|i| deliver(&md, format!("n{i}\n").as_bytes()).unwrap())
+        .collect();
+    let record =
+        update::encode([(false, more[0].as_bytes()), (false, b"1.gone".as_slice())].into_iter());
+    std::fs::write(md.join(update::FILE), record).unwrap();
+    let maildrop = store.open("alice").await.unwrap();
+    assert_eq!(maildrop.messages().len(), 2);
+    assert!(!md.join(update::FILE).exists());
+    assert_eq!(names(&md.join("new")), vec![more[1].clone()]);
+}
