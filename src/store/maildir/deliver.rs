@@ -57,16 +57,26 @@ pub fn deliver(maildir: &Path, message: &[u8]) -> io::Result<String> {
 /// [`deliver`] into the Maildir at `at`, every directory below its trusted
 /// base opened without following symlinks, and the file created and
 /// renamed relative to them.
+///
+/// A Maildir that cannot be opened (a symlink, a file in the way) is a
+/// temporary failure: the sender's MTA keeps the message queued until an
+/// administrator repairs the Maildir, instead of bouncing it.
 pub(crate) fn deliver_at(at: &Location, message: &[u8]) -> Result<String, StoreError> {
-    let dirs = Dirs::open(at, true)?
-        .ok_or_else(|| StoreError::Permanent("maildir was not created".into()))?;
+    let temporary = |e: StoreError| match e {
+        StoreError::Permanent(why) => StoreError::Temporary(io::Error::other(why)),
+        other => other,
+    };
+    let dirs = Dirs::open(at, true)
+        .map_err(temporary)?
+        .ok_or_else(|| StoreError::Temporary(io::Error::other("maildir was not created")))?;
     let tmp_dir = dirs::open_subdir(
         dirs.maildir.as_fd(),
         OsStr::new("tmp"),
         true,
         &dirs.path.join("tmp"),
-    )?
-    .ok_or_else(|| StoreError::Permanent("tmp/ was not created".into()))?;
+    )
+    .map_err(temporary)?
+    .ok_or_else(|| StoreError::Temporary(io::Error::other("tmp/ was not created")))?;
     let tmp = tmp_dir.as_fd();
     let (unique, mut file) = create_tmp(tmp)?;
     let result = (|| {
