@@ -245,9 +245,8 @@ impl Dirs {
 }
 
 /// The names in one directory, as readdir returns them: every name is one
-/// path component; dotfiles and anything known not to be a regular file
-/// (d_type) are left out. A name whose type readdir does not know is kept:
-/// opening it checks.
+/// path component; dotfiles and anything but regular files (by d_type, or
+/// where the filesystem has none, by `fstatat`) are left out.
 pub(crate) fn list_files(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
     let mut listing = nix::dir::Dir::openat(dir, ".", DIR_FLAGS, Mode::empty())?;
     let mut names = Vec::new();
@@ -258,7 +257,12 @@ pub(crate) fn list_files(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
             continue;
         }
         match dirent.file_type() {
-            Some(nix::dir::Type::File) | None => {}
+            Some(nix::dir::Type::File) => {}
+            // A filesystem without d_type: one `fstatat` tells.
+            None => match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) if (st.st_mode & nix::libc::S_IFMT) == nix::libc::S_IFREG => {}
+                _ => continue,
+            },
             Some(_) => continue,
         }
         names.push(OsStr::from_bytes(name).to_os_string());
