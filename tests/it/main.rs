@@ -8,6 +8,7 @@ mod limits;
 mod lmtp;
 mod pop3;
 mod postgres;
+mod privileges;
 mod proxy;
 mod sasl;
 mod summary;
