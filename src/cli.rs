@@ -209,7 +209,8 @@ fn permission_note(denied: bool) -> Option<String> {
     Some(format!(
         "mailbag: note: started as root, this command ran as {} ([server] user in {}), as the server \
          does, so that every file it creates belongs to the server; give {} access to the path \
-         named above (chown/chmod), or run the command as a user who has it",
+         named above (chown/chmod, or a copy it can read), or run the command as a user who has \
+         it",
         who.owner(),
         config.display(),
         who.user

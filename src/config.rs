@@ -688,6 +688,15 @@ impl Config {
         if self.server.group.is_some() && self.server.user.is_none() {
             return invalid("server.group", "needs server.user as well");
         }
+        if self.server.user.as_deref() == Some("") {
+            return invalid(
+                "server.user",
+                "must name the account the server runs as, e.g. \"mailbag\"",
+            );
+        }
+        if self.server.group.as_deref() == Some("") {
+            return invalid("server.group", "must name a group, or be left out");
+        }
         if let Some(e) = &self.pop3.expire {
             if !(e == "NEVER" || (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))) {
                 return invalid("pop3.expire", "must be \"NEVER\" or a number of days");
@@ -921,6 +930,11 @@ max_messages = 5
                 "lmtp.max_message_octets",
             ),
             (format!("{MINIMAL}[quota]\nmax_octet = 1\n"), "max_octet"),
+            (format!("{MINIMAL}[server]\nuser = \"\"\n"), "server.user"),
+            (
+                format!("{MINIMAL}[server]\nuser = \"mailbag\"\ngroup = \"\"\n"),
+                "server.group",
+            ),
         ]);
         for (text, key) in cases {
             let e = Config::parse(&text, Path::new("/"))

@@ -696,3 +696,115 @@ pub fn check_passwd_rewrite(path: &Path, who: &ServiceUser) -> Option<Unusable> 
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn someone_else(path: &Path) -> ServiceUser {
+        let meta = std::fs::metadata(path).unwrap();
+        // Ids that own nothing here: the fix must name the user and group.
+        let (uid, gid) = (meta.uid() + 4242, meta.gid() + 4242);
+        ServiceUser {
+            user: "mail-svc".to_string(),
+            group: "mail-grp".to_string(),
+            target: Target {
+                uid: Uid::from_raw(uid),
+                gid: Gid::from_raw(gid),
+            },
+        }
+    }
+
+    #[test]
+    fn the_fix_gives_mail_to_the_server_and_shares_root_files_by_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.pem");
+        std::fs::write(&file, b"x").unwrap();
+        let p = file.display();
+        let other = someone_else(&file);
+        assert_eq!(
+            grant(&file, "r", Owner::Service, &other),
+            format!("chown mail-svc:mail-grp {p} && chmod u+r {p}")
+        );
+        assert_eq!(
+            grant(&file, "r", Owner::Root, &other),
+            format!("chgrp mail-grp {p} && chmod g+r {p}")
+        );
+        let meta = std::fs::metadata(&file).unwrap();
+        let mut in_group = other.clone();
+        in_group.target.gid = Gid::from_raw(meta.gid());
+        assert_eq!(
+            grant(&file, "r", Owner::Root, &in_group),
+            format!("chmod g+r {p}")
+        );
+        let mut owner = other;
+        owner.target.uid = Uid::from_raw(meta.uid());
+        assert_eq!(
+            grant(&file, "rwx", Owner::Service, &owner),
+            format!("chmod u+rwx {p}")
+        );
+    }
+
+    #[test]
+    fn server_paths_are_what_the_server_re_reads_after_the_drop() {
+        let text = "[pop3]\nlisten = [\"127.0.0.1:1110\"]\n[store]\nroot = \"mail\"\n\
+                    [auth]\npasswd_file = \"passwd\"\n[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n";
+        let config = Config::parse(text, Path::new("/etc/mailbag")).unwrap();
+        let paths = server_paths(&config, Path::new("/etc/mailbag/mailbag.toml"));
+        let roles: Vec<(&str, &Path, Need)> = paths
+            .iter()
+            .map(|(role, path, need, _, _)| (role.as_str(), path.as_path(), *need))
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                (
+                    "config file",
+                    Path::new("/etc/mailbag/mailbag.toml"),
+                    Need::Read
+                ),
+                (
+                    "auth.passwd_file",
+                    Path::new("/etc/mailbag/passwd"),
+                    Need::Read
+                ),
+                ("store.root", Path::new("/etc/mailbag/mail"), Need::Dir),
+                (
+                    "tls.certificate",
+                    Path::new("/etc/mailbag/c.pem"),
+                    Need::Read
+                ),
+                ("tls.key", Path::new("/etc/mailbag/k.pem"), Need::Read),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_named_with_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("gone.pem");
+        let who = ServiceUser::current();
+        let found = check("tls.key", &missing, Need::Read, Owner::Root, "x", &who).unwrap();
+        assert_eq!(
+            found.to_string(),
+            format!(
+                "tls.key {}: it does not exist; fix: create it, or correct the path in the config",
+                missing.display()
+            )
+        );
+        // A missing directory that can be created is no problem.
+        let creatable = dir.path().join("mail");
+        assert_eq!(
+            check(
+                "store.root",
+                &creatable,
+                Need::Dir,
+                Owner::Service,
+                "x",
+                &who
+            ),
+            None
+        );
+    }
+}
