@@ -319,6 +319,8 @@ pub fn as_user<T>(who: &ServiceUser, f: impl FnOnce() -> T) -> Result<T, Privile
 pub enum Need {
     /// Read a file.
     Read,
+    /// Read and write a file (mailbag's own lock and caches in a Maildir).
+    ReadWrite,
     /// List, create, rename and remove entries in a directory (which the
     /// server creates if it is missing).
     Dir,
@@ -386,6 +388,7 @@ pub fn check(
 ) -> Option<Unusable> {
     let flags = match need {
         Need::Read => AccessFlags::R_OK,
+        Need::ReadWrite => AccessFlags::R_OK | AccessFlags::W_OK,
         Need::Dir => AccessFlags::R_OK | AccessFlags::W_OK | AccessFlags::X_OK,
     };
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -457,10 +460,12 @@ pub fn check(
     }
     let what = match need {
         Need::Read => "read it",
+        Need::ReadWrite => "read and write it",
         Need::Dir => "list and change entries in it",
     };
     let perms = match need {
         Need::Read => "r",
+        Need::ReadWrite => "rw",
         Need::Dir => "rwx",
     };
     unusable(
@@ -561,8 +566,9 @@ pub struct Walk {
 
 /// Looks at what lies under the mail root, as the calling process is now
 /// (run it inside [`as_user`]): every directory must be listable and
-/// writable (the server creates, renames and removes files in it) and
-/// every file readable. Goes `max_depth` levels down (a Maildir's
+/// writable (the server creates, renames and removes files in it), every
+/// file readable, and mailbag's own files (`mailbag.lock` and the
+/// caches) writable too. Goes `max_depth` levels down (a Maildir's
 /// messages are at `{root}/{domain}/{user}/Maildir/cur/`: depth 5) and
 /// looks at no more than `max_entries` entries. Symbolic links are not
 /// followed (the store does not follow them either).
@@ -607,14 +613,18 @@ pub fn walk_mail_root(
                 }
                 found
             } else if kind.is_file() {
-                check(
-                    "under store.root:",
-                    &path,
-                    Need::Read,
-                    Owner::Service,
-                    "the server needs to read it",
-                    who,
-                )
+                // The lock and caches are the server's own, kept up to
+                // date by it; mail it only reads.
+                let own = entry
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(b"mailbag.");
+                let (need, why) = if own {
+                    (Need::ReadWrite, "the server keeps it up to date")
+                } else {
+                    (Need::Read, "the server needs to read it")
+                };
+                check("under store.root:", &path, need, Owner::Service, why, who)
             } else {
                 None
             };

@@ -471,7 +471,8 @@ fn check_config_and_serve_name_each_file_the_server_user_cannot_use() {
     let maildir = d.path("mail/localhost/alice/Maildir");
     let lock = maildir.join("mailbag.lock");
     std::fs::write(&lock, b"").unwrap();
-    chmod(&lock, 0o600);
+    // Readable, but the server's own file: it must be able to write it.
+    chmod(&lock, 0o644);
     let message = std::fs::read_dir(maildir.join("new"))
         .unwrap()
         .next()
@@ -483,7 +484,11 @@ fn check_config_and_serve_name_each_file_the_server_user_cannot_use() {
     let err = check(&[
         &format!("under store.root: {}", lock.display()),
         &format!("under store.root: {}", message.display()),
-        &format!("fix: chown {0}:{0} {1}", user.name, lock.display()),
+        &format!(
+            "fix: chown {0}:{0} {1} && chmod u+rw {1}",
+            user.name,
+            lock.display()
+        ),
     ]);
     assert!(err.contains("2 paths"), "{err}");
 }
