@@ -825,24 +825,25 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
     })?;
     let mut total = problems.len();
     let mut more = String::new();
+    let mail_root = std::path::absolute(&config.store.root)?;
     if let Some(walk) = walk {
         total += walk.total;
         problems.extend(walk.problems);
         if walk.total > WALK_SHOWN {
             more = format!(
-                "\n... and {} more under {}; to give all of it to {}: chown -R {} {}",
+                "... and {} more under {}; to give all of it to {}: chown -R {} {}",
                 walk.total - WALK_SHOWN,
-                config.store.root.display(),
+                mail_root.display(),
                 who.user,
                 who.owner(),
-                config.store.root.display()
+                mail_root.display()
             );
         }
         if walk.truncated {
             println!(
                 "note: looked at the first {} entries under {} only",
                 walk.entries,
-                config.store.root.display()
+                mail_root.display()
             );
         }
     }
@@ -853,7 +854,7 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
         eprintln!("mailbag: {problem}");
     }
     if !more.is_empty() {
-        eprintln!("mailbag:{more}");
+        eprintln!("mailbag: {more}");
     }
     bail!(
         "{}: {total} path{} that the server, running as {}, cannot use (listed above)",

@@ -600,18 +600,16 @@ pub fn walk_mail_root(
             };
             let path = entry.path();
             let found = if kind.is_dir() {
-                let found = check(
+                // Looked into as far as the user can list it.
+                stack.push((path.clone(), depth + 1));
+                check(
                     "under store.root:",
                     &path,
                     Need::Dir,
                     Owner::Service,
                     "the server needs to read and change it",
                     who,
-                );
-                if found.is_none() {
-                    stack.push((path, depth + 1));
-                }
-                found
+                )
             } else if kind.is_file() {
                 // The lock and caches are the server's own, kept up to
                 // date by it; mail it only reads.

@@ -491,6 +491,20 @@ fn check_config_and_serve_name_each_file_the_server_user_cannot_use() {
         ),
     ]);
     assert!(err.contains("2 paths"), "{err}");
+
+    // Many: the first ones, the count of the rest, one command for all.
+    let cur = maildir.join("cur");
+    for n in 0..25 {
+        let file = cur.join(format!("{n}.root:2,S"));
+        std::fs::write(&file, M1).unwrap();
+        chmod(&file, 0o600);
+    }
+    let err = check(&[
+        "27 paths",
+        "... and 7 more under",
+        &format!("chown -R {0}:{0} {1}", user.name, d.path("mail").display()),
+    ]);
+    assert_eq!(err.matches("under store.root:").count(), 20, "{err}");
 }
 
 #[test]
