@@ -810,8 +810,12 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
         return Ok(());
     }
     let maildir = config.store.kind == StoreKind::Maildir;
-    let (mut problems, walk) = privileges::as_user(&who, || {
+    let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
         let problems = privileges::check_server_paths(config, config_path, &who);
+        // Not the server's need, but `sudo mailbag user add`'s.
+        let rewrite = maildir
+            .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
+            .flatten();
         let walk = (maildir && problems.iter().all(|p| p.role != "store.root")).then(|| {
             privileges::walk_mail_root(
                 &config.store.root,
@@ -821,8 +825,11 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
                 WALK_SHOWN,
             )
         });
-        (problems, walk)
+        (problems, walk, rewrite)
     })?;
+    if let Some(rewrite) = rewrite.filter(|_| problems.is_empty()) {
+        println!("note: `mailbag user add|passwd|del` will refuse: {rewrite}");
+    }
     let mut total = problems.len();
     let mut more = String::new();
     let mail_root = std::path::absolute(&config.store.root)?;

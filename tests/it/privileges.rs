@@ -539,4 +539,11 @@ fn user_add_as_root_refuses_where_the_server_user_cannot_rewrite_the_passwd_file
     );
     // Reading needs no more than the file.
     assert_eq!(d.ok(&["user", "list"], b""), "alice\n");
+    // check-config passes (the server only reads the file) and warns.
+    let said = d.ok(&["check-config"], b"");
+    assert!(
+        said.contains("note: `mailbag user add|passwd|del` will refuse")
+            && said.ends_with(": OK\n"),
+        "{said}"
+    );
 }
