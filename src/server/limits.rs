@@ -217,6 +217,12 @@ impl PreLoginSlot {
     pub fn is_evicted(&self) -> bool {
         self.evicted.is_cancelled()
     }
+
+    /// A future that completes on eviction and borrows nothing, for
+    /// waits that outlive a borrow of the slot (a stalled write).
+    pub fn evicted_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.evicted.clone().cancelled_owned()
+    }
 }
 
 impl Drop for PreLoginSlot {

@@ -28,7 +28,7 @@ use mailbag_proto::dot::{SizeCounter, Stuffer};
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
 use super::metrics::{LoginResult, Metrics};
@@ -48,6 +48,9 @@ const IDLE_BUFFER_OCTETS: usize = 8 * 1024;
 /// Answers waiting to be written, past which they are written before the
 /// next command runs: the bound RETR bodies have, for every answer.
 pub const OUTPUT_LIMIT_OCTETS: usize = BODY_CHUNK_OCTETS;
+/// The same bound before login, where every answer is small (CAPA, HELP):
+/// a thousand stalled connections waiting to log in hold little.
+pub const PRE_LOGIN_OUTPUT_OCTETS: usize = 16 * 1024;
 
 /// The lines the driver writes itself (the core writes every other):
 /// the one place for their wire text.
@@ -103,21 +106,27 @@ enum WriteLimit {
 /// The client connection, with a time limit on every write: a write that
 /// cannot finish in time fails with `TimedOut`, and the session ends. The
 /// timer is armed only when the socket pushes back, so a write that goes
-/// straight out costs nothing more.
+/// straight out costs nothing more. Before login, a write waiting on the
+/// client also fails as soon as the connection loses its pre-login place.
 pub struct Timed {
     stream: Stream,
     limit: WriteLimit,
     timer: Pin<Box<Sleep>>,
     armed: bool,
+    evicted: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Timed {
-    fn new(stream: Stream, login_by: tokio::time::Instant) -> Self {
+    fn new(stream: Stream, login_by: tokio::time::Instant, admission: &Admission) -> Self {
         Timed {
             stream,
             limit: WriteLimit::Until(login_by),
             timer: Box::pin(tokio::time::sleep_until(login_by)),
             armed: false,
+            evicted: admission
+                .unauthenticated
+                .as_ref()
+                .map(|slot| Box::pin(slot.evicted_owned())),
         }
     }
 
@@ -125,6 +134,15 @@ impl Timed {
     fn logged_in(&mut self, autologout: Duration) {
         self.limit = WriteLimit::Stalled(autologout);
         self.armed = false;
+        self.evicted = None;
+    }
+
+    /// The bound on answers waiting to be written.
+    fn output_limit(&self) -> usize {
+        match self.limit {
+            WriteLimit::Until(_) => PRE_LOGIN_OUTPUT_OCTETS,
+            WriteLimit::Stalled(_) => OUTPUT_LIMIT_OCTETS,
+        }
     }
 
     /// Ready(Err) once the write limit has passed, else Pending (with the
@@ -137,6 +155,14 @@ impl Timed {
             };
             self.timer.as_mut().reset(at);
             self.armed = true;
+        }
+        if let Some(evicted) = &mut self.evicted {
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "closed to make room for a newer connection",
+                ));
+            }
         }
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(std::io::Error::new(
@@ -236,7 +262,7 @@ pub async fn serve<S, P>(
     };
     let login_by = accepted + settings.authorization_timeout;
     let autologout = settings.transaction_timeout;
-    let mut stream = Timed::new(stream, login_by);
+    let mut stream = Timed::new(stream, login_by, &admission);
     let mut conn = Conn::new(settings);
     let mut out: Vec<u8> = Vec::new();
     let mut maildrop: Option<S::Maildrop> = None;
@@ -256,7 +282,7 @@ pub async fn serve<S, P>(
                 out.extend_from_slice(&bytes);
                 // Answers pile up no further than the limit: they go out
                 // before the next command runs.
-                if out.len() >= OUTPUT_LIMIT_OCTETS
+                if out.len() >= stream.output_limit()
                     && write_out(&mut stream, &mut out, metrics).await.is_err()
                 {
                     break;
@@ -1008,6 +1034,33 @@ mod tests {
         assert!(line.is_empty());
         let held = largest_write.load(Ordering::Relaxed);
         assert!(held <= OUTPUT_LIMIT_OCTETS + answer, "{held}");
+    }
+
+    #[tokio::test]
+    async fn pipelined_help_before_login_holds_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "max_bad_commands = 100000", 0);
+        let (client, largest_write) = session(&shared, 4096);
+        let (read, mut write) = tokio::io::split(client);
+        const HELPS: usize = 3000;
+        let writer = tokio::spawn(async move {
+            write.write_all(&b"HELP\r\n".repeat(HELPS)).await.unwrap();
+            write.write_all(b"QUIT\r\n").await.unwrap();
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let help = 1024;
+        let held = largest_write.load(Ordering::Relaxed);
+        assert!(held <= PRE_LOGIN_OUTPUT_OCTETS + help, "{held}");
+        let mut read = BufReader::new(read);
+        let mut answers = 0;
+        let mut line = String::new();
+        while read.read_line(&mut line).await.unwrap() > 0 {
+            answers += usize::from(line == ".\r\n");
+            line.clear();
+        }
+        drop(writer.await.unwrap());
+        assert_eq!(answers, HELPS);
     }
 
     #[tokio::test]
