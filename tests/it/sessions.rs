@@ -307,3 +307,25 @@ async fn a_real_user_logs_in_through_1200_idle_sockets_and_200_slow_clients() {
     let took = log_in_through_a_flood(12, 100, 200).await;
     println!("logged in and retrieved through the flood in {took:?}");
 }
+
+#[tokio::test]
+async fn pipelined_uidls_not_read_for_a_while_are_all_answered_in_order() {
+    let s = TestServer::start().await;
+    crate::hostile::many_messages(&s.maildir("alice"), 1000);
+    let mut c = s.login(ALICE).await;
+    let (_, expected) = c.multi("UIDL").await;
+    assert_eq!(expected.split(|&b| b == b'\n').count(), 1001);
+    const UIDLS: usize = 1000;
+    c.send(&b"UIDL\r\n".repeat(UIDLS)).await;
+    c.send(b"QUIT\r\n").await;
+    // The client reads nothing for a while; then everything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..UIDLS {
+        let (status, body) = (c.line().await, unstuff(&c.body().await));
+        assert!(status.starts_with("+OK"), "answer {i}: {status}");
+        assert!(body == expected, "answer {i} differs");
+    }
+    assert!(c.line().await.starts_with("+OK"));
+    assert!(c.closed().await);
+    s.stop().await;
+}
