@@ -968,6 +968,18 @@ mod tests {
         shared: &Arc<TestShared>,
         capacity: usize,
     ) -> (tokio::io::DuplexStream, Arc<AtomicUsize>) {
+        let (client, largest_write, _) = session_task(shared, capacity);
+        (client, largest_write)
+    }
+
+    fn session_task(
+        shared: &Arc<TestShared>,
+        capacity: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        Arc<AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (client, server) = tokio::io::duplex(capacity);
         let largest_write = Arc::new(AtomicUsize::new(0));
         let stream = Stream::Memory(Box::new(Recorder {
@@ -975,14 +987,14 @@ mod tests {
             largest_write: largest_write.clone(),
         }));
         let shared = shared.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
             let admission = shared.admit(peer.ip()).unwrap();
             let shutdown = CancellationToken::new();
             let accepted = tokio::time::Instant::now();
             serve(stream, peer, 1, &shared, &shutdown, admission, accepted).await;
         });
-        (client, largest_write)
+        (client, largest_write, task)
     }
 
     #[tokio::test]
@@ -1061,6 +1073,29 @@ mod tests {
         }
         drop(writer.await.unwrap());
         assert_eq!(answers, HELPS);
+    }
+
+    #[tokio::test]
+    async fn a_connection_stuck_writing_before_login_ends_when_it_loses_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "max_unauthenticated = 1", 0);
+        let (stalled, _, task) = session_task(&shared, 1024);
+        let (_read, mut write) = tokio::io::split(stalled);
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(&b"HELP\r\n".repeat(1000)).await;
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished(), "the stalled session should be writing");
+        // A newcomer takes the only place: the stalled session ends now,
+        // not at the login deadline (120 s).
+        let (_newcomer, _) = session(&shared, 1024);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the evicted session went on writing")
+            .unwrap();
+        assert_eq!(shared.unauthenticated.waiting(), 1);
+        writer.abort();
     }
 
     #[tokio::test]
