@@ -10,6 +10,7 @@ mod pop3;
 mod postgres;
 mod proxy;
 mod sasl;
+mod sessions;
 mod summary;
 mod support;
 mod telnet;
