@@ -169,6 +169,13 @@ pub struct LmtpConfig {
     /// Recipients accepted per transaction.
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
+    /// LMTP connections open at once, all LMTP listeners together; apart
+    /// from POP3's, so that neither can take the other's connections.
+    #[serde(default = "default_lmtp_max_connections")]
+    pub max_connections: usize,
+    /// LMTP connections open at once from one address (TCP).
+    #[serde(default = "default_lmtp_max_connections_per_address")]
+    pub max_connections_per_address: u32,
 }
 
 impl Default for LmtpConfig {
@@ -178,6 +185,8 @@ impl Default for LmtpConfig {
             socket: None,
             max_message_octets: default_max_message_octets(),
             max_recipients: default_max_recipients(),
+            max_connections: default_lmtp_max_connections(),
+            max_connections_per_address: default_lmtp_max_connections_per_address(),
         }
     }
 }
@@ -481,6 +490,14 @@ fn default_max_message_octets() -> u64 {
     // Postfix's default message_size_limit.
     10_240_000
 }
+fn default_lmtp_max_connections() -> usize {
+    // Postfix delivers with at most 20 processes per destination by
+    // default; room for several MTAs and retries.
+    200
+}
+fn default_lmtp_max_connections_per_address() -> u32 {
+    100
+}
 fn default_max_recipients() -> usize {
     // RFC 5321 §4.5.3.1.8: at least 100 must be accepted.
     100
@@ -561,6 +578,12 @@ impl Config {
         }
         if self.lmtp.max_recipients == 0 {
             return invalid("lmtp.max_recipients", "must be at least 1");
+        }
+        if self.lmtp.max_connections == 0 {
+            return invalid("lmtp.max_connections", "must be at least 1");
+        }
+        if self.lmtp.max_connections_per_address == 0 {
+            return invalid("lmtp.max_connections_per_address", "must be at least 1");
         }
         if self
             .lmtp

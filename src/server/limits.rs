@@ -1,7 +1,12 @@
 //! Connection limits and brute-force defences shared by all sessions.
 //!
 //! - [`AddressSlots`] counts open connections per client address, so one
-//!   address cannot take every connection.
+//!   address cannot take every connection. An address is [`address_key`]:
+//!   an IPv6 /64 counts as one address, as one host usually holds all of it.
+//! - [`PreLogin`] holds the connections not yet logged in. It never turns
+//!   a connection away: when full, it closes the oldest pre-login
+//!   connection of the address that holds the most, so idle sockets from
+//!   a few addresses cannot lock everyone else out.
 //! - [`Failures`] remembers failed logins per client address and per user
 //!   name for a window of time: each failure makes the next answer slower
 //!   (exponential back-off), and an address with too many failures is
@@ -13,12 +18,15 @@
 //! oldest. The locks are held for a map lookup only, once per connection
 //! or login, never per command.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Entries each table holds at most.
 const MAX_ENTRIES: usize = 100_000;
@@ -28,7 +36,23 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Open connections per client address.
+/// The address a client is counted under: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address as its
+/// /64 network, which one host or one customer usually holds whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Open connections per client address ([`address_key`]).
 #[derive(Debug)]
 pub struct AddressSlots {
     max_per_address: AtomicU32,
@@ -53,6 +77,7 @@ impl AddressSlots {
 
     /// Claims a slot for `ip`, or `None` when the address is at its limit.
     pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = address_key(ip);
         let mut open = locked(&self.open);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max_per_address.load(Relaxed) {
@@ -72,7 +97,10 @@ impl AddressSlots {
 
     /// Connections open from `ip` now.
     pub fn open_from(&self, ip: IpAddr) -> u32 {
-        locked(&self.open).get(&ip).copied().unwrap_or(0)
+        locked(&self.open)
+            .get(&address_key(ip))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -85,6 +113,133 @@ impl Drop for AddressSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The connections not yet logged in, oldest first per address.
+#[derive(Debug)]
+pub struct PreLogin {
+    max: AtomicUsize,
+    table: Mutex<PreLoginTable>,
+}
+
+#[derive(Debug, Default)]
+struct PreLoginTable {
+    next_id: u64,
+    total: usize,
+    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+}
+
+/// One connection's place among those not yet logged in; given up on
+/// drop (at login, or when the connection ends).
+#[derive(Debug)]
+pub struct PreLoginSlot {
+    table: Arc<PreLogin>,
+    key: IpAddr,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl PreLogin {
+    /// At most `max` connections before login, all addresses together.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(PreLogin {
+            max: AtomicUsize::new(max.max(1)),
+            table: Mutex::new(PreLoginTable::default()),
+        })
+    }
+
+    /// Takes a place for a new connection from `ip`. When every place is
+    /// taken, the oldest connection of the address holding the most
+    /// places loses its place (its [`PreLoginSlot::evicted`] fires) and
+    /// the new one takes it: a flood from a few addresses then closes its
+    /// own connections, not those of everyone else.
+    pub fn claim(self: &Arc<Self>, ip: IpAddr) -> PreLoginSlot {
+        let key = address_key(ip);
+        let max = self.max.load(Relaxed);
+        let mut guard = locked(&self.table);
+        let t = &mut *guard;
+        while t.total >= max {
+            let Some(crowded) = t
+                .by_address
+                .iter()
+                .max_by_key(|(_, q)| q.len())
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(q) = t.by_address.get_mut(&crowded) {
+                if let Some((_, token)) = q.pop_front() {
+                    token.cancel();
+                    t.total -= 1;
+                }
+                if q.is_empty() {
+                    t.by_address.remove(&crowded);
+                }
+            }
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let evicted = CancellationToken::new();
+        t.by_address
+            .entry(key)
+            .or_default()
+            .push_back((id, evicted.clone()));
+        t.total += 1;
+        PreLoginSlot {
+            table: self.clone(),
+            key,
+            id,
+            evicted,
+        }
+    }
+
+    /// Changes the limit (on reload); connections over a lower limit are
+    /// closed as new ones arrive.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Relaxed);
+    }
+
+    /// Connections not yet logged in, all addresses together.
+    pub fn waiting(&self) -> usize {
+        locked(&self.table).total
+    }
+}
+
+impl PreLoginSlot {
+    /// Completes when this connection lost its place to a newer one and
+    /// must close.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    /// Whether this connection lost its place.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.is_cancelled()
+    }
+
+    /// A future that completes on eviction and borrows nothing, for
+    /// waits that outlive a borrow of the slot (a stalled write).
+    pub fn evicted_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.evicted.clone().cancelled_owned()
+    }
+}
+
+impl Drop for PreLoginSlot {
+    fn drop(&mut self) {
+        let mut t = locked(&self.table.table);
+        let Some(q) = t.by_address.get_mut(&self.key) else {
+            return;
+        };
+        let Some(i) = q.iter().position(|(id, _)| *id == self.id) else {
+            // Evicted: its place was given away already.
+            return;
+        };
+        q.remove(i);
+        if q.is_empty() {
+            t.by_address.remove(&self.key);
+        }
+        t.total -= 1;
     }
 }
 
@@ -316,6 +471,50 @@ mod tests {
         drop(a);
         assert_eq!(slots.open_from(ip("192.0.2.1")), 1);
         assert!(slots.claim(ip("192.0.2.1")).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_address_and_mapped_ipv4_is_ipv4() {
+        let slots = AddressSlots::new(2);
+        let _a = slots.claim(ip("2001:db8:1:2::1")).unwrap();
+        let _b = slots.claim(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(slots.claim(ip("2001:db8:1:2:abcd::1")).is_none());
+        assert!(slots.claim(ip("2001:db8:1:3::1")).is_some());
+        let _c = slots.claim(ip("192.0.2.7")).unwrap();
+        let _d = slots.claim(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(slots.claim(ip("192.0.2.7")).is_none());
+        assert_eq!(slots.open_from(ip("::ffff:192.0.2.7")), 2);
+    }
+
+    #[test]
+    fn a_full_pre_login_table_closes_the_oldest_of_the_most_crowded_address() {
+        let table = PreLogin::new(5);
+        let flood: Vec<PreLoginSlot> = (0..3).map(|_| table.claim(ip("192.0.2.1"))).collect();
+        let other: Vec<PreLoginSlot> = (0..2).map(|_| table.claim(ip("192.0.2.2"))).collect();
+        assert_eq!(table.waiting(), 5);
+        // Full: a newcomer takes the place of 192.0.2.1's oldest.
+        let newcomer = table.claim(ip("198.51.100.1"));
+        assert!(flood[0].is_evicted());
+        assert!(!flood[1].is_evicted() && !other[0].is_evicted() && !other[1].is_evicted());
+        assert_eq!(table.waiting(), 5);
+        // The evicted connection ending gives nothing back twice.
+        let mut flood = flood;
+        drop(flood.remove(0));
+        assert_eq!(table.waiting(), 5);
+        // Now 192.0.2.1 and .2 hold two each; either gives way, never the
+        // newcomer holding one.
+        let _next = table.claim(ip("198.51.100.2"));
+        assert!(!newcomer.is_evicted());
+        assert_eq!(
+            flood
+                .iter()
+                .chain(&other)
+                .filter(|s| s.is_evicted())
+                .count(),
+            1
+        );
+        drop(newcomer);
+        assert_eq!(table.waiting(), 4);
     }
 
     #[test]

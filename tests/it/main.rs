@@ -11,6 +11,7 @@ mod postgres;
 mod privileges;
 mod proxy;
 mod sasl;
+mod sessions;
 mod summary;
 mod support;
 mod telnet;
