@@ -354,14 +354,17 @@ async fn ten_thousand_pipelined_uidls_on_20000_messages_keep_memory_flat() {
     let port = free_port();
     let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.path().join("mailbag.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        dir.path(),
+    )
+    .arg("serve")
+    .arg("--config")
+    .arg(dir.path().join("mailbag.toml"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = loop {
         if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
