@@ -3,6 +3,7 @@
 
 mod cli;
 mod deliver;
+mod guessing;
 mod hostile;
 mod limits;
 mod lmtp;
