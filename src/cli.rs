@@ -355,9 +355,10 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open_with_cache(
+                let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
                     config.auth.verified_cache(),
+                    config.auth.server_secret()?,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -373,7 +374,8 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
                     .context("store.url: cannot use the database")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
-                    .with_cache(config.auth.verified_cache());
+                    .with_cache(config.auth.verified_cache())
+                    .with_secret(config.auth.server_secret()?);
                 serve_with(config, store, passdb, reload).await
             }
         }

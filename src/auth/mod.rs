@@ -8,6 +8,8 @@ pub mod cache;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
+pub mod secret;
+pub mod timing;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

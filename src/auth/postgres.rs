@@ -11,13 +11,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use mailbag_proto::sasl::scram;
+use std::time::{Duration, Instant};
 
 use super::cache::VerifiedCache;
-use super::passwd_file::{credential_matches, presented_bytes, scram_salt, valid_user_name};
+use super::passwd_file::{credential_matches, presented_bytes, valid_user_name};
 use super::scheme::{self, Scheme};
+use super::secret::ServerSecret;
+use super::timing::CheckTimes;
 use super::{AuthError, Credential, PassDb, ScramKeys};
 use crate::store::postgres::pool::Pool;
 use crate::store::postgres::PgError;
@@ -52,6 +52,10 @@ pub struct PgPassDb {
     flags: Arc<Flags>,
     /// `auth.cache_secs`: recent successful password checks.
     cache: Option<Arc<VerifiedCache>>,
+    /// What made-up SCRAM values are derived from.
+    secret: ServerSecret,
+    /// How long failures wait (see [`timing`](super::timing)).
+    times: Arc<CheckTimes>,
 }
 
 #[derive(Debug, Default)]
@@ -75,11 +79,20 @@ impl PgPassDb {
         self
     }
 
+    /// With the server secret (`auth.secret_file`) that made-up SCRAM
+    /// values come from, so that every node shows the same ones.
+    pub fn with_secret(mut self, secret: ServerSecret) -> PgPassDb {
+        self.secret = secret;
+        self
+    }
+
     pub async fn new(pool: Arc<Pool>) -> PgPassDb {
         let db = PgPassDb {
             pool,
             flags: Arc::default(),
             cache: None,
+            secret: ServerSecret::random(),
+            times: Arc::default(),
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -94,6 +107,8 @@ impl PgPassDb {
                     pool: Arc::clone(&pool),
                     flags,
                     cache: None,
+                    secret: ServerSecret::random(),
+                    times: Arc::default(),
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -218,20 +233,31 @@ impl PassDb for PgPassDb {
         let found = self.lookup(user).await?;
         let credential = credential.clone();
         let cache = self.cache.clone();
-        super::hashing(move || match found {
-            Some((name, stored)) => {
-                credential_matches(&name, &stored, None, &credential, cache.as_deref())
-                    .then_some(name)
-                    .ok_or(AuthError::Invalid)
-            }
-            None => {
-                // An unknown user costs what a password check costs.
-                scheme::dummy_verify(presented_bytes(&credential));
-                Err(AuthError::Invalid)
-            }
+        let (verified, began) = super::hashing(move || {
+            let began = Instant::now();
+            let verified = match found {
+                Some((name, stored)) => {
+                    credential_matches(&name, &stored, None, &credential, cache.as_deref())
+                        .then_some(name)
+                        .ok_or(AuthError::Invalid)
+                }
+                None => {
+                    // An unknown user costs what a password check costs.
+                    scheme::dummy_verify(presented_bytes(&credential));
+                    Err(AuthError::Invalid)
+                }
+            };
+            (verified, began)
         })
         .await
-        .map_err(temporary)?
+        .map_err(temporary)?;
+        self.times.record(began.elapsed());
+        if verified.is_err() {
+            // A failure takes as long as the slowest check seen, whoever
+            // it was for (see `timing`).
+            self.times.pad(began).await;
+        }
+        verified
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
@@ -241,15 +267,16 @@ impl PassDb for PgPassDb {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let found = self.lookup(user).await?;
         let user = user.to_owned();
+        let secret = self.secret.clone();
         super::hashing(move || {
-            let salt = scram_salt(&user);
+            let salt = secret.scram_salt(&user);
             let keys =
                 found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
-            // Keys nothing matches, made as slowly as real ones.
+            // Made up from the server secret, the same on every node, as
+            // cheaply as stored keys are read.
             keys.unwrap_or_else(|| {
-                let mut junk = [0u8; 32];
-                rand::fill(&mut junk);
-                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
+                let keys = secret.scram_lookalike(&user, scheme::SCRAM_ITERATIONS);
+                (user, keys)
             })
         })
         .await
