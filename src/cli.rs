@@ -648,10 +648,7 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if !passwd_file::valid_user_name(name) {
-        bail!("invalid user name {name:?}: use letters, digits and . _ - + with at most one @, no spaces or slashes");
-    }
-    Ok(())
+    Ok(mailbag::auth::name::check(name)?)
 }
 
 fn parse_scheme(s: &str) -> Result<Scheme> {

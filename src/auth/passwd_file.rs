@@ -29,9 +29,8 @@ use super::timing::{self, CheckTimes};
 
 use super::{AuthError, Credential, PassDb, ScramKeys};
 
-/// Longest user name accepted. Dovecot allows 255 octets; half of that is
-/// ample and keeps maildrop paths short.
-pub const MAX_USER_NAME_OCTETS: usize = 128;
+/// Longest user name accepted (see [`super::name`]).
+pub const MAX_USER_NAME_OCTETS: usize = super::name::MAX_OCTETS;
 
 /// Mode of a passwd-file this module creates: it holds password hashes.
 const NEW_FILE_MODE: u32 = 0o600;
@@ -61,8 +60,8 @@ pub enum PasswdError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The name is not acceptable as a user name (see [`valid_user_name`]).
-    #[error("invalid user name {user:?}")]
+    /// The name is not acceptable as a user name (see [`super::name`]).
+    #[error("invalid user name {user:?}: {}", super::name::RULE)]
     InvalidUserName {
         /// The refused name.
         user: String,
@@ -554,30 +553,9 @@ fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError>
     Ok(entries)
 }
 
-/// Whether `name` may be a user name: 1 to [`MAX_USER_NAME_OCTETS`] octets;
-/// no ':', '/', control characters or white space; at most one '@', with
-/// neither part empty nor starting with '.' (so never "." or ".."); and no
-/// leading '#', which would read as a comment.
+/// Whether `name` may be a user name: the one rule of [`super::name`].
 pub fn valid_user_name(name: &str) -> bool {
-    if name.is_empty() || name.len() > MAX_USER_NAME_OCTETS || name.starts_with('#') {
-        return false;
-    }
-    if name
-        .chars()
-        .any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace())
-    {
-        return false;
-    }
-    let mut parts = name.split('@');
-    let local = parts.next();
-    let domain = parts.next();
-    if parts.next().is_some() {
-        return false;
-    }
-    [local, domain]
-        .into_iter()
-        .flatten()
-        .all(|part| !part.is_empty() && !part.starts_with('.'))
+    super::name::is_valid(name)
 }
 
 fn check_user_name(user: &str) -> Result<(), PasswdError> {

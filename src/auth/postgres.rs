@@ -28,8 +28,8 @@ const FLAGS_REFRESH: Duration = Duration::from_secs(60);
 /// Why a user could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    /// The name is not a valid user name.
-    #[error("invalid user name {0:?}")]
+    /// The name is not a valid user name (see [`super::name`]).
+    #[error("invalid user name {0:?}: {rule}", rule = super::name::RULE)]
     InvalidName(String),
     /// `add` for a user that exists.
     #[error("user {0} exists already")]
@@ -133,8 +133,13 @@ impl PgPassDb {
         Ok(())
     }
 
-    /// The stored secret of `user` and the name as stored.
+    /// The stored secret of `user` and the name as stored. A name the
+    /// name rule refuses (a row written by hand) is no user: the store
+    /// could not hold its mail.
     async fn lookup(&self, user: &str) -> Result<Option<(String, String)>, AuthError> {
+        if !valid_user_name(user) {
+            return Ok(None);
+        }
         let client = self.pool.get().await.map_err(temporary)?;
         let row = client
             .query_opt("SELECT name, secret FROM users WHERE name = $1", &[&user])

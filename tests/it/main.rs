@@ -7,6 +7,7 @@ mod guessing;
 mod hostile;
 mod limits;
 mod lmtp;
+mod names;
 mod pop3;
 mod postgres;
 mod proxy;
