@@ -28,21 +28,21 @@ pub const GUESSING: &str = "max_failures_per_address = 10\n\
 
 /// How the server answered a set of guesses.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Tally {
+pub struct Tally {
     /// `-ERR [AUTH]`: the password was checked and refused.
-    checked: usize,
+    pub checked: usize,
     /// `-ERR [SYS/TEMP] Too many failed logins`: refused unchecked.
-    refused: usize,
+    pub refused: usize,
     /// Anything else, as it came.
-    other: Vec<String>,
+    pub other: Vec<String>,
 }
 
 /// Opens `n` connections from `source` (all greeted first), then sends a
 /// wrong password for `user` on all of them at once.
-async fn parallel_guesses(s: &TestServer, source: &str, user: &str, n: usize) -> Tally {
+pub async fn parallel_guesses(addr: SocketAddr, source: &str, user: &str, n: usize) -> Tally {
     let mut clients = Vec::new();
     for _ in 0..n {
-        let mut c = connect_from(source, s.addr).await;
+        let mut c = connect_from(source, addr).await;
         let greeting = c.line().await;
         assert!(greeting.starts_with("+OK"), "{greeting}");
         clients.push(c);
@@ -77,7 +77,7 @@ async fn parallel_guesses(s: &TestServer, source: &str, user: &str, n: usize) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_guesses_from_one_address_are_checked_at_most_the_limit() {
     let s = TestServer::start_with(GUESSING).await;
-    let tally = parallel_guesses(&s, "127.0.0.2", "bob", 100).await;
+    let tally = parallel_guesses(s.addr, "127.0.0.2", "bob", 100).await;
     assert_eq!(
         tally,
         Tally {
@@ -108,8 +108,8 @@ async fn parallel_guesses_are_answered_alike_for_known_and_unknown_users() {
         GUESSING.to_string()
     })
     .await;
-    let known = parallel_guesses(&s, "127.0.0.2", "bob", 60).await;
-    let unknown = parallel_guesses(&s, "127.0.0.3", "nobody-here", 60).await;
+    let known = parallel_guesses(s.addr, "127.0.0.2", "bob", 60).await;
+    let unknown = parallel_guesses(s.addr, "127.0.0.3", "nobody-here", 60).await;
     assert_eq!(known, unknown);
     assert_eq!((known.checked, known.refused), (10, 50));
     s.stop().await;

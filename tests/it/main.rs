@@ -8,6 +8,7 @@ mod hostile;
 mod limits;
 mod lmtp;
 mod names;
+mod pg_auth;
 mod pop3;
 mod postgres;
 mod proxy;

@@ -346,7 +346,13 @@ async fn connect_from(s: &TestServer, source: &str) -> (Lines<tokio::net::TcpStr
 
 /// The salt and iteration count SCRAM's first step shows for `user`.
 async fn scram_first_step(s: &TestServer, user: &str) -> (String, String) {
-    let mut c = connect(s).await;
+    scram_first_step_at(s.addr, user).await
+}
+
+/// [`scram_first_step`] on any server.
+pub async fn scram_first_step_at(addr: std::net::SocketAddr, user: &str) -> (String, String) {
+    let mut c = Lines::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    c.line().await;
     let challenge = c
         .cmd(&format!(
             "AUTH SCRAM-SHA-256 {}",
