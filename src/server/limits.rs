@@ -188,6 +188,19 @@ impl Attempt {
     }
 }
 
+/// The address failures are counted under: an IPv6 client's /64 (one
+/// host can use every address in it), an IPv4 client (also when mapped
+/// into IPv6) as itself.
+fn guesser(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// Why an attempt was not allowed: the address is refused for this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocked(pub Duration);
@@ -211,6 +224,7 @@ impl Failures {
 
     /// Whether `ip` is refused now, and for how much longer.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let ip = guesser(ip);
         let mut t = locked(&self.by_address);
         let window = self.policy().window;
         let r = t.live(&ip, now, window)?;
@@ -226,6 +240,7 @@ impl Failures {
     /// `max_per_address` (less the failures already counted) are checked
     /// at all. The attempt that reaches the limit blocks the address.
     pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
+        let ip = guesser(ip);
         let policy = self.policy();
         let window = policy.window;
         let by_ip = {
@@ -538,6 +553,20 @@ mod tests {
         // The next failure reaches the limit again.
         fail(&f, a, "x", t0);
         assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        for i in 0..10 {
+            fail(&f, ip(&format!("2001:db8:0:1::{i:x}")), "bob", t0);
+        }
+        assert!(f.blocked(ip("2001:db8:0:1:ffff::1"), t0).is_some());
+        assert!(f.begin(ip("2001:db8:0:1::abcd"), "bob", t0).is_err());
+        assert!(f.blocked(ip("2001:db8:0:2::1"), t0).is_none());
+        fail(&f, ip("::ffff:192.0.2.7"), "bob", t0);
+        assert_eq!(locked(&f.by_address).map[&ip("192.0.2.7")].failures, 1);
     }
 
     #[test]
