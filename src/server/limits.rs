@@ -520,14 +520,9 @@ mod tests {
         let a = ip("192.0.2.1");
         let mut guesses = 0;
         // Guess at bob, log into mallory's own account, guess again...
-        loop {
-            match f.begin(a, "bob", t0) {
-                Ok(attempt) => {
-                    f.failed(attempt, t0);
-                    guesses += 1;
-                }
-                Err(_) => break,
-            }
+        while let Ok(attempt) = f.begin(a, "bob", t0) {
+            f.failed(attempt, t0);
+            guesses += 1;
             if let Ok(own) = f.begin(a, "mallory", t0) {
                 f.succeeded(own, t0);
             }
