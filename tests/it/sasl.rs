@@ -455,3 +455,21 @@ async fn scram_first_steps_count_against_the_address() {
         "{greeting}"
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_scram_exchange_is_forgotten_when_that_user_logs_in() {
+    let s = TestServer::start_with(crate::guessing::GUESSING).await;
+    // A client that starts SCRAM, gives up and logs in with PLAIN, again
+    // and again, is a person, not a guesser: the address is never refused.
+    for i in 0..12 {
+        let (mut c, greeting) = connect_from(&s, "127.0.0.2").await;
+        assert!(greeting.starts_with("+OK"), "login {i}: {greeting}");
+        assert!(c_first_step(&mut c, "alice").await.starts_with("+ "));
+        assert!(c.cmd("*").await.starts_with("-ERR"));
+        let out = c
+            .cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0wonderland")))
+            .await;
+        assert!(out.starts_with("+OK Logged in"), "login {i}: {out}");
+        assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    }
+}
