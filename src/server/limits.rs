@@ -292,6 +292,15 @@ impl Failures {
         attempt.backoff
     }
 
+    /// Settles an attempt left unsettled (a SCRAM exchange the client
+    /// cancelled) as a failure of its user, which that user's next
+    /// success forgets.
+    pub fn abandoned(&self, attempt: Option<Attempt>) {
+        if let Some(attempt) = attempt {
+            self.failed(attempt, Instant::now());
+        }
+    }
+
     /// A failure found without a reserved attempt (the core refused a
     /// credential by itself): counted now, whether or not the address is
     /// blocked. Returns the delay before answering it.

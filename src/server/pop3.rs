@@ -181,7 +181,7 @@ pub async fn serve<S, P>(
                         // A SCRAM exchange is one attempt, counted before
                         // the keys are looked up; the proof settles it.
                         match shared.failures.begin(peer.ip(), &name, Instant::now()) {
-                            Ok(a) => settle_abandoned(&shared.failures, attempt.replace(a)),
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
                                 let _ = stream.write_all(BLOCKED_LINE).await;
@@ -215,7 +215,7 @@ pub async fn serve<S, P>(
                         // Counted before it is checked: parallel guesses
                         // cannot all pass a check made before any fails.
                         match shared.failures.begin(peer.ip(), &name, Instant::now()) {
-                            Ok(a) => settle_abandoned(&shared.failures, attempt.replace(a)),
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
                                 let _ = stream.write_all(BLOCKED_LINE).await;
@@ -423,14 +423,6 @@ pub async fn serve<S, P>(
         uncommitted,
         "session ended"
     );
-}
-
-/// An attempt left unsettled (a SCRAM exchange the client cancelled) is a
-/// failure of its user, which that user's next success forgets.
-fn settle_abandoned(failures: &super::limits::Failures, abandoned: Option<Attempt>) {
-    if let Some(a) = abandoned {
-        failures.failed(a, Instant::now());
-    }
 }
 
 /// Reads what the client sent into the core; `Ok(0)` at the end of the
