@@ -109,6 +109,8 @@ struct Shared {
     secret: ServerSecret,
     /// How long failures wait (see [`timing`]).
     times: CheckTimes,
+    /// How long SCRAM first steps wait.
+    scram_times: CheckTimes,
 }
 
 #[derive(Clone)]
@@ -156,6 +158,8 @@ struct Table {
     /// What SCRAM shows for a name without usable keys: what most users
     /// with usable keys show.
     scram_decoy: ScramDecoy,
+    /// Whether any user's SCRAM keys are derived from a plaintext secret.
+    scram_derives: bool,
 }
 
 /// How a typical user's SCRAM first step is made.
@@ -208,6 +212,7 @@ impl PasswdFile {
                 cache,
                 secret,
                 times: CheckTimes::default(),
+                scram_times: CheckTimes::default(),
             }),
         })
     }
@@ -333,8 +338,10 @@ impl PassDb for PasswdFile {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let this = self.clone();
         let user = user.to_owned();
-        super::hashing(move || {
-            let table = this.table();
+        let table = self.table();
+        let derives = table.scram_derives;
+        let (found, began) = super::hashing(move || {
+            let began = Instant::now();
             let secret = &this.shared.secret;
             let salt = secret.scram_salt(&user);
             let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
@@ -357,9 +364,20 @@ impl PassDb for PasswdFile {
                 }
                 (user, keys)
             }))
+            .map(|found| (found, began))
         })
         .await
-        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))?
+        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))??;
+        // Every name is answered when the slowest kind of lookup would
+        // be: a plaintext user's derivation costs more than stored keys
+        // or made-up ones.
+        let times = &self.shared.scram_times;
+        times.record(began.elapsed());
+        if derives {
+            times.time_scram_derivation().await;
+        }
+        times.pad(began).await;
+        Ok(found)
     }
 
     fn cram_md5_possible(&self) -> bool {
@@ -454,6 +472,9 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         .any(|entry| scheme::cram_md5_digest(entry.secret, b"").is_some());
     let classes = timing::classes(entries.iter().map(|entry| entry.secret));
     let scram_decoy = scram_decoy(&entries);
+    let scram_derives = entries
+        .iter()
+        .any(|entry| scheme::scram_source(entry.secret) == ScramSource::Derived);
     let users = entries
         .into_iter()
         .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
@@ -467,6 +488,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
             cram_possible,
             classes,
             scram_decoy,
+            scram_derives,
         },
     ))
 }
@@ -830,6 +852,11 @@ mod tests {
         );
         let (_, plain) = one.scram_keys("plain").await.unwrap();
         assert_eq!(plain.salt, secret.scram_salt("plain").to_vec());
+        // A plaintext user's keys cost a derivation: every first step is
+        // answered no sooner than one would take.
+        assert!(one.table().scram_derives);
+        assert!(one.shared.scram_times.timed("SCRAM-SHA-256 derived"));
+        assert!(one.shared.scram_times.slowest() > Duration::ZERO);
     }
 
     fn sample(dir: &tempfile::TempDir) -> PathBuf {

@@ -56,6 +56,8 @@ pub struct PgPassDb {
     secret: ServerSecret,
     /// How long failures wait (see [`timing`](super::timing)).
     times: Arc<CheckTimes>,
+    /// How long SCRAM first steps wait.
+    scram_times: Arc<CheckTimes>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +95,7 @@ impl PgPassDb {
             cache: None,
             secret: ServerSecret::random(),
             times: Arc::default(),
+            scram_times: Arc::default(),
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -109,6 +112,7 @@ impl PgPassDb {
                     cache: None,
                     secret: ServerSecret::random(),
                     times: Arc::default(),
+                    scram_times: Arc::default(),
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -273,19 +277,27 @@ impl PassDb for PgPassDb {
         let found = self.lookup(user).await?;
         let user = user.to_owned();
         let secret = self.secret.clone();
-        super::hashing(move || {
+        let (found, began) = super::hashing(move || {
+            let began = Instant::now();
             let salt = secret.scram_salt(&user);
             let keys =
                 found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
             // Made up from the server secret, the same on every node, as
             // cheaply as stored keys are read.
-            keys.unwrap_or_else(|| {
+            let found = keys.unwrap_or_else(|| {
                 let keys = secret.scram_lookalike(&user, scheme::SCRAM_ITERATIONS);
                 (user, keys)
-            })
+            });
+            (found, began)
         })
         .await
-        .map_err(temporary)
+        .map_err(temporary)?;
+        // Every name is answered when the slowest kind of lookup would be
+        // (a plaintext user's keys are derived; any row may be one).
+        self.scram_times.record(began.elapsed());
+        self.scram_times.time_scram_derivation().await;
+        self.scram_times.pad(began).await;
+        Ok(found)
     }
 
     fn cram_md5_possible(&self) -> bool {
