@@ -822,6 +822,35 @@ mod tests {
         assert!(times.slowest() > Duration::ZERO);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_failure_is_answered_before_every_kind_of_check_is_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let slow = scheme::hash(Scheme::Argon2id, b"pw").unwrap();
+        fs::write(&path, format!("a:{{PLAIN}}x\nb:{{PLAIN}}y\nd:{slow}\n")).unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        // Many failures at once, the first after a start: each is answered
+        // only once the Argon2id kind has been timed, not with the padding
+        // of whichever check happened to finish first.
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let name = if i % 2 == 0 { "nobody" } else { "a" };
+                    assert!(db.verify(name, &password("guess")).await.is_err());
+                    let table = db.table();
+                    table
+                        .classes
+                        .iter()
+                        .all(|(class, _)| db.shared.times.timed(class))
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+    }
+
     #[tokio::test]
     async fn scram_keys_for_unknown_names_come_from_the_secret_without_derivation() {
         let dir = tempfile::tempdir().unwrap();

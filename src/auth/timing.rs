@@ -17,10 +17,12 @@
 //! derived from a plaintext secret cost a PBKDF2 run that stored keys and
 //! made-up ones do not.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
 
 use super::scheme;
 use super::ScramKeys;
@@ -36,7 +38,9 @@ const MAX_CLASSES: usize = 64;
 #[derive(Debug, Default)]
 pub struct CheckTimes {
     slowest_micros: AtomicU64,
-    timed: Mutex<HashSet<String>>,
+    /// Set once a class is timed; sessions that need a class timed while
+    /// another is timing it wait for that one.
+    timed: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
 
 impl CheckTimes {
@@ -54,46 +58,40 @@ impl CheckTimes {
     /// Times one check of each `(class, stored value)` not timed before.
     pub async fn prime(&self, classes: &[(String, String)]) {
         for (class, stored) in classes {
-            {
-                let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
-                if timed.len() >= MAX_CLASSES || !timed.insert(class.clone()) {
-                    continue;
-                }
-            }
             let stored = stored.clone();
+            self.time_once(class, move || {
+                std::hint::black_box(scheme::verify(&stored, b"mailbag timing probe"));
+            })
+            .await;
+        }
+    }
+
+    /// Times `work`, one check of `class`, unless that class has been
+    /// timed before; if it is being timed now, waits for that.
+    pub async fn time_once<F>(&self, class: &str, work: F)
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let cell = {
+            let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
+            match timed.get(class) {
+                Some(cell) => Arc::clone(cell),
+                None if timed.len() >= MAX_CLASSES => return,
+                None => Arc::clone(timed.entry(class.to_string()).or_default()),
+            }
+        };
+        cell.get_or_init(|| async {
             let took = super::hashing(move || {
                 let began = Instant::now();
-                std::hint::black_box(scheme::verify(&stored, b"mailbag timing probe"));
+                work();
                 began.elapsed()
             })
             .await;
             if let Ok(took) = took {
                 self.record(took);
             }
-        }
-    }
-
-    /// Times `work`, one check of `class`, unless that class has been
-    /// timed before.
-    pub async fn time_once<F>(&self, class: &str, work: F)
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        {
-            let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
-            if timed.len() >= MAX_CLASSES || !timed.insert(class.to_string()) {
-                return;
-            }
-        }
-        let took = super::hashing(move || {
-            let began = Instant::now();
-            work();
-            began.elapsed()
         })
         .await;
-        if let Ok(took) = took {
-            self.record(took);
-        }
     }
 
     /// Times one SCRAM-SHA-256 key derivation from a plaintext secret
@@ -115,7 +113,8 @@ impl CheckTimes {
         self.timed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(class)
+            .get(class)
+            .is_some_and(|cell| cell.initialized())
     }
 
     /// Waits until the slowest check, started at `began`, would have
