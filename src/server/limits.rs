@@ -253,7 +253,10 @@ impl Failures {
             {
                 return Err(Blocked(left));
             }
-            if r.failures >= policy.max_per_address {
+            // After a block ends, the failures are still remembered: one
+            // more attempt is checked, and blocks again if it fails.
+            let block_ended = r.blocked_until.is_some();
+            if r.failures >= policy.max_per_address && !block_ended {
                 // The limit was lowered on reload: block now.
                 r.blocked_until = Some(now + policy.block);
                 return Err(Blocked(policy.block));
@@ -557,6 +560,21 @@ mod tests {
         // The next failure reaches the limit again.
         fail(&f, a, "x", t0);
         assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn after_a_block_one_attempt_is_checked_then_the_address_is_blocked_again() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..10 {
+            fail(&f, a, "bob", t0);
+        }
+        let later = t0 + Duration::from_secs(301);
+        assert!(f.blocked(a, later).is_none());
+        let begun: Vec<_> = (0..5).map(|_| f.begin(a, "bob", later)).collect();
+        assert_eq!(begun.iter().filter(|b| b.is_ok()).count(), 1);
+        assert_eq!(f.blocked(a, later), Some(Duration::from_secs(300)));
     }
 
     #[test]
