@@ -428,9 +428,10 @@ fn serve(
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open_with_cache(
+                let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
                     config.auth.verified_cache(),
+                    config.auth.server_secret()?,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -446,7 +447,8 @@ fn serve(
                     .context("store.url: cannot use the database")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
-                    .with_cache(config.auth.verified_cache());
+                    .with_cache(config.auth.verified_cache())
+                    .with_secret(config.auth.server_secret()?);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
         }
@@ -738,10 +740,7 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if !passwd_file::valid_user_name(name) {
-        bail!("invalid user name {name:?}: use letters, digits and . _ - + with at most one @, no spaces or slashes");
-    }
-    Ok(())
+    Ok(mailbag::auth::name::check(name)?)
 }
 
 fn parse_scheme(s: &str) -> Result<Scheme> {

@@ -374,9 +374,23 @@ pub struct AuthConfig {
     /// At most this many successes are kept.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// The server secret, from which SCRAM-SHA-256 salts and keys are
+    /// made up for names without keys of their own, so that they are the
+    /// same after a restart and on every node. Made at first start (mode
+    /// 0600) if missing; copy it to every node that serves the same users.
+    /// Relative to the config file's directory.
+    #[serde(default = "default_secret_file")]
+    pub secret_file: PathBuf,
 }
 
 impl AuthConfig {
+    /// The server secret of `secret_file`, made now if there is none.
+    pub fn server_secret(
+        &self,
+    ) -> Result<crate::auth::secret::ServerSecret, crate::auth::secret::SecretError> {
+        crate::auth::secret::ServerSecret::load_or_create(&self.secret_file)
+    }
+
     /// The verified-credential cache this configuration asks for, if any.
     pub fn verified_cache(&self) -> Option<crate::auth::cache::VerifiedCache> {
         crate::auth::cache::VerifiedCache::new(
@@ -445,6 +459,9 @@ fn default_trusted_networks() -> Vec<Cidr> {
         .iter()
         .filter_map(|s| s.parse().ok())
         .collect()
+}
+fn default_secret_file() -> PathBuf {
+    PathBuf::from("mailbag.secret")
 }
 fn default_cache_entries() -> usize {
     100_000
@@ -535,6 +552,7 @@ impl Config {
         if !config.auth.passwd_file.as_os_str().is_empty() {
             config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
         }
+        config.auth.secret_file = absolute(base, &config.auth.secret_file);
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }

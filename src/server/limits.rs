@@ -12,6 +12,9 @@
 //!   (exponential back-off), and an address with too many failures is
 //!   refused outright for a while. A user is never locked out, only
 //!   slowed, so an attacker cannot lock a real user out of their mail.
+//!   Every credential check is an [`Attempt`], counted before it is
+//!   evaluated, so parallel guesses cannot outrun the count; a success
+//!   forgets only its own user's failures from its address.
 //! - [`LoginDelay`] enforces RFC 2449 LOGIN-DELAY when configured.
 //!
 //! Every table is bounded: at capacity, expired entries go first, then the
@@ -307,13 +310,55 @@ impl<K: Hash + Eq + Clone> Table<K> {
     }
 }
 
-/// Failed logins per address and per user.
+/// Failed logins per address, per user, and per user from each address.
 #[derive(Debug)]
 pub struct Failures {
     policy: RwLock<FailurePolicy>,
     by_address: Mutex<Table<IpAddr>>,
     by_user: Mutex<Table<String>>,
+    /// What a success may clear: only the failures of the user who
+    /// logged in, from the address they logged in from.
+    by_pair: Mutex<Table<(IpAddr, String)>>,
 }
+
+/// One login attempt, counted as a failure of its address and user before
+/// its credential is checked (see [`Failures::begin`]). Settle it with
+/// [`Failures::failed`] or [`Failures::succeeded`]; one that is dropped
+/// (the client hung up during the check, the password database was down)
+/// stays counted.
+#[derive(Debug)]
+#[must_use = "an attempt is settled as failed or succeeded"]
+pub struct Attempt {
+    ip: IpAddr,
+    user: String,
+    /// The delay before answering it if it fails, from the counts it was
+    /// reserved at.
+    backoff: Duration,
+}
+
+impl Attempt {
+    /// The user name the attempt is for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+/// The address failures are counted under: an IPv6 client's /64 (one
+/// host can use every address in it), an IPv4 client (also when mapped
+/// into IPv6) as itself.
+fn guesser(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// Why an attempt was not allowed: the address is refused for this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocked(pub Duration);
 
 impl Failures {
     /// Empty tables under `policy`.
@@ -326,11 +371,15 @@ impl Failures {
             by_user: Mutex::new(Table {
                 map: HashMap::new(),
             }),
+            by_pair: Mutex::new(Table {
+                map: HashMap::new(),
+            }),
         }
     }
 
     /// Whether `ip` is refused now, and for how much longer.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let ip = guesser(ip);
         let mut t = locked(&self.by_address);
         let window = self.policy().window;
         let r = t.live(&ip, now, window)?;
@@ -339,15 +388,34 @@ impl Failures {
             .filter(|d| !d.is_zero())
     }
 
-    /// Records a failed login and returns how long to wait before
-    /// answering it: the base delay, doubled for each earlier failure of
-    /// the same address or user within the window, capped.
-    pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+    /// Starts a login attempt by `ip` for `user`: refuses it if the
+    /// address is blocked, and otherwise counts it as a failure *before*
+    /// the credential is checked. So attempts in flight count against the
+    /// limit: of any number of parallel guesses from one address, at most
+    /// `max_per_address` (less the failures already counted) are checked
+    /// at all. The attempt that reaches the limit blocks the address.
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
+        let ip = guesser(ip);
         let policy = self.policy();
         let window = policy.window;
         let by_ip = {
             let mut t = locked(&self.by_address);
             let r = t.record(ip, now, window);
+            if let Some(left) = r
+                .blocked_until
+                .and_then(|b| b.checked_duration_since(now))
+                .filter(|d| !d.is_zero())
+            {
+                return Err(Blocked(left));
+            }
+            // After a block ends, the failures are still remembered: one
+            // more attempt is checked, and blocks again if it fails.
+            let block_ended = r.blocked_until.is_some();
+            if r.failures >= policy.max_per_address && !block_ended {
+                // The limit was lowered on reload: block now.
+                r.blocked_until = Some(now + policy.block);
+                return Err(Blocked(policy.block));
+            }
             r.failures += 1;
             r.last = now;
             if r.failures >= policy.max_per_address {
@@ -358,19 +426,81 @@ impl Failures {
         let by_user = {
             let mut t = locked(&self.by_user);
             let r = t.record(user.to_string(), now, window);
-            r.failures += 1;
+            r.failures = r.failures.saturating_add(1);
             r.last = now;
             r.failures
         };
-        self.backoff(by_ip.max(by_user))
+        Ok(Attempt {
+            ip,
+            user: user.to_string(),
+            backoff: self.backoff(by_ip.max(by_user)),
+        })
     }
 
-    /// A successful login clears the address's failures (a person who
-    /// mistyped, then got it right).
-    pub fn succeeded(&self, ip: IpAddr) {
-        let mut t = locked(&self.by_address);
-        if t.map.get(&ip).is_some_and(|r| r.blocked_until.is_none()) {
-            t.map.remove(&ip);
+    /// Settles `attempt` as failed (it is counted already) and returns how
+    /// long to wait before answering it: the base delay, doubled for each
+    /// earlier failure of the same address or user within the window,
+    /// capped.
+    pub fn failed(&self, attempt: Attempt, now: Instant) -> Duration {
+        let window = self.policy().window;
+        let mut t = locked(&self.by_pair);
+        let r = t.record((attempt.ip, attempt.user), now, window);
+        r.failures = r.failures.saturating_add(1);
+        r.last = now;
+        attempt.backoff
+    }
+
+    /// Settles an attempt left unsettled (a SCRAM exchange the client
+    /// cancelled) as a failure of its user, which that user's next
+    /// success forgets.
+    pub fn abandoned(&self, attempt: Option<Attempt>) {
+        if let Some(attempt) = attempt {
+            self.failed(attempt, Instant::now());
+        }
+    }
+
+    /// A failure found without a reserved attempt (the core refused a
+    /// credential by itself): counted now, whether or not the address is
+    /// blocked. Returns the delay before answering it.
+    pub fn failed_unreserved(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        match self.begin(ip, user, now) {
+            Ok(attempt) => self.failed(attempt, now),
+            Err(_) => self.policy().max_delay,
+        }
+    }
+
+    /// Settles `attempt` as a success: the failures of that user from
+    /// that address are forgotten (a person who mistyped, then got it
+    /// right), and nothing else. Failures for other users stay, so a
+    /// client with an account of its own cannot log into it between
+    /// guesses at another to keep its address from being blocked.
+    pub fn succeeded(&self, attempt: Attempt, now: Instant) {
+        let window = self.policy().window;
+        let max = self.policy().max_per_address;
+        let earlier = locked(&self.by_pair)
+            .map
+            .remove(&(attempt.ip, attempt.user.clone()))
+            .map_or(0, |r| r.failures);
+        // This attempt's own reservation, and the user's earlier failures.
+        let clear = earlier.saturating_add(1);
+        {
+            let mut t = locked(&self.by_address);
+            if let Some(r) = t.live(&attempt.ip, now, window) {
+                r.failures = r.failures.saturating_sub(clear);
+                if r.failures < max {
+                    r.blocked_until = None;
+                }
+                if r.failures == 0 {
+                    t.map.remove(&attempt.ip);
+                }
+            }
+        }
+        let mut t = locked(&self.by_user);
+        if let Some(r) = t.live(&attempt.user, now, window) {
+            r.failures = r.failures.saturating_sub(clear);
+            if r.failures == 0 {
+                t.map.remove(&attempt.user);
+            }
         }
     }
 
@@ -451,6 +581,12 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// One failed login, as a session has it: begun, checked, failed.
+    fn fail(f: &Failures, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        let attempt = f.begin(ip, user, now).expect("not blocked");
+        f.failed(attempt, now)
+    }
+
     fn policy() -> FailurePolicy {
         FailurePolicy {
             base_delay: Duration::from_secs(2),
@@ -523,12 +659,12 @@ mod tests {
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         let delays: Vec<u64> = (0..6)
-            .map(|i| f.failed(a, &format!("u{i}"), t0).as_secs())
+            .map(|i| fail(&f, a, &format!("u{i}"), t0).as_secs())
             .collect();
         assert_eq!(delays, vec![2, 2, 2, 4, 8, 16]);
         assert!(f.blocked(a, t0).is_none());
         for _ in 6..10 {
-            f.failed(a, "x", t0);
+            fail(&f, a, "x", t0);
         }
         assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
         assert!(f.blocked(ip("192.0.2.2"), t0).is_none());
@@ -541,29 +677,117 @@ mod tests {
         let t0 = Instant::now();
         let mut last = Duration::ZERO;
         for i in 0..8 {
-            last = f.failed(ip(&format!("198.51.100.{i}")), "alice", t0);
+            last = fail(&f, ip(&format!("198.51.100.{i}")), "alice", t0);
         }
         assert_eq!(last, Duration::from_secs(30));
         // Other users are not slowed by alice's attackers.
         assert_eq!(
-            f.failed(ip("198.51.100.99"), "bob", t0),
+            fail(&f, ip("198.51.100.99"), "bob", t0),
             Duration::from_secs(2)
         );
     }
 
     #[test]
-    fn failures_expire_and_success_clears_the_address() {
+    fn failures_expire_and_success_clears_that_users_failures() {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         for _ in 0..5 {
-            f.failed(a, "u", t0);
+            fail(&f, a, "u", t0);
         }
         let later = t0 + Duration::from_secs(601);
-        assert_eq!(f.failed(a, "v", later), Duration::from_secs(2));
-        f.failed(a, "w", later);
-        f.succeeded(a);
-        assert_eq!(f.failed(a, "z", later), Duration::from_secs(2));
+        assert_eq!(fail(&f, a, "v", later), Duration::from_secs(2));
+        fail(&f, a, "w", later);
+        fail(&f, a, "w", later);
+        // w mistyped twice, then got it right: w's failures go.
+        let ok = f.begin(a, "w", later).unwrap();
+        f.succeeded(ok, later);
+        assert_eq!(locked(&f.by_address).map[&a].failures, 1);
+        assert_eq!(fail(&f, a, "z", later), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_they_are_checked() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // 100 guesses arrive at once: only the first ten may be checked.
+        let begun: Vec<_> = (0..100).map(|_| f.begin(a, "alice", t0)).collect();
+        let allowed: Vec<Attempt> = begun.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(allowed.len(), 10);
+        assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
+        for attempt in allowed {
+            f.failed(attempt, t0);
+        }
+        assert!(f.begin(a, "alice", t0).is_err());
+        // Another address is not affected.
+        assert!(f.begin(ip("192.0.2.2"), "alice", t0).is_ok());
+    }
+
+    #[test]
+    fn a_login_to_ones_own_account_does_not_clear_guesses_at_others() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let mut guesses = 0;
+        // Guess at bob, log into mallory's own account, guess again...
+        while let Ok(attempt) = f.begin(a, "bob", t0) {
+            f.failed(attempt, t0);
+            guesses += 1;
+            if let Ok(own) = f.begin(a, "mallory", t0) {
+                f.succeeded(own, t0);
+            }
+            assert!(guesses <= 10, "the address is never blocked");
+        }
+        assert_eq!(guesses, 10);
+        assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn a_success_in_flight_does_not_leave_the_address_blocked() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..9 {
+            fail(&f, a, "x", t0);
+        }
+        // The tenth attempt blocks while it is checked; it was right.
+        let attempt = f.begin(a, "alice", t0).unwrap();
+        assert!(f.blocked(a, t0).is_some());
+        f.succeeded(attempt, t0);
+        assert!(f.blocked(a, t0).is_none());
+        // The next failure reaches the limit again.
+        fail(&f, a, "x", t0);
+        assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn after_a_block_one_attempt_is_checked_then_the_address_is_blocked_again() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..10 {
+            fail(&f, a, "bob", t0);
+        }
+        let later = t0 + Duration::from_secs(301);
+        assert!(f.blocked(a, later).is_none());
+        let begun: Vec<_> = (0..5).map(|_| f.begin(a, "bob", later)).collect();
+        assert_eq!(begun.iter().filter(|b| b.is_ok()).count(), 1);
+        assert_eq!(f.blocked(a, later), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        for i in 0..10 {
+            fail(&f, ip(&format!("2001:db8:0:1::{i:x}")), "bob", t0);
+        }
+        assert!(f.blocked(ip("2001:db8:0:1:ffff::1"), t0).is_some());
+        assert!(f.begin(ip("2001:db8:0:1::abcd"), "bob", t0).is_err());
+        assert!(f.blocked(ip("2001:db8:0:2::1"), t0).is_none());
+        fail(&f, ip("::ffff:192.0.2.7"), "bob", t0);
+        assert_eq!(locked(&f.by_address).map[&ip("192.0.2.7")].failures, 1);
     }
 
     #[test]
@@ -571,7 +795,8 @@ mod tests {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 10) {
-            f.failed(
+            fail(
+                &f,
                 IpAddr::V4(i.into()),
                 "u",
                 t0 + Duration::from_micros(i as u64),

@@ -31,6 +31,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
+use super::limits::Attempt;
 use super::metrics::{LoginResult, Metrics};
 use super::tls::Stream;
 use super::transcript::Transcript;
@@ -212,6 +213,10 @@ impl AsyncWrite for Timed {
     }
 }
 
+/// The answer to a login attempt from an address that is refused.
+const BLOCKED_LINE: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
+
 /// Serves one admitted POP3 connection, accepted at `accepted`, to its
 /// end. Whatever way it ends, an open maildrop is dropped uncommitted
 /// unless the core reached UPDATE.
@@ -267,6 +272,8 @@ pub async fn serve<S, P>(
     let mut out: Vec<u8> = Vec::new();
     let mut maildrop: Option<S::Maildrop> = None;
     let mut user: Option<String> = None;
+    // The login attempt being checked (server/limits.rs).
+    let mut attempt: Option<Attempt> = None;
     // The command being answered, for its latency.
     let mut command: Option<(Verb, Instant)> = None;
     // The session ended with the server's last word (QUIT, or a limit):
@@ -337,13 +344,30 @@ pub async fn serve<S, P>(
                         }
                         log_auth_failure(peer, &name, "invalid-credentials");
                         metrics.login(LoginResult::Invalid);
-                        let delay = shared.failures.failed(peer.ip(), &name, Instant::now());
+                        let delay = match attempt.take() {
+                            Some(a) => shared.failures.failed(a, Instant::now()),
+                            None => {
+                                shared
+                                    .failures
+                                    .failed_unreserved(peer.ip(), &name, Instant::now())
+                            }
+                        };
                         tokio::time::sleep(delay).await;
                         Outcome::AuthRejected
                     }
                     Action::ScramLookup { user: name } => {
                         if write_out(&mut stream, &mut out, metrics).await.is_err() {
                             break;
+                        }
+                        // A SCRAM exchange is one attempt, counted before
+                        // the keys are looked up; the proof settles it.
+                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
+                            Err(_) => {
+                                metrics.login(LoginResult::Refused);
+                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                break;
+                            }
                         }
                         match shared.passdb.scram_keys(&name).await {
                             Ok((canonical, keys)) => {
@@ -369,12 +393,15 @@ pub async fn serve<S, P>(
                         if write_out(&mut stream, &mut out, metrics).await.is_err() {
                             break;
                         }
-                        if shared.failures.blocked(peer.ip(), Instant::now()).is_some() {
-                            metrics.login(LoginResult::Refused);
-                            let _ = stream
-                                .write_all(b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n")
-                                .await;
-                            break;
+                        // Counted before it is checked: parallel guesses
+                        // cannot all pass a check made before any fails.
+                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
+                            Err(_) => {
+                                metrics.login(LoginResult::Refused);
+                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                break;
+                            }
                         }
                         let started = tokio::time::Instant::now();
                         match shared.passdb.verify(&name, &credential).await {
@@ -382,8 +409,10 @@ pub async fn serve<S, P>(
                             Err(AuthError::Invalid) => {
                                 log_auth_failure(peer, &name, "invalid-credentials");
                                 metrics.login(LoginResult::Invalid);
-                                let delay =
-                                    shared.failures.failed(peer.ip(), &name, Instant::now());
+                                let delay = match attempt.take() {
+                                    Some(a) => shared.failures.failed(a, Instant::now()),
+                                    None => shared.failures.policy().base_delay,
+                                };
                                 // Every failure is answered at the same time
                                 // after the attempt, however long the check
                                 // took, so timing does not tell which users
@@ -401,7 +430,9 @@ pub async fn serve<S, P>(
                     // Every way of logging in (USER/PASS, APOP, each SASL
                     // mechanism) ends here once the credential is good.
                     Action::OpenMaildrop { user: name } => {
-                        shared.failures.succeeded(peer.ip());
+                        if let Some(a) = attempt.take() {
+                            shared.failures.succeeded(a, Instant::now());
+                        }
                         let delayed = shared.login_delay.check(&name, Instant::now()).err();
                         if let Some(wait) = delayed {
                             metrics.login(LoginResult::Refused);

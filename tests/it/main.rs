@@ -3,9 +3,12 @@
 
 mod cli;
 mod deliver;
+mod guessing;
 mod hostile;
 mod limits;
 mod lmtp;
+mod names;
+mod pg_auth;
 mod pop3;
 mod postgres;
 mod privileges;

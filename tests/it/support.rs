@@ -123,9 +123,12 @@ impl TestServer {
         }
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let passdb =
-            PasswdFile::open_with_cache(&config.auth.passwd_file, config.auth.verified_cache())
-                .unwrap();
+        let passdb = PasswdFile::open_with(
+            &config.auth.passwd_file,
+            config.auth.verified_cache(),
+            config.auth.server_secret().unwrap(),
+        )
+        .unwrap();
         let store = MaildirStore::new(
             config.store.root.clone(),
             config.store.path.clone(),

@@ -826,6 +826,12 @@ impl Conn {
                 "Invalid message number: a number from 1 up is expected. Usage: {}",
                 usage_only(verb)
             ),
+            ParseError::ArgTooLong(verb @ (Verb::User | Verb::Apop)) => format!(
+                "Argument too long (a user name is at most {} octets, other arguments {} characters). Usage: {}",
+                command::MAX_USER_NAME_OCTETS,
+                command::MAX_ARG_CHARS,
+                usage_only(verb)
+            ),
             ParseError::ArgTooLong(verb) => format!(
                 "Argument too long (at most {} characters). Usage: {}",
                 command::MAX_ARG_CHARS,
