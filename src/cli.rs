@@ -15,11 +15,12 @@ use mailbag::auth::postgres::PgPassDb;
 use mailbag::auth::scheme::Scheme;
 use mailbag::auth::PassDb;
 use mailbag::config::{Config, StoreKind};
+use mailbag::privileges::{self, ServiceUser};
 use mailbag::server::Server;
 use mailbag::store::maildir::MaildirStore;
 use mailbag::store::postgres::{PgOptions, PgStore};
 use mailbag::store::Store;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 use mailbag::server::tls::Tls;
@@ -173,9 +174,47 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("mailbag: {e:#}");
+            let denied = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+            });
+            if let Some(note) =
+                permission_note(denied || format!("{e:#}").contains("ermission denied"))
+            {
+                eprintln!("{note}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Who a command switched to (started as root with `[server] user`), and
+/// the config that said so, for the hint after a permission error.
+static SWITCHED: OnceLock<(ServiceUser, PathBuf)> = OnceLock::new();
+
+/// Started as root, becomes the server's user for the rest of the
+/// process, or refuses (see `privileges::for_command`).
+fn become_server_user(config: &Config, path: &Path, command: &'static str) -> Result<()> {
+    if let Some(who) = privileges::for_command(config, path, command)? {
+        let _ = SWITCHED.set((who, path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// After a permission error in a command that switched users: says as
+/// whom it ran and what to do.
+fn permission_note(denied: bool) -> Option<String> {
+    let (who, config) = SWITCHED.get().filter(|_| denied)?;
+    Some(format!(
+        "mailbag: note: started as root, this command ran as {} ([server] user in {}), as the server \
+         does, so that every file it creates belongs to the server; give {} access to the path \
+         named above (chown/chmod, or a copy it can read), or run the command as a user who has \
+         it",
+        who.owner(),
+        config.display(),
+        who.user
+    ))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -231,7 +270,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config_path.display()
             );
             println!("Press Ctrl-C to stop.");
-            serve(config, Box::new(move || load(&config_path)))
+            // The demo runs as whoever starts it.
+            let path = config_path.clone();
+            serve(config, &path, None, Box::new(move || load(&config_path)))
         }
         Command::Serve {
             transcript_users,
@@ -252,7 +293,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.validate()?;
                 Ok(config)
             };
-            serve(load_with_flags()?, Box::new(load_with_flags))
+            let config = load_with_flags()?;
+            let service = privileges::for_serve(&config, &cli.config)?;
+            serve(config, &cli.config, service, Box::new(load_with_flags))
         }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
@@ -272,20 +315,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(tls) = &config.tls {
                 Tls::load(&tls.certificate, &tls.key)?;
             }
+            check_access(&config, &cli.config)?;
             println!("{}: OK", cli.config.display());
             Ok(())
         }
         Command::User { action } => user(&cli.config, action),
         Command::Mailbox { action } => {
             let config = load(&cli.config)?;
+            become_server_user(&config, &cli.config, "mailbox")?;
             Ok(mailbag::mailbox::run(
                 &config,
                 action,
                 &mut std::io::stdout().lock(),
             )?)
         }
-        Command::Migrate => migrate(&load(&cli.config)?),
-        Command::Import { user, from, to } => import(&load(&cli.config)?, &user, from, to),
+        Command::Migrate => {
+            let config = load(&cli.config)?;
+            become_server_user(&config, &cli.config, "migrate")?;
+            migrate(&config)
+        }
+        Command::Import { user, from, to } => {
+            let config = load(&cli.config)?;
+            become_server_user(&config, &cli.config, "import")?;
+            import(&config, &user, from, to)
+        }
     };
     done.map(|()| ExitCode::SUCCESS)
 }
@@ -295,13 +348,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
     use mailbag::deliver::Exit;
     let fail = |exit: Exit, reason: &dyn std::fmt::Display| {
+        let reason = reason.to_string();
         eprintln!("mailbag deliver: {reason}");
+        if let Some(note) = permission_note(reason.contains("ermission denied")) {
+            eprintln!("{note}");
+        }
         ExitCode::from(exit.code())
     };
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
     };
+    match privileges::for_command(&config, config_path, "deliver") {
+        Ok(Some(who)) => {
+            let _ = SWITCHED.set((who, config_path.to_path_buf()));
+        }
+        Ok(None) => {}
+        // The system call failed: keep the mail queued and retry.
+        Err(e @ privileges::PrivilegeError::Switch { .. }) => return fail(Exit::TempFail, &e),
+        Err(e) => return fail(Exit::Config, &e),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -346,7 +412,14 @@ fn load(path: &Path) -> Result<Config> {
 /// Reads the configuration again, for SIGHUP.
 type Reload = Box<dyn Fn() -> Result<Config> + Send + Sync>;
 
-fn serve(config: Config, reload: Reload) -> Result<()> {
+/// Runs the server; `service` is the account to become once the ports
+/// are bound (started as root), checked by `privileges::for_serve`.
+fn serve(
+    config: Config,
+    config_path: &Path,
+    service: Option<ServiceUser>,
+    reload: Reload,
+) -> Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -355,15 +428,16 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open_with_cache(
+                let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
                     config.auth.verified_cache(),
+                    config.auth.server_secret()?,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
                 })?;
                 let store = maildir_store(&config);
-                serve_with(config, store, passdb, reload).await
+                serve_with(config, config_path, service, store, passdb, reload).await
             }
             StoreKind::Postgres => {
                 let store = pg_store(&config)?;
@@ -373,8 +447,9 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
                     .context("store.url: cannot use the database")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
-                    .with_cache(config.auth.verified_cache());
-                serve_with(config, store, passdb, reload).await
+                    .with_cache(config.auth.verified_cache())
+                    .with_secret(config.auth.server_secret()?);
+                serve_with(config, config_path, service, store, passdb, reload).await
             }
         }
     })
@@ -383,29 +458,38 @@ fn serve(config: Config, reload: Reload) -> Result<()> {
 /// The server on any store and passdb.
 async fn serve_with<S: Store, P: PassDb>(
     config: Config,
+    config_path: &Path,
+    service: Option<ServiceUser>,
     store: S,
     passdb: P,
     reload: Reload,
 ) -> Result<()> {
-    let target = match &config.server.user {
-        Some(user) => Some((
-            user.clone(),
-            mailbag::privileges::target(user, config.server.group.as_deref())?,
-        )),
-        None => None,
-    };
     let socket = config.lmtp.socket.clone();
+    let checked = config.clone();
     let server = Server::bind(config, store, passdb).await?;
     // Ports are bound: from here on, no root.
-    if let Some((user, target)) = target {
+    if let Some(who) = &service {
+        let (user, target) = (&who.user, who.target);
         if let Some(path) = &socket {
             if nix::unistd::geteuid().is_root() {
-                mailbag::privileges::give(path, target)
+                privileges::give(path, target)
                     .with_context(|| format!("cannot hand {} to {user}", path.display()))?;
             }
         }
-        mailbag::privileges::drop_to(&user, target)?;
+        privileges::drop_to(user, target)?;
         info!(user = %user, "running as {user}");
+    }
+    // What the server re-reads from now on (on SIGHUP, when users
+    // change) must be readable now, not fail silently months later.
+    let problems = privileges::check_server_paths(&checked, config_path, &ServiceUser::current());
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("mailbag: {problem}");
+        }
+        bail!(
+            "refusing to start: the server's user cannot use {} of the files it needs after start-up (listed above)",
+            problems.len()
+        );
     }
     let shutdown = CancellationToken::new();
     let shared = server.shared();
@@ -606,10 +690,20 @@ fn init_logging() {
 
 fn user(config_path: &Path, action: UserCommand) -> Result<()> {
     let config = load(config_path)?;
+    become_server_user(&config, config_path, "user")?;
     if config.store.kind == StoreKind::Postgres {
         return runtime()?.block_on(pg_user(&config, action));
     }
     let path = &config.auth.passwd_file;
+    if let (Some((who, _)), false) = (SWITCHED.get(), matches!(action, UserCommand::List)) {
+        if let Some(problem) = privileges::check_passwd_rewrite(path, who) {
+            bail!(
+                "{problem}\n(started as root, `mailbag user` runs as {} from [server] user, so that the \
+                 passwd-file stays the server's)",
+                who.owner()
+            );
+        }
+    }
     match action {
         UserCommand::Add {
             name,
@@ -646,10 +740,7 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if !passwd_file::valid_user_name(name) {
-        bail!("invalid user name {name:?}: use letters, digits and . _ - + with at most one @, no spaces or slashes");
-    }
-    Ok(())
+    Ok(mailbag::auth::name::check(name)?)
 }
 
 fn parse_scheme(s: &str) -> Result<Scheme> {
@@ -680,4 +771,101 @@ fn read_password(from_stdin: bool) -> Result<String> {
         bail!("empty password refused");
     }
     Ok(password)
+}
+
+/// How deep and how far `check-config` looks under the mail root: a
+/// message is at `{root}/{domain}/{user}/Maildir/cur/<file>` (depth 5),
+/// and a large server's store is not walked whole.
+const WALK_DEPTH: usize = 6;
+const WALK_ENTRIES: usize = 200_000;
+const WALK_SHOWN: usize = 20;
+
+/// `check-config`: can the server's user use what the server re-reads
+/// after dropping root, and everything under the mail root? Checked as
+/// that user (started as root, with its ids for the moment), else as the
+/// process itself.
+fn check_access(config: &Config, config_path: &Path) -> Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let who = match &config.server.user {
+        Some(user) => ServiceUser::lookup(user, config.server.group.as_deref())?,
+        None if root => {
+            // A service manager may start the server as its own user;
+            // started as root, it refuses.
+            println!(
+                "note: [server] user is not set: started as root, `mailbag serve` refuses to run \
+                 and `mailbag user|mailbox|import|deliver` refuse to touch mail; access was not \
+                 checked. Set [server] user (and group) to the account the server runs as."
+            );
+            return Ok(());
+        }
+        None => ServiceUser::current(),
+    };
+    let me = nix::unistd::geteuid();
+    if !root && me != who.target.uid {
+        println!(
+            "note: access for [server] user {} not checked: run check-config as root or as {}",
+            who.user, who.user
+        );
+        return Ok(());
+    }
+    let maildir = config.store.kind == StoreKind::Maildir;
+    let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
+        let problems = privileges::check_server_paths(config, config_path, &who);
+        // Not the server's need, but `sudo mailbag user add`'s.
+        let rewrite = maildir
+            .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
+            .flatten();
+        let walk = (maildir && problems.iter().all(|p| p.role != "store.root")).then(|| {
+            privileges::walk_mail_root(
+                &config.store.root,
+                &who,
+                WALK_DEPTH,
+                WALK_ENTRIES,
+                WALK_SHOWN,
+            )
+        });
+        (problems, walk, rewrite)
+    })?;
+    if let Some(rewrite) = rewrite.filter(|_| problems.is_empty()) {
+        println!("note: `mailbag user add|passwd|del` will refuse: {rewrite}");
+    }
+    let mut total = problems.len();
+    let mut more = String::new();
+    let mail_root = std::path::absolute(&config.store.root)?;
+    if let Some(walk) = walk {
+        total += walk.total;
+        problems.extend(walk.problems);
+        if walk.total > WALK_SHOWN {
+            more = format!(
+                "... and {} more under {}; to give all of it to {}: chown -R {} {}",
+                walk.total - WALK_SHOWN,
+                mail_root.display(),
+                who.user,
+                who.owner(),
+                mail_root.display()
+            );
+        }
+        if walk.truncated {
+            println!(
+                "note: looked at the first {} entries under {} only",
+                walk.entries,
+                mail_root.display()
+            );
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("mailbag: {problem}");
+    }
+    if !more.is_empty() {
+        eprintln!("mailbag: {more}");
+    }
+    bail!(
+        "{}: {total} path{} that the server, running as {}, cannot use (listed above)",
+        config_path.display(),
+        if total == 1 { "" } else { "s" },
+        who.owner()
+    )
 }

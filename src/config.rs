@@ -169,6 +169,13 @@ pub struct LmtpConfig {
     /// Recipients accepted per transaction.
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
+    /// LMTP connections open at once, all LMTP listeners together; apart
+    /// from POP3's, so that neither can take the other's connections.
+    #[serde(default = "default_lmtp_max_connections")]
+    pub max_connections: usize,
+    /// LMTP connections open at once from one address (TCP).
+    #[serde(default = "default_lmtp_max_connections_per_address")]
+    pub max_connections_per_address: u32,
 }
 
 impl Default for LmtpConfig {
@@ -178,6 +185,8 @@ impl Default for LmtpConfig {
             socket: None,
             max_message_octets: default_max_message_octets(),
             max_recipients: default_max_recipients(),
+            max_connections: default_lmtp_max_connections(),
+            max_connections_per_address: default_lmtp_max_connections_per_address(),
         }
     }
 }
@@ -365,9 +374,23 @@ pub struct AuthConfig {
     /// At most this many successes are kept.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// The server secret, from which SCRAM-SHA-256 salts and keys are
+    /// made up for names without keys of their own, so that they are the
+    /// same after a restart and on every node. Made at first start (mode
+    /// 0600) if missing; copy it to every node that serves the same users.
+    /// Relative to the config file's directory.
+    #[serde(default = "default_secret_file")]
+    pub secret_file: PathBuf,
 }
 
 impl AuthConfig {
+    /// The server secret of `secret_file`, made now if there is none.
+    pub fn server_secret(
+        &self,
+    ) -> Result<crate::auth::secret::ServerSecret, crate::auth::secret::SecretError> {
+        crate::auth::secret::ServerSecret::load_or_create(&self.secret_file)
+    }
+
     /// The verified-credential cache this configuration asks for, if any.
     pub fn verified_cache(&self) -> Option<crate::auth::cache::VerifiedCache> {
         crate::auth::cache::VerifiedCache::new(
@@ -437,6 +460,9 @@ fn default_trusted_networks() -> Vec<Cidr> {
         .filter_map(|s| s.parse().ok())
         .collect()
 }
+fn default_secret_file() -> PathBuf {
+    PathBuf::from("mailbag.secret")
+}
 fn default_cache_entries() -> usize {
     100_000
 }
@@ -481,6 +507,14 @@ fn default_max_message_octets() -> u64 {
     // Postfix's default message_size_limit.
     10_240_000
 }
+fn default_lmtp_max_connections() -> usize {
+    // Postfix delivers with at most 20 processes per destination by
+    // default; room for several MTAs and retries.
+    200
+}
+fn default_lmtp_max_connections_per_address() -> u32 {
+    100
+}
 fn default_max_recipients() -> usize {
     // RFC 5321 §4.5.3.1.8: at least 100 must be accepted.
     100
@@ -518,6 +552,7 @@ impl Config {
         if !config.auth.passwd_file.as_os_str().is_empty() {
             config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
         }
+        config.auth.secret_file = absolute(base, &config.auth.secret_file);
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }
@@ -561,6 +596,12 @@ impl Config {
         }
         if self.lmtp.max_recipients == 0 {
             return invalid("lmtp.max_recipients", "must be at least 1");
+        }
+        if self.lmtp.max_connections == 0 {
+            return invalid("lmtp.max_connections", "must be at least 1");
+        }
+        if self.lmtp.max_connections_per_address == 0 {
+            return invalid("lmtp.max_connections_per_address", "must be at least 1");
         }
         if self
             .lmtp
@@ -687,6 +728,15 @@ impl Config {
         }
         if self.server.group.is_some() && self.server.user.is_none() {
             return invalid("server.group", "needs server.user as well");
+        }
+        if self.server.user.as_deref() == Some("") {
+            return invalid(
+                "server.user",
+                "must name the account the server runs as, e.g. \"mailbag\"",
+            );
+        }
+        if self.server.group.as_deref() == Some("") {
+            return invalid("server.group", "must name a group, or be left out");
         }
         if let Some(e) = &self.pop3.expire {
             if !(e == "NEVER" || (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))) {
@@ -921,6 +971,11 @@ max_messages = 5
                 "lmtp.max_message_octets",
             ),
             (format!("{MINIMAL}[quota]\nmax_octet = 1\n"), "max_octet"),
+            (format!("{MINIMAL}[server]\nuser = \"\"\n"), "server.user"),
+            (
+                format!("{MINIMAL}[server]\nuser = \"mailbag\"\ngroup = \"\"\n"),
+                "server.group",
+            ),
         ]);
         for (text, key) in cases {
             let e = Config::parse(&text, Path::new("/"))

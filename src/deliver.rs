@@ -59,6 +59,11 @@ pub async fn resolve<P: PassDb>(
     address: &str,
 ) -> Result<Option<String>, AuthError> {
     for name in candidates(address, default_domain) {
+        // A name the store could not hold is no user: refused at RCPT,
+        // not after DATA.
+        if !crate::auth::name::is_valid(&name) {
+            continue;
+        }
         if let Some(user) = passdb.user_exists(&name).await? {
             return Ok(Some(user));
         }

@@ -9,6 +9,10 @@
 //! numbers it prints are then the ones the user's client sees, and nothing
 //! moves under a session. `inspect` and `show` change nothing but the size
 //! cache, which any session refreshes too.
+//!
+//! Started as root, the command has become `[server] user` before it gets
+//! here (see `privileges::for_command`): the lock, the caches and the
+//! quarantine folder it creates belong to the server, never to root.
 
 use std::io::{self, Read, Write};
 

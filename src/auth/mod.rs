@@ -5,9 +5,12 @@
 //! same time as a known one, and nothing here logs a secret.
 
 pub mod cache;
+pub mod name;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
+pub mod secret;
+pub mod timing;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -16,21 +16,21 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::SystemTime;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
 
 use md5::Digest as _;
 use subtle::ConstantTimeEq;
 
 use super::cache::{self, VerifiedCache};
-use super::scheme::{self, Scheme, SchemeError};
-use mailbag_proto::sasl::scram;
+use super::scheme::{self, Scheme, SchemeError, ScramSource};
+use super::secret::ServerSecret;
+use super::timing::{self, CheckTimes};
 
 use super::{AuthError, Credential, PassDb, ScramKeys};
 
-/// Longest user name accepted. Dovecot allows 255 octets; half of that is
-/// ample and keeps maildrop paths short.
-pub const MAX_USER_NAME_OCTETS: usize = 128;
+/// Longest user name accepted (see [`super::name`]).
+pub const MAX_USER_NAME_OCTETS: usize = super::name::MAX_OCTETS;
 
 /// Mode of a passwd-file this module creates: it holds password hashes.
 const NEW_FILE_MODE: u32 = 0o600;
@@ -60,8 +60,8 @@ pub enum PasswdError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// The name is not acceptable as a user name (see [`valid_user_name`]).
-    #[error("invalid user name {user:?}")]
+    /// The name is not acceptable as a user name (see [`super::name`]).
+    #[error("invalid user name {user:?}: {}", super::name::RULE)]
     InvalidUserName {
         /// The refused name.
         user: String,
@@ -105,6 +105,12 @@ struct Shared {
     current: RwLock<Loaded>,
     /// `auth.cache_secs`: recent successful password checks.
     cache: Option<VerifiedCache>,
+    /// What made-up SCRAM values are derived from.
+    secret: ServerSecret,
+    /// How long failures wait (see [`timing`]).
+    times: CheckTimes,
+    /// How long SCRAM first steps wait.
+    scram_times: CheckTimes,
 }
 
 #[derive(Clone)]
@@ -146,6 +152,23 @@ struct Table {
     decoy: Option<String>,
     /// Whether any user has a secret CRAM-MD5 can use.
     cram_possible: bool,
+    /// One stored secret of each cost class, timed before the first
+    /// failure is answered.
+    classes: Vec<(String, String)>,
+    /// What SCRAM shows for a name without usable keys: what most users
+    /// with usable keys show.
+    scram_decoy: ScramDecoy,
+    /// Whether any user's SCRAM keys are derived from a plaintext secret.
+    scram_derives: bool,
+}
+
+/// How a typical user's SCRAM first step is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ScramDecoy {
+    iterations: u32,
+    /// Whether their keys are derived (PBKDF2) from a plaintext secret
+    /// rather than read as stored.
+    derived: bool,
 }
 
 struct Entry<'a> {
@@ -166,6 +189,17 @@ impl PasswdFile {
         path: impl Into<PathBuf>,
         cache: Option<VerifiedCache>,
     ) -> Result<Self, PasswdError> {
+        PasswdFile::open_with(path, cache, ServerSecret::random())
+    }
+
+    /// [`PasswdFile::open_with_cache`], with the server secret
+    /// (`auth.secret_file`) that made-up SCRAM values come from, so that
+    /// they are the same after a restart and on every node.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        cache: Option<VerifiedCache>,
+        secret: ServerSecret,
+    ) -> Result<Self, PasswdError> {
         let path = path.into();
         let (stamp, table) = load(&path)?;
         Ok(PasswdFile {
@@ -176,6 +210,9 @@ impl PasswdFile {
                     table: Arc::new(table),
                 }),
                 cache,
+                secret,
+                times: CheckTimes::default(),
+                scram_times: CheckTimes::default(),
             }),
         })
     }
@@ -271,9 +308,21 @@ impl PassDb for PasswdFile {
         let this = self.clone();
         let user = user.to_owned();
         let credential = credential.clone();
-        super::hashing(move || this.verify_blocking(&user, &credential))
-            .await
-            .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?
+        let (verified, began) = super::hashing(move || {
+            let began = Instant::now();
+            (this.verify_blocking(&user, &credential), began)
+        })
+        .await
+        .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?;
+        let times = &self.shared.times;
+        times.record(began.elapsed());
+        if verified.is_err() {
+            // A failure takes as long as the slowest check, whoever it
+            // was for (see `timing`).
+            times.prime(&self.table().classes).await;
+            times.pad(began).await;
+        }
+        verified
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
@@ -289,23 +338,46 @@ impl PassDb for PasswdFile {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let this = self.clone();
         let user = user.to_owned();
-        super::hashing(move || {
-            let table = this.table();
-            let salt = scram_salt(&user);
+        let table = self.table();
+        let derives = table.scram_derives;
+        let (found, began) = super::hashing(move || {
+            let began = Instant::now();
+            let secret = &this.shared.secret;
+            let salt = secret.scram_salt(&user);
             let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
                 Some((name.clone(), scheme::scram_keys(stored, &salt)?))
             });
-            // An unknown user (or one whose hash SCRAM cannot use) gets keys
-            // that nothing matches, made as slowly as real ones, so the
-            // exchange looks the same up to the failure.
+            // An unknown user (or one whose hash SCRAM cannot use) gets
+            // keys made up from the server secret, with the salt and
+            // iterations a typical user shows and the work a typical
+            // user's lookup does, so the exchange looks the same up to
+            // the failure, here, after a restart and on every node.
             Ok(found.unwrap_or_else(|| {
-                let mut junk = [0u8; 32];
-                rand::fill(&mut junk);
-                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
+                let decoy = table.scram_decoy;
+                let keys = secret.scram_lookalike(&user, decoy.iterations);
+                if decoy.derived {
+                    std::hint::black_box(ScramKeys::derive(
+                        b"mailbag decoy",
+                        &keys.salt,
+                        decoy.iterations,
+                    ));
+                }
+                (user, keys)
             }))
+            .map(|found| (found, began))
         })
         .await
-        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))?
+        .map_err(|error| AuthError::Temporary(format!("SCRAM lookup failed: {error}")))??;
+        // Every name is answered when the slowest kind of lookup would
+        // be: a plaintext user's derivation costs more than stored keys
+        // or made-up ones.
+        let times = &self.shared.scram_times;
+        times.record(began.elapsed());
+        if derives {
+            times.time_scram_derivation().await;
+        }
+        times.pad(began).await;
+        Ok(found)
     }
 
     fn cram_md5_possible(&self) -> bool {
@@ -365,25 +437,6 @@ pub(crate) fn presented_bytes(credential: &Credential) -> &[u8] {
     }
 }
 
-/// The salt for SCRAM keys derived on the fly (plaintext-equivalent
-/// secrets, unknown users): stable per user for the life of the process,
-/// so that repeated attempts cannot tell the two apart.
-pub(crate) fn scram_salt(user: &str) -> [u8; 16] {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let mut key = [0u8; 32];
-        rand::fill(&mut key);
-        key
-    });
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(key);
-    hasher.update(user.as_bytes());
-    let digest = hasher.finalize();
-    let mut salt = [0u8; 16];
-    salt.copy_from_slice(&digest[..16]);
-    salt
-}
-
 /// RFC 1939 §7: the digest is the lowercase hex MD5 of the greeting's
 /// timestamp followed by the shared secret.
 fn apop_matches(timestamp: &str, secret: &str, digest: &str) -> bool {
@@ -417,6 +470,11 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
     let cram_possible = entries
         .iter()
         .any(|entry| scheme::cram_md5_digest(entry.secret, b"").is_some());
+    let classes = timing::classes(entries.iter().map(|entry| entry.secret));
+    let scram_decoy = scram_decoy(&entries);
+    let scram_derives = entries
+        .iter()
+        .any(|entry| scheme::scram_source(entry.secret) == ScramSource::Derived);
     let users = entries
         .into_iter()
         .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
@@ -428,6 +486,9 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
             apop_possible,
             decoy,
             cram_possible,
+            classes,
+            scram_decoy,
+            scram_derives,
         },
     ))
 }
@@ -445,6 +506,35 @@ fn decoy(entries: &[Entry<'_>]) -> Option<String> {
         .into_values()
         .max_by_key(|(count, _)| *count)
         .map(|(_, secret)| secret.to_owned())
+}
+
+/// How most users whose secrets SCRAM can use answer its first step.
+fn scram_decoy(entries: &[Entry<'_>]) -> ScramDecoy {
+    let mut counts: HashMap<ScramDecoy, usize> = HashMap::new();
+    for entry in entries {
+        let decoy = match scheme::scram_source(entry.secret) {
+            ScramSource::Stored(iterations) => ScramDecoy {
+                iterations,
+                derived: false,
+            },
+            ScramSource::Derived => ScramDecoy {
+                iterations: scheme::SCRAM_ITERATIONS,
+                derived: true,
+            },
+            ScramSource::Unusable => continue,
+        };
+        *counts.entry(decoy).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(decoy, count)| (count, decoy.iterations, decoy.derived))
+        .map_or(
+            ScramDecoy {
+                iterations: scheme::SCRAM_ITERATIONS,
+                derived: false,
+            },
+            |(decoy, _)| decoy,
+        )
 }
 
 /// The user an entry line names, or `None` for a blank or comment line.
@@ -485,30 +575,9 @@ fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError>
     Ok(entries)
 }
 
-/// Whether `name` may be a user name: 1 to [`MAX_USER_NAME_OCTETS`] octets;
-/// no ':', '/', control characters or white space; at most one '@', with
-/// neither part empty nor starting with '.' (so never "." or ".."); and no
-/// leading '#', which would read as a comment.
+/// Whether `name` may be a user name: the one rule of [`super::name`].
 pub fn valid_user_name(name: &str) -> bool {
-    if name.is_empty() || name.len() > MAX_USER_NAME_OCTETS || name.starts_with('#') {
-        return false;
-    }
-    if name
-        .chars()
-        .any(|c| c == ':' || c == '/' || c.is_control() || c.is_whitespace())
-    {
-        return false;
-    }
-    let mut parts = name.split('@');
-    let local = parts.next();
-    let domain = parts.next();
-    if parts.next().is_some() {
-        return false;
-    }
-    [local, domain]
-        .into_iter()
-        .flatten()
-        .all(|part| !part.is_empty() && !part.starts_with('.'))
+    super::name::is_valid(name)
 }
 
 fn check_user_name(user: &str) -> Result<(), PasswdError> {
@@ -704,6 +773,8 @@ fn replace(path: &Path, content: &[u8], old: Option<&fs::Metadata>) -> Result<()
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use mailbag_proto::secret::Secret;
 
     use super::*;
@@ -724,6 +795,97 @@ mod tests {
         let entries = parse(Path::new("p"), text.as_bytes()).unwrap();
         assert_eq!(decoy(&entries).as_deref(), Some(BOB_HASH));
         assert_eq!(decoy(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_failure_waits_for_the_slowest_kind_of_check_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let slow = scheme::hash(Scheme::Argon2id, b"pw").unwrap();
+        fs::write(
+            &path,
+            format!("a:{{PLAIN}}x\nb:{{PLAIN}}y\nc:{{PLAIN}}z\nd:{slow}\n"),
+        )
+        .unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        // The decoy for an unknown user is a cheap {PLAIN} check...
+        assert!(matches!(
+            db.verify("nobody", &password("guess")).await,
+            Err(AuthError::Invalid)
+        ));
+        // ...but before its failure was answered, the Argon2id kind was
+        // timed too, and failures wait for the slowest.
+        let table = db.table();
+        assert_eq!(table.classes.len(), 2);
+        let times = &db.shared.times;
+        assert!(table.classes.iter().all(|(class, _)| times.timed(class)));
+        assert!(times.slowest() > Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_failure_is_answered_before_every_kind_of_check_is_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let slow = scheme::hash(Scheme::Argon2id, b"pw").unwrap();
+        fs::write(&path, format!("a:{{PLAIN}}x\nb:{{PLAIN}}y\nd:{slow}\n")).unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        // Many failures at once, the first after a start: each is answered
+        // only once the Argon2id kind has been timed, not with the padding
+        // of whichever check happened to finish first.
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let name = if i % 2 == 0 { "nobody" } else { "a" };
+                    assert!(db.verify(name, &password("guess")).await.is_err());
+                    let table = db.table();
+                    table
+                        .classes
+                        .iter()
+                        .all(|(class, _)| db.shared.times.timed(class))
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn scram_keys_for_unknown_names_come_from_the_secret_without_derivation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let stored = scheme::hash(Scheme::ScramSha256, b"pencil").unwrap();
+        fs::write(
+            &path,
+            format!("user:{stored}\nother:{stored}\nplain:{{PLAIN}}pw\n"),
+        )
+        .unwrap();
+        let secret = ServerSecret::random();
+        let one = PasswdFile::open_with(&path, None, secret.clone()).unwrap();
+        let two = PasswdFile::open_with(&path, None, secret.clone()).unwrap();
+        let (name, keys) = one.scram_keys("nobody").await.unwrap();
+        assert_eq!(name, "nobody");
+        assert_eq!(
+            keys,
+            secret.scram_lookalike("nobody", scheme::SCRAM_ITERATIONS)
+        );
+        assert_eq!(two.scram_keys("nobody").await.unwrap().1, keys);
+        // Most users store keys: no PBKDF2 for a made-up user either.
+        assert_eq!(
+            one.table().scram_decoy,
+            ScramDecoy {
+                iterations: scheme::SCRAM_ITERATIONS,
+                derived: false
+            }
+        );
+        let (_, plain) = one.scram_keys("plain").await.unwrap();
+        assert_eq!(plain.salt, secret.scram_salt("plain").to_vec());
+        // A plaintext user's keys cost a derivation: every first step is
+        // answered no sooner than one would take.
+        assert!(one.table().scram_derives);
+        assert!(one.shared.scram_times.timed("SCRAM-SHA-256 derived"));
+        assert!(one.shared.scram_times.slowest() > Duration::ZERO);
     }
 
     fn sample(dir: &tempfile::TempDir) -> PathBuf {

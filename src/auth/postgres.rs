@@ -11,13 +11,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-
-use mailbag_proto::sasl::scram;
+use std::time::{Duration, Instant};
 
 use super::cache::VerifiedCache;
-use super::passwd_file::{credential_matches, presented_bytes, scram_salt, valid_user_name};
+use super::passwd_file::{credential_matches, presented_bytes, valid_user_name};
 use super::scheme::{self, Scheme};
+use super::secret::ServerSecret;
+use super::timing::CheckTimes;
 use super::{AuthError, Credential, PassDb, ScramKeys};
 use crate::store::postgres::pool::Pool;
 use crate::store::postgres::PgError;
@@ -28,8 +28,8 @@ const FLAGS_REFRESH: Duration = Duration::from_secs(60);
 /// Why a user could not be changed.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    /// The name is not a valid user name.
-    #[error("invalid user name {0:?}")]
+    /// The name is not a valid user name (see [`super::name`]).
+    #[error("invalid user name {0:?}: {rule}", rule = super::name::RULE)]
     InvalidName(String),
     /// `add` for a user that exists.
     #[error("user {0} exists already")]
@@ -52,6 +52,12 @@ pub struct PgPassDb {
     flags: Arc<Flags>,
     /// `auth.cache_secs`: recent successful password checks.
     cache: Option<Arc<VerifiedCache>>,
+    /// What made-up SCRAM values are derived from.
+    secret: ServerSecret,
+    /// How long failures wait (see [`timing`](super::timing)).
+    times: Arc<CheckTimes>,
+    /// How long SCRAM first steps wait.
+    scram_times: Arc<CheckTimes>,
 }
 
 #[derive(Debug, Default)]
@@ -75,11 +81,21 @@ impl PgPassDb {
         self
     }
 
+    /// With the server secret (`auth.secret_file`) that made-up SCRAM
+    /// values come from, so that every node shows the same ones.
+    pub fn with_secret(mut self, secret: ServerSecret) -> PgPassDb {
+        self.secret = secret;
+        self
+    }
+
     pub async fn new(pool: Arc<Pool>) -> PgPassDb {
         let db = PgPassDb {
             pool,
             flags: Arc::default(),
             cache: None,
+            secret: ServerSecret::random(),
+            times: Arc::default(),
+            scram_times: Arc::default(),
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -94,6 +110,9 @@ impl PgPassDb {
                     pool: Arc::clone(&pool),
                     flags,
                     cache: None,
+                    secret: ServerSecret::random(),
+                    times: Arc::default(),
+                    scram_times: Arc::default(),
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -118,8 +137,13 @@ impl PgPassDb {
         Ok(())
     }
 
-    /// The stored secret of `user` and the name as stored.
+    /// The stored secret of `user` and the name as stored. A name the
+    /// name rule refuses (a row written by hand) is no user: the store
+    /// could not hold its mail.
     async fn lookup(&self, user: &str) -> Result<Option<(String, String)>, AuthError> {
+        if !valid_user_name(user) {
+            return Ok(None);
+        }
         let client = self.pool.get().await.map_err(temporary)?;
         let row = client
             .query_opt("SELECT name, secret FROM users WHERE name = $1", &[&user])
@@ -218,20 +242,31 @@ impl PassDb for PgPassDb {
         let found = self.lookup(user).await?;
         let credential = credential.clone();
         let cache = self.cache.clone();
-        super::hashing(move || match found {
-            Some((name, stored)) => {
-                credential_matches(&name, &stored, None, &credential, cache.as_deref())
-                    .then_some(name)
-                    .ok_or(AuthError::Invalid)
-            }
-            None => {
-                // An unknown user costs what a password check costs.
-                scheme::dummy_verify(presented_bytes(&credential));
-                Err(AuthError::Invalid)
-            }
+        let (verified, began) = super::hashing(move || {
+            let began = Instant::now();
+            let verified = match found {
+                Some((name, stored)) => {
+                    credential_matches(&name, &stored, None, &credential, cache.as_deref())
+                        .then_some(name)
+                        .ok_or(AuthError::Invalid)
+                }
+                None => {
+                    // An unknown user costs what a password check costs.
+                    scheme::dummy_verify(presented_bytes(&credential));
+                    Err(AuthError::Invalid)
+                }
+            };
+            (verified, began)
         })
         .await
-        .map_err(temporary)?
+        .map_err(temporary)?;
+        self.times.record(began.elapsed());
+        if verified.is_err() {
+            // A failure takes as long as the slowest check seen, whoever
+            // it was for (see `timing`).
+            self.times.pad(began).await;
+        }
+        verified
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
@@ -241,19 +276,28 @@ impl PassDb for PgPassDb {
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let found = self.lookup(user).await?;
         let user = user.to_owned();
-        super::hashing(move || {
-            let salt = scram_salt(&user);
+        let secret = self.secret.clone();
+        let (found, began) = super::hashing(move || {
+            let began = Instant::now();
+            let salt = secret.scram_salt(&user);
             let keys =
                 found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
-            // Keys nothing matches, made as slowly as real ones.
-            keys.unwrap_or_else(|| {
-                let mut junk = [0u8; 32];
-                rand::fill(&mut junk);
-                (user, ScramKeys::derive(&junk, &salt, scram::MIN_ITERATIONS))
-            })
+            // Made up from the server secret, the same on every node, as
+            // cheaply as stored keys are read.
+            let found = keys.unwrap_or_else(|| {
+                let keys = secret.scram_lookalike(&user, scheme::SCRAM_ITERATIONS);
+                (user, keys)
+            });
+            (found, began)
         })
         .await
-        .map_err(temporary)
+        .map_err(temporary)?;
+        // Every name is answered when the slowest kind of lookup would be
+        // (a plaintext user's keys are derived; any row may be one).
+        self.scram_times.record(began.elapsed());
+        self.scram_times.time_scram_derivation().await;
+        self.scram_times.pad(began).await;
+        Ok(found)
     }
 
     fn cram_md5_possible(&self) -> bool {

@@ -263,7 +263,7 @@ pub fn verify(stored: &str, password: &[u8]) -> bool {
 
 /// SCRAM iterations for new `{SCRAM-SHA-256}` values: Dovecot's default,
 /// and RFC 7677's minimum.
-const SCRAM_ITERATIONS: u32 = scram::MIN_ITERATIONS;
+pub const SCRAM_ITERATIONS: u32 = scram::MIN_ITERATIONS;
 const SCRAM_SALT_BYTES: usize = 16;
 
 fn parse_scram(data: &str) -> Option<ScramKeys> {
@@ -298,6 +298,61 @@ pub fn scram_keys(stored: &str, salt: &[u8]) -> Option<ScramKeys> {
         (Scheme::ScramSha256, data) => parse_scram(data),
         _ => plaintext_equivalent(stored)
             .map(|p| ScramKeys::derive(p.as_bytes(), salt, SCRAM_ITERATIONS)),
+    }
+}
+
+/// What a check against `stored` costs, as a short key: the scheme and
+/// its cost parameters (Argon2 memory and passes, bcrypt cost, SHA-crypt
+/// rounds, SCRAM iterations), without salt or hash. Stored values with
+/// the same key take the same time to check. `None` for a value
+/// [`verify`] does not understand (checked at no cost).
+pub fn cost_class(stored: &str) -> Option<String> {
+    let (scheme, data) = resolve(stored)?;
+    let params = match scheme {
+        Scheme::Argon2id | Scheme::BlfCrypt | Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
+            // `$id$params$salt$hash` (bcrypt: `$2b$cost$salthash`): the
+            // identifier, and what is a parameter rather than a salt.
+            data.split('$')
+                .enumerate()
+                .filter(|&(i, part)| {
+                    i == 1
+                        || part.contains('=')
+                        || (!part.is_empty()
+                            && part.len() <= 2
+                            && part.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .map(|(_, part)| part)
+                .collect::<Vec<_>>()
+                .join("$")
+        }
+        Scheme::ScramSha256 => data.split(',').next().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    Some(format!("{} {params}", scheme.name()))
+}
+
+/// Where SCRAM-SHA-256 keys for a stored value would come from, found
+/// without deriving them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramSource {
+    /// Stored `{SCRAM-SHA-256}` keys with this iteration count: read, not
+    /// derived.
+    Stored(u32),
+    /// Derived from a plaintext-equivalent secret ([`SCRAM_ITERATIONS`]).
+    Derived,
+    /// A one-way hash that SCRAM cannot use.
+    Unusable,
+}
+
+/// Where SCRAM keys for `stored` would come from.
+pub fn scram_source(stored: &str) -> ScramSource {
+    match resolve(stored) {
+        Some((Scheme::ScramSha256, data)) => parse_scram(data)
+            .map_or(ScramSource::Unusable, |keys| {
+                ScramSource::Stored(keys.iterations)
+            }),
+        _ if plaintext_equivalent(stored).is_some() => ScramSource::Derived,
+        _ => ScramSource::Unusable,
     }
 }
 

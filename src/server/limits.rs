@@ -1,24 +1,35 @@
 //! Connection limits and brute-force defences shared by all sessions.
 //!
 //! - [`AddressSlots`] counts open connections per client address, so one
-//!   address cannot take every connection.
+//!   address cannot take every connection. An address is [`address_key`]:
+//!   an IPv6 /64 counts as one address, as one host usually holds all of it.
+//! - [`PreLogin`] holds the connections not yet logged in. It never turns
+//!   a connection away: when full, it closes the oldest pre-login
+//!   connection of the address that holds the most, so idle sockets from
+//!   a few addresses cannot lock everyone else out.
 //! - [`Failures`] remembers failed logins per client address and per user
 //!   name for a window of time: each failure makes the next answer slower
 //!   (exponential back-off), and an address with too many failures is
 //!   refused outright for a while. A user is never locked out, only
 //!   slowed, so an attacker cannot lock a real user out of their mail.
+//!   Every credential check is an [`Attempt`], counted before it is
+//!   evaluated, so parallel guesses cannot outrun the count; a success
+//!   forgets only its own user's failures from its address.
 //! - [`LoginDelay`] enforces RFC 2449 LOGIN-DELAY when configured.
 //!
 //! Every table is bounded: at capacity, expired entries go first, then the
 //! oldest. The locks are held for a map lookup only, once per connection
 //! or login, never per command.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// Entries each table holds at most.
 const MAX_ENTRIES: usize = 100_000;
@@ -28,7 +39,23 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Open connections per client address.
+/// The address a client is counted under: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address as its IPv4 address), an IPv6 address as its
+/// /64 network, which one host or one customer usually holds whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Open connections per client address ([`address_key`]).
 #[derive(Debug)]
 pub struct AddressSlots {
     max_per_address: AtomicU32,
@@ -53,6 +80,7 @@ impl AddressSlots {
 
     /// Claims a slot for `ip`, or `None` when the address is at its limit.
     pub fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = address_key(ip);
         let mut open = locked(&self.open);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max_per_address.load(Relaxed) {
@@ -72,7 +100,10 @@ impl AddressSlots {
 
     /// Connections open from `ip` now.
     pub fn open_from(&self, ip: IpAddr) -> u32 {
-        locked(&self.open).get(&ip).copied().unwrap_or(0)
+        locked(&self.open)
+            .get(&address_key(ip))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -85,6 +116,133 @@ impl Drop for AddressSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// The connections not yet logged in, oldest first per address.
+#[derive(Debug)]
+pub struct PreLogin {
+    max: AtomicUsize,
+    table: Mutex<PreLoginTable>,
+}
+
+#[derive(Debug, Default)]
+struct PreLoginTable {
+    next_id: u64,
+    total: usize,
+    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+}
+
+/// One connection's place among those not yet logged in; given up on
+/// drop (at login, or when the connection ends).
+#[derive(Debug)]
+pub struct PreLoginSlot {
+    table: Arc<PreLogin>,
+    key: IpAddr,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl PreLogin {
+    /// At most `max` connections before login, all addresses together.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(PreLogin {
+            max: AtomicUsize::new(max.max(1)),
+            table: Mutex::new(PreLoginTable::default()),
+        })
+    }
+
+    /// Takes a place for a new connection from `ip`. When every place is
+    /// taken, the oldest connection of the address holding the most
+    /// places loses its place (its [`PreLoginSlot::evicted`] fires) and
+    /// the new one takes it: a flood from a few addresses then closes its
+    /// own connections, not those of everyone else.
+    pub fn claim(self: &Arc<Self>, ip: IpAddr) -> PreLoginSlot {
+        let key = address_key(ip);
+        let max = self.max.load(Relaxed);
+        let mut guard = locked(&self.table);
+        let t = &mut *guard;
+        while t.total >= max {
+            let Some(crowded) = t
+                .by_address
+                .iter()
+                .max_by_key(|(_, q)| q.len())
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(q) = t.by_address.get_mut(&crowded) {
+                if let Some((_, token)) = q.pop_front() {
+                    token.cancel();
+                    t.total -= 1;
+                }
+                if q.is_empty() {
+                    t.by_address.remove(&crowded);
+                }
+            }
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let evicted = CancellationToken::new();
+        t.by_address
+            .entry(key)
+            .or_default()
+            .push_back((id, evicted.clone()));
+        t.total += 1;
+        PreLoginSlot {
+            table: self.clone(),
+            key,
+            id,
+            evicted,
+        }
+    }
+
+    /// Changes the limit (on reload); connections over a lower limit are
+    /// closed as new ones arrive.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Relaxed);
+    }
+
+    /// Connections not yet logged in, all addresses together.
+    pub fn waiting(&self) -> usize {
+        locked(&self.table).total
+    }
+}
+
+impl PreLoginSlot {
+    /// Completes when this connection lost its place to a newer one and
+    /// must close.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    /// Whether this connection lost its place.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.is_cancelled()
+    }
+
+    /// A future that completes on eviction and borrows nothing, for
+    /// waits that outlive a borrow of the slot (a stalled write).
+    pub fn evicted_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.evicted.clone().cancelled_owned()
+    }
+}
+
+impl Drop for PreLoginSlot {
+    fn drop(&mut self) {
+        let mut t = locked(&self.table.table);
+        let Some(q) = t.by_address.get_mut(&self.key) else {
+            return;
+        };
+        let Some(i) = q.iter().position(|(id, _)| *id == self.id) else {
+            // Evicted: its place was given away already.
+            return;
+        };
+        q.remove(i);
+        if q.is_empty() {
+            t.by_address.remove(&self.key);
+        }
+        t.total -= 1;
     }
 }
 
@@ -152,13 +310,55 @@ impl<K: Hash + Eq + Clone> Table<K> {
     }
 }
 
-/// Failed logins per address and per user.
+/// Failed logins per address, per user, and per user from each address.
 #[derive(Debug)]
 pub struct Failures {
     policy: RwLock<FailurePolicy>,
     by_address: Mutex<Table<IpAddr>>,
     by_user: Mutex<Table<String>>,
+    /// What a success may clear: only the failures of the user who
+    /// logged in, from the address they logged in from.
+    by_pair: Mutex<Table<(IpAddr, String)>>,
 }
+
+/// One login attempt, counted as a failure of its address and user before
+/// its credential is checked (see [`Failures::begin`]). Settle it with
+/// [`Failures::failed`] or [`Failures::succeeded`]; one that is dropped
+/// (the client hung up during the check, the password database was down)
+/// stays counted.
+#[derive(Debug)]
+#[must_use = "an attempt is settled as failed or succeeded"]
+pub struct Attempt {
+    ip: IpAddr,
+    user: String,
+    /// The delay before answering it if it fails, from the counts it was
+    /// reserved at.
+    backoff: Duration,
+}
+
+impl Attempt {
+    /// The user name the attempt is for.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+/// The address failures are counted under: an IPv6 client's /64 (one
+/// host can use every address in it), an IPv4 client (also when mapped
+/// into IPv6) as itself.
+fn guesser(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// Why an attempt was not allowed: the address is refused for this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocked(pub Duration);
 
 impl Failures {
     /// Empty tables under `policy`.
@@ -171,11 +371,15 @@ impl Failures {
             by_user: Mutex::new(Table {
                 map: HashMap::new(),
             }),
+            by_pair: Mutex::new(Table {
+                map: HashMap::new(),
+            }),
         }
     }
 
     /// Whether `ip` is refused now, and for how much longer.
     pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let ip = guesser(ip);
         let mut t = locked(&self.by_address);
         let window = self.policy().window;
         let r = t.live(&ip, now, window)?;
@@ -184,15 +388,34 @@ impl Failures {
             .filter(|d| !d.is_zero())
     }
 
-    /// Records a failed login and returns how long to wait before
-    /// answering it: the base delay, doubled for each earlier failure of
-    /// the same address or user within the window, capped.
-    pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+    /// Starts a login attempt by `ip` for `user`: refuses it if the
+    /// address is blocked, and otherwise counts it as a failure *before*
+    /// the credential is checked. So attempts in flight count against the
+    /// limit: of any number of parallel guesses from one address, at most
+    /// `max_per_address` (less the failures already counted) are checked
+    /// at all. The attempt that reaches the limit blocks the address.
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
+        let ip = guesser(ip);
         let policy = self.policy();
         let window = policy.window;
         let by_ip = {
             let mut t = locked(&self.by_address);
             let r = t.record(ip, now, window);
+            if let Some(left) = r
+                .blocked_until
+                .and_then(|b| b.checked_duration_since(now))
+                .filter(|d| !d.is_zero())
+            {
+                return Err(Blocked(left));
+            }
+            // After a block ends, the failures are still remembered: one
+            // more attempt is checked, and blocks again if it fails.
+            let block_ended = r.blocked_until.is_some();
+            if r.failures >= policy.max_per_address && !block_ended {
+                // The limit was lowered on reload: block now.
+                r.blocked_until = Some(now + policy.block);
+                return Err(Blocked(policy.block));
+            }
             r.failures += 1;
             r.last = now;
             if r.failures >= policy.max_per_address {
@@ -203,19 +426,81 @@ impl Failures {
         let by_user = {
             let mut t = locked(&self.by_user);
             let r = t.record(user.to_string(), now, window);
-            r.failures += 1;
+            r.failures = r.failures.saturating_add(1);
             r.last = now;
             r.failures
         };
-        self.backoff(by_ip.max(by_user))
+        Ok(Attempt {
+            ip,
+            user: user.to_string(),
+            backoff: self.backoff(by_ip.max(by_user)),
+        })
     }
 
-    /// A successful login clears the address's failures (a person who
-    /// mistyped, then got it right).
-    pub fn succeeded(&self, ip: IpAddr) {
-        let mut t = locked(&self.by_address);
-        if t.map.get(&ip).is_some_and(|r| r.blocked_until.is_none()) {
-            t.map.remove(&ip);
+    /// Settles `attempt` as failed (it is counted already) and returns how
+    /// long to wait before answering it: the base delay, doubled for each
+    /// earlier failure of the same address or user within the window,
+    /// capped.
+    pub fn failed(&self, attempt: Attempt, now: Instant) -> Duration {
+        let window = self.policy().window;
+        let mut t = locked(&self.by_pair);
+        let r = t.record((attempt.ip, attempt.user), now, window);
+        r.failures = r.failures.saturating_add(1);
+        r.last = now;
+        attempt.backoff
+    }
+
+    /// Settles an attempt left unsettled (a SCRAM exchange the client
+    /// cancelled) as a failure of its user, which that user's next
+    /// success forgets.
+    pub fn abandoned(&self, attempt: Option<Attempt>) {
+        if let Some(attempt) = attempt {
+            self.failed(attempt, Instant::now());
+        }
+    }
+
+    /// A failure found without a reserved attempt (the core refused a
+    /// credential by itself): counted now, whether or not the address is
+    /// blocked. Returns the delay before answering it.
+    pub fn failed_unreserved(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        match self.begin(ip, user, now) {
+            Ok(attempt) => self.failed(attempt, now),
+            Err(_) => self.policy().max_delay,
+        }
+    }
+
+    /// Settles `attempt` as a success: the failures of that user from
+    /// that address are forgotten (a person who mistyped, then got it
+    /// right), and nothing else. Failures for other users stay, so a
+    /// client with an account of its own cannot log into it between
+    /// guesses at another to keep its address from being blocked.
+    pub fn succeeded(&self, attempt: Attempt, now: Instant) {
+        let window = self.policy().window;
+        let max = self.policy().max_per_address;
+        let earlier = locked(&self.by_pair)
+            .map
+            .remove(&(attempt.ip, attempt.user.clone()))
+            .map_or(0, |r| r.failures);
+        // This attempt's own reservation, and the user's earlier failures.
+        let clear = earlier.saturating_add(1);
+        {
+            let mut t = locked(&self.by_address);
+            if let Some(r) = t.live(&attempt.ip, now, window) {
+                r.failures = r.failures.saturating_sub(clear);
+                if r.failures < max {
+                    r.blocked_until = None;
+                }
+                if r.failures == 0 {
+                    t.map.remove(&attempt.ip);
+                }
+            }
+        }
+        let mut t = locked(&self.by_user);
+        if let Some(r) = t.live(&attempt.user, now, window) {
+            r.failures = r.failures.saturating_sub(clear);
+            if r.failures == 0 {
+                t.map.remove(&attempt.user);
+            }
         }
     }
 
@@ -296,6 +581,12 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// One failed login, as a session has it: begun, checked, failed.
+    fn fail(f: &Failures, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        let attempt = f.begin(ip, user, now).expect("not blocked");
+        f.failed(attempt, now)
+    }
+
     fn policy() -> FailurePolicy {
         FailurePolicy {
             base_delay: Duration::from_secs(2),
@@ -319,17 +610,61 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_64_is_one_address_and_mapped_ipv4_is_ipv4() {
+        let slots = AddressSlots::new(2);
+        let _a = slots.claim(ip("2001:db8:1:2::1")).unwrap();
+        let _b = slots.claim(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(slots.claim(ip("2001:db8:1:2:abcd::1")).is_none());
+        assert!(slots.claim(ip("2001:db8:1:3::1")).is_some());
+        let _c = slots.claim(ip("192.0.2.7")).unwrap();
+        let _d = slots.claim(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(slots.claim(ip("192.0.2.7")).is_none());
+        assert_eq!(slots.open_from(ip("::ffff:192.0.2.7")), 2);
+    }
+
+    #[test]
+    fn a_full_pre_login_table_closes_the_oldest_of_the_most_crowded_address() {
+        let table = PreLogin::new(5);
+        let flood: Vec<PreLoginSlot> = (0..3).map(|_| table.claim(ip("192.0.2.1"))).collect();
+        let other: Vec<PreLoginSlot> = (0..2).map(|_| table.claim(ip("192.0.2.2"))).collect();
+        assert_eq!(table.waiting(), 5);
+        // Full: a newcomer takes the place of 192.0.2.1's oldest.
+        let newcomer = table.claim(ip("198.51.100.1"));
+        assert!(flood[0].is_evicted());
+        assert!(!flood[1].is_evicted() && !other[0].is_evicted() && !other[1].is_evicted());
+        assert_eq!(table.waiting(), 5);
+        // The evicted connection ending gives nothing back twice.
+        let mut flood = flood;
+        drop(flood.remove(0));
+        assert_eq!(table.waiting(), 5);
+        // Now 192.0.2.1 and .2 hold two each; either gives way, never the
+        // newcomer holding one.
+        let _next = table.claim(ip("198.51.100.2"));
+        assert!(!newcomer.is_evicted());
+        assert_eq!(
+            flood
+                .iter()
+                .chain(&other)
+                .filter(|s| s.is_evicted())
+                .count(),
+            1
+        );
+        drop(newcomer);
+        assert_eq!(table.waiting(), 4);
+    }
+
+    #[test]
     fn failures_back_off_and_then_block_the_address() {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         let delays: Vec<u64> = (0..6)
-            .map(|i| f.failed(a, &format!("u{i}"), t0).as_secs())
+            .map(|i| fail(&f, a, &format!("u{i}"), t0).as_secs())
             .collect();
         assert_eq!(delays, vec![2, 2, 2, 4, 8, 16]);
         assert!(f.blocked(a, t0).is_none());
         for _ in 6..10 {
-            f.failed(a, "x", t0);
+            fail(&f, a, "x", t0);
         }
         assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
         assert!(f.blocked(ip("192.0.2.2"), t0).is_none());
@@ -342,29 +677,117 @@ mod tests {
         let t0 = Instant::now();
         let mut last = Duration::ZERO;
         for i in 0..8 {
-            last = f.failed(ip(&format!("198.51.100.{i}")), "alice", t0);
+            last = fail(&f, ip(&format!("198.51.100.{i}")), "alice", t0);
         }
         assert_eq!(last, Duration::from_secs(30));
         // Other users are not slowed by alice's attackers.
         assert_eq!(
-            f.failed(ip("198.51.100.99"), "bob", t0),
+            fail(&f, ip("198.51.100.99"), "bob", t0),
             Duration::from_secs(2)
         );
     }
 
     #[test]
-    fn failures_expire_and_success_clears_the_address() {
+    fn failures_expire_and_success_clears_that_users_failures() {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         for _ in 0..5 {
-            f.failed(a, "u", t0);
+            fail(&f, a, "u", t0);
         }
         let later = t0 + Duration::from_secs(601);
-        assert_eq!(f.failed(a, "v", later), Duration::from_secs(2));
-        f.failed(a, "w", later);
-        f.succeeded(a);
-        assert_eq!(f.failed(a, "z", later), Duration::from_secs(2));
+        assert_eq!(fail(&f, a, "v", later), Duration::from_secs(2));
+        fail(&f, a, "w", later);
+        fail(&f, a, "w", later);
+        // w mistyped twice, then got it right: w's failures go.
+        let ok = f.begin(a, "w", later).unwrap();
+        f.succeeded(ok, later);
+        assert_eq!(locked(&f.by_address).map[&a].failures, 1);
+        assert_eq!(fail(&f, a, "z", later), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_they_are_checked() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // 100 guesses arrive at once: only the first ten may be checked.
+        let begun: Vec<_> = (0..100).map(|_| f.begin(a, "alice", t0)).collect();
+        let allowed: Vec<Attempt> = begun.into_iter().filter_map(Result::ok).collect();
+        assert_eq!(allowed.len(), 10);
+        assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
+        for attempt in allowed {
+            f.failed(attempt, t0);
+        }
+        assert!(f.begin(a, "alice", t0).is_err());
+        // Another address is not affected.
+        assert!(f.begin(ip("192.0.2.2"), "alice", t0).is_ok());
+    }
+
+    #[test]
+    fn a_login_to_ones_own_account_does_not_clear_guesses_at_others() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let mut guesses = 0;
+        // Guess at bob, log into mallory's own account, guess again...
+        while let Ok(attempt) = f.begin(a, "bob", t0) {
+            f.failed(attempt, t0);
+            guesses += 1;
+            if let Ok(own) = f.begin(a, "mallory", t0) {
+                f.succeeded(own, t0);
+            }
+            assert!(guesses <= 10, "the address is never blocked");
+        }
+        assert_eq!(guesses, 10);
+        assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn a_success_in_flight_does_not_leave_the_address_blocked() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..9 {
+            fail(&f, a, "x", t0);
+        }
+        // The tenth attempt blocks while it is checked; it was right.
+        let attempt = f.begin(a, "alice", t0).unwrap();
+        assert!(f.blocked(a, t0).is_some());
+        f.succeeded(attempt, t0);
+        assert!(f.blocked(a, t0).is_none());
+        // The next failure reaches the limit again.
+        fail(&f, a, "x", t0);
+        assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn after_a_block_one_attempt_is_checked_then_the_address_is_blocked_again() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        for _ in 0..10 {
+            fail(&f, a, "bob", t0);
+        }
+        let later = t0 + Duration::from_secs(301);
+        assert!(f.blocked(a, later).is_none());
+        let begun: Vec<_> = (0..5).map(|_| f.begin(a, "bob", later)).collect();
+        assert_eq!(begun.iter().filter(|b| b.is_ok()).count(), 1);
+        assert_eq!(f.blocked(a, later), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        for i in 0..10 {
+            fail(&f, ip(&format!("2001:db8:0:1::{i:x}")), "bob", t0);
+        }
+        assert!(f.blocked(ip("2001:db8:0:1:ffff::1"), t0).is_some());
+        assert!(f.begin(ip("2001:db8:0:1::abcd"), "bob", t0).is_err());
+        assert!(f.blocked(ip("2001:db8:0:2::1"), t0).is_none());
+        fail(&f, ip("::ffff:192.0.2.7"), "bob", t0);
+        assert_eq!(locked(&f.by_address).map[&ip("192.0.2.7")].failures, 1);
     }
 
     #[test]
@@ -372,7 +795,8 @@ mod tests {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 10) {
-            f.failed(
+            fail(
+                &f,
                 IpAddr::V4(i.into()),
                 "u",
                 t0 + Duration::from_micros(i as u64),

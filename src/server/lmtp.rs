@@ -84,7 +84,9 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
     Ok(Listener::Unix(listener, path.to_path_buf()))
 }
 
-/// Accepts LMTP connections until `shutdown`, one task per connection.
+/// Accepts LMTP connections until `shutdown`, one task per connection,
+/// under LMTP's own limits (`lmtp.max_connections`, and per address
+/// `lmtp.max_connections_per_address`), apart from POP3's.
 pub(crate) async fn accept_loop<S: Store, P: PassDb>(
     listener: Listener,
     shared: Arc<Shared<S, P>>,
@@ -98,7 +100,7 @@ pub(crate) async fn accept_loop<S: Store, P: PassDb>(
             a = accept(&listener) => a,
             _ = shutdown.cancelled() => break,
         };
-        let (stream, peer) = match accepted {
+        let (stream, peer, ip) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
@@ -108,15 +110,18 @@ pub(crate) async fn accept_loop<S: Store, P: PassDb>(
                 continue;
             }
         };
+        let slot = match ip {
+            Some(ip) => match shared.lmtp_slots.claim(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(stream, &peer, true);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            sessions.spawn(async move {
-                warn!(peer = %peer, "LMTP connection refused: too many connections");
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            refuse(stream, &peer, false);
             continue;
         };
         let shared = shared.clone();
@@ -126,6 +131,7 @@ pub(crate) async fn accept_loop<S: Store, P: PassDb>(
         sessions.spawn(
             async move {
                 serve(stream, &shared, &shutdown).await;
+                drop(slot);
                 drop(permit);
             }
             .instrument(span),
@@ -142,34 +148,40 @@ enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> io::Result<(Stream, String)> {
+/// Turns a connection away with a 421 that goes out only if it can be
+/// written at once: a refusal never waits on the client.
+fn refuse(stream: Stream, peer: &str, per_address: bool) {
+    let line: &[u8] = if per_address {
+        b"421 4.3.2 Too many connections from your address; try again later\r\n"
+    } else {
+        b"421 4.3.2 Too many connections; try again later\r\n"
+    };
+    warn!(peer = %peer, per_address, "LMTP connection refused: too many connections");
+    stream.try_write(line);
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, String, Option<std::net::IpAddr>)> {
     match listener {
         Listener::Tcp(l) => {
             let (stream, peer) = l.accept().await?;
             // Replies are small and the client waits for each batch.
             let _ = stream.set_nodelay(true);
-            Ok((Stream::Tcp(stream), peer.to_string()))
+            Ok((Stream::Tcp(stream), peer.to_string(), Some(peer.ip())))
         }
         Listener::Unix(l, path) => {
             let (stream, _) = l.accept().await?;
-            Ok((Stream::Unix(stream), path.display().to_string()))
+            Ok((Stream::Unix(stream), path.display().to_string(), None))
         }
     }
 }
 
 impl Stream {
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.write_all(bytes).await,
-            Stream::Unix(s) => s.write_all(bytes).await,
-        }
-    }
-
-    async fn shutdown(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.shutdown().await,
-            Stream::Unix(s) => s.shutdown().await,
-        }
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, bytes: &[u8]) {
+        let _ = match self {
+            Stream::Tcp(s) => s.try_write(bytes),
+            Stream::Unix(s) => s.try_write(bytes),
+        };
     }
 }
 
@@ -226,25 +238,26 @@ where
                 conn.complete(Outcome::Delivered(results));
             }
             Event::NeedInput => {
-                if write_out(&mut stream, &mut out).await.is_err() {
+                // A client that stops reading is dropped after the idle
+                // time, as one that stops writing is.
+                if write_out(&mut stream, &mut out, conn.idle_timeout())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 conn.shrink();
                 let read = tokio::select! {
                     r = tokio::time::timeout(conn.idle_timeout(), stream.read(&mut buf)) => r,
                     _ = shutdown.cancelled() => {
-                        let _ = stream
-                            .write_all(b"421 4.3.2 Server shutting down; try again later\r\n")
-                            .await;
+                        write_now(&mut stream, b"421 4.3.2 Server shutting down; try again later\r\n").await;
                         break;
                     }
                 };
                 match read {
                     Err(_) => {
                         info!("idle too long; closing");
-                        let _ = stream
-                            .write_all(b"421 4.4.2 Idle for too long; closing\r\n")
-                            .await;
+                        write_now(&mut stream, b"421 4.4.2 Idle for too long; closing\r\n").await;
                         break;
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -252,8 +265,8 @@ where
                 }
             }
             Event::Close => {
-                let _ = write_out(&mut stream, &mut out).await;
-                let _ = stream.shutdown().await;
+                let _ = write_out(&mut stream, &mut out, conn.idle_timeout()).await;
+                let _ = tokio::time::timeout(conn.idle_timeout(), stream.shutdown()).await;
                 break;
             }
         }
@@ -321,14 +334,27 @@ async fn deliver_one<S: Store, P: PassDb>(
     }
 }
 
-async fn write_out<T: AsyncWrite + Unpin>(stream: &mut T, out: &mut Vec<u8>) -> io::Result<()> {
+async fn write_out<T: AsyncWrite + Unpin>(
+    stream: &mut T,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    stream.write_all(out).await?;
-    stream.flush().await?;
+    tokio::time::timeout(limit, async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
     out.clear();
     Ok(())
+}
+
+/// Writes a last line if the socket takes it at once; never waits.
+async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: &[u8]) {
+    let _ = tokio::time::timeout(Duration::ZERO, stream.write_all(line)).await;
 }
 
 /// A client-supplied address as it may appear in a log line: no control

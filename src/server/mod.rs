@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -47,8 +46,10 @@ pub struct Shared<S, P> {
     pub config: Config,
     /// This host's name, for APOP timestamps.
     pub hostname: String,
-    /// Open connections per client address.
+    /// Open POP3 connections per client address.
     pub slots: Arc<limits::AddressSlots>,
+    /// Open LMTP connections per client address (TCP only).
+    pub lmtp_slots: Arc<limits::AddressSlots>,
     /// Failed logins per address and user.
     pub failures: limits::Failures,
     /// RFC 2449 LOGIN-DELAY (off when not configured).
@@ -56,7 +57,7 @@ pub struct Shared<S, P> {
     /// The configuration as last (re)loaded: what each new session reads.
     live: std::sync::RwLock<Arc<Config>>,
     /// Connections not yet logged in.
-    pub unauthenticated: Arc<Semaphore>,
+    pub unauthenticated: Arc<limits::PreLogin>,
     /// Counters for the metrics endpoint.
     pub metrics: Arc<metrics::Metrics>,
     /// The certificate and key, when TLS is configured.
@@ -69,7 +70,18 @@ pub struct Admission {
     _slot: limits::AddressSlot,
     /// Held until login; released then so that logged-in sessions do not
     /// count against the unauthenticated limit.
-    pub unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub unauthenticated: Option<limits::PreLoginSlot>,
+}
+
+impl Admission {
+    /// Completes when the connection, not yet logged in, lost its place to
+    /// a newer one (the pre-login table was full); never after login.
+    pub async fn evicted(&self) {
+        match &self.unauthenticated {
+            Some(slot) => slot.evicted().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl<S: Store, P: PassDb> Shared<S, P> {
@@ -80,12 +92,13 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             passdb,
             hostname: hostname(),
             slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
+            lmtp_slots: limits::AddressSlots::new(config.lmtp.max_connections_per_address),
             failures: limits::Failures::new(config.failure_policy()),
             login_delay: limits::LoginDelay::new(Duration::from_secs(
                 config.pop3.login_delay_secs.unwrap_or(0).into(),
             )),
             live: std::sync::RwLock::new(Arc::new(config.clone())),
-            unauthenticated: Arc::new(Semaphore::new(config.limits.max_unauthenticated)),
+            unauthenticated: limits::PreLogin::new(config.limits.max_unauthenticated),
             metrics: Arc::new(metrics::Metrics::default()),
             tls,
             session_ids: AtomicU64::new(1),
@@ -107,6 +120,10 @@ impl<S: Store, P: PassDb> Shared<S, P> {
     pub fn reload(&self, config: Config) {
         self.slots
             .set_max(config.limits.max_connections_per_address);
+        self.lmtp_slots
+            .set_max(config.lmtp.max_connections_per_address);
+        self.unauthenticated
+            .set_max(config.limits.max_unauthenticated);
         self.failures.set_policy(config.failure_policy());
         self.login_delay.set_delay(Duration::from_secs(
             config.pop3.login_delay_secs.unwrap_or(0).into(),
@@ -114,9 +131,10 @@ impl<S: Store, P: PassDb> Shared<S, P> {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
-    /// Admits a connection from `ip` under the per-address, brute-force
-    /// and unauthenticated limits, or says why not (the text for a
-    /// `-ERR [SYS/TEMP]` line).
+    /// Admits a connection from `ip` under the brute-force and per-address
+    /// limits, or says why not (the text for a `-ERR [SYS/TEMP]` line),
+    /// and gives it a place among the connections not yet logged in
+    /// (which may close an older one: see [`limits::PreLogin`]).
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, String> {
         if let Some(wait) = self.failures.blocked(ip, std::time::Instant::now()) {
             return Err(format!(
@@ -127,12 +145,9 @@ impl<S: Store, P: PassDb> Shared<S, P> {
         let Some(slot) = self.slots.claim(ip) else {
             return Err("Too many connections from your address; try again later".into());
         };
-        let Ok(permit) = self.unauthenticated.clone().try_acquire_owned() else {
-            return Err("Too many connections waiting to log in; try again later".into());
-        };
         Ok(Admission {
             _slot: slot,
-            unauthenticated: Some(permit),
+            unauthenticated: Some(self.unauthenticated.claim(ip)),
         })
     }
 
@@ -177,6 +192,24 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Binds a listening TCP socket. An IPv6 socket takes IPv6 only
+/// (`IPV6_V6ONLY`), whatever the system default, so that `0.0.0.0:110`
+/// and `[::]:110` can both be listened on, as the example config does.
+pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As std and tokio do on Unix: a restart can bind while old
+    // connections linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// A bound server: POP3 and LMTP listeners.
 pub struct Server<S, P> {
     /// Each POP3 listener, and whether it speaks implicit TLS.
@@ -201,14 +234,14 @@ impl<S: Store, P: PassDb> Server<S, P> {
         let plain = config.pop3.listen.iter().map(|a| (a, false));
         let implicit = config.pop3.listen_tls.iter().map(|a| (a, true));
         for (addr, implicit_tls) in plain.chain(implicit) {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
+            let listener = bind_tcp(*addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
             })?;
             listeners.push((listener, implicit_tls));
         }
         let mut lmtp = Vec::new();
         for addr in &config.lmtp.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|e| {
+            let listener = bind_tcp(*addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen for LMTP on {addr}: {e}"))
             })?;
             lmtp.push(lmtp::Listener::Tcp(listener));
@@ -217,7 +250,7 @@ impl<S: Store, P: PassDb> Server<S, P> {
             lmtp.push(lmtp::bind_unix(path)?);
         }
         let metrics = match config.metrics.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Some(addr) => Some(bind_tcp(addr).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
             })?),
             None => None,
@@ -313,9 +346,12 @@ impl<S: Store, P: PassDb> Server<S, P> {
                 shutdown.clone(),
             ));
         }
+        // LMTP has its own connection cap: neither protocol's clients can
+        // take the other's connections.
+        let lmtp_permits = Arc::new(Semaphore::new(self.shared.config.lmtp.max_connections));
         for listener in self.lmtp {
             let shared = self.shared.clone();
-            let permits = permits.clone();
+            let permits = lmtp_permits.clone();
             let shutdown = shutdown.clone();
             let sessions = tracker.clone();
             tracker.spawn(async move {
@@ -360,9 +396,37 @@ async fn accept_loop<S: Store, P: PassDb>(
             }
         };
         let _ = stream.set_nodelay(true);
+        let accepted = tokio::time::Instant::now();
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            sessions.spawn(refuse(stream, peer));
+            refuse(
+                &stream,
+                peer,
+                "Too many connections; try again later",
+                implicit_tls,
+            );
             continue;
+        };
+        // The client's slots are claimed now, before any handshake, so
+        // that sockets that never finish one count against their address.
+        // Behind a trusted balancer the address comes from the PROXY
+        // header: those wait for it.
+        let proxied = shared
+            .config
+            .pop3
+            .proxy_from
+            .iter()
+            .any(|n| n.contains(peer.ip()));
+        let admitted = if proxied {
+            None
+        } else {
+            match shared.admit(peer.ip()) {
+                Ok(a) => Some(a),
+                Err(text) => {
+                    shared.metrics.connection_refused();
+                    refuse(&stream, peer, &text, implicit_tls);
+                    continue;
+                }
+            }
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
@@ -388,33 +452,48 @@ async fn accept_loop<S: Store, P: PassDb>(
                     }
                 };
                 let mut peer = peer;
-                if shared
-                    .config
-                    .pop3
-                    .proxy_from
-                    .iter()
-                    .any(|n| n.contains(peer.ip()))
-                {
-                    match proxy::read_header(&mut stream).await {
-                        Ok(proxy::Header::Proxied { source, .. }) => {
-                            tracing::Span::current()
-                                .record("client", tracing::field::display(source));
-                            peer = source;
+                let admission = match admitted {
+                    Some(a) => a,
+                    None => {
+                        match proxy::read_header(&mut stream).await {
+                            Ok(proxy::Header::Proxied { source, .. }) => {
+                                tracing::Span::current()
+                                    .record("client", tracing::field::display(source));
+                                peer = source;
+                            }
+                            Ok(proxy::Header::Local) => {}
+                            Err(e) => {
+                                warn!(error = %e, "bad PROXY header from a trusted balancer; closing");
+                                return;
+                            }
                         }
-                        Ok(proxy::Header::Local) => {}
-                        Err(e) => {
-                            warn!(error = %e, "bad PROXY header from a trusted balancer; closing");
-                            return;
+                        match shared.admit(peer.ip()) {
+                            Ok(a) => a,
+                            Err(text) => {
+                                shared.metrics.connection_refused();
+                                refuse(&stream, peer, &text, implicit_tls);
+                                return;
+                            }
                         }
                     }
-                }
+                };
+                // The handshake counts against the authorization deadline,
+                // and a connection still in it can be closed to make room.
+                let login_by = accepted
+                    + Duration::from_secs(shared.live().limits.authorization_timeout_secs);
                 let stream = match (implicit_tls, &shared.tls) {
                     (false, _) => Some(tls::Stream::Plain(stream)),
                     (true, Some(t)) => {
                         let mut s = tls::Stream::Plain(stream);
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, s.start_tls(t.acceptor()))
-                            .await
-                        {
+                        let until = login_by.min(accepted + HANDSHAKE_TIMEOUT);
+                        let handshake = tokio::select! {
+                            r = tokio::time::timeout_at(until, s.start_tls(t.acceptor())) => r,
+                            _ = admission.evicted() => {
+                                info!("closed during the TLS handshake to make room for a newer connection");
+                                Ok(Err(std::io::Error::other("evicted")))
+                            }
+                        };
+                        match handshake {
                             Ok(Ok(())) => Some(s),
                             Ok(Err(e)) => {
                                 info!(error = %e, "TLS handshake failed");
@@ -429,7 +508,7 @@ async fn accept_loop<S: Store, P: PassDb>(
                     (true, None) => None,
                 };
                 if let Some(stream) = stream {
-                    pop3::serve(stream, peer, id, &shared, &shutdown).await;
+                    pop3::serve(stream, peer, id, &shared, &shutdown, admission, accepted).await;
                 }
                 drop(permit);
             }
@@ -442,10 +521,12 @@ async fn accept_loop<S: Store, P: PassDb>(
     }
 }
 
-async fn refuse(mut stream: TcpStream, peer: SocketAddr) {
-    warn!(peer = %peer, "connection refused: too many connections");
-    let _ = stream
-        .write_all(b"-ERR [SYS/TEMP] Too many connections; try again later\r\n")
-        .await;
-    let _ = stream.shutdown().await;
+/// Turns a connection away, telling it why if the line can be written at
+/// once: a refusal never waits on the client. Implicit-TLS connections are
+/// closed without a word (no handshake is spent on them).
+fn refuse(stream: &TcpStream, peer: SocketAddr, why: &str, implicit_tls: bool) {
+    warn!(peer = %peer, reason = %why, "connection refused");
+    if !implicit_tls {
+        let _ = stream.try_write(&pop3::Farewell::Refused(why).line());
+    }
 }

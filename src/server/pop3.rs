@@ -6,22 +6,36 @@
 //! waiting, so pipelined commands are answered in order with few writes,
 //! and every response (status line, body and terminating `.`) leaves in
 //! one piece when it fits. Message bodies stream from the store through
-//! [`Stuffer`] in large chunks and are never held whole.
+//! [`Stuffer`] in large chunks and are never held whole. No command runs
+//! while more than [`OUTPUT_LIMIT_OCTETS`] of answers wait: a client that
+//! pipelines without reading is answered at the pace it reads.
+//!
+//! Time limits are deadlines, and cover writes as well as reads. Before
+//! login the session must log in by the authorization deadline (counted
+//! from the accept, whatever the client sends); after login, autologout
+//! ends a session that sends nothing, or reads nothing, for that long
+//! (RFC 1939 §3). Either way the maildrop lock and the connection's slots
+//! go with the session.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
-use mailbag_proto::dot::Stuffer;
+use mailbag_proto::dot::{SizeCounter, Stuffer};
 use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
+use super::limits::Attempt;
 use super::metrics::{LoginResult, Metrics};
 use super::tls::Stream;
 use super::transcript::Transcript;
-use super::{Shared, HANDSHAKE_TIMEOUT};
+use super::{Admission, Shared, HANDSHAKE_TIMEOUT};
 use crate::auth::{AuthError, PassDb};
 use crate::store::{Maildrop, MessageBody, Store, StoreError};
 
@@ -32,35 +46,196 @@ const READ_OCTETS: usize = 4096;
 const BODY_CHUNK_OCTETS: usize = 128 * 1024;
 /// An output buffer larger than this is released while the session idles.
 const IDLE_BUFFER_OCTETS: usize = 8 * 1024;
+/// Answers waiting to be written, past which they are written before the
+/// next command runs: the bound RETR bodies have, for every answer.
+pub const OUTPUT_LIMIT_OCTETS: usize = BODY_CHUNK_OCTETS;
+/// The same bound before login, where every answer is small (CAPA, HELP):
+/// a thousand stalled connections waiting to log in hold little.
+pub const PRE_LOGIN_OUTPUT_OCTETS: usize = 16 * 1024;
 
-/// Serves one POP3 connection to its end. Whatever way it ends, an open
-/// maildrop is dropped uncommitted unless the core reached UPDATE.
+/// The lines the driver writes itself (the core writes every other):
+/// the one place for their wire text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Farewell<'a> {
+    /// Not admitted; the text says why.
+    Refused(&'a str),
+    /// The server is stopping.
+    ShuttingDown,
+    /// RFC 1939 §3 autologout, after login.
+    Autologout,
+    /// The authorization deadline passed before login.
+    LoginTimeout,
+    /// The pre-login table was full and this was the oldest connection of
+    /// the address holding the most.
+    Evicted,
+}
+
+impl Farewell<'_> {
+    pub(crate) fn line(self) -> Vec<u8> {
+        let text = match self {
+            Farewell::Refused(why) => return format!("-ERR [SYS/TEMP] {why}\r\n").into_bytes(),
+            Farewell::ShuttingDown => "-ERR [SYS/TEMP] Server shutting down; nothing was deleted",
+            Farewell::Autologout => "-ERR Autologout: idle for too long; nothing was deleted",
+            Farewell::LoginTimeout => "-ERR [SYS/TEMP] Too long without logging in; closing",
+            Farewell::Evicted => {
+                "-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest"
+            }
+        };
+        format!("{text}\r\n").into_bytes()
+    }
+}
+
+/// Writes a last line if the connection takes it at once; never waits on
+/// a client that does not read.
+pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell<'_>) {
+    let _ = tokio::time::timeout(Duration::ZERO, async {
+        stream.write_all(&line.line()).await?;
+        stream.flush().await
+    })
+    .await;
+}
+
+/// How long a write may wait on the client.
+#[derive(Debug, Clone, Copy)]
+enum WriteLimit {
+    /// Until this instant (before login: the authorization deadline).
+    Until(tokio::time::Instant),
+    /// This long without progress (after login: autologout).
+    Stalled(Duration),
+}
+
+/// The client connection, with a time limit on every write: a write that
+/// cannot finish in time fails with `TimedOut`, and the session ends. The
+/// timer is armed only when the socket pushes back, so a write that goes
+/// straight out costs nothing more. Before login, a write waiting on the
+/// client also fails as soon as the connection loses its pre-login place.
+pub struct Timed {
+    stream: Stream,
+    limit: WriteLimit,
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+    evicted: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl Timed {
+    fn new(stream: Stream, login_by: tokio::time::Instant, admission: &Admission) -> Self {
+        Timed {
+            stream,
+            limit: WriteLimit::Until(login_by),
+            timer: Box::pin(tokio::time::sleep_until(login_by)),
+            armed: false,
+            evicted: admission
+                .unauthenticated
+                .as_ref()
+                .map(|slot| Box::pin(slot.evicted_owned())),
+        }
+    }
+
+    /// Logged in: writes may wait up to `autologout` without progress.
+    fn logged_in(&mut self, autologout: Duration) {
+        self.limit = WriteLimit::Stalled(autologout);
+        self.armed = false;
+        self.evicted = None;
+    }
+
+    /// The bound on answers waiting to be written.
+    fn output_limit(&self) -> usize {
+        match self.limit {
+            WriteLimit::Until(_) => PRE_LOGIN_OUTPUT_OCTETS,
+            WriteLimit::Stalled(_) => OUTPUT_LIMIT_OCTETS,
+        }
+    }
+
+    /// Ready(Err) once the write limit has passed, else Pending (with the
+    /// timer registered to wake the task).
+    fn poll_limit(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        if !self.armed {
+            let at = match self.limit {
+                WriteLimit::Until(at) => at,
+                WriteLimit::Stalled(d) => tokio::time::Instant::now() + d,
+            };
+            self.timer.as_mut().reset(at);
+            self.armed = true;
+        }
+        if let Some(evicted) = &mut self.evicted {
+            if evicted.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "closed to make room for a newer connection",
+                ));
+            }
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read in time",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_limit(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncWrite for Timed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.guard(cx, polled)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_flush(cx);
+        this.guard(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.guard(cx, polled)
+    }
+}
+
+/// The answer to a login attempt from an address that is refused.
+const BLOCKED_LINE: &[u8] =
+    b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
+
+/// Serves one admitted POP3 connection, accepted at `accepted`, to its
+/// end. Whatever way it ends, an open maildrop is dropped uncommitted
+/// unless the core reached UPDATE.
 pub async fn serve<S, P>(
-    mut stream: Stream,
+    stream: Stream,
     peer: SocketAddr,
     session: u64,
     shared: &Shared<S, P>,
     shutdown: &CancellationToken,
+    mut admission: Admission,
+    accepted: tokio::time::Instant,
 ) where
     S: Store,
     P: PassDb,
 {
-    let mut admission = match shared.admit(peer.ip()) {
-        Ok(a) => a,
-        Err(text) => {
-            shared.metrics.connection_refused();
-            warn!(reason = %text, "connection refused");
-            let _ = stream
-                .write_all(format!("-ERR [SYS/TEMP] {text}\r\n").as_bytes())
-                .await;
-            let _ = stream.shutdown().await;
-            return;
-        }
-    };
     shared.metrics.connection_opened();
     let metrics = &*shared.metrics;
     let config = shared.live();
-    let tls_active = matches!(stream, Stream::Tls(_));
+    let tls_active = stream.is_tls();
     let settings = Settings {
         apop_timestamp: shared
             .passdb
@@ -90,10 +265,15 @@ pub async fn serve<S, P>(
         transcript: transcript.is_some(),
         ..settings
     };
+    let login_by = accepted + settings.authorization_timeout;
+    let autologout = settings.transaction_timeout;
+    let mut stream = Timed::new(stream, login_by, &admission);
     let mut conn = Conn::new(settings);
     let mut out: Vec<u8> = Vec::new();
     let mut maildrop: Option<S::Maildrop> = None;
     let mut user: Option<String> = None;
+    // The login attempt being checked (server/limits.rs).
+    let mut attempt: Option<Attempt> = None;
     // The command being answered, for its latency.
     let mut command: Option<(Verb, Instant)> = None;
     // The session ended with the server's last word (QUIT, or a limit):
@@ -107,6 +287,13 @@ pub async fn serve<S, P>(
                     t.server(&bytes);
                 }
                 out.extend_from_slice(&bytes);
+                // Answers pile up no further than the limit: they go out
+                // before the next command runs.
+                if out.len() >= stream.output_limit()
+                    && write_out(&mut stream, &mut out, metrics).await.is_err()
+                {
+                    break;
+                }
             }
             Event::Received(line) => {
                 if let Some(t) = &mut transcript {
@@ -130,9 +317,10 @@ pub async fn serve<S, P>(
                             break;
                         };
                         conn.discard_buffered_input();
-                        match tokio::time::timeout(
-                            HANDSHAKE_TIMEOUT,
-                            stream.start_tls(tls.acceptor()),
+                        let until = login_by.min(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
+                        match tokio::time::timeout_at(
+                            until,
+                            stream.stream.start_tls(tls.acceptor()),
                         )
                         .await
                         {
@@ -156,13 +344,30 @@ pub async fn serve<S, P>(
                         }
                         log_auth_failure(peer, &name, "invalid-credentials");
                         metrics.login(LoginResult::Invalid);
-                        let delay = shared.failures.failed(peer.ip(), &name, Instant::now());
+                        let delay = match attempt.take() {
+                            Some(a) => shared.failures.failed(a, Instant::now()),
+                            None => {
+                                shared
+                                    .failures
+                                    .failed_unreserved(peer.ip(), &name, Instant::now())
+                            }
+                        };
                         tokio::time::sleep(delay).await;
                         Outcome::AuthRejected
                     }
                     Action::ScramLookup { user: name } => {
                         if write_out(&mut stream, &mut out, metrics).await.is_err() {
                             break;
+                        }
+                        // A SCRAM exchange is one attempt, counted before
+                        // the keys are looked up; the proof settles it.
+                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
+                            Err(_) => {
+                                metrics.login(LoginResult::Refused);
+                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                break;
+                            }
                         }
                         match shared.passdb.scram_keys(&name).await {
                             Ok((canonical, keys)) => {
@@ -188,12 +393,15 @@ pub async fn serve<S, P>(
                         if write_out(&mut stream, &mut out, metrics).await.is_err() {
                             break;
                         }
-                        if shared.failures.blocked(peer.ip(), Instant::now()).is_some() {
-                            metrics.login(LoginResult::Refused);
-                            let _ = stream
-                                .write_all(b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n")
-                                .await;
-                            break;
+                        // Counted before it is checked: parallel guesses
+                        // cannot all pass a check made before any fails.
+                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
+                            Err(_) => {
+                                metrics.login(LoginResult::Refused);
+                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                break;
+                            }
                         }
                         let started = tokio::time::Instant::now();
                         match shared.passdb.verify(&name, &credential).await {
@@ -201,8 +409,10 @@ pub async fn serve<S, P>(
                             Err(AuthError::Invalid) => {
                                 log_auth_failure(peer, &name, "invalid-credentials");
                                 metrics.login(LoginResult::Invalid);
-                                let delay =
-                                    shared.failures.failed(peer.ip(), &name, Instant::now());
+                                let delay = match attempt.take() {
+                                    Some(a) => shared.failures.failed(a, Instant::now()),
+                                    None => shared.failures.policy().base_delay,
+                                };
                                 // Every failure is answered at the same time
                                 // after the attempt, however long the check
                                 // took, so timing does not tell which users
@@ -220,7 +430,9 @@ pub async fn serve<S, P>(
                     // Every way of logging in (USER/PASS, APOP, each SASL
                     // mechanism) ends here once the credential is good.
                     Action::OpenMaildrop { user: name } => {
-                        shared.failures.succeeded(peer.ip());
+                        if let Some(a) = attempt.take() {
+                            shared.failures.succeeded(a, Instant::now());
+                        }
                         let delayed = shared.login_delay.check(&name, Instant::now()).err();
                         if let Some(wait) = delayed {
                             metrics.login(LoginResult::Refused);
@@ -277,8 +489,12 @@ pub async fn serve<S, P>(
                                     Some(n) => Stuffer::top(n),
                                     None => Stuffer::new(),
                                 };
+                                let body = Body {
+                                    size,
+                                    whole: top_lines.is_none(),
+                                };
                                 if let Err(e) =
-                                    stream_body(reader, size, stuffer, &mut out, &mut stream).await
+                                    stream_body(reader, body, stuffer, &mut out, &mut stream).await
                                 {
                                     // The +OK is out: the only honest signal
                                     // left is to end the connection.
@@ -316,6 +532,9 @@ pub async fn serve<S, P>(
                     },
                 };
                 conn.complete(outcome);
+                if user.is_some() && conn.in_transaction() {
+                    stream.logged_in(autologout);
+                }
             }
             Event::NeedInput => {
                 if let Some((verb, started)) = command.take() {
@@ -331,23 +550,35 @@ pub async fn serve<S, P>(
                     out = Vec::new();
                 }
                 conn.shrink();
+                // Before login: the deadline counted from the accept. After:
+                // autologout, counted from the last command.
+                let logged_in = user.is_some();
+                let until = if logged_in {
+                    tokio::time::Instant::now() + autologout
+                } else {
+                    login_by
+                };
                 let read = tokio::select! {
-                    r = tokio::time::timeout(conn.idle_timeout(), read_into(&mut stream, &mut conn)) => r,
+                    r = tokio::time::timeout_at(until, read_into(&mut stream.stream, &mut conn)) => r,
                     _ = shutdown.cancelled() => {
-                        let _ = stream
-                            .write_all(b"-ERR [SYS/TEMP] Server shutting down; nothing was deleted\r\n")
-                            .await;
+                        write_now(&mut stream, Farewell::ShuttingDown).await;
+                        break;
+                    }
+                    _ = admission.evicted() => {
+                        info!("closed to make room for a newer connection waiting to log in");
+                        write_now(&mut stream, Farewell::Evicted).await;
                         break;
                     }
                 };
                 match read {
-                    Err(_) => {
+                    Err(_) if logged_in => {
                         info!("autologout: idle too long");
-                        let _ = stream
-                            .write_all(
-                                b"-ERR Autologout: idle for too long; nothing was deleted\r\n",
-                            )
-                            .await;
+                        write_now(&mut stream, Farewell::Autologout).await;
+                        break;
+                    }
+                    Err(_) => {
+                        info!("not logged in by the authorization deadline");
+                        write_now(&mut stream, Farewell::LoginTimeout).await;
                         break;
                     }
                     Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -434,12 +665,68 @@ async fn write_out<T: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The message a body belongs to, as the snapshot announced it.
+#[derive(Debug, Clone, Copy)]
+struct Body {
+    /// Octets announced by LIST (canonical, before stuffing).
+    size: u64,
+    /// RETR (the whole message), not TOP.
+    whole: bool,
+}
+
+/// Counts what a RETR sends against the size announced for the message.
+struct SizeCheck {
+    body: Body,
+    counter: SizeCounter,
+}
+
+impl SizeCheck {
+    fn new(body: Body) -> Self {
+        SizeCheck {
+            body,
+            counter: SizeCounter::new(),
+        }
+    }
+
+    /// Counts a chunk; an error once more came than was announced.
+    fn feed(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if !self.body.whole {
+            return Ok(());
+        }
+        self.counter.feed(chunk);
+        if self.counter.clone().finish() > self.body.size.saturating_add(2) {
+            return Err(size_changed(self.body.size));
+        }
+        Ok(())
+    }
+
+    /// An error unless exactly the announced octets came.
+    fn finish(self) -> std::io::Result<()> {
+        if self.body.whole && self.counter.finish() != self.body.size {
+            return Err(size_changed(self.body.size));
+        }
+        Ok(())
+    }
+}
+
+fn size_changed(size: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("the message changed while it was sent: {size} octets were announced"),
+    )
+}
+
 /// Pipes a stored message through the dot-stuffer. What remains in `out`
 /// at the end (the tail and the terminating `.`) goes out with the next
 /// flush, so a small message leaves as one write with its status line.
+///
+/// A RETR whose message turns out longer or shorter than the size
+/// announced for it (another program truncated or appended to the file)
+/// fails before its terminating `.` can go out: a client must never take
+/// a short or long body as the whole message.
 async fn stream_body<R, T>(
     mut reader: R,
-    size: u64,
+    body: Body,
     mut stuffer: Stuffer,
     out: &mut Vec<u8>,
     stream: &mut T,
@@ -448,11 +735,15 @@ where
     R: MessageBody,
     T: AsyncWrite + Unpin,
 {
+    let size = body.size;
+    let mut check = SizeCheck::new(body);
     // A small message the store read whole goes through the stuffer in
     // one pass, straight from the store's buffer. Pipelined RETRs would
     // pile their answers up in `out`: past a chunk's worth it goes out
     // now, as the chunked path below does.
     if let Some(whole) = reader.in_memory() {
+        check.feed(whole)?;
+        check.finish()?;
         stuffer.feed(whole, out);
         stuffer.finish(out);
         if out.len() >= BODY_CHUNK_OCTETS {
@@ -475,6 +766,7 @@ where
         if n == 0 {
             break;
         }
+        check.feed(&chunk)?;
         if stuffer.feed(&chunk, out) {
             break;
         }
@@ -483,6 +775,7 @@ where
             out.clear();
         }
     }
+    check.finish()?;
     stuffer.finish(out);
     Ok(())
 }
@@ -542,10 +835,36 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::maildir::MessageReader;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
+
+    use crate::auth::passwd_file::PasswdFile;
+    use crate::config::Config;
+    use crate::store::maildir::{MaildirStore, MessageReader};
 
     fn small(octets: usize) -> MessageReader {
         MessageReader::Memory(std::io::Cursor::new(vec![b'a'; octets]))
+    }
+
+    /// A message the store streams instead of holding whole.
+    struct Streamed(std::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Streamed {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl MessageBody for Streamed {}
+
+    fn retr(size: u64) -> Body {
+        Body { size, whole: true }
     }
 
     #[tokio::test]
@@ -553,7 +872,7 @@ mod tests {
         let mut out = Vec::new();
         let mut sent = Vec::new();
         // Small answers stay in the buffer, to leave with what follows...
-        stream_body(small(1000), 1000, Stuffer::new(), &mut out, &mut sent)
+        stream_body(small(1000), retr(1002), Stuffer::new(), &mut out, &mut sent)
             .await
             .unwrap();
         assert_eq!(out.len(), 1005);
@@ -561,12 +880,290 @@ mod tests {
         // ...but never more than a chunk's worth: a client that pipelines
         // a thousand RETRs must not make the session hold them all.
         for _ in 0..300 {
-            stream_body(small(1000), 1000, Stuffer::new(), &mut out, &mut sent)
+            stream_body(small(1000), retr(1002), Stuffer::new(), &mut out, &mut sent)
                 .await
                 .unwrap();
             assert!(out.len() < BODY_CHUNK_OCTETS);
         }
         assert_eq!(sent.len() + out.len(), 301 * 1005);
         assert!(sent.ends_with(b"a\r\n.\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_or_shorter_than_announced_never_ends_with_a_dot() {
+        let big = 300 * 1024;
+        for (stored, announced) in [(1000, 1102), (1000, 902), (big, big as u64 - 98)] {
+            for streamed in [false, true] {
+                let mut out = Vec::new();
+                let mut sent = Vec::new();
+                let body = vec![b'a'; stored];
+                let result = if streamed {
+                    let r = Streamed(std::io::Cursor::new(body));
+                    stream_body(r, retr(announced), Stuffer::new(), &mut out, &mut sent).await
+                } else {
+                    let r = MessageReader::Memory(std::io::Cursor::new(body));
+                    stream_body(r, retr(announced), Stuffer::new(), &mut out, &mut sent).await
+                };
+                let e = result.expect_err("a changed message went out as complete");
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                assert!(!sent.ends_with(b"\r\n.\r\n") && !out.ends_with(b"\r\n.\r\n"));
+            }
+        }
+        // TOP sends part of a message by design.
+        let mut out = Vec::new();
+        let top = Body {
+            size: 5000,
+            whole: false,
+        };
+        let r = Streamed(std::io::Cursor::new(b"a: b\n\nline\nline\n".to_vec()));
+        stream_body(r, top, Stuffer::top(1), &mut out, &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(out, b"a: b\r\n\r\nline\r\n.\r\n");
+    }
+
+    /// The server's end of an in-memory connection; remembers the largest
+    /// buffer the session handed to one write (all it had waiting).
+    struct Recorder {
+        inner: tokio::io::DuplexStream,
+        largest_write: Arc<AtomicUsize>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.largest_write.fetch_max(buf.len(), Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    type TestShared = Shared<MaildirStore, PasswdFile>;
+
+    /// A server's shared state over a temporary directory, with `alice`
+    /// (password `wonderland`) holding `messages` messages.
+    fn shared(dir: &std::path::Path, limits: &str, messages: usize) -> Arc<TestShared> {
+        std::fs::write(dir.join("passwd"), "alice:{PLAIN}wonderland\n").unwrap();
+        let text = format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nroot = \"mail\"\n\
+             [auth]\npasswd_file = \"passwd\"\nfailure_delay_ms = 10\n[limits]\n{limits}\n"
+        );
+        let config = Config::parse(&text, dir).unwrap();
+        let maildir = dir.join("mail/localhost/alice/Maildir");
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(maildir.join(sub)).unwrap();
+        }
+        for i in 0..messages {
+            let name = format!("1700000000.M{i}P1.mailbag-test-host,S=30,W=31");
+            std::fs::write(
+                maildir.join("new").join(name),
+                b"Subject: n\n\nbody of message\n",
+            )
+            .unwrap();
+        }
+        let passdb = PasswdFile::open_with_cache(&config.auth.passwd_file, None).unwrap();
+        let store = MaildirStore::new(
+            config.store.root.clone(),
+            config.store.path.clone(),
+            config.store.default_domain.clone(),
+        );
+        Arc::new(Shared::new(store, passdb, config, None))
+    }
+
+    /// Starts a session on an in-memory connection of `capacity` octets
+    /// each way; returns the client's end and the largest write seen.
+    fn session(
+        shared: &Arc<TestShared>,
+        capacity: usize,
+    ) -> (tokio::io::DuplexStream, Arc<AtomicUsize>) {
+        let (client, largest_write, _) = session_task(shared, capacity);
+        (client, largest_write)
+    }
+
+    fn session_task(
+        shared: &Arc<TestShared>,
+        capacity: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        Arc<AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (client, server) = tokio::io::duplex(capacity);
+        let largest_write = Arc::new(AtomicUsize::new(0));
+        let stream = Stream::Memory(Box::new(Recorder {
+            inner: server,
+            largest_write: largest_write.clone(),
+        }));
+        let shared = shared.clone();
+        let task = tokio::spawn(async move {
+            let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+            let admission = shared.admit(peer.ip()).unwrap();
+            let shutdown = CancellationToken::new();
+            let accepted = tokio::time::Instant::now();
+            serve(stream, peer, 1, &shared, &shutdown, admission, accepted).await;
+        });
+        (client, largest_write, task)
+    }
+
+    #[tokio::test]
+    async fn pipelined_uidls_wait_for_the_client_instead_of_piling_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "", 1000);
+        let (client, largest_write) = session(&shared, 16 * 1024);
+        let (read, mut write) = tokio::io::split(client);
+        let mut read = BufReader::new(read);
+        let mut line = String::new();
+        read.read_line(&mut line).await.unwrap();
+        // 2,000 UIDLs (each answer lists 1,000 messages) sent without
+        // reading a byte: the server stops at what it may hold.
+        const UIDLS: usize = 2000;
+        let writer = tokio::spawn(async move {
+            write
+                .write_all(b"USER alice\r\nPASS wonderland\r\n")
+                .await
+                .unwrap();
+            write.write_all(&b"UIDL\r\n".repeat(UIDLS)).await.unwrap();
+            write.write_all(b"QUIT\r\n").await.unwrap();
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // One UIDL answer, for the bound below.
+        let answer = 1000 * "1000 1700000000.M999P1.mailbag-test-host\r\n".len() + 64;
+        let held = largest_write.load(Ordering::Relaxed);
+        assert!(
+            held <= OUTPUT_LIMIT_OCTETS + answer,
+            "{held} octets waited for a client that did not read"
+        );
+        // Now the client reads: every answer arrives, whole and in order.
+        let mut answers = 0;
+        let mut lines = 0;
+        loop {
+            line.clear();
+            if read.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            if line == ".\r\n" {
+                answers += 1;
+            } else if !line.starts_with('+') {
+                lines += 1;
+            }
+        }
+        drop(writer.await.unwrap());
+        assert_eq!(answers, UIDLS);
+        assert_eq!(lines, UIDLS * 1000);
+        assert!(line.is_empty());
+        let held = largest_write.load(Ordering::Relaxed);
+        assert!(held <= OUTPUT_LIMIT_OCTETS + answer, "{held}");
+    }
+
+    #[tokio::test]
+    async fn pipelined_help_before_login_holds_little() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "max_bad_commands = 100000", 0);
+        let (client, largest_write) = session(&shared, 4096);
+        let (read, mut write) = tokio::io::split(client);
+        const HELPS: usize = 3000;
+        let writer = tokio::spawn(async move {
+            write.write_all(&b"HELP\r\n".repeat(HELPS)).await.unwrap();
+            write.write_all(b"QUIT\r\n").await.unwrap();
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let help = 1024;
+        let held = largest_write.load(Ordering::Relaxed);
+        assert!(held <= PRE_LOGIN_OUTPUT_OCTETS + help, "{held}");
+        let mut read = BufReader::new(read);
+        let mut answers = 0;
+        let mut line = String::new();
+        while read.read_line(&mut line).await.unwrap() > 0 {
+            answers += usize::from(line == ".\r\n");
+            line.clear();
+        }
+        drop(writer.await.unwrap());
+        assert_eq!(answers, HELPS);
+    }
+
+    #[tokio::test]
+    async fn a_connection_stuck_writing_before_login_ends_when_it_loses_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "max_unauthenticated = 1", 0);
+        let (stalled, _, task) = session_task(&shared, 1024);
+        let (_read, mut write) = tokio::io::split(stalled);
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(&b"HELP\r\n".repeat(1000)).await;
+            write
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished(), "the stalled session should be writing");
+        // A newcomer takes the only place: the stalled session ends now,
+        // not at the login deadline (120 s).
+        let (_newcomer, _) = session(&shared, 1024);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the evicted session went on writing")
+            .unwrap();
+        assert_eq!(shared.unauthenticated.waiting(), 1);
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn a_byte_now_and_then_does_not_outlive_the_login_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), "authorization_timeout_secs = 2", 0);
+        let (client, _) = session(&shared, 4096);
+        let (read, mut write) = tokio::io::split(client);
+        let mut read = BufReader::new(read);
+        // One byte every 0.7 s, each well within the 2 s limit of an idle
+        // timer; 10 of them would take 7 s.
+        let dribble = tokio::spawn(async move {
+            let mut sent = 0;
+            for &b in b"USER alice" {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                if write.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        });
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if read.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            lines.push(line);
+        }
+        assert!(lines[0].starts_with("+OK"), "{lines:?}");
+        assert_eq!(
+            lines.last().unwrap(),
+            "-ERR [SYS/TEMP] Too long without logging in; closing\r\n"
+        );
+        // The deadline ended it, not a pause between bytes.
+        assert!(dribble.await.unwrap() < 10);
+        assert_eq!(shared.unauthenticated.waiting(), 0);
     }
 }

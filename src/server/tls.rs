@@ -116,9 +116,23 @@ pub enum Stream {
     /// Between taking the TCP stream out for a handshake and putting the
     /// TLS stream back; any IO here fails.
     Upgrading,
+    /// An in-memory stream, for driving a session in unit tests.
+    #[cfg(test)]
+    Memory(Box<dyn MemoryIo>),
 }
 
+/// What an in-memory test stream must be.
+#[cfg(test)]
+pub trait MemoryIo: AsyncRead + AsyncWrite + Unpin + Send {}
+#[cfg(test)]
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> MemoryIo for T {}
+
 impl Stream {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
     /// Upgrades a plain stream with a server handshake. The stream is
     /// left as `Upgrading` (unusable) if the handshake fails.
     pub async fn start_tls(&mut self, acceptor: TlsAcceptor) -> io::Result<()> {
@@ -145,6 +159,8 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -159,6 +175,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -167,6 +185,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
             Stream::Upgrading => Poll::Ready(Err(upgrading())),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -175,6 +195,8 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Upgrading => Poll::Ready(Ok(())),
+            #[cfg(test)]
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

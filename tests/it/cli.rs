@@ -12,12 +12,20 @@ fn mailbag() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailbag"))
 }
 
+/// `mailbag` for a test whose config, users and mail are in `dir`: as
+/// nobody when the tests run as root (see [`unprivileged`]).
+fn mailbag_in(dir: &Path) -> Command {
+    let mut cmd = mailbag();
+    as_unprivileged(&mut cmd, dir);
+    cmd
+}
+
 /// Starts `mailbag serve` on a free port with the test config in `dir`.
 fn spawn_serve(dir: &Path) -> (Child, SocketAddr) {
     let port = free_port();
     let text = config_text(dir, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.join("mailbag.toml"), text).unwrap();
-    let child = mailbag()
+    let child = mailbag_in(dir)
         .arg("serve")
         .arg("--config")
         .arg(dir.join("mailbag.toml"))
@@ -76,7 +84,7 @@ async fn lock_is_released_when_the_server_process_is_killed() {
 async fn user_add_takes_effect_without_restart() {
     let s = TestServer::start().await;
     let status = run_with_stdin(
-        mailbag()
+        mailbag_in(s.dir.path())
             .args(["user", "add", "carol", "--password-stdin", "--config"])
             .arg(&s.config_path),
         "s3cret pass\n",
@@ -90,7 +98,7 @@ async fn user_add_takes_effect_without_restart() {
     c.ok("QUIT").await;
 
     let status = run_with_stdin(
-        mailbag()
+        mailbag_in(s.dir.path())
             .args(["user", "passwd", "carol", "--password-stdin", "--config"])
             .arg(&s.config_path),
         "changed\n",
@@ -104,13 +112,13 @@ async fn user_add_takes_effect_without_restart() {
     c.ok("PASS changed").await;
     c.ok("QUIT").await;
 
-    let out = mailbag()
+    let out = mailbag_in(s.dir.path())
         .args(["user", "list", "--config"])
         .arg(&s.config_path)
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\nbob\ncarol\n");
-    let status = mailbag()
+    let status = mailbag_in(s.dir.path())
         .args(["user", "del", "carol", "--config"])
         .arg(&s.config_path)
         .status()
@@ -127,7 +135,7 @@ async fn user_add_takes_effect_without_restart() {
 async fn user_add_writes_dovecot_scram_sha_256_values_that_log_in() {
     let s = TestServer::start().await;
     let status = run_with_stdin(
-        mailbag()
+        mailbag_in(s.dir.path())
             .args([
                 "user",
                 "add",
@@ -157,7 +165,7 @@ fn user_add_refuses_bad_names_and_duplicates() {
     write_passwd(dir.path());
     std::fs::write(dir.path().join("mailbag.toml"), config_text(dir.path(), "")).unwrap();
     for name in ["../etc", "a/b", "with space", "a:b", ".hidden"] {
-        let out = mailbag()
+        let out = mailbag_in(dir.path())
             .args(["user", "add", name, "--password-stdin", "--config"])
             .arg(dir.path().join("mailbag.toml"))
             .stdin(Stdio::null())
@@ -166,7 +174,7 @@ fn user_add_refuses_bad_names_and_duplicates() {
         assert!(!out.status.success(), "{name} was accepted");
     }
     let status = run_with_stdin(
-        mailbag()
+        mailbag_in(dir.path())
             .args(["user", "add", "alice", "--password-stdin", "--config"])
             .arg(dir.path().join("mailbag.toml")),
         "x\n",
@@ -379,7 +387,7 @@ async fn failed_logins_log_one_line_that_the_fail2ban_filter_matches() {
     let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
     let log_path = dir.path().join("mailbag.log");
-    let mut child = mailbag()
+    let mut child = mailbag_in(dir.path())
         .arg("serve")
         .arg("--config")
         .arg(dir.path().join("mailbag.toml"))
@@ -541,7 +549,7 @@ async fn sighup_reloads_limits_without_dropping_sessions() {
     };
     let path = dir.path().join("mailbag.toml");
     std::fs::write(&path, config(1)).unwrap();
-    let mut child = mailbag()
+    let mut child = mailbag_in(dir.path())
         .arg("serve")
         .arg("--config")
         .arg(&path)

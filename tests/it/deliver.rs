@@ -11,6 +11,7 @@ use crate::support::*;
 fn deliver(config: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
     cmd.arg("deliver").arg("--config").arg(config).args(args);
+    as_unprivileged(&mut cmd, config.parent().unwrap());
     run(cmd, stdin)
 }
 
@@ -215,6 +216,7 @@ fn deliver_over_the_file_size_rlimit_exits_75_and_leaves_no_half_message() {
         .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\" deliver --config \"$1\" --user alice")
         .arg(env!("CARGO_BIN_EXE_mailbag"))
         .arg(&config);
+    as_unprivileged(&mut cmd, dir.path());
     let out = run(cmd, &big_message());
     assert_eq!(
         out.status.code(),

@@ -220,14 +220,17 @@ async fn ten_thousand_sasl_cancels_keep_memory_flat() {
     let port = free_port();
     let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
-        .arg("serve")
-        .arg("--config")
-        .arg(dir.path().join("mailbag.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        dir.path(),
+    )
+    .arg("serve")
+    .arg("--config")
+    .arg(dir.path().join("mailbag.toml"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut c = loop {
         if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
@@ -327,4 +330,79 @@ async fn path_traversal_user_names_never_touch_the_file_system() {
     assert!(created.is_empty(), "{created:?}");
     assert!(!s.dir.path().parent().unwrap().join("etc").exists());
     s.stop().await;
+}
+
+/// Writes `count` small messages straight into a Maildir's new/ (no
+/// fsync: only their names and sizes matter here).
+pub fn many_messages(maildir: &std::path::Path, count: usize) {
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    let body = b"Subject: n\n\nbody\n";
+    for i in 0..count {
+        let name = format!("1700000000.M{i}P1.host,S=17,W=20");
+        std::fs::write(maildir.join("new").join(name), body).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_pipelined_uidls_on_20000_messages_keep_memory_flat() {
+    // The server runs as its own process so that its memory is its own.
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    many_messages(&dir.path().join("mail/localhost/alice/Maildir"), 20_000);
+    let port = free_port();
+    let text = config_text(dir.path(), "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut child = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        dir.path(),
+    )
+    .arg("serve")
+    .arg("--config")
+    .arg(dir.path().join("mailbag.toml"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            break Client {
+                stream: tokio::io::BufReader::new(s),
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    c.line().await;
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    // One UIDL first, so that what is measured is the pipeline alone.
+    let (_, one) = c.multi("UIDL").await;
+    assert_eq!(one.split(|&b| b == b'\n').count(), 20_001);
+    let before = rss_kib(child.id());
+    // 10,000 UIDLs (9 GB of answers) sent without reading any of them.
+    let pipeline = tokio::spawn({
+        let (_, mut write) = c.stream.into_inner().into_split();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let uidls = b"UIDL\r\n".repeat(1000);
+            for _ in 0..10 {
+                if write.write_all(&uidls).await.is_err() {
+                    break;
+                }
+            }
+            write
+        }
+    });
+    let mut grown = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        grown = grown.max(rss_kib(child.id()).saturating_sub(before));
+    }
+    pipeline.abort();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!("server RSS growth with 10,000 UIDLs pipelined on 20,000 messages: {grown} KiB");
+    assert!(grown < 16 * 1024, "server memory grew by {grown} KiB");
 }

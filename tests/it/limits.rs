@@ -50,21 +50,30 @@ async fn connections_per_address_are_limited() {
 }
 
 #[tokio::test]
-async fn unauthenticated_connections_are_limited_and_login_frees_a_slot() {
+async fn a_full_pre_login_table_makes_room_by_closing_the_oldest_and_login_frees_a_place() {
     let s = TestServer::start_with("\n[limits]\nmax_unauthenticated = 2\n").await;
     let mut a = s.connect().await;
     a.line().await;
     let mut b = s.connect().await;
     b.line().await;
+    // Full: the newcomer is served, the oldest waiting connection goes.
     let mut c = s.connect().await;
+    assert!(c.line().await.starts_with("+OK"));
     assert_eq!(
-        c.line().await,
-        "-ERR [SYS/TEMP] Too many connections waiting to log in; try again later\r\n"
+        a.line().await,
+        "-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest\r\n"
     );
-    a.ok("USER alice").await;
-    a.ok("PASS wonderland").await;
+    assert!(a.closed().await);
+    // A login gives its place up: the next newcomer closes no one.
+    b.ok("USER alice").await;
+    b.ok("PASS wonderland").await;
     let mut d = s.connect().await;
     assert!(d.line().await.starts_with("+OK"));
+    assert!(c
+        .cmd("NOOP")
+        .await
+        .starts_with("-ERR NOOP is only valid after login"));
+    b.ok("STAT").await;
     s.stop().await;
 }
 

@@ -3,14 +3,19 @@
 
 mod cli;
 mod deliver;
+mod guessing;
 mod hostile;
 mod limits;
 mod lmtp;
 mod maildir_trust;
+mod names;
+mod pg_auth;
 mod pop3;
 mod postgres;
+mod privileges;
 mod proxy;
 mod sasl;
+mod sessions;
 mod summary;
 mod support;
 mod telnet;

@@ -842,7 +842,9 @@ async fn kill_9_of_a_node_mid_session_releases_the_lock_and_deletes_nothing() {
     );
     let a_config = f.dir.path().join("a.toml");
     std::fs::write(&a_config, text).unwrap();
-    let mut a = mailbag()
+    let mut a = mailbag();
+    as_unprivileged(&mut a, f.dir.path());
+    let mut a = a
         .arg("serve")
         .arg("--config")
         .arg(&a_config)
@@ -1136,8 +1138,12 @@ async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let (status, _, stderr) = run(&["serve", "--config", config], b"");
-    assert!(!status.success());
+    let out = as_unprivileged(&mut mailbag(), dir.path())
+        .args(["serve", "--config", config])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(stderr.contains("mailbag migrate"), "{stderr}");
     let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
     assert!(status.success(), "{stderr}");

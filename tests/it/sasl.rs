@@ -334,3 +334,142 @@ async fn python_poplib_stls_then_plain_and_scram() {
         );
     }
 }
+
+/// A connection from a chosen loopback address, greeted.
+async fn connect_from(s: &TestServer, source: &str) -> (Lines<tokio::net::TcpStream>, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut c = Lines::new(socket.connect(s.addr).await.unwrap());
+    let greeting = c.line().await;
+    (c, greeting)
+}
+
+/// The salt and iteration count SCRAM's first step shows for `user`.
+async fn scram_first_step(s: &TestServer, user: &str) -> (String, String) {
+    scram_first_step_at(s.addr, user).await
+}
+
+/// [`scram_first_step`] on any server.
+pub async fn scram_first_step_at(addr: std::net::SocketAddr, user: &str) -> (String, String) {
+    let mut c = Lines::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    c.line().await;
+    let challenge = c
+        .cmd(&format!(
+            "AUTH SCRAM-SHA-256 {}",
+            b64(format!("n,,n={user},r=abcdefghijklmnop").as_bytes())
+        ))
+        .await;
+    let server_first = String::from_utf8(unb64(&challenge)).unwrap();
+    let field = |name: &str| {
+        server_first
+            .split(',')
+            .find_map(|f| f.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{server_first}"))
+            .to_string()
+    };
+    (field("s="), field("i="))
+}
+
+#[tokio::test]
+async fn scram_shows_an_unknown_user_the_same_salt_on_every_node_and_after_a_restart() {
+    let shared = tempfile::tempdir().unwrap();
+    let secret = shared.path().join("mailbag.secret");
+    let extra = format!("secret_file = {:?}\n", secret.display().to_string());
+    let a = TestServer::start_with(&extra).await;
+    let b = TestServer::start_with(&extra).await;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&secret).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let stored =
+        mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::ScramSha256, b"pencil").unwrap();
+    for s in [&a, &b] {
+        let mut passwd = std::fs::read_to_string(s.dir.path().join("passwd")).unwrap();
+        passwd.push_str(&format!("user:{stored}\n"));
+        std::fs::write(s.dir.path().join("passwd"), passwd).unwrap();
+    }
+    let nobody = scram_first_step(&a, "nobody").await;
+    assert_eq!(scram_first_step(&b, "nobody").await, nobody);
+    // Alice's keys are derived from her plaintext secret, with a salt made
+    // up like an unknown user's: the same everywhere too.
+    let alice = scram_first_step(&a, "alice").await;
+    assert_eq!(scram_first_step(&b, "alice").await, alice);
+    assert_ne!(alice.0, nobody.0);
+    // An unknown name shows the iteration count real users show.
+    let (_, user_iterations) = scram_first_step(&a, "user").await;
+    assert_eq!(nobody.1, user_iterations);
+    a.stop().await;
+    let again = TestServer::start_with(&extra).await;
+    assert_eq!(scram_first_step(&again, "nobody").await, nobody);
+    assert_eq!(scram_first_step(&again, "alice").await, alice);
+}
+
+#[tokio::test]
+async fn a_scram_exchange_cannot_start_while_its_address_is_refused() {
+    let s = TestServer::start_with(crate::guessing::GUESSING).await;
+    // Opened before the address is refused.
+    let (mut early, greeting) = connect_from(&s, "127.0.0.2").await;
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+    for _ in 0..10 {
+        let (mut c, greeting) = connect_from(&s, "127.0.0.2").await;
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        let out = c
+            .cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0guess")))
+            .await;
+        assert!(out.starts_with("-ERR [AUTH]"), "{out}");
+    }
+    // The right password, on the connection opened earlier.
+    let out = c_first_step(&mut early, "alice").await;
+    assert!(
+        out.starts_with("-ERR [SYS/TEMP] Too many failed logins"),
+        "{out}"
+    );
+    // Another address logs in as usual.
+    let (mut other, _) = connect_from(&s, "127.0.0.3").await;
+    let out = scram(&mut other, "alice", "wonderland").await;
+    assert!(out.starts_with("+OK Logged in"), "{out}");
+}
+
+async fn c_first_step(c: &mut Lines<tokio::net::TcpStream>, user: &str) -> String {
+    c.cmd(&format!(
+        "AUTH SCRAM-SHA-256 {}",
+        b64(format!("n,,n={user},r=abcdefghijklmnop").as_bytes())
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn scram_first_steps_count_against_the_address() {
+    let s = TestServer::start_with(crate::guessing::GUESSING).await;
+    // Looking keys up without ever sending a proof is an attempt too.
+    for i in 0..10 {
+        let (mut c, greeting) = connect_from(&s, "127.0.0.2").await;
+        assert!(greeting.starts_with("+OK"), "lookup {i}: {greeting}");
+        let challenge = c_first_step(&mut c, &format!("user{i}")).await;
+        assert!(challenge.starts_with("+ "), "{challenge}");
+        let out = c.cmd("*").await;
+        assert!(out.starts_with("-ERR"), "{out}");
+    }
+    let (_, greeting) = connect_from(&s, "127.0.0.2").await;
+    assert!(
+        greeting.starts_with("-ERR [SYS/TEMP] Too many failed logins"),
+        "{greeting}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_scram_exchange_is_forgotten_when_that_user_logs_in() {
+    let s = TestServer::start_with(crate::guessing::GUESSING).await;
+    // A client that starts SCRAM, gives up and logs in with PLAIN, again
+    // and again, is a person, not a guesser: the address is never refused.
+    for i in 0..12 {
+        let (mut c, greeting) = connect_from(&s, "127.0.0.2").await;
+        assert!(greeting.starts_with("+OK"), "login {i}: {greeting}");
+        assert!(c_first_step(&mut c, "alice").await.starts_with("+ "));
+        assert!(c.cmd("*").await.starts_with("-ERR"));
+        let out = c
+            .cmd(&format!("AUTH PLAIN {}", b64(b"\0alice\0wonderland")))
+            .await;
+        assert!(out.starts_with("+OK Logged in"), "login {i}: {out}");
+        assert!(c.cmd("QUIT").await.starts_with("+OK"));
+    }
+}

@@ -241,13 +241,16 @@ async fn summary_at_a_real_telnet_prompt() {
 
 /// Runs `mailbag --config <the test config> mailbox ARGS`.
 fn mailbox(s: &TestServer, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
-        .arg("--config")
-        .arg(&s.config_path)
-        .arg("mailbox")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        s.dir.path(),
+    )
+    .arg("--config")
+    .arg(&s.config_path)
+    .arg("mailbox")
+    .args(args)
+    .output()
+    .unwrap();
     (
         out.status.success(),
         String::from_utf8(out.stdout).unwrap(),

@@ -123,9 +123,12 @@ impl TestServer {
         }
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let passdb =
-            PasswdFile::open_with_cache(&config.auth.passwd_file, config.auth.verified_cache())
-                .unwrap();
+        let passdb = PasswdFile::open_with(
+            &config.auth.passwd_file,
+            config.auth.verified_cache(),
+            config.auth.server_secret().unwrap(),
+        )
+        .unwrap();
         let store = MaildirStore::new(
             config.store.root.clone(),
             config.store.path.clone(),
@@ -383,4 +386,44 @@ pub fn size_fields(name: &str) -> (Option<u64>, Option<u64>) {
             .and_then(|n| n.parse().ok())
     };
     (field("S="), field("W="))
+}
+
+/// mailbag refuses to touch mail as root without `[server] user`, and CI
+/// runs the tests as root: a mailbag process that a test starts then runs
+/// as `nobody` (pass the ids to `Command::uid` and `gid`), and `dir` (its
+/// config, passwd-file and mail) is handed to nobody first. Call it again
+/// after the test writes new files there as root. `None`, changing
+/// nothing, when the tests do not run as root.
+pub fn unprivileged(dir: &Path) -> Option<(u32, u32)> {
+    fn chown_tree(path: &Path, uid: u32, gid: u32) {
+        let _ = std::os::unix::fs::lchown(path, Some(uid), Some(gid));
+        let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                chown_tree(&entry.path(), uid, gid);
+            }
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    chown_tree(dir, uid, gid);
+    Some((uid, gid))
+}
+
+/// [`unprivileged`] applied to a `std` command.
+pub fn as_unprivileged<'c>(
+    cmd: &'c mut std::process::Command,
+    dir: &Path,
+) -> &'c mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = unprivileged(dir) {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
 }

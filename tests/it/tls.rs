@@ -342,7 +342,11 @@ async fn sighup_reloads_the_certificate_without_dropping_sessions() {
         &format!("listen = [\"127.0.0.1:{plain}\"]\nlisten_tls = [\"127.0.0.1:{implicit_port}\"]"),
     ) + "\n[tls]\ncertificate = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n";
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_mailbag"));
+    if let Some((uid, gid)) = unprivileged(dir.path()) {
+        server.uid(uid).gid(gid);
+    }
+    let mut server = server
         .arg("serve")
         .arg("--config")
         .arg(dir.path().join("mailbag.toml"))
@@ -372,6 +376,7 @@ async fn sighup_reloads_the_certificate_without_dropping_sessions() {
 
     std::fs::remove_file(&key).unwrap();
     mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
+    unprivileged(dir.path());
     let new = connector(dir.path());
     let pid = server.id().unwrap();
     let status = tokio::process::Command::new("sh")

@@ -15,6 +15,12 @@ use crate::secret::Secret;
 /// included (RFC 1939 §7), and passwords may be longer than 40 characters.
 pub const MAX_ARG_CHARS: usize = 40;
 
+/// The longest user name USER and APOP take, in octets: the longest the
+/// server's name rule allows. Names are accepted this long by AUTH PLAIN
+/// (whose argument is limited only by the line), so USER and APOP must
+/// take them too; the 255-octet line limit still holds.
+pub const MAX_USER_NAME_OCTETS: usize = 128;
+
 /// A message number as the client writes it: 1-based (RFC 1939 §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MessageNumber(NonZeroU32);
@@ -293,7 +299,14 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
             _ => Err(ParseError::Usage(verb)),
         };
     }
-    if args.iter().any(|a| a.chars().count() > MAX_ARG_CHARS) {
+    let too_long = |(i, a): (usize, &&str)| {
+        if matches!(verb, Verb::User | Verb::Apop) && i == 0 {
+            a.len() > MAX_USER_NAME_OCTETS
+        } else {
+            a.chars().count() > MAX_ARG_CHARS
+        }
+    };
+    if args.iter().enumerate().any(too_long) {
         return Err(ParseError::ArgTooLong(verb));
     }
     let number = |s: &str| parse_message_number(s).ok_or(ParseError::BadNumber(verb));
@@ -550,15 +563,33 @@ mod tests {
     }
 
     #[test]
-    fn limits_arguments_to_forty_characters_except_pass() {
+    fn limits_arguments_to_forty_characters_except_pass_and_user_names() {
         let long = "a".repeat(41);
         assert_eq!(
-            parse(format!("USER {long}").as_bytes()),
-            Err(ParseError::ArgTooLong(Verb::User))
+            parse(format!("UIDL {long}").as_bytes()),
+            Err(ParseError::ArgTooLong(Verb::Uidl))
+        );
+        // User names as long as the name rule allows.
+        let name = "n".repeat(MAX_USER_NAME_OCTETS);
+        assert_eq!(
+            parse(format!("USER {name}").as_bytes()),
+            Ok(Command::User(name.clone()))
         );
         assert_eq!(
-            parse(format!("USER {}", "a".repeat(40)).as_bytes()),
-            Ok(Command::User("a".repeat(40)))
+            parse(format!("USER {name}x").as_bytes()),
+            Err(ParseError::ArgTooLong(Verb::User))
+        );
+        let digest = "c4c9334bac560ecc979e58001b3e22fb";
+        assert_eq!(
+            parse(format!("APOP {name} {digest}").as_bytes()),
+            Ok(Command::Apop {
+                name: name.clone(),
+                digest: Secret::new(digest.into())
+            })
+        );
+        assert_eq!(
+            parse(format!("APOP a {digest}{long}").as_bytes()),
+            Err(ParseError::ArgTooLong(Verb::Apop))
         );
         assert_eq!(
             parse(format!("PASS {long}").as_bytes()),

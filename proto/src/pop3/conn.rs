@@ -535,6 +535,10 @@ impl Conn {
         match (pending, outcome) {
             (Pending::StartTls, Outcome::TlsStarted) => {
                 self.reader.discard_buffered();
+                // RFC 2595 §4: nothing learned in the clear carries over;
+                // a USER given before the handshake is forgotten.
+                self.state = State::Authorization { user: None };
+                self.acting_for = None;
                 self.settings.tls_active = true;
                 // RFC 2595 §4: TLS protects the password.
                 self.settings.plaintext_auth = true;
@@ -821,6 +825,12 @@ impl Conn {
             ParseError::Usage(verb) => format!("Usage: {}", usage_only(verb)),
             ParseError::BadNumber(verb) => format!(
                 "Invalid message number: a number from 1 up is expected. Usage: {}",
+                usage_only(verb)
+            ),
+            ParseError::ArgTooLong(verb @ (Verb::User | Verb::Apop)) => format!(
+                "Argument too long (a user name is at most {} octets, other arguments {} characters). Usage: {}",
+                command::MAX_USER_NAME_OCTETS,
+                command::MAX_ARG_CHARS,
                 usage_only(verb)
             ),
             ParseError::ArgTooLong(verb) => format!(
@@ -1888,6 +1898,27 @@ mod tests {
             .run(&mut conn, b"STLS\r\n")
             .starts_with("-ERR STLS is not valid after login"));
         assert_eq!(d.tls_started, 1);
+    }
+
+    #[test]
+    fn user_given_before_stls_is_forgotten_after_the_handshake() {
+        let (mut conn, mut d, _) = session(Settings {
+            tls_available: true,
+            ..Settings::default()
+        });
+        assert!(d.run(&mut conn, b"USER mrose\r\n").starts_with("+OK"));
+        assert_eq!(
+            d.run(&mut conn, b"STLS\r\n"),
+            "+OK Begin TLS negotiation\r\n"
+        );
+        assert_eq!(d.tls_started, 1);
+        assert_eq!(
+            d.run(&mut conn, b"PASS secret\r\n"),
+            "-ERR Send USER first\r\n"
+        );
+        assert!(d
+            .run(&mut conn, b"USER mrose\r\nPASS secret\r\n")
+            .contains("+OK Logged in"));
     }
 
     #[test]

@@ -184,22 +184,8 @@ fn bad_template() -> StoreError {
 
 /// One part of a user name that becomes (part of) a path component.
 fn check_part(part: &str) -> Result<(), StoreError> {
-    if part.is_empty() {
-        return Err(refused("empty part"));
-    }
-    if part.starts_with('.') {
-        return Err(refused("leading '.'"));
-    }
-    if part.contains("..") {
-        return Err(refused("'..'"));
-    }
-    if part
-        .chars()
-        .any(|c| c == '/' || c == '\\' || c.is_control())
-    {
-        return Err(refused("separator or control character"));
-    }
-    Ok(())
+    // The one name rule, which every entry point shares.
+    crate::auth::name::check(part).map_err(|e| refused(e.why))
 }
 
 async fn blocking<T, F>(f: F) -> Result<T, StoreError>
