@@ -343,10 +343,17 @@ fn mailbag() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailbag"))
 }
 
-/// Starts `mailbag serve` on `port` with the config already in `dir`.
+/// Starts `mailbag serve` with the config already in `dir` (as nobody
+/// when the tests run as root: see [`as_unprivileged`]).
 fn serve(dir: &Path) -> Child {
-    mailbag()
-        .arg("serve")
+    let mut cmd = mailbag();
+    as_unprivileged(&mut cmd, dir);
+    serve_with(cmd, dir)
+}
+
+/// Starts `mailbag serve` as `cmd` says.
+fn serve_with(mut cmd: Command, dir: &Path) -> Child {
+    cmd.arg("serve")
         .arg("--config")
         .arg(dir.join("mailbag.toml"))
         .stdout(Stdio::null())
@@ -509,7 +516,8 @@ async fn root_owned_files_in_a_maildrop_do_not_lock_the_user_out() {
     .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = serve(dir.path());
+    // Started as root: it drops to nobody itself, after binding.
+    let mut child = serve_with(mailbag(), dir.path());
     for round in 0..2 {
         let (mut c, reply) = login_to(addr).await;
         assert!(
