@@ -5,8 +5,11 @@
 //!   an IPv6 /64 counts as one address, as one host usually holds all of it.
 //! - [`PreLogin`] holds the connections not yet logged in. It never turns
 //!   a connection away: when full, it closes the oldest pre-login
-//!   connection of the address that holds the most, so idle sockets from
-//!   a few addresses cannot lock everyone else out.
+//!   connection of the address that holds the most (counting first the
+//!   address's neighbours, [`network_key`]), so idle sockets from a few
+//!   addresses, or from many addresses of one network, cannot lock
+//!   everyone else out, and among equals the newest connection (a person
+//!   in the middle of logging in) is closed last.
 //! - [`Failures`] remembers failed logins per client address and per user
 //!   name for a window of time: each failure makes the next answer slower
 //!   (exponential back-off), and an address with too many failures is
@@ -49,6 +52,22 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
+    }
+}
+
+/// The network an address ([`address_key`]) belongs to, for choosing
+/// which connection waiting to log in gives way: an IPv4 /24, an IPv6
+/// /48, the blocks one customer or one attacker usually holds whole.
+pub fn network_key(ip: IpAddr) -> IpAddr {
+    match address_key(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
     }
 }
 
@@ -128,6 +147,54 @@ struct PreLoginTable {
     next_id: u64,
     total: usize,
     by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+    /// Places held per [`network_key`].
+    by_network: HashMap<IpAddr, usize>,
+}
+
+impl PreLoginTable {
+    fn forget_one_of(&mut self, key: IpAddr) {
+        self.total -= 1;
+        let net = network_key(key);
+        if let Some(n) = self.by_network.get_mut(&net) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_network.remove(&net);
+            }
+        }
+    }
+
+    /// Closes one connection to make room, `except` the one with that id:
+    /// the oldest of the address holding the most places, in the network
+    /// holding the most. False when there is none to close.
+    fn evict(&mut self, except: Option<u64>) -> bool {
+        let victim = self
+            .by_address
+            .iter()
+            .filter_map(|(key, q)| {
+                let (oldest, _) = q.iter().find(|(id, _)| Some(*id) != except)?;
+                let net = self.by_network.get(&network_key(*key)).copied();
+                Some((
+                    (net.unwrap_or(0), q.len(), std::cmp::Reverse(*oldest)),
+                    *key,
+                ))
+            })
+            .max_by_key(|(rank, _)| *rank);
+        let Some(((_, _, std::cmp::Reverse(id)), key)) = victim else {
+            return false;
+        };
+        if let Some(q) = self.by_address.get_mut(&key) {
+            if let Some(i) = q.iter().position(|(i, _)| *i == id) {
+                if let Some((_, token)) = q.remove(i) {
+                    token.cancel();
+                }
+            }
+            if q.is_empty() {
+                self.by_address.remove(&key);
+            }
+        }
+        self.forget_one_of(key);
+        true
+    }
 }
 
 /// One connection's place among those not yet logged in; given up on
@@ -159,25 +226,7 @@ impl PreLogin {
         let max = self.max.load(Relaxed);
         let mut guard = locked(&self.table);
         let t = &mut *guard;
-        while t.total >= max {
-            let Some(crowded) = t
-                .by_address
-                .iter()
-                .max_by_key(|(_, q)| q.len())
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            if let Some(q) = t.by_address.get_mut(&crowded) {
-                if let Some((_, token)) = q.pop_front() {
-                    token.cancel();
-                    t.total -= 1;
-                }
-                if q.is_empty() {
-                    t.by_address.remove(&crowded);
-                }
-            }
-        }
+        while t.total >= max && t.evict(None) {}
         let id = t.next_id;
         t.next_id += 1;
         let evicted = CancellationToken::new();
@@ -186,6 +235,7 @@ impl PreLogin {
             .or_default()
             .push_back((id, evicted.clone()));
         t.total += 1;
+        *t.by_network.entry(network_key(key)).or_insert(0) += 1;
         PreLoginSlot {
             table: self.clone(),
             key,
@@ -203,6 +253,13 @@ impl PreLogin {
     /// Connections not yet logged in, all addresses together.
     pub fn waiting(&self) -> usize {
         locked(&self.table).total
+    }
+
+    /// Closes one connection waiting to log in (other than `except`), as a
+    /// full table does, to free what it holds for a newer one (a
+    /// connection permit). False when no other connection is waiting.
+    pub fn make_room(&self, except: Option<&PreLoginSlot>) -> bool {
+        locked(&self.table).evict(except.map(|s| s.id))
     }
 }
 
@@ -239,7 +296,7 @@ impl Drop for PreLoginSlot {
         if q.is_empty() {
             t.by_address.remove(&self.key);
         }
-        t.total -= 1;
+        t.forget_one_of(self.key);
     }
 }
 
@@ -515,6 +572,61 @@ mod tests {
         );
         drop(newcomer);
         assert_eq!(table.waiting(), 4);
+    }
+
+    #[test]
+    fn a_crowded_network_gives_way_first_and_among_equals_the_oldest() {
+        let table = PreLogin::new(4);
+        // Someone in the middle of logging in, alone in their network...
+        let person = table.claim(ip("198.51.100.7"));
+        // ...and a flood of one connection per address, from one /24:
+        // every address holds one place, but the network holds the most.
+        let mut flood = Vec::new();
+        for i in 1..=40 {
+            flood.push(table.claim(ip(&format!("192.0.2.{i}"))));
+        }
+        assert!(!person.is_evicted());
+        assert_eq!(flood.iter().filter(|s| !s.is_evicted()).count(), 3);
+        assert!(!flood[39].is_evicted() && flood[36].is_evicted());
+        // Networks and addresses of equal weight: the oldest goes first,
+        // the newest (the one still logging in) last.
+        let table = PreLogin::new(3);
+        let a = table.claim(ip("203.0.113.1"));
+        let b = table.claim(ip("198.51.100.1"));
+        let c = table.claim(ip("192.0.2.1"));
+        let d = table.claim(ip("10.0.0.1"));
+        assert!(a.is_evicted() && !b.is_evicted() && !c.is_evicted() && !d.is_evicted());
+        let _e = table.claim(ip("10.1.0.1"));
+        assert!(b.is_evicted() && !c.is_evicted() && !d.is_evicted());
+        // An IPv6 /48 is one network.
+        let table = PreLogin::new(3);
+        let mut v6: Vec<_> = (1..=2)
+            .map(|i| table.claim(ip(&format!("2001:db8:2:{i}::1"))))
+            .collect();
+        let person = table.claim(ip("2001:db8:1::1"));
+        v6.extend((3..=5).map(|i| table.claim(ip(&format!("2001:db8:2:{i}::1")))));
+        assert!(!person.is_evicted());
+        assert!(v6[..3].iter().all(|s| s.is_evicted()));
+        assert!(!v6[3].is_evicted() && !v6[4].is_evicted());
+    }
+
+    #[test]
+    fn making_room_closes_another_connection_never_the_asking_one() {
+        let table = PreLogin::new(10);
+        let old = table.claim(ip("192.0.2.1"));
+        let asking = table.claim(ip("192.0.2.1"));
+        assert!(table.make_room(Some(&asking)));
+        assert!(old.is_evicted() && !asking.is_evicted());
+        assert_eq!(table.waiting(), 1);
+        assert!(!table.make_room(Some(&asking)));
+        assert!(!asking.is_evicted());
+        drop(old);
+        assert_eq!(table.waiting(), 1);
+        assert!(table.make_room(None));
+        assert!(asking.is_evicted());
+        drop(asking);
+        assert_eq!(table.waiting(), 0);
+        assert!(locked(&table.table).by_network.is_empty());
     }
 
     #[test]
