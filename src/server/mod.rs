@@ -55,6 +55,8 @@ pub struct Shared<S, P> {
     pub slots: Arc<limits::AddressSlots>,
     /// Open LMTP connections per client address (TCP only).
     pub lmtp_slots: Arc<limits::AddressSlots>,
+    /// Message octets LMTP sessions hold while receiving, all together.
+    pub lmtp_receiving: Arc<lmtp::MessageBudget>,
     /// Failed logins per address and user.
     pub failures: limits::Failures,
     /// RFC 2449 LOGIN-DELAY (off when not configured).
@@ -98,6 +100,7 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             hostname: hostname(),
             slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
             lmtp_slots: limits::AddressSlots::new(config.lmtp.max_connections_per_address),
+            lmtp_receiving: lmtp::MessageBudget::new(&config.lmtp),
             failures: limits::Failures::new(config.failure_policy()),
             login_delay: limits::LoginDelay::new(Duration::from_secs(
                 config.pop3.login_delay_secs.unwrap_or(0).into(),

@@ -83,3 +83,57 @@ async fn a_flood_from_one_network_never_pushes_out_a_user_logging_in() {
     assert!(flood[0].closed().await);
     s.stop().await;
 }
+
+async fn lmtp_data(s: &TestServer) -> Client {
+    let mut c = Client::connect(s.lmtp_addr.expect("an LMTP listener")).await;
+    assert!(c.line().await.starts_with("220 "));
+    c.send(b"LHLO client.example\r\n").await;
+    while c.line().await.as_bytes()[3] == b'-' {}
+    assert!(c.cmd("MAIL FROM:<a@example.org>").await.starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c
+}
+
+#[tokio::test]
+async fn lmtp_clients_sending_at_once_hold_no_more_than_the_budget() {
+    // Room for 200,000 octets of messages being received, all sessions
+    // together; messages of 90,000.
+    let s = TestServer::start_with(
+        "\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\nmax_message_octets = 100000\n\
+         max_receiving_octets = 200000\n",
+    )
+    .await;
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        "x".repeat(98).repeat(900) + "\r\n"
+    );
+    let body = body.replace(&"x".repeat(98), &format!("{}\r\n", "x".repeat(98)));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = lmtp_data(&s).await;
+        c.send(body.as_bytes()).await;
+        clients.push(c);
+    }
+    // Each holds its message before any ends it.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut replies = Vec::new();
+    for c in &mut clients {
+        c.send(b".\r\n").await;
+        replies.push(c.line().await);
+    }
+    let refused = replies
+        .iter()
+        .filter(|r| r.starts_with("452 4.3.1"))
+        .count();
+    let delivered = replies.iter().filter(|r| r.starts_with("250")).count();
+    assert!(refused >= 1 && delivered >= 1, "{replies:?}");
+    assert_eq!(refused + delivered, 3, "{replies:?}");
+    assert_eq!(s.files(ALICE.0).len(), delivered);
+    // What they held is given back: the refused client's retry fits.
+    let mut retry = lmtp_data(&s).await;
+    retry.send(body.as_bytes()).await;
+    assert!(retry.cmd(".").await.starts_with("250"));
+    assert!(retry.cmd("QUIT").await.starts_with("221"));
+    s.stop().await;
+}
