@@ -21,7 +21,8 @@
 //! oldest. The locks are held for a map lookup only, once per connection
 //! or login, never per command.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::net::Ipv6Addr;
@@ -142,57 +143,111 @@ pub struct PreLogin {
     table: Mutex<PreLoginTable>,
 }
 
+/// An address's standing when choosing who gives way: places it holds,
+/// then its oldest connection first (the higher rank gives way first).
+type AddressRank = (usize, Reverse<u64>, IpAddr);
+
+/// A network's standing: places it holds, then its highest address rank.
+type NetworkRank = (usize, AddressRank, IpAddr);
+
+type Waiting = VecDeque<(u64, CancellationToken)>;
+
+#[derive(Debug, Default)]
+struct Network {
+    held: usize,
+    addresses: BTreeSet<AddressRank>,
+}
+
+/// The connections waiting to log in, with ordered indexes so that the
+/// one to close is found in logarithmic time, however many addresses a
+/// flood comes from (the table is consulted at every accept).
 #[derive(Debug, Default)]
 struct PreLoginTable {
     next_id: u64,
     total: usize,
-    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
-    /// Places held per [`network_key`].
-    by_network: HashMap<IpAddr, usize>,
+    by_address: HashMap<IpAddr, Waiting>,
+    /// Per [`network_key`].
+    by_network: HashMap<IpAddr, Network>,
+    ranked: BTreeSet<NetworkRank>,
+}
+
+fn address_rank(key: IpAddr, q: &Waiting) -> Option<AddressRank> {
+    q.front().map(|(id, _)| (q.len(), Reverse(*id), key))
+}
+
+fn network_rank(key: IpAddr, n: &Network) -> Option<NetworkRank> {
+    n.addresses.last().map(|best| (n.held, *best, key))
 }
 
 impl PreLoginTable {
-    fn forget_one_of(&mut self, key: IpAddr) {
-        self.total -= 1;
-        let net = network_key(key);
-        if let Some(n) = self.by_network.get_mut(&net) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_network.remove(&net);
+    /// Applies `change` to the connections of address `key`, keeping the
+    /// counts and indexes in step.
+    fn update<R>(&mut self, key: IpAddr, change: impl FnOnce(&mut Waiting) -> R) -> R {
+        let q = self.by_address.entry(key).or_default();
+        let (old_rank, old_len) = (address_rank(key, q), q.len());
+        let r = change(q);
+        let (new_rank, new_len) = (address_rank(key, q), q.len());
+        if q.is_empty() {
+            self.by_address.remove(&key);
+        }
+        let net_key = network_key(key);
+        let net = self.by_network.entry(net_key).or_default();
+        if let Some(rank) = network_rank(net_key, net) {
+            self.ranked.remove(&rank);
+        }
+        if let Some(rank) = old_rank {
+            net.addresses.remove(&rank);
+        }
+        if let Some(rank) = new_rank {
+            net.addresses.insert(rank);
+        }
+        net.held = net.held + new_len - old_len;
+        self.total = self.total + new_len - old_len;
+        match network_rank(net_key, net) {
+            Some(rank) => {
+                self.ranked.insert(rank);
+            }
+            None => {
+                self.by_network.remove(&net_key);
             }
         }
+        r
     }
 
-    /// Closes one connection to make room, `except` the one with that id:
-    /// the oldest of the address holding the most places, in the network
-    /// holding the most. False when there is none to close.
-    fn evict(&mut self, except: Option<u64>) -> bool {
-        let victim = self
-            .by_address
-            .iter()
-            .filter_map(|(key, q)| {
-                let (oldest, _) = q.iter().find(|(id, _)| Some(*id) != except)?;
-                let net = self.by_network.get(&network_key(*key)).copied();
-                Some((
-                    (net.unwrap_or(0), q.len(), std::cmp::Reverse(*oldest)),
-                    *key,
-                ))
-            })
-            .max_by_key(|(rank, _)| *rank);
-        let Some(((_, _, std::cmp::Reverse(id)), key)) = victim else {
-            return false;
-        };
-        if let Some(q) = self.by_address.get_mut(&key) {
-            if let Some(i) = q.iter().position(|(i, _)| *i == id) {
-                if let Some((_, token)) = q.remove(i) {
-                    token.cancel();
+    /// The connection to close to make room, other than `except`: the
+    /// oldest of the address holding the most places, in the network
+    /// holding the most.
+    fn choose(&self, except: Option<u64>) -> Option<(IpAddr, u64)> {
+        for (_, _, net) in self.ranked.iter().rev() {
+            let Some(network) = self.by_network.get(net) else {
+                continue;
+            };
+            for (_, _, key) in network.addresses.iter().rev() {
+                let found = self
+                    .by_address
+                    .get(key)
+                    .and_then(|q| q.iter().find(|(id, _)| Some(*id) != except));
+                if let Some((id, _)) = found {
+                    return Some((*key, *id));
                 }
             }
-            if q.is_empty() {
-                self.by_address.remove(&key);
-            }
         }
-        self.forget_one_of(key);
+        None
+    }
+
+    /// Closes one connection to make room (see [`Self::choose`]). False
+    /// when there is none to close.
+    fn evict(&mut self, except: Option<u64>) -> bool {
+        let Some((key, id)) = self.choose(except) else {
+            return false;
+        };
+        let token = self.update(key, |q| {
+            let i = q.iter().position(|(i, _)| *i == id)?;
+            q.remove(i).map(|(_, token)| token)
+        });
+        if let Some(token) = token {
+            token.cancel();
+        }
         true
     }
 }
@@ -230,12 +285,7 @@ impl PreLogin {
         let id = t.next_id;
         t.next_id += 1;
         let evicted = CancellationToken::new();
-        t.by_address
-            .entry(key)
-            .or_default()
-            .push_back((id, evicted.clone()));
-        t.total += 1;
-        *t.by_network.entry(network_key(key)).or_insert(0) += 1;
+        t.update(key, |q| q.push_back((id, evicted.clone())));
         PreLoginSlot {
             table: self.clone(),
             key,
@@ -285,18 +335,15 @@ impl PreLoginSlot {
 impl Drop for PreLoginSlot {
     fn drop(&mut self) {
         let mut t = locked(&self.table.table);
-        let Some(q) = t.by_address.get_mut(&self.key) else {
-            return;
-        };
-        let Some(i) = q.iter().position(|(id, _)| *id == self.id) else {
-            // Evicted: its place was given away already.
-            return;
-        };
-        q.remove(i);
-        if q.is_empty() {
-            t.by_address.remove(&self.key);
+        let id = self.id;
+        let held = t
+            .by_address
+            .get(&self.key)
+            .is_some_and(|q| q.iter().any(|(i, _)| *i == id));
+        // Unless evicted: its place was given away already.
+        if held {
+            t.update(self.key, |q| q.retain(|(i, _)| *i != id));
         }
-        t.forget_one_of(self.key);
     }
 }
 
@@ -608,6 +655,75 @@ mod tests {
         assert!(!person.is_evicted());
         assert!(v6[..3].iter().all(|s| s.is_evicted()));
         assert!(!v6[3].is_evicted() && !v6[4].is_evicted());
+    }
+
+    /// The indexes agree with a count from scratch, and the connection
+    /// chosen is the one a scan of every address would choose.
+    fn check(t: &PreLoginTable, except: Option<u64>) {
+        let mut nets: HashMap<IpAddr, usize> = HashMap::new();
+        for (key, q) in &t.by_address {
+            assert!(!q.is_empty());
+            *nets.entry(network_key(*key)).or_default() += q.len();
+        }
+        assert_eq!(t.total, nets.values().sum::<usize>());
+        assert_eq!(t.by_network.len(), nets.len());
+        assert_eq!(t.ranked.len(), nets.len());
+        for (net, n) in &t.by_network {
+            assert_eq!(n.held, nets[net]);
+        }
+        let scanned = t
+            .by_address
+            .iter()
+            .filter_map(|(key, q)| {
+                let (oldest, _) = q.iter().find(|(id, _)| Some(*id) != except)?;
+                let rank = (nets[&network_key(*key)], q.len(), Reverse(*oldest));
+                Some((rank, *key, *oldest))
+            })
+            .max_by_key(|(rank, key, _)| (*rank, network_key(*key), *key))
+            .map(|(_, key, id)| (key, id));
+        assert_eq!(t.choose(except), scanned);
+    }
+
+    #[test]
+    fn the_indexes_follow_every_claim_drop_and_eviction() {
+        let table = PreLogin::new(60);
+        let mut held: Vec<PreLoginSlot> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5000 {
+            let r = next();
+            match r % 4 {
+                0 | 1 => {
+                    let a = (r >> 8) % 4;
+                    let b = (r >> 16) % 6;
+                    held.push(table.claim(ip(&format!("10.0.{a}.{b}"))));
+                }
+                2 if !held.is_empty() => {
+                    let i = (r >> 8) as usize % held.len();
+                    drop(held.swap_remove(i));
+                }
+                _ => {
+                    let except = held.last();
+                    let was = except.is_some_and(|s| s.is_evicted());
+                    table.make_room(except);
+                    if let Some(s) = except {
+                        assert_eq!(s.is_evicted(), was);
+                    }
+                }
+            }
+            let t = locked(&table.table);
+            check(&t, None);
+            check(&t, held.last().map(|s| s.id));
+            assert!(t.total <= 60);
+        }
+        drop(held);
+        assert_eq!(table.waiting(), 0);
+        assert!(locked(&table.table).ranked.is_empty());
     }
 
     #[test]
