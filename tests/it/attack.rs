@@ -137,3 +137,24 @@ async fn lmtp_clients_sending_at_once_hold_no_more_than_the_budget() {
     assert!(retry.cmd("QUIT").await.starts_with("221"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_at_the_permit_limit_never_closes_a_logged_in_session() {
+    let s =
+        TestServer::start_with("\n[limits]\nmax_connections = 3\nmax_unauthenticated = 2\n").await;
+    let mut user = connect_from("127.0.6.1", s.addr).await;
+    user.line().await;
+    user.ok(&format!("USER {}", ALICE.0)).await;
+    user.ok(&format!("PASS {}", ALICE.1)).await;
+    // Every other connection is taken, over and over, from many networks.
+    let mut flood = Vec::new();
+    for i in 1..=40 {
+        let mut c = connect_from(&format!("127.0.{}.1", 10 + i), s.addr).await;
+        assert!(c.line().await.starts_with("+OK"));
+        flood.push(c);
+    }
+    user.ok("STAT").await;
+    user.ok("NOOP").await;
+    user.ok("QUIT").await;
+    s.stop().await;
+}
