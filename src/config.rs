@@ -176,6 +176,12 @@ pub struct LmtpConfig {
     /// LMTP connections open at once from one address (TCP).
     #[serde(default = "default_lmtp_max_connections_per_address")]
     pub max_connections_per_address: u32,
+    /// Octets of messages that all LMTP sessions together may hold while
+    /// receiving them (at least room for one message of
+    /// `max_message_octets`); past it, a message is answered 452 and its
+    /// client retries later.
+    #[serde(default = "default_lmtp_max_receiving_octets")]
+    pub max_receiving_octets: u64,
 }
 
 impl Default for LmtpConfig {
@@ -187,6 +193,7 @@ impl Default for LmtpConfig {
             max_recipients: default_max_recipients(),
             max_connections: default_lmtp_max_connections(),
             max_connections_per_address: default_lmtp_max_connections_per_address(),
+            max_receiving_octets: default_lmtp_max_receiving_octets(),
         }
     }
 }
@@ -514,6 +521,9 @@ fn default_lmtp_max_connections() -> usize {
 }
 fn default_lmtp_max_connections_per_address() -> u32 {
     100
+}
+fn default_lmtp_max_receiving_octets() -> u64 {
+    256 * 1024 * 1024
 }
 fn default_max_recipients() -> usize {
     // RFC 5321 §4.5.3.1.8: at least 100 must be accepted.

@@ -5,8 +5,11 @@
 //!   an IPv6 /64 counts as one address, as one host usually holds all of it.
 //! - [`PreLogin`] holds the connections not yet logged in. It never turns
 //!   a connection away: when full, it closes the oldest pre-login
-//!   connection of the address that holds the most, so idle sockets from
-//!   a few addresses cannot lock everyone else out.
+//!   connection of the address that holds the most (counting first the
+//!   address's neighbours, [`network_key`]), so idle sockets from a few
+//!   addresses, or from many addresses of one network, cannot lock
+//!   everyone else out, and among equals the newest connection (a person
+//!   in the middle of logging in) is closed last.
 //! - [`Failures`] remembers failed logins per client address and per user
 //!   name for a window of time: each failure makes the next answer slower
 //!   (exponential back-off), and an address with too many failures is
@@ -21,7 +24,8 @@
 //! oldest. The locks are held for a map lookup only, once per connection
 //! or login, never per command.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::net::Ipv6Addr;
@@ -52,6 +56,22 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
         },
+    }
+}
+
+/// The network an address ([`address_key`]) belongs to, for choosing
+/// which connection waiting to log in gives way: an IPv4 /24, an IPv6
+/// /48, the blocks one customer or one attacker usually holds whole.
+pub fn network_key(ip: IpAddr) -> IpAddr {
+    match address_key(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, 0))
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
     }
 }
 
@@ -126,11 +146,113 @@ pub struct PreLogin {
     table: Mutex<PreLoginTable>,
 }
 
+/// An address's standing when choosing who gives way: places it holds,
+/// then its oldest connection first (the higher rank gives way first).
+type AddressRank = (usize, Reverse<u64>, IpAddr);
+
+/// A network's standing: places it holds, then its highest address rank.
+type NetworkRank = (usize, AddressRank, IpAddr);
+
+type Waiting = VecDeque<(u64, CancellationToken)>;
+
+#[derive(Debug, Default)]
+struct Network {
+    held: usize,
+    addresses: BTreeSet<AddressRank>,
+}
+
+/// The connections waiting to log in, with ordered indexes so that the
+/// one to close is found in logarithmic time, however many addresses a
+/// flood comes from (the table is consulted at every accept).
 #[derive(Debug, Default)]
 struct PreLoginTable {
     next_id: u64,
     total: usize,
-    by_address: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+    by_address: HashMap<IpAddr, Waiting>,
+    /// Per [`network_key`].
+    by_network: HashMap<IpAddr, Network>,
+    ranked: BTreeSet<NetworkRank>,
+}
+
+fn address_rank(key: IpAddr, q: &Waiting) -> Option<AddressRank> {
+    q.front().map(|(id, _)| (q.len(), Reverse(*id), key))
+}
+
+fn network_rank(key: IpAddr, n: &Network) -> Option<NetworkRank> {
+    n.addresses.last().map(|best| (n.held, *best, key))
+}
+
+impl PreLoginTable {
+    /// Applies `change` to the connections of address `key`, keeping the
+    /// counts and indexes in step.
+    fn update<R>(&mut self, key: IpAddr, change: impl FnOnce(&mut Waiting) -> R) -> R {
+        let q = self.by_address.entry(key).or_default();
+        let (old_rank, old_len) = (address_rank(key, q), q.len());
+        let r = change(q);
+        let (new_rank, new_len) = (address_rank(key, q), q.len());
+        if q.is_empty() {
+            self.by_address.remove(&key);
+        }
+        let net_key = network_key(key);
+        let net = self.by_network.entry(net_key).or_default();
+        if let Some(rank) = network_rank(net_key, net) {
+            self.ranked.remove(&rank);
+        }
+        if let Some(rank) = old_rank {
+            net.addresses.remove(&rank);
+        }
+        if let Some(rank) = new_rank {
+            net.addresses.insert(rank);
+        }
+        net.held = net.held + new_len - old_len;
+        self.total = self.total + new_len - old_len;
+        match network_rank(net_key, net) {
+            Some(rank) => {
+                self.ranked.insert(rank);
+            }
+            None => {
+                self.by_network.remove(&net_key);
+            }
+        }
+        r
+    }
+
+    /// The connection to close to make room, other than `except`: the
+    /// oldest of the address holding the most places, in the network
+    /// holding the most.
+    fn choose(&self, except: Option<u64>) -> Option<(IpAddr, u64)> {
+        for (_, _, net) in self.ranked.iter().rev() {
+            let Some(network) = self.by_network.get(net) else {
+                continue;
+            };
+            for (_, _, key) in network.addresses.iter().rev() {
+                let found = self
+                    .by_address
+                    .get(key)
+                    .and_then(|q| q.iter().find(|(id, _)| Some(*id) != except));
+                if let Some((id, _)) = found {
+                    return Some((*key, *id));
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes one connection to make room (see [`Self::choose`]). False
+    /// when there is none to close.
+    fn evict(&mut self, except: Option<u64>) -> bool {
+        let Some((key, id)) = self.choose(except) else {
+            return false;
+        };
+        let token = self.update(key, |q| {
+            let i = q.iter().position(|(i, _)| *i == id)?;
+            q.remove(i).map(|(_, token)| token)
+        });
+        if let Some(token) = token {
+            token.cancel();
+        }
+        true
+    }
 }
 
 /// One connection's place among those not yet logged in; given up on
@@ -162,33 +284,11 @@ impl PreLogin {
         let max = self.max.load(Relaxed);
         let mut guard = locked(&self.table);
         let t = &mut *guard;
-        while t.total >= max {
-            let Some(crowded) = t
-                .by_address
-                .iter()
-                .max_by_key(|(_, q)| q.len())
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            if let Some(q) = t.by_address.get_mut(&crowded) {
-                if let Some((_, token)) = q.pop_front() {
-                    token.cancel();
-                    t.total -= 1;
-                }
-                if q.is_empty() {
-                    t.by_address.remove(&crowded);
-                }
-            }
-        }
+        while t.total >= max && t.evict(None) {}
         let id = t.next_id;
         t.next_id += 1;
         let evicted = CancellationToken::new();
-        t.by_address
-            .entry(key)
-            .or_default()
-            .push_back((id, evicted.clone()));
-        t.total += 1;
+        t.update(key, |q| q.push_back((id, evicted.clone())));
         PreLoginSlot {
             table: self.clone(),
             key,
@@ -206,6 +306,13 @@ impl PreLogin {
     /// Connections not yet logged in, all addresses together.
     pub fn waiting(&self) -> usize {
         locked(&self.table).total
+    }
+
+    /// Closes one connection waiting to log in (other than `except`), as a
+    /// full table does, to free what it holds for a newer one (a
+    /// connection permit). False when no other connection is waiting.
+    pub fn make_room(&self, except: Option<&PreLoginSlot>) -> bool {
+        locked(&self.table).evict(except.map(|s| s.id))
     }
 }
 
@@ -231,18 +338,15 @@ impl PreLoginSlot {
 impl Drop for PreLoginSlot {
     fn drop(&mut self) {
         let mut t = locked(&self.table.table);
-        let Some(q) = t.by_address.get_mut(&self.key) else {
-            return;
-        };
-        let Some(i) = q.iter().position(|(id, _)| *id == self.id) else {
-            // Evicted: its place was given away already.
-            return;
-        };
-        q.remove(i);
-        if q.is_empty() {
-            t.by_address.remove(&self.key);
+        let id = self.id;
+        let held = t
+            .by_address
+            .get(&self.key)
+            .is_some_and(|q| q.iter().any(|(i, _)| *i == id));
+        // Unless evicted: its place was given away already.
+        if held {
+            t.update(self.key, |q| q.retain(|(i, _)| *i != id));
         }
-        t.total -= 1;
     }
 }
 
@@ -651,6 +755,130 @@ mod tests {
         );
         drop(newcomer);
         assert_eq!(table.waiting(), 4);
+    }
+
+    #[test]
+    fn a_crowded_network_gives_way_first_and_among_equals_the_oldest() {
+        let table = PreLogin::new(4);
+        // Someone in the middle of logging in, alone in their network...
+        let person = table.claim(ip("198.51.100.7"));
+        // ...and a flood of one connection per address, from one /24:
+        // every address holds one place, but the network holds the most.
+        let mut flood = Vec::new();
+        for i in 1..=40 {
+            flood.push(table.claim(ip(&format!("192.0.2.{i}"))));
+        }
+        assert!(!person.is_evicted());
+        assert_eq!(flood.iter().filter(|s| !s.is_evicted()).count(), 3);
+        assert!(!flood[39].is_evicted() && flood[36].is_evicted());
+        // Networks and addresses of equal weight: the oldest goes first,
+        // the newest (the one still logging in) last.
+        let table = PreLogin::new(3);
+        let a = table.claim(ip("203.0.113.1"));
+        let b = table.claim(ip("198.51.100.1"));
+        let c = table.claim(ip("192.0.2.1"));
+        let d = table.claim(ip("10.0.0.1"));
+        assert!(a.is_evicted() && !b.is_evicted() && !c.is_evicted() && !d.is_evicted());
+        let _e = table.claim(ip("10.1.0.1"));
+        assert!(b.is_evicted() && !c.is_evicted() && !d.is_evicted());
+        // An IPv6 /48 is one network.
+        let table = PreLogin::new(3);
+        let mut v6: Vec<_> = (1..=2)
+            .map(|i| table.claim(ip(&format!("2001:db8:2:{i}::1"))))
+            .collect();
+        let person = table.claim(ip("2001:db8:1::1"));
+        v6.extend((3..=5).map(|i| table.claim(ip(&format!("2001:db8:2:{i}::1")))));
+        assert!(!person.is_evicted());
+        assert!(v6[..3].iter().all(|s| s.is_evicted()));
+        assert!(!v6[3].is_evicted() && !v6[4].is_evicted());
+    }
+
+    /// The indexes agree with a count from scratch, and the connection
+    /// chosen is the one a scan of every address would choose.
+    fn check(t: &PreLoginTable, except: Option<u64>) {
+        let mut nets: HashMap<IpAddr, usize> = HashMap::new();
+        for (key, q) in &t.by_address {
+            assert!(!q.is_empty());
+            *nets.entry(network_key(*key)).or_default() += q.len();
+        }
+        assert_eq!(t.total, nets.values().sum::<usize>());
+        assert_eq!(t.by_network.len(), nets.len());
+        assert_eq!(t.ranked.len(), nets.len());
+        for (net, n) in &t.by_network {
+            assert_eq!(n.held, nets[net]);
+        }
+        let scanned = t
+            .by_address
+            .iter()
+            .filter_map(|(key, q)| {
+                let (oldest, _) = q.iter().find(|(id, _)| Some(*id) != except)?;
+                let rank = (nets[&network_key(*key)], q.len(), Reverse(*oldest));
+                Some((rank, *key, *oldest))
+            })
+            .max_by_key(|(rank, key, _)| (*rank, network_key(*key), *key))
+            .map(|(_, key, id)| (key, id));
+        assert_eq!(t.choose(except), scanned);
+    }
+
+    #[test]
+    fn the_indexes_follow_every_claim_drop_and_eviction() {
+        let table = PreLogin::new(60);
+        let mut held: Vec<PreLoginSlot> = Vec::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5000 {
+            let r = next();
+            match r % 4 {
+                0 | 1 => {
+                    let a = (r >> 8) % 4;
+                    let b = (r >> 16) % 6;
+                    held.push(table.claim(ip(&format!("10.0.{a}.{b}"))));
+                }
+                2 if !held.is_empty() => {
+                    let i = (r >> 8) as usize % held.len();
+                    drop(held.swap_remove(i));
+                }
+                _ => {
+                    let except = held.last();
+                    let was = except.is_some_and(|s| s.is_evicted());
+                    table.make_room(except);
+                    if let Some(s) = except {
+                        assert_eq!(s.is_evicted(), was);
+                    }
+                }
+            }
+            let t = locked(&table.table);
+            check(&t, None);
+            check(&t, held.last().map(|s| s.id));
+            assert!(t.total <= 60);
+        }
+        drop(held);
+        assert_eq!(table.waiting(), 0);
+        assert!(locked(&table.table).ranked.is_empty());
+    }
+
+    #[test]
+    fn making_room_closes_another_connection_never_the_asking_one() {
+        let table = PreLogin::new(10);
+        let old = table.claim(ip("192.0.2.1"));
+        let asking = table.claim(ip("192.0.2.1"));
+        assert!(table.make_room(Some(&asking)));
+        assert!(old.is_evicted() && !asking.is_evicted());
+        assert_eq!(table.waiting(), 1);
+        assert!(!table.make_room(Some(&asking)));
+        assert!(!asking.is_evicted());
+        drop(old);
+        assert_eq!(table.waiting(), 1);
+        assert!(table.make_room(None));
+        assert!(asking.is_evicted());
+        drop(asking);
+        assert_eq!(table.waiting(), 0);
+        assert!(locked(&table.table).by_network.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,72 @@ use crate::store::{Store, StoreError};
 const READ_OCTETS: usize = 64 * 1024;
 /// Mode of the Unix socket: the MTA's group may connect, others not.
 const SOCKET_MODE: u32 = 0o660;
+
+/// The message octets that all LMTP sessions together hold while
+/// receiving DATA (`lmtp.max_receiving_octets`): many clients sending large
+/// messages at once cannot take the server's memory. A message that does
+/// not fit is dropped and answered 452, which MTAs retry.
+#[derive(Debug)]
+pub struct MessageBudget {
+    max: u64,
+    held: AtomicU64,
+}
+
+impl MessageBudget {
+    /// The budget for `config`: at least room for one message of
+    /// `max_message_octets` (twice that: a growing buffer may hold
+    /// double what it was given).
+    pub fn new(config: &crate::config::LmtpConfig) -> Arc<Self> {
+        let one = config.max_message_octets.saturating_mul(2);
+        Arc::new(MessageBudget {
+            max: config.max_receiving_octets.max(one),
+            held: AtomicU64::new(0),
+        })
+    }
+
+    /// Octets held now, all sessions together.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// One session's share of the [`MessageBudget`]; given back on drop.
+struct Reservation {
+    budget: Arc<MessageBudget>,
+    held: u64,
+}
+
+impl Reservation {
+    /// Makes the share `octets`: false (and the share unchanged) when the
+    /// budget cannot grow that far.
+    fn fit(&mut self, octets: u64) -> bool {
+        if octets <= self.held {
+            self.budget
+                .held
+                .fetch_sub(self.held - octets, Ordering::Relaxed);
+            self.held = octets;
+            return true;
+        }
+        let more = octets - self.held;
+        let max = self.budget.max;
+        let grown = self
+            .budget
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                h.checked_add(more).filter(|&n| n <= max)
+            });
+        if grown.is_ok() {
+            self.held = octets;
+        }
+        grown.is_ok()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.fit(0);
+    }
+}
 
 /// A bound LMTP listener.
 pub(crate) enum Listener {
@@ -216,6 +283,10 @@ where
     let mut conn = Conn::new(settings);
     let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_OCTETS];
+    let mut receiving = Reservation {
+        budget: shared.lmtp_receiving.clone(),
+        held: 0,
+    };
     debug!("connected");
     loop {
         match conn.next() {
@@ -238,6 +309,13 @@ where
                 conn.complete(Outcome::Delivered(results));
             }
             Event::NeedInput => {
+                // The message being received (what one read can add to it
+                // at most goes over) stays within the server-wide budget.
+                if !receiving.fit(conn.message_octets() as u64) {
+                    warn!("no room for the message being received; it will be refused");
+                    conn.refuse_message();
+                    receiving.fit(0);
+                }
                 // A client that stops reading is dropped after the idle
                 // time, as one that stops writing is.
                 if write_out(&mut stream, &mut out, conn.idle_timeout())

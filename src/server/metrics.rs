@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -234,40 +234,64 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let mut req = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let ok = req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?");
-            let response = if ok {
-                let body = metrics.render();
-                format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
+            answer(&mut stream, &metrics).await;
         });
     }
+}
+
+/// How long one scrape may take, request and answer together.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Reads one bounded request and answers it, within one deadline for
+/// both: a scraper that stops reading cannot hold the connection either.
+async fn answer<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T, metrics: &Metrics) {
+    let _ = tokio::time::timeout(SCRAPE_DEADLINE, respond(stream, metrics)).await;
+}
+
+async fn respond<T: AsyncRead + AsyncWrite + Unpin>(stream: &mut T, metrics: &Metrics) {
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let ok = req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?");
+    let response = if ok {
+        let body = metrics.render();
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_scraper_that_never_reads_is_dropped_at_the_deadline() {
+        let metrics = Metrics::default();
+        // A connection whose buffers hold less than the answer; the
+        // scraper sends its request and reads nothing.
+        let (mut scraper, mut server) = tokio::io::duplex(64);
+        scraper
+            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let scrape = tokio::spawn(async move { answer(&mut server, &metrics).await });
+        tokio::time::timeout(SCRAPE_DEADLINE * 2, scrape)
+            .await
+            .expect("the answer waited on the scraper past the deadline")
+            .unwrap();
+        drop(scraper);
+    }
 
     #[test]
     fn render_is_valid_exposition_text() {

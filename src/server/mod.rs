@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, info_span, warn, Instrument};
@@ -31,6 +31,11 @@ use crate::store::Store;
 
 /// How long a client gets to finish a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection that took the place of one waiting to log in
+/// (every connection permit was taken) waits for the permit that one
+/// gives back.
+const PERMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// How long sessions get to finish after shutdown is requested before
 /// they are dropped (dropping deletes nothing).
@@ -50,6 +55,8 @@ pub struct Shared<S, P> {
     pub slots: Arc<limits::AddressSlots>,
     /// Open LMTP connections per client address (TCP only).
     pub lmtp_slots: Arc<limits::AddressSlots>,
+    /// Message octets LMTP sessions hold while receiving, all together.
+    pub lmtp_receiving: Arc<lmtp::MessageBudget>,
     /// Failed logins per address and user.
     pub failures: limits::Failures,
     /// RFC 2449 LOGIN-DELAY (off when not configured).
@@ -93,6 +100,7 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             hostname: hostname(),
             slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
             lmtp_slots: limits::AddressSlots::new(config.lmtp.max_connections_per_address),
+            lmtp_receiving: lmtp::MessageBudget::new(&config.lmtp),
             failures: limits::Failures::new(config.failure_policy()),
             login_delay: limits::LoginDelay::new(Duration::from_secs(
                 config.pop3.login_delay_secs.unwrap_or(0).into(),
@@ -397,15 +405,7 @@ async fn accept_loop<S: Store, P: PassDb>(
         };
         let _ = stream.set_nodelay(true);
         let accepted = tokio::time::Instant::now();
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(
-                &stream,
-                peer,
-                "Too many connections; try again later",
-                implicit_tls,
-            );
-            continue;
-        };
+        let permit = permits.clone().try_acquire_owned().ok();
         // The client's slots are claimed now, before any handshake, so
         // that sockets that never finish one count against their address.
         // Behind a trusted balancer the address comes from the PROXY
@@ -428,6 +428,20 @@ async fn accept_loop<S: Store, P: PassDb>(
                 }
             }
         };
+        // Every connection is taken: one still waiting to log in gives
+        // way, as when the pre-login table is full, so that connections
+        // that never log in cannot hold every permit. Only when none is
+        // waiting (all are logged in) is the newcomer refused.
+        if permit.is_none()
+            && !proxied
+            && !shared
+                .unauthenticated
+                .make_room(admitted.as_ref().and_then(|a| a.unauthenticated.as_ref()))
+        {
+            refuse(&stream, peer, TOO_MANY, implicit_tls);
+            continue;
+        }
+        let permits = permits.clone();
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let id = shared.next_session_id();
@@ -468,7 +482,12 @@ async fn accept_loop<S: Store, P: PassDb>(
                             }
                         }
                         match shared.admit(peer.ip()) {
-                            Ok(a) => a,
+                            Ok(a) if permit.is_some()
+                                || shared.unauthenticated.make_room(a.unauthenticated.as_ref()) => a,
+                            Ok(_) => {
+                                refuse(&stream, peer, TOO_MANY, implicit_tls);
+                                return;
+                            }
                             Err(text) => {
                                 shared.metrics.connection_refused();
                                 refuse(&stream, peer, &text, implicit_tls);
@@ -476,6 +495,16 @@ async fn accept_loop<S: Store, P: PassDb>(
                             }
                         }
                     }
+                };
+                let permit = match permit {
+                    Some(p) => p,
+                    None => match permit_freed(permits, &admission).await {
+                        Some(p) => p,
+                        None => {
+                            refuse(&stream, peer, TOO_MANY, implicit_tls);
+                            return;
+                        }
+                    },
                 };
                 // The handshake counts against the authorization deadline,
                 // and a connection still in it can be closed to make room.
@@ -518,6 +547,20 @@ async fn accept_loop<S: Store, P: PassDb>(
             Some(w) => w.spawn(session),
             None => drop(tokio::spawn(session)),
         }
+    }
+}
+
+const TOO_MANY: &str = "Too many connections; try again later";
+
+/// The permit a connection closed to make room gives back, unless this
+/// connection loses its own place first or the permit does not come soon.
+async fn permit_freed(
+    permits: Arc<Semaphore>,
+    admission: &Admission,
+) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        p = tokio::time::timeout(PERMIT_WAIT, permits.acquire_owned()) => p.ok()?.ok(),
+        _ = admission.evicted() => None,
     }
 }
 

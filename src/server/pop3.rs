@@ -318,12 +318,16 @@ pub async fn serve<S, P>(
                         };
                         conn.discard_buffered_input();
                         let until = login_by.min(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
-                        match tokio::time::timeout_at(
-                            until,
-                            stream.stream.start_tls(tls.acceptor()),
-                        )
-                        .await
-                        {
+                        // A connection that stalls in the handshake can
+                        // lose its place, as one waiting for a command can.
+                        let handshake = tokio::select! {
+                            r = tokio::time::timeout_at(until, stream.stream.start_tls(tls.acceptor())) => r,
+                            _ = admission.evicted() => {
+                                info!("closed during the STLS handshake to make room for a newer connection");
+                                break;
+                            }
+                        };
+                        match handshake {
                             Ok(Ok(())) => {
                                 debug!("STLS: TLS started");
                                 Outcome::TlsStarted

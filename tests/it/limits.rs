@@ -80,10 +80,10 @@ async fn a_full_pre_login_table_makes_room_by_closing_the_oldest_and_login_frees
 #[tokio::test]
 async fn total_connections_are_limited() {
     let s = TestServer::start_with("\n[limits]\nmax_connections = 2\n").await;
-    let mut a = s.connect().await;
-    a.line().await;
-    let mut b = s.connect().await;
-    b.line().await;
+    // Logged-in sessions hold every connection (one still waiting to log
+    // in would give way to the newcomer).
+    let _a = s.login(ALICE).await;
+    let _b = s.login(BOB).await;
     let mut c = s.connect().await;
     assert_eq!(
         c.line().await,

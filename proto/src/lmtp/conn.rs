@@ -167,6 +167,9 @@ struct DataTransfer {
     message: Vec<u8>,
     /// The message passed the size limit: the rest is read and dropped.
     too_big: bool,
+    /// The server has no room to hold the message now: the rest is read
+    /// and dropped, and the client is told to try again later.
+    no_room: bool,
 }
 
 #[derive(Debug)]
@@ -227,6 +230,26 @@ impl Conn {
     /// How long the driver may wait for input.
     pub fn idle_timeout(&self) -> Duration {
         self.settings.idle_timeout
+    }
+
+    /// Octets of a message being received that the session holds (its
+    /// buffer's capacity), for a server-wide bound on them; 0 outside DATA.
+    pub fn message_octets(&self) -> usize {
+        match &self.state {
+            State::Data(data) => data.message.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// The server cannot hold the message being received: the rest of it
+    /// is read and dropped, and each recipient is answered `452 4.3.1`
+    /// (a temporary failure: the client keeps the message and retries)
+    /// after the final dot. Does nothing outside DATA.
+    pub fn refuse_message(&mut self) {
+        if let State::Data(data) = &mut self.state {
+            data.no_room = true;
+            data.message = Vec::new();
+        }
     }
 
     /// Releases buffer capacity while the session waits for input.
@@ -436,6 +459,7 @@ impl Conn {
                         input,
                         message: Vec::new(),
                         too_big: false,
+                        no_room: false,
                     });
                     self.send(reply(354, None, "Start mail input; end with <CRLF>.<CRLF>"));
                 }
@@ -495,6 +519,9 @@ impl Conn {
             data.too_big = true;
             data.message = Vec::new();
         }
+        if data.no_room {
+            data.message = Vec::new();
+        }
         if !done {
             data.input.clear();
             return false;
@@ -510,6 +537,10 @@ impl Conn {
             let one = size_exceeded();
             let all = one.repeat(t.recipients.len());
             self.send(all);
+        } else if data.no_room {
+            let one = no_room();
+            let all = one.repeat(t.recipients.len());
+            self.send(all);
         } else {
             let action = Action::Deliver {
                 return_path: t.return_path.clone(),
@@ -522,6 +553,14 @@ impl Conn {
         }
         true
     }
+}
+
+fn no_room() -> Vec<u8> {
+    reply(
+        452,
+        Some("4.3.1"),
+        "Insufficient system storage for the message now; try again later",
+    )
 }
 
 fn size_exceeded() -> Vec<u8> {
@@ -1170,5 +1209,39 @@ mod tests {
         d.run(&mut conn, b".\r\n");
         assert!(String::from_utf8_lossy(&d.out).ends_with(TOO_BIG));
         assert!(d.deliveries.is_empty());
+    }
+
+    #[test]
+    fn a_message_the_server_has_no_room_for_is_dropped_and_retried_later() {
+        let mut conn = Conn::new(settings());
+        let mut d = Driver::default();
+        d.run(
+            &mut conn,
+            b"LHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n",
+        );
+        assert_eq!(conn.message_octets(), 0);
+        d.run(&mut conn, b"Subject: x\r\n\r\nfirst part\r\n");
+        assert!(conn.message_octets() > 0);
+        conn.refuse_message();
+        assert_eq!(conn.message_octets(), 0);
+        d.out.clear();
+        d.run(&mut conn, b"the rest, never kept\r\n");
+        assert_eq!(conn.message_octets(), 0);
+        d.run(&mut conn, b".\r\n");
+        let no_room =
+            "452 4.3.1 Insufficient system storage for the message now; try again later\r\n";
+        assert_eq!(String::from_utf8_lossy(&d.out), no_room.repeat(2));
+        assert!(d.deliveries.is_empty());
+        // The session goes on: the next transaction is delivered.
+        d.out.clear();
+        d.run(
+            &mut conn,
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nhi\r\n.\r\n",
+        );
+        assert_eq!(d.deliveries.len(), 1);
+        // Outside DATA it does nothing.
+        conn.refuse_message();
+        d.run(&mut conn, b"QUIT\r\n");
+        assert!(String::from_utf8_lossy(&d.out).ends_with(BYE));
     }
 }
