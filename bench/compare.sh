@@ -125,8 +125,10 @@ for who in mailbag dovecot dovecot-tuned; do
 done
 gen --prefix jumbo --users 1 --messages 1 --size "$jumbo_octets"
 chmod 644 "$passwd"
-# Dovecot drops to the mail user for mail access; mailbag runs as root.
+# Both servers serve mail as the mail user: Dovecot drops to it for mail
+# access, mailbag becomes it after binding (it never serves mail as root).
 chown -R mail:mail "$data/mail"
+chmod 755 "$data"
 
 # ---- servers -----------------------------------------------------------
 wait_port() { # port
@@ -139,6 +141,9 @@ wait_port() { # port
 }
 
 cat > "$data/mailbag.toml" <<EOF
+[server]
+user = "mail"
+group = "mail"
 [pop3]
 listen = ["127.0.0.1:$PORT_BASE"]
 [store]
