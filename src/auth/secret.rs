@@ -168,6 +168,16 @@ impl ServerSecret {
         salt
     }
 
+    /// A number below `among` (which must not be 0) drawn from `name` for
+    /// the purpose `label`: the same for a name on every node and after
+    /// every restart, unpredictable without the secret.
+    pub fn choose(&self, label: &str, name: &str, among: u64) -> u64 {
+        let octets = self.derive(label, name);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&octets[..8]);
+        u64::from_be_bytes(first) % among.max(1)
+    }
+
     /// SCRAM keys for a name that has none: the salt it would have, and
     /// keys that look like stored ones but that no password is known to
     /// match. As cheap as reading stored keys.

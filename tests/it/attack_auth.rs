@@ -78,3 +78,184 @@ fn a_secret_others_may_read_or_a_link_to_one_is_refused() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     assert!(ServerSecret::load_or_create(&fifo).is_err());
 }
+
+/// The salt and iteration count SCRAM-SHA-256 shows for `name` (the
+/// server's first step), then the exchange cancelled.
+async fn scram_first_step(c: &mut crate::support::Client, name: &str) -> (String, u32) {
+    use base64::prelude::*;
+    let first = BASE64_STANDARD.encode(format!("n,,n={name},r=clientnonce"));
+    let challenge = c.cmd(&format!("AUTH SCRAM-SHA-256 {first}")).await;
+    let server_first = challenge
+        .trim_end()
+        .strip_prefix("+ ")
+        .and_then(|b| BASE64_STANDARD.decode(b).ok())
+        .map(|b| String::from_utf8(b).unwrap())
+        .unwrap_or_else(|| panic!("no SCRAM challenge: {challenge}"));
+    let field = |key: &str| {
+        server_first
+            .split(',')
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{server_first}"))
+            .to_string()
+    };
+    let answer = c.cmd("*").await;
+    assert!(answer.starts_with("-ERR"), "{answer}");
+    (field("s="), field("i=").parse().unwrap())
+}
+
+/// Stored SCRAM keys for `password` at `iterations`.
+fn stored_scram(password: &[u8], iterations: u32) -> String {
+    use base64::prelude::*;
+    let keys = mailbag::auth::ScramKeys::derive(password, b"0123456789abcdef", iterations);
+    format!(
+        "{{SCRAM-SHA-256}}{iterations},{},{},{}",
+        BASE64_STANDARD.encode(&keys.salt),
+        BASE64_STANDARD.encode(keys.stored_key),
+        BASE64_STANDARD.encode(keys.server_key)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_unusual_scram_iteration_count_does_not_single_them_out() {
+    use crate::support::*;
+    // Two users store keys at the usual 4096 iterations, one at 10000.
+    let s = TestServer::start_with_dir(|dir| {
+        std::fs::write(
+            dir.join("passwd"),
+            format!(
+                "carol:{}\nerin:{}\ndave:{}\n",
+                stored_scram(b"pw", 4096),
+                stored_scram(b"pw", 4096),
+                stored_scram(b"pw", 10000)
+            ),
+        )
+        .unwrap();
+        "failure_delay_ms = 0\nmax_failures_per_address = 100000\n".to_string()
+    })
+    .await;
+    let mut c = s.connect().await;
+    c.line().await;
+    assert_eq!(scram_first_step(&mut c, "dave").await.1, 10000);
+    assert_eq!(scram_first_step(&mut c, "carol").await.1, 4096);
+    // Made-up names show both counts (about one in three 10000), so
+    // 10000 does not mean "dave exists"; each name always the same.
+    let mut shown = Vec::new();
+    for i in 0..40 {
+        let name = format!("someone{i}");
+        let first = scram_first_step(&mut c, &name).await;
+        assert_eq!(scram_first_step(&mut c, &name).await, first, "{name}");
+        shown.push(first.1);
+    }
+    let unusual = shown.iter().filter(|&&i| i == 10000).count();
+    assert!(shown.iter().all(|i| [4096, 10000].contains(i)), "{shown:?}");
+    assert!(
+        (3..=30).contains(&unusual),
+        "made-up names showing 10000: {unusual} of 40: {shown:?}"
+    );
+}
+
+mod probes {
+    //! Measurements of what tells a known user from an unknown one, over
+    //! real sockets. Run by hand (`--ignored --nocapture`): they print
+    //! figures and assert only what does not depend on the clock.
+
+    use std::time::{Duration, Instant};
+
+    use base64::prelude::*;
+
+    use crate::guessing::connect_from;
+    use crate::support::*;
+
+    /// A passwd-file with one user per kind of secret: plaintext
+    /// (`alice`), Argon2id (`bob`), stored SCRAM keys at the usual 4096
+    /// iterations (`carol`) and at an unusual 10000 (`dave`).
+    fn users(dir: &std::path::Path) -> String {
+        let argon =
+            mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Argon2id, b"builder")
+                .unwrap();
+        let scram = |iterations: u32| {
+            let keys = mailbag::auth::ScramKeys::derive(b"pw", b"0123456789abcdef", iterations);
+            format!(
+                "{{SCRAM-SHA-256}}{iterations},{},{},{}",
+                BASE64_STANDARD.encode(&keys.salt),
+                BASE64_STANDARD.encode(keys.stored_key),
+                BASE64_STANDARD.encode(keys.server_key)
+            )
+        };
+        std::fs::write(
+            dir.join("passwd"),
+            format!(
+                "alice:{{PLAIN}}wonderland\nbob:{argon}\ncarol:{}\ndave:{}\n",
+                scram(4096),
+                scram(10000)
+            ),
+        )
+        .unwrap();
+        "failure_delay_ms = 0\nmax_failures_per_address = 100000\n\
+         [limits]\nmax_connections_per_address = 500\n"
+            .to_string()
+    }
+
+    fn median(mut v: Vec<Duration>) -> Duration {
+        v.sort();
+        v[v.len() / 2]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement: run by hand with --nocapture"]
+    async fn probe_failure_answers_and_scram_first_steps() {
+        let s = TestServer::start_with_dir(users).await;
+        let names = ["alice", "bob", "carol", "dave", "nobody", "Bob"];
+        let tries = 15;
+        let mut source = 0u32;
+        let n = names.len();
+        let (mut pass_times, mut scram_times) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        let (mut answers, mut firsts) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        // Names interleaved, so that every name meets the same padding.
+        for _ in 0..tries {
+            for (i, name) in names.iter().enumerate() {
+                source += 1;
+                let from = format!("127.1.{}.{}", source / 250, source % 250 + 1);
+                let mut c = connect_from(&from, s.addr).await;
+                c.line().await;
+                c.ok(&format!("USER {name}")).await;
+                let began = Instant::now();
+                let answer = c.cmd("PASS wrong-password").await;
+                pass_times[i].push(began.elapsed());
+                answers[i].push(answer);
+                let first = BASE64_STANDARD.encode(format!("n,,n={name},r=clientnonce"));
+                let began = Instant::now();
+                let challenge = c.cmd(&format!("AUTH SCRAM-SHA-256 {first}")).await;
+                scram_times[i].push(began.elapsed());
+                let server_first = challenge
+                    .trim_end()
+                    .strip_prefix("+ ")
+                    .and_then(|b| BASE64_STANDARD.decode(b).ok())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or(challenge.clone());
+                // The nonce differs each time; salt and iterations should not.
+                let stable: Vec<&str> = server_first
+                    .split(',')
+                    .filter(|f| !f.starts_with("r="))
+                    .collect();
+                firsts[i].push(stable.join(","));
+                c.cmd("*").await;
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            answers[i].dedup();
+            firsts[i].dedup();
+            println!(
+                "{name:>7}: PASS failure median {:>9.3?} (min {:.3?}, max {:.3?}); \
+                 SCRAM first step median {:>9.3?} (min {:.3?}); answers {:?}; first step {:?}",
+                median(pass_times[i].clone()),
+                pass_times[i].iter().min().unwrap(),
+                pass_times[i].iter().max().unwrap(),
+                median(scram_times[i].clone()),
+                scram_times[i].iter().min().unwrap(),
+                answers[i],
+                firsts[i],
+            );
+        }
+    }
+}
