@@ -154,6 +154,68 @@ async fn a_users_unusual_scram_iteration_count_does_not_single_them_out() {
     );
 }
 
+/// Names no login can produce: USER and SASL SASLprep what the client
+/// sends, so `\u{fb01}le` arrives as `file` and `\u{ff42}ob` as `bob`.
+const SASLPREP_CHANGES: [&str; 4] = [
+    "\u{fb01}le",
+    "\u{ff42}\u{ff4f}\u{ff42}",
+    "bob\u{ff20}example.org",
+    "e\u{301}mile",
+];
+
+#[test]
+fn names_saslprep_would_change_are_refused_by_user_add_and_the_passwd_file() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_passwd(dir.path());
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(&config, crate::support::config_text(dir.path(), "")).unwrap();
+    for name in SASLPREP_CHANGES {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+        let mut child = crate::support::as_unprivileged(&mut command, dir.path())
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"pw\n");
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name:?} was added");
+        assert!(stderr.contains("SASLprep"), "{name:?}: {stderr}");
+        // A passwd-file naming it is refused at the line, as any bad name.
+        let file = dir.path().join("hand-edited");
+        std::fs::write(&file, format!("{name}:{{PLAIN}}pw\n")).unwrap();
+        let e = mailbag::auth::passwd_file::PasswdFile::open(&file)
+            .err()
+            .unwrap_or_else(|| panic!("{name:?} was read"));
+        assert!(e.to_string().contains(":1: invalid user name"), "{e}");
+    }
+    let passwd = std::fs::read_to_string(dir.path().join("passwd")).unwrap();
+    assert_eq!(passwd.lines().count(), 2, "{passwd}");
+}
+
+#[tokio::test]
+async fn a_lookalike_user_name_logs_into_the_one_account_it_maps_to_or_none() {
+    use crate::support::*;
+    // USER sends names through SASLprep: the full-width spelling of
+    // alice is alice, and counts as alice's failures.
+    let s = TestServer::start_with("max_failures_per_address = 100\n").await;
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER \u{ff41}lice").await;
+    c.ok("PASS wonderland").await;
+    c.ok("QUIT").await;
+    // A name that SASLprep refuses (private use) is refused as a name.
+    let mut c = s.connect().await;
+    c.line().await;
+    let answer = c.cmd("USER \u{e000}alice").await;
+    assert!(answer.starts_with("-ERR [AUTH]"), "{answer}");
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
