@@ -477,10 +477,16 @@ impl Failures {
     pub fn succeeded(&self, attempt: Attempt, now: Instant) {
         let window = self.policy().window;
         let max = self.policy().max_per_address;
-        let earlier = locked(&self.by_pair)
-            .map
-            .remove(&(attempt.ip, attempt.user.clone()))
-            .map_or(0, |r| r.failures);
+        // Only failures still remembered: those older than the window
+        // have left the address's count already, and forgiving them again
+        // would forgive guesses at other users.
+        let earlier = {
+            let mut pairs = locked(&self.by_pair);
+            let pair = (attempt.ip, attempt.user.clone());
+            let live = pairs.live(&pair, now, window).map_or(0, |r| r.failures);
+            pairs.map.remove(&pair);
+            live
+        };
         // This attempt's own reservation, and the user's earlier failures.
         let clear = earlier.saturating_add(1);
         {
@@ -741,6 +747,29 @@ mod tests {
         }
         assert_eq!(guesses, 10);
         assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn a_success_forgives_no_failures_the_window_has_forgotten() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // Failures at one's own account, long ago: they have expired.
+        for _ in 0..9 {
+            fail(&f, a, "mallory", t0);
+        }
+        let later = t0 + Duration::from_secs(601);
+        for _ in 0..9 {
+            fail(&f, a, "bob", later);
+        }
+        // The login that reaches the limit is one's own, and right.
+        let own = f.begin(a, "mallory", later).unwrap();
+        f.succeeded(own, later);
+        // Only its own reservation is forgiven, not the nine guesses at
+        // bob in exchange for failures that no longer count.
+        assert_eq!(locked(&f.by_address).map[&a].failures, 9);
+        fail(&f, a, "bob", later);
+        assert!(f.blocked(a, later).is_some());
     }
 
     #[test]

@@ -216,6 +216,64 @@ async fn a_lookalike_user_name_logs_into_the_one_account_it_maps_to_or_none() {
     assert!(answer.starts_with("-ERR [AUTH]"), "{answer}");
 }
 
+/// One login from `source` with `password`; the server's answer to PASS.
+async fn login_from(
+    addr: std::net::SocketAddr,
+    source: &str,
+    user: &str,
+    password: &str,
+) -> String {
+    let mut c = crate::guessing::connect_from(source, addr).await;
+    let greeting = c.line().await;
+    if !greeting.starts_with("+OK") {
+        // A blocked address is refused at the greeting.
+        return greeting;
+    }
+    let answer = c.cmd(&format!("USER {user}")).await;
+    if !answer.starts_with("+OK") {
+        return answer;
+    }
+    c.cmd(&format!("PASS {password}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_at_ones_own_account_that_have_expired_buy_no_guesses_later() {
+    use crate::support::*;
+    // Four failures block an address; a failure is remembered for one
+    // second after the last.
+    let s = TestServer::start_with(
+        "failure_delay_ms = 0\nmax_failures_per_address = 4\nfailure_window_secs = 1\n",
+    )
+    .await;
+    let from = "127.0.0.77";
+    // Banked: three failed logins at one's own account (alice)...
+    for _ in 0..3 {
+        let answer = login_from(s.addr, from, "alice", "typo").await;
+        assert!(answer.starts_with("-ERR [AUTH]"), "{answer}");
+    }
+    // ...forgotten once the window has passed.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let answer = login_from(s.addr, from, "bob", "guess").await;
+        assert!(answer.starts_with("-ERR [AUTH]"), "{answer}");
+    }
+    let own = login_from(s.addr, from, ALICE.0, ALICE.1).await;
+    assert!(own.starts_with("+OK"), "{own}");
+    // The login forgives its own attempt only: one more guess at bob is
+    // checked (it reaches the limit), the next is refused unchecked.
+    let mut checked = 0;
+    for _ in 0..6 {
+        let answer = login_from(s.addr, from, "bob", "guess").await;
+        if answer.starts_with("-ERR [AUTH]") {
+            checked += 1;
+        } else {
+            assert!(answer.contains("Too many failed logins"), "{answer}");
+            break;
+        }
+    }
+    assert_eq!(checked, 1, "guesses at bob checked after the login");
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
