@@ -164,10 +164,19 @@ pub fn target(user: &str, group: Option<&str>) -> Result<Target, PrivilegeError>
     Ok(Target { uid: u.uid, gid })
 }
 
-/// Hands a file the server made while still root (the LMTP socket) to
-/// the target user, so it stays usable after the switch.
+/// Hands a socket the server made while still root (the LMTP socket) to
+/// the target user, so it stays usable after the switch. A symbolic link
+/// is never followed and anything but a socket is left alone: whoever
+/// can write the socket's directory could otherwise swap in a link to
+/// any file between the bind and this call, and have root give it away.
 pub fn give(path: &Path, to: Target) -> Result<(), nix::Error> {
-    unistd::chown(path, Some(to.uid), Some(to.gid))
+    use nix::sys::stat::{lstat, SFlag};
+    let node = lstat(path)?;
+    if SFlag::from_bits_truncate(node.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(Errno::EPERM);
+    }
+    std::os::unix::fs::lchown(path, Some(to.uid.as_raw()), Some(to.gid.as_raw()))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
 }
 
 /// Becomes `to` for the whole process, for good (glibc applies set*id to

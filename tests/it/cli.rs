@@ -246,7 +246,9 @@ fn example_config_in_the_repository_is_valid() {
 async fn demo_serves_the_demo_user_and_reuses_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let mut child = mailbag()
+    // Started as root, the demo refuses: it runs as nobody then.
+    let mut command = mailbag();
+    let mut child = as_unprivileged(&mut command, dir.path())
         .args(["demo", "--dir"])
         .arg(&demo_dir)
         .stdout(Stdio::piped())
