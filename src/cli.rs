@@ -365,6 +365,9 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         }
         ExitCode::from(exit.code())
     };
+    if let Err(e) = privileges::trusted_config(config_path) {
+        return fail(Exit::Config, &e);
+    }
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
@@ -416,6 +419,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config> {
+    privileges::trusted_config(path)?;
     Ok(Config::load(path)?)
 }
 

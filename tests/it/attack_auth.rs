@@ -349,6 +349,84 @@ fn handing_the_lmtp_socket_over_never_follows_a_link_put_in_its_place() {
     );
 }
 
+#[test]
+fn root_refuses_a_config_someone_else_could_have_written() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED root_refuses_a_config_someone_else_could_have_written: it needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let run = |config: &std::path::Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let commands: [&[&str]; 6] = [
+        &["serve"],
+        &["check-config"],
+        &["user", "list"],
+        &["mailbox", "inspect", "alice"],
+        &["migrate"],
+        &["deliver", "--user", "alice"],
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let setup = |sub: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d).unwrap();
+        crate::support::write_passwd(&d);
+        let config = d.join("mailbag.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "{}\n[server]\nuser = \"nobody\"\n",
+                crate::support::config_text(&d, "")
+            ),
+        )
+        .unwrap();
+        (d, config)
+    };
+    // A config that another user owns.
+    let (_, owned) = setup("owned");
+    std::os::unix::fs::chown(&owned, Some(nobody.uid.as_raw()), None).unwrap();
+    // One that group and others may write.
+    let (_, open) = setup("open");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // One in a directory another user owns (who may replace it).
+    let (theirs, in_theirs) = setup("theirs");
+    std::os::unix::fs::chown(&theirs, Some(nobody.uid.as_raw()), None).unwrap();
+    // A link from a good place to one of those.
+    let (_, linked) = setup("linked");
+    std::fs::remove_file(&linked).unwrap();
+    std::os::unix::fs::symlink(&owned, &linked).unwrap();
+    for config in [&owned, &open, &in_theirs, &linked] {
+        for args in commands {
+            let (ok, stderr) = run(config, args);
+            assert!(!ok, "{args:?} {}: accepted", config.display());
+            assert!(
+                stderr.contains("refusing to read") && stderr.contains("as root"),
+                "{args:?} {}: {stderr}",
+                config.display()
+            );
+        }
+    }
+    // Root's own config, in root's directory, is read.
+    let (_, good) = setup("good");
+    let (_, stderr) = run(&good, &["check-config"]);
+    assert!(!stderr.contains("refusing to read"), "{stderr}");
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
