@@ -725,6 +725,7 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
             scheme,
         } => {
             check_name(&name)?;
+            refuse_shared_maildrop(&config, &name)?;
             let scheme: Scheme = parse_scheme(&scheme)?;
             let password = read_password(password_stdin)?;
             passwd_file::add_user(path, &name, password.as_bytes(), scheme)?;
@@ -748,6 +749,29 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
             for name in passwd_file::list_users(path)? {
                 println!("{name}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a new user whose Maildir would be an existing user's: with
+/// the default template, `alice` and `alice@<default_domain>` name one
+/// maildrop, and a second password for it would open the first user's
+/// mail to whoever holds it.
+fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
+    let store = maildir_store(config);
+    let Ok(maildir) = store.maildir_path(name) else {
+        return Ok(());
+    };
+    for other in passwd_file::list_users(&config.auth.passwd_file)? {
+        if other != name && store.maildir_path(&other).is_ok_and(|p| p == maildir) {
+            bail!(
+                "{name} would share the maildrop of the existing user {other} ({}): \
+                 with store.default_domain = {:?} they name one Maildir; give {other} a new \
+                 password with `mailbag user passwd {other}` instead, or choose another name",
+                maildir.display(),
+                config.store.default_domain
+            );
         }
     }
     Ok(())

@@ -427,6 +427,47 @@ fn root_refuses_a_config_someone_else_could_have_written() {
     assert!(!stderr.contains("refusing to read"), "{stderr}");
 }
 
+#[test]
+fn user_add_refuses_a_second_name_for_an_existing_users_maildrop() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_passwd(dir.path());
+    let config = dir.path().join("mailbag.toml");
+    // The default template, {root}/{domain}/{user}/Maildir, and the
+    // default domain "localhost".
+    std::fs::write(&config, crate::support::config_text(dir.path(), "")).unwrap();
+    let add = |name: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+        let mut child = crate::support::as_unprivileged(&mut command, dir.path())
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"intruder\n");
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // alice@localhost is alice's maildrop under another name.
+    let (ok, stderr) = add("alice@localhost");
+    assert!(!ok, "alice@localhost was added beside alice");
+    assert!(
+        stderr.contains("share the maildrop") && stderr.contains("alice"),
+        "{stderr}"
+    );
+    // A name of its own, or alice at another domain, is fine.
+    assert!(add("carol").0);
+    assert!(add("alice@example.org").0);
+    let passwd = std::fs::read_to_string(dir.path().join("passwd")).unwrap();
+    assert!(!passwd.contains("alice@localhost"), "{passwd}");
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
