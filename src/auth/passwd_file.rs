@@ -546,21 +546,12 @@ fn scram_decoys(entries: &[Entry<'_>]) -> Vec<(ScramDecoy, u64)> {
 /// single out each user whose stored count differs from it; drawn like
 /// this, the count a name shows says nothing about whether it exists.
 fn pick_decoy(decoys: &[(ScramDecoy, u64)], secret: &ServerSecret, name: &str) -> ScramDecoy {
-    let total: u64 = decoys.iter().map(|(_, n)| n).sum();
-    let mut left = secret.choose("scram decoy", name, total.max(1));
-    for (decoy, n) in decoys {
-        if left < *n {
-            return *decoy;
-        }
-        left -= n;
-    }
-    decoys.first().map_or(
-        ScramDecoy {
+    secret
+        .choose_weighted("scram decoy", name, decoys)
+        .unwrap_or(ScramDecoy {
             iterations: scheme::SCRAM_ITERATIONS,
             derived: false,
-        },
-        |(decoy, _)| *decoy,
-    )
+        })
 }
 
 /// The user an entry line names, or `None` for a blank or comment line.

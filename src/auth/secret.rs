@@ -178,6 +178,30 @@ impl ServerSecret {
         u64::from_be_bytes(first) % among.max(1)
     }
 
+    /// One of `options`, drawn from `name` for the purpose `label`, each
+    /// as often as its weight says; `None` if they weigh nothing.
+    pub fn choose_weighted<T: Copy>(
+        &self,
+        label: &str,
+        name: &str,
+        options: &[(T, u64)],
+    ) -> Option<T> {
+        let total = options
+            .iter()
+            .fold(0u64, |sum, (_, weight)| sum.saturating_add(*weight));
+        if total == 0 {
+            return None;
+        }
+        let mut left = self.choose(label, name, total);
+        for (option, weight) in options {
+            if left < *weight {
+                return Some(*option);
+            }
+            left -= weight;
+        }
+        None
+    }
+
     /// SCRAM keys for a name that has none: the salt it would have, and
     /// keys that look like stored ones but that no password is known to
     /// match. As cheap as reading stored keys.

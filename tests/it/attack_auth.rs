@@ -468,6 +468,46 @@ fn user_add_refuses_a_second_name_for_an_existing_users_maildrop() {
     assert!(!passwd.contains("alice@localhost"), "{passwd}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_users_unusual_scram_iteration_count_does_not_single_them_out() {
+    use mailbag::auth::PassDb;
+    let test = "postgres_users_unusual_scram_iteration_count_does_not_single_them_out";
+    let Some(cluster) = crate::postgres::cluster(test) else {
+        return;
+    };
+    let url = cluster.database("scram_spread").await;
+    // Beside alice (plaintext: keys derived at 4096) and bob (ARGON2ID:
+    // no keys), carol stores keys at 4096 and dave at 10000.
+    let client = crate::postgres::connect(&url).await;
+    for (name, iterations) in [("carol", 4096), ("dave", 10000)] {
+        client
+            .execute(
+                "INSERT INTO users (name, secret) VALUES ($1, $2)",
+                &[&name, &stored_scram(b"pw", iterations)],
+            )
+            .await
+            .unwrap();
+    }
+    let store = cluster.store(&url);
+    let passdb = mailbag::auth::postgres::PgPassDb::new(std::sync::Arc::clone(store.pool()))
+        .await
+        .with_secret(ServerSecret::random());
+    assert_eq!(passdb.scram_keys("dave").await.unwrap().1.iterations, 10000);
+    let mut shown = Vec::new();
+    for i in 0..40 {
+        let name = format!("someone{i}");
+        let keys = passdb.scram_keys(&name).await.unwrap().1;
+        assert_eq!(passdb.scram_keys(&name).await.unwrap().1, keys);
+        shown.push(keys.iterations);
+    }
+    let unusual = shown.iter().filter(|&&i| i == 10000).count();
+    assert!(shown.iter().all(|i| [4096, 10000].contains(i)), "{shown:?}");
+    assert!(
+        (3..=30).contains(&unusual),
+        "made-up names showing 10000: {unusual} of 40: {shown:?}"
+    );
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
