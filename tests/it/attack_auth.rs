@@ -508,6 +508,97 @@ async fn postgres_users_unusual_scram_iteration_count_does_not_single_them_out()
     );
 }
 
+/// One wrong guess at bob with `mechanism` on a greeted connection; the
+/// server's last answer.
+async fn guess_with(mut c: crate::support::Client, mechanism: usize) -> String {
+    use base64::prelude::*;
+    let b64 = |s: &[u8]| BASE64_STANDARD.encode(s);
+    match mechanism {
+        0 => {
+            c.send(b"USER bob\r\nPASS wrong\r\n").await;
+            let first = c.line().await;
+            assert!(first.starts_with("+OK"), "{first}");
+            c.line().await
+        }
+        1 => c.cmd("APOP bob 0123456789abcdef0123456789abcdef").await,
+        2 => {
+            let challenge = c.cmd("AUTH CRAM-MD5").await;
+            if !challenge.starts_with("+ ") {
+                return challenge;
+            }
+            c.cmd(&b64(b"bob 0123456789abcdef0123456789abcdef")).await
+        }
+        3 => c.cmd(&format!("AUTH PLAIN {}", b64(b"\0bob\0wrong"))).await,
+        _ => {
+            let first = c
+                .cmd(&format!(
+                    "AUTH SCRAM-SHA-256 {}",
+                    b64(b"n,,n=bob,r=clientnonce")
+                ))
+                .await;
+            let Some(server_first) = first
+                .trim_end()
+                .strip_prefix("+ ")
+                .and_then(|b| BASE64_STANDARD.decode(b).ok())
+            else {
+                return first;
+            };
+            let server_first = String::from_utf8(server_first).unwrap();
+            let nonce = server_first.split(',').next().unwrap();
+            let proof = b64(&[0u8; 32]);
+            c.cmd(&b64(format!("c=biws,{nonce},p={proof}").as_bytes()))
+                .await
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_mixing_every_mechanism_in_parallel_are_checked_at_most_the_limit() {
+    use crate::guessing::{connect_from, GUESSING};
+    use crate::support::*;
+    let s = TestServer::start_with(GUESSING).await;
+    // 60 connections from one address, twelve per mechanism (USER/PASS,
+    // APOP, CRAM-MD5, PLAIN, SCRAM-SHA-256), all greeted, then all at once.
+    let mut clients = Vec::new();
+    for i in 0..60 {
+        let mut c = connect_from("127.0.0.5", s.addr).await;
+        let greeting = c.line().await;
+        assert!(greeting.starts_with("+OK"), "{greeting}");
+        clients.push((c, i % 5));
+    }
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(c, mechanism)| tokio::spawn(guess_with(c, mechanism)))
+        .collect();
+    let (mut checked, mut refused, mut other) = (0, 0, Vec::new());
+    for task in tasks {
+        let answer = task.await.unwrap();
+        if answer.starts_with("-ERR [AUTH] Authentication failed") {
+            checked += 1;
+        } else if answer.starts_with("-ERR [SYS/TEMP] Too many failed logins") {
+            refused += 1;
+        } else {
+            other.push(answer);
+        }
+    }
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!((checked, refused), (10, 50));
+    // And the address stays refused, whatever the mechanism.
+    for mechanism in 0..5 {
+        let mut c = connect_from("127.0.0.5", s.addr).await;
+        let greeting = c.line().await;
+        let answer = if greeting.starts_with("+OK") {
+            guess_with(c, mechanism).await
+        } else {
+            greeting
+        };
+        assert!(
+            answer.contains("Too many failed logins"),
+            "{mechanism}: {answer}"
+        );
+    }
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
