@@ -599,6 +599,21 @@ async fn guesses_mixing_every_mechanism_in_parallel_are_checked_at_most_the_limi
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_as_a_block_ends_get_one_check() {
+    use crate::guessing::{parallel_guesses, GUESSING};
+    use crate::support::*;
+    // Blocked for one second; failures remembered for ten minutes.
+    let s = TestServer::start_with(&format!("address_block_secs = 1\n{GUESSING}")).await;
+    let first = parallel_guesses(s.addr, "127.0.0.6", "bob", 20).await;
+    assert_eq!((first.checked, first.refused), (10, 10), "{first:?}");
+    // Reconnecting the moment the block ends, many at once: the address
+    // is still over its limit, so one guess is checked and blocks it again.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let after = parallel_guesses(s.addr, "127.0.0.6", "nobody-here", 20).await;
+    assert_eq!((after.checked, after.refused), (1, 19), "{after:?}");
+}
+
 mod probes {
     //! Measurements of what tells a known user from an unknown one, over
     //! real sockets. Run by hand (`--ignored --nocapture`): they print
