@@ -365,10 +365,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         }
         ExitCode::from(exit.code())
     };
-    if let Err(e) = privileges::trusted_config(config_path) {
-        return fail(Exit::Config, &e);
-    }
-    let config = match Config::load(config_path) {
+    let config = match load_config(config_path) {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
     };
@@ -419,8 +416,27 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config> {
-    privileges::trusted_config(path)?;
-    Ok(Config::load(path)?)
+    load_config(path)
+}
+
+/// Reads the config; started as root, only one that no one but root
+/// could have written (see `privileges::read_trusted_config`).
+fn load_config(path: &Path) -> Result<Config> {
+    let Some(text) = privileges::read_trusted_config(path)? else {
+        return Ok(Config::load(path)?);
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    Config::parse(&text, base)
+        .map_err(|e| match e {
+            mailbag::config::ConfigError::Parse { message, .. } => {
+                mailbag::config::ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                }
+            }
+            other => other,
+        })
+        .map_err(Into::into)
 }
 
 /// Reads the configuration again, for SIGHUP.
@@ -763,7 +779,12 @@ fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
     let Ok(maildir) = store.maildir_path(name) else {
         return Ok(());
     };
-    for other in passwd_file::list_users(&config.auth.passwd_file)? {
+    // No passwd-file yet (the first user): no one to share with. Any
+    // other trouble with the file is reported by the add itself.
+    let Ok(users) = passwd_file::list_users(&config.auth.passwd_file) else {
+        return Ok(());
+    };
+    for other in users {
         if other != name && store.maildir_path(&other).is_ok_and(|p| p == maildir) {
             bail!(
                 "{name} would share the maildrop of the existing user {other} ({}): \

@@ -80,75 +80,58 @@ pub enum PrivilegeError {
     /// may change.
     #[error(
         "refusing to read {path} as root: {why}. Whoever can change the config chooses what root \
-         binds, reads and creates before it switches users; make the file and its directory \
-         root's and not writable by group or others (e.g. `chown root {path} && chmod go-w {path}`)"
+         binds, reads and creates before it switches users; make the file root's and not \
+         writable by group or others (e.g. `chown root {path} && chmod go-w {path}`)"
     )]
     UntrustedConfig {
-        /// The config file (or its directory) as named.
+        /// The config file as named.
         path: String,
         /// What is wrong with it.
         why: String,
     },
 }
 
-/// Started as root, refuses a config file that anyone but root could
-/// have written: a file not root's or writable by group or others, or in
-/// a directory that is (unless the directory is sticky, like `/tmp`,
-/// where others cannot replace root's file). Followed through links, as
-/// reading it is. Started as anyone else, accepts any file that user can
-/// read.
-pub fn trusted_config(path: &Path) -> Result<(), PrivilegeError> {
+/// Started as root, reads the config file at `path` only if no one but
+/// root could have written it: it must be root's and not writable by
+/// group or others (followed through links, as reading it is). The
+/// checks and the read use one open file, so the file cannot be swapped
+/// in between. Returns `None`, reading nothing, when not started as root
+/// (any file that user can read will do) or when the file cannot be
+/// opened (the ordinary read reports why).
+pub fn read_trusted_config(path: &Path) -> Result<Option<String>, PrivilegeError> {
+    use std::io::Read;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !unistd::geteuid().is_root() {
-        return Ok(());
+        return Ok(None);
     }
     let untrusted = |why: String| PrivilegeError::UntrustedConfig {
         path: path.display().to_string(),
         why,
     };
-    // A file that cannot be read is reported by the read itself.
-    let Ok(real) = std::fs::canonicalize(path) else {
-        return Ok(());
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
     };
-    let Ok(file) = std::fs::metadata(&real) else {
-        return Ok(());
+    let Ok(meta) = file.metadata() else {
+        return Ok(None);
     };
-    let mode = file.permissions().mode();
-    if file.uid() != 0 {
+    let mode = meta.permissions().mode();
+    if meta.uid() != 0 {
         return Err(untrusted(format!(
-            "{} belongs to {}",
-            real.display(),
-            user_name(Uid::from_raw(file.uid()))
+            "it belongs to {}",
+            user_name(Uid::from_raw(meta.uid()))
         )));
     }
     if mode & 0o022 != 0 {
         return Err(untrusted(format!(
-            "{} is writable by group or others (mode {:04o})",
-            real.display(),
+            "group or others may write it (mode {:04o})",
             mode & 0o7777
         )));
     }
-    if let Some(dir) = real.parent() {
-        if let Ok(meta) = std::fs::metadata(dir) {
-            let mode = meta.permissions().mode();
-            let sticky = mode & 0o1000 != 0;
-            if meta.uid() != 0 && !sticky {
-                return Err(untrusted(format!(
-                    "its directory {} belongs to {}",
-                    dir.display(),
-                    user_name(Uid::from_raw(meta.uid()))
-                )));
-            }
-            if mode & 0o022 != 0 && !sticky {
-                return Err(untrusted(format!(
-                    "its directory {} is writable by group or others (mode {:04o})",
-                    dir.display(),
-                    mode & 0o7777
-                )));
-            }
-        }
+    let mut text = String::new();
+    match file.read_to_string(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(_) => Ok(None),
     }
-    Ok(())
 }
 
 /// The uid and gid to become.
