@@ -24,7 +24,8 @@ fn user_add_refuses_names_the_store_cannot_hold_and_says_what_is_allowed() {
     let config = dir.path().join("mailbag.toml");
     std::fs::write(&config, config_text(dir.path(), "")).unwrap();
     for name in STORE_REFUSES {
-        let mut child = mailbag()
+        let mut command = mailbag();
+        let mut child = as_unprivileged(&mut command, dir.path())
             .args(["user", "add", name, "--password-stdin", "--config"])
             .arg(&config)
             .stdin(Stdio::piped())
@@ -113,7 +114,8 @@ fn deliver_refuses_names_the_store_cannot_hold_as_unknown_users() {
     let config = dir.path().join("mailbag.toml");
     std::fs::write(&config, config_text(dir.path(), "")).unwrap();
     for name in ["a..b", "a\\b"] {
-        let mut child = mailbag()
+        let mut command = mailbag();
+        let mut child = as_unprivileged(&mut command, dir.path())
             .args(["deliver", "--user", name, "--config"])
             .arg(&config)
             .stdin(Stdio::piped())
