@@ -222,6 +222,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         // Its own exit codes, for the MTA that runs it.
         Command::Deliver { user, from } => return Ok(deliver(&cli.config, &user, from.as_deref())),
         Command::Demo { dir } => {
+            // The demo serves mail as whoever starts it, with no user to
+            // drop to: as root it would serve mail as root and leave a
+            // data directory of root's files.
+            if nix::unistd::geteuid().is_root() {
+                bail!(
+                    "refusing to run the demo as root: mailbag never serves mail as root, and the demo \
+                     has no [server] user to switch to; run it as an ordinary user (it listens on \
+                     ports above 1024), e.g. `sudo -u nobody mailbag demo --dir /tmp/mailbag-demo`"
+                );
+            }
             let config_path = mailbag::demo::prepare(&dir)
                 .with_context(|| format!("cannot prepare the demo directory {}", dir.display()))?;
             let config = load(&config_path)?;
@@ -355,7 +365,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         }
         ExitCode::from(exit.code())
     };
-    let config = match Config::load(config_path) {
+    let config = match load_config(config_path) {
         Ok(config) => config,
         Err(e) => return fail(Exit::Config, &e),
     };
@@ -406,7 +416,27 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config> {
-    Ok(Config::load(path)?)
+    load_config(path)
+}
+
+/// Reads the config; started as root, only one that no one but root
+/// could have written (see `privileges::read_trusted_config`).
+fn load_config(path: &Path) -> Result<Config> {
+    let Some(text) = privileges::read_trusted_config(path)? else {
+        return Ok(Config::load(path)?);
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    Config::parse(&text, base)
+        .map_err(|e| match e {
+            mailbag::config::ConfigError::Parse { message, .. } => {
+                mailbag::config::ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message,
+                }
+            }
+            other => other,
+        })
+        .map_err(Into::into)
 }
 
 /// Reads the configuration again, for SIGHUP.
@@ -711,6 +741,7 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
             scheme,
         } => {
             check_name(&name)?;
+            refuse_shared_maildrop(&config, &name)?;
             let scheme: Scheme = parse_scheme(&scheme)?;
             let password = read_password(password_stdin)?;
             passwd_file::add_user(path, &name, password.as_bytes(), scheme)?;
@@ -734,6 +765,34 @@ fn user(config_path: &Path, action: UserCommand) -> Result<()> {
             for name in passwd_file::list_users(path)? {
                 println!("{name}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a new user whose Maildir would be an existing user's: with
+/// the default template, `alice` and `alice@<default_domain>` name one
+/// maildrop, and a second password for it would open the first user's
+/// mail to whoever holds it.
+fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
+    let store = maildir_store(config);
+    let Ok(maildir) = store.maildir_path(name) else {
+        return Ok(());
+    };
+    // No passwd-file yet (the first user): no one to share with. Any
+    // other trouble with the file is reported by the add itself.
+    let Ok(users) = passwd_file::list_users(&config.auth.passwd_file) else {
+        return Ok(());
+    };
+    for other in users {
+        if other != name && store.maildir_path(&other).is_ok_and(|p| p == maildir) {
+            bail!(
+                "{name} would share the maildrop of the existing user {other} ({}): \
+                 with store.default_domain = {:?} they name one Maildir; give {other} a new \
+                 password with `mailbag user passwd {other}` instead, or choose another name",
+                maildir.display(),
+                config.store.default_domain
+            );
         }
     }
     Ok(())

@@ -76,6 +76,62 @@ pub enum PrivilegeError {
         /// The config file.
         config: String,
     },
+    /// Started as root with a config file that someone other than root
+    /// may change.
+    #[error(
+        "refusing to read {path} as root: {why}. Whoever can change the config chooses what root \
+         binds, reads and creates before it switches users; make the file root's and not \
+         writable by group or others (e.g. `chown root {path} && chmod go-w {path}`)"
+    )]
+    UntrustedConfig {
+        /// The config file as named.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Started as root, reads the config file at `path` only if no one but
+/// root could have written it: it must be root's and not writable by
+/// group or others (followed through links, as reading it is). The
+/// checks and the read use one open file, so the file cannot be swapped
+/// in between. Returns `None`, reading nothing, when not started as root
+/// (any file that user can read will do) or when the file cannot be
+/// opened (the ordinary read reports why).
+pub fn read_trusted_config(path: &Path) -> Result<Option<String>, PrivilegeError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let untrusted = |why: String| PrivilegeError::UntrustedConfig {
+        path: path.display().to_string(),
+        why,
+    };
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(None);
+    };
+    let Ok(meta) = file.metadata() else {
+        return Ok(None);
+    };
+    let mode = meta.permissions().mode();
+    if meta.uid() != 0 {
+        return Err(untrusted(format!(
+            "it belongs to {}",
+            user_name(Uid::from_raw(meta.uid()))
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "group or others may write it (mode {:04o})",
+            mode & 0o7777
+        )));
+    }
+    let mut text = String::new();
+    match file.read_to_string(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// The uid and gid to become.
@@ -164,10 +220,19 @@ pub fn target(user: &str, group: Option<&str>) -> Result<Target, PrivilegeError>
     Ok(Target { uid: u.uid, gid })
 }
 
-/// Hands a file the server made while still root (the LMTP socket) to
-/// the target user, so it stays usable after the switch.
+/// Hands a socket the server made while still root (the LMTP socket) to
+/// the target user, so it stays usable after the switch. A symbolic link
+/// is never followed and anything but a socket is left alone: whoever
+/// can write the socket's directory could otherwise swap in a link to
+/// any file between the bind and this call, and have root give it away.
 pub fn give(path: &Path, to: Target) -> Result<(), nix::Error> {
-    unistd::chown(path, Some(to.uid), Some(to.gid))
+    use nix::sys::stat::{lstat, SFlag};
+    let node = lstat(path)?;
+    if SFlag::from_bits_truncate(node.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(Errno::EPERM);
+    }
+    std::os::unix::fs::lchown(path, Some(to.uid.as_raw()), Some(to.gid.as_raw()))
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO)))
 }
 
 /// Becomes `to` for the whole process, for good (glibc applies set*id to

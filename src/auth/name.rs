@@ -9,7 +9,12 @@
 //! control characters and none of `:` (the passwd-file's separator), `/`
 //! and `\` (path separators); at most one `@`, with text on both sides;
 //! no part (before or after the `@`) starts with `.`; no `..` anywhere;
-//! and it does not start with `#` (a passwd-file comment).
+//! it does not start with `#` (a passwd-file comment); and it is a name
+//! SASLprep (RFC 4013) leaves as it is. USER and every SASL mechanism
+//! SASLprep the name a client gives (`ｂｏｂ` and `bob` are one name to
+//! them), so a stored name SASLprep would change (`ﬁle`, full-width or
+//! decomposed letters) could never log in, and its logins would go to the
+//! user it maps to.
 
 /// The longest user name, in octets. USER and APOP take names this long
 /// (longer than RFC 2449's 40-character arguments); Dovecot allows 255,
@@ -19,7 +24,9 @@ pub const MAX_OCTETS: usize = mailbag_proto::pop3::command::MAX_USER_NAME_OCTETS
 /// What the rule allows, for error messages.
 pub const RULE: &str = "a user name is 1 to 128 octets of letters, digits and punctuation \
      other than ':', '/' and '\\', with no spaces or control characters; at most one '@', \
-     with text on both sides; no part starting with '.', no '..', and no leading '#'";
+     with text on both sides; no part starting with '.', no '..', and no leading '#'; \
+     non-ASCII letters in their composed form, without compatibility characters \
+     (such as full-width letters or ligatures), as SASLprep leaves them";
 
 /// Why a name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +78,9 @@ pub fn check(name: &str) -> Result<(), NameError> {
             return refuse("a part starts with '.'");
         }
     }
+    if mailbag_proto::sasl::saslprep(name).as_deref() != Some(name) {
+        return refuse("SASLprep changes or refuses it, so no login could name it");
+    }
     Ok(())
 }
 
@@ -109,6 +119,12 @@ mod tests {
             "user@.example.org",
             "user@example..org",
             "#comment",
+            "\u{fb01}le",
+            "\u{ff42}ob",
+            "bob\u{ff20}example.org",
+            "e\u{301}mile",
+            "a\u{200b}b",
+            "\u{e000}",
         ] {
             let e = check(name).unwrap_err();
             assert!(e.to_string().contains(RULE), "{e}");
@@ -121,6 +137,8 @@ mod tests {
             "Ünïcode",
             "a.b.",
             "o'brien",
+            "\u{e9}mile",
+            "\u{43c}\u{430}\u{448}\u{430}",
         ] {
             assert_eq!(check(name), Ok(()), "{name:?}");
         }

@@ -155,9 +155,9 @@ struct Table {
     /// One stored secret of each cost class, timed before the first
     /// failure is answered.
     classes: Vec<(String, String)>,
-    /// What SCRAM shows for a name without usable keys: what most users
-    /// with usable keys show.
-    scram_decoy: ScramDecoy,
+    /// What SCRAM shows for a name without usable keys: how users with
+    /// usable keys answer, each way with how many users answer it.
+    scram_decoys: Vec<(ScramDecoy, u64)>,
     /// Whether any user's SCRAM keys are derived from a plaintext secret.
     scram_derives: bool,
 }
@@ -348,12 +348,12 @@ impl PassDb for PasswdFile {
                 Some((name.clone(), scheme::scram_keys(stored, &salt)?))
             });
             // An unknown user (or one whose hash SCRAM cannot use) gets
-            // keys made up from the server secret, with the salt and
-            // iterations a typical user shows and the work a typical
+            // keys made up from the server secret, with a salt and
+            // iterations drawn, by name, as the users' own are spread and the work a typical
             // user's lookup does, so the exchange looks the same up to
             // the failure, here, after a restart and on every node.
             Ok(found.unwrap_or_else(|| {
-                let decoy = table.scram_decoy;
+                let decoy = pick_decoy(&table.scram_decoys, secret, &user);
                 let keys = secret.scram_lookalike(&user, decoy.iterations);
                 if decoy.derived {
                     std::hint::black_box(ScramKeys::derive(
@@ -471,7 +471,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         .iter()
         .any(|entry| scheme::cram_md5_digest(entry.secret, b"").is_some());
     let classes = timing::classes(entries.iter().map(|entry| entry.secret));
-    let scram_decoy = scram_decoy(&entries);
+    let scram_decoys = scram_decoys(&entries);
     let scram_derives = entries
         .iter()
         .any(|entry| scheme::scram_source(entry.secret) == ScramSource::Derived);
@@ -487,7 +487,7 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
             decoy,
             cram_possible,
             classes,
-            scram_decoy,
+            scram_decoys,
             scram_derives,
         },
     ))
@@ -508,9 +508,10 @@ fn decoy(entries: &[Entry<'_>]) -> Option<String> {
         .map(|(_, secret)| secret.to_owned())
 }
 
-/// How most users whose secrets SCRAM can use answer its first step.
-fn scram_decoy(entries: &[Entry<'_>]) -> ScramDecoy {
-    let mut counts: HashMap<ScramDecoy, usize> = HashMap::new();
+/// How the users whose secrets SCRAM can use answer its first step, and
+/// how many answer each way, in a fixed order; never empty.
+fn scram_decoys(entries: &[Entry<'_>]) -> Vec<(ScramDecoy, u64)> {
+    let mut counts: HashMap<ScramDecoy, u64> = HashMap::new();
     for entry in entries {
         let decoy = match scheme::scram_source(entry.secret) {
             ScramSource::Stored(iterations) => ScramDecoy {
@@ -525,16 +526,32 @@ fn scram_decoy(entries: &[Entry<'_>]) -> ScramDecoy {
         };
         *counts.entry(decoy).or_default() += 1;
     }
-    counts
-        .into_iter()
-        .max_by_key(|&(decoy, count)| (count, decoy.iterations, decoy.derived))
-        .map_or(
+    let mut decoys: Vec<(ScramDecoy, u64)> = counts.into_iter().collect();
+    decoys.sort_by_key(|(decoy, _)| (decoy.iterations, decoy.derived));
+    if decoys.is_empty() {
+        decoys.push((
             ScramDecoy {
                 iterations: scheme::SCRAM_ITERATIONS,
                 derived: false,
             },
-            |(decoy, _)| decoy,
-        )
+            1,
+        ));
+    }
+    decoys
+}
+
+/// The way a name without usable SCRAM keys answers: one of `decoys`,
+/// drawn by the server secret from the name, each as often as users
+/// answer it. One fixed iteration count for every made-up name would
+/// single out each user whose stored count differs from it; drawn like
+/// this, the count a name shows says nothing about whether it exists.
+fn pick_decoy(decoys: &[(ScramDecoy, u64)], secret: &ServerSecret, name: &str) -> ScramDecoy {
+    secret
+        .choose_weighted("scram decoy", name, decoys)
+        .unwrap_or(ScramDecoy {
+            iterations: scheme::SCRAM_ITERATIONS,
+            derived: false,
+        })
 }
 
 /// The user an entry line names, or `None` for a blank or comment line.
@@ -873,11 +890,23 @@ mod tests {
         assert_eq!(two.scram_keys("nobody").await.unwrap().1, keys);
         // Most users store keys: no PBKDF2 for a made-up user either.
         assert_eq!(
-            one.table().scram_decoy,
-            ScramDecoy {
-                iterations: scheme::SCRAM_ITERATIONS,
-                derived: false
-            }
+            one.table().scram_decoys,
+            vec![
+                (
+                    ScramDecoy {
+                        iterations: scheme::SCRAM_ITERATIONS,
+                        derived: false
+                    },
+                    2
+                ),
+                (
+                    ScramDecoy {
+                        iterations: scheme::SCRAM_ITERATIONS,
+                        derived: true
+                    },
+                    1
+                )
+            ]
         );
         let (_, plain) = one.scram_keys("plain").await.unwrap();
         assert_eq!(plain.salt, secret.scram_salt("plain").to_vec());

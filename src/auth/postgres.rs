@@ -64,7 +64,13 @@ pub struct PgPassDb {
 struct Flags {
     cram: AtomicBool,
     apop: AtomicBool,
+    /// The SCRAM iteration counts users show, with how many show each,
+    /// in a fixed order: what made-up first steps are drawn from.
+    scram_iterations: std::sync::Mutex<Vec<(u32, u64)>>,
 }
+
+/// Iteration counts read at most (one per group of stored SCRAM keys).
+const MAX_ITERATION_GROUPS: i64 = 64;
 
 fn temporary(e: impl std::fmt::Display) -> AuthError {
     AuthError::Temporary(e.to_string())
@@ -134,6 +140,37 @@ impl PgPassDb {
             .await?;
         self.flags.apop.store(row.get(0), Ordering::Relaxed);
         self.flags.cram.store(row.get(1), Ordering::Relaxed);
+        // How many users show each SCRAM iteration count: stored keys,
+        // grouped by their `{SCRAM-SHA-256}<iterations>` head, and
+        // plaintext-equivalent secrets, whose keys are derived.
+        let rows = self
+            .pool
+            .get()
+            .await?
+            .query(
+                r"SELECT min(secret), count(*) FROM users
+                   WHERE secret ~* '^\{(SCRAM-SHA-256|PLAIN|CLEAR|CLEARTEXT)[.}]'
+                   GROUP BY CASE WHEN secret ~* '^\{SCRAM-SHA-256\}'
+                                 THEN split_part(secret, ',', 1) ELSE '' END
+                   LIMIT $1",
+                &[&MAX_ITERATION_GROUPS],
+            )
+            .await?;
+        let mut counts: std::collections::BTreeMap<u32, u64> = Default::default();
+        for row in rows {
+            let (sample, users): (String, i64) = (row.get(0), row.get(1));
+            let iterations = match scheme::scram_source(&sample) {
+                scheme::ScramSource::Stored(iterations) => iterations,
+                scheme::ScramSource::Derived => scheme::SCRAM_ITERATIONS,
+                scheme::ScramSource::Unusable => continue,
+            };
+            *counts.entry(iterations).or_default() += u64::try_from(users).unwrap_or(0);
+        }
+        *self
+            .flags
+            .scram_iterations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = counts.into_iter().collect();
         Ok(())
     }
 
@@ -277,6 +314,18 @@ impl PassDb for PgPassDb {
         let found = self.lookup(user).await?;
         let user = user.to_owned();
         let secret = self.secret.clone();
+        // A made-up count drawn as users' counts are spread: one fixed
+        // count would single out every user whose own count differs.
+        let iterations = {
+            let spread = self
+                .flags
+                .scram_iterations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            secret
+                .choose_weighted("scram decoy", &user, &spread)
+                .unwrap_or(scheme::SCRAM_ITERATIONS)
+        };
         let (found, began) = super::hashing(move || {
             let began = Instant::now();
             let salt = secret.scram_salt(&user);
@@ -285,7 +334,7 @@ impl PassDb for PgPassDb {
             // Made up from the server secret, the same on every node, as
             // cheaply as stored keys are read.
             let found = keys.unwrap_or_else(|| {
-                let keys = secret.scram_lookalike(&user, scheme::SCRAM_ITERATIONS);
+                let keys = secret.scram_lookalike(&user, iterations);
                 (user, keys)
             });
             (found, began)

@@ -72,8 +72,16 @@ impl ServerSecret {
 
     /// Reads the secret at `path`, or makes one there (mode 0600) if there
     /// is no file yet.
+    ///
+    /// The file is read only if it is a regular file (not a symbolic
+    /// link, a FIFO or a device) that no group and no other user may read
+    /// or write: a secret others could read would let them compute every
+    /// made-up SCRAM value. A new secret is written whole under a
+    /// temporary name beside `path` and then linked into place, so
+    /// servers started at the same moment never read a half-written file:
+    /// the first link wins, and the others read what it published.
     pub fn load_or_create(path: &Path) -> Result<ServerSecret, SecretError> {
-        match fs::read(path) {
+        match read_private(path) {
             Ok(text) => return ServerSecret::parse(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -85,38 +93,40 @@ impl ServerSecret {
             }
         }
         let secret = ServerSecret::random();
-        let created = OpenOptions::new()
+        let made = |source| SecretError::Io {
+            op: "create",
+            path: path.to_owned(),
+            source,
+        };
+        let temporary = temporary_beside(path).map_err(made)?;
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(path)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&temporary)
             .and_then(|mut file| {
                 file.write_all(format!("{}\n", hex(&secret.key)).as_bytes())?;
                 file.sync_all()
             });
-        match created {
+        let linked = written.and_then(|()| fs::hard_link(&temporary, path));
+        let _ = fs::remove_file(&temporary);
+        match linked {
             Ok(()) => {
                 tracing::info!(path = %path.display(),
                     "made a new server secret; copy it to every node that serves the same users");
                 Ok(secret)
             }
-            // Another process made it first: use theirs.
+            // Another process published one first: use theirs.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let text = fs::read(path).map_err(|source| SecretError::Io {
+                let text = read_private(path).map_err(|source| SecretError::Io {
                     op: "read",
                     path: path.to_owned(),
                     source,
                 })?;
                 ServerSecret::parse(path, &text)
             }
-            Err(source) => {
-                let _ = fs::remove_file(path);
-                Err(SecretError::Io {
-                    op: "create",
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => Err(made(source)),
         }
     }
 
@@ -158,6 +168,40 @@ impl ServerSecret {
         salt
     }
 
+    /// A number below `among` (which must not be 0) drawn from `name` for
+    /// the purpose `label`: the same for a name on every node and after
+    /// every restart, unpredictable without the secret.
+    pub fn choose(&self, label: &str, name: &str, among: u64) -> u64 {
+        let octets = self.derive(label, name);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&octets[..8]);
+        u64::from_be_bytes(first) % among.max(1)
+    }
+
+    /// One of `options`, drawn from `name` for the purpose `label`, each
+    /// as often as its weight says; `None` if they weigh nothing.
+    pub fn choose_weighted<T: Copy>(
+        &self,
+        label: &str,
+        name: &str,
+        options: &[(T, u64)],
+    ) -> Option<T> {
+        let total = options
+            .iter()
+            .fold(0u64, |sum, (_, weight)| sum.saturating_add(*weight));
+        if total == 0 {
+            return None;
+        }
+        let mut left = self.choose(label, name, total);
+        for (option, weight) in options {
+            if left < *weight {
+                return Some(*option);
+            }
+            left -= weight;
+        }
+        None
+    }
+
     /// SCRAM keys for a name that has none: the salt it would have, and
     /// keys that look like stored ones but that no password is known to
     /// match. As cheap as reading stored keys.
@@ -173,6 +217,57 @@ impl ServerSecret {
 
 fn hex(octets: &[u8]) -> String {
     octets.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The longest secret file read: the secret, a line end, some slack.
+const MAX_FILE_OCTETS: u64 = 4096;
+
+/// The contents of the secret file at `path`, if it is a regular file,
+/// not a symbolic link, that only its owner may read or write.
+fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        // No link followed, and no wait on a FIFO put in its place.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                io::Error::other("it is a symbolic link; put the file itself there")
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "mode {mode:04o} lets others read or change it; \
+             make it readable by its owner only (chmod 600), \
+             and make a new secret if others may have read it"
+        )));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_FILE_OCTETS).read_to_end(&mut text)?;
+    Ok(text)
+}
+
+/// A fresh name in the directory of `path` to write a new secret under
+/// before it is linked into place.
+fn temporary_beside(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("the path names no file"))?;
+    let mut unique = [0u8; 8];
+    rand::fill(&mut unique);
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{}.{}.tmp", std::process::id(), hex(&unique)));
+    Ok(path.with_file_name(temporary))
 }
 
 #[cfg(test)]
@@ -204,6 +299,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         fs::write(&path, "abc\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let e = ServerSecret::load_or_create(&path).unwrap_err();
         assert!(e.to_string().contains("secret"), "{e}");
         assert!(matches!(e, SecretError::Malformed { .. }));

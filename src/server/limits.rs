@@ -438,6 +438,8 @@ pub struct Attempt {
     /// The delay before answering it if it fails, from the counts it was
     /// reserved at.
     backoff: Duration,
+    /// When it was counted against its address.
+    at: Instant,
 }
 
 impl Attempt {
@@ -538,6 +540,7 @@ impl Failures {
             ip,
             user: user.to_string(),
             backoff: self.backoff(by_ip.max(by_user)),
+            at: now,
         })
     }
 
@@ -549,8 +552,15 @@ impl Failures {
         let window = self.policy().window;
         let mut t = locked(&self.by_pair);
         let r = t.record((attempt.ip, attempt.user), now, window);
+        // Dated when it was counted against the address, not when its
+        // check ended (which a queue of checks can delay): the pair's
+        // failures must leave the window no later than the address's.
+        r.last = if r.failures == 0 {
+            attempt.at
+        } else {
+            r.last.max(attempt.at)
+        };
         r.failures = r.failures.saturating_add(1);
-        r.last = now;
         attempt.backoff
     }
 
@@ -581,10 +591,16 @@ impl Failures {
     pub fn succeeded(&self, attempt: Attempt, now: Instant) {
         let window = self.policy().window;
         let max = self.policy().max_per_address;
-        let earlier = locked(&self.by_pair)
-            .map
-            .remove(&(attempt.ip, attempt.user.clone()))
-            .map_or(0, |r| r.failures);
+        // Only failures still remembered: those older than the window
+        // have left the address's count already, and forgiving them again
+        // would forgive guesses at other users.
+        let earlier = {
+            let mut pairs = locked(&self.by_pair);
+            let pair = (attempt.ip, attempt.user.clone());
+            let live = pairs.live(&pair, now, window).map_or(0, |r| r.failures);
+            pairs.map.remove(&pair);
+            live
+        };
         // This attempt's own reservation, and the user's earlier failures.
         let clear = earlier.saturating_add(1);
         {
@@ -969,6 +985,50 @@ mod tests {
         }
         assert_eq!(guesses, 10);
         assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
+    fn a_success_forgives_no_failures_the_window_has_forgotten() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // Failures at one's own account, long ago: they have expired.
+        for _ in 0..9 {
+            fail(&f, a, "mallory", t0);
+        }
+        let later = t0 + Duration::from_secs(601);
+        for _ in 0..9 {
+            fail(&f, a, "bob", later);
+        }
+        // The login that reaches the limit is one's own, and right.
+        let own = f.begin(a, "mallory", later).unwrap();
+        f.succeeded(own, later);
+        // Only its own reservation is forgiven, not the nine guesses at
+        // bob in exchange for failures that no longer count.
+        assert_eq!(locked(&f.by_address).map[&a].failures, 9);
+        fail(&f, a, "bob", later);
+        assert!(f.blocked(a, later).is_some());
+    }
+
+    #[test]
+    fn a_failure_settled_late_is_forgotten_with_the_address_count() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // Nine failures at one's own account, counted at t0, their checks
+        // held up in a queue for 100 s.
+        let slow: Vec<Attempt> = (0..9).map(|_| f.begin(a, "mallory", t0).unwrap()).collect();
+        for attempt in slow {
+            f.failed(attempt, t0 + Duration::from_secs(100));
+        }
+        // The address forgets them 600 s after t0; so must the pair.
+        let later = t0 + Duration::from_secs(601);
+        for _ in 0..9 {
+            fail(&f, a, "bob", later);
+        }
+        let own = f.begin(a, "mallory", later).unwrap();
+        f.succeeded(own, later);
+        assert_eq!(locked(&f.by_address).map[&a].failures, 9);
     }
 
     #[test]

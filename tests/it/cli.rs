@@ -246,7 +246,9 @@ fn example_config_in_the_repository_is_valid() {
 async fn demo_serves_the_demo_user_and_reuses_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
-    let mut child = mailbag()
+    // Started as root, the demo refuses: it runs as nobody then.
+    let mut command = mailbag();
+    let mut child = as_unprivileged(&mut command, dir.path())
         .args(["demo", "--dir"])
         .arg(&demo_dir)
         .stdout(Stdio::piped())
@@ -349,7 +351,8 @@ async fn demo_serves_the_demo_user_and_reuses_its_directory() {
     let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(entries.len(), 1);
     // The config it wrote serves the same data with `mailbag serve`.
-    let out = mailbag()
+    let mut command = mailbag();
+    let out = as_unprivileged(&mut command, dir.path())
         .arg("check-config")
         .arg("--config")
         .arg(demo_dir.join("mailbag.toml"))

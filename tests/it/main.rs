@@ -2,6 +2,7 @@
 //! directories, real TCP clients.
 
 mod attack;
+mod attack_auth;
 mod cli;
 mod deliver;
 mod guessing;

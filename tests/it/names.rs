@@ -9,12 +9,8 @@ use md5::Digest as _;
 
 use crate::support::*;
 
-/// The `mailbag` command, run as the owner of `dir` (not root: commands
-/// that touch mail refuse root without `[server] user`).
-fn mailbag(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
-    as_unprivileged(&mut cmd, dir);
-    cmd
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
 }
 
 /// Names the Maildir store refuses, which every other entry point must
@@ -28,7 +24,8 @@ fn user_add_refuses_names_the_store_cannot_hold_and_says_what_is_allowed() {
     let config = dir.path().join("mailbag.toml");
     std::fs::write(&config, config_text(dir.path(), "")).unwrap();
     for name in STORE_REFUSES {
-        let mut child = mailbag(dir.path())
+        let mut command = mailbag();
+        let mut child = as_unprivileged(&mut command, dir.path())
             .args(["user", "add", name, "--password-stdin", "--config"])
             .arg(&config)
             .stdin(Stdio::piped())
@@ -117,7 +114,8 @@ fn deliver_refuses_names_the_store_cannot_hold_as_unknown_users() {
     let config = dir.path().join("mailbag.toml");
     std::fs::write(&config, config_text(dir.path(), "")).unwrap();
     for name in ["a..b", "a\\b"] {
-        let mut child = mailbag(dir.path())
+        let mut command = mailbag();
+        let mut child = as_unprivileged(&mut command, dir.path())
             .args(["deliver", "--user", name, "--config"])
             .arg(&config)
             .stdin(Stdio::piped())
