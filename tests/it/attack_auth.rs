@@ -275,46 +275,6 @@ async fn failures_at_ones_own_account_that_have_expired_buy_no_guesses_later() {
 }
 
 #[test]
-fn the_demo_started_as_root_refuses_before_it_makes_a_file() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED the_demo_started_as_root_refuses: it needs root");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("demo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mailbag"))
-        .args(["demo", "--dir"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        !data.exists(),
-        "the demo made {} as root (and served mail as root: {status:?})",
-        data.display()
-    );
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(status.is_some_and(|s| !s.success()), "{stderr}");
-    assert!(stderr.contains("as root"), "{stderr}");
-}
-
-#[test]
 fn handing_the_lmtp_socket_over_never_follows_a_link_put_in_its_place() {
     use std::os::unix::fs::MetadataExt;
     if !nix::unistd::geteuid().is_root() {
