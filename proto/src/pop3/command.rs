@@ -388,12 +388,13 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
 pub fn redact(line: &[u8]) -> Vec<u8> {
     let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
     let word = &line[..word_end];
-    if word.eq_ignore_ascii_case(b"PASS") {
+    let verb = Verb::from_keyword(word);
+    if verb == Some(Verb::Pass) {
         let mut out = word.to_vec();
         out.extend_from_slice(b" ***");
         return out;
     }
-    if word.eq_ignore_ascii_case(b"AUTH") {
+    if verb == Some(Verb::Auth) {
         // Keep the mechanism; an initial response is a secret.
         let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let mut out = words.next().unwrap_or_default().to_vec();
@@ -406,7 +407,7 @@ pub fn redact(line: &[u8]) -> Vec<u8> {
         }
         return out;
     }
-    if word.eq_ignore_ascii_case(b"APOP") {
+    if verb == Some(Verb::Apop) {
         let rest = &line[word_end..];
         let name: Vec<u8> = rest
             .iter()

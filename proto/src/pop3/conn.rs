@@ -765,10 +765,12 @@ impl Conn {
             }
         };
         self.queue.push_back(Event::Command(command.verb()));
-        if !self.valid_here(command.verb()) {
-            return self.misplaced(&command);
-        }
         match &self.state {
+            State::Authorization { .. } | State::Transaction(_)
+                if !self.valid_here(command.verb()) =>
+            {
+                self.misplaced(&command)
+            }
             State::Authorization { .. } => self.authorization(command),
             State::Transaction(_) => self.transaction(command),
             // No commands are read in UPDATE or after the end.
