@@ -111,123 +111,164 @@ pub enum Command {
     Summary(Option<MessageNumber>),
 }
 
-/// The keywords this server knows, in the order HELP lists them.
+/// Where a command is valid (RFC 1939 §3 states), and what must hold for a
+/// command valid before login to be offered on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    /// USER
-    User,
-    /// PASS
-    Pass,
-    /// APOP
+pub enum Valid {
+    /// Only before login (AUTHORIZATION), and listed as valid when the
+    /// [`Offer`] holds.
+    Authorization(Offer),
+    /// Only after login (TRANSACTION).
+    Transaction,
+    /// Before and after login.
+    Both,
+}
+
+/// What must hold for a command to be listed as valid before login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Always offered.
+    Always,
+    /// Plaintext logins are allowed on this connection.
+    Plaintext,
+    /// Plaintext logins are allowed and the greeting carried a timestamp.
     Apop,
-    /// STAT
-    Stat,
-    /// LIST
-    List,
-    /// RETR
-    Retr,
-    /// TOP
-    Top,
-    /// DELE
-    Dele,
-    /// RSET
-    Rset,
-    /// UIDL
-    Uidl,
-    /// NOOP
-    Noop,
-    /// CAPA
-    Capa,
-    /// HELP
-    Help,
-    /// QUIT
-    Quit,
-    /// STLS
+    /// At least one SASL mechanism is usable on this connection.
+    Sasl,
+    /// STLS is offered on this connection.
     Stls,
+}
+
+/// The command table. Each row is one verb: its [`Command`] variant, its
+/// keyword, its syntax and description as HELP shows them, and where it is
+/// valid. The order of the rows is the order HELP and "Valid now" list
+/// them. Adding a command is a row here, its arm in [`parse`] and its
+/// handler in the state machine.
+macro_rules! command_table {
+    ($(
+        $(#[$doc:meta])*
+        $verb:ident ($pattern:pat) $keyword:literal, $syntax:literal, $description:literal, $valid:expr;
+    )*) => {
+        /// The keywords this server knows, in the order HELP lists them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Verb {
+            $($(#[$doc])* $verb,)*
+        }
+
+        impl Verb {
+            /// Every verb, in the order HELP lists them.
+            pub const ALL: &'static [Verb] = &[$(Verb::$verb),*];
+
+            /// The keyword as written on the wire.
+            pub fn keyword(self) -> &'static str {
+                match self {
+                    $(Verb::$verb => $keyword,)*
+                }
+            }
+
+            /// The command's syntax, as its usage errors show it.
+            pub fn syntax(self) -> &'static str {
+                match self {
+                    $(Verb::$verb => $syntax,)*
+                }
+            }
+
+            /// What the command does, in a few words.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(Verb::$verb => $description,)*
+                }
+            }
+
+            /// Where the command is valid.
+            pub fn valid(self) -> Valid {
+                match self {
+                    $(Verb::$verb => $valid,)*
+                }
+            }
+        }
+
+        impl Command {
+            /// The verb this command was written with.
+            pub fn verb(&self) -> Verb {
+                match self {
+                    $($pattern => Verb::$verb,)*
+                }
+            }
+        }
+    };
+}
+
+command_table! {
+    /// USER
+    User(Command::User(_)) "USER", "USER name", "give your user name",
+        Valid::Authorization(Offer::Plaintext);
+    /// PASS
+    Pass(Command::Pass(_)) "PASS", "PASS password", "give your password",
+        Valid::Authorization(Offer::Plaintext);
+    /// APOP
+    Apop(Command::Apop { .. }) "APOP", "APOP name digest", "log in with a digest (RFC 1939 APOP)",
+        Valid::Authorization(Offer::Apop);
     /// AUTH
-    Auth,
+    Auth(Command::Auth { .. }) "AUTH", "AUTH [mechanism]", "log in with SASL, or list the mechanisms",
+        Valid::Authorization(Offer::Sasl);
+    /// STLS
+    Stls(Command::Stls) "STLS", "STLS", "switch this connection to TLS",
+        Valid::Authorization(Offer::Stls);
     /// UTF8
-    Utf8,
+    Utf8(Command::Utf8) "UTF8", "UTF8", "enable UTF-8 user names and passwords",
+        Valid::Authorization(Offer::Always);
+    /// STAT
+    Stat(Command::Stat) "STAT", "STAT", "number of messages and total octets",
+        Valid::Transaction;
+    /// LIST
+    List(Command::List(_)) "LIST", "LIST [msg]", "size of each message, or of one",
+        Valid::Transaction;
+    /// RETR
+    Retr(Command::Retr(_)) "RETR", "RETR msg", "show a whole message",
+        Valid::Transaction;
+    /// TOP
+    Top(Command::Top { .. }) "TOP", "TOP msg lines", "show the header and the first lines of the body",
+        Valid::Transaction;
+    /// DELE
+    Dele(Command::Dele(_)) "DELE", "DELE msg", "mark a message for deletion at QUIT",
+        Valid::Transaction;
+    /// RSET
+    Rset(Command::Rset) "RSET", "RSET", "unmark all messages marked for deletion",
+        Valid::Transaction;
+    /// UIDL
+    Uidl(Command::Uidl(_)) "UIDL", "UIDL [msg]", "unique id of each message, or of one",
+        Valid::Transaction;
+    /// NOOP
+    Noop(Command::Noop) "NOOP", "NOOP", "do nothing; keeps the session alive",
+        Valid::Transaction;
+    /// CAPA
+    Capa(Command::Capa) "CAPA", "CAPA", "list the server's capabilities",
+        Valid::Both;
+    /// QUIT
+    Quit(Command::Quit) "QUIT", "QUIT", "end the session; delete marked messages",
+        Valid::Both;
+    /// HELP
+    Help(Command::Help) "HELP", "HELP", "this list",
+        Valid::Both;
     /// SUMMARY
-    Summary,
+    Summary(Command::Summary(_)) "SUMMARY", "SUMMARY [msg]",
+        "date, sender, subject and problems of each message, or of one",
+        Valid::Transaction;
 }
 
 impl Verb {
-    const ALL: [Verb; 18] = [
-        Verb::User,
-        Verb::Pass,
-        Verb::Apop,
-        Verb::Stat,
-        Verb::List,
-        Verb::Retr,
-        Verb::Top,
-        Verb::Dele,
-        Verb::Rset,
-        Verb::Uidl,
-        Verb::Noop,
-        Verb::Capa,
-        Verb::Help,
-        Verb::Quit,
-        Verb::Stls,
-        Verb::Auth,
-        Verb::Utf8,
-        Verb::Summary,
-    ];
-
-    /// The keyword as written on the wire.
-    pub fn keyword(self) -> &'static str {
-        match self {
-            Verb::User => "USER",
-            Verb::Pass => "PASS",
-            Verb::Apop => "APOP",
-            Verb::Stat => "STAT",
-            Verb::List => "LIST",
-            Verb::Retr => "RETR",
-            Verb::Top => "TOP",
-            Verb::Dele => "DELE",
-            Verb::Rset => "RSET",
-            Verb::Uidl => "UIDL",
-            Verb::Noop => "NOOP",
-            Verb::Capa => "CAPA",
-            Verb::Help => "HELP",
-            Verb::Quit => "QUIT",
-            Verb::Stls => "STLS",
-            Verb::Auth => "AUTH",
-            Verb::Utf8 => "UTF8",
-            Verb::Summary => "SUMMARY",
-        }
-    }
-
-    /// One line of usage, as HELP shows it.
-    pub fn usage(self) -> &'static str {
-        match self {
-            Verb::User => "USER name          give your user name",
-            Verb::Pass => "PASS password      give your password",
-            Verb::Apop => "APOP name digest   log in with a digest (RFC 1939 APOP)",
-            Verb::Stat => "STAT               number of messages and total octets",
-            Verb::List => "LIST [msg]         size of each message, or of one",
-            Verb::Retr => "RETR msg           show a whole message",
-            Verb::Top => "TOP msg lines      show the header and the first lines of the body",
-            Verb::Dele => "DELE msg           mark a message for deletion at QUIT",
-            Verb::Rset => "RSET               unmark all messages marked for deletion",
-            Verb::Uidl => "UIDL [msg]         unique id of each message, or of one",
-            Verb::Noop => "NOOP               do nothing; keeps the session alive",
-            Verb::Capa => "CAPA               list the server's capabilities",
-            Verb::Help => "HELP               this list",
-            Verb::Quit => "QUIT               end the session; delete marked messages",
-            Verb::Stls => "STLS               switch this connection to TLS",
-            Verb::Auth => "AUTH [mechanism]   log in with SASL, or list the mechanisms",
-            Verb::Utf8 => "UTF8               enable UTF-8 user names and passwords",
-            Verb::Summary => {
-                "SUMMARY [msg]      date, sender, subject and problems of each message, or of one"
-            }
-        }
+    /// One line of usage, as HELP shows it: the syntax, padded to a
+    /// column, then the description.
+    pub fn usage(self) -> String {
+        format!("{:<18} {}", self.syntax(), self.description())
     }
 
     /// Looks a keyword up, case-insensitively.
     pub fn from_keyword(word: &[u8]) -> Option<Verb> {
         Verb::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|v| v.keyword().as_bytes().eq_ignore_ascii_case(word))
     }
 }
@@ -347,12 +388,13 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
 pub fn redact(line: &[u8]) -> Vec<u8> {
     let word_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
     let word = &line[..word_end];
-    if word.eq_ignore_ascii_case(b"PASS") {
+    let verb = Verb::from_keyword(word);
+    if verb == Some(Verb::Pass) {
         let mut out = word.to_vec();
         out.extend_from_slice(b" ***");
         return out;
     }
-    if word.eq_ignore_ascii_case(b"AUTH") {
+    if verb == Some(Verb::Auth) {
         // Keep the mechanism; an initial response is a secret.
         let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
         let mut out = words.next().unwrap_or_default().to_vec();
@@ -365,7 +407,7 @@ pub fn redact(line: &[u8]) -> Vec<u8> {
         }
         return out;
     }
-    if word.eq_ignore_ascii_case(b"APOP") {
+    if verb == Some(Verb::Apop) {
         let rest = &line[word_end..];
         let name: Vec<u8> = rest
             .iter()
@@ -428,6 +470,57 @@ mod tests {
 
     fn n(v: u32) -> MessageNumber {
         MessageNumber::new(v).unwrap()
+    }
+
+    #[test]
+    fn command_table_rows_are_consistent_and_help_text_is_pinned() {
+        let help: Vec<String> = Verb::ALL.iter().map(|v| v.usage()).collect();
+        assert_eq!(
+            help,
+            [
+                "USER name          give your user name",
+                "PASS password      give your password",
+                "APOP name digest   log in with a digest (RFC 1939 APOP)",
+                "AUTH [mechanism]   log in with SASL, or list the mechanisms",
+                "STLS               switch this connection to TLS",
+                "UTF8               enable UTF-8 user names and passwords",
+                "STAT               number of messages and total octets",
+                "LIST [msg]         size of each message, or of one",
+                "RETR msg           show a whole message",
+                "TOP msg lines      show the header and the first lines of the body",
+                "DELE msg           mark a message for deletion at QUIT",
+                "RSET               unmark all messages marked for deletion",
+                "UIDL [msg]         unique id of each message, or of one",
+                "NOOP               do nothing; keeps the session alive",
+                "CAPA               list the server's capabilities",
+                "QUIT               end the session; delete marked messages",
+                "HELP               this list",
+                "SUMMARY [msg]      date, sender, subject and problems of each message, or of one",
+            ]
+        );
+        for (i, verb) in Verb::ALL.iter().enumerate() {
+            let keyword = verb.keyword();
+            assert!(verb.syntax().starts_with(keyword), "{verb:?}");
+            assert_eq!(Verb::from_keyword(keyword.as_bytes()), Some(*verb));
+            let lower = keyword.to_ascii_lowercase();
+            assert_eq!(Verb::from_keyword(lower.as_bytes()), Some(*verb));
+            assert!(
+                Verb::ALL[..i].iter().all(|v| v.keyword() != keyword),
+                "{keyword} appears twice"
+            );
+            // Each keyword alone (or with the arguments HELP shows) parses
+            // to a command of the same verb.
+            let line = match verb {
+                Verb::User => "USER a",
+                Verb::Pass => "PASS a",
+                Verb::Apop => "APOP a b",
+                Verb::Retr | Verb::Dele => "RETR 1",
+                Verb::Top => "TOP 1 1",
+                _ => keyword,
+            };
+            let line = line.replacen(&line[..line.find(' ').unwrap_or(line.len())], keyword, 1);
+            assert_eq!(parse(line.as_bytes()).map(|c| c.verb()), Ok(*verb));
+        }
     }
 
     #[test]

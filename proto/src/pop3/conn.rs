@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::time::Duration;
 
-use super::command::{self, Command, MessageNumber, ParseError, Verb};
+use super::command::{self, Command, MessageNumber, Offer, ParseError, Valid, Verb};
 use super::response::{self, Code};
 use crate::line::{LineEvent, LineReader};
 use crate::sasl::{self, Exchange, Mechanism, Step};
@@ -764,8 +764,13 @@ impl Conn {
                 return self.bad_command(text);
             }
         };
-        self.queue.push_back(Event::Command(verb_of(&command)));
+        self.queue.push_back(Event::Command(command.verb()));
         match &self.state {
+            State::Authorization { .. } | State::Transaction(_)
+                if !self.valid_here(command.verb()) =>
+            {
+                self.misplaced(&command)
+            }
             State::Authorization { .. } => self.authorization(command),
             State::Transaction(_) => self.transaction(command),
             // No commands are read in UPDATE or after the end.
@@ -773,39 +778,39 @@ impl Conn {
         }
     }
 
+    /// The verbs valid in this state and offered on this connection, in
+    /// the command table's order.
     fn valid_now(&self) -> Vec<Verb> {
-        match self.state {
-            State::Authorization { .. } => {
-                let mut v = Vec::new();
-                if self.settings.plaintext_auth {
-                    v.extend([Verb::User, Verb::Pass]);
-                    if self.settings.apop_timestamp.is_some() {
-                        v.push(Verb::Apop);
-                    }
-                }
-                if !self.usable_mechanisms().is_empty() {
-                    v.push(Verb::Auth);
-                }
-                if self.stls_offered() {
-                    v.push(Verb::Stls);
-                }
-                v.extend([Verb::Utf8, Verb::Capa, Verb::Quit, Verb::Help]);
-                v
-            }
-            _ => vec![
-                Verb::Stat,
-                Verb::List,
-                Verb::Retr,
-                Verb::Top,
-                Verb::Dele,
-                Verb::Rset,
-                Verb::Uidl,
-                Verb::Noop,
-                Verb::Capa,
-                Verb::Quit,
-                Verb::Help,
-                Verb::Summary,
-            ],
+        Verb::ALL
+            .iter()
+            .copied()
+            .filter(|&verb| self.valid_here(verb) && self.offered(verb))
+            .collect()
+    }
+
+    /// Whether the verb is a command of this state (RFC 1939 §3); one that
+    /// is not is answered as misplaced.
+    fn valid_here(&self, verb: Verb) -> bool {
+        let authorization = matches!(self.state, State::Authorization { .. });
+        match verb.valid() {
+            Valid::Authorization(_) => authorization,
+            Valid::Transaction => !authorization,
+            Valid::Both => true,
+        }
+    }
+
+    /// Whether a command of this state is listed as valid on this
+    /// connection (its own handler still answers it when it is not).
+    fn offered(&self, verb: Verb) -> bool {
+        let Valid::Authorization(offer) = verb.valid() else {
+            return true;
+        };
+        match offer {
+            Offer::Always => true,
+            Offer::Plaintext => self.settings.plaintext_auth,
+            Offer::Apop => self.settings.plaintext_auth && self.settings.apop_timestamp.is_some(),
+            Offer::Sasl => !self.usable_mechanisms().is_empty(),
+            Offer::Stls => self.stls_offered(),
         }
     }
 
@@ -822,27 +827,27 @@ impl Conn {
                 format!("Command contains invalid characters. {valid}")
             }
             ParseError::Unknown(word) => format!("Unknown command \"{word}\". {valid}"),
-            ParseError::Usage(verb) => format!("Usage: {}", usage_only(verb)),
+            ParseError::Usage(verb) => format!("Usage: {}", verb.syntax()),
             ParseError::BadNumber(verb) => format!(
                 "Invalid message number: a number from 1 up is expected. Usage: {}",
-                usage_only(verb)
+                verb.syntax()
             ),
             ParseError::ArgTooLong(verb @ (Verb::User | Verb::Apop)) => format!(
                 "Argument too long (a user name is at most {} octets, other arguments {} characters). Usage: {}",
                 command::MAX_USER_NAME_OCTETS,
                 command::MAX_ARG_CHARS,
-                usage_only(verb)
+                verb.syntax()
             ),
             ParseError::ArgTooLong(verb) => format!(
                 "Argument too long (at most {} characters). Usage: {}",
                 command::MAX_ARG_CHARS,
-                usage_only(verb)
+                verb.syntax()
             ),
         }
     }
 
     fn misplaced(&mut self, command: &Command) {
-        let verb = verb_of(command);
+        let verb = command.verb();
         let valid = self.valid_now_text();
         let text = match self.state {
             State::Authorization { .. } => {
@@ -890,7 +895,7 @@ impl Conn {
     }
 
     fn help(&self) -> Vec<u8> {
-        let lines: Vec<&str> = self.valid_now().iter().map(|v| v.usage()).collect();
+        let lines: Vec<String> = self.valid_now().iter().map(|v| v.usage()).collect();
         response::multiline("Commands valid now:", lines)
     }
 
@@ -1360,38 +1365,6 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
-    }
-}
-
-fn usage_only(verb: Verb) -> String {
-    let usage = verb.usage();
-    // The usage table pads the syntax to a column; the error wants only it.
-    match usage.find("  ") {
-        Some(i) => usage[..i].to_string(),
-        None => usage.to_string(),
-    }
-}
-
-fn verb_of(command: &Command) -> Verb {
-    match command {
-        Command::User(_) => Verb::User,
-        Command::Pass(_) => Verb::Pass,
-        Command::Apop { .. } => Verb::Apop,
-        Command::Stat => Verb::Stat,
-        Command::List(_) => Verb::List,
-        Command::Retr(_) => Verb::Retr,
-        Command::Dele(_) => Verb::Dele,
-        Command::Noop => Verb::Noop,
-        Command::Rset => Verb::Rset,
-        Command::Quit => Verb::Quit,
-        Command::Top { .. } => Verb::Top,
-        Command::Uidl(_) => Verb::Uidl,
-        Command::Capa => Verb::Capa,
-        Command::Help => Verb::Help,
-        Command::Stls => Verb::Stls,
-        Command::Auth { .. } => Verb::Auth,
-        Command::Utf8 => Verb::Utf8,
-        Command::Summary(_) => Verb::Summary,
     }
 }
 
