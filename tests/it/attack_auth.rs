@@ -431,13 +431,13 @@ fn user_add_refuses_a_second_name_for_an_existing_users_maildrop() {
 async fn postgres_users_unusual_scram_iteration_count_does_not_single_them_out() {
     use mailbag::auth::PassDb;
     let test = "postgres_users_unusual_scram_iteration_count_does_not_single_them_out";
-    let Some(cluster) = crate::postgres::cluster(test) else {
+    let Some(cluster) = crate::support::pg::cluster(test) else {
         return;
     };
     let url = cluster.database("scram_spread").await;
     // Beside alice (plaintext: keys derived at 4096) and bob (ARGON2ID:
     // no keys), carol stores keys at 4096 and dave at 10000.
-    let client = crate::postgres::connect(&url).await;
+    let client = crate::support::pg::connect(&url).await;
     for (name, iterations) in [("carol", 4096), ("dave", 10000)] {
         client
             .execute(
