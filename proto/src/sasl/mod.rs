@@ -139,13 +139,18 @@ impl Exchange {
 }
 
 /// RFC 4013 SASLprep of a user name or password; `None` when the string
-/// holds prohibited characters (RFC 5034 §4: then authentication fails).
+/// holds prohibited characters (RFC 5034 §4: then authentication fails),
+/// and when a string of characters that map to nothing (U+00AD, U+034F,
+/// ...) prepares to the empty string: an identity or a password holds at
+/// least one character (RFC 4616 §2), and an empty password must never
+/// reach a check.
 pub fn saslprep(s: &str) -> Option<String> {
     if s.is_ascii() && s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         // Printable ASCII maps to itself; skip the tables.
         return Some(s.to_owned());
     }
-    stringprep::saslprep(s).ok().map(|c| c.into_owned())
+    let prepared = stringprep::saslprep(s).ok()?.into_owned();
+    (!prepared.is_empty()).then_some(prepared)
 }
 
 #[cfg(test)]
@@ -160,6 +165,9 @@ mod tests {
         assert_eq!(saslprep("\u{AA}").as_deref(), Some("a"));
         assert_eq!(saslprep("\u{2168}").as_deref(), Some("IX"));
         assert_eq!(saslprep("\u{7}"), None);
+        // Only characters mapped to nothing: no identity, no password.
+        assert_eq!(saslprep("\u{34F}"), None);
+        assert_eq!(saslprep("\u{AD}\u{FE0F}"), None);
         assert_eq!(saslprep("\u{627}1"), None);
     }
 

@@ -128,6 +128,10 @@ mod tests {
             b"\0tim\0pw\0x",
             b"\0t\xffm\0pw",
             b"\0tim\0p\x07w",
+            // Characters that SASLprep maps to nothing leave no password
+            // (U+034F) and no user (U+00AD).
+            b"6\0a\0\xcd\x8f",
+            b"\0\xc2\xad\0pw",
         ] {
             assert_eq!(
                 Plain::default().step(bad),
