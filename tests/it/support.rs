@@ -188,12 +188,24 @@ impl TestServer {
         Client::connect(self.addr).await
     }
 
+    /// Logs in. A maildrop lock is an `flock`, which the kernel releases
+    /// when the last descriptor of it closes; a process that another test
+    /// forks at that moment holds a copy until its `exec` closes it, so a
+    /// login right after a QUIT may meet `[IN-USE]` for an instant: that
+    /// answer alone is tried again, for at most a second.
     pub async fn login(&self, user: (&str, &str)) -> Client {
-        let mut c = self.connect().await;
-        c.line().await;
-        c.ok(&format!("USER {}", user.0)).await;
-        c.ok(&format!("PASS {}", user.1)).await;
-        c
+        for _ in 0..50 {
+            let mut c = self.connect().await;
+            c.line().await;
+            c.ok(&format!("USER {}", user.0)).await;
+            let reply = c.cmd(&format!("PASS {}", user.1)).await;
+            if reply.starts_with("+OK") {
+                return c;
+            }
+            assert!(reply.starts_with("-ERR [IN-USE]"), "PASS: {reply}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{}: the maildrop stayed locked", user.0);
     }
 
     pub async fn stop(mut self) {
