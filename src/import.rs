@@ -64,27 +64,34 @@ pub struct Copied {
 
 /// The message files of a Maildir (cur/ then new/ and their names, in name
 /// order, which is delivery order for the names Maildir writers choose).
+/// The Maildir is its owner's: it, its cur/ and new/ are opened without
+/// following symlinks, and only regular files are listed (read them with
+/// [`read_message`]).
 pub fn read_maildir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
-    let mut files = Vec::new();
-    for sub in ["cur", "new"] {
-        let path = dir.join(sub);
-        let entries = std::fs::read_dir(&path).map_err(|source| ImportError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| ImportError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && !entry.file_name().to_string_lossy().starts_with('.') {
-                files.push(entry.path());
-            }
-        }
-    }
+    let mut files =
+        maildir::source::files(dir).map_err(|(path, source)| ImportError::Read { path, source })?;
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+/// Reads one message file that [`read_maildir`] listed, walking to it
+/// again without following a symlink, and only when it is still a
+/// regular file (not a symlink or FIFO swapped in since the listing).
+pub fn read_message(path: &Path) -> Result<Vec<u8>, ImportError> {
+    maildir::source::read(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads an mbox file, when it is a regular file and not a symlink (the
+/// file may be its owner's, who could point a link at someone else's
+/// mail) or a FIFO.
+pub fn read_mbox(path: &Path) -> Result<Vec<u8>, ImportError> {
+    maildir::source::read_mbox(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Splits an mbox file into messages: a message starts at a `From ` line
@@ -406,7 +413,7 @@ fn maildir_usage(dir: &Path) -> io::Result<Usage> {
     };
     for file in files {
         usage.messages += 1;
-        usage.octets += canonical_size(&std::fs::read(file)?);
+        usage.octets += canonical_size(&maildir::source::read(&file)?);
     }
     Ok(usage)
 }

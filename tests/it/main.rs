@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1 port 0, temporary
 //! directories, real TCP clients.
 
+mod attack_store;
 mod cli;
 mod deliver;
 mod guessing;

@@ -24,6 +24,7 @@ mod listing;
 mod name;
 mod quarantine;
 mod size;
+pub mod source;
 mod update;
 mod usage;
 
@@ -942,7 +943,15 @@ fn regular_with_len(
     let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
+        // A symlink (ELOOP under O_NOFOLLOW), or a socket or device node
+        // (ENXIO, ENODEV: nothing to open): not a message, whatever
+        // named it (a forged listing can name any file in new/ or cur/).
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw),
+                Some(Errno::ELOOP | Errno::ENXIO | Errno::ENODEV)
+            ) =>
+        {
             return Err(not_regular(&path()))
         }
         Err(e) => return Err(e.into()),

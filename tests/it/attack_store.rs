@@ -1,0 +1,150 @@
+//! A mailbox owner's hostile Maildir against the store, `mailbag import`
+//! and `mailbag mailbox`: special files named where messages are
+//! expected, source directories replaced by symlinks into other users'
+//! mail, files swapped between a listing and a read. Real files, real
+//! sockets, the real binary.
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::support::*;
+
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
+}
+
+/// Writes a `mailbag.listing` whose stamps match new/ and cur/ (aged
+/// first) and which claims to be settled: what the server would trust.
+fn forge_listing(maildir: &Path, names: &[String]) {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    for sub in ["new", "cur"] {
+        std::fs::File::open(maildir.join(sub))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    let stamp = 1_700_000_000i128 * 1_000_000_000;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut text = format!("mailbag-listing 1\n{stamp} {stamp} {now} {}\n", names.len());
+    for name in names {
+        text.push_str(name);
+        text.push('\n');
+    }
+    text.push_str(".\n");
+    std::fs::write(maildir.join("mailbag.listing"), text).unwrap();
+}
+
+/// A socket in new/ that a forged listing names as a message (no `W=`, so
+/// the server opens it to measure it) is left out like any file that is
+/// not a message: the rest of the maildrop is served, at every login.
+#[tokio::test]
+async fn a_socket_named_by_a_forged_listing_does_not_lock_the_owner_out() {
+    let s = TestServer::start().await;
+    let own = s.deliver("alice", b"Subject: own\n\nmine\n");
+    let md = s.maildir("alice");
+    let _socket = UnixListener::bind(md.join("new/1700000000.sock.host")).unwrap();
+    forge_listing(
+        &md,
+        &[format!("N {own}"), "N 1700000000.sock.host".to_string()],
+    );
+    for _ in 0..2 {
+        let mut c = s.login(ALICE).await;
+        let stat = c.ok("STAT").await;
+        assert!(stat.starts_with("+OK 1 "), "{stat}");
+        let (_, body) = c.multi("RETR 1").await;
+        assert_eq!(body, crlf(b"Subject: own\n\nmine\n"));
+        c.ok("QUIT").await;
+    }
+}
+
+/// `mailbag import --from maildir:` reads only the source Maildir: a cur/
+/// or new/ that its owner replaced with a symlink to another user's mail
+/// is refused, and nothing of that mail reaches the target.
+#[test]
+fn import_never_follows_a_symlinked_source_directory() {
+    for sub in ["cur", "new"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_passwd(dir.path());
+        std::fs::write(dir.path().join("mailbag.toml"), config_text(dir.path(), "")).unwrap();
+        let bob = dir.path().join("mail/localhost/bob/Maildir");
+        mailbag::store::maildir::deliver(&bob, b"Subject: bob's\n\nsecret of bob\n").unwrap();
+        let source = dir.path().join("home/eve/Maildir");
+        mailbag::store::maildir::deliver(&source, b"Subject: eve's\n\nown\n").unwrap();
+        if sub == "cur" {
+            std::fs::remove_dir(source.join("cur")).unwrap();
+        } else {
+            // Eve's own message moves to cur/ so that new/ can go.
+            for e in std::fs::read_dir(source.join("new")).unwrap() {
+                let e = e.unwrap();
+                std::fs::rename(e.path(), source.join("cur").join(e.file_name())).unwrap();
+            }
+            std::fs::remove_dir(source.join("new")).unwrap();
+        }
+        std::os::unix::fs::symlink(bob.join("new"), source.join(sub)).unwrap();
+        let mut cmd = mailbag();
+        as_unprivileged(&mut cmd, dir.path());
+        let out = cmd
+            .arg("--config")
+            .arg(dir.path().join("mailbag.toml"))
+            .arg("import")
+            .arg("--user")
+            .arg("alice")
+            .arg("--from")
+            .arg(format!("maildir:{}", source.display()))
+            .output()
+            .unwrap();
+        let alice = dir.path().join("mail/localhost/alice/Maildir");
+        for (_, body) in maildir_files(&alice, "new") {
+            assert!(
+                !body.windows(13).any(|w| w == b"secret of bob"),
+                "{sub}: bob's mail was imported for alice: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            !out.status.success(),
+            "{sub}: import went through a symlink"
+        );
+    }
+}
+
+/// `mailbag import --from mbox:` does not follow an mbox that its owner
+/// made a symlink to another user's mail file.
+#[test]
+fn import_never_follows_a_symlinked_mbox() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    std::fs::write(dir.path().join("mailbag.toml"), config_text(dir.path(), "")).unwrap();
+    let bob = dir.path().join("mail/localhost/bob/Maildir");
+    let name = mailbag::store::maildir::deliver(
+        &bob,
+        b"From bob Mon Jan  1 00:00:00 2024\nSubject: bob's\n\nsecret of bob\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("home/eve")).unwrap();
+    let mbox = dir.path().join("home/eve/mbox");
+    std::os::unix::fs::symlink(bob.join("new").join(name), &mbox).unwrap();
+    let mut cmd = mailbag();
+    as_unprivileged(&mut cmd, dir.path());
+    let out = cmd
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .arg("import")
+        .arg("--user")
+        .arg("alice")
+        .arg("--from")
+        .arg(format!("mbox:{}", mbox.display()))
+        .output()
+        .unwrap();
+    let alice = dir.path().join("mail/localhost/alice/Maildir");
+    assert!(
+        maildir_files(&alice, "new").is_empty(),
+        "bob's mail imported"
+    );
+    assert!(!out.status.success());
+}
