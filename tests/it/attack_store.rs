@@ -148,3 +148,62 @@ fn import_never_follows_a_symlinked_mbox() {
     );
     assert!(!out.status.success());
 }
+
+/// A sparse message of 4 TiB (a few blocks of the owner's quota) whose
+/// `W=` is wrong is measured without reading its holes: login answers at
+/// once with its exact size, instead of reading terabytes of zeros.
+#[tokio::test]
+async fn a_huge_sparse_message_is_measured_without_reading_its_holes() {
+    let s = TestServer::start().await;
+    s.deliver("alice", b"Subject: own\n\nmine\n");
+    let md = s.maildir("alice");
+    let big = md.join("new/1700000000.sparse,S=1,W=1");
+    let file = std::fs::File::create(&big).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"Subject: big\n\n", 0).unwrap();
+    let len: u64 = 4 << 40;
+    file.set_len(len).unwrap();
+    drop(file);
+    let mut c = s.login(ALICE).await;
+    let stat = c.ok("STAT").await;
+    assert!(stat.starts_with("+OK 2 "), "{stat}");
+    // Two LFs gain a CR each; the zeros end without a line end.
+    assert_eq!(c.ok("LIST 1").await, format!("+OK 1 {}\r\n", len + 2 + 2));
+    c.ok("QUIT").await;
+}
+
+/// A name whose `W=` the file's length contradicts is measured once and
+/// its size remembered in `mailbag.sizes`: the next login takes it from
+/// there instead of reading the file again (so hard links to one large
+/// file, with wrong sizes in their names, cost one reading, not one per
+/// link per login).
+#[tokio::test]
+async fn a_contradicted_size_is_measured_once_then_remembered() {
+    let s = TestServer::start().await;
+    let md = s.maildir("alice");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    let first = md.join("new/1700000000.link0,S=1,W=1");
+    std::fs::write(&first, vec![b'x'; 300_000]).unwrap();
+    for n in 1..4 {
+        std::fs::hard_link(&first, md.join(format!("new/170000000{n}.link{n},S=1,W=1"))).unwrap();
+    }
+    let mut c = s.login(ALICE).await;
+    assert_eq!(c.ok("STAT").await, "+OK 4 1200008\r\n");
+    c.ok("QUIT").await;
+    let sizes = std::fs::read_to_string(md.join("mailbag.sizes")).unwrap();
+    for n in 0..4 {
+        let line = format!("300002 170000000{n}.link{n},S=1,W=1\n");
+        assert!(sizes.contains(&line), "{sizes}");
+    }
+    // What the cache says is what the next login reports: it did not
+    // read the files again.
+    std::fs::write(
+        md.join("mailbag.sizes"),
+        sizes.replace("300002 1700000002.link2,", "7 1700000002.link2,"),
+    )
+    .unwrap();
+    let mut c = s.login(ALICE).await;
+    assert_eq!(c.ok("LIST 3").await, "+OK 3 7\r\n");
+    c.ok("QUIT").await;
+}

@@ -181,7 +181,7 @@ impl AdminMaildrop {
             for file_name in dirs::list_files(folder.sub(sub))? {
                 let entry = Entry::new(sub, file_name);
                 let parsed = name::parse(entry.name.as_bytes());
-                let size = match size_of(&folder, &entry, parsed.crlf_size) {
+                let size = match size_of(&folder, &entry, parsed.crlf_size, None) {
                     Ok(Some(s)) => s.size,
                     Ok(None) => continue,
                     Err(e) => return Err(e),
