@@ -207,3 +207,62 @@ async fn a_contradicted_size_is_measured_once_then_remembered() {
     assert_eq!(c.ok("LIST 3").await, "+OK 3 7\r\n");
     c.ok("QUIT").await;
 }
+
+/// Makes `path` a sparse message: a header, then zeros to `len` octets.
+fn sparse_message(path: &Path, subject: &str, len: u64) {
+    let file = std::fs::File::create(path).unwrap();
+    let header = format!("Subject: {subject}\n\n");
+    std::os::unix::fs::FileExt::write_all_at(&file, header.as_bytes(), 0).unwrap();
+    file.set_len(len).unwrap();
+}
+
+/// SUMMARY of a 4 TiB sparse message reads a bounded part of it and says
+/// so, instead of reading terabytes of zeros while the client waits for
+/// one line.
+#[tokio::test]
+async fn summary_of_a_huge_sparse_message_reads_a_bounded_part() {
+    let s = TestServer::start().await;
+    let md = s.maildir("alice");
+    s.deliver("alice", b"Subject: own\n\nmine\n");
+    sparse_message(&md.join("new/1700000000.sparse"), "huge", 4 << 40);
+    let mut c = s.login(ALICE).await;
+    let (_, body) = c.multi("SUMMARY").await;
+    let body = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(lines[0].contains("huge"), "{body}");
+    assert!(lines[0].contains("not fully checked"), "{body}");
+    assert!(lines[1].contains("own"), "{body}");
+    assert!(!lines[1].contains("not fully checked"), "{body}");
+    c.ok("QUIT").await;
+}
+
+/// One SUMMARY reads a bounded amount in all: hard links to one file,
+/// each within the per-message bound, are read whole (and a bare CR at
+/// its very end found) until the SUMMARY's budget is spent, and then
+/// only as far as their headers are parsed.
+#[tokio::test]
+async fn summary_reads_a_bounded_amount_over_all_messages() {
+    let s = TestServer::start().await;
+    let md = s.maildir("alice");
+    s.deliver("alice", b"Subject: seed\n\n");
+    std::fs::remove_file(md.join("new").join(&s.files("alice")[0][4..])).unwrap();
+    let first = md.join("new/1700000000.link0");
+    let mut message = b"Subject: linked\n\n".to_vec();
+    let line = [&[b'x'; 79][..], b"\n"].concat();
+    while message.len() < 32 << 20 {
+        message.extend_from_slice(&line);
+    }
+    message.extend_from_slice(b"bare\rCR\n");
+    std::fs::write(&first, &message).unwrap();
+    for n in 1..16 {
+        std::fs::hard_link(&first, md.join(format!("new/17000000{n:02}.link{n}"))).unwrap();
+    }
+    let mut c = s.login(ALICE).await;
+    let (_, body) = c.multi("SUMMARY").await;
+    let body = String::from_utf8(body).unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 16, "{body}");
+    assert!(lines[0].contains("bare CR"), "{body}");
+    assert!(!lines[15].contains("bare CR"), "{body}");
+    c.ok("QUIT").await;
+}

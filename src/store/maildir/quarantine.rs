@@ -184,6 +184,10 @@ impl AdminMaildrop {
                 let size = match size_of(&folder, &entry, parsed.crlf_size, None) {
                     Ok(Some(s)) => s.size,
                     Ok(None) => continue,
+                    // Swapped for a symlink or FIFO since the listing, or
+                    // unreadable: not a message to list, and no reason
+                    // to list none of the others.
+                    Err(e) if super::is_unreadable(&e) => continue,
                     Err(e) => return Err(e),
                 };
                 found.push(Quarantined {
