@@ -266,3 +266,25 @@ async fn summary_reads_a_bounded_amount_over_all_messages() {
     assert!(!lines[15].contains("bare CR"), "{body}");
     c.ok("QUIT").await;
 }
+
+/// A forged listing of more names than any listing is trusted with (a
+/// few megabytes of short made-up names, each of which would become an
+/// entry of every login's snapshot) is ignored: the directories are
+/// scanned, and the listing is replaced by what they hold.
+#[tokio::test]
+async fn a_listing_of_millions_of_made_up_names_is_not_trusted() {
+    let s = TestServer::start().await;
+    let own = s.deliver("alice", b"Subject: own\n\nmine\n");
+    let md = s.maildir("alice");
+    let mut names = vec![format!("N {own}")];
+    names.extend((0..(1 << 20)).map(|n| format!("N {n:x}")));
+    forge_listing(&md, &names);
+    let mut c = s.login(ALICE).await;
+    assert!(c.ok("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+    let listing = std::fs::metadata(md.join("mailbag.listing")).map_or(0, |m| m.len());
+    assert!(
+        listing < 4096,
+        "the forged listing was kept: {listing} octets"
+    );
+}
