@@ -288,3 +288,26 @@ async fn a_listing_of_millions_of_made_up_names_is_not_trusted() {
         "the forged listing was kept: {listing} octets"
     );
 }
+
+/// An UPDATE record of more deletions than any UPDATE may make (a few
+/// megabytes of short made-up names, which would cost the login over a
+/// gigabyte of memory to read) is not one mailbag wrote: it is removed
+/// and nothing it names is deleted.
+#[tokio::test]
+async fn an_update_record_of_millions_of_names_is_not_trusted() {
+    let s = TestServer::start().await;
+    let own = s.deliver("alice", b"Subject: own\n\nmine\n");
+    let md = s.maildir("alice");
+    let hex: String = own.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut record = format!("mailbag-update 1\nN {hex}\n");
+    for _ in 0..(1 << 20) {
+        record.push_str("N 61\n");
+    }
+    record.push_str(".\n");
+    std::fs::write(md.join("mailbag.update"), record).unwrap();
+    let mut c = s.login(ALICE).await;
+    assert!(c.ok("STAT").await.starts_with("+OK 1 "));
+    c.ok("QUIT").await;
+    assert_eq!(s.files("alice"), vec![format!("new/{own}")]);
+    assert!(!md.join("mailbag.update").exists());
+}
