@@ -311,3 +311,24 @@ async fn an_update_record_of_millions_of_names_is_not_trusted() {
     assert_eq!(s.files("alice"), vec![format!("new/{own}")]);
     assert!(!md.join("mailbag.update").exists());
 }
+
+/// A size cache of more entries than any cache is trusted with (a few
+/// megabytes of short made-up lines) is no cache: what it says of a real
+/// message is not believed, the message is measured.
+#[tokio::test]
+async fn a_size_cache_of_millions_of_lines_is_not_trusted() {
+    let s = TestServer::start().await;
+    let md = s.maildir("alice");
+    s.deliver("alice", b"seed\n");
+    std::fs::remove_file(md.join("new").join(&s.files("alice")[0][4..])).unwrap();
+    std::fs::write(md.join("new/1700000000.nosize"), b"Subject: own\n\nmine\n").unwrap();
+    let mut cache = String::from("mailbag-sizes 1\n");
+    for n in 0..(1 << 20) {
+        cache.push_str(&format!("1 0{n:x}\n"));
+    }
+    cache.push_str("7 1700000000.nosize\n");
+    std::fs::write(md.join("mailbag.sizes"), cache).unwrap();
+    let mut c = s.login(ALICE).await;
+    assert_eq!(c.ok("LIST 1").await, "+OK 1 22\r\n");
+    c.ok("QUIT").await;
+}

@@ -27,6 +27,12 @@ pub(crate) const CACHE_FILE: &str = "mailbag.sizes";
 /// not one mailbag wrote, and is ignored rather than read into memory.
 const MAX_OCTETS: u64 = 64 << 20;
 const HEADER: &[u8] = b"mailbag-sizes 1\n";
+/// The most entries a cache is trusted with (about a million, as for the
+/// listing): each costs a few tens of octets of index at every login,
+/// and a short line only four octets of file, so a cache of made-up
+/// lines within [`MAX_OCTETS`] would cost hundreds of megabytes. A larger
+/// cache is no cache.
+const MAX_ENTRIES: usize = 1 << 20;
 
 /// The CRLF size of a file's content, read in chunks.
 ///
@@ -161,6 +167,9 @@ pub(crate) fn parse(bytes: Vec<u8>) -> SizeCache {
         while start < bytes.len() {
             let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
             if let Some(size) = parse_line(&bytes[start..end]) {
+                if lines.len() == MAX_ENTRIES {
+                    return SizeCache::default();
+                }
                 let sp = memchr::memchr(b' ', &bytes[start..end]).unwrap_or(0);
                 lines.push((start + sp + 1..end, size));
             }
