@@ -259,12 +259,7 @@ pub async fn out_to_mbox<S: Store>(
     let copied = out_of_store(store, user, target, mbox_usage, |message| {
         let file = match &mut file {
             Some(file) => file,
-            None => file.insert(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(target)?,
-            ),
+            None => file.insert(open_mbox_for_append(target)?),
         };
         file.write_all(&mbox_entry(&message))
     });
@@ -277,6 +272,29 @@ pub async fn out_to_mbox<S: Store>(
         })?;
     }
     copied
+}
+
+/// Opens (or creates, mode 0600) an mbox file to append to: never through
+/// a symlink in its place (a file in a user's directory may be a link,
+/// planted by that user, to someone else's mail, which this command could
+/// write), never waiting on a FIFO, and only a regular file.
+fn open_mbox_for_append(target: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = || io::Error::other(format!("{} is not a regular file", target.display()));
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP | nix::libc::ENXIO) => refused(),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(refused());
+    }
+    Ok(file)
 }
 
 /// The copy loop of [`out_to_maildir`] and [`out_to_mbox`]. `write` runs
@@ -388,7 +406,7 @@ fn asctime_now() -> String {
 
 /// Messages and CRLF octets of an mbox file; a missing file holds none.
 fn mbox_usage(path: &Path) -> io::Result<Usage> {
-    let data = match std::fs::read(path) {
+    let data = match maildir::source::read_mbox(path) {
         Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
         Err(e) => return Err(e),

@@ -332,3 +332,35 @@ async fn a_size_cache_of_millions_of_lines_is_not_trusted() {
     assert_eq!(c.ok("LIST 1").await, "+OK 1 22\r\n");
     c.ok("QUIT").await;
 }
+
+/// `mailbag import --to mbox:` never writes through a symlink that the
+/// owner of the target's directory put there, pointing at another
+/// user's message: the export is refused and that message is unchanged.
+#[test]
+fn export_to_an_mbox_never_writes_through_a_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    std::fs::write(dir.path().join("mailbag.toml"), config_text(dir.path(), "")).unwrap();
+    let bob = dir.path().join("mail/localhost/bob/Maildir");
+    let name = mailbag::store::maildir::deliver(&bob, b"Subject: bob's\n\nbob\n").unwrap();
+    let alice = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&alice, b"Subject: alice's\n\nalice\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("home/eve")).unwrap();
+    let mbox = dir.path().join("home/eve/export.mbox");
+    let victim = bob.join("new").join(name);
+    std::os::unix::fs::symlink(&victim, &mbox).unwrap();
+    let mut cmd = mailbag();
+    as_unprivileged(&mut cmd, dir.path());
+    let out = cmd
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .arg("import")
+        .arg("--user")
+        .arg("alice")
+        .arg("--to")
+        .arg(format!("mbox:{}", mbox.display()))
+        .output()
+        .unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"Subject: bob's\n\nbob\n");
+    assert!(!out.status.success());
+}
