@@ -598,21 +598,14 @@ async fn import_with<S: Store>(
     from: Option<Mailbox>,
     to: Option<Mailbox>,
 ) -> Result<()> {
-    use mailbag::import::{self, ImportError};
+    use mailbag::import;
     let copied = match (from, to) {
         (Some(Mailbox::Maildir(dir)), None) => {
             let files = import::read_maildir(&dir)?;
-            import::into_store(store, user, &files, |p| {
-                std::fs::read(p).map_err(|source| ImportError::Read {
-                    path: p.clone(),
-                    source,
-                })
-            })
-            .await?
+            import::into_store(store, user, &files, |p| import::read_message(p)).await?
         }
         (Some(Mailbox::Mbox(file)), None) => {
-            let data =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let data = import::read_mbox(&file)?;
             let messages = import::split_mbox(&data);
             import::into_store(store, user, &messages, |m| Ok(m.clone())).await?
         }

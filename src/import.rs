@@ -64,27 +64,34 @@ pub struct Copied {
 
 /// The message files of a Maildir (cur/ then new/ and their names, in name
 /// order, which is delivery order for the names Maildir writers choose).
+/// The Maildir is its owner's: it, its cur/ and new/ are opened without
+/// following symlinks, and only regular files are listed (read them with
+/// [`read_message`]).
 pub fn read_maildir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
-    let mut files = Vec::new();
-    for sub in ["cur", "new"] {
-        let path = dir.join(sub);
-        let entries = std::fs::read_dir(&path).map_err(|source| ImportError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| ImportError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && !entry.file_name().to_string_lossy().starts_with('.') {
-                files.push(entry.path());
-            }
-        }
-    }
+    let mut files =
+        maildir::source::files(dir).map_err(|(path, source)| ImportError::Read { path, source })?;
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+/// Reads one message file that [`read_maildir`] listed, walking to it
+/// again without following a symlink, and only when it is still a
+/// regular file (not a symlink or FIFO swapped in since the listing).
+pub fn read_message(path: &Path) -> Result<Vec<u8>, ImportError> {
+    maildir::source::read(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads an mbox file, when it is a regular file and not a symlink (the
+/// file may be its owner's, who could point a link at someone else's
+/// mail) or a FIFO.
+pub fn read_mbox(path: &Path) -> Result<Vec<u8>, ImportError> {
+    maildir::source::read_mbox(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Splits an mbox file into messages: a message starts at a `From ` line
@@ -252,12 +259,7 @@ pub async fn out_to_mbox<S: Store>(
     let copied = out_of_store(store, user, target, mbox_usage, |message| {
         let file = match &mut file {
             Some(file) => file,
-            None => file.insert(
-                std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .open(target)?,
-            ),
+            None => file.insert(open_mbox_for_append(target)?),
         };
         file.write_all(&mbox_entry(&message))
     });
@@ -270,6 +272,29 @@ pub async fn out_to_mbox<S: Store>(
         })?;
     }
     copied
+}
+
+/// Opens (or creates, mode 0600) an mbox file to append to: never through
+/// a symlink in its place (a file in a user's directory may be a link,
+/// planted by that user, to someone else's mail, which this command could
+/// write), never waiting on a FIFO, and only a regular file.
+fn open_mbox_for_append(target: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = || io::Error::other(format!("{} is not a regular file", target.display()));
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(target)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP | nix::libc::ENXIO) => refused(),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(refused());
+    }
+    Ok(file)
 }
 
 /// The copy loop of [`out_to_maildir`] and [`out_to_mbox`]. `write` runs
@@ -381,7 +406,7 @@ fn asctime_now() -> String {
 
 /// Messages and CRLF octets of an mbox file; a missing file holds none.
 fn mbox_usage(path: &Path) -> io::Result<Usage> {
-    let data = match std::fs::read(path) {
+    let data = match maildir::source::read_mbox(path) {
         Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
         Err(e) => return Err(e),
@@ -406,7 +431,7 @@ fn maildir_usage(dir: &Path) -> io::Result<Usage> {
     };
     for file in files {
         usage.messages += 1;
-        usage.octets += canonical_size(&std::fs::read(file)?);
+        usage.octets += canonical_size(&maildir::source::read(&file)?);
     }
     Ok(usage)
 }

@@ -173,10 +173,18 @@ fn inspect(
         .chain(quarantined.iter().map(|q| q.uid.len()))
         .max()
         .unwrap_or(0);
+    // What the byte checks may still read, over all messages (see
+    // `summary::SUMMARY_SCAN_OCTETS`).
+    let mut budget = summary::SUMMARY_SCAN_OCTETS;
+    let mut summarize = |file: std::fs::File| {
+        let (s, scanned) = summary::summarize_read_within(file, budget.min(summary::SCAN_OCTETS))?;
+        budget = budget.saturating_sub(scanned);
+        Ok::<_, io::Error>(s)
+    };
     for index in 0..count {
         let info = m.messages()[index].clone();
         let uid = Some((info.uid.as_str(), width));
-        let line = match m.open(index).map(summary::summarize_read) {
+        let line = match m.open(index).map(&mut summarize) {
             Ok(Ok(s)) => summary::line(index + 1, info.size, uid, &s, large),
             Ok(Err(_)) | Err(_) => {
                 summary::unreadable_line(index + 1, info.size, uid, "cannot be read")
@@ -192,7 +200,10 @@ fn inspect(
         )?;
         for q in quarantined {
             let uid = Some((q.uid.as_str(), width));
-            let line = match std::fs::File::open(&q.path).map(summary::summarize_read) {
+            // Opened relative to the quarantine folder's descriptor, not
+            // by its path: never through a symlink or into a FIFO that
+            // the mailbox owner put in its place since the listing.
+            let line = match m.open_quarantined(&q).map(&mut summarize) {
                 Ok(Ok(s)) => summary::line_labelled("Q", q.size, uid, &s, large),
                 _ => summary::unreadable_line(0, q.size, uid, "cannot be read"),
             };
@@ -238,6 +249,60 @@ pub fn header_block(prefix: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While `inspect` runs, the mailbox owner keeps swapping a
+    /// quarantined message for a symlink to another user's message: the
+    /// other message is never opened (its Subject never shows).
+    #[test]
+    fn inspect_never_follows_a_symlink_swapped_into_the_quarantine() {
+        use crate::store::maildir::{deliver, QUARANTINE_FOLDER};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mail");
+        let store = MaildirStore::new(root.clone(), "{root}/{user}".into(), "localhost".into());
+        let bob = root.join("bob");
+        let secret = deliver(&bob, b"Subject: secret of bob\n\nx\n").unwrap();
+        deliver(&root.join("alice"), b"Subject: quarantined\n\nx\n").unwrap();
+        deliver(&root.join("alice"), b"Subject: kept\n\nx\n").unwrap();
+        let mut m = store.open_admin("alice").unwrap();
+        m.quarantine(0).unwrap();
+        let q = m.quarantined().unwrap().remove(0);
+        drop(m);
+        let cur = root.join("alice").join(QUARANTINE_FOLDER).join("cur");
+        let (plain, link) = (cur.join(".plain"), cur.join(".link"));
+        std::fs::copy(&q.path, &plain).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::os::unix::fs::symlink(bob.join("new").join(&secret), &link);
+                    let _ = std::fs::rename(&link, &q.path);
+                    let _ = std::fs::hard_link(&plain, &link);
+                    let _ = std::fs::rename(&link, &q.path);
+                }
+            });
+            let mut leaked = None;
+            for _ in 0..1000 {
+                let Ok(mut m) = store.open_admin("alice") else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                let done = inspect(&mut m, "alice", u64::MAX, &mut out);
+                let out = String::from_utf8_lossy(&out).into_owned();
+                if let Err(e) = done {
+                    // One file swapped mid-listing must not fail it all.
+                    leaked = Some(format!("inspect failed: {e}"));
+                    break;
+                }
+                if out.contains("secret of bob") {
+                    leaked = Some(out);
+                    break;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(leaked, None);
+        });
+    }
 
     #[test]
     fn header_block_stops_at_the_blank_line_and_is_safe_to_print() {

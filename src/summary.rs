@@ -24,6 +24,16 @@ use mail_parser::{Address, HeaderName, HeaderValue, Message, MessageParser, Mime
 
 /// How much of a message is parsed for its header and MIME structure.
 pub const PARSE_PREFIX_OCTETS: usize = 1024 * 1024;
+/// How much of one message the byte checks read. A message's length
+/// costs its owner nothing when the file is sparse (or one file has many
+/// hard links), so reading every octet would let one mailbox make the
+/// server read terabytes for one SUMMARY; beyond this the line says "not
+/// fully checked (too large)".
+pub const SCAN_OCTETS: u64 = 64 * 1024 * 1024;
+/// How much one SUMMARY reads in all, over every message: once used up,
+/// each further message is read only as far as its header is parsed
+/// ([`PARSE_PREFIX_OCTETS`]).
+pub const SUMMARY_SCAN_OCTETS: u64 = 256 * 1024 * 1024;
 /// RFC 5322 §2.1.1: a line is at most 998 octets before its CRLF.
 pub const MAX_LINE_OCTETS: u64 = 998;
 /// Width of the From column, in characters.
@@ -103,6 +113,9 @@ pub struct Summary {
 pub struct Scanner {
     prefix: Vec<u8>,
     truncated: bool,
+    /// Octets fed through the byte checks, and how many may be.
+    scanned: u64,
+    limit: u64,
     /// Octets of the current line so far, its LF not counted.
     line_octets: u64,
     prev_cr: bool,
@@ -120,11 +133,20 @@ impl Default for Scanner {
 }
 
 impl Scanner {
-    /// A scanner at the start of a message.
+    /// A scanner at the start of a message, checking at most
+    /// [`SCAN_OCTETS`] of it.
     pub fn new() -> Self {
+        Scanner::with_limit(SCAN_OCTETS)
+    }
+
+    /// A scanner that checks at most `limit` octets (never less than
+    /// the parsed prefix); what follows is left unchecked, and said to be.
+    pub fn with_limit(limit: u64) -> Self {
         Scanner {
             prefix: Vec::new(),
             truncated: false,
+            scanned: 0,
+            limit: limit.max(PARSE_PREFIX_OCTETS as u64),
             line_octets: 0,
             prev_cr: false,
             header_ended: false,
@@ -135,8 +157,32 @@ impl Scanner {
         }
     }
 
+    /// Whether the scanner has seen all it will check: the rest of the
+    /// message need not be read.
+    pub fn done(&self) -> bool {
+        self.scanned > self.limit
+    }
+
+    /// Octets fed so far (up to one past the limit).
+    pub fn scanned(&self) -> u64 {
+        self.scanned
+    }
+
     /// Feeds the next bytes of the message.
     pub fn feed(&mut self, bytes: &[u8]) {
+        let allowed = self.limit.saturating_sub(self.scanned);
+        let bytes = match usize::try_from(allowed) {
+            Ok(allowed) if allowed < bytes.len() => {
+                // One octet past the limit: there is more than was checked.
+                self.truncated = true;
+                self.scanned = self.limit + 1;
+                &bytes[..allowed]
+            }
+            _ => {
+                self.scanned += bytes.len() as u64;
+                bytes
+            }
+        };
         let room = PARSE_PREFIX_OCTETS - self.prefix.len();
         if bytes.len() > room {
             self.truncated = true;
@@ -482,30 +528,51 @@ pub fn summarize(message: &[u8]) -> Summary {
 /// Message bytes read at a time by the readers below.
 const CHUNK_OCTETS: usize = 64 * 1024;
 
-/// Summarises a message from a blocking reader (the command line).
-pub fn summarize_read(mut reader: impl io::Read) -> io::Result<Summary> {
-    let mut scanner = Scanner::new();
+/// Summarises a message from a blocking reader (the command line),
+/// reading no more of it than [`SCAN_OCTETS`] and one chunk.
+pub fn summarize_read(reader: impl io::Read) -> io::Result<Summary> {
+    summarize_read_within(reader, SCAN_OCTETS).map(|(summary, _)| summary)
+}
+
+/// [`summarize_read`] checking at most `limit` octets; also says how many
+/// were read.
+pub fn summarize_read_within(mut reader: impl io::Read, limit: u64) -> io::Result<(Summary, u64)> {
+    let mut scanner = Scanner::with_limit(limit);
     let mut chunk = vec![0u8; CHUNK_OCTETS];
     loop {
-        let n = reader.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(scanner.finish());
+        let n = match reader.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n > 0 {
+            scanner.feed(&chunk[..n]);
         }
-        scanner.feed(&chunk[..n]);
+        if n == 0 || scanner.done() {
+            let scanned = scanner.scanned();
+            return Ok((scanner.finish(), scanned));
+        }
     }
 }
 
-/// Summarises a message from an async reader (the POP3 driver).
-pub async fn summarize_async(mut reader: impl tokio::io::AsyncRead + Unpin) -> io::Result<Summary> {
+/// Summarises a message from an async reader (the POP3 driver), checking
+/// at most `limit` octets; also says how many were read.
+pub async fn summarize_async(
+    mut reader: impl tokio::io::AsyncRead + Unpin,
+    limit: u64,
+) -> io::Result<(Summary, u64)> {
     use tokio::io::AsyncReadExt;
-    let mut scanner = Scanner::new();
+    let mut scanner = Scanner::with_limit(limit);
     let mut chunk = vec![0u8; CHUNK_OCTETS];
     loop {
         let n = reader.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(scanner.finish());
+        if n > 0 {
+            scanner.feed(&chunk[..n]);
         }
-        scanner.feed(&chunk[..n]);
+        if n == 0 || scanner.done() {
+            let scanned = scanner.scanned();
+            return Ok((scanner.finish(), scanned));
+        }
     }
 }
 
@@ -529,6 +596,8 @@ pub async fn summarize_maildrop<M: crate::store::Maildrop>(
 ) -> mailbag_proto::pop3::Outcome {
     use crate::store::StoreError;
     let mut lines = Vec::with_capacity(indexes.len());
+    // What this SUMMARY may still read (see [`SUMMARY_SCAN_OCTETS`]).
+    let mut budget = SUMMARY_SCAN_OCTETS;
     for &index in indexes {
         // Small messages are read and parsed without ever waiting, and a
         // session thread serves many sessions: let the others run between
@@ -537,8 +606,9 @@ pub async fn summarize_maildrop<M: crate::store::Maildrop>(
         let number = index + 1;
         let octets = maildrop.messages().get(index).map_or(0, |m| m.size);
         let why = match maildrop.read(index).await {
-            Ok(reader) => match summarize_async(reader).await {
-                Ok(summary) => {
+            Ok(reader) => match summarize_async(reader, budget.min(SCAN_OCTETS)).await {
+                Ok((summary, scanned)) => {
+                    budget = budget.saturating_sub(scanned);
                     lines.push(line(number, octets, None, &summary, large_octets));
                     continue;
                 }

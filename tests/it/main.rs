@@ -3,6 +3,7 @@
 
 mod attack;
 mod attack_auth;
+mod attack_store;
 mod cli;
 mod deliver;
 mod guessing;

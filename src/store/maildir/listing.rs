@@ -32,6 +32,12 @@ pub(super) const SETTLE: Duration = Duration::from_secs(2);
 /// The largest listing read: about a million names. A larger file is
 /// not one mailbag wrote, and is ignored rather than read into memory.
 pub(super) const MAX_OCTETS: u64 = 64 << 20;
+/// The most names a listing is trusted with. Every name becomes an entry
+/// of the snapshot, some hundred octets of memory at each login; a name
+/// costs four octets of listing, so without this bound a 64 MiB file of
+/// short made-up names would make each login allocate gigabytes. A
+/// Maildir with more messages than this is scanned at every login.
+pub(super) const MAX_NAMES: usize = 1 << 20;
 
 /// The modification times of new/ and cur/, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +108,7 @@ pub fn parse(bytes: &[u8]) -> Option<Listing> {
     let count = usize::try_from(count).ok()?;
     // Every name takes at least three octets ("N x"); a larger count is a
     // lie, and must not size an allocation.
-    if count > bytes.len() / 3 {
+    if count > bytes.len() / 3 || count > MAX_NAMES {
         return None;
     }
     let mut names = Vec::with_capacity(count);
@@ -168,7 +174,10 @@ pub(super) fn store<'a>(
     names: impl Iterator<Item = (bool, &'a [u8])> + Clone,
 ) {
     let dir = dirs.maildir.as_fd();
-    if !stamp.settled_before(listed) || names.clone().any(|(_, n)| n.contains(&b'\n')) {
+    if !stamp.settled_before(listed)
+        || names.clone().count() > MAX_NAMES
+        || names.clone().any(|(_, n)| n.contains(&b'\n'))
+    {
         let _ = dirs::unlink(dir, std::ffi::OsStr::new(FILE));
         return;
     }

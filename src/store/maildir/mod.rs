@@ -24,6 +24,7 @@ mod listing;
 mod name;
 mod quarantine;
 mod size;
+pub mod source;
 mod update;
 mod usage;
 
@@ -742,9 +743,22 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
         .filter(|&i| found[i].crlf_size.is_some() || cache.get(found[i].entry.base()).is_none())
         .collect();
     cache.rewind();
+    // What the cache says of names whose `W=` may turn out wrong: a file
+    // whose length contradicts its `W=` is measured once and remembered,
+    // not read again at every login (a few hard links to one large file
+    // would otherwise cost their length in reading each time).
+    let mut fallback: Vec<Option<u64>> = vec![None; found.len()];
+    if cache.len() > 0 {
+        for &i in &need {
+            if found[i].crlf_size.is_some() {
+                fallback[i] = cache.get(found[i].entry.base());
+            }
+        }
+        cache.rewind();
+    }
     let mut measured: Vec<Option<Result<Option<SizeFound>, StoreError>>> =
         std::iter::repeat_with(|| None).take(found.len()).collect();
-    for (i, result) in measure_all(dirs, &found, &need) {
+    for (i, result) in measure_all(dirs, &found, &need, &fallback) {
         measured[i] = Some(result);
     }
     for &(_, i) in &order {
@@ -761,12 +775,19 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
             }
             None => match measured[i]
                 .take()
-                .unwrap_or_else(|| size_of(dirs, &f.entry, f.crlf_size))
+                .unwrap_or_else(|| size_of(dirs, &f.entry, f.crlf_size, fallback[i]))
             {
-                Ok(Some(SizeFound { size, measured })) => {
-                    if measured {
-                        learned = true;
-                        uncached.push(entries.len());
+                Ok(Some(SizeFound { size, from })) => {
+                    match from {
+                        SizeFrom::Name => {}
+                        SizeFrom::Cache => {
+                            cache_hits += 1;
+                            uncached.push(entries.len());
+                        }
+                        SizeFrom::File => {
+                            learned = true;
+                            uncached.push(entries.len());
+                        }
                     }
                     size
                 }
@@ -821,11 +842,22 @@ fn is_unreadable(e: &StoreError) -> bool {
     }
 }
 
-/// A message's size, and whether it was measured from the file (and so
-/// belongs in the size cache) rather than taken from its name.
+/// A message's size, and where it was found.
 struct SizeFound {
     size: u64,
-    measured: bool,
+    from: SizeFrom,
+}
+
+/// Where a message's size came from: the size cache keeps the sizes that
+/// did not come from the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SizeFrom {
+    /// Its `W=`, which the file's length bears out.
+    Name,
+    /// The size cache (its `W=` being contradicted by the file's length).
+    Cache,
+    /// Measured by reading the file.
+    File,
 }
 
 /// Files measured by one thread before more threads are worth it.
@@ -841,8 +873,12 @@ fn measure_all(
     dirs: &Dirs,
     found: &[Found],
     need: &[usize],
+    fallback: &[Option<u64>],
 ) -> Vec<(usize, Result<Option<SizeFound>, StoreError>)> {
-    let one = |i: usize| (i, size_of(dirs, &found[i].entry, found[i].crlf_size));
+    let one = |i: usize| {
+        let (entry, crlf) = (&found[i].entry, found[i].crlf_size);
+        (i, size_of(dirs, entry, crlf, fallback[i]))
+    };
     let threads = (need.len() / MEASURE_PER_THREAD).clamp(1, MEASURE_THREADS);
     if threads == 1 {
         return need.iter().map(|&i| one(i)).collect();
@@ -872,7 +908,13 @@ fn plausible_crlf_size(crlf: u64, len: u64) -> bool {
 /// The CRLF size of one message: its `W=` when the file's length (one
 /// `fstatat`) bears it out, else measured by reading the file. `None`
 /// when the file has gone.
-fn size_of(dirs: &Dirs, entry: &Entry, crlf: Option<u64>) -> Result<Option<SizeFound>, StoreError> {
+/// `cached` is what the size cache says, used only when `W=` is wrong.
+fn size_of(
+    dirs: &Dirs,
+    entry: &Entry,
+    crlf: Option<u64>,
+    cached: Option<u64>,
+) -> Result<Option<SizeFound>, StoreError> {
     if let Some(w) = crlf {
         match dirs::file_info(dirs.sub(entry.sub), &entry.name, dirs.euid) {
             Ok(None) => return Ok(None),
@@ -882,7 +924,13 @@ fn size_of(dirs: &Dirs, entry: &Entry, crlf: Option<u64>) -> Result<Option<SizeF
             Ok(Some(info)) if plausible_crlf_size(w, info.len) => {
                 return Ok(Some(SizeFound {
                     size: w,
-                    measured: false,
+                    from: SizeFrom::Name,
+                }))
+            }
+            Ok(Some(_)) if cached.is_some() => {
+                return Ok(cached.map(|size| SizeFound {
+                    size,
+                    from: SizeFrom::Cache,
                 }))
             }
             Ok(Some(_)) => {
@@ -900,7 +948,7 @@ fn size_of(dirs: &Dirs, entry: &Entry, crlf: Option<u64>) -> Result<Option<SizeF
     }
     Ok(measure(dirs, entry)?.map(|size| SizeFound {
         size,
-        measured: crlf.is_none(),
+        from: SizeFrom::File,
     }))
 }
 
@@ -942,7 +990,15 @@ fn regular_with_len(
     let file = match opened {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(Errno::ELOOP as i32) => {
+        // A symlink (ELOOP under O_NOFOLLOW), or a socket or device node
+        // (ENXIO, ENODEV: nothing to open): not a message, whatever
+        // named it (a forged listing can name any file in new/ or cur/).
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(Errno::from_raw),
+                Some(Errno::ELOOP | Errno::ENXIO | Errno::ENODEV)
+            ) =>
+        {
             return Err(not_regular(&path()))
         }
         Err(e) => return Err(e.into()),

@@ -181,9 +181,13 @@ impl AdminMaildrop {
             for file_name in dirs::list_files(folder.sub(sub))? {
                 let entry = Entry::new(sub, file_name);
                 let parsed = name::parse(entry.name.as_bytes());
-                let size = match size_of(&folder, &entry, parsed.crlf_size) {
+                let size = match size_of(&folder, &entry, parsed.crlf_size, None) {
                     Ok(Some(s)) => s.size,
                     Ok(None) => continue,
+                    // Swapped for a symlink or FIFO since the listing, or
+                    // unreadable: not a message to list, and no reason
+                    // to list none of the others.
+                    Err(e) if super::is_unreadable(&e) => continue,
                     Err(e) => return Err(e),
                 };
                 found.push(Quarantined {

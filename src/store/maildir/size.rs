@@ -12,7 +12,7 @@
 //! name. Base names that contain LF are never cached.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::ops::Range;
 use std::os::fd::AsFd;
 
@@ -27,23 +27,79 @@ pub(crate) const CACHE_FILE: &str = "mailbag.sizes";
 /// not one mailbag wrote, and is ignored rather than read into memory.
 const MAX_OCTETS: u64 = 64 << 20;
 const HEADER: &[u8] = b"mailbag-sizes 1\n";
+/// The most entries a cache is trusted with (about a million, as for the
+/// listing): each costs a few tens of octets of index at every login,
+/// and a short line only four octets of file, so a cache of made-up
+/// lines within [`MAX_OCTETS`] would cost hundreds of megabytes. A larger
+/// cache is no cache.
+const MAX_ENTRIES: usize = 1 << 20;
 
 /// The CRLF size of a file's content, read in chunks.
+///
+/// Holes are not read: a hole is zeros, which hold no LF, so it adds its
+/// length and nothing else. The time a measurement takes is then bounded
+/// by the data the file really holds (which a disk quota bounds), not by
+/// its length, which a sparse file sets at will (a 10 TB message costs its
+/// owner nothing but would cost the server hours of reading at every
+/// login). Filesystems without `SEEK_DATA` are read whole.
 pub(crate) fn file_crlf_size(file: &mut File) -> io::Result<u64> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    use std::os::unix::fs::FileExt;
+
     let mut counter = SizeCounter::new();
+    // Octets of holes beyond the one zero fed for each.
+    let mut zeros: u64 = 0;
+    let mut hole = |counter: &mut SizeCounter, from: u64, to: u64| {
+        if to > from {
+            counter.feed(&[0]);
+            zeros = zeros.saturating_add(to - from - 1);
+        }
+    };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut pos: u64 = 0;
+    let offset = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(counter.finish()),
-            Ok(n) => counter.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        let data = match lseek(file.as_fd(), offset(pos), Whence::SeekData) {
+            Ok(at) => u64::try_from(at).unwrap_or(pos),
+            // No data at or after `pos`: the rest is one hole.
+            Err(Errno::ENXIO) => {
+                let end = file.metadata()?.len();
+                hole(&mut counter, pos, end);
+                break;
+            }
+            // No hole support here: everything is data.
+            Err(_) => pos,
+        };
+        hole(&mut counter, pos, data);
+        pos = data;
+        let data_end = match lseek(file.as_fd(), offset(pos), Whence::SeekHole) {
+            Ok(at) => u64::try_from(at).unwrap_or(u64::MAX),
+            Err(_) => u64::MAX,
+        };
+        let mut at_end = false;
+        while pos < data_end {
+            let want = usize::try_from(data_end - pos).map_or(buf.len(), |w| w.min(buf.len()));
+            match file.read_at(&mut buf[..want], pos) {
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
+                Ok(n) => {
+                    counter.feed(&buf[..n]);
+                    pos += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if at_end || data_end == u64::MAX {
+            break;
         }
     }
+    Ok(counter.finish().saturating_add(zeros))
 }
 
-/// The parsed cache: the file's bytes and, sorted by base name, where
-/// each well-formed line's base is, with its size. No allocation per line.
 #[derive(Debug, Default)]
 pub(crate) struct SizeCache {
     bytes: Vec<u8>,
@@ -111,6 +167,9 @@ pub(crate) fn parse(bytes: Vec<u8>) -> SizeCache {
         while start < bytes.len() {
             let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
             if let Some(size) = parse_line(&bytes[start..end]) {
+                if lines.len() == MAX_ENTRIES {
+                    return SizeCache::default();
+                }
                 let sp = memchr::memchr(b' ', &bytes[start..end]).unwrap_or(0);
                 lines.push((start + sp + 1..end, size));
             }
@@ -181,6 +240,46 @@ pub(crate) fn store<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Holes count as the zeros they read as, wherever they are: at the
+    /// start, between data (also right after a CR, which a hole's zero
+    /// keeps from pairing with a later LF), and at the end.
+    #[test]
+    fn sparse_files_measure_as_their_zeros() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let cases: Vec<Vec<(u64, &[u8])>> = vec![
+            vec![],
+            vec![(0, b"a\nb\r\n")],
+            vec![(1 << 20, b"x\n")],
+            vec![(0, b"head\r"), (3 << 20, b"\nmid\n"), (9 << 20, b"")],
+            vec![(0, b"\n"), (5 << 20, b"tail")],
+        ];
+        for (n, writes) in cases.iter().enumerate() {
+            let mut file = File::create(&path).unwrap();
+            let mut dense = Vec::new();
+            for &(at, bytes) in writes {
+                if bytes.is_empty() {
+                    file.set_len(at).unwrap();
+                } else {
+                    file.write_all_at(bytes, at).unwrap();
+                }
+                let end = (at as usize + bytes.len()).max(dense.len());
+                dense.resize(end, 0);
+                dense[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+            }
+            file.flush().unwrap();
+            let mut file = File::open(&path).unwrap();
+            file.seek(SeekFrom::Start(0)).unwrap();
+            assert_eq!(
+                file_crlf_size(&mut file).unwrap(),
+                mailbag_proto::dot::canonical_size(&dense),
+                "case {n}"
+            );
+        }
+    }
 
     #[test]
     fn cache_round_trips_and_skips_garbage() {

@@ -36,6 +36,12 @@ const HEADER: &[u8] = b"mailbag-update 1\n";
 /// typical names in one UPDATE. A larger UPDATE is refused whole (nothing
 /// deleted), and a larger file is not read into memory.
 const MAX_OCTETS: u64 = 64 << 20;
+/// The most deletions one record holds. Each name read costs some tens of
+/// octets of memory (twice: the names and their bases), and a short one
+/// takes five octets of record, so the octet bound alone would let a
+/// record of made-up names cost a login over a gigabyte. A larger UPDATE
+/// is refused whole, like one over [`MAX_OCTETS`].
+const MAX_NAMES: usize = 1 << 20;
 
 /// Parses a record: `(in_cur, name)` for each message, or `None` when the
 /// file is not a complete, well-formed record whose every name is one
@@ -54,7 +60,7 @@ pub fn parse(bytes: &[u8]) -> Option<Vec<(bool, Vec<u8>)>> {
             b"." => ended = true,
             [kind @ (b'C' | b'N'), b' ', hex @ ..] => {
                 let name = unhex(hex)?;
-                if !name::is_message_name(&name) {
+                if !name::is_message_name(&name) || names.len() == MAX_NAMES {
                     return None;
                 }
                 names.push((*kind == b'C', name));
@@ -98,8 +104,11 @@ pub fn encode<'a>(names: impl Iterator<Item = (bool, &'a [u8])>) -> Vec<u8> {
 /// Makes the record of the messages about to be deleted durable.
 pub(super) fn begin<'a>(
     dirs: &Dirs,
-    names: impl Iterator<Item = (Sub, &'a OsStr)>,
+    names: impl Iterator<Item = (Sub, &'a OsStr)> + Clone,
 ) -> io::Result<()> {
+    if names.clone().count() > MAX_NAMES {
+        return Err(io::Error::other("too many deletions for one UPDATE record"));
+    }
     let record = encode(names.map(|(sub, name)| (sub == Sub::Cur, name.as_bytes())));
     if record.len() as u64 > MAX_OCTETS {
         return Err(io::Error::other("too many deletions for one UPDATE record"));
