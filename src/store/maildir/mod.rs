@@ -631,7 +631,7 @@ struct Found {
 
 /// Lists the message files of new/ and cur/: no dotfiles, no symlinks, no
 /// directories; from the listing cache while it is still true.
-fn list(dirs: &Dirs) -> io::Result<Vec<Found>> {
+fn list(dirs: &Dirs) -> io::Result<(Vec<Found>, bool)> {
     let stamp = listing::Stamp::read(dirs)?;
     if let Some(names) = listing::load(dirs, stamp) {
         let mut found = Vec::with_capacity(names.len());
@@ -639,7 +639,7 @@ fn list(dirs: &Dirs) -> io::Result<Vec<Found>> {
             let sub = if in_cur { Sub::Cur } else { Sub::New };
             found.push(found_from(sub, OsString::from_vec(name)));
         }
-        return Ok(found);
+        return Ok((found, true));
     }
     let listed = listing::listing_time();
     let found = scan(dirs)?;
@@ -651,7 +651,7 @@ fn list(dirs: &Dirs) -> io::Result<Vec<Found>> {
             .iter()
             .map(|f| (f.entry.sub == Sub::Cur, listing::bytes(&f.entry.name))),
     );
-    Ok(found)
+    Ok((found, false))
 }
 
 /// What the name of a listed file says.
@@ -698,7 +698,7 @@ struct Snapshot {
 /// cache, else by reading the file (and then the cache learns it). A
 /// message that cannot be read is left out (and counted), not fatal.
 fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
-    let mut found = list(dirs)?;
+    let (mut found, reused) = list(dirs)?;
     // Small keys are sorted and each entry is moved once, straight into the
     // snapshot: at 100,000 messages, moving the entries themselves around
     // costs more than the rest of the work.
@@ -736,11 +736,18 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
     let mut unreadable = 0usize;
     let mut uncached: Vec<usize> = Vec::new();
     // Names with `W=` are checked against the file's length; names
-    // without are measured unless the cache knows them.
+    // without are measured unless the cache knows them. A reused listing
+    // (new/ and cur/ unchanged since it settled) names only files whose
+    // `W=` was checked when it was taken, a wrong one's size being in the
+    // cache since: checking them again would cost one `fstatat` per
+    // message at every login.
     let need: Vec<usize> = order
         .iter()
         .map(|&(_, i)| i)
-        .filter(|&i| found[i].crlf_size.is_some() || cache.get(found[i].entry.base()).is_none())
+        .filter(|&i| match found[i].crlf_size {
+            Some(_) => !reused,
+            None => cache.get(found[i].entry.base()).is_none(),
+        })
         .collect();
     cache.rewind();
     // What the cache says of names whose `W=` may turn out wrong: a file
@@ -764,16 +771,19 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
     for &(_, i) in &order {
         let f = &mut found[i];
         let from_cache = match f.crlf_size {
-            Some(_) => None,
-            None => cache.get(f.entry.base()),
+            Some(_) if !reused => None,
+            // Without `W=`, or with one the file contradicted when the
+            // reused listing was taken.
+            _ => cache.get(f.entry.base()),
         };
-        let size = match from_cache {
-            Some(cached) => {
+        let size = match (from_cache, f.crlf_size) {
+            (Some(cached), _) => {
                 cache_hits += 1;
                 uncached.push(entries.len());
                 cached
             }
-            None => match measured[i]
+            (None, Some(w)) if reused => w,
+            (None, _) => match measured[i]
                 .take()
                 .unwrap_or_else(|| size_of(dirs, &f.entry, f.crlf_size, fallback[i]))
             {
