@@ -454,7 +454,7 @@ fn serve(
                 let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
                     config.auth.verified_cache(),
-                    config.auth.server_secret()?,
+                    server_secret(&config, service.as_ref())?,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -471,11 +471,27 @@ fn serve(
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
                     .with_cache(config.auth.verified_cache())
-                    .with_secret(config.auth.server_secret()?);
+                    .with_secret(server_secret(&config, service.as_ref())?);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
         }
     })
+}
+
+/// The server secret, made now if there is none; started as root, a new
+/// one belongs to the user the server becomes, who must read it at every
+/// later start (`check_server_paths` reports one it cannot read).
+fn server_secret(
+    config: &Config,
+    service: Option<&ServiceUser>,
+) -> Result<mailbag::auth::secret::ServerSecret> {
+    let owner = service
+        .filter(|_| nix::unistd::geteuid().is_root())
+        .map(|who| (who.target.uid.as_raw(), who.target.gid.as_raw()));
+    Ok(mailbag::auth::secret::ServerSecret::load_or_create_owned(
+        &config.auth.secret_file,
+        owner,
+    )?)
 }
 
 /// The server on any store and passdb.

@@ -717,6 +717,14 @@ impl Config {
                 "must be at least auth.failure_delay_ms",
             );
         }
+        // A failed login holds its connection (and its pre-login place)
+        // for this long at most: no setting makes that wait endless.
+        if self.auth.max_failure_delay_ms > 300_000 {
+            return invalid(
+                "auth.max_failure_delay_ms",
+                "must be at most 300000 (five minutes)",
+            );
+        }
         if self.auth.cache_secs > 86_400 {
             return invalid(
                 "auth.cache_secs",
@@ -961,6 +969,14 @@ max_messages = 5
             (
                 MINIMAL.replace("[auth]", "[auth]\nmax_failures = 0"),
                 "auth.max_failures",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nmax_failure_delay_ms = 86400000"),
+                "auth.max_failure_delay_ms",
+            ),
+            (
+                MINIMAL.replace("[auth]", "[auth]\nfailure_delay_ms = 3600000"),
+                "auth.failure_delay_ms",
             ),
             (
                 MINIMAL.replace("[pop3]", "[pop3]\nexpire = \"soon\""),

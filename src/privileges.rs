@@ -596,6 +596,20 @@ pub fn server_paths(
             ));
         }
     }
+    // Made at the first start if missing; one that exists (made by root
+    // at an earlier start, say) must be the service user's to read.
+    let secret = &config.auth.secret_file;
+    let missing = matches!(std::fs::symlink_metadata(secret),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if !missing {
+        paths.push((
+            "auth.secret_file".to_string(),
+            secret.clone(),
+            Need::Read,
+            Owner::Service,
+            "the server reads it at every start",
+        ));
+    }
     if let Some(dir) = &config.transcript.dir {
         paths.push((
             "transcript.dir".to_string(),

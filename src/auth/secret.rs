@@ -81,6 +81,17 @@ impl ServerSecret {
     /// servers started at the same moment never read a half-written file:
     /// the first link wins, and the others read what it published.
     pub fn load_or_create(path: &Path) -> Result<ServerSecret, SecretError> {
+        ServerSecret::load_or_create_owned(path, None)
+    }
+
+    /// [`ServerSecret::load_or_create`], a new file given to `owner`
+    /// (uid, gid) before it is linked into place: the server started as
+    /// root makes it for the user it becomes, who reads it at every later
+    /// start. The ownership is changed on the open file, never by path.
+    pub fn load_or_create_owned(
+        path: &Path,
+        owner: Option<(u32, u32)>,
+    ) -> Result<ServerSecret, SecretError> {
         match read_private(path) {
             Ok(text) => return ServerSecret::parse(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -106,6 +117,9 @@ impl ServerSecret {
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&temporary)
             .and_then(|mut file| {
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+                }
                 file.write_all(format!("{}\n", hex(&secret.key)).as_bytes())?;
                 file.sync_all()
             });

@@ -11,7 +11,7 @@
 //! PIPELINING with few writes.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -125,6 +125,12 @@ impl Listener {
 /// an error, so that two servers never steal each other's socket and a
 /// typo never deletes a file.
 pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
+    bind_unix_then(path, || {})
+}
+
+/// [`bind_unix`], running `after_bind` once the socket exists: whatever
+/// happens to the path then (a test swaps in a link) must not matter.
+fn bind_unix_then(path: &Path, after_bind: impl FnOnce()) -> io::Result<Listener> {
     let with_path = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
     match path.symlink_metadata() {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -145,9 +151,19 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<Listener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(with_path(e)),
     }
-    let listener = UnixListener::bind(path).map_err(with_path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(with_path)?;
+    // The socket is born with its mode: nothing is done by path after the
+    // bind, where whoever can write the directory could have put a link
+    // in its place. The umask is the process's, so it is set only for the
+    // bind, at start-up, before any session runs.
+    let listener = {
+        use nix::sys::stat::{umask, Mode};
+        let narrowed = Mode::from_bits_truncate(0o777 & !SOCKET_MODE);
+        let before = umask(narrowed);
+        let bound = UnixListener::bind(path);
+        umask(before);
+        bound.map_err(with_path)?
+    };
+    after_bind();
     Ok(Listener::Unix(listener, path.to_path_buf()))
 }
 
@@ -447,6 +463,7 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn a_live_socket_or_a_plain_file_is_never_replaced() {
@@ -465,5 +482,31 @@ mod tests {
         let stale = dir.path().join("stale.sock");
         drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
         assert!(matches!(bind_unix(&stale), Ok(Listener::Unix(..))));
+        let mode = std::fs::symlink_metadata(&stale)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+    }
+
+    /// A writer of the socket's directory swaps a link in for the socket
+    /// the moment it appears: the file the link points at keeps its mode
+    /// (nothing is done by path after the bind).
+    #[tokio::test]
+    async fn a_link_swapped_in_for_the_new_socket_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, b"secret").unwrap();
+        std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.path().join("lmtp.sock");
+        let swap = || {
+            std::fs::remove_file(&socket).unwrap();
+            std::os::unix::fs::symlink(&precious, &socket).unwrap();
+        };
+        let bound = bind_unix_then(&socket, swap);
+        let mode = std::fs::metadata(&precious).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the link was followed");
+        assert_eq!(std::fs::read(&precious).unwrap(), b"secret");
+        drop(bound);
     }
 }

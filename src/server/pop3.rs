@@ -95,6 +95,49 @@ pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farew
     .await;
 }
 
+/// Why a wait before login was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// The authorization deadline passed.
+    Deadline,
+    /// The connection lost its pre-login place to a newer one.
+    Evicted,
+}
+
+impl Cut {
+    /// Logs the end and sends the same last line as a session cut while
+    /// waiting for a command.
+    async fn farewell<T: AsyncWrite + Unpin>(self, stream: &mut T) {
+        match self {
+            Cut::Deadline => {
+                info!("not logged in by the authorization deadline");
+                write_now(stream, Farewell::LoginTimeout).await;
+            }
+            Cut::Evicted => {
+                info!("closed to make room for a newer connection waiting to log in");
+                write_now(stream, Farewell::Evicted).await;
+            }
+        }
+    }
+}
+
+/// Runs a wait of the login stage (a credential check, a failure delay)
+/// until it ends, the authorization deadline passes or the connection
+/// loses its pre-login place, whichever comes first: no wait before login
+/// outlasts the deadline or keeps a place that was given away.
+async fn before_login<F: Future>(
+    wait: F,
+    login_by: tokio::time::Instant,
+    admission: &Admission,
+) -> Result<F::Output, Cut> {
+    tokio::select! {
+        biased;
+        _ = admission.evicted() => Err(Cut::Evicted),
+        _ = tokio::time::sleep_until(login_by) => Err(Cut::Deadline),
+        done = wait => Ok(done),
+    }
+}
+
 /// How long a write may wait on the client.
 #[derive(Debug, Clone, Copy)]
 enum WriteLimit {
@@ -356,7 +399,11 @@ pub async fn serve<S, P>(
                                     .failed_unreserved(peer.ip(), &name, Instant::now())
                             }
                         };
-                        tokio::time::sleep(delay).await;
+                        let wait = tokio::time::sleep(delay);
+                        if let Err(cut) = before_login(wait, login_by, &admission).await {
+                            cut.farewell(&mut stream).await;
+                            break;
+                        }
                         Outcome::AuthRejected
                     }
                     Action::ScramLookup { user: name } => {
@@ -373,7 +420,17 @@ pub async fn serve<S, P>(
                                 break;
                             }
                         }
-                        match shared.passdb.scram_keys(&name).await {
+                        let lookup = shared.passdb.scram_keys(&name);
+                        let keys = match before_login(lookup, login_by, &admission).await {
+                            Ok(keys) => keys,
+                            Err(cut) => {
+                                // Counted as a failure: its end was never learned.
+                                shared.failures.abandoned(attempt.take());
+                                cut.farewell(&mut stream).await;
+                                break;
+                            }
+                        };
+                        match keys {
                             Ok((canonical, keys)) => {
                                 let mut nonce = [0u8; 18];
                                 rand::fill(&mut nonce);
@@ -408,7 +465,17 @@ pub async fn serve<S, P>(
                             }
                         }
                         let started = tokio::time::Instant::now();
-                        match shared.passdb.verify(&name, &credential).await {
+                        let check = shared.passdb.verify(&name, &credential);
+                        let checked = match before_login(check, login_by, &admission).await {
+                            Ok(checked) => checked,
+                            Err(cut) => {
+                                // Counted as a failure: its end was never learned.
+                                shared.failures.abandoned(attempt.take());
+                                cut.farewell(&mut stream).await;
+                                break;
+                            }
+                        };
+                        match checked {
                             Ok(canonical) => Outcome::Authenticated { user: canonical },
                             Err(AuthError::Invalid) => {
                                 log_auth_failure(peer, &name, "invalid-credentials");
@@ -420,8 +487,14 @@ pub async fn serve<S, P>(
                                 // Every failure is answered at the same time
                                 // after the attempt, however long the check
                                 // took, so timing does not tell which users
-                                // exist. Only this session waits.
-                                tokio::time::sleep_until(started + delay).await;
+                                // exist. Only this session waits; if the
+                                // login deadline or an eviction comes
+                                // first, the session ends unanswered.
+                                let wait = tokio::time::sleep_until(started + delay);
+                                if let Err(cut) = before_login(wait, login_by, &admission).await {
+                                    cut.farewell(&mut stream).await;
+                                    break;
+                                }
                                 Outcome::AuthRejected
                             }
                             Err(AuthError::Temporary(e)) => {

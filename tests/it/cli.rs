@@ -214,6 +214,27 @@ fn bad_config_is_refused_naming_the_key() {
 }
 
 #[test]
+fn check_config_refuses_an_endless_failure_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    let text = config_text(
+        dir.path(),
+        "failure_delay_ms = 10\nmax_failure_delay_ms = 9223372036854775807",
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = mailbag()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.max_failure_delay_ms"), "{err}");
+}
+
+#[test]
 fn check_config_loads_the_tls_certificate_and_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     write_passwd(dir.path());

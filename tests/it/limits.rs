@@ -293,3 +293,63 @@ async fn metrics_endpoint_is_scraped_and_parsed() {
     assert!(response.starts_with("HTTP/1.0 404"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_waiting_out_a_failure_delay_is_closed_when_it_loses_its_place() {
+    // A minute's failure delay, one pre-login place, two permits.
+    let s = TestServer::start_with(
+        "failure_delay_ms = 60000\nmax_failure_delay_ms = 60000\n\
+         [limits]\nmax_connections = 2\nmax_unauthenticated = 1\n",
+    )
+    .await;
+    let mut waiting = connect_from("127.0.7.1", s.addr).await;
+    waiting.line().await;
+    waiting.ok(&format!("USER {}", ALICE.0)).await;
+    waiting.send(b"PASS not-the-password\r\n").await;
+    // Let the server reach the failure delay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A newcomer takes the only place: the waiting connection ends now,
+    // not when its minute is up (the client gives up after 20 s).
+    let mut newcomer = connect_from("127.0.7.2", s.addr).await;
+    assert!(newcomer.line().await.starts_with("+OK"));
+    assert_eq!(
+        waiting.line().await,
+        "-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest\r\n"
+    );
+    assert!(waiting.closed().await);
+    // Its permit is free again: a third connection is served.
+    let mut third = connect_from("127.0.7.3", s.addr).await;
+    assert!(third.line().await.starts_with("+OK"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_failure_delay_longer_than_the_login_time_left_ends_at_the_deadline() {
+    let s = TestServer::start_with(
+        "failure_delay_ms = 60000\nmax_failure_delay_ms = 60000\n\
+         [limits]\nauthorization_timeout_secs = 2\n",
+    )
+    .await;
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok(&format!("USER {}", ALICE.0)).await;
+    // Answered no sooner than the delay, which outlasts the login time:
+    // the session ends at the deadline, unanswered (the client gives up
+    // after 20 s, well before the minute).
+    assert_eq!(
+        c.cmd("PASS not-the-password").await,
+        "-ERR [SYS/TEMP] Too long without logging in; closing\r\n"
+    );
+    assert!(c.closed().await);
+    // The same for a check that takes the hashing queue (APOP/USER-PASS
+    // against a stored hash goes through `verify`).
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok(&format!("USER {}", BOB.0)).await;
+    assert_eq!(
+        c.cmd("PASS not-the-password").await,
+        "-ERR [SYS/TEMP] Too long without logging in; closing\r\n"
+    );
+    assert!(c.closed().await);
+    s.stop().await;
+}

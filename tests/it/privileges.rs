@@ -547,3 +547,40 @@ fn user_add_as_root_refuses_where_the_server_user_cannot_rewrite_the_passwd_file
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn the_server_secret_made_as_root_is_the_server_users_and_one_it_cannot_read_is_reported() {
+    let Some(user) = SystemUser::create("the_server_secret_made_as_root") else {
+        return;
+    };
+    let d = Deployment::new(&user);
+    d.ok(&["user", "add", "alice", "--password-stdin"], b"pw\n");
+    let secret = d.path("etc/mailbag.secret");
+    assert!(!secret.exists());
+    // The first start, as root, makes it: for the user the server becomes
+    // (a later start as that user, systemd's `User=`, must read it).
+    let mut server = d.serve();
+    let mut c = d.connect(&mut server).await;
+    assert!(c.line().await.starts_with("+OK"));
+    drop(server);
+    let meta = std::fs::symlink_metadata(&secret).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert!(d.ok(&["check-config"], b"").ends_with(": OK\n"));
+
+    // One that root made as its own: named, with the fix, by check-config
+    // and by serve.
+    chown(&secret, 0, 0);
+    let fix = format!("fix: chown {0}:{0} {1}", user.name, secret.display());
+    for sub in ["check-config", "serve"] {
+        let out = d.run(&[sub], b"");
+        assert!(!out.status.success(), "{sub} passed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("auth.secret_file {}", secret.display())) && err.contains(&fix),
+            "{sub}: {err}"
+        );
+    }
+    chown(&secret, user.uid, user.gid);
+    assert!(d.ok(&["check-config"], b"").ends_with(": OK\n"));
+}
