@@ -453,7 +453,7 @@ fn serve(
             StoreKind::Maildir => {
                 let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
-                    config.auth.verified_cache(),
+                    mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
                     server_secret(&config, service.as_ref())?,
                 )
                 .with_context(|| {
@@ -470,7 +470,9 @@ fn serve(
                     .context("store.url: cannot use the database")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
-                    .with_cache(config.auth.verified_cache())
+                    .with_cache(mailbag::auth::cache::VerifiedCache::from_config(
+                        &config.auth,
+                    ))
                     .with_secret(server_secret(&config, service.as_ref())?);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
