@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod demo;
 pub mod import;
 pub mod mailbox;
+pub mod pg;
 pub mod privileges;
 pub mod server;
 pub mod store;
