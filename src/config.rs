@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
+use crate::net::cidr::Cidr;
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
