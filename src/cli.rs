@@ -107,7 +107,7 @@ enum Command {
     /// their mail program (refused while a POP3 session holds the lock).
     Mailbox {
         #[command(subcommand)]
-        action: mailbag::mailbox::MailboxCommand,
+        action: mailbag::admin::mailbox::MailboxCommand,
     },
 }
 
@@ -225,7 +225,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // The demo runs as whoever starts it (the README's first
             // command, also in a root shell): it serves only the sample
             // mail it made itself, on loopback.
-            let config_path = mailbag::demo::prepare(&dir)
+            let config_path = mailbag::admin::demo::prepare(&dir)
                 .with_context(|| format!("cannot prepare the demo directory {}", dir.display()))?;
             let config = load(&config_path)?;
             println!("mailbag demo");
@@ -245,8 +245,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             println!(
                 "  user: {}   password: {}",
-                mailbag::demo::USER,
-                mailbag::demo::PASSWORD
+                mailbag::admin::demo::USER,
+                mailbag::admin::demo::PASSWORD
             );
             let first = config.pop3.listen.first().copied();
             if let Some(addr) = first {
@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("Send it a message over LMTP:");
                 println!(
                     "  swaks --server {addr} --protocol LMTP --to {}@localhost",
-                    mailbag::demo::USER
+                    mailbag::admin::demo::USER
                 );
             }
             println!(
@@ -326,7 +326,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mailbox { action } => {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "mailbox")?;
-            Ok(mailbag::mailbox::run(
+            Ok(mailbag::admin::mailbox::run(
                 &config,
                 action,
                 &mut std::io::stdout().lock(),
@@ -349,7 +349,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// `mailbag deliver`: every outcome is an exit code an MTA understands,
 /// and a failure is one line on standard error.
 fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
-    use mailbag::deliver::Exit;
+    use mailbag::store::deliver::Exit;
     let fail = |exit: Exit, reason: &dyn std::fmt::Display| {
         let reason = reason.to_string();
         eprintln!("mailbag deliver: {reason}");
@@ -387,7 +387,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
                 Err(e) => return fail(Exit::TempFail, &e),
             };
             let store = maildir_store(&config);
-            runtime.block_on(mailbag::deliver::run(
+            runtime.block_on(mailbag::store::deliver::run(
                 &config, &store, &passdb, user, from, stdin,
             ))
         }
@@ -398,7 +398,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
             };
             runtime.block_on(async {
                 let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
-                mailbag::deliver::run(&config, &store, &passdb, user, from, stdin).await
+                mailbag::store::deliver::run(&config, &store, &passdb, user, from, stdin).await
             })
         }
     };
@@ -453,7 +453,7 @@ fn serve(
             StoreKind::Maildir => {
                 let passdb = PasswdFile::open_with(
                     &config.auth.passwd_file,
-                    config.auth.verified_cache(),
+                    mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
                     server_secret(&config, service.as_ref())?,
                 )
                 .with_context(|| {
@@ -470,7 +470,9 @@ fn serve(
                     .context("store.url: cannot use the database")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
-                    .with_cache(config.auth.verified_cache())
+                    .with_cache(mailbag::auth::cache::VerifiedCache::from_config(
+                        &config.auth,
+                    ))
                     .with_secret(server_secret(&config, service.as_ref())?);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
@@ -614,7 +616,7 @@ async fn import_with<S: Store>(
     from: Option<Mailbox>,
     to: Option<Mailbox>,
 ) -> Result<()> {
-    use mailbag::import;
+    use mailbag::admin::import;
     let copied = match (from, to) {
         (Some(Mailbox::Maildir(dir)), None) => {
             let files = import::read_maildir(&dir)?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
+use crate::net::cidr::Cidr;
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -390,23 +390,6 @@ pub struct AuthConfig {
     pub secret_file: PathBuf,
 }
 
-impl AuthConfig {
-    /// The server secret of `secret_file`, made now if there is none.
-    pub fn server_secret(
-        &self,
-    ) -> Result<crate::auth::secret::ServerSecret, crate::auth::secret::SecretError> {
-        crate::auth::secret::ServerSecret::load_or_create(&self.secret_file)
-    }
-
-    /// The verified-credential cache this configuration asks for, if any.
-    pub fn verified_cache(&self) -> Option<crate::auth::cache::VerifiedCache> {
-        crate::auth::cache::VerifiedCache::new(
-            std::time::Duration::from_secs(self.cache_secs),
-            self.cache_entries,
-        )
-    }
-}
-
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -765,17 +748,6 @@ impl Config {
             return invalid("pop3.summary_large_octets", "must be at least 1");
         }
         Ok(())
-    }
-
-    /// The brute-force policy of `[auth]`.
-    pub fn failure_policy(&self) -> crate::server::limits::FailurePolicy {
-        crate::server::limits::FailurePolicy {
-            base_delay: Duration::from_millis(self.auth.failure_delay_ms),
-            max_delay: Duration::from_millis(self.auth.max_failure_delay_ms),
-            window: Duration::from_secs(self.auth.failure_window_secs),
-            max_per_address: self.auth.max_failures_per_address,
-            block: Duration::from_secs(self.auth.address_block_secs),
-        }
     }
 
     /// The failure delay as a duration.

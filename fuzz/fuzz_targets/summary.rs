@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mailbag::summary::{self, Scanner};
+use mailbag::store::summary::{self, Scanner};
 
 fuzz_target!(|data: &[u8]| {
     let whole = summary::summarize(data);

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::config::AuthConfig;
+
 /// Recent successful password checks.
 pub struct VerifiedCache {
     key: [u8; 32],
@@ -48,6 +50,11 @@ impl std::fmt::Debug for VerifiedCache {
 }
 
 impl VerifiedCache {
+    /// The cache `[auth]` asks for, if any.
+    pub fn from_config(auth: &AuthConfig) -> Option<VerifiedCache> {
+        VerifiedCache::new(Duration::from_secs(auth.cache_secs), auth.cache_entries)
+    }
+
     /// A cache keeping successes for `ttl`, at most `max_entries` of them;
     /// `None` when `ttl` is zero (the default: off).
     pub fn new(ttl: Duration, max_entries: usize) -> Option<VerifiedCache> {

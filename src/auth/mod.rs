@@ -5,6 +5,7 @@
 //! same time as a known one, and nothing here logs a secret.
 
 pub mod cache;
+pub mod credential;
 pub mod name;
 pub mod passwd_file;
 pub mod postgres;

@@ -19,14 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
-use md5::Digest as _;
-use subtle::ConstantTimeEq;
-
-use super::cache::{self, VerifiedCache};
+use super::cache::VerifiedCache;
 use super::scheme::{self, Scheme, SchemeError, ScramSource};
 use super::secret::ServerSecret;
 use super::timing::{self, CheckTimes};
 
+pub use super::credential::valid_user_name;
+use super::credential::{credential_matches, presented_bytes, stored_scram_keys};
 use super::{AuthError, Credential, PassDb, ScramKeys};
 
 /// Longest user name accepted (see [`super::name`]).
@@ -343,9 +342,8 @@ impl PassDb for PasswdFile {
         let (found, began) = super::hashing(move || {
             let began = Instant::now();
             let secret = &this.shared.secret;
-            let salt = secret.scram_salt(&user);
             let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
-                Some((name.clone(), scheme::scram_keys(stored, &salt)?))
+                Some((name.clone(), stored_scram_keys(secret, &user, stored)?))
             });
             // An unknown user (or one whose hash SCRAM cannot use) gets
             // keys made up from the server secret, with a salt and
@@ -389,64 +387,6 @@ impl PassDb for PasswdFile {
         // for the greeting, and a new plaintext user is noticed at once.
         self.table().apop_possible
     }
-}
-
-/// Whether `credential` matches the `stored` secret. `decoy`, a typical
-/// stored hash, is checked too where the match itself would be instant,
-/// so that timing does not tell which users store plaintext.
-pub(crate) fn credential_matches(
-    user: &str,
-    stored: &str,
-    decoy: Option<&str>,
-    credential: &Credential,
-    cache: Option<&VerifiedCache>,
-) -> bool {
-    match credential {
-        Credential::Password(password) => {
-            cache::verify_password(cache, user, stored, password.expose().as_bytes())
-        }
-        Credential::CramMd5 { challenge, digest } => {
-            // Like APOP: pay what a password check costs.
-            if let Some(decoy) = decoy {
-                std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
-            }
-            scheme::cram_md5_digest(stored, challenge.as_bytes()).is_some_and(|expected| {
-                let expected = scheme::encode_hex(&expected);
-                expected.as_bytes().ct_eq(digest.expose().as_bytes()).into()
-            })
-        }
-        Credential::Apop { timestamp, digest } => {
-            // The digest check itself is instant; pay what a password
-            // check costs so APOP timing does not tell which users store
-            // plaintext.
-            if let Some(decoy) = decoy {
-                std::hint::black_box(scheme::verify(decoy, digest.expose().as_bytes()));
-            }
-            scheme::plaintext_equivalent(stored)
-                .is_some_and(|secret| apop_matches(timestamp, secret, digest.expose()))
-        }
-    }
-}
-
-pub(crate) fn presented_bytes(credential: &Credential) -> &[u8] {
-    match credential {
-        Credential::Password(password) => password.expose().as_bytes(),
-        Credential::Apop { digest, .. } | Credential::CramMd5 { digest, .. } => {
-            digest.expose().as_bytes()
-        }
-    }
-}
-
-/// RFC 1939 §7: the digest is the lowercase hex MD5 of the greeting's
-/// timestamp followed by the shared secret.
-fn apop_matches(timestamp: &str, secret: &str, digest: &str) -> bool {
-    let mut md5 = md5::Md5::new();
-    md5.update(timestamp.as_bytes());
-    md5.update(secret.as_bytes());
-    let expected = scheme::encode_hex(&md5.finalize());
-    // Clients differ in hex case; RFC 1939 only shows lowercase.
-    let presented = digest.to_ascii_lowercase();
-    expected.as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PasswdError + 'a {
@@ -590,11 +530,6 @@ fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError>
         entries.push(Entry { user, secret });
     }
     Ok(entries)
-}
-
-/// Whether `name` may be a user name: the one rule of [`super::name`].
-pub fn valid_user_name(name: &str) -> bool {
-    super::name::is_valid(name)
 }
 
 fn check_user_name(user: &str) -> Result<(), PasswdError> {

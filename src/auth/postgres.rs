@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cache::VerifiedCache;
-use super::passwd_file::{credential_matches, presented_bytes, valid_user_name};
+use super::credential::{credential_matches, presented_bytes, stored_scram_keys, valid_user_name};
 use super::scheme::{self, Scheme};
 use super::secret::ServerSecret;
 use super::timing::CheckTimes;
 use super::{AuthError, Credential, PassDb, ScramKeys};
-use crate::store::postgres::pool::Pool;
-use crate::store::postgres::PgError;
+use crate::pg::pool::Pool;
+use crate::pg::PgError;
 
 /// How often the APOP and CRAM-MD5 flags are re-read.
 const FLAGS_REFRESH: Duration = Duration::from_secs(60);
@@ -328,9 +328,9 @@ impl PassDb for PgPassDb {
         };
         let (found, began) = super::hashing(move || {
             let began = Instant::now();
-            let salt = secret.scram_salt(&user);
-            let keys =
-                found.and_then(|(name, stored)| Some((name, scheme::scram_keys(&stored, &salt)?)));
+            let keys = found.and_then(|(name, stored)| {
+                Some((name, stored_scram_keys(&secret, &user, &stored)?))
+            });
             // Made up from the server secret, the same on every node, as
             // cheaply as stored keys are read.
             let found = keys.unwrap_or_else(|| {

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::AuthConfig;
+
 /// Entries each table holds at most.
 const MAX_ENTRIES: usize = 100_000;
 
@@ -363,6 +365,19 @@ pub struct FailurePolicy {
     pub max_per_address: u32,
     /// How long such an address is refused.
     pub block: Duration,
+}
+
+impl FailurePolicy {
+    /// The brute-force policy of `[auth]`.
+    pub fn from_config(auth: &AuthConfig) -> FailurePolicy {
+        FailurePolicy {
+            base_delay: Duration::from_millis(auth.failure_delay_ms),
+            max_delay: Duration::from_millis(auth.max_failure_delay_ms),
+            window: Duration::from_secs(auth.failure_window_secs),
+            max_per_address: auth.max_failures_per_address,
+            block: Duration::from_secs(auth.address_block_secs),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::Shared;
 use crate::auth::PassDb;
-use crate::deliver::{self, DeliverError};
+use crate::store::deliver::{self, DeliverError};
 use crate::store::{Store, StoreError};
 
 /// Bytes read from the client at a time.

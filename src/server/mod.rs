@@ -101,7 +101,7 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             slots: limits::AddressSlots::new(config.limits.max_connections_per_address),
             lmtp_slots: limits::AddressSlots::new(config.lmtp.max_connections_per_address),
             lmtp_receiving: lmtp::MessageBudget::new(&config.lmtp),
-            failures: limits::Failures::new(config.failure_policy()),
+            failures: limits::Failures::new(limits::FailurePolicy::from_config(&config.auth)),
             login_delay: limits::LoginDelay::new(Duration::from_secs(
                 config.pop3.login_delay_secs.unwrap_or(0).into(),
             )),
@@ -132,7 +132,8 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             .set_max(config.lmtp.max_connections_per_address);
         self.unauthenticated
             .set_max(config.limits.max_unauthenticated);
-        self.failures.set_policy(config.failure_policy());
+        self.failures
+            .set_policy(limits::FailurePolicy::from_config(&config.auth));
         self.login_delay.set_delay(Duration::from_secs(
             config.pop3.login_delay_secs.unwrap_or(0).into(),
         ));

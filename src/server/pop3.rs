@@ -595,7 +595,7 @@ pub async fn serve<S, P>(
                             break;
                         }
                         let large = config.pop3.summary_large_octets;
-                        crate::summary::summarize_maildrop(m, &indexes, large).await
+                        crate::store::summary::summarize_maildrop(m, &indexes, large).await
                     }
                     Action::Commit { deleted, retrieved } => match maildrop.take() {
                         None => Outcome::Committed,

@@ -9,8 +9,10 @@
 //! `commit` is the only path that deletes; dropping a [`Maildrop`] unlocks
 //! and deletes nothing.
 
+pub mod deliver;
 pub mod maildir;
 pub mod postgres;
+pub mod summary;
 
 use std::future::Future;
 use std::io;

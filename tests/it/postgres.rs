@@ -800,7 +800,7 @@ async fn import_copies_maildir_and_mbox_in_and_back_out_to_both_verified() {
         stdout.starts_with("copied and verified 4 messages"),
         "{stdout}"
     );
-    let mut got = mailbag::import::split_mbox(&std::fs::read(&out).unwrap());
+    let mut got = mailbag::admin::import::split_mbox(&std::fs::read(&out).unwrap());
     got.sort();
     assert_eq!(got, want);
 }

@@ -127,8 +127,8 @@ impl TestServer {
         let config = Config::load(&config_path).unwrap();
         let passdb = PasswdFile::open_with(
             &config.auth.passwd_file,
-            config.auth.verified_cache(),
-            config.auth.server_secret().unwrap(),
+            mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
+            mailbag::auth::secret::ServerSecret::load_or_create(&config.auth.secret_file).unwrap(),
         )
         .unwrap();
         let store = MaildirStore::new(

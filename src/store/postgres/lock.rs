@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::pool::Pool;
-use super::PgError;
+use crate::pg::pool::Pool;
+use crate::pg::PgError;
 
 /// How often an idle lock connection is checked; a dead one is noticed
 /// within this plus [`PING_TIMEOUT`].

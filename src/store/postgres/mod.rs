@@ -16,10 +16,8 @@
 //! Every database failure is [`StoreError::Temporary`] (`[SYS/TEMP]`).
 
 pub mod lock;
-pub mod pool;
 pub mod reader;
 pub mod schema;
-pub mod tls;
 
 use std::io;
 use std::path::PathBuf;
@@ -30,47 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mailbag_proto::dot::canonical_size;
 
 use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
+use crate::pg::pool::Pool;
+use crate::pg::tls::RustlsConnect;
+pub use crate::pg::PgError;
 use lock::{Held, Locks};
-use pool::Pool;
 pub use reader::ChunkReader;
-use tls::{PgTlsError, RustlsConnect};
-
-/// What can go wrong talking to PostgreSQL.
-#[derive(Debug, thiserror::Error)]
-pub enum PgError {
-    /// The connection string does not parse.
-    #[error("invalid PostgreSQL connection string: {0}")]
-    Url(#[source] tokio_postgres::Error),
-    /// A query or connection failed.
-    #[error("database error")]
-    Db(#[from] tokio_postgres::Error),
-    /// No connection within the time allowed.
-    #[error("timed out waiting for the database")]
-    Timeout,
-    /// The database needs `mailbag migrate`.
-    #[error(
-        "database schema is at version {have} but this mailbag needs {want}: run `mailbag migrate`"
-    )]
-    SchemaBehind {
-        /// The version found.
-        have: i32,
-        /// The version needed.
-        want: i32,
-    },
-    /// TLS to the database (`sslmode=require`) cannot be set up.
-    #[error("store.ca_file: {0}")]
-    Tls(#[from] PgTlsError),
-    /// The database was migrated by a newer mailbag.
-    #[error(
-        "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"
-    )]
-    SchemaAhead {
-        /// The version found.
-        have: i32,
-        /// The version needed.
-        want: i32,
-    },
-}
 
 impl From<PgError> for StoreError {
     fn from(e: PgError) -> Self {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::pool::Pool;
+use crate::pg::pool::Pool;
 
 /// Octets fetched per query.
 pub const CHUNK_OCTETS: i32 = 256 * 1024;

@@ -20,8 +20,8 @@ use clap::Subcommand;
 
 use crate::config::Config;
 use crate::store::maildir::{AdminMaildrop, MaildirStore};
+use crate::store::summary::{self, PARSE_PREFIX_OCTETS};
 use crate::store::StoreError;
-use crate::summary::{self, PARSE_PREFIX_OCTETS};
 
 /// `mailbag mailbox …`
 #[derive(Debug, Subcommand)]

@@ -815,7 +815,7 @@ Hello.\r\n";
     fn input_that_trips_the_parser_is_broken_mime_not_a_crash() {
         // Found by the fuzz target: multipart nesting that reaches a
         // debug assertion inside mail-parser.
-        let crash = include_bytes!("../fuzz/seeds/summary/parser-debug-assert.eml");
+        let crash = include_bytes!("../../fuzz/seeds/summary/parser-debug-assert.eml");
         let s = summarize(crash);
         assert!(s.problems.contains(&Problem::Nul), "{s:?}");
         if cfg!(debug_assertions) {

@@ -1,0 +1,3 @@
+//! Network helpers that the configuration and the listeners share.
+
+pub mod cidr;

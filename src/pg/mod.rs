@@ -1,0 +1,45 @@
+//! PostgreSQL connections, shared by the store ([`crate::store::postgres`])
+//! and the passdb ([`crate::auth::postgres`]): the connection pool, TLS to
+//! the database, and the error type of both.
+
+pub mod pool;
+pub mod tls;
+
+use tls::PgTlsError;
+
+/// What can go wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// The connection string does not parse.
+    #[error("invalid PostgreSQL connection string: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// A query or connection failed.
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    /// No connection within the time allowed.
+    #[error("timed out waiting for the database")]
+    Timeout,
+    /// The database needs `mailbag migrate`.
+    #[error(
+        "database schema is at version {have} but this mailbag needs {want}: run `mailbag migrate`"
+    )]
+    SchemaBehind {
+        /// The version found.
+        have: i32,
+        /// The version needed.
+        want: i32,
+    },
+    /// TLS to the database (`sslmode=require`) cannot be set up.
+    #[error("store.ca_file: {0}")]
+    Tls(#[from] PgTlsError),
+    /// The database was migrated by a newer mailbag.
+    #[error(
+        "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"
+    )]
+    SchemaAhead {
+        /// The version found.
+        have: i32,
+        /// The version needed.
+        want: i32,
+    },
+}
