@@ -7,36 +7,12 @@
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::maildir_trust::forge_listing;
 use crate::support::*;
 
 fn mailbag() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mailbag"))
-}
-
-/// Writes a `mailbag.listing` whose stamps match new/ and cur/ (aged
-/// first) and which claims to be settled: what the server would trust.
-fn forge_listing(maildir: &Path, names: &[String]) {
-    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    for sub in ["new", "cur"] {
-        std::fs::File::open(maildir.join(sub))
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
-    }
-    let stamp = 1_700_000_000i128 * 1_000_000_000;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let mut text = format!("mailbag-listing 1\n{stamp} {stamp} {now} {}\n", names.len());
-    for name in names {
-        text.push_str(name);
-        text.push('\n');
-    }
-    text.push_str(".\n");
-    std::fs::write(maildir.join("mailbag.listing"), text).unwrap();
 }
 
 /// A socket in new/ that a forged listing names as a message (no `W=`, so

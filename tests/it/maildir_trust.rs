@@ -20,7 +20,7 @@ fn age(dir: &Path) {
 /// Writes a `mailbag.listing` that the old rules would trust: stamps that
 /// match new/ and cur/ (aged first), taken well after their last change,
 /// and a count that matches.
-fn forge_listing(maildir: &Path, names: &[&str]) {
+pub(crate) fn forge_listing<S: AsRef<str>>(maildir: &Path, names: &[S]) {
     age(&maildir.join("new"));
     age(&maildir.join("cur"));
     let stamp = 1_700_000_000i128 * 1_000_000_000;
@@ -30,7 +30,7 @@ fn forge_listing(maildir: &Path, names: &[&str]) {
         .as_nanos();
     let mut text = format!("mailbag-listing 1\n{stamp} {stamp} {now} {}\n", names.len());
     for name in names {
-        text.push_str(name);
+        text.push_str(name.as_ref());
         text.push('\n');
     }
     text.push_str(".\n");
