@@ -257,8 +257,8 @@ impl AsyncWrite for Timed {
 }
 
 /// The answer to a login attempt from an address that is refused.
-const BLOCKED_LINE: &[u8] =
-    b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n";
+const BLOCKED: Farewell<'static> =
+    Farewell::Refused("Too many failed logins from your address; try again later");
 
 /// Serves one admitted POP3 connection, accepted at `accepted`, to its
 /// end. Whatever way it ends, an open maildrop is dropped uncommitted
@@ -416,7 +416,7 @@ pub async fn serve<S, P>(
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                let _ = stream.write_all(&BLOCKED.line()).await;
                                 break;
                             }
                         }
@@ -460,7 +460,7 @@ pub async fn serve<S, P>(
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(BLOCKED_LINE).await;
+                                let _ = stream.write_all(&BLOCKED.line()).await;
                                 break;
                             }
                         }
