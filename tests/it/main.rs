@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod lmtp;
 mod maildir_trust;
+mod migrate;
 mod names;
 mod pg_auth;
 mod pop3;
