@@ -63,16 +63,20 @@ fn missing() -> Option<String> {
 
 /// The shared Dovecot, started when no test holds it.
 async fn dovecot() -> Arc<Dovecot> {
+    let d = shared_dovecot();
+    for addr in [d.pop3, d.imap] {
+        wait_port(addr).await;
+    }
+    d
+}
+
+fn shared_dovecot() -> Arc<Dovecot> {
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(d) = shared.upgrade() {
         return d;
     }
     let d = Arc::new(start_dovecot());
     *shared = Arc::downgrade(&d);
-    drop(shared);
-    for addr in [d.pop3, d.imap] {
-        wait_port(addr).await;
-    }
     d
 }
 
