@@ -485,3 +485,171 @@ async fn from_courier_no_message_is_downloaded_again() {
 
     new_message_keeps_its_first_uidl(&d, user, keys, &old_uidls).await;
 }
+
+/// The UIDL listing of one session (`UIDL` after `USER`/`PASS`, sent at
+/// once), as far as it came before the connection ended: `Some` only
+/// when it came whole.
+async fn uidl_listing(
+    addr: SocketAddr,
+    kill: Option<(std::process::Child, Duration)>,
+) -> Option<Vec<String>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = None;
+    for _ in 0..400 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut stream = tokio::io::BufReader::new(stream.expect("server came up"));
+    let mut greeting = String::new();
+    stream.read_line(&mut greeting).await.unwrap();
+    stream
+        .get_mut()
+        .write_all(b"USER alice\r\nPASS wonderland\r\nUIDL\r\n")
+        .await
+        .unwrap();
+    // The kill races the reading.
+    let killer = kill.map(|(mut child, after)| {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            child.kill().unwrap();
+            child.wait().unwrap();
+        })
+    });
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_line(&mut line))
+            .await
+            .expect("server answers");
+        if !matches!(read, Ok(n) if n > 0) {
+            if let Some(k) = killer {
+                k.join().unwrap();
+            }
+            return None;
+        }
+        if line == ".\r\n" {
+            break;
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    if let Some(k) = killer {
+        k.join().unwrap();
+    }
+    // USER, PASS, then the UIDL status line.
+    let ok = lines.len() >= 3 && lines[..3].iter().all(|l| l.starts_with("+OK"));
+    assert!(ok, "{lines:?}");
+    Some(lines[3..].to_vec())
+}
+
+/// A server process killed at a random moment of the first open of a
+/// maildrop with Dovecot's UIDLs (which records them) leaves a record
+/// that is absent or whole, and a UIDL listing that a client received
+/// before the kill is the listing after the restart, even though the
+/// Dovecot file changed meanwhile (a record missing after a UIDL was
+/// answered would show that).
+#[tokio::test]
+async fn uidls_shown_survive_a_kill_while_they_are_recorded() {
+    use crate::support::{as_unprivileged, config_text, write_passwd};
+    const ROUNDS: u64 = 14;
+    const COUNT: usize = 2000;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut seen_before_kill = 0;
+    // Kills land within this much of the login: after the first round,
+    // twice what a whole listing took then.
+    let mut window = Duration::from_millis(400);
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        write_passwd(dir.path());
+        let md = dir.path().join("mail/localhost/alice/Maildir");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let mut uidlist = format!("3 V{} N{}\n", 1000 + round, COUNT + 1);
+        for i in 0..COUNT {
+            let name = format!("{}.M{i}P1.host,S=8,W=9", 1_700_000_000 + i);
+            std::fs::write(md.join("cur").join(format!("{name}:2,S")), b"body {i}\n").unwrap();
+            uidlist.push_str(&format!("{} :{name}\n", i + 1));
+        }
+        std::fs::write(md.join("dovecot-uidlist"), &uidlist).unwrap();
+        let port = free_port();
+        let text = config_text(
+            dir.path(),
+            "[store]\nroot = \"mail\"\nuidl_dovecot = true\n",
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let serve = |dir: &Path| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+            as_unprivileged(&mut cmd, dir);
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(dir.join("mailbag.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = serve(dir.path());
+        // Wait for the listener, then kill somewhere in the first open
+        // (the first round only measures how long that takes).
+        wait_port(addr).await;
+        let wait = window.mul_f64((next() % 1000) as f64 / 1000.0);
+        let started = std::time::Instant::now();
+        let before = if round == 0 {
+            let listing = uidl_listing(addr, None).await;
+            window = started.elapsed() * 2;
+            println!("a whole first listing took {:?}", started.elapsed());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            listing
+        } else {
+            uidl_listing(addr, Some((child, wait))).await
+        };
+
+        match std::fs::read(md.join("mailbag.uidls")) {
+            Ok(bytes) => assert_eq!(
+                mailbag::store::maildir::parse_shown(&bytes).len(),
+                COUNT,
+                "round {round}: a partial record"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                assert!(
+                    before.is_none(),
+                    "round {round}: UIDLs shown, none recorded"
+                );
+            }
+        }
+        // Dovecot renumbers: only the record can keep what was shown.
+        std::fs::write(
+            md.join("dovecot-uidlist"),
+            uidlist.replacen(&format!("V{}", 1000 + round), "V77", 1),
+        )
+        .unwrap();
+        let mut child = serve(dir.path());
+        let after = uidl_listing(addr, None).await.expect("a whole listing");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(after.len(), COUNT);
+        if let Some(before) = before {
+            seen_before_kill += 1;
+            assert_eq!(before, after, "round {round} (killed after {wait:?})");
+        }
+    }
+    println!("listing received before the kill in {seen_before_kill} of {ROUNDS} rounds");
+}
