@@ -653,3 +653,121 @@ async fn uidls_shown_survive_a_kill_while_they_are_recorded() {
     }
     println!("listing received before the kill in {seen_before_kill} of {ROUNDS} rounds");
 }
+
+/// check-config names a `pop3_uidl_format` mailbag cannot reproduce, and
+/// says why, and accepts Dovecot's default and its other forms.
+#[test]
+fn check_config_reports_bad_dovecot_uidl_formats() {
+    use crate::support::{config_text, write_passwd};
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    let check = |format: &str| {
+        let extra = format!(
+            "[store]\nroot = \"mail\"\nuidl_dovecot = true\nuidl_dovecot_format = \"{format}\"\n"
+        );
+        std::fs::write(&path, config_text(dir.path(), &extra)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for good in [
+        "%08Xu%08Xv",
+        "%v.%u",
+        "%f",
+        "%g",
+        "UID%u-%v",
+        "%{uid}%{uidvalidity}",
+    ] {
+        let (ok, err) = check(good);
+        assert!(ok, "{good}: {err}");
+    }
+    for (bad, why) in [
+        ("%08Xm%08Xv", "header MD5"),
+        ("%q", "unknown variable %q"),
+        ("static", "every message would get the same UIDL"),
+    ] {
+        let (ok, err) = check(bad);
+        assert!(!ok, "{bad} accepted");
+        assert!(err.contains("store.uidl_dovecot_format"), "{bad}: {err}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// `mailbag import --from maildir:` into the PostgreSQL store keeps the
+/// UIDLs Dovecot showed; a UIDL another maildrop already has in the
+/// database (UIDLs are unique across it) gets a new one, and the import
+/// says how many kept theirs.
+#[tokio::test]
+async fn import_into_postgres_keeps_dovecot_uidls() {
+    use crate::support::pg::{Backend, Fixture};
+    use mailbag::store::{Maildrop, Store};
+    let Some(f) = Fixture::new(Backend::Postgres, "migrate_import").await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    std::fs::write(
+        &f.config_path,
+        text.replace("[store]\n", "[store]\nuidl_dovecot = true\n"),
+    )
+    .unwrap();
+    let source = f.dir.path().join("old/Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(source.join(sub)).unwrap();
+    }
+    let names: Vec<String> = (1..=4).map(message_name).collect();
+    let mut uidlist = String::from("3 V1700000000 N4\n");
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(source.join("cur").join(format!("{name}:2,S")), body(i, "")).unwrap();
+        if i < 3 {
+            uidlist.push_str(&format!("{} :{name}\n", i + 1));
+        }
+    }
+    std::fs::write(source.join("dovecot-uidlist"), uidlist).unwrap();
+    let want = [
+        "000000016553f100".to_string(),
+        "000000026553f100".to_string(),
+        "000000036553f100".to_string(),
+        names[3].clone(),
+    ];
+    let import = |user: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .args(["import", "--user", user, "--from"])
+            .arg(format!("maildir:{}", source.display()))
+            .arg("--config")
+            .arg(&f.config_path)
+            .env("MAILBAG_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("copied and verified 4 messages"),
+            "{stderr}"
+        );
+        stderr
+    };
+    let said = import("alice");
+    assert!(said.contains("every message kept its UIDL"), "{said}");
+    let store = crate::support::pg::pg_store(f.url.as_deref().unwrap());
+    let uidls = |m: &mailbag::store::postgres::PgMaildrop| -> Vec<String> {
+        m.messages().iter().map(|i| i.uid.clone()).collect()
+    };
+    let alice = store.open("alice").await.unwrap();
+    assert_eq!(uidls(&alice), want);
+    drop(alice);
+
+    // The same Maildir for another user: every UIDL is taken.
+    let said = import("bob");
+    assert!(!said.contains("kept"), "{said}");
+    let bob = store.open("bob").await.unwrap();
+    assert_eq!(bob.messages().len(), 4);
+    assert!(uidls(&bob).iter().all(|u| !want.contains(u)));
+}

@@ -52,7 +52,7 @@ pub use deliver::deliver;
 #[doc(hidden)]
 pub use dovecot::parse as parse_dovecot_uidlist;
 pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
-pub use foreign::UidlSources;
+pub use foreign::{uidls_of, UidlSources};
 #[doc(hidden)]
 pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
@@ -357,7 +357,7 @@ impl MaildirMaildrop {
         let mut snap = snapshot(&dirs)?;
         // Before any UIDL is answered: foreign UIDLs, and the record of
         // those shown.
-        foreign::resolve(&dirs, sources, &mut snap.entries, &mut snap.infos);
+        foreign::resolve(&dirs, sources, &mut snap.entries, &mut snap.infos, true);
         Ok(MaildirMaildrop {
             _lock: lock,
             dirs: Arc::new(dirs),
@@ -731,6 +731,29 @@ fn scan(dirs: &Dirs) -> io::Result<Vec<Found>> {
         }
     }
     Ok(found)
+}
+
+/// The messages of new/ and cur/ in snapshot order (delivery time, then
+/// base name; one entry per base, cur/ first), with their own-form UIDLs
+/// and no sizes, read from the directories without touching any cache.
+fn listed(dirs: &Dirs) -> io::Result<(Vec<Entry>, Vec<MessageInfo>)> {
+    let mut found = scan(dirs)?;
+    found.sort_by(|a, b| {
+        a.time_key
+            .cmp(&b.time_key)
+            .then_with(|| a.entry.base().cmp(b.entry.base()))
+            .then_with(|| (a.entry.sub == Sub::New).cmp(&(b.entry.sub == Sub::New)))
+            .then_with(|| a.entry.name.cmp(&b.entry.name))
+    });
+    found.dedup_by(|later, earlier| later.entry.base() == earlier.entry.base());
+    let infos = found
+        .iter_mut()
+        .map(|f| MessageInfo {
+            uid: std::mem::take(&mut f.uid),
+            size: 0,
+        })
+        .collect();
+    Ok((found.into_iter().map(|f| f.entry).collect(), infos))
 }
 
 /// A snapshot: the entries, what the client sees of them, and how many
