@@ -635,7 +635,14 @@ async fn import_with<S: mailbag::admin::import::UidlTarget>(
         (Some(Mailbox::Mbox(file)), None) => {
             let data = import::read_mbox(&file)?;
             let messages = import::split_mbox(&data);
-            import::into_store(store, user, &messages, |m| Ok(m.clone()), |_| None).await?
+            // qpopper's spools carry each message's UIDL in its X-UIDL.
+            let x_uidl = sources.x_uidl;
+            let uidl = |m: &Vec<u8>| {
+                x_uidl
+                    .then(|| mailbag::store::maildir::parse_x_uidl(m))
+                    .flatten()
+            };
+            import::into_store(store, user, &messages, |m| Ok(m.clone()), uidl).await?
         }
         (None, Some(Mailbox::Maildir(dir))) => import::out_to_maildir(store, user, &dir).await?,
         (None, Some(Mailbox::Mbox(file))) => import::out_to_mbox(store, user, &file).await?,

@@ -715,7 +715,10 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
     let text = std::fs::read_to_string(&f.config_path).unwrap();
     std::fs::write(
         &f.config_path,
-        text.replace("[store]\n", "[store]\nuidl_dovecot = true\n"),
+        text.replace(
+            "[store]\n",
+            "[store]\nuidl_dovecot = true\nuidl_x_header = true\n",
+        ),
     )
     .unwrap();
     let source = f.dir.path().join("old/Maildir");
@@ -737,10 +740,10 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
         "000000036553f100".to_string(),
         names[3].clone(),
     ];
-    let import = |user: &str| {
+    let import_from = |user: &str, from: String| {
         let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
             .args(["import", "--user", user, "--from"])
-            .arg(format!("maildir:{}", source.display()))
+            .arg(from)
             .arg("--config")
             .arg(&f.config_path)
             .env("MAILBAG_LOG", "warn")
@@ -748,8 +751,12 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let import = |user: &str| {
+        let (stdout, stderr) = import_from(user, format!("maildir:{}", source.display()));
         assert!(
-            String::from_utf8_lossy(&out.stdout).starts_with("copied and verified 4 messages"),
+            stdout.starts_with("copied and verified 4 messages"),
             "{stderr}"
         );
         stderr
@@ -770,4 +777,21 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
     let bob = store.open("bob").await.unwrap();
     assert_eq!(bob.messages().len(), 4);
     assert!(uidls(&bob).iter().all(|u| !want.contains(u)));
+    drop(bob);
+
+    // A qpopper spool: the X-UIDL of each message.
+    let mbox = f.dir.path().join("carol.mbox");
+    std::fs::write(
+        &mbox,
+        "From a@b Mon Jan  1 00:00:00 2024\nX-UIDL: 8f3a0c1d2e\nSubject: q1\n\none\n\n\
+         From a@b Mon Jan  1 00:00:01 2024\nX-UIDL: 8f3a0c1d2f\nSubject: q2\n\ntwo\n",
+    )
+    .unwrap();
+    let (stdout, stderr) = import_from("carol", format!("mbox:{}", mbox.display()));
+    assert!(
+        stdout.starts_with("copied and verified 2 messages"),
+        "{stderr}"
+    );
+    let carol = store.open("carol").await.unwrap();
+    assert_eq!(uidls(&carol), ["8f3a0c1d2e", "8f3a0c1d2f"]);
 }

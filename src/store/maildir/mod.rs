@@ -62,7 +62,6 @@ pub use shown::{encode as encode_shown, parse_entries as parse_shown};
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
 pub use update::{encode as encode_update, parse as parse_update};
-#[doc(hidden)]
 pub use xuidl::parse as parse_x_uidl;
 
 use dirs::{Dirs, Location};
