@@ -249,6 +249,8 @@ pub const DEFAULT_FORMAT: &str = "%08Xu%08Xv";
 const MAX_MODIFIERS: usize = 10;
 /// The longest template accepted.
 const MAX_TEMPLATE: usize = 256;
+/// The largest width or offset accepted (a base name's longest length).
+const MAX_WIDTH: i64 = 255;
 
 impl Template {
     /// Parses `format`; the error says what is wrong, for check-config.
@@ -301,6 +303,11 @@ impl Template {
                     i += 1;
                 }
                 width = sign * number(&mut i);
+            }
+            if width.abs() > MAX_WIDTH || offset.abs() > MAX_WIDTH {
+                return Err(format!(
+                    "a width or offset over {MAX_WIDTH} (a UIDL has at most 70 characters)"
+                ));
             }
             let mut modifiers = Vec::new();
             while let Some(&m) = bytes.get(i) {
@@ -547,6 +554,9 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert!(Template::parse(&"%u".repeat(200)).is_err());
+        assert!(Template::parse("%080000Xu%08Xv").is_err());
+        assert!(Template::parse("%300.2u").is_err());
+        assert!(Template::parse("%255.255f").is_ok());
     }
 
     type Got<'a> = (u32, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
