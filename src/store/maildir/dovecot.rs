@@ -574,9 +574,11 @@ mod tests {
 8 :a/b\n\
 9 :\n\
 10 :.dotfile\n\
+10 :nul\0name\n\
 x :nouid\n\
 0 :zero\n\
 11 :1700000001.M1P1.host,S=10,W=11\n\
+13 P\xff\xfe :not.utf8\n\
 12 :half";
         let list = parse(file).unwrap();
         assert_eq!((list.version, list.uid_validity), (3, 1_700_000_000));
@@ -604,6 +606,7 @@ x :nouid\n\
                 ),
                 (5, &b"1700000005.M5.host"[..], None, None),
                 (11, &b"1700000001.M1P1.host,S=10,W=11"[..], None, None),
+                (13, &b"not.utf8"[..], Some(&b"\xff\xfe"[..]), None),
             ]
         );
     }
