@@ -200,7 +200,7 @@ pub fn uidls_of(
         super::StoreError::Permanent(format!("{} is not a Maildir", dir.display()))
     })?;
     let (mut entries, mut infos) = super::listed(&dirs)?;
-    resolve(&dirs, sources, &mut entries, &mut infos, false);
+    resolve(&dirs, sources, &mut entries, &mut infos, None);
     Ok(entries
         .iter()
         .zip(infos)
@@ -208,16 +208,17 @@ pub fn uidls_of(
         .collect())
 }
 
-/// Resolves the UIDLs of a fresh snapshot (see the module comment), and
-/// with `record`, records new decisions. `entries` and `infos` are
-/// parallel; messages that can get no unique UIDL are left out of both
-/// (they cannot be shown).
+/// Resolves the UIDLs of a fresh snapshot (see the module comment).
+/// `entries` and `infos` are parallel; messages that can get no unique
+/// UIDL are left out of both (they cannot be shown). With `record` (the
+/// bases of messages the snapshot left out but that are still there),
+/// new decisions are recorded, and lines for messages gone are dropped.
 pub(super) fn resolve(
     dirs: &Dirs,
     sources: &UidlSources,
     entries: &mut Vec<Entry>,
     infos: &mut Vec<MessageInfo>,
-    record: bool,
+    record: Option<&[Vec<u8>]>,
 ) {
     let (recorded, can_record) = match shown::load(dirs) {
         Ok(Some(s)) => (s, true),
@@ -291,8 +292,12 @@ pub(super) fn resolve(
             None => keep[i] = false,
         }
     }
-    if !new.is_empty() && can_record && record {
-        let present: HashSet<&[u8]> = entries.iter().map(Entry::base).collect();
+    if let (false, true, Some(left_out)) = (new.is_empty(), can_record, record) {
+        let present: HashSet<&[u8]> = entries
+            .iter()
+            .map(Entry::base)
+            .chain(left_out.iter().map(Vec::as_slice))
+            .collect();
         let mut lines: Vec<(&[u8], Option<&str>)> = recorded
             .iter()
             .filter(|(base, _)| present.contains(base))
@@ -406,6 +411,35 @@ mod tests {
         assert_eq!(uidls(&plain).await, first);
         // The other server's file is never written.
         assert!(!md.join("dovecot-uidlist").exists());
+    }
+
+    /// A message the snapshot left out as unreadable keeps its record
+    /// line when the record is rewritten meanwhile, so that it comes back
+    /// under the UIDL it was shown with.
+    #[tokio::test]
+    async fn a_message_left_out_as_unreadable_keeps_its_record() {
+        let (_dir, store, md) = setup(dovecot());
+        put(&md, "new", A, b"a\n\n1\n");
+        put(&md, ".", "dovecot-uidlist", b"3 V1 N1\n");
+        assert_eq!(uidls(&store).await, [A]);
+        // Dovecot lists both now; only B is in the snapshot, A was left
+        // out (as a session that cannot read it would).
+        put(&md, "new", B, b"b\n\n2\n");
+        let uidlist = format!("3 V1 N3\n1 :{A}\n2 :{B}\n");
+        put(&md, ".", "dovecot-uidlist", uidlist.as_bytes());
+        let dirs = Dirs::open(&dirs::Location::of_path(&md).unwrap(), false)
+            .unwrap()
+            .unwrap();
+        let mut entries = vec![Entry::new(super::super::Sub::New, B.into())];
+        let mut infos = vec![MessageInfo {
+            uid: B.into(),
+            size: 1,
+        }];
+        let left_out = [A.as_bytes().to_vec()];
+        resolve(&dirs, &dovecot(), &mut entries, &mut infos, Some(&left_out));
+        assert_eq!(infos[0].uid, "0000000200000001");
+        drop(dirs);
+        assert_eq!(uidls(&store).await, [A, "0000000200000001"]);
     }
 
     #[tokio::test]

@@ -356,7 +356,13 @@ impl MaildirMaildrop {
         let mut snap = snapshot(&dirs)?;
         // Before any UIDL is answered: foreign UIDLs, and the record of
         // those shown.
-        foreign::resolve(&dirs, sources, &mut snap.entries, &mut snap.infos, true);
+        foreign::resolve(
+            &dirs,
+            sources,
+            &mut snap.entries,
+            &mut snap.infos,
+            Some(&snap.unreadable_bases),
+        );
         Ok(MaildirMaildrop {
             _lock: lock,
             dirs: Arc::new(dirs),
@@ -761,6 +767,9 @@ struct Snapshot {
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
     unreadable: usize,
+    /// The base names of the messages left out as unreadable (they are
+    /// still there: what `mailbag.uidls` says of them is kept).
+    unreadable_bases: Vec<Vec<u8>>,
 }
 
 /// Lists the Maildir, orders it, makes UIDLs unique and sizes every
@@ -804,6 +813,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
     let mut entries = Vec::with_capacity(order.len());
     let mut infos = Vec::with_capacity(order.len());
     let mut unreadable = 0usize;
+    let mut unreadable_bases: Vec<Vec<u8>> = Vec::new();
     let mut uncached: Vec<usize> = Vec::new();
     // Names with `W=` are checked against the file's length; names
     // without are measured unless the cache knows them. A reused listing
@@ -875,6 +885,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
                 Ok(None) => continue,
                 Err(e) if is_unreadable(&e) => {
                     unreadable += 1;
+                    unreadable_bases.push(f.entry.base().to_vec());
                     warn_once(
                         &dirs.path,
                         "messages that cannot be read are left out of the maildrop",
@@ -906,6 +917,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
         entries,
         infos,
         unreadable,
+        unreadable_bases,
     })
 }
 
