@@ -276,15 +276,17 @@ pub(super) fn resolve(
             Some(f) if recordable => candidate(dirs, sources, f, &index, &entries[i]),
             _ => None,
         };
-        let own = infos[i].uid.clone();
-        let chosen = [wanted, Some(own), Some(alternative(base))]
-            .into_iter()
-            .flatten()
-            .find(|u| !taken.contains(u));
+        // The first free of: the foreign UIDL, the own form, a digest
+        // (computed only when needed: most messages take the first).
+        let chosen = match wanted {
+            Some(u) if !taken.contains(&u) => Some(u),
+            _ if !taken.contains(&infos[i].uid) => Some(infos[i].uid.clone()),
+            _ => Some(alternative(base)).filter(|u| !taken.contains(u)),
+        };
         match chosen {
             Some(u) => {
-                taken.insert(u.clone());
-                infos[i].uid = u;
+                infos[i].uid.clone_from(&u);
+                taken.insert(u);
                 if recordable && !sources.is_empty() {
                     new.push(i);
                 }
@@ -293,11 +295,16 @@ pub(super) fn resolve(
         }
     }
     if let (false, true, Some(left_out)) = (new.is_empty(), can_record, record) {
-        let present: HashSet<&[u8]> = entries
-            .iter()
-            .map(Entry::base)
-            .chain(left_out.iter().map(Vec::as_slice))
-            .collect();
+        // Lines of messages gone are dropped (none to look at on a first
+        // open).
+        let present: HashSet<&[u8]> = match recorded.is_empty() {
+            true => HashSet::new(),
+            false => entries
+                .iter()
+                .map(Entry::base)
+                .chain(left_out.iter().map(Vec::as_slice))
+                .collect(),
+        };
         let mut lines: Vec<(&[u8], Option<&str>)> = recorded
             .iter()
             .filter(|(base, _)| present.contains(base))

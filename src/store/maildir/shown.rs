@@ -94,6 +94,10 @@ impl Shown {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
     /// Every line, `(base, decision)`, in base order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Decided<'_>)> {
         self.lines
