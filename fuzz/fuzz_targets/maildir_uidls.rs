@@ -2,13 +2,14 @@
 //! the mailbox owner can write. Any bytes parse to entries whose every
 //! base is one plain file name without LF and whose every UIDL is 1-70
 //! octets of 0x21-0x7E; bases and UIDLs are each unique, in base order,
-//! no more entries than input lines; encoded again, it parses the same.
+//! no more entries than input lines; encoded again (with the time the
+//! record began), it parses the same.
 #![no_main]
 
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use mailbag::store::maildir::{encode_shown, parse_shown};
+use mailbag::store::maildir::{encode_shown, parse_shown, parse_shown_since};
 
 fuzz_target!(|bytes: &[u8]| {
     let entries = parse_shown(bytes);
@@ -27,6 +28,11 @@ fuzz_target!(|bytes: &[u8]| {
         entries.windows(2).all(|w| w[0].0 < w[1].0),
         "not in base order"
     );
-    let again = encode_shown(entries.iter().map(|(b, u)| (b.as_slice(), u.as_deref())));
-    assert_eq!(parse_shown(&again), entries);
+    let (since, same) = parse_shown_since(bytes);
+    assert_eq!(same, entries);
+    let again = encode_shown(
+        since,
+        entries.iter().map(|(b, u)| (b.as_slice(), u.as_deref())),
+    );
+    assert_eq!(parse_shown_since(&again), (since, entries));
 });

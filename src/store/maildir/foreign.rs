@@ -120,13 +120,22 @@ fn dovecot_index(list: &Option<(Vec<u8>, dovecot::Uidlist)>) -> HashMap<&[u8], u
     }
 }
 
-/// The UIDL another server would show for `entry`, if any.
+/// The current time in Unix seconds.
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The UIDL another server would show for `entry`, if any. `x_uidl`:
+/// whether its `X-UIDL:` header may count (see [`resolve`]).
 fn candidate(
     dirs: &Dirs,
     sources: &UidlSources,
     foreign: &Foreign,
     index: &HashMap<&[u8], usize>,
     entry: &Entry,
+    x_uidl: bool,
 ) -> Option<String> {
     let base = entry.base();
     let valid = |u: Vec<u8>| {
@@ -150,7 +159,7 @@ fn candidate(
             }
         }
     }
-    if sources.x_uidl {
+    if sources.x_uidl && x_uidl {
         if let Some(u) = x_uidl_of(dirs, entry) {
             return Some(u);
         }
@@ -220,10 +229,10 @@ pub(super) fn resolve(
     infos: &mut Vec<MessageInfo>,
     record: Option<&[Vec<u8>]>,
 ) {
-    let (recorded, can_record) = match shown::load(dirs) {
-        Ok(Some(s)) => (s, true),
+    let (recorded, can_record, first) = match shown::load(dirs) {
+        Ok(Some(s)) => (s, true, false),
         Ok(None) if sources.is_empty() => return,
-        Ok(None) => (shown::Shown::default(), true),
+        Ok(None) => (shown::Shown::begun(now()), true, true),
         Err(e) => {
             warn_once(
                 &dirs.path,
@@ -233,8 +242,19 @@ pub(super) fn resolve(
             if sources.is_empty() {
                 return;
             }
-            (shown::Shown::default(), false)
+            (shown::Shown::default(), false, false)
         }
+    };
+    // An X-UIDL header is its sender's: a sender who chose the UIDL of a
+    // message a client has seen (and deleted) would hide the new one from
+    // clients that keep mail on the server. So the header counts only for
+    // mail older than mailbag's serving of the maildrop: at the open that
+    // begins the record, or for a name's delivery time before it began.
+    let x_uidl_ok = |entry: &Entry| {
+        first
+            || name::parse(entry.base())
+                .timestamp
+                .is_some_and(|t| t < recorded.since)
     };
     let n = entries.len();
     let mut taken: HashSet<String> = HashSet::with_capacity(n);
@@ -273,7 +293,10 @@ pub(super) fn resolve(
         let base = entries[i].base();
         let recordable = shown::is_recordable(base);
         let wanted = match &foreign {
-            Some(f) if recordable => candidate(dirs, sources, f, &index, &entries[i]),
+            Some(f) if recordable => {
+                let x = x_uidl_ok(&entries[i]);
+                candidate(dirs, sources, f, &index, &entries[i], x)
+            }
             _ => None,
         };
         // The first free of: the foreign UIDL, the own form, a digest
@@ -318,7 +341,7 @@ pub(super) fn resolve(
             let uid = infos[i].uid.as_str();
             lines.push((entries[i].base(), (uid != own).then_some(uid)));
         }
-        if let Err(e) = shown::store(dirs, lines.into_iter()) {
+        if let Err(e) = shown::store(dirs, recorded.since, lines.into_iter()) {
             warn_once(
                 &dirs.path,
                 "the record of UIDLs shown cannot be written; new messages' UIDLs may change",
@@ -492,6 +515,37 @@ mod tests {
         let unique: HashSet<&String> = got.iter().collect();
         assert_eq!(unique.len(), got.len());
         assert_eq!(uidls(&store).await, got);
+    }
+
+    /// An X-UIDL header counts for mail that was there before mailbag
+    /// began serving the maildrop, not for mail delivered since: its
+    /// sender could pick a UIDL a client has seen before and hide it.
+    #[tokio::test]
+    async fn x_uidl_of_mail_delivered_after_the_switch_does_not_count() {
+        let sources = UidlSources {
+            x_uidl: true,
+            ..UidlSources::default()
+        };
+        let (_dir, store, md) = setup(sources);
+        put(&md, "new", A, b"X-UIDL: old-one\n\n1\n");
+        // Even with no delivery time in its name: it was there first.
+        put(&md, "new", "notime.host", b"X-UIDL: old-two\n\n2\n");
+        assert_eq!(uidls(&store).await, ["old-one", "old-two"]);
+        let later = format!("{}.M9P9.host", now() + 5);
+        put(&md, "new", &later, b"X-UIDL: seen-before\n\n3\n");
+        put(&md, "new", "late.notime", b"X-UIDL: seen-too\n\n4\n");
+        // An old name still counts.
+        put(&md, "new", B, b"X-UIDL: old-three\n\n5\n");
+        assert_eq!(
+            uidls(&store).await,
+            [
+                "old-one",
+                "old-three",
+                later.as_str(),
+                "late.notime",
+                "old-two"
+            ]
+        );
     }
 
     #[tokio::test]

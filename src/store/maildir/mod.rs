@@ -57,7 +57,9 @@ pub use foreign::{uidls_of, UidlSources};
 pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 #[doc(hidden)]
-pub use shown::{encode as encode_shown, parse_entries as parse_shown};
+pub use shown::{
+    encode as encode_shown, parse_entries as parse_shown, parse_with_since as parse_shown_since,
+};
 #[doc(hidden)]
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
@@ -1209,7 +1211,10 @@ fn record_uidls_at(
     let dirs = Dirs::open(at, false)?
         .ok_or_else(|| StoreError::Permanent("maildir does not exist".into()))?;
     let _lock = lock(&dirs)?;
-    let recorded = shown::load(&dirs)?.unwrap_or_default();
+    let recorded = shown::load(&dirs)?;
+    // A record made here begins now: what is in the Maildir predates it.
+    let since = recorded.as_ref().map_or_else(foreign::now, |r| r.since);
+    let recorded = recorded.unwrap_or_default();
     let mut present: HashMap<Vec<u8>, String> = HashMap::new();
     for sub in [Sub::Cur, Sub::New] {
         for file in dirs::list_files(dirs.sub(sub))? {
@@ -1263,7 +1268,7 @@ fn record_uidls_at(
                     .iter()
                     .map(|&(b, u)| (b, (name::uidl(b) != u).then_some(u))),
             );
-        shown::store(&dirs, lines)?;
+        shown::store(&dirs, since, lines)?;
     }
     Ok(out)
 }
