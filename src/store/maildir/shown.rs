@@ -212,15 +212,18 @@ fn parse_line(line: &[u8], offset: usize) -> Option<Line> {
     }
 }
 
-/// The entries of a file, `(base, uidl)` with `None` for mailbag's own
-/// form, in base order; for the fuzz target and tests.
-pub fn parse_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Option<String>)> {
+/// One entry of the file: a base and its UIDL, `None` for mailbag's own
+/// form.
+pub type ShownEntry = (Vec<u8>, Option<String>);
+
+/// The entries of a file in base order; for the fuzz target and tests.
+pub fn parse_entries(bytes: &[u8]) -> Vec<ShownEntry> {
     parse_with_since(bytes).1
 }
 
 /// When the record began (0: not said) and its entries, as
 /// [`parse_entries`]; for the fuzz target.
-pub fn parse_with_since(bytes: &[u8]) -> (u64, Vec<(Vec<u8>, Option<String>)>) {
+pub fn parse_with_since(bytes: &[u8]) -> (u64, Vec<ShownEntry>) {
     let shown = parse(bytes.to_vec());
     let entries = shown
         .iter()
