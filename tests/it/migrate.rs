@@ -828,7 +828,7 @@ async fn broken_foreign_files_are_logged_once_and_sessions_work() {
     std::fs::write(md.join("courierpop3dsizelist"), b"/3 2 5\n").unwrap();
     std::fs::set_permissions(
         md.join("courierpop3dsizelist"),
-        std::fs::Permissions::from_mode(0),
+        std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
     let mut child = cmd
