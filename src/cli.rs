@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load(&cli.config)?;
             match config.store.kind {
                 StoreKind::Maildir => {
-                    PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                    passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
                     })?;
                 }
@@ -381,7 +381,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
     let stdin = std::io::stdin().lock();
     let delivered = match config.store.kind {
         StoreKind::Maildir => {
-            let passdb = match PasswdFile::open(&config.auth.passwd_file) {
+            let passdb = match passwd_file_of(&config) {
                 Ok(passdb) => passdb,
                 // Keep the mail queued while the passwd-file is fixed.
                 Err(e) => return fail(Exit::TempFail, &e),
@@ -397,7 +397,9 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
                 Err(e) => return fail(Exit::Config, &e),
             };
             runtime.block_on(async {
-                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                let passdb = PgPassDb::new(Arc::clone(store.pool()))
+                    .await
+                    .with_case_insensitive_names(config.auth.case_insensitive_names);
                 mailbag::store::deliver::run(&config, &store, &passdb, user, from, stdin).await
             })
         }
@@ -451,10 +453,11 @@ fn serve(
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open_with(
+                let passdb = PasswdFile::open_with_names(
                     &config.auth.passwd_file,
                     mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
                     server_secret(&config, service.as_ref())?,
+                    config.auth.case_insensitive_names,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -473,7 +476,8 @@ fn serve(
                     .with_cache(mailbag::auth::cache::VerifiedCache::from_config(
                         &config.auth,
                     ))
-                    .with_secret(server_secret(&config, service.as_ref())?);
+                    .with_secret(server_secret(&config, service.as_ref())?)
+                    .with_case_insensitive_names(config.auth.case_insensitive_names);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
         }
@@ -800,6 +804,17 @@ fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The passwd-file as `config` matches names, without the cache or the
+/// server secret (for commands that check or deliver, not log in).
+fn passwd_file_of(config: &Config) -> Result<PasswdFile, passwd_file::PasswdError> {
+    PasswdFile::open_with_names(
+        &config.auth.passwd_file,
+        None,
+        mailbag::auth::secret::ServerSecret::random(),
+        config.auth.case_insensitive_names,
+    )
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -36,6 +36,7 @@ use super::metrics::{LoginResult, Metrics};
 use super::tls::Stream;
 use super::transcript::Transcript;
 use super::{Admission, Shared, HANDSHAKE_TIMEOUT};
+use crate::auth::name::Matching;
 use crate::auth::{AuthError, PassDb};
 use crate::store::{Maildrop, MessageBody, Store, StoreError};
 
@@ -394,9 +395,10 @@ pub async fn serve<S, P>(
                         let delay = match attempt.take() {
                             Some(a) => shared.failures.failed(a, Instant::now()),
                             None => {
+                                let key = Matching::from_config(&shared.live()).key(&name);
                                 shared
                                     .failures
-                                    .failed_unreserved(peer.ip(), &name, Instant::now())
+                                    .failed_unreserved(peer.ip(), &key, Instant::now())
                             }
                         };
                         let wait = tokio::time::sleep(delay);
@@ -412,7 +414,12 @@ pub async fn serve<S, P>(
                         }
                         // A SCRAM exchange is one attempt, counted before
                         // the keys are looked up; the proof settles it.
-                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                        // Every spelling of a user is one user (auth/name.rs).
+                        let names = Matching::from_config(&shared.live());
+                        match shared
+                            .failures
+                            .begin(peer.ip(), &names.key(&name), Instant::now())
+                        {
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
@@ -420,7 +427,7 @@ pub async fn serve<S, P>(
                                 break;
                             }
                         }
-                        let lookup = shared.passdb.scram_keys(&name);
+                        let lookup = names.scram_keys(&shared.passdb, &name);
                         let keys = match before_login(lookup, login_by, &admission).await {
                             Ok(keys) => keys,
                             Err(cut) => {
@@ -456,7 +463,12 @@ pub async fn serve<S, P>(
                         }
                         // Counted before it is checked: parallel guesses
                         // cannot all pass a check made before any fails.
-                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
+                        // Every spelling of a user is one user (auth/name.rs).
+                        let names = Matching::from_config(&shared.live());
+                        match shared
+                            .failures
+                            .begin(peer.ip(), &names.key(&name), Instant::now())
+                        {
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
@@ -465,7 +477,7 @@ pub async fn serve<S, P>(
                             }
                         }
                         let started = tokio::time::Instant::now();
-                        let check = shared.passdb.verify(&name, &credential);
+                        let check = names.verify(&shared.passdb, &name, &credential);
                         let checked = match before_login(check, login_by, &admission).await {
                             Ok(checked) => checked,
                             Err(cut) => {
@@ -510,6 +522,13 @@ pub async fn serve<S, P>(
                         if let Some(a) = attempt.take() {
                             shared.failures.succeeded(a, Instant::now());
                         }
+                        // A master user's authzid comes as the client wrote
+                        // it: the maildrop (and its lock) is the stored user's.
+                        let names = Matching::from_config(&shared.live());
+                        let name = match names.resolve(&shared.passdb, &name).await {
+                            Ok(Some(stored)) => stored,
+                            _ => name,
+                        };
                         let delayed = shared.login_delay.check(&name, Instant::now()).err();
                         if let Some(wait) = delayed {
                             metrics.login(LoginResult::Refused);
