@@ -401,7 +401,8 @@ async fn deliver_one<S: Store, P: PassDb>(
 ) -> DeliveryResult {
     // The core refuses paths with control characters, so these are safe
     // header values.
-    let copy = deliver::with_headers(Some(return_path), address, message);
+    let address = deliver::full_address(address, &shared.live().store.default_domain);
+    let copy = deliver::with_headers(Some(return_path), &address, message);
     let octets = copy.len();
     let quota = shared.live().quota.for_user(user);
     let result = deliver::deliver(&shared.store, quota, user, copy).await;

@@ -126,6 +126,17 @@ pub fn lf_line_endings(message: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// The address a `Delivered-To:` names: the recipient as the MTA gave
+/// it, or with the default domain when it has none (a bare `u1` next to
+/// Postfix's `u1@example.test` reads as another recipient).
+pub fn full_address(recipient: &str, default_domain: &str) -> String {
+    if recipient.contains('@') {
+        recipient.to_string()
+    } else {
+        format!("{recipient}@{default_domain}")
+    }
+}
+
 /// Whether a header value is safe to write: no control characters, which
 /// could end the header early or smuggle in another.
 pub fn header_safe(value: &str) -> bool {
@@ -264,14 +275,7 @@ pub async fn run<S: Store, P: PassDb>(
         Ok(None) => return Err(refused(Exit::NoUser, format!("no such user: {user}"))),
         Err(e) => return Err(refused(Exit::TempFail, e.to_string())),
     };
-    // The recipient as the MTA gave it, or with the default domain: a
-    // bare `u1` next to Postfix's `u1@example.test` reads as another
-    // recipient.
-    let recipient = if user.contains('@') {
-        user.to_string()
-    } else {
-        format!("{user}@{}", config.store.default_domain)
-    };
+    let recipient = full_address(user, &config.store.default_domain);
     let message = with_headers(sender.as_deref(), &recipient, &message);
     let quota = config.quota.for_user(&canonical);
     deliver(store, quota, &canonical, message)

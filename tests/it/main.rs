@@ -8,6 +8,7 @@ mod cli;
 mod deliver;
 mod guessing;
 mod hostile;
+mod interop;
 mod limits;
 mod lmtp;
 mod maildir_trust;
