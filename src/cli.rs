@@ -559,6 +559,7 @@ fn maildir_store(config: &Config) -> MaildirStore {
         config.store.path.clone(),
         config.store.default_domain.clone(),
     )
+    .with_uidl_sources(config.store.uidl_sources())
 }
 
 fn pg_store(config: &Config) -> Result<PgStore> {

@@ -329,6 +329,50 @@ pub struct StoreConfig {
     /// system's CA bundle.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Maildir: show the UIDLs Dovecot's POP3 server showed, read from
+    /// each Maildir's `dovecot-uidlist` (read only, never written), for
+    /// messages Dovecot listed; also used by `mailbag import --from
+    /// maildir:`. See docs/MIGRATING.md.
+    #[serde(default)]
+    pub uidl_dovecot: bool,
+    /// The `pop3_uidl_format` Dovecot was configured with (its default,
+    /// `%08Xu%08Xv`, unless `doveconf pop3_uidl_format` says otherwise):
+    /// `%u`, `%v`, `%f`, `%g` with Dovecot's width, offset and `X`, `U`,
+    /// `L`, `R`, `T`, `M` modifiers.
+    #[serde(default = "default_uidl_dovecot_format")]
+    pub uidl_dovecot_format: String,
+    /// Maildir: take a message's UIDL from its `X-UIDL:` header when it
+    /// is a valid one (qpopper, UW ipop3d, Dovecot's `pop3_reuse_xuidl`).
+    #[serde(default)]
+    pub uidl_x_header: bool,
+    /// Maildir: show the UIDLs Courier's POP3 server showed, read from
+    /// each Maildir's `courierpop3dsizelist` (read only).
+    #[serde(default)]
+    pub uidl_courier: bool,
+}
+
+fn default_uidl_dovecot_format() -> String {
+    mailbag_uidl_default_format().to_string()
+}
+
+fn mailbag_uidl_default_format() -> &'static str {
+    crate::store::maildir::DOVECOT_DEFAULT_UIDL_FORMAT
+}
+
+impl StoreConfig {
+    /// Where UIDLs another server showed come from, as configured (after
+    /// [`Config::validate`], which refuses a bad template).
+    pub fn uidl_sources(&self) -> crate::store::maildir::UidlSources {
+        crate::store::maildir::UidlSources {
+            dovecot: if self.uidl_dovecot {
+                crate::store::maildir::DovecotUidlFormat::parse(&self.uidl_dovecot_format).ok()
+            } else {
+                None
+            },
+            x_uidl: self.uidl_x_header,
+            courier: self.uidl_courier,
+        }
+    }
 }
 
 /// `[auth]`
@@ -670,6 +714,14 @@ impl Config {
                     "unknown placeholder {{{}; use {{root}}, {{user}}, {{domain}} or {{name}}",
                     rest.split('}').next().unwrap_or(rest)
                 ),
+            );
+        }
+        if let Err(why) =
+            crate::store::maildir::DovecotUidlFormat::parse(&self.store.uidl_dovecot_format)
+        {
+            return invalid(
+                "store.uidl_dovecot_format",
+                &format!("{why}; Dovecot's default is \"%08Xu%08Xv\""),
             );
         }
         if self.store.default_domain.is_empty()

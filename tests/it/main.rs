@@ -12,6 +12,7 @@ mod interop;
 mod limits;
 mod lmtp;
 mod maildir_trust;
+mod migrate;
 mod names;
 mod pg_auth;
 mod pop3;

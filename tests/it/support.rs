@@ -53,11 +53,16 @@ pub fn config_text(dir: &Path, extra: &str) -> String {
     } else {
         "[pop3]\nlisten = [\"127.0.0.1:0\"]"
     };
+    // The same for [store].
+    let store = if extra.contains("[store]") {
+        ""
+    } else {
+        "[store]\nroot = \"mail\""
+    };
     format!(
         r#"
 {pop3}
-[store]
-root = "mail"
+{store}
 [auth]
 passwd_file = "passwd"
 {delay}
@@ -136,7 +141,8 @@ impl TestServer {
             config.store.root.clone(),
             config.store.path.clone(),
             config.store.default_domain.clone(),
-        );
+        )
+        .with_uidl_sources(config.store.uidl_sources());
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
         let metrics_addr = server.metrics_addr();

@@ -18,15 +18,20 @@
 //! Filesystem work runs in `spawn_blocking`, except the open and read of
 //! a small message; bad input never causes a panic.
 
+mod courier;
 mod deliver;
 mod dirs;
+mod dovecot;
+mod foreign;
 mod listing;
 mod name;
 mod quarantine;
+mod shown;
 mod size;
 pub mod source;
 mod update;
 mod usage;
+mod xuidl;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -41,14 +46,24 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+#[doc(hidden)]
+pub use courier::parse as parse_courier_sizelist;
 pub use deliver::deliver;
+#[doc(hidden)]
+pub use dovecot::parse as parse_dovecot_uidlist;
+pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
+pub use foreign::UidlSources;
 #[doc(hidden)]
 pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 #[doc(hidden)]
+pub use shown::{encode as encode_shown, parse_entries as parse_shown};
+#[doc(hidden)]
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
 pub use update::{encode as encode_update, parse as parse_update};
+#[doc(hidden)]
+pub use xuidl::parse as parse_x_uidl;
 
 use dirs::{Dirs, Location};
 
@@ -95,6 +110,8 @@ pub struct MaildirStore {
     root: PathBuf,
     template: String,
     default_domain: String,
+    /// Where UIDLs another server showed come from (none by default).
+    uidl_sources: Arc<UidlSources>,
 }
 
 impl MaildirStore {
@@ -107,7 +124,34 @@ impl MaildirStore {
             root,
             template,
             default_domain,
+            uidl_sources: Arc::default(),
         }
+    }
+
+    /// The same store, taking UIDLs that another server showed from
+    /// `sources` (see `foreign.rs`).
+    pub fn with_uidl_sources(mut self, sources: UidlSources) -> Self {
+        self.uidl_sources = Arc::new(sources);
+        self
+    }
+
+    /// Records that the message with base name `base` in `user`'s Maildir
+    /// has UIDL `uidl`, for each pair, in `mailbag.uidls`: crash-safe,
+    /// under the maildrop lock (so [`StoreError::Locked`] while a session
+    /// holds it), before the next open shows them. A UIDL once recorded
+    /// never changes, so a base already recorded keeps its UIDL; a pair is
+    /// also refused when the base is not a message in new/ or cur/, the
+    /// UIDL is not one RFC 1939 allows, or another message has it (as its
+    /// recorded UIDL or its base-name form). Call it before mailbag first
+    /// serves the maildrop: a message already shown under mailbag's own
+    /// form without a record would change its UIDL.
+    pub async fn record_uidls(
+        &self,
+        user: &str,
+        pairs: Vec<(Vec<u8>, String)>,
+    ) -> Result<RecordedUidls, StoreError> {
+        let at = self.location(user)?;
+        blocking(move || record_uidls_at(&at, &pairs)).await
     }
 
     /// The Maildir of `user`. A name that could escape its directory or
@@ -227,7 +271,8 @@ impl Store for MaildirStore {
 
     async fn open(&self, user: &str) -> Result<MaildirMaildrop, StoreError> {
         let at = self.location(user)?;
-        blocking(move || MaildirMaildrop::open(&at)).await
+        let sources = Arc::clone(&self.uidl_sources);
+        blocking(move || MaildirMaildrop::open(&at, &sources)).await
     }
 
     async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
@@ -304,12 +349,15 @@ pub struct MaildirMaildrop {
 }
 
 impl MaildirMaildrop {
-    fn open(at: &Location) -> Result<Self, StoreError> {
+    fn open(at: &Location, sources: &Arc<UidlSources>) -> Result<Self, StoreError> {
         let dirs = Dirs::open(at, true)?
             .ok_or_else(|| StoreError::Permanent("maildir was not created".into()))?;
         let lock = lock(&dirs)?;
         finish_interrupted_update(&dirs);
-        let snap = snapshot(&dirs)?;
+        let mut snap = snapshot(&dirs)?;
+        // Before any UIDL is answered: foreign UIDLs, and the record of
+        // those shown.
+        foreign::resolve(&dirs, sources, &mut snap.entries, &mut snap.infos);
         Ok(MaildirMaildrop {
             _lock: lock,
             dirs: Arc::new(dirs),
@@ -1106,6 +1154,84 @@ fn mark_seen(dirs: &Dirs, entry: &Entry) -> io::Result<Option<()>> {
         Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What [`MaildirStore::record_uidls`] did with the pairs it was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordedUidls {
+    /// Pairs now recorded.
+    pub recorded: usize,
+    /// Bases that already had a recorded UIDL (kept as it was).
+    pub kept: usize,
+    /// Pairs refused: no such message, a UIDL RFC 1939 does not allow, or
+    /// one another message has.
+    pub refused: usize,
+}
+
+fn record_uidls_at(
+    at: &Location,
+    pairs: &[(Vec<u8>, String)],
+) -> Result<RecordedUidls, StoreError> {
+    let dirs = Dirs::open(at, false)?
+        .ok_or_else(|| StoreError::Permanent("maildir does not exist".into()))?;
+    let _lock = lock(&dirs)?;
+    let recorded = shown::load(&dirs)?.unwrap_or_default();
+    let mut present: HashMap<Vec<u8>, String> = HashMap::new();
+    for sub in [Sub::Cur, Sub::New] {
+        for file in dirs::list_files(dirs.sub(sub))? {
+            let base = name::parse(file.as_bytes()).base.to_vec();
+            let own = name::uidl(&base);
+            present.insert(base, own);
+        }
+    }
+    let mut taken: HashSet<String> = HashSet::new();
+    for (base, own) in &present {
+        match recorded.get(base) {
+            Some(shown::Decided::Uidl(u)) => taken.insert(u.to_owned()),
+            _ => taken.insert(own.clone()),
+        };
+    }
+    let mut out = RecordedUidls::default();
+    let mut added: Vec<(&[u8], &str)> = Vec::new();
+    let mut added_bases: HashSet<&[u8]> = HashSet::new();
+    for (base, uidl) in pairs {
+        if recorded.get(base).is_some() || added_bases.contains(base.as_slice()) {
+            out.kept += 1;
+            continue;
+        }
+        let Some(own) = present.get(base) else {
+            out.refused += 1;
+            continue;
+        };
+        let ok = shown::is_recordable(base)
+            && shown::is_uidl(uidl.as_bytes())
+            && (uidl == own || !taken.contains(uidl));
+        if !ok {
+            out.refused += 1;
+            continue;
+        }
+        taken.remove(own);
+        taken.insert(uidl.clone());
+        added.push((base, uidl));
+        added_bases.insert(base);
+        out.recorded += 1;
+    }
+    if !added.is_empty() {
+        let lines = recorded
+            .iter()
+            .filter(|(base, _)| present.contains_key(*base))
+            .map(|(base, d)| match d {
+                shown::Decided::Own => (base, None),
+                shown::Decided::Uidl(u) => (base, Some(u)),
+            })
+            .chain(
+                added
+                    .iter()
+                    .map(|&(b, u)| (b, (name::uidl(b) != u).then_some(u))),
+            );
+        shown::store(&dirs, lines)?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

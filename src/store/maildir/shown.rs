@@ -1,0 +1,315 @@
+//! `mailbag.uidls`: the UIDLs this server has shown, where they could
+//! otherwise change.
+//!
+//! A UIDL taken from another server's files (a `dovecot-uidlist`, a
+//! `courierpop3dsizelist`, an `X-UIDL:` header, or a list fetched from the
+//! old server) is only as stable as those files: Dovecot's IMAP side may
+//! keep running on the same Maildir and add a message mailbag has already
+//! shown under its own form. So once any such source is in play, every
+//! message's UIDL is decided once, at the first open that lists it, and
+//! that decision is written here (durably, before the UIDL is first
+//! answered); later opens take it from here and never decide again.
+//!
+//! Format: the line `mailbag-uidls 1`, then one line per message, sorted
+//! by base name and each ending in LF: `F <uidl> <base>` for a UIDL
+//! other than the base-name form, `O <base>` for a message shown under
+//! mailbag's own form. A UIDL is 1-70 octets of 0x21-0x7E (RFC 1939 §7),
+//! so the first space after it ends it; a base is one path component
+//! without LF (a message whose base has an LF is never recorded, and
+//! keeps mailbag's own form).
+//!
+//! The file is the mailbox owner's input like every file in the Maildir:
+//! bounded in octets and lines, malformed lines skipped, every base one
+//! path component, the first line for a base the one that counts, and
+//! a UIDL already given to another base not given twice.
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsFd;
+
+use super::dirs::{self, Dirs};
+use super::name;
+
+/// The file name inside the Maildir.
+pub(crate) const FILE: &str = "mailbag.uidls";
+const HEADER: &[u8] = b"mailbag-uidls 1\n";
+/// The largest file read (about a million lines of long names).
+const MAX_OCTETS: u64 = 128 << 20;
+/// The most lines trusted, as for the size cache: a file of made-up
+/// short lines within [`MAX_OCTETS`] would otherwise cost a login
+/// hundreds of megabytes of index.
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// Whether `uidl` is a UIDL RFC 1939 §7 allows: 1 to 70 characters in
+/// 0x21..=0x7E.
+pub(crate) fn is_uidl(uidl: &[u8]) -> bool {
+    (1..=70).contains(&uidl.len()) && uidl.iter().all(|&b| (0x21..=0x7E).contains(&b))
+}
+
+/// Whether `base` can be recorded: one path component without LF.
+pub(crate) fn is_recordable(base: &[u8]) -> bool {
+    name::is_component(base) && !base.contains(&b'\n')
+}
+
+/// One line: where its base is in the file's bytes, and where its UIDL
+/// is (`None`: mailbag's own form).
+#[derive(Debug, Clone)]
+struct Line {
+    base: Range<usize>,
+    uidl: Option<Range<usize>>,
+}
+
+/// The parsed file.
+#[derive(Debug, Default)]
+pub(crate) struct Shown {
+    bytes: Vec<u8>,
+    /// Sorted by base, one line per base.
+    lines: Vec<Line>,
+}
+
+/// What the file says of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decided<'a> {
+    /// Shown under mailbag's own form.
+    Own,
+    /// Shown under this UIDL.
+    Uidl(&'a str),
+}
+
+impl Shown {
+    /// What was decided for `base`, if anything.
+    pub(crate) fn get(&self, base: &[u8]) -> Option<Decided<'_>> {
+        let at = self
+            .lines
+            .binary_search_by(|l| self.bytes[l.base.clone()].cmp(base))
+            .ok()?;
+        Some(self.decided(&self.lines[at]))
+    }
+
+    fn decided(&self, line: &Line) -> Decided<'_> {
+        match &line.uidl {
+            None => Decided::Own,
+            // Checked as printable ASCII when parsed.
+            Some(r) => Decided::Uidl(std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("")),
+        }
+    }
+
+    /// Every line, `(base, decision)`, in base order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], Decided<'_>)> {
+        self.lines
+            .iter()
+            .map(|l| (&self.bytes[l.base.clone()], self.decided(l)))
+    }
+}
+
+/// Parses the file: malformed lines are skipped, as are lines for a base
+/// already seen and `F` lines whose UIDL an earlier line already has.
+/// A file that does not start with the header, or has more than
+/// [`MAX_ENTRIES`] lines, holds nothing.
+pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
+    let mut lines = Vec::new();
+    if !bytes.starts_with(HEADER) {
+        return Shown::default();
+    }
+    let mut start = HEADER.len();
+    while start < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        if let Some(line) = parse_line(&bytes[start..end], start) {
+            if lines.len() == MAX_ENTRIES {
+                return Shown::default();
+            }
+            lines.push(line);
+        }
+        start = end + 1;
+    }
+    let mut shown = Shown { bytes, lines };
+    let bytes = &shown.bytes;
+    // Written sorted; a stable sort keeps the first line of a base first.
+    if !shown
+        .lines
+        .is_sorted_by(|a, b| bytes[a.base.clone()] <= bytes[b.base.clone()])
+    {
+        shown
+            .lines
+            .sort_by(|a, b| bytes[a.base.clone()].cmp(&bytes[b.base.clone()]));
+    }
+    shown
+        .lines
+        .dedup_by(|later, earlier| bytes[later.base.clone()] == bytes[earlier.base.clone()]);
+    // A UIDL given to two bases: the first in file order keeps it.
+    let mut by_file_order: Vec<usize> = (0..shown.lines.len())
+        .filter(|&i| shown.lines[i].uidl.is_some())
+        .collect();
+    by_file_order.sort_unstable_by_key(|&i| shown.lines[i].base.start);
+    let mut seen = std::collections::HashSet::with_capacity(by_file_order.len());
+    let mut drop = vec![false; shown.lines.len()];
+    for i in by_file_order {
+        if let Some(r) = &shown.lines[i].uidl {
+            if !seen.insert(&bytes[r.clone()]) {
+                drop[i] = true;
+            }
+        }
+    }
+    if drop.contains(&true) {
+        let mut i = 0;
+        shown.lines.retain(|_| {
+            i += 1;
+            !drop[i - 1]
+        });
+    }
+    shown
+}
+
+/// One line at `offset` in the file, `None` when malformed.
+fn parse_line(line: &[u8], offset: usize) -> Option<Line> {
+    match line {
+        [b'O', b' ', base @ ..] => is_recordable(base).then(|| Line {
+            base: offset + 2..offset + line.len(),
+            uidl: None,
+        }),
+        [b'F', b' ', rest @ ..] => {
+            let sp = memchr::memchr(b' ', rest)?;
+            let (uidl, base) = (&rest[..sp], &rest[sp + 1..]);
+            (is_uidl(uidl) && is_recordable(base)).then(|| Line {
+                base: offset + 2 + sp + 1..offset + line.len(),
+                uidl: Some(offset + 2..offset + 2 + sp),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The entries of a file, `(base, uidl)` with `None` for mailbag's own
+/// form, in base order; for the fuzz target and tests.
+pub fn parse_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Option<String>)> {
+    let shown = parse(bytes.to_vec());
+    shown
+        .iter()
+        .map(|(base, d)| {
+            let uidl = match d {
+                Decided::Own => None,
+                Decided::Uidl(u) => Some(u.to_owned()),
+            };
+            (base.to_vec(), uidl)
+        })
+        .collect()
+}
+
+/// The file for these entries: sorted by base; entries whose base or
+/// UIDL cannot be recorded are left out, as are later entries for a base
+/// already there.
+pub fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>) -> Vec<u8> {
+    let mut entries: Vec<(&[u8], Option<&str>)> = entries
+        .filter(|(base, uidl)| is_recordable(base) && uidl.is_none_or(|u| is_uidl(u.as_bytes())))
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries.dedup_by(|later, earlier| later.0 == earlier.0);
+    let mut out = Vec::with_capacity(HEADER.len() + entries.len() * 48);
+    out.extend_from_slice(HEADER);
+    for (base, uidl) in entries {
+        match uidl {
+            None => out.extend_from_slice(b"O "),
+            Some(uidl) => {
+                out.extend_from_slice(b"F ");
+                out.extend_from_slice(uidl.as_bytes());
+                out.push(b' ');
+            }
+        }
+        out.extend_from_slice(base);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Reads the file: `Ok(None)` when there is none, an error when it is
+/// there but cannot be read (then nothing may be decided anew: what it
+/// says is unknown).
+pub(crate) fn load(dirs: &Dirs) -> io::Result<Option<Shown>> {
+    Ok(dirs::read_small(dirs.maildir.as_fd(), FILE, MAX_OCTETS)?.map(parse))
+}
+
+/// Replaces the file crash-safely: a temporary file in the Maildir,
+/// fsynced, renamed over the old one, the Maildir fsynced. The caller
+/// holds the maildrop lock, so the temporary name is ours.
+pub(crate) fn store<'a>(
+    dirs: &Dirs,
+    entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>,
+) -> io::Result<()> {
+    let out = encode(entries);
+    if out.len() as u64 > MAX_OCTETS {
+        return Err(io::Error::other("too many UIDLs to record"));
+    }
+    dirs::replace(dirs.maildir.as_fd(), FILE, &out, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_in_base_order() {
+        let entries: Vec<(&[u8], Option<&str>)> = vec![
+            (b"2.b", None),
+            (b"1.a", Some("0000000100000005")),
+            (b"odd name\xff", Some("UID3-77")),
+        ];
+        let bytes = encode(entries.iter().copied());
+        assert_eq!(
+            parse_entries(&bytes),
+            vec![
+                (b"1.a".to_vec(), Some("0000000100000005".to_string())),
+                (b"2.b".to_vec(), None),
+                (b"odd name\xff".to_vec(), Some("UID3-77".to_string())),
+            ]
+        );
+        let shown = parse(bytes);
+        assert_eq!(shown.get(b"2.b"), Some(Decided::Own));
+        assert_eq!(shown.get(b"1.a"), Some(Decided::Uidl("0000000100000005")));
+        assert_eq!(shown.get(b"3.c"), None);
+    }
+
+    #[test]
+    fn hostile_lines_are_skipped() {
+        let long_uidl = "u".repeat(71);
+        let long_base = "b".repeat(256);
+        let text = [format!(
+            "mailbag-uidls 1\nF {long_uidl} a\nO {long_base}\nF x ../../etc/passwd\nF x a/b\nO ..\nO .\nF x\nF  a\nF x y\0z\nX y\nO ok\nF d\x7f e\n"
+        )
+        .into_bytes(), b"F \xff e\nF dup 1\nF dup 2\nO 1\nF uniq 3\n\xff\xfe".to_vec()]
+        .concat();
+        assert_eq!(
+            parse_entries(&text),
+            vec![
+                (b"1".to_vec(), Some("dup".into())),
+                (b"3".to_vec(), Some("uniq".into())),
+                (b"ok".to_vec(), None),
+            ]
+        );
+        // No header, another header: nothing.
+        assert!(parse_entries(b"O ok\n").is_empty());
+        assert!(parse_entries(b"mailbag-uidls 2\nO ok\n").is_empty());
+        // Unsorted input is sorted; the first line of a base counts.
+        assert_eq!(
+            parse_entries(b"mailbag-uidls 1\nO c\nF u1 a\nO a\nF u2 b"),
+            vec![
+                (b"a".to_vec(), Some("u1".into())),
+                (b"b".to_vec(), Some("u2".into())),
+                (b"c".to_vec(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn unrecordable_entries_are_not_written() {
+        let entries: Vec<(&[u8], Option<&str>)> = vec![
+            (b"nl\nname", None),
+            (b"a/b", None),
+            (b"ok", Some("has space")),
+            (b"ok2", Some("fine")),
+        ];
+        assert_eq!(
+            parse_entries(&encode(entries.into_iter())),
+            vec![(b"ok2".to_vec(), Some("fine".into()))]
+        );
+    }
+}
