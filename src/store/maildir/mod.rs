@@ -22,6 +22,7 @@ mod courier;
 mod deliver;
 mod dirs;
 mod dovecot;
+mod fingerprint;
 mod foreign;
 mod listing;
 mod name;
@@ -51,6 +52,7 @@ pub use courier::parse as parse_courier_sizelist;
 pub use deliver::deliver;
 #[doc(hidden)]
 pub use dovecot::parse as parse_dovecot_uidlist;
+pub use fingerprint::{ContentKey, Fingerprint, Fingerprints};
 pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
 pub use foreign::UidlSources;
 #[doc(hidden)]
