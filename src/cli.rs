@@ -120,7 +120,12 @@ enum Command {
         #[arg(long, requires = "master_user")]
         master_authzid: bool,
         /// Each user's own password instead: `user:password` lines.
-        #[arg(long, value_name = "FILE", conflicts_with = "master_user", required_unless_present = "master_user")]
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "master_user",
+            required_unless_present = "master_user"
+        )]
         passwords_file: Option<PathBuf>,
         /// The users to migrate (repeatable); default: every user of the
         /// passwd-file.

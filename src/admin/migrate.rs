@@ -267,7 +267,12 @@ async fn migrate_into(
         if octets != size {
             // The server's LIST and RETR disagree: its UIDL for this
             // message is taken only if the content matches, as always.
-            tracing::debug!(number, size, octets, "old server's LIST size differs from RETR");
+            tracing::debug!(
+                number,
+                size,
+                octets,
+                "old server's LIST size differs from RETR"
+            );
         }
         if let Some(base) = by_key.get_mut(&key).and_then(VecDeque::pop_front) {
             pairs.push((base, uidl));
@@ -295,7 +300,11 @@ pub fn read_passwords(path: &Path) -> Result<HashMap<String, Secret<String>>, St
             return Err(format!("{}:{}: not user:password", path.display(), i + 1));
         };
         if password.chars().any(|c| c == '\0') || password.is_empty() {
-            return Err(format!("{}:{}: empty password or NUL", path.display(), i + 1));
+            return Err(format!(
+                "{}:{}: empty password or NUL",
+                path.display(),
+                i + 1
+            ));
         }
         out.insert(user.to_string(), Secret::new(password.to_string()));
     }
@@ -558,7 +567,8 @@ impl Client {
                     .await?;
             }
             Login::MasterAuthzid { master, password } => {
-                let payload = BASE64_STANDARD.encode(format!("{user}\0{master}\0{}", password.expose()));
+                let payload =
+                    BASE64_STANDARD.encode(format!("{user}\0{master}\0{}", password.expose()));
                 self.status("AUTH PLAIN", Some(&format!("AUTH PLAIN {payload}")))
                     .await?;
             }
@@ -645,7 +655,11 @@ impl Client {
 }
 
 /// A TLS client over `io` for `source`, under the deadline.
-async fn tls(source: &Source, io: Box<dyn Io>, timeout: Duration) -> Result<Box<dyn Io>, MigrateError> {
+async fn tls(
+    source: &Source,
+    io: Box<dyn Io>,
+    timeout: Duration,
+) -> Result<Box<dyn Io>, MigrateError> {
     let host = match &source.tls_name {
         Some(name) => name.clone(),
         None => host_of(&source.server).to_string(),
@@ -774,7 +788,9 @@ mod tests {
             refused: 0,
         });
         assert!(r.to_string().contains("here keep their UIDL"));
-        assert!(r.to_string().ends_with("recorded 17, already recorded 1, refused 0"));
+        assert!(r
+            .to_string()
+            .ends_with("recorded 17, already recorded 1, refused 0"));
         r.error = Some("old server refused PASS: \"-ERR\"".into());
         assert!(r.to_string().starts_with("alice: not migrated: "));
     }

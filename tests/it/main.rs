@@ -13,6 +13,7 @@ mod limits;
 mod lmtp;
 mod maildir_trust;
 mod migrate;
+mod migrate_pop3;
 mod names;
 mod pg_auth;
 mod pop3;

@@ -52,8 +52,8 @@ pub use courier::parse as parse_courier_sizelist;
 pub use deliver::deliver;
 #[doc(hidden)]
 pub use dovecot::parse as parse_dovecot_uidlist;
-pub use fingerprint::{ContentKey, Fingerprint, Fingerprints};
 pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
+pub use fingerprint::{ContentKey, Fingerprint, Fingerprints};
 pub use foreign::UidlSources;
 #[doc(hidden)]
 pub use listing::{parse as parse_listing, Listing};
