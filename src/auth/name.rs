@@ -173,26 +173,29 @@ impl Matching {
         }
     }
 
-    /// The stored user `name` means, or `None` for an unknown user. Every
-    /// candidate spelling is one lookup without a password check (a hash
-    /// lookup for the passwd-file, one query for PostgreSQL), whether the
-    /// user exists or not.
+    /// The stored user `name` means (the first candidate spelling that
+    /// names one), or `None` for an unknown user. Every candidate is
+    /// looked up, found or not, without a password check (a hash lookup
+    /// for the passwd-file, one query for PostgreSQL): how many lookups a
+    /// name costs depends on its form, never on which users exist.
     pub async fn resolve<P: crate::auth::PassDb>(
         &self,
         passdb: &P,
         name: &str,
     ) -> Result<Option<String>, crate::auth::AuthError> {
+        let mut found = None;
         for candidate in self.candidates(name) {
             // A name the store could not hold is no user: refused at RCPT,
             // not after DATA.
             if !is_valid(&candidate) {
                 continue;
             }
-            if let Some(user) = passdb.user_exists(&candidate).await? {
-                return Ok(Some(user));
+            let user = passdb.user_exists(&candidate).await?;
+            if found.is_none() {
+                found = user;
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// Checks `credential` for the user `name` means. An unknown name is
@@ -253,6 +256,75 @@ mod tests {
         );
         assert_eq!(c("bob@example.org"), ["bob@example.org"]);
         assert_eq!(c("@localhost"), ["@localhost"]);
+    }
+
+    /// A passdb of fixed names, folded, that counts its lookups.
+    struct Names(Vec<&'static str>, std::sync::atomic::AtomicUsize);
+
+    impl crate::auth::PassDb for Names {
+        async fn verify(
+            &self,
+            _: &str,
+            _: &crate::auth::Credential,
+        ) -> Result<String, crate::auth::AuthError> {
+            Err(crate::auth::AuthError::Invalid)
+        }
+        async fn user_exists(&self, user: &str) -> Result<Option<String>, crate::auth::AuthError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let user = fold(user, true);
+            Ok(self
+                .0
+                .iter()
+                .find(|n| fold(n, true) == user)
+                .map(|n| n.to_string()))
+        }
+        async fn scram_keys(
+            &self,
+            _: &str,
+        ) -> Result<(String, crate::auth::ScramKeys), crate::auth::AuthError> {
+            Err(crate::auth::AuthError::Invalid)
+        }
+        fn cram_md5_possible(&self) -> bool {
+            false
+        }
+        fn apop_possible(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_finds_the_stored_user_at_the_cost_of_the_names_form() {
+        let db = Names(
+            vec!["p1", "Ann@Other.org", "bob@example.test"],
+            Default::default(),
+        );
+        let m = matching(true);
+        let lookups = || db.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        for (asked, found) in [
+            ("P1", Some("p1")),
+            ("p1@EXAMPLE.test", Some("p1")),
+            ("bob", Some("bob@example.test")),
+            ("ann@other.ORG", Some("Ann@Other.org")),
+            ("zed", None),
+            ("zed@example.test", None),
+        ] {
+            assert_eq!(
+                m.resolve(&db, asked).await.unwrap().as_deref(),
+                found,
+                "{asked}"
+            );
+        }
+        // Known or not, a bare name costs two lookups, a name with the
+        // default domain in another case three.
+        lookups();
+        m.resolve(&db, "p1").await.unwrap();
+        let known = lookups();
+        m.resolve(&db, "zed").await.unwrap();
+        assert_eq!((known, lookups()), (2, 2));
+        m.resolve(&db, "P1@Example.test").await.unwrap();
+        let known = lookups();
+        m.resolve(&db, "Zed@Example.test").await.unwrap();
+        assert_eq!((known, lookups()), (3, 3));
     }
 
     #[test]
