@@ -387,6 +387,21 @@ async fn postgres_users_match_in_any_case_and_keep_exact_sizes() {
         matches!(added, Err(mailbag::auth::postgres::UserError::Exists(_))),
         "{added:?}"
     );
+    // One salt for every spelling, as with the passwd-file.
+    let step = |user: &'static str| crate::sasl::scram_first_step_at(node.addr, user);
+    assert_eq!(step("alice").await, step("ALICE@localhost").await);
+    // A row written by hand around `user add`: which user `alice` means
+    // cannot be told, so the login is refused as a temporary failure
+    // (and the log says why), never given to either.
+    let db = crate::support::pg::connect(fixture.url.as_deref().unwrap()).await;
+    db.execute(
+        "INSERT INTO users (name, secret) VALUES ('ALICE', '{PLAIN}other')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_, reply) = node.try_login(("alice", "wonderland")).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
     node.stop().await;
 }
 
