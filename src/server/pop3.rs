@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::{SizeCounter, Stuffer};
-use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
+use mailbag_proto::pop3::{Action, Conn, Event, Farewell, Outcome, Settings, StoreFailure, Verb};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -53,41 +53,9 @@ pub const OUTPUT_LIMIT_OCTETS: usize = BODY_CHUNK_OCTETS;
 /// a thousand stalled connections waiting to log in hold little.
 pub const PRE_LOGIN_OUTPUT_OCTETS: usize = 16 * 1024;
 
-/// The lines the driver writes itself (the core writes every other):
-/// the one place for their wire text.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Farewell<'a> {
-    /// Not admitted; the text says why.
-    Refused(&'a str),
-    /// The server is stopping.
-    ShuttingDown,
-    /// RFC 1939 §3 autologout, after login.
-    Autologout,
-    /// The authorization deadline passed before login.
-    LoginTimeout,
-    /// The pre-login table was full and this was the oldest connection of
-    /// the address holding the most.
-    Evicted,
-}
-
-impl Farewell<'_> {
-    pub(crate) fn line(self) -> Vec<u8> {
-        let text = match self {
-            Farewell::Refused(why) => return format!("-ERR [SYS/TEMP] {why}\r\n").into_bytes(),
-            Farewell::ShuttingDown => "-ERR [SYS/TEMP] Server shutting down; nothing was deleted",
-            Farewell::Autologout => "-ERR Autologout: idle for too long; nothing was deleted",
-            Farewell::LoginTimeout => "-ERR [SYS/TEMP] Too long without logging in; closing",
-            Farewell::Evicted => {
-                "-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest"
-            }
-        };
-        format!("{text}\r\n").into_bytes()
-    }
-}
-
 /// Writes a last line if the connection takes it at once; never waits on
 /// a client that does not read.
-pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell<'_>) {
+pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell) {
     let _ = tokio::time::timeout(Duration::ZERO, async {
         stream.write_all(&line.line()).await?;
         stream.flush().await
@@ -256,10 +224,6 @@ impl AsyncWrite for Timed {
     }
 }
 
-/// The answer to a login attempt from an address that is refused.
-const BLOCKED: Farewell<'static> =
-    Farewell::Refused("Too many failed logins from your address; try again later");
-
 /// Serves one admitted POP3 connection, accepted at `accepted`, to its
 /// end. Whatever way it ends, an open maildrop is dropped uncommitted
 /// unless the core reached UPDATE.
@@ -416,7 +380,7 @@ pub async fn serve<S, P>(
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(&BLOCKED.line()).await;
+                                let _ = stream.write_all(&Farewell::LoginsBlocked.line()).await;
                                 break;
                             }
                         }
@@ -460,7 +424,7 @@ pub async fn serve<S, P>(
                             Ok(a) => shared.failures.abandoned(attempt.replace(a)),
                             Err(_) => {
                                 metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(&BLOCKED.line()).await;
+                                let _ = stream.write_all(&Farewell::LoginsBlocked.line()).await;
                                 break;
                             }
                         }

@@ -7,4 +7,4 @@ pub mod response;
 
 pub use command::{Command, MessageNumber, ParseError, Verb};
 pub use conn::{Action, Conn, Credential, Event, MessageInfo, Outcome, Settings, StoreFailure};
-pub use response::Code;
+pub use response::{Code, Farewell};
