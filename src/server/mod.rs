@@ -12,6 +12,7 @@ pub mod pop3;
 pub mod proxy;
 pub mod tls;
 pub mod transcript;
+mod wire;
 pub mod workers;
 
 use std::net::{IpAddr, SocketAddr};
