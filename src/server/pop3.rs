@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::{SizeCounter, Stuffer};
 use mailbag_proto::pop3::{
-    Action, Conn, Credential, Event, Farewell, Outcome, Settings, StoreFailure, Verb,
+    Action, Conn, Credential, Event, Farewell, Index, Outcome, Settings, StoreFailure, Verb,
 };
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
@@ -599,13 +599,14 @@ impl<'a, S: Store, P: PassDb> Session<'a, S, P> {
     /// store through the dot-stuffer.
     async fn retrieve(
         &mut self,
-        index: usize,
+        index: Index,
         top_lines: Option<u64>,
         status: &[u8],
     ) -> Step<Outcome> {
         let Some(m) = self.maildrop.as_mut() else {
             return Err(Ended);
         };
+        let index = index.get();
         let size = m.messages().get(index).map_or(0, |m| m.size);
         let reader = match m.read(index).await {
             Ok(reader) => reader,
@@ -636,7 +637,7 @@ impl<'a, S: Store, P: PassDb> Session<'a, S, P> {
     }
 
     /// SUMMARY: one line per message asked for.
-    async fn summarize(&mut self, indexes: &[usize]) -> Step<Outcome> {
+    async fn summarize(&mut self, indexes: &[Index]) -> Step<Outcome> {
         if self.maildrop.is_none() {
             return Err(Ended);
         }
@@ -651,10 +652,12 @@ impl<'a, S: Store, P: PassDb> Session<'a, S, P> {
     }
 
     /// RFC 1939 §6 UPDATE: the maildrop is committed and released.
-    async fn commit(&mut self, deleted: &[usize], retrieved: &[usize]) -> Outcome {
+    async fn commit(&mut self, deleted: &[Index], retrieved: &[Index]) -> Outcome {
+        let positions =
+            |indexes: &[Index]| -> Vec<usize> { indexes.iter().map(|i| i.get()).collect() };
         match self.maildrop.take() {
             None => Outcome::Committed,
-            Some(m) => match m.commit(deleted, retrieved).await {
+            Some(m) => match m.commit(&positions(deleted), &positions(retrieved)).await {
                 Ok(()) => Outcome::Committed,
                 Err(e) => Outcome::CommitFailed(store_failure("commit", &e)),
             },
