@@ -59,7 +59,7 @@ pub const PRE_LOGIN_OUTPUT_OCTETS: usize = 16 * 1024;
 
 /// Writes a last line if the connection takes it at once; never waits on
 /// a client that does not read.
-pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell) {
+async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell) {
     wire::write_now(stream, &line.line()).await;
 }
 
@@ -241,12 +241,71 @@ pub async fn serve<S, P>(
 {
     shared.metrics.connection_opened();
     let config = shared.live();
-    let mut session = Session::new(
-        stream, peer, id, shared, &config, shutdown, admission, accepted,
+    let transcript = Transcript::start(&config.transcript, peer, id);
+    let settings = settings(
+        shared,
+        &config,
+        peer,
+        id,
+        stream.is_tls(),
+        transcript.is_some(),
     );
+    let login_by = accepted + settings.authorization_timeout;
+    let mut session = Session {
+        shared,
+        metrics: &shared.metrics,
+        config: &config,
+        shutdown,
+        peer,
+        stream: Timed::new(stream, login_by, &admission),
+        admission,
+        autologout: settings.transaction_timeout,
+        conn: Conn::new(settings),
+        out: Vec::new(),
+        transcript,
+        login_by,
+        maildrop: None,
+        user: None,
+        attempt: None,
+        command: None,
+    };
     debug!("connected");
     let closing = session.run().await;
     session.finish(closing).await;
+}
+
+/// The core's policy and limits for a connection from `peer`.
+fn settings<S: Store, P: PassDb>(
+    shared: &Shared<S, P>,
+    config: &Config,
+    peer: SocketAddr,
+    id: u64,
+    tls_active: bool,
+    transcript: bool,
+) -> Settings {
+    Settings {
+        apop_timestamp: shared
+            .passdb
+            .apop_possible()
+            .then(|| shared.apop_timestamp(id)),
+        // RFC 2195 asks for the same unique form as APOP's timestamp.
+        cram_md5_challenge: shared
+            .passdb
+            .cram_md5_possible()
+            .then(|| shared.apop_timestamp(id)),
+        plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(config, peer.ip()),
+        tls_available: shared.tls.is_some(),
+        master_users: config.auth.master_users.clone(),
+        tls_active,
+        max_auth_failures: config.auth.max_failures,
+        max_bad_commands: config.limits.max_bad_commands,
+        expire: config.pop3.expire.clone(),
+        login_delay_secs: config.pop3.login_delay_secs,
+        authorization_timeout: Duration::from_secs(config.limits.authorization_timeout_secs),
+        transaction_timeout: Duration::from_secs(config.limits.autologout_secs),
+        transcript,
+        ..Settings::default()
+    }
 }
 
 /// The session is over: the loop stops and [`Session::finish`] releases
@@ -285,65 +344,7 @@ struct Session<'a, S: Store, P: PassDb> {
     command: Option<(Verb, Instant)>,
 }
 
-impl<'a, S: Store, P: PassDb> Session<'a, S, P> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        stream: Stream,
-        peer: SocketAddr,
-        id: u64,
-        shared: &'a Shared<S, P>,
-        config: &'a Config,
-        shutdown: &'a CancellationToken,
-        admission: Admission,
-        accepted: tokio::time::Instant,
-    ) -> Self {
-        let tls_active = stream.is_tls();
-        let transcript = Transcript::start(&config.transcript, peer, id);
-        let settings = Settings {
-            apop_timestamp: shared
-                .passdb
-                .apop_possible()
-                .then(|| shared.apop_timestamp(id)),
-            // RFC 2195 asks for the same unique form as APOP's timestamp.
-            cram_md5_challenge: shared
-                .passdb
-                .cram_md5_possible()
-                .then(|| shared.apop_timestamp(id)),
-            plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(config, peer.ip()),
-            tls_available: shared.tls.is_some(),
-            master_users: config.auth.master_users.clone(),
-            tls_active,
-            max_auth_failures: config.auth.max_failures,
-            max_bad_commands: config.limits.max_bad_commands,
-            expire: config.pop3.expire.clone(),
-            login_delay_secs: config.pop3.login_delay_secs,
-            authorization_timeout: Duration::from_secs(config.limits.authorization_timeout_secs),
-            transaction_timeout: Duration::from_secs(config.limits.autologout_secs),
-            transcript: transcript.is_some(),
-            ..Settings::default()
-        };
-        let login_by = accepted + settings.authorization_timeout;
-        let autologout = settings.transaction_timeout;
-        Session {
-            shared,
-            metrics: &shared.metrics,
-            config,
-            shutdown,
-            peer,
-            stream: Timed::new(stream, login_by, &admission),
-            admission,
-            conn: Conn::new(settings),
-            out: Vec::new(),
-            transcript,
-            login_by,
-            autologout,
-            maildrop: None,
-            user: None,
-            attempt: None,
-            command: None,
-        }
-    }
-
+impl<S: Store, P: PassDb> Session<'_, S, P> {
     /// Drives the core until the session ends. True when it ended with
     /// the server's last word (QUIT, or a limit of the core): the
     /// connection is then shut down once its resources are released.
