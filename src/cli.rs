@@ -398,11 +398,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mailbox { action } => {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "mailbox")?;
-            Ok(mailbag::admin::mailbox::run(
-                &config,
-                action,
-                &mut std::io::stdout().lock(),
-            )?)
+            let out = &mut std::io::stdout().lock();
+            match config.store.kind {
+                StoreKind::Maildir => Ok(mailbag::admin::mailbox::run(&config, action, out)?),
+                StoreKind::Postgres => {
+                    let store = pg_store(&config)?;
+                    let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
+                    Ok(runtime()?.block_on(done)?)
+                }
+            }
         }
         Command::Migrate => {
             let config = load(&cli.config)?;
