@@ -84,6 +84,68 @@ enum Command {
         #[arg(long, value_parser = parse_mailbox)]
         to: Option<Mailbox>,
     },
+    /// Keep the UIDLs another POP3 server showed (Maildir store): log in
+    /// to it as each user, match its messages by content to the user's
+    /// messages here, and record the matched UIDLs so that mail programs
+    /// that leave mail on the server download nothing again. Nothing is
+    /// deleted on the old server. See docs/MIGRATING.md.
+    MigrateUidls {
+        /// The old server, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        server: String,
+        /// none, stls (RFC 2595, on the plain port) or implicit (RFC 8314,
+        /// port 995).
+        #[arg(long, default_value = "stls", value_parser = parse_security)]
+        tls: mailbag::admin::migrate::Security,
+        /// The name the old server's certificate must carry (default: the
+        /// host of --server).
+        #[arg(long, value_name = "NAME")]
+        tls_name: Option<String>,
+        /// CA certificates (PEM) to trust for the old server (default: the
+        /// system's bundle).
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// Log in as each user through this master user.
+        #[arg(long, value_name = "NAME", requires = "master_password_file")]
+        master_user: Option<String>,
+        /// The master user's password, on the file's first line.
+        #[arg(long, value_name = "FILE", requires = "master_user")]
+        master_password_file: Option<PathBuf>,
+        /// How the old server takes a master login: `USER <user><SEP><master>`
+        /// (Dovecot's auth_master_user_separator).
+        #[arg(long, value_name = "SEP", default_value = "*")]
+        master_separator: String,
+        /// Name the user as the SASL authorization identity (AUTH PLAIN)
+        /// instead of with --master-separator (mailbag's auth.master_users).
+        #[arg(long, requires = "master_user")]
+        master_authzid: bool,
+        /// Each user's own password instead: `user:password` lines.
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "master_user",
+            required_unless_present = "master_user"
+        )]
+        passwords_file: Option<PathBuf>,
+        /// The users to migrate (repeatable); default: every user of the
+        /// passwd-file.
+        #[arg(long = "user", value_name = "USER")]
+        users: Vec<String>,
+        /// Record nothing; report per user how many messages would keep
+        /// their UIDL.
+        #[arg(long)]
+        dry_run: bool,
+        /// Messages per maildrop, on either side; a larger one is refused.
+        #[arg(long, default_value_t = 100_000)]
+        max_messages: usize,
+        /// Octets of one message; a larger one is not matched.
+        #[arg(long, default_value_t = 64 * 1024 * 1024)]
+        max_message_octets: u64,
+        /// Seconds each command to the old server may take, whole reply
+        /// included.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
     /// Manage the users of the passwd-file named in --config (or of the
     /// database, with store.kind = "postgres").
     User {
@@ -150,6 +212,16 @@ enum UserCommand {
 enum Mailbox {
     Maildir(PathBuf),
     Mbox(PathBuf),
+}
+
+fn parse_security(s: &str) -> Result<mailbag::admin::migrate::Security, String> {
+    use mailbag::admin::migrate::Security;
+    match s {
+        "none" => Ok(Security::Plain),
+        "stls" => Ok(Security::Stls),
+        "implicit" => Ok(Security::Implicit),
+        _ => Err("none, stls or implicit".into()),
+    }
 }
 
 fn parse_mailbox(s: &str) -> Result<Mailbox, String> {
@@ -304,7 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load(&cli.config)?;
             match config.store.kind {
                 StoreKind::Maildir => {
-                    PasswdFile::open(&config.auth.passwd_file).with_context(|| {
+                    passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
                     })?;
                 }
@@ -326,11 +398,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mailbox { action } => {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "mailbox")?;
-            Ok(mailbag::admin::mailbox::run(
-                &config,
-                action,
-                &mut std::io::stdout().lock(),
-            )?)
+            let out = &mut std::io::stdout().lock();
+            match config.store.kind {
+                StoreKind::Maildir => Ok(mailbag::admin::mailbox::run(&config, action, out)?),
+                StoreKind::Postgres => {
+                    let store = pg_store(&config)?;
+                    let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
+                    Ok(runtime()?.block_on(done)?)
+                }
+            }
         }
         Command::Migrate => {
             let config = load(&cli.config)?;
@@ -341,6 +417,84 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "import")?;
             import(&config, &user, from, to)
+        }
+        Command::MigrateUidls {
+            server,
+            tls,
+            tls_name,
+            ca_file,
+            master_user,
+            master_password_file,
+            master_separator,
+            master_authzid,
+            passwords_file,
+            users,
+            dry_run,
+            max_messages,
+            max_message_octets,
+            timeout_secs,
+        } => {
+            use mailbag::admin::migrate::{self, Limits, Login, Source};
+            let config = load(&cli.config)?;
+            if config.store.kind != StoreKind::Maildir {
+                bail!(
+                    "migrate-uidls records UIDLs in Maildirs (store.kind = \"maildir\"); \
+                     for PostgreSQL, migrate into a Maildir store and `mailbag import` it"
+                );
+            }
+            // Files the administrator names are read before privileges go.
+            let login = match (master_user, master_password_file, passwords_file) {
+                (Some(master), Some(file), _) => {
+                    let password = migrate::read_password(&file).map_err(anyhow::Error::msg)?;
+                    if master_authzid {
+                        Login::MasterAuthzid { master, password }
+                    } else {
+                        Login::MasterSeparator {
+                            master,
+                            separator: master_separator,
+                            password,
+                        }
+                    }
+                }
+                (None, _, Some(file)) => {
+                    Login::Passwords(migrate::read_passwords(&file).map_err(anyhow::Error::msg)?)
+                }
+                _ => bail!("give --master-user with --master-password-file, or --passwords-file"),
+            };
+            become_server_user(&config, &cli.config, "migrate-uidls")?;
+            let users = if users.is_empty() {
+                passwd_file::list_users(&config.auth.passwd_file)?
+            } else {
+                users
+            };
+            let source = Source {
+                server,
+                security: tls,
+                tls_name,
+                ca_file,
+            };
+            let limits = Limits {
+                max_messages,
+                max_message_octets,
+                timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+            };
+            let store = maildir_store(&config);
+            let failed = runtime()?.block_on(async {
+                let mut failed = 0;
+                for user in &users {
+                    let report =
+                        migrate::migrate_user(&store, &source, &login, limits, user, dry_run).await;
+                    if report.error.is_some() {
+                        failed += 1;
+                    }
+                    println!("{report}");
+                }
+                failed
+            });
+            if failed > 0 {
+                bail!("{failed} of {} users not migrated", users.len());
+            }
+            Ok(())
         }
     };
     done.map(|()| ExitCode::SUCCESS)
@@ -381,7 +535,7 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
     let stdin = std::io::stdin().lock();
     let delivered = match config.store.kind {
         StoreKind::Maildir => {
-            let passdb = match PasswdFile::open(&config.auth.passwd_file) {
+            let passdb = match passwd_file_of(&config) {
                 Ok(passdb) => passdb,
                 // Keep the mail queued while the passwd-file is fixed.
                 Err(e) => return fail(Exit::TempFail, &e),
@@ -397,7 +551,9 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
                 Err(e) => return fail(Exit::Config, &e),
             };
             runtime.block_on(async {
-                let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+                let passdb = PgPassDb::new(Arc::clone(store.pool()))
+                    .await
+                    .with_case_insensitive_names(config.auth.case_insensitive_names);
                 mailbag::store::deliver::run(&config, &store, &passdb, user, from, stdin).await
             })
         }
@@ -451,10 +607,11 @@ fn serve(
     runtime.block_on(async move {
         match config.store.kind {
             StoreKind::Maildir => {
-                let passdb = PasswdFile::open_with(
+                let passdb = PasswdFile::open_with_names(
                     &config.auth.passwd_file,
                     mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
                     server_secret(&config, service.as_ref())?,
+                    config.auth.case_insensitive_names,
                 )
                 .with_context(|| {
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -473,7 +630,8 @@ fn serve(
                     .with_cache(mailbag::auth::cache::VerifiedCache::from_config(
                         &config.auth,
                     ))
-                    .with_secret(server_secret(&config, service.as_ref())?);
+                    .with_secret(server_secret(&config, service.as_ref())?)
+                    .with_case_insensitive_names(config.auth.case_insensitive_names);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
         }
@@ -739,8 +897,7 @@ async fn signals(
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILBAG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = mailbag::server::tls::log_filter(std::env::var("MAILBAG_LOG").ok().as_deref());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -827,6 +984,17 @@ fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The passwd-file as `config` matches names, without the cache or the
+/// server secret (for commands that check or deliver, not log in).
+fn passwd_file_of(config: &Config) -> Result<PasswdFile, passwd_file::PasswdError> {
+    PasswdFile::open_with_names(
+        &config.auth.passwd_file,
+        None,
+        mailbag::auth::secret::ServerSecret::random(),
+        config.auth.case_insensitive_names,
+    )
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -413,6 +413,13 @@ pub struct AuthConfig {
     /// is refused an authzid other than themselves.
     #[serde(default)]
     pub master_users: Vec<String>,
+    /// Whether user names match whatever the letter case (ASCII letters,
+    /// as Dovecot's `auth_username_format = %Ln`): `P1` and `p1` are one
+    /// user at LMTP, `mailbag deliver`, USER, APOP and SASL. On by
+    /// default; a passwd-file holding two names that differ only in case
+    /// is then refused. Read at start (a restart changes it).
+    #[serde(default = "default_true")]
+    pub case_insensitive_names: bool,
     /// Client networks that may use plaintext logins without TLS.
     #[serde(default = "default_trusted_networks")]
     pub trusted_networks: Vec<Cidr>,
@@ -497,6 +504,10 @@ fn default_trusted_networks() -> Vec<Cidr> {
 fn default_secret_file() -> PathBuf {
     PathBuf::from("mailbag.secret")
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_cache_entries() -> usize {
     100_000
 }

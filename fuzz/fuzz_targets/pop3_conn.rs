@@ -133,22 +133,22 @@ fuzz_target!(|data: &[u8]| {
                         status,
                         top_lines,
                     } => {
-                        assert!(in_transaction && *index < sizes.len(), "{action:?}");
+                        assert!(in_transaction && index.get() < sizes.len(), "{action:?}");
                         check_send(status);
                         assert!(status.starts_with(b"+OK"));
                         // RFC 1939 §7: RETR's status gives the size LIST gave.
                         if top_lines.is_none() {
-                            let expected = format!("+OK {} octets\r\n", sizes[*index]);
+                            let expected = format!("+OK {} octets\r\n", sizes[index.get()]);
                             assert_eq!(String::from_utf8_lossy(status), expected);
                         }
                     }
                     Action::Commit { deleted, retrieved } => {
                         assert!(in_transaction && last_command_quit, "{action:?}");
-                        assert!(deleted.iter().chain(retrieved).all(|&i| i < sizes.len()));
+                        assert!(deleted.iter().chain(retrieved).all(|i| i.get() < sizes.len()));
                         assert!(!retrieved.iter().any(|i| deleted.contains(i)));
                     }
                     Action::Summarize { indexes } => {
-                        assert!(in_transaction && indexes.iter().all(|&i| i < sizes.len()));
+                        assert!(in_transaction && indexes.iter().all(|i| i.get() < sizes.len()));
                     }
                     Action::OpenMaildrop { user } => assert!(!user.is_empty()),
                     Action::Authenticate { .. }

@@ -31,7 +31,7 @@ use std::path::Path;
 
 use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{
-    Action, Conn, Credential, Event, MessageInfo, Outcome, Settings, StoreFailure,
+    Action, Conn, Credential, Event, Index, MessageInfo, Outcome, Settings, StoreFailure,
 };
 use mailbag_proto::sasl::scram::ScramKeys;
 use mailbag_proto::sasl::Mechanism;
@@ -229,7 +229,7 @@ impl Driver<'_> {
                 status,
             } => {
                 let user = self.opened.as_ref().expect("a maildrop is open");
-                let text = &s.maildrops[user][index].1;
+                let text = &s.maildrops[user][index.get()].1;
                 self.out.extend_from_slice(&status);
                 let mut stuffer = match top_lines {
                     None => Stuffer::new(),
@@ -250,13 +250,14 @@ impl Driver<'_> {
             }
             Action::Rejected { .. } => Outcome::AuthRejected,
             Action::Commit { deleted, retrieved } => {
-                self.commits.push((deleted, retrieved));
+                self.commits
+                    .push((positions(&deleted), positions(&retrieved)));
                 Outcome::Committed
             }
             Action::Summarize { indexes } => Outcome::Summarized(
                 indexes
                     .iter()
-                    .map(|i| format!("{} summary", i + 1))
+                    .map(|i| format!("{} summary", i.number()))
                     .collect(),
             ),
         }
@@ -305,6 +306,11 @@ impl Driver<'_> {
             closed: false,
         }
     }
+}
+
+/// The positions a store gets for the indexes of an action.
+fn positions(indexes: &[Index]) -> Vec<usize> {
+    indexes.iter().map(|i| i.get()).collect()
 }
 
 fn show(bytes: &[u8]) -> String {

@@ -13,15 +13,24 @@
 //! Started as root, the command has become `[server] user` before it gets
 //! here (see `privileges::for_command`): the lock, the caches and the
 //! quarantine folder it creates belong to the server, never to root.
+//!
+//! Message numbers go through the POP3 core's own rule
+//! ([`parse_message_number`], [`Index::of`]), so that a number means here
+//! what it means to the user's client. With a PostgreSQL store, `inspect`
+//! and `show` work through the [`Store`] and [`Maildrop`] traits (see
+//! [`run_with`]); `quarantine` and `release` move files within a Maildir
+//! and are refused there, with nothing done.
 
 use std::io::{self, Read, Write};
 
 use clap::Subcommand;
+use mailbag_proto::pop3::{parse_message_number, Index};
+use tokio::io::AsyncReadExt;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
 use crate::store::maildir::{AdminMaildrop, MaildirStore};
 use crate::store::summary::{self, PARSE_PREFIX_OCTETS};
-use crate::store::StoreError;
+use crate::store::{Maildrop, Store, StoreError};
 
 /// `mailbag mailbox …`
 #[derive(Debug, Subcommand)]
@@ -37,7 +46,7 @@ pub enum MailboxCommand {
         /// The user name.
         user: String,
         /// The message number.
-        number: usize,
+        number: String,
     },
     /// Move a message out of the POP3 view into the Quarantine folder
     /// inside the user's Maildir.
@@ -71,25 +80,71 @@ pub enum MailboxError {
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
+    /// The subcommand moves files within a Maildir, and the store is not
+    /// one.
+    #[error("mailbox {command} moves message files within a Maildir, and store.kind is \"{kind}\"; nothing was done")]
+    MaildirOnly {
+        /// The subcommand.
+        command: &'static str,
+        /// The configured store kind.
+        kind: &'static str,
+    },
 }
 
-/// Runs one `mailbox` command, printing to `out`.
+impl MailboxCommand {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            MailboxCommand::Inspect { .. } => "inspect",
+            MailboxCommand::Show { .. } => "show",
+            MailboxCommand::Quarantine { .. } => "quarantine",
+            MailboxCommand::Release { .. } => "release",
+        }
+    }
+}
+
+/// A store error of opening `user`'s maildrop, with the lock held
+/// elsewhere said as such.
+fn open_failed(user: &str, e: StoreError) -> MailboxError {
+    match e {
+        StoreError::Locked => MailboxError::Locked(user.to_string()),
+        other => MailboxError::Store(other),
+    }
+}
+
+/// The message `text` names in a maildrop of `count` messages, by the
+/// POP3 core's rule (digits only, 1 and up, within the maildrop).
+fn index_of_number(text: &str, count: usize) -> Result<Index, MailboxError> {
+    let number = parse_message_number(text);
+    number.and_then(|n| Index::of(n, count)).ok_or_else(|| {
+        let shown = number.map_or_else(|| "with that number".to_string(), |n| n.to_string());
+        MailboxError::NoSuchMessage(format!(
+            "no message {shown}: the maildrop has {count} message{}",
+            if count == 1 { "" } else { "s" }
+        ))
+    })
+}
+
+/// Runs one `mailbox` command on a Maildir store, printing to `out`. With
+/// another kind of store configured, it touches no path: see
+/// [`run_with`].
 pub fn run(
     config: &Config,
     command: MailboxCommand,
     out: &mut impl Write,
 ) -> Result<(), MailboxError> {
+    if config.store.kind != StoreKind::Maildir {
+        return Err(MailboxError::MaildirOnly {
+            command: command.name(),
+            kind: kind_name(config.store.kind),
+        });
+    }
     let store = MaildirStore::new(
         config.store.root.clone(),
         config.store.path.clone(),
         config.store.default_domain.clone(),
     );
-    let open = |user: &str| {
-        store.open_admin(user).map_err(|e| match e {
-            StoreError::Locked => MailboxError::Locked(user.to_string()),
-            other => MailboxError::Store(other),
-        })
-    };
+    let open = |user: &str| store.open_admin(user).map_err(|e| open_failed(user, e));
     let large = config.pop3.summary_large_octets;
     match command {
         MailboxCommand::Inspect { user } => {
@@ -98,7 +153,7 @@ pub fn run(
         }
         MailboxCommand::Show { user, number } => {
             let mut m = open(&user)?;
-            let index = index_of_number(&m, number)?;
+            let index = index_of_number(&number, m.messages().len())?.get();
             let mut prefix = Vec::new();
             m.open(index)?
                 .take(PARSE_PREFIX_OCTETS as u64)
@@ -109,8 +164,7 @@ pub fn run(
         MailboxCommand::Quarantine { user, message } => {
             let mut m = open(&user)?;
             let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
-                // Too many digits for a number is no message either.
-                index_of_number(&m, message.parse().unwrap_or(usize::MAX))?
+                index_of_number(&message, m.messages().len())?.get()
             } else {
                 m.index_of(&message).ok_or_else(|| {
                     MailboxError::NoSuchMessage(format!(
@@ -135,20 +189,91 @@ pub fn run(
     }
 }
 
-fn index_of_number(m: &AdminMaildrop, number: usize) -> Result<usize, MailboxError> {
-    let count = m.messages().len();
-    if number == 0 || number > count {
-        let shown = if number == usize::MAX {
-            "with that number".to_string()
-        } else {
-            number.to_string()
-        };
-        return Err(MailboxError::NoSuchMessage(format!(
-            "no message {shown}: the maildrop has {count} message{}",
-            if count == 1 { "" } else { "s" }
-        )));
+fn kind_name(kind: StoreKind) -> &'static str {
+    match kind {
+        StoreKind::Maildir => "maildir",
+        StoreKind::Postgres => "postgres",
     }
-    Ok(number - 1)
+}
+
+/// Runs one `mailbox` command on any store through the [`Store`] and
+/// [`Maildrop`] traits: `inspect` and `show` as on a Maildir (under the
+/// lock POP3 sessions take, released unchanged), while `quarantine` and
+/// `release`, which move files within a Maildir, are refused with nothing
+/// done. The `mailbag` binary uses it for a PostgreSQL store.
+pub async fn run_with<S: Store>(
+    store: &S,
+    config: &Config,
+    command: MailboxCommand,
+    out: &mut impl Write,
+) -> Result<(), MailboxError> {
+    // `show`'s message number; none for `inspect`.
+    let (user, number) = match &command {
+        MailboxCommand::Inspect { user } => (user, None),
+        MailboxCommand::Show { user, number } => (user, Some(number)),
+        MailboxCommand::Quarantine { .. } | MailboxCommand::Release { .. } => {
+            return Err(MailboxError::MaildirOnly {
+                command: command.name(),
+                kind: kind_name(config.store.kind),
+            })
+        }
+    };
+    let mut m = store.open(user).await.map_err(|e| open_failed(user, e))?;
+    let Some(number) = number else {
+        return inspect_maildrop(&mut m, user, config.pop3.summary_large_octets, out).await;
+    };
+    let index = index_of_number(number, m.messages().len())?;
+    let mut prefix = Vec::new();
+    m.read(index.get())
+        .await?
+        .take(PARSE_PREFIX_OCTETS as u64)
+        .read_to_end(&mut prefix)
+        .await?;
+    out.write_all(header_block(&prefix).as_bytes())?;
+    Ok(())
+}
+
+/// `inspect` through the [`Maildrop`] trait: the same table as on a
+/// Maildir, without the Maildir's path and quarantine.
+async fn inspect_maildrop<M: Maildrop>(
+    m: &mut M,
+    user: &str,
+    large: u64,
+    out: &mut impl Write,
+) -> Result<(), MailboxError> {
+    let count = m.messages().len();
+    let octets = m
+        .messages()
+        .iter()
+        .fold(0u64, |sum, i| sum.saturating_add(i.size));
+    writeln!(
+        out,
+        "{user}: {count} message{} ({octets} octets)",
+        if count == 1 { "" } else { "s" }
+    )?;
+    let width = m.messages().iter().map(|i| i.uid.len()).max().unwrap_or(0);
+    // What the byte checks may still read, over all messages (see
+    // `summary::SUMMARY_SCAN_OCTETS`).
+    let mut budget = summary::SUMMARY_SCAN_OCTETS;
+    for index in 0..count {
+        let info = m.messages()[index].clone();
+        let uid = Some((info.uid.as_str(), width));
+        let summarized = match m.read(index).await {
+            Ok(reader) => summary::summarize_async(reader, budget.min(summary::SCAN_OCTETS))
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        let line = match summarized {
+            Some((s, scanned)) => {
+                budget = budget.saturating_sub(scanned);
+                summary::line(index + 1, info.size, uid, &s, large)
+            }
+            None => summary::unreadable_line(index + 1, info.size, uid, "cannot be read"),
+        };
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 fn inspect(
@@ -302,6 +427,62 @@ mod tests {
             stop.store(true, Ordering::Relaxed);
             assert_eq!(leaked, None);
         });
+    }
+
+    #[test]
+    fn message_numbers_follow_the_pop3_rule() {
+        assert_eq!(index_of_number("1", 2).unwrap().get(), 0);
+        assert_eq!(index_of_number("002", 2).unwrap().get(), 1);
+        for (text, count, said) in [
+            ("3", 2, "no message 3: the maildrop has 2 messages"),
+            ("1", 0, "no message 1: the maildrop has 0 messages"),
+            (
+                "0",
+                1,
+                "no message with that number: the maildrop has 1 message",
+            ),
+            ("+1", 2, "no message with that number"),
+            ("1a", 2, "no message with that number"),
+            ("", 2, "no message with that number"),
+            ("4294967296", usize::MAX, "no message with that number"),
+        ] {
+            let e = index_of_number(text, count).unwrap_err().to_string();
+            assert!(e.starts_with(said), "{text}: {e}");
+        }
+    }
+
+    /// The Maildir commands, given a PostgreSQL configuration, say so and
+    /// touch no path.
+    #[test]
+    fn the_maildir_commands_refuse_another_store_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\n\
+                    url = \"host=localhost dbname=mailbag\"\n[auth]\n";
+        let config = Config::parse(text, dir.path()).unwrap();
+        for command in [
+            MailboxCommand::Inspect {
+                user: "alice".into(),
+            },
+            MailboxCommand::Quarantine {
+                user: "alice".into(),
+                message: "1".into(),
+            },
+        ] {
+            let mut out = Vec::new();
+            let e = run(&config, command, &mut out).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    MailboxError::MaildirOnly {
+                        kind: "postgres",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(out.is_empty());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

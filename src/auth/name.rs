@@ -15,6 +15,16 @@
 //! them), so a stored name SASLprep would change (`ﬁle`, full-width or
 //! decomposed letters) could never log in, and its logins would go to the
 //! user it maps to.
+//!
+//! Also the one rule for which stored user a name given at login or
+//! delivery means ([`Matching`]): letter case (`auth.case_insensitive_names`,
+//! on by default, ASCII letters only, as Dovecot's `%Ln`) and the store's
+//! default domain (`p1@<default_domain>` is `p1`, and the other way round).
+//! A passdb folds case in its own lookups; [`Matching::resolve`] tries the
+//! spellings of the domain, and [`Matching::key`] names the user for what
+//! is decided before any lookup (failure counting, made-up SCRAM values),
+//! so that `P1`, `p1` and `p1@<default_domain>` are one user everywhere:
+//! one maildrop, one lock, one failure count, one cached credential.
 
 /// The longest user name, in octets. USER and APOP take names this long
 /// (longer than RFC 2449's 40-character arguments); Dovecot allows 255,
@@ -89,9 +99,249 @@ pub fn is_valid(name: &str) -> bool {
     check(name).is_ok()
 }
 
+/// `name` as a case-insensitive passdb keys it: ASCII letters in lower
+/// case when `case_insensitive`, else unchanged. Only ASCII letters fold
+/// (as Dovecot's `%L` does): full Unicode case mapping can turn a valid
+/// name into one SASLprep changes (`İ` lowers to `i` and a combining dot).
+pub fn fold(name: &str, case_insensitive: bool) -> std::borrow::Cow<'_, str> {
+    if case_insensitive && name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// How a name given at login or delivery is matched to a stored user:
+/// `auth.case_insensitive_names` and `store.default_domain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matching {
+    /// Whether letter case is ignored (ASCII letters; see [`fold`]).
+    pub case_insensitive: bool,
+    /// The domain that a bare name belongs to.
+    pub default_domain: String,
+}
+
+impl Matching {
+    /// The matching `config` asks for.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Matching {
+            case_insensitive: config.auth.case_insensitive_names,
+            default_domain: config.store.default_domain.clone(),
+        }
+    }
+
+    /// The user names an address or login name may mean, most specific
+    /// first: the name itself, the same with the domain in lower case,
+    /// and, when its domain is the default domain (or it has none), the
+    /// other spelling of that user, because `alice` and
+    /// `alice@<default_domain>` share one maildrop. Letter case in the
+    /// local part is left to the passdb's lookup.
+    pub fn candidates(&self, address: &str) -> Vec<String> {
+        let mut out = vec![address.to_string()];
+        match address.rsplit_once('@') {
+            Some((local, domain)) => {
+                let lower = format!("{local}@{}", domain.to_ascii_lowercase());
+                if lower != address {
+                    out.push(lower);
+                }
+                if domain.eq_ignore_ascii_case(&self.default_domain) && !local.is_empty() {
+                    out.push(local.to_string());
+                }
+            }
+            None => out.push(format!("{address}@{}", self.default_domain)),
+        }
+        out
+    }
+
+    /// The one spelling of a user name that does not depend on whether
+    /// the user exists: case folded (when configured), the domain in
+    /// lower case, and the default domain dropped. Failures are counted
+    /// under it, before any lookup, so `P1`, `p1` and `p1@<default_domain>`
+    /// share one count; made-up SCRAM values are drawn from it, so the
+    /// spellings of an unknown name agree with each other as a known
+    /// user's do.
+    pub fn key(&self, name: &str) -> String {
+        let name = fold(name, self.case_insensitive);
+        match name.rsplit_once('@') {
+            Some((local, domain))
+                if !local.is_empty() && domain.eq_ignore_ascii_case(&self.default_domain) =>
+            {
+                local.to_string()
+            }
+            Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+            None => name.into_owned(),
+        }
+    }
+
+    /// The stored user `name` means (the first candidate spelling that
+    /// names one), or `None` for an unknown user. Every candidate is
+    /// looked up, found or not, without a password check (a hash lookup
+    /// for the passwd-file, one query for PostgreSQL): how many lookups a
+    /// name costs depends on its form, never on which users exist.
+    pub async fn resolve<P: crate::auth::PassDb>(
+        &self,
+        passdb: &P,
+        name: &str,
+    ) -> Result<Option<String>, crate::auth::AuthError> {
+        let mut found = None;
+        for candidate in self.candidates(name) {
+            // A name the store could not hold is no user: refused at RCPT,
+            // not after DATA.
+            if !is_valid(&candidate) {
+                continue;
+            }
+            let user = passdb.user_exists(&candidate).await?;
+            if found.is_none() {
+                found = user;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Checks `credential` for the user `name` means. An unknown name is
+    /// checked under its [`key`](Self::key): the passdb's decoy, at the
+    /// same cost. APOP and CRAM-MD5 digests do not cover the name, so any
+    /// spelling of it works with the user's secret.
+    pub async fn verify<P: crate::auth::PassDb>(
+        &self,
+        passdb: &P,
+        name: &str,
+        credential: &crate::auth::Credential,
+    ) -> Result<String, crate::auth::AuthError> {
+        let user = self.resolve(passdb, name).await?;
+        let user = user.unwrap_or_else(|| self.key(name));
+        passdb.verify(&user, credential).await
+    }
+
+    /// The SCRAM keys of the user `name` means (salt and keys are the
+    /// stored user's, whatever the spelling; the client's proof covers the
+    /// client-first message as it sent it, `n=P1` included, which the
+    /// server checks against those same bytes). An unknown name gets the
+    /// made-up values of its [`key`](Self::key), so that `Zed` and `zed`
+    /// show the same salt, as `P1` and `p1` do for a user who exists.
+    pub async fn scram_keys<P: crate::auth::PassDb>(
+        &self,
+        passdb: &P,
+        name: &str,
+    ) -> Result<(String, crate::auth::ScramKeys), crate::auth::AuthError> {
+        let user = self.resolve(passdb, name).await?;
+        let user = user.unwrap_or_else(|| self.key(name));
+        passdb.scram_keys(&user).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn matching(case_insensitive: bool) -> Matching {
+        Matching {
+            case_insensitive,
+            default_domain: "example.test".into(),
+        }
+    }
+
+    #[test]
+    fn candidates_cover_both_spellings_of_a_default_domain_user() {
+        let m = Matching {
+            case_insensitive: true,
+            default_domain: "localhost".into(),
+        };
+        let c = |a: &str| m.candidates(a);
+        assert_eq!(c("alice"), ["alice", "alice@localhost"]);
+        assert_eq!(c("alice@localhost"), ["alice@localhost", "alice"]);
+        assert_eq!(
+            c("alice@LocalHost"),
+            ["alice@LocalHost", "alice@localhost", "alice"]
+        );
+        assert_eq!(c("bob@example.org"), ["bob@example.org"]);
+        assert_eq!(c("@localhost"), ["@localhost"]);
+    }
+
+    /// A passdb of fixed names, folded, that counts its lookups.
+    struct Names(Vec<&'static str>, std::sync::atomic::AtomicUsize);
+
+    impl crate::auth::PassDb for Names {
+        async fn verify(
+            &self,
+            _: &str,
+            _: &crate::auth::Credential,
+        ) -> Result<String, crate::auth::AuthError> {
+            Err(crate::auth::AuthError::Invalid)
+        }
+        async fn user_exists(&self, user: &str) -> Result<Option<String>, crate::auth::AuthError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let user = fold(user, true);
+            Ok(self
+                .0
+                .iter()
+                .find(|n| fold(n, true) == user)
+                .map(|n| n.to_string()))
+        }
+        async fn scram_keys(
+            &self,
+            _: &str,
+        ) -> Result<(String, crate::auth::ScramKeys), crate::auth::AuthError> {
+            Err(crate::auth::AuthError::Invalid)
+        }
+        fn cram_md5_possible(&self) -> bool {
+            false
+        }
+        fn apop_possible(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn resolve_finds_the_stored_user_at_the_cost_of_the_names_form() {
+        let db = Names(
+            vec!["p1", "Ann@Other.org", "bob@example.test"],
+            Default::default(),
+        );
+        let m = matching(true);
+        let lookups = || db.1.swap(0, std::sync::atomic::Ordering::SeqCst);
+        for (asked, found) in [
+            ("P1", Some("p1")),
+            ("p1@EXAMPLE.test", Some("p1")),
+            ("bob", Some("bob@example.test")),
+            ("ann@other.ORG", Some("Ann@Other.org")),
+            ("zed", None),
+            ("zed@example.test", None),
+        ] {
+            assert_eq!(
+                m.resolve(&db, asked).await.unwrap().as_deref(),
+                found,
+                "{asked}"
+            );
+        }
+        // Known or not, a bare name costs two lookups, a name with the
+        // default domain in another case three.
+        lookups();
+        m.resolve(&db, "p1").await.unwrap();
+        let known = lookups();
+        m.resolve(&db, "zed").await.unwrap();
+        assert_eq!((known, lookups()), (2, 2));
+        m.resolve(&db, "P1@Example.test").await.unwrap();
+        let known = lookups();
+        m.resolve(&db, "Zed@Example.test").await.unwrap();
+        assert_eq!((known, lookups()), (3, 3));
+    }
+
+    #[test]
+    fn one_key_for_every_spelling_of_a_user() {
+        let m = matching(true);
+        for name in ["p1", "P1", "p1@example.test", "P1@Example.TEST"] {
+            assert_eq!(m.key(name), "p1", "{name}");
+        }
+        assert_eq!(m.key("Ann@Other.Org"), "ann@other.org");
+        assert_eq!(m.key("@example.test"), "@example.test");
+        let exact = matching(false);
+        assert_eq!(exact.key("P1@EXAMPLE.test"), "P1");
+        assert_eq!(exact.key("P1"), "P1");
+        assert_eq!(exact.key("Ann@Other.Org"), "Ann@other.org");
+        assert_eq!(fold("\u{130}X", true), "\u{130}x");
+        assert!(matches!(fold("abc", true), std::borrow::Cow::Borrowed(_)));
+    }
 
     #[test]
     fn refuses_what_could_escape_a_directory_or_break_a_file() {

@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime};
 
 use super::cache::VerifiedCache;
+use super::name::fold;
 use super::scheme::{self, Scheme, SchemeError, ScramSource};
 use super::secret::ServerSecret;
 use super::timing::{self, CheckTimes};
@@ -66,7 +67,10 @@ pub enum PasswdError {
         user: String,
     },
     /// `add_user` for a name that is already in the file.
-    #[error("{}: user {user:?} already exists", path.display())]
+    #[error(
+        "{}: user {user:?} already exists (names are compared without regard to letter case)",
+        path.display()
+    )]
     UserExists {
         /// The passwd-file.
         path: PathBuf,
@@ -101,6 +105,8 @@ pub struct PasswdFile {
 
 struct Shared {
     path: PathBuf,
+    /// `auth.case_insensitive_names`: names are looked up case-folded.
+    case_insensitive: bool,
     current: RwLock<Loaded>,
     /// `auth.cache_secs`: recent successful password checks.
     cache: Option<VerifiedCache>,
@@ -140,8 +146,12 @@ impl Stamp {
 }
 
 struct Table {
-    /// User name → stored `{SCHEME}data` secret.
-    users: HashMap<String, String>,
+    /// Lookup key (the user name, case-folded when names match
+    /// case-insensitively) → the name as stored and its `{SCHEME}data`
+    /// secret.
+    users: HashMap<String, (String, String)>,
+    /// Whether keys are case-folded.
+    case_insensitive: bool,
     apop_possible: bool,
     /// A stored secret in the file's most common scheme, with its real
     /// parameters: checking a password for an unknown user against it
@@ -199,11 +209,26 @@ impl PasswdFile {
         cache: Option<VerifiedCache>,
         secret: ServerSecret,
     ) -> Result<Self, PasswdError> {
+        PasswdFile::open_with_names(path, cache, secret, true)
+    }
+
+    /// [`PasswdFile::open_with`], with names matched whatever their
+    /// letter case or not (`auth.case_insensitive_names`). Matched
+    /// case-insensitively, a file with two names that differ only in
+    /// case (`Ann` and `ann`) is refused, naming the second line: which
+    /// of the two a login meant could not be told.
+    pub fn open_with_names(
+        path: impl Into<PathBuf>,
+        cache: Option<VerifiedCache>,
+        secret: ServerSecret,
+        case_insensitive: bool,
+    ) -> Result<Self, PasswdError> {
         let path = path.into();
-        let (stamp, table) = load(&path)?;
+        let (stamp, table) = load(&path, case_insensitive)?;
         Ok(PasswdFile {
             shared: Arc::new(Shared {
                 path,
+                case_insensitive,
                 current: RwLock::new(Loaded {
                     stamp,
                     table: Arc::new(table),
@@ -248,7 +273,7 @@ impl PasswdFile {
         if stamp == loaded.stamp {
             return loaded.table;
         }
-        let next = match load(path) {
+        let next = match load(path, self.shared.case_insensitive) {
             Ok((stamp, table)) => Loaded {
                 stamp,
                 table: Arc::new(table),
@@ -278,7 +303,7 @@ impl PasswdFile {
         // known user costs one check against their own secret. The driver
         // also answers every failure at a fixed delay after the attempt,
         // which hides what differences remain (a user with a rarer scheme).
-        let Some((name, stored)) = table.users.get_key_value(user) else {
+        let Some((name, stored)) = table.find(user) else {
             match &table.decoy {
                 Some(decoy) => {
                     std::hint::black_box(scheme::verify(decoy, presented_bytes(credential)));
@@ -328,10 +353,7 @@ impl PassDb for PasswdFile {
         // A stat and a hash lookup, no password hashing: delivery answers
         // RCPT at once, and the MTA already knows which users exist.
         let table = self.table();
-        Ok(table
-            .users
-            .get_key_value(user)
-            .map(|(name, _)| name.clone()))
+        Ok(table.find(user).map(|(name, _)| name.clone()))
     }
 
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
@@ -342,8 +364,10 @@ impl PassDb for PasswdFile {
         let (found, began) = super::hashing(move || {
             let began = Instant::now();
             let secret = &this.shared.secret;
-            let found = table.users.get_key_value(&user).and_then(|(name, stored)| {
-                Some((name.clone(), stored_scram_keys(secret, &user, stored)?))
+            // The salt is the stored name's, so every spelling of a
+            // name that matches it gets the same keys.
+            let found = table.find(&user).and_then(|(name, stored)| {
+                Some((name.clone(), stored_scram_keys(secret, name, stored)?))
             });
             // An unknown user (or one whose hash SCRAM cannot use) gets
             // keys made up from the server secret, with a salt and
@@ -351,6 +375,9 @@ impl PassDb for PasswdFile {
             // user's lookup does, so the exchange looks the same up to
             // the failure, here, after a restart and on every node.
             Ok(found.unwrap_or_else(|| {
+                // Drawn from the folded name: the spellings of an unknown
+                // name agree, as a known user's do.
+                let user = fold(&user, table.case_insensitive).into_owned();
                 let decoy = pick_decoy(&table.scram_decoys, secret, &user);
                 let keys = secret.scram_lookalike(&user, decoy.iterations);
                 if decoy.derived {
@@ -399,10 +426,10 @@ fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> P
 
 /// Stats, then reads: if the file changes in between, the stamp is the
 /// older one and the next lookup reads again.
-fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
+fn load(path: &Path, case_insensitive: bool) -> Result<(Stamp, Table), PasswdError> {
     let meta = fs::metadata(path).map_err(io_error("read", path))?;
     let text = fs::read(path).map_err(io_error("read", path))?;
-    let entries = parse(path, &text)?;
+    let entries = parse(path, &text, case_insensitive)?;
     let apop_possible = entries
         .iter()
         .any(|entry| scheme::plaintext_equivalent(entry.secret).is_some());
@@ -417,12 +444,16 @@ fn load(path: &Path) -> Result<(Stamp, Table), PasswdError> {
         .any(|entry| scheme::scram_source(entry.secret) == ScramSource::Derived);
     let users = entries
         .into_iter()
-        .map(|entry| (entry.user.to_owned(), entry.secret.to_owned()))
+        .map(|entry| {
+            let key = fold(entry.user, case_insensitive).into_owned();
+            (key, (entry.user.to_owned(), entry.secret.to_owned()))
+        })
         .collect();
     Ok((
         Stamp::of(&meta),
         Table {
             users,
+            case_insensitive,
             apop_possible,
             decoy,
             cram_possible,
@@ -504,7 +535,23 @@ fn entry_user(line: &str) -> Option<&str> {
     line.split(':').next()
 }
 
-fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError> {
+impl Table {
+    /// The stored name and secret of the user `name` names.
+    fn find(&self, name: &str) -> Option<(&String, &String)> {
+        self.users
+            .get(fold(name, self.case_insensitive).as_ref())
+            .map(|(name, secret)| (name, secret))
+    }
+}
+
+/// The entries of a passwd-file. Two lines for one user are refused, and
+/// so are two names that differ only in letter case when names match
+/// case-insensitively.
+fn parse<'a>(
+    path: &Path,
+    text: &'a [u8],
+    case_insensitive: bool,
+) -> Result<Vec<Entry<'a>>, PasswdError> {
     let mut entries: Vec<Entry<'a>> = Vec::new();
     let mut seen = HashMap::new();
     for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
@@ -521,12 +568,20 @@ fn parse<'a>(path: &Path, text: &'a [u8]) -> Result<Vec<Entry<'a>>, PasswdError>
         if !valid_user_name(user) {
             return Err(bad("invalid user name"));
         }
-        if seen.insert(user, index).is_some() {
-            return Err(bad("user listed twice"));
+        if let Some(&earlier) = seen.get(fold(user, case_insensitive).as_ref()) {
+            let earlier: &Entry<'_> = &entries[earlier];
+            if earlier.user == user {
+                return Err(bad("user listed twice"));
+            }
+            return Err(bad(
+                "user listed twice: the name differs from an earlier one only in letter case, \
+                 and auth.case_insensitive_names makes them one user",
+            ));
         }
         // A missing password field is a user who cannot log in: verify()
         // refuses an empty stored value.
         let secret = line.split(':').nth(1).unwrap_or("");
+        seen.insert(fold(user, case_insensitive), entries.len());
         entries.push(Entry { user, secret });
     }
     Ok(entries)
@@ -560,7 +615,13 @@ pub fn add_user(
     check_user_name(user)?;
     let stored = hash_for(user, password, scheme)?;
     rewrite(path, true, |lines| {
-        if lines.iter().any(|line| entry_user(line) == Some(user)) {
+        // A name that differs from an existing one only in letter case
+        // would be that user wherever names match case-insensitively
+        // (the default), and the file would no longer load.
+        if lines
+            .iter()
+            .any(|line| entry_user(line).is_some_and(|u| u.eq_ignore_ascii_case(user)))
+        {
             return Err(PasswdError::UserExists {
                 path: path.to_owned(),
                 user: user.to_owned(),
@@ -620,7 +681,7 @@ pub fn delete_user(path: &Path, user: &str) -> Result<(), PasswdError> {
 /// The user names in the file, in file order.
 pub fn list_users(path: &Path) -> Result<Vec<String>, PasswdError> {
     let text = fs::read(path).map_err(io_error("read", path))?;
-    Ok(parse(path, &text)?
+    Ok(parse(path, &text, false)?
         .into_iter()
         .map(|entry| entry.user.to_owned())
         .collect())
@@ -659,8 +720,9 @@ fn rewrite(
         Err(error) => return Err(io_error("read", path)(error)),
     };
     // Refuse to rewrite what the server could not read: the edit would
-    // silently carry the damage along.
-    parse(path, &text)?;
+    // silently carry the damage along. Two names that differ only in
+    // case are let through, so that deleting one repairs the file.
+    parse(path, &text, false)?;
     let text = String::from_utf8(text).map_err(|_| PasswdError::Parse {
         path: path.to_owned(),
         line: 1,
@@ -741,10 +803,10 @@ mod tests {
     #[test]
     fn decoy_is_a_secret_of_the_most_common_scheme() {
         let text = format!("a:{{PLAIN}}x\nb:{BOB_HASH}\nc:{{PLAIN}}y\n");
-        let entries = parse(Path::new("p"), text.as_bytes()).unwrap();
+        let entries = parse(Path::new("p"), text.as_bytes(), true).unwrap();
         assert_eq!(decoy(&entries).as_deref(), Some("{PLAIN}x"));
         let text = format!("a:{{PLAIN}}x\nb:{BOB_HASH}\nc:{BOB_HASH}\n");
-        let entries = parse(Path::new("p"), text.as_bytes()).unwrap();
+        let entries = parse(Path::new("p"), text.as_bytes(), true).unwrap();
         assert_eq!(decoy(&entries).as_deref(), Some(BOB_HASH));
         assert_eq!(decoy(&[]), None);
     }
@@ -876,9 +938,9 @@ mod tests {
         );
         let db = PasswdFile::open(&path).unwrap();
         let table = db.table();
-        assert_eq!(table.users["alice"], "{PLAIN}wonderland");
-        assert_eq!(table.users["bob@example.org"], BOB_HASH);
-        assert_eq!(table.users["carol"], "");
+        assert_eq!(table.users["alice"].1, "{PLAIN}wonderland");
+        assert_eq!(table.users["bob@example.org"].1, BOB_HASH);
+        assert_eq!(table.users["carol"].1, "");
     }
 
     #[tokio::test]
@@ -895,9 +957,27 @@ mod tests {
                 .unwrap(),
             "bob@example.org"
         );
+        // Names match whatever their case by default: the stored name
+        // comes back.
+        assert_eq!(
+            db.verify("ALICE", &password("wonderland")).await.unwrap(),
+            "alice"
+        );
+        assert_eq!(
+            db.verify("Bob@Example.ORG", &password("correct horse"))
+                .await
+                .unwrap(),
+            "bob@example.org"
+        );
+        let exact =
+            PasswdFile::open_with_names(sample(&dir), None, ServerSecret::random(), false).unwrap();
+        assert!(matches!(
+            exact.verify("Alice", &password("wonderland")).await,
+            Err(AuthError::Invalid)
+        ));
         for (user, pw) in [
             ("alice", "Wonderland"),
-            ("Alice", "wonderland"),
+            ("Alice", "Wonderland"),
             ("bob@example.org", "wrong"),
             ("carol", ""),
             ("nobody", "wonderland"),
@@ -923,7 +1003,8 @@ mod tests {
             ("bob@example.org", Some("bob@example.org")),
             // A user who cannot log in still receives mail.
             ("carol", Some("carol")),
-            ("Alice", None),
+            ("Alice", Some("alice")),
+            ("BOB@example.ORG", Some("bob@example.org")),
             ("bob", None),
             ("nobody", None),
             ("", None),
@@ -931,8 +1012,61 @@ mod tests {
             let got = db.user_exists(asked).await.unwrap();
             assert_eq!(got.as_deref(), found, "{asked}");
         }
+        let exact =
+            PasswdFile::open_with_names(&path, None, ServerSecret::random(), false).unwrap();
+        assert_eq!(exact.user_exists("Alice").await.unwrap(), None);
         delete_user(&path, "carol").unwrap();
         assert_eq!(db.user_exists("carol").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn names_differing_only_in_case_are_refused_when_they_would_be_one_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(&path, "Ann:{PLAIN}one\nbob:{PLAIN}x\nann:{PLAIN}two\n").unwrap();
+        let e = PasswdFile::open(&path)
+            .err()
+            .expect("Ann and ann loaded as one");
+        let text = e.to_string();
+        assert!(text.contains("passwd:3:"), "{text}");
+        assert!(text.contains("letter case"), "{text}");
+        assert!(text.contains("auth.case_insensitive_names"), "{text}");
+        assert!(!text.contains("{PLAIN}"), "{text}");
+        // Matched exactly, they are two users.
+        let exact =
+            PasswdFile::open_with_names(&path, None, ServerSecret::random(), false).unwrap();
+        assert_eq!(exact.verify("ann", &password("two")).await.unwrap(), "ann");
+        // The file can still be repaired with `mailbag user del`.
+        assert_eq!(list_users(&path).unwrap(), ["Ann", "bob", "ann"]);
+        delete_user(&path, "ann").unwrap();
+        let db = PasswdFile::open(&path).unwrap();
+        assert_eq!(db.verify("ann", &password("one")).await.unwrap(), "Ann");
+        // `user add` refuses a case variant of a name it has.
+        assert!(matches!(
+            add_user(&path, "ANN", b"pw", Scheme::Plain),
+            Err(PasswdError::UserExists { .. })
+        ));
+        // A server that sees the bad edit keeps the users it read.
+        fs::write(&path, "Ann:{PLAIN}one\nANN:{PLAIN}two\n").unwrap();
+        assert_eq!(db.verify("ann", &password("one")).await.unwrap(), "Ann");
+    }
+
+    #[tokio::test]
+    async fn scram_values_are_one_users_whatever_the_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(&dir);
+        let db = PasswdFile::open(&path).unwrap();
+        let (name, upper) = db.scram_keys("ALICE").await.unwrap();
+        assert_eq!(name, "alice");
+        let (_, lower) = db.scram_keys("alice").await.unwrap();
+        assert_eq!(
+            (upper.salt, upper.stored_key),
+            (lower.salt, lower.stored_key)
+        );
+        // An unknown name's made-up values agree across spellings too.
+        let (_, a) = db.scram_keys("Zed").await.unwrap();
+        let (_, b) = db.scram_keys("zed").await.unwrap();
+        assert_eq!((a.salt, a.iterations), (b.salt, b.iterations));
     }
 
     #[tokio::test]
@@ -1058,7 +1192,7 @@ mod tests {
 
         set_password(&path, "erin", b"pw3", Scheme::Ssha512).unwrap();
         let db = PasswdFile::open(&path).unwrap();
-        assert!(scheme::verify(&db.table().users["erin"], b"pw3"));
+        assert!(scheme::verify(&db.table().users["erin"].1, b"pw3"));
         assert!(matches!(
             set_password(&path, "ghost", b"x", Scheme::Plain),
             Err(PasswdError::NoSuchUser { .. })

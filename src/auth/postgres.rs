@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::cache::VerifiedCache;
 use super::credential::{credential_matches, presented_bytes, stored_scram_keys, valid_user_name};
+use super::name::fold;
 use super::scheme::{self, Scheme};
 use super::secret::ServerSecret;
 use super::timing::CheckTimes;
@@ -58,6 +59,8 @@ pub struct PgPassDb {
     times: Arc<CheckTimes>,
     /// How long SCRAM first steps wait.
     scram_times: Arc<CheckTimes>,
+    /// `auth.case_insensitive_names`: names match whatever their case.
+    case_insensitive: bool,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +97,13 @@ impl PgPassDb {
         self
     }
 
+    /// With names matched whatever their letter case or not
+    /// (`auth.case_insensitive_names`; on unless turned off).
+    pub fn with_case_insensitive_names(mut self, on: bool) -> PgPassDb {
+        self.case_insensitive = on;
+        self
+    }
+
     pub async fn new(pool: Arc<Pool>) -> PgPassDb {
         let db = PgPassDb {
             pool,
@@ -102,6 +112,7 @@ impl PgPassDb {
             secret: ServerSecret::random(),
             times: Arc::default(),
             scram_times: Arc::default(),
+            case_insensitive: true,
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -119,6 +130,7 @@ impl PgPassDb {
                     secret: ServerSecret::random(),
                     times: Arc::default(),
                     scram_times: Arc::default(),
+                    case_insensitive: true,
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -182,11 +194,35 @@ impl PgPassDb {
             return Ok(None);
         }
         let client = self.pool.get().await.map_err(temporary)?;
-        let row = client
-            .query_opt("SELECT name, secret FROM users WHERE name = $1", &[&user])
-            .await
-            .map_err(temporary)?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        let rows = if self.case_insensitive {
+            // lower() under the "C" collation folds ASCII letters only,
+            // as `name::fold` does, whatever the database's locale.
+            client
+                .query(
+                    r#"SELECT name, secret FROM users
+                        WHERE lower(name COLLATE "C") = $1 LIMIT 2"#,
+                    &[&fold(user, true).as_ref()],
+                )
+                .await
+        } else {
+            client
+                .query("SELECT name, secret FROM users WHERE name = $1", &[&user])
+                .await
+        }
+        .map_err(temporary)?;
+        match &rows[..] {
+            [] => Ok(None),
+            [row] => Ok(Some((row.get(0), row.get(1)))),
+            [first, second, ..] => {
+                // Rows written by hand around `mailbag user add`: which
+                // user a login means cannot be told, so none is chosen.
+                let (a, b): (String, String) = (first.get(0), second.get(0));
+                Err(AuthError::Temporary(format!(
+                    "users {a:?} and {b:?} differ only in letter case and \
+                     auth.case_insensitive_names makes them one user; rename or delete one"
+                )))
+            }
+        }
     }
 
     /// Adds `user` with `password` hashed by `scheme`.
@@ -205,7 +241,13 @@ impl PgPassDb {
             .get()
             .await?
             .execute(
-                "INSERT INTO users (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                // A name that differs from an existing one only in case
+                // would be that user wherever names match
+                // case-insensitively (the default).
+                r#"INSERT INTO users (name, secret)
+                   SELECT $1::text, $2::text WHERE NOT EXISTS
+                     (SELECT 1 FROM users WHERE lower(name COLLATE "C") = lower($1::text COLLATE "C"))
+                   ON CONFLICT (name) DO NOTHING"#,
                 &[&user, &secret],
             )
             .await
@@ -312,7 +354,9 @@ impl PassDb for PgPassDb {
 
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let found = self.lookup(user).await?;
-        let user = user.to_owned();
+        // Made-up values are drawn from the folded name: the spellings of
+        // an unknown name agree, as a known user's do.
+        let user = fold(user, self.case_insensitive).into_owned();
         let secret = self.secret.clone();
         // A made-up count drawn as users' counts are spread: one fixed
         // count would single out every user whose own count differs.
@@ -328,8 +372,11 @@ impl PassDb for PgPassDb {
         };
         let (found, began) = super::hashing(move || {
             let began = Instant::now();
+            // The salt is the stored name's, so every spelling of a
+            // name that matches it gets the same keys.
             let keys = found.and_then(|(name, stored)| {
-                Some((name, stored_scram_keys(&secret, &user, &stored)?))
+                let keys = stored_scram_keys(&secret, &name, &stored)?;
+                Some((name, keys))
             });
             // Made up from the server secret, the same on every node, as
             // cheaply as stored keys are read.

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailbag_proto::lmtp::{Action, Conn, DeliveryResult, Event, Outcome, RcptResult, Settings};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::wire::{self, Input};
 use super::Shared;
 use crate::auth::PassDb;
 use crate::store::deliver::{self, DeliverError};
@@ -341,21 +342,27 @@ where
                     break;
                 }
                 conn.shrink();
-                let read = tokio::select! {
-                    r = tokio::time::timeout(conn.idle_timeout(), stream.read(&mut buf)) => r,
-                    _ = shutdown.cancelled() => {
-                        write_now(&mut stream, b"421 4.3.2 Server shutting down; try again later\r\n").await;
+                let until = tokio::time::Instant::now() + conn.idle_timeout();
+                let read = wire::read_into(&mut stream, &mut buf, |bytes| conn.receive(bytes));
+                // Only POP3 connections waiting to log in can be evicted.
+                let never = std::future::pending();
+                match wire::wait_for_input(read, until, shutdown, never).await {
+                    Input::Received => {}
+                    Input::Closed | Input::Evicted => break,
+                    Input::ShuttingDown => {
+                        wire::write_now(
+                            &mut stream,
+                            b"421 4.3.2 Server shutting down; try again later\r\n",
+                        )
+                        .await;
                         break;
                     }
-                };
-                match read {
-                    Err(_) => {
+                    Input::TimedOut => {
                         info!("idle too long; closing");
-                        write_now(&mut stream, b"421 4.4.2 Idle for too long; closing\r\n").await;
+                        wire::write_now(&mut stream, b"421 4.4.2 Idle for too long; closing\r\n")
+                            .await;
                         break;
                     }
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => conn.receive(&buf[..n]),
                 }
             }
             Event::Close => {
@@ -401,7 +408,8 @@ async fn deliver_one<S: Store, P: PassDb>(
 ) -> DeliveryResult {
     // The core refuses paths with control characters, so these are safe
     // header values.
-    let copy = deliver::with_headers(Some(return_path), address, message);
+    let address = deliver::full_address(address, &shared.live().store.default_domain);
+    let copy = deliver::with_headers(Some(return_path), &address, message);
     let octets = copy.len();
     let quota = shared.live().quota.for_user(user);
     let result = deliver::deliver(&shared.store, quota, user, copy).await;
@@ -428,27 +436,16 @@ async fn deliver_one<S: Store, P: PassDb>(
     }
 }
 
+/// Writes the replies out; a client that does not take them within
+/// `limit` is dropped, as one that stops writing is.
 async fn write_out<T: AsyncWrite + Unpin>(
     stream: &mut T,
     out: &mut Vec<u8>,
     limit: Duration,
 ) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    tokio::time::timeout(limit, async {
-        stream.write_all(out).await?;
-        stream.flush().await
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))??;
-    out.clear();
-    Ok(())
-}
-
-/// Writes a last line if the socket takes it at once; never waits.
-async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: &[u8]) {
-    let _ = tokio::time::timeout(Duration::ZERO, stream.write_all(line)).await;
+    tokio::time::timeout(limit, wire::write_out(stream, out))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client not reading"))?
 }
 
 /// A client-supplied address as it may appear in a log line: no control

@@ -12,6 +12,7 @@ pub mod pop3;
 pub mod proxy;
 pub mod tls;
 pub mod transcript;
+mod wire;
 pub mod workers;
 
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mailbag_proto::pop3::Farewell;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -141,18 +143,17 @@ impl<S: Store, P: PassDb> Shared<S, P> {
     }
 
     /// Admits a connection from `ip` under the brute-force and per-address
-    /// limits, or says why not (the text for a `-ERR [SYS/TEMP]` line),
+    /// limits, or says why not (the line to turn it away with),
     /// and gives it a place among the connections not yet logged in
     /// (which may close an older one: see [`limits::PreLogin`]).
-    pub fn admit(&self, ip: IpAddr) -> Result<Admission, String> {
+    pub fn admit(&self, ip: IpAddr) -> Result<Admission, Farewell> {
         if let Some(wait) = self.failures.blocked(ip, std::time::Instant::now()) {
-            return Err(format!(
-                "Too many failed logins from your address; try again in {} seconds",
-                wait.as_secs().max(1)
-            ));
+            return Err(Farewell::AddressBlocked {
+                seconds: wait.as_secs().max(1),
+            });
         }
         let Some(slot) = self.slots.claim(ip) else {
-            return Err("Too many connections from your address; try again later".into());
+            return Err(Farewell::AddressBusy);
         };
         Ok(Admission {
             _slot: slot,
@@ -422,9 +423,9 @@ async fn accept_loop<S: Store, P: PassDb>(
         } else {
             match shared.admit(peer.ip()) {
                 Ok(a) => Some(a),
-                Err(text) => {
+                Err(why) => {
                     shared.metrics.connection_refused();
-                    refuse(&stream, peer, &text, implicit_tls);
+                    refuse(&stream, peer, why, implicit_tls);
                     continue;
                 }
             }
@@ -439,7 +440,7 @@ async fn accept_loop<S: Store, P: PassDb>(
                 .unauthenticated
                 .make_room(admitted.as_ref().and_then(|a| a.unauthenticated.as_ref()))
         {
-            refuse(&stream, peer, TOO_MANY, implicit_tls);
+            refuse(&stream, peer, Farewell::Busy, implicit_tls);
             continue;
         }
         let permits = permits.clone();
@@ -486,12 +487,12 @@ async fn accept_loop<S: Store, P: PassDb>(
                             Ok(a) if permit.is_some()
                                 || shared.unauthenticated.make_room(a.unauthenticated.as_ref()) => a,
                             Ok(_) => {
-                                refuse(&stream, peer, TOO_MANY, implicit_tls);
+                                refuse(&stream, peer, Farewell::Busy, implicit_tls);
                                 return;
                             }
-                            Err(text) => {
+                            Err(why) => {
                                 shared.metrics.connection_refused();
-                                refuse(&stream, peer, &text, implicit_tls);
+                                refuse(&stream, peer, why, implicit_tls);
                                 return;
                             }
                         }
@@ -502,7 +503,7 @@ async fn accept_loop<S: Store, P: PassDb>(
                     None => match permit_freed(permits, &admission).await {
                         Some(p) => p,
                         None => {
-                            refuse(&stream, peer, TOO_MANY, implicit_tls);
+                            refuse(&stream, peer, Farewell::Busy, implicit_tls);
                             return;
                         }
                     },
@@ -551,8 +552,6 @@ async fn accept_loop<S: Store, P: PassDb>(
     }
 }
 
-const TOO_MANY: &str = "Too many connections; try again later";
-
 /// The permit a connection closed to make room gives back, unless this
 /// connection loses its own place first or the permit does not come soon.
 async fn permit_freed(
@@ -568,9 +567,9 @@ async fn permit_freed(
 /// Turns a connection away, telling it why if the line can be written at
 /// once: a refusal never waits on the client. Implicit-TLS connections are
 /// closed without a word (no handshake is spent on them).
-fn refuse(stream: &TcpStream, peer: SocketAddr, why: &str, implicit_tls: bool) {
+fn refuse(stream: &TcpStream, peer: SocketAddr, why: Farewell, implicit_tls: bool) {
     warn!(peer = %peer, reason = %why, "connection refused");
     if !implicit_tls {
-        let _ = stream.try_write(&pop3::Farewell::Refused(why).line());
+        let _ = stream.try_write(&why.line());
     }
 }

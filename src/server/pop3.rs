@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::dot::{SizeCounter, Stuffer};
-use mailbag_proto::pop3::{Action, Conn, Event, Outcome, Settings, StoreFailure, Verb};
+use mailbag_proto::pop3::{
+    Action, Conn, Credential, Event, Farewell, Index, Outcome, Settings, StoreFailure, Verb,
+};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -35,8 +37,11 @@ use super::limits::Attempt;
 use super::metrics::{LoginResult, Metrics};
 use super::tls::Stream;
 use super::transcript::Transcript;
+use super::wire::{self, Input};
 use super::{Admission, Shared, HANDSHAKE_TIMEOUT};
+use crate::auth::name::Matching;
 use crate::auth::{AuthError, PassDb};
+use crate::config::Config;
 use crate::store::{Maildrop, MessageBody, Store, StoreError};
 
 /// Bytes read from the client at a time.
@@ -53,46 +58,10 @@ pub const OUTPUT_LIMIT_OCTETS: usize = BODY_CHUNK_OCTETS;
 /// a thousand stalled connections waiting to log in hold little.
 pub const PRE_LOGIN_OUTPUT_OCTETS: usize = 16 * 1024;
 
-/// The lines the driver writes itself (the core writes every other):
-/// the one place for their wire text.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Farewell<'a> {
-    /// Not admitted; the text says why.
-    Refused(&'a str),
-    /// The server is stopping.
-    ShuttingDown,
-    /// RFC 1939 §3 autologout, after login.
-    Autologout,
-    /// The authorization deadline passed before login.
-    LoginTimeout,
-    /// The pre-login table was full and this was the oldest connection of
-    /// the address holding the most.
-    Evicted,
-}
-
-impl Farewell<'_> {
-    pub(crate) fn line(self) -> Vec<u8> {
-        let text = match self {
-            Farewell::Refused(why) => return format!("-ERR [SYS/TEMP] {why}\r\n").into_bytes(),
-            Farewell::ShuttingDown => "-ERR [SYS/TEMP] Server shutting down; nothing was deleted",
-            Farewell::Autologout => "-ERR Autologout: idle for too long; nothing was deleted",
-            Farewell::LoginTimeout => "-ERR [SYS/TEMP] Too long without logging in; closing",
-            Farewell::Evicted => {
-                "-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest"
-            }
-        };
-        format!("{text}\r\n").into_bytes()
-    }
-}
-
 /// Writes a last line if the connection takes it at once; never waits on
 /// a client that does not read.
-pub(crate) async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell<'_>) {
-    let _ = tokio::time::timeout(Duration::ZERO, async {
-        stream.write_all(&line.line()).await?;
-        stream.flush().await
-    })
-    .await;
+async fn write_now<T: AsyncWrite + Unpin>(stream: &mut T, line: Farewell) {
+    wire::write_now(stream, &line.line()).await;
 }
 
 /// Why a wait before login was cut short.
@@ -256,40 +225,76 @@ impl AsyncWrite for Timed {
     }
 }
 
-/// The answer to a login attempt from an address that is refused.
-const BLOCKED: Farewell<'static> =
-    Farewell::Refused("Too many failed logins from your address; try again later");
-
 /// Serves one admitted POP3 connection, accepted at `accepted`, to its
 /// end. Whatever way it ends, an open maildrop is dropped uncommitted
 /// unless the core reached UPDATE.
 pub async fn serve<S, P>(
     stream: Stream,
     peer: SocketAddr,
-    session: u64,
+    id: u64,
     shared: &Shared<S, P>,
     shutdown: &CancellationToken,
-    mut admission: Admission,
+    admission: Admission,
     accepted: tokio::time::Instant,
 ) where
     S: Store,
     P: PassDb,
 {
     shared.metrics.connection_opened();
-    let metrics = &*shared.metrics;
     let config = shared.live();
-    let tls_active = stream.is_tls();
-    let settings = Settings {
+    let transcript = Transcript::start(&config.transcript, peer, id);
+    let settings = settings(
+        shared,
+        &config,
+        peer,
+        id,
+        stream.is_tls(),
+        transcript.is_some(),
+    );
+    let login_by = accepted + settings.authorization_timeout;
+    let mut session = Session {
+        shared,
+        metrics: &shared.metrics,
+        config: &config,
+        shutdown,
+        peer,
+        stream: Timed::new(stream, login_by, &admission),
+        admission,
+        autologout: settings.transaction_timeout,
+        conn: Conn::new(settings),
+        out: Vec::new(),
+        transcript,
+        login_by,
+        maildrop: None,
+        user: None,
+        attempt: None,
+        command: None,
+    };
+    debug!("connected");
+    let closing = session.run().await;
+    session.finish(closing).await;
+}
+
+/// The core's policy and limits for a connection from `peer`.
+fn settings<S: Store, P: PassDb>(
+    shared: &Shared<S, P>,
+    config: &Config,
+    peer: SocketAddr,
+    id: u64,
+    tls_active: bool,
+    transcript: bool,
+) -> Settings {
+    Settings {
         apop_timestamp: shared
             .passdb
             .apop_possible()
-            .then(|| shared.apop_timestamp(session)),
+            .then(|| shared.apop_timestamp(id)),
         // RFC 2195 asks for the same unique form as APOP's timestamp.
         cram_md5_challenge: shared
             .passdb
             .cram_md5_possible()
-            .then(|| shared.apop_timestamp(session)),
-        plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(&config, peer.ip()),
+            .then(|| shared.apop_timestamp(id)),
+        plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(config, peer.ip()),
         tls_available: shared.tls.is_some(),
         master_users: config.auth.master_users.clone(),
         tls_active,
@@ -297,409 +302,488 @@ pub async fn serve<S, P>(
         max_bad_commands: config.limits.max_bad_commands,
         expire: config.pop3.expire.clone(),
         login_delay_secs: config.pop3.login_delay_secs,
-        authorization_timeout: std::time::Duration::from_secs(
-            config.limits.authorization_timeout_secs,
-        ),
-        transaction_timeout: std::time::Duration::from_secs(config.limits.autologout_secs),
+        authorization_timeout: Duration::from_secs(config.limits.authorization_timeout_secs),
+        transaction_timeout: Duration::from_secs(config.limits.autologout_secs),
+        transcript,
         ..Settings::default()
-    };
-    let mut transcript = Transcript::start(&config.transcript, peer, session);
-    let settings = Settings {
-        transcript: transcript.is_some(),
-        ..settings
-    };
-    let login_by = accepted + settings.authorization_timeout;
-    let autologout = settings.transaction_timeout;
-    let mut stream = Timed::new(stream, login_by, &admission);
-    let mut conn = Conn::new(settings);
-    let mut out: Vec<u8> = Vec::new();
-    let mut maildrop: Option<S::Maildrop> = None;
-    let mut user: Option<String> = None;
-    // The login attempt being checked (server/limits.rs).
-    let mut attempt: Option<Attempt> = None;
-    // The command being answered, for its latency.
-    let mut command: Option<(Verb, Instant)> = None;
-    // The session ended with the server's last word (QUIT, or a limit):
-    // the connection is shut down once its resources are released.
-    let mut closing = false;
-    debug!("connected");
-    loop {
-        match conn.next() {
-            Event::Send(bytes) => {
-                if let Some(t) = &mut transcript {
-                    t.server(&bytes);
-                }
-                out.extend_from_slice(&bytes);
-                // Answers pile up no further than the limit: they go out
-                // before the next command runs.
-                if out.len() >= stream.output_limit()
-                    && write_out(&mut stream, &mut out, metrics).await.is_err()
-                {
-                    break;
-                }
-            }
-            Event::Received(line) => {
-                if let Some(t) = &mut transcript {
-                    t.client(&line);
-                }
-            }
-            Event::Command(verb) => {
-                if let Some((verb, started)) = command.replace((verb, Instant::now())) {
-                    metrics.command(verb.keyword(), started.elapsed());
-                }
-            }
-            Event::Act(action) => {
-                let outcome = match action {
-                    Action::StartTls => {
-                        // RFC 2595 §4: the +OK goes out in the clear, whole,
-                        // before the handshake starts.
-                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                            break;
-                        }
-                        let Some(tls) = &shared.tls else {
-                            break;
-                        };
-                        conn.discard_buffered_input();
-                        let until = login_by.min(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
-                        // A connection that stalls in the handshake can
-                        // lose its place, as one waiting for a command can.
-                        let handshake = tokio::select! {
-                            r = tokio::time::timeout_at(until, stream.stream.start_tls(tls.acceptor())) => r,
-                            _ = admission.evicted() => {
-                                info!("closed during the STLS handshake to make room for a newer connection");
-                                break;
-                            }
-                        };
-                        match handshake {
-                            Ok(Ok(())) => {
-                                debug!("STLS: TLS started");
-                                Outcome::TlsStarted
-                            }
-                            Ok(Err(e)) => {
-                                info!(error = %e, "STLS: TLS handshake failed");
-                                break;
-                            }
-                            Err(_) => {
-                                info!("STLS: TLS handshake timed out");
-                                break;
-                            }
-                        }
+    }
+}
+
+/// The session is over: the loop stops and [`Session::finish`] releases
+/// what it holds. Whatever last line there was has been written.
+struct Ended;
+
+/// A step of the session that may end it.
+type Step<T = ()> = Result<T, Ended>;
+
+/// One POP3 connection's driver: the socket, the protocol core, and what
+/// the core's actions opened. Each action has a method; [`Session::run`]
+/// reads input, feeds the core and dispatches what it asks for.
+struct Session<'a, S: Store, P: PassDb> {
+    shared: &'a Shared<S, P>,
+    metrics: &'a Metrics,
+    config: &'a Config,
+    shutdown: &'a CancellationToken,
+    peer: SocketAddr,
+    /// The connection's claims on the shared limits.
+    admission: Admission,
+    stream: Timed,
+    conn: Conn,
+    /// Answers waiting to be written.
+    out: Vec<u8>,
+    transcript: Option<Transcript<'a>>,
+    /// The authorization deadline, counted from the accept.
+    login_by: tokio::time::Instant,
+    autologout: Duration,
+    /// Open from login until UPDATE takes it (or the session drops it).
+    maildrop: Option<S::Maildrop>,
+    /// The canonical name of the user logged in.
+    user: Option<String>,
+    /// The login attempt being checked (server/limits.rs).
+    attempt: Option<Attempt>,
+    /// The command being answered, for its latency.
+    command: Option<(Verb, Instant)>,
+}
+
+impl<S: Store, P: PassDb> Session<'_, S, P> {
+    /// Drives the core until the session ends. True when it ended with
+    /// the server's last word (QUIT, or a limit of the core): the
+    /// connection is then shut down once its resources are released.
+    async fn run(&mut self) -> bool {
+        loop {
+            let step = match self.conn.next() {
+                Event::Send(bytes) => self.send(&bytes).await,
+                Event::Received(line) => {
+                    if let Some(t) = &mut self.transcript {
+                        t.client(&line);
                     }
-                    Action::Rejected { user: name } => {
-                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                            break;
-                        }
-                        log_auth_failure(peer, &name, "invalid-credentials");
-                        metrics.login(LoginResult::Invalid);
-                        let delay = match attempt.take() {
-                            Some(a) => shared.failures.failed(a, Instant::now()),
-                            None => {
-                                shared
-                                    .failures
-                                    .failed_unreserved(peer.ip(), &name, Instant::now())
-                            }
-                        };
-                        let wait = tokio::time::sleep(delay);
-                        if let Err(cut) = before_login(wait, login_by, &admission).await {
-                            cut.farewell(&mut stream).await;
-                            break;
-                        }
-                        Outcome::AuthRejected
-                    }
-                    Action::ScramLookup { user: name } => {
-                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                            break;
-                        }
-                        // A SCRAM exchange is one attempt, counted before
-                        // the keys are looked up; the proof settles it.
-                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
-                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
-                            Err(_) => {
-                                metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(&BLOCKED.line()).await;
-                                break;
-                            }
-                        }
-                        let lookup = shared.passdb.scram_keys(&name);
-                        let keys = match before_login(lookup, login_by, &admission).await {
-                            Ok(keys) => keys,
-                            Err(cut) => {
-                                // Counted as a failure: its end was never learned.
-                                shared.failures.abandoned(attempt.take());
-                                cut.farewell(&mut stream).await;
-                                break;
-                            }
-                        };
-                        match keys {
-                            Ok((canonical, keys)) => {
-                                let mut nonce = [0u8; 18];
-                                rand::fill(&mut nonce);
-                                Outcome::ScramKeys {
-                                    user: canonical,
-                                    keys,
-                                    nonce: BASE64_STANDARD.encode(nonce),
-                                }
-                            }
-                            Err(e) => {
-                                error!(error = %e, "password database unavailable");
-                                Outcome::AuthUnavailable
-                            }
-                        }
-                    }
-                    Action::Authenticate {
-                        user: name,
-                        credential,
-                    } => {
-                        // Answer what came before while the hash runs.
-                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                            break;
-                        }
-                        // Counted before it is checked: parallel guesses
-                        // cannot all pass a check made before any fails.
-                        match shared.failures.begin(peer.ip(), &name, Instant::now()) {
-                            Ok(a) => shared.failures.abandoned(attempt.replace(a)),
-                            Err(_) => {
-                                metrics.login(LoginResult::Refused);
-                                let _ = stream.write_all(&BLOCKED.line()).await;
-                                break;
-                            }
-                        }
-                        let started = tokio::time::Instant::now();
-                        let check = shared.passdb.verify(&name, &credential);
-                        let checked = match before_login(check, login_by, &admission).await {
-                            Ok(checked) => checked,
-                            Err(cut) => {
-                                // Counted as a failure: its end was never learned.
-                                shared.failures.abandoned(attempt.take());
-                                cut.farewell(&mut stream).await;
-                                break;
-                            }
-                        };
-                        match checked {
-                            Ok(canonical) => Outcome::Authenticated { user: canonical },
-                            Err(AuthError::Invalid) => {
-                                log_auth_failure(peer, &name, "invalid-credentials");
-                                metrics.login(LoginResult::Invalid);
-                                let delay = match attempt.take() {
-                                    Some(a) => shared.failures.failed(a, Instant::now()),
-                                    None => shared.failures.policy().base_delay,
-                                };
-                                // Every failure is answered at the same time
-                                // after the attempt, however long the check
-                                // took, so timing does not tell which users
-                                // exist. Only this session waits; if the
-                                // login deadline or an eviction comes
-                                // first, the session ends unanswered.
-                                let wait = tokio::time::sleep_until(started + delay);
-                                if let Err(cut) = before_login(wait, login_by, &admission).await {
-                                    cut.farewell(&mut stream).await;
-                                    break;
-                                }
-                                Outcome::AuthRejected
-                            }
-                            Err(AuthError::Temporary(e)) => {
-                                metrics.login(LoginResult::Unavailable);
-                                error!(error = %e, "password database unavailable");
-                                Outcome::AuthUnavailable
-                            }
-                        }
-                    }
-                    // Every way of logging in (USER/PASS, APOP, each SASL
-                    // mechanism) ends here once the credential is good.
-                    Action::OpenMaildrop { user: name } => {
-                        if let Some(a) = attempt.take() {
-                            shared.failures.succeeded(a, Instant::now());
-                        }
-                        let delayed = shared.login_delay.check(&name, Instant::now()).err();
-                        if let Some(wait) = delayed {
-                            metrics.login(LoginResult::Refused);
-                            Outcome::LoginDelayed {
-                                seconds: wait.as_secs().max(1),
-                            }
-                        } else {
-                            match shared.store.open(&name).await {
-                                Ok(m) => {
-                                    let messages = m.messages().to_vec();
-                                    info!(user = %name, messages = messages.len(), "logged in");
-                                    if let Some(t) = &mut transcript {
-                                        t.logged_in(&name);
-                                    }
-                                    // Logged in: no longer counts against the
-                                    // unauthenticated limit.
-                                    admission.unauthenticated = None;
-                                    metrics.login(LoginResult::Ok);
-                                    user = Some(name.clone());
-                                    maildrop = Some(m);
-                                    Outcome::Opened(messages)
-                                }
-                                Err(e) => {
-                                    metrics.login(match e {
-                                        StoreError::Locked => LoginResult::InUse,
-                                        _ => LoginResult::Unavailable,
-                                    });
-                                    log_store_error("open maildrop", &e);
-                                    Outcome::OpenFailed(failure(&e))
-                                }
-                            }
-                        }
-                    }
-                    Action::Retrieve {
-                        index,
-                        top_lines,
-                        status,
-                    } => {
-                        let Some(m) = maildrop.as_mut() else {
-                            break;
-                        };
-                        let size = m.messages().get(index).map_or(0, |m| m.size);
-                        match m.read(index).await {
-                            Err(e) => {
-                                log_store_error("read message", &e);
-                                Outcome::NotSent(failure(&e))
-                            }
-                            Ok(reader) => {
-                                if let Some(t) = &mut transcript {
-                                    t.server(&status);
-                                }
-                                out.extend_from_slice(&status);
-                                let stuffer = match top_lines {
-                                    Some(n) => Stuffer::top(n),
-                                    None => Stuffer::new(),
-                                };
-                                let body = Body {
-                                    size,
-                                    whole: top_lines.is_none(),
-                                };
-                                if let Err(e) =
-                                    stream_body(reader, body, stuffer, &mut out, &mut stream).await
-                                {
-                                    // The +OK is out: the only honest signal
-                                    // left is to end the connection.
-                                    warn!(error = %e, index, "message transfer failed");
-                                    break;
-                                }
-                                if let Some(t) = &mut transcript {
-                                    t.note("(message body sent)");
-                                }
-                                Outcome::Sent
-                            }
-                        }
-                    }
-                    Action::Summarize { indexes } => {
-                        let Some(m) = maildrop.as_mut() else {
-                            break;
-                        };
-                        // Reading many messages takes a while: answer what
-                        // came before first.
-                        if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                            break;
-                        }
-                        let large = config.pop3.summary_large_octets;
-                        crate::store::summary::summarize_maildrop(m, &indexes, large).await
-                    }
-                    Action::Commit { deleted, retrieved } => match maildrop.take() {
-                        None => Outcome::Committed,
-                        Some(m) => match m.commit(&deleted, &retrieved).await {
-                            Ok(()) => Outcome::Committed,
-                            Err(e) => {
-                                log_store_error("commit", &e);
-                                Outcome::CommitFailed(failure(&e))
-                            }
-                        },
-                    },
-                };
-                conn.complete(outcome);
-                if user.is_some() && conn.in_transaction() {
-                    stream.logged_in(autologout);
+                    Ok(())
                 }
-            }
-            Event::NeedInput => {
-                if let Some((verb, started)) = command.take() {
-                    metrics.command(verb.keyword(), started.elapsed());
-                }
-                if let Some(t) = &mut transcript {
-                    t.flush();
-                }
-                if write_out(&mut stream, &mut out, metrics).await.is_err() {
-                    break;
-                }
-                if out.capacity() > IDLE_BUFFER_OCTETS {
-                    out = Vec::new();
-                }
-                conn.shrink();
-                // Before login: the deadline counted from the accept. After:
-                // autologout, counted from the last command.
-                let logged_in = user.is_some();
-                let until = if logged_in {
-                    tokio::time::Instant::now() + autologout
-                } else {
-                    login_by
-                };
-                let read = tokio::select! {
-                    r = tokio::time::timeout_at(until, read_into(&mut stream.stream, &mut conn)) => r,
-                    _ = shutdown.cancelled() => {
-                        write_now(&mut stream, Farewell::ShuttingDown).await;
-                        break;
+                Event::Command(verb) => {
+                    if let Some((verb, started)) = self.command.replace((verb, Instant::now())) {
+                        self.metrics.command(verb.keyword(), started.elapsed());
                     }
-                    _ = admission.evicted() => {
-                        info!("closed to make room for a newer connection waiting to log in");
-                        write_now(&mut stream, Farewell::Evicted).await;
-                        break;
-                    }
-                };
-                match read {
-                    Err(_) if logged_in => {
-                        info!("autologout: idle too long");
-                        write_now(&mut stream, Farewell::Autologout).await;
-                        break;
-                    }
-                    Err(_) => {
-                        info!("not logged in by the authorization deadline");
-                        write_now(&mut stream, Farewell::LoginTimeout).await;
-                        break;
-                    }
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(_)) => {}
+                    Ok(())
                 }
-            }
-            Event::Close => {
-                if let Some((verb, started)) = command.take() {
-                    metrics.command(verb.keyword(), started.elapsed());
+                Event::Act(action) => self.act(action).await,
+                Event::NeedInput => self.read().await,
+                Event::Close => {
+                    self.command_done();
+                    let _ = self.write_out().await;
+                    return true;
                 }
-                let _ = write_out(&mut stream, &mut out, metrics).await;
-                closing = true;
-                break;
+            };
+            if step.is_err() {
+                return false;
             }
         }
     }
-    if let Some((verb, started)) = command.take() {
-        metrics.command(verb.keyword(), started.elapsed());
+
+    /// Queues an answer of the core. Answers pile up no further than the
+    /// limit: they go out before the next command runs.
+    async fn send(&mut self, bytes: &[u8]) -> Step {
+        if let Some(t) = &mut self.transcript {
+            t.server(bytes);
+        }
+        self.out.extend_from_slice(bytes);
+        if self.out.len() >= self.stream.output_limit() {
+            self.write_out().await?;
+        }
+        Ok(())
     }
-    let uncommitted = maildrop.is_some();
-    // The maildrop's lock and the address's connection slot go before the
-    // client sees the connection end: one that reconnects at once (to the
-    // same maildrop, from the same address) must not find them held.
-    drop(maildrop);
-    drop(admission);
-    if closing {
-        let _ = stream.shutdown().await;
+
+    /// Performs one action of the core and reports its outcome.
+    async fn act(&mut self, action: Action) -> Step {
+        let outcome = match action {
+            Action::StartTls => self.start_tls().await?,
+            Action::Rejected { user } => self.rejected(&user).await?,
+            Action::ScramLookup { user } => self.scram_lookup(&user).await?,
+            Action::Authenticate { user, credential } => {
+                self.authenticate(&user, &credential).await?
+            }
+            Action::OpenMaildrop { user } => self.open(user).await,
+            Action::Retrieve {
+                index,
+                top_lines,
+                status,
+            } => self.retrieve(index, top_lines, &status).await?,
+            Action::Summarize { indexes } => self.summarize(&indexes).await?,
+            Action::Commit { deleted, retrieved } => self.commit(&deleted, &retrieved).await,
+        };
+        self.conn.complete(outcome);
+        if self.user.is_some() && self.conn.in_transaction() {
+            self.stream.logged_in(self.autologout);
+        }
+        Ok(())
     }
-    metrics.connection_closed();
-    if user.is_some() {
-        metrics.authenticated_session_ended();
+
+    /// RFC 2595 §4: the +OK goes out in the clear, whole, before the
+    /// handshake starts; a handshake that fails ends the session.
+    async fn start_tls(&mut self) -> Step<Outcome> {
+        self.write_out().await?;
+        let Some(tls) = &self.shared.tls else {
+            return Err(Ended);
+        };
+        self.conn.discard_buffered_input();
+        let until = self
+            .login_by
+            .min(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
+        // A connection that stalls in the handshake can lose its place,
+        // as one waiting for a command can.
+        let handshake = tokio::select! {
+            r = tokio::time::timeout_at(until, self.stream.stream.start_tls(tls.acceptor())) => r,
+            _ = self.admission.evicted() => {
+                info!("closed during the STLS handshake to make room for a newer connection");
+                return Err(Ended);
+            }
+        };
+        match handshake {
+            Ok(Ok(())) => {
+                debug!("STLS: TLS started");
+                Ok(Outcome::TlsStarted)
+            }
+            Ok(Err(e)) => {
+                info!(error = %e, "STLS: TLS handshake failed");
+                Err(Ended)
+            }
+            Err(_) => {
+                info!("STLS: TLS handshake timed out");
+                Err(Ended)
+            }
+        }
     }
-    let t = conn.tally();
-    info!(
-        user = user.as_deref().unwrap_or("-"),
-        retrieved = t.retrieved,
-        retrieved_octets = t.retrieved_octets,
-        deleted = t.deleted,
-        deleted_octets = t.deleted_octets,
-        remaining = t.remaining,
-        remaining_octets = t.remaining_octets,
-        uncommitted,
-        "session ended"
-    );
+
+    /// Counts a login attempt before its credential is checked, so that
+    /// parallel guesses cannot all pass a check made before any fails;
+    /// an address blocked meanwhile is told so and the session ends.
+    async fn begin_attempt(&mut self, user: &str) -> Step {
+        let failures = &self.shared.failures;
+        // Every spelling of a user is one user (auth/name.rs).
+        let user = &Matching::from_config(&self.shared.live()).key(user);
+        match failures.begin(self.peer.ip(), user, Instant::now()) {
+            Ok(a) => {
+                failures.abandoned(self.attempt.replace(a));
+                Ok(())
+            }
+            Err(_) => {
+                self.metrics.login(LoginResult::Refused);
+                let _ = self.stream.write_all(&Farewell::LoginsBlocked.line()).await;
+                Err(Ended)
+            }
+        }
+    }
+
+    /// Runs a wait of the login stage (see [`before_login`]); if it is cut
+    /// short, an attempt still open counts as failed (its end was never
+    /// learned) and the session ends with the cut's last line.
+    async fn before_login<F: Future>(&mut self, wait: F) -> Step<F::Output> {
+        match before_login(wait, self.login_by, &self.admission).await {
+            Ok(done) => Ok(done),
+            Err(cut) => {
+                self.shared.failures.abandoned(self.attempt.take());
+                cut.farewell(&mut self.stream).await;
+                Err(Ended)
+            }
+        }
+    }
+
+    /// Checks a credential (USER/PASS, APOP, AUTH PLAIN, LOGIN, CRAM-MD5).
+    async fn authenticate(&mut self, user: &str, credential: &Credential) -> Step<Outcome> {
+        // Answer what came before while the hash runs.
+        self.write_out().await?;
+        self.begin_attempt(user).await?;
+        let started = tokio::time::Instant::now();
+        let shared = self.shared;
+        let checked = self
+            .before_login(Matching::from_config(&shared.live()).verify(
+                &shared.passdb,
+                user,
+                credential,
+            ))
+            .await?;
+        match checked {
+            Ok(canonical) => Ok(Outcome::Authenticated { user: canonical }),
+            Err(AuthError::Invalid) => {
+                log_auth_failure(self.peer, user, "invalid-credentials");
+                self.metrics.login(LoginResult::Invalid);
+                let delay = match self.attempt.take() {
+                    Some(a) => shared.failures.failed(a, Instant::now()),
+                    None => shared.failures.policy().base_delay,
+                };
+                // Every failure is answered at the same time after the
+                // attempt, however long the check took, so timing does not
+                // tell which users exist. Only this session waits; if the
+                // login deadline or an eviction comes first, the session
+                // ends unanswered.
+                self.before_login(tokio::time::sleep_until(started + delay))
+                    .await?;
+                Ok(Outcome::AuthRejected)
+            }
+            Err(AuthError::Temporary(e)) => {
+                self.metrics.login(LoginResult::Unavailable);
+                error!(error = %e, "password database unavailable");
+                Ok(Outcome::AuthUnavailable)
+            }
+        }
+    }
+
+    /// A SCRAM exchange is one attempt, counted before the keys are looked
+    /// up; the proof settles it.
+    async fn scram_lookup(&mut self, user: &str) -> Step<Outcome> {
+        self.write_out().await?;
+        self.begin_attempt(user).await?;
+        let shared = self.shared;
+        let names = Matching::from_config(&shared.live());
+        let keys = self
+            .before_login(names.scram_keys(&shared.passdb, user))
+            .await?;
+        Ok(match keys {
+            Ok((canonical, keys)) => {
+                let mut nonce = [0u8; 18];
+                rand::fill(&mut nonce);
+                Outcome::ScramKeys {
+                    user: canonical,
+                    keys,
+                    nonce: BASE64_STANDARD.encode(nonce),
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "password database unavailable");
+                Outcome::AuthUnavailable
+            }
+        })
+    }
+
+    /// The core found a login wrong by itself (a SCRAM proof): answered
+    /// after the failure delay, as a wrong password is.
+    async fn rejected(&mut self, user: &str) -> Step<Outcome> {
+        self.write_out().await?;
+        log_auth_failure(self.peer, user, "invalid-credentials");
+        self.metrics.login(LoginResult::Invalid);
+        let failures = &self.shared.failures;
+        let delay = match self.attempt.take() {
+            Some(a) => failures.failed(a, Instant::now()),
+            None => {
+                let user = Matching::from_config(&self.shared.live()).key(user);
+                failures.failed_unreserved(self.peer.ip(), &user, Instant::now())
+            }
+        };
+        self.before_login(tokio::time::sleep(delay)).await?;
+        Ok(Outcome::AuthRejected)
+    }
+
+    /// Opens the maildrop of `user`, whose credential is good. Every way
+    /// of logging in (USER/PASS, APOP, each SASL mechanism) ends here.
+    async fn open(&mut self, user: String) -> Outcome {
+        if let Some(a) = self.attempt.take() {
+            self.shared.failures.succeeded(a, Instant::now());
+        }
+        // A master user's authzid comes as the client wrote it: the
+        // maildrop (and its lock) is the stored user's.
+        let names = Matching::from_config(&self.shared.live());
+        let user = match names.resolve(&self.shared.passdb, &user).await {
+            Ok(Some(stored)) => stored,
+            _ => user,
+        };
+        if let Err(wait) = self.shared.login_delay.check(&user, Instant::now()) {
+            self.metrics.login(LoginResult::Refused);
+            return Outcome::LoginDelayed {
+                seconds: wait.as_secs().max(1),
+            };
+        }
+        match self.shared.store.open(&user).await {
+            Ok(m) => {
+                let messages = m.messages().to_vec();
+                info!(user = %user, messages = messages.len(), "logged in");
+                if let Some(t) = &mut self.transcript {
+                    t.logged_in(&user);
+                }
+                // Logged in: no longer counts against the unauthenticated
+                // limit.
+                self.admission.unauthenticated = None;
+                self.metrics.login(LoginResult::Ok);
+                self.user = Some(user);
+                self.maildrop = Some(m);
+                Outcome::Opened(messages)
+            }
+            Err(e) => {
+                self.metrics.login(match e {
+                    StoreError::Locked => LoginResult::InUse,
+                    _ => LoginResult::Unavailable,
+                });
+                Outcome::OpenFailed(store_failure("open maildrop", &e))
+            }
+        }
+    }
+
+    /// RETR and TOP: the status line, then the body streamed from the
+    /// store through the dot-stuffer.
+    async fn retrieve(
+        &mut self,
+        index: Index,
+        top_lines: Option<u64>,
+        status: &[u8],
+    ) -> Step<Outcome> {
+        let Some(m) = self.maildrop.as_mut() else {
+            return Err(Ended);
+        };
+        let index = index.get();
+        let size = m.messages().get(index).map_or(0, |m| m.size);
+        let reader = match m.read(index).await {
+            Ok(reader) => reader,
+            Err(e) => return Ok(Outcome::NotSent(store_failure("read message", &e))),
+        };
+        if let Some(t) = &mut self.transcript {
+            t.server(status);
+        }
+        self.out.extend_from_slice(status);
+        let stuffer = match top_lines {
+            Some(n) => Stuffer::top(n),
+            None => Stuffer::new(),
+        };
+        let body = Body {
+            size,
+            whole: top_lines.is_none(),
+        };
+        if let Err(e) = stream_body(reader, body, stuffer, &mut self.out, &mut self.stream).await {
+            // The +OK is out: the only honest signal left is to end the
+            // connection.
+            warn!(error = %e, index, "message transfer failed");
+            return Err(Ended);
+        }
+        if let Some(t) = &mut self.transcript {
+            t.note("(message body sent)");
+        }
+        Ok(Outcome::Sent)
+    }
+
+    /// SUMMARY: one line per message asked for.
+    async fn summarize(&mut self, indexes: &[Index]) -> Step<Outcome> {
+        if self.maildrop.is_none() {
+            return Err(Ended);
+        }
+        // Reading many messages takes a while: answer what came before
+        // first.
+        self.write_out().await?;
+        let Some(m) = self.maildrop.as_mut() else {
+            return Err(Ended);
+        };
+        let large = self.config.pop3.summary_large_octets;
+        Ok(crate::store::summary::summarize_maildrop(m, indexes, large).await)
+    }
+
+    /// RFC 1939 §6 UPDATE: the maildrop is committed and released.
+    async fn commit(&mut self, deleted: &[Index], retrieved: &[Index]) -> Outcome {
+        let positions =
+            |indexes: &[Index]| -> Vec<usize> { indexes.iter().map(|i| i.get()).collect() };
+        match self.maildrop.take() {
+            None => Outcome::Committed,
+            Some(m) => match m.commit(&positions(deleted), &positions(retrieved)).await {
+                Ok(()) => Outcome::Committed,
+                Err(e) => Outcome::CommitFailed(store_failure("commit", &e)),
+            },
+        }
+    }
+
+    /// Writes what waits, then waits for the client's next bytes: before
+    /// login until the deadline counted from the accept, after login for
+    /// autologout counted from the last command. Shutdown, an eviction or
+    /// a timeout ends the session with its last line.
+    async fn read(&mut self) -> Step {
+        self.command_done();
+        if let Some(t) = &mut self.transcript {
+            t.flush();
+        }
+        self.write_out().await?;
+        if self.out.capacity() > IDLE_BUFFER_OCTETS {
+            self.out = Vec::new();
+        }
+        self.conn.shrink();
+        let logged_in = self.user.is_some();
+        let until = if logged_in {
+            tokio::time::Instant::now() + self.autologout
+        } else {
+            self.login_by
+        };
+        let read = read_into(&mut self.stream.stream, &mut self.conn);
+        let end = match wire::wait_for_input(read, until, self.shutdown, self.admission.evicted())
+            .await
+        {
+            Input::Received => return Ok(()),
+            Input::Closed => return Err(Ended),
+            Input::ShuttingDown => Farewell::ShuttingDown,
+            Input::Evicted => {
+                info!("closed to make room for a newer connection waiting to log in");
+                Farewell::Evicted
+            }
+            Input::TimedOut if logged_in => {
+                info!("autologout: idle too long");
+                Farewell::Autologout
+            }
+            Input::TimedOut => {
+                info!("not logged in by the authorization deadline");
+                Farewell::LoginTimeout
+            }
+        };
+        write_now(&mut self.stream, end).await;
+        Err(Ended)
+    }
+
+    /// The command being answered is done: its latency goes to metrics.
+    fn command_done(&mut self) {
+        if let Some((verb, started)) = self.command.take() {
+            self.metrics.command(verb.keyword(), started.elapsed());
+        }
+    }
+
+    async fn write_out(&mut self) -> Step {
+        if !self.out.is_empty() {
+            self.metrics.sent(self.out.len());
+        }
+        wire::write_out(&mut self.stream, &mut self.out)
+            .await
+            .map_err(|_| Ended)
+    }
+
+    /// Releases what the session holds and logs its end.
+    async fn finish(mut self, closing: bool) {
+        self.command_done();
+        let uncommitted = self.maildrop.is_some();
+        let Session {
+            mut stream,
+            maildrop,
+            admission,
+            metrics,
+            conn,
+            user,
+            ..
+        } = self;
+        // The maildrop's lock and the address's connection slot go before
+        // the client sees the connection end: one that reconnects at once
+        // (to the same maildrop, from the same address) must not find them
+        // held.
+        drop(maildrop);
+        drop(admission);
+        if closing {
+            let _ = stream.shutdown().await;
+        }
+        metrics.connection_closed();
+        if user.is_some() {
+            metrics.authenticated_session_ended();
+        }
+        let t = conn.tally();
+        info!(
+            user = user.as_deref().unwrap_or("-"),
+            retrieved = t.retrieved,
+            retrieved_octets = t.retrieved_octets,
+            deleted = t.deleted,
+            deleted_octets = t.deleted_octets,
+            remaining = t.remaining,
+            remaining_octets = t.remaining_octets,
+            uncommitted,
+            "session ended"
+        );
+    }
 }
 
 /// Reads what the client sent into the core; `Ok(0)` at the end of the
@@ -722,24 +806,7 @@ async fn read_into(stream: &mut Stream, conn: &mut Conn) -> std::io::Result<usiz
         }
     }
     let mut buf = vec![0u8; READ_OCTETS];
-    let n = stream.read(&mut buf).await?;
-    conn.receive(&buf[..n]);
-    Ok(n)
-}
-
-async fn write_out<T: AsyncWrite + Unpin>(
-    stream: &mut T,
-    out: &mut Vec<u8>,
-    metrics: &Metrics,
-) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    metrics.sent(out.len());
-    stream.write_all(out).await?;
-    stream.flush().await?;
-    out.clear();
-    Ok(())
+    wire::read_into(stream, &mut buf, |bytes| conn.receive(bytes)).await
 }
 
 /// The message a body belongs to, as the snapshot announced it.
@@ -857,21 +924,26 @@ where
     Ok(())
 }
 
-fn failure(e: &StoreError) -> StoreFailure {
+/// A store failure as the core distinguishes it, logged with its cause
+/// (the client gets a code and a short phrase; the log gets the chain).
+fn store_failure(what: &str, e: &StoreError) -> StoreFailure {
     match e {
-        StoreError::Locked => StoreFailure::Locked,
-        StoreError::Vanished => StoreFailure::Vanished,
-        StoreError::Temporary(_) => StoreFailure::Temporary,
-        StoreError::Permanent(_) => StoreFailure::Permanent,
-    }
-}
-
-fn log_store_error(what: &str, e: &StoreError) {
-    match e {
-        StoreError::Locked => info!("maildrop in use by another session"),
-        StoreError::Vanished => info!("{what}: message removed by another program"),
-        StoreError::Temporary(source) => error!(error = %source, "{what} failed"),
-        StoreError::Permanent(msg) => error!(error = %msg, "{what} failed"),
+        StoreError::Locked => {
+            info!("maildrop in use by another session");
+            StoreFailure::Locked
+        }
+        StoreError::Vanished => {
+            info!("{what}: message removed by another program");
+            StoreFailure::Vanished
+        }
+        StoreError::Temporary(source) => {
+            error!(error = %source, "{what} failed");
+            StoreFailure::Temporary
+        }
+        StoreError::Permanent(msg) => {
+            error!(error = %msg, "{what} failed");
+            StoreFailure::Permanent
+        }
     }
 }
 

@@ -20,6 +20,32 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// Where rustls warns about what a client put in its ClientHello: an IP
+/// address as the SNI host name (mpop and others send one), a malformed
+/// or repeated one. The handshake goes on (or fails, and the session log
+/// says so); an operator can do nothing about a client's choice, so these
+/// are not warnings for the server's log.
+const RUSTLS_CLIENT_HELLO_TARGET: &str = "rustls::msgs::handshake";
+
+/// The log filter: `spec` (`MAILBAG_LOG`, in `tracing`'s `EnvFilter`
+/// syntax) or `info`, with rustls's warnings about clients' SNI values
+/// at `error`, unless `spec` names a rustls target itself. Every other
+/// target, mailbag's own included, keeps its level.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty());
+    let filter = spec
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    if spec.is_some_and(|s| s.contains("rustls")) {
+        return filter;
+    }
+    match format!("{RUSTLS_CLIENT_HELLO_TARGET}=error").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
 /// Why the certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -216,4 +242,57 @@ pub fn write_self_signed(names: &[&str], certificate: &Path, key: &Path) -> io::
         .open(key)?;
     f.write_all(certified.signing_key.serialize_pem().as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod log_tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(spec: Option<&str>) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(log_filter(spec))
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "rustls::msgs::handshake", "Illegal SNI extension: ignoring IP address");
+            tracing::warn!(target: "rustls::server::hs", "another rustls warning");
+            tracing::warn!(target: "mailbag::server::pop3", "mailbag's own warning");
+            tracing::info!(target: "mailbag::server", "an info line");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn only_rustls_client_hello_warnings_are_silenced() {
+        for spec in [None, Some(""), Some("info"), Some("not a [valid filter")] {
+            let log = logged(spec);
+            assert!(!log.contains("Illegal SNI"), "{spec:?}: {log}");
+            assert!(log.contains("another rustls warning"), "{spec:?}: {log}");
+            assert!(log.contains("mailbag's own warning"), "{spec:?}: {log}");
+            assert!(log.contains("an info line"), "{spec:?}: {log}");
+        }
+        // An operator who names rustls gets what they asked for.
+        assert!(logged(Some("info,rustls=warn")).contains("Illegal SNI"));
+        assert!(!logged(Some("warn")).contains("an info line"));
+    }
 }

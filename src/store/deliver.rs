@@ -12,6 +12,7 @@ use std::io::Read;
 
 use mailbag_proto::dot::canonical_size;
 
+use crate::auth::name::Matching;
 use crate::auth::{AuthError, PassDb};
 use crate::config::{Config, Quota};
 use crate::store::{Store, StoreError, Usage};
@@ -30,51 +31,34 @@ pub enum DeliverError {
     Store(#[from] StoreError),
 }
 
-/// The user names an address may mean, most specific first: the address
-/// itself, the same with the domain in lower case, and, when its domain
-/// is the store's default domain (or it has none), the other spelling of
-/// that user, because `alice` and `alice@<default_domain>` share one
-/// maildrop.
-pub fn candidates(address: &str, default_domain: &str) -> Vec<String> {
-    let mut out = vec![address.to_string()];
-    match address.rsplit_once('@') {
-        Some((local, domain)) => {
-            let lower = format!("{local}@{}", domain.to_ascii_lowercase());
-            if lower != address {
-                out.push(lower);
-            }
-            if domain.eq_ignore_ascii_case(default_domain) && !local.is_empty() {
-                out.push(local.to_string());
-            }
-        }
-        None => out.push(format!("{address}@{default_domain}")),
-    }
-    out
-}
-
-/// The canonical user an address names, or `None` for an unknown user.
+/// The canonical user an address names, or `None` for an unknown user:
+/// the one name rule ([`Matching::resolve`]) that POP3 and SASL logins
+/// use too. Letter case is the passdb's to fold.
 pub async fn resolve<P: PassDb>(
     passdb: &P,
     default_domain: &str,
     address: &str,
 ) -> Result<Option<String>, AuthError> {
-    for name in candidates(address, default_domain) {
-        // A name the store could not hold is no user: refused at RCPT,
-        // not after DATA.
-        if !crate::auth::name::is_valid(&name) {
-            continue;
-        }
-        if let Some(user) = passdb.user_exists(&name).await? {
-            return Ok(Some(user));
-        }
+    Matching {
+        case_insensitive: false,
+        default_domain: default_domain.to_string(),
     }
-    Ok(None)
+    .resolve(passdb, address)
+    .await
 }
+
+/// How much of a message is searched for a `Delivered-To:` header: the
+/// header block ends at the first empty line, and one that goes on longer
+/// than this is not read further.
+const HEADER_SCAN_OCTETS: usize = 64 * 1024;
 
 /// `message` with `Return-Path:` (when the sender is known; empty is the
 /// null sender `<>`) and `Delivered-To:` prepended, in the line ending the
 /// message itself uses, so that a stored file never mixes the two.
-/// The values must hold no control characters; callers check.
+/// `Delivered-To:` is left out when the header block already names the
+/// same recipient (Postfix's `pipe` with its `D` flag adds one before
+/// `mailbag deliver` runs). The values must hold no control characters;
+/// callers check.
 pub fn with_headers(return_path: Option<&str>, delivered_to: &str, message: &[u8]) -> Vec<u8> {
     let eol: &[u8] = match memchr::memchr(b'\n', message) {
         Some(i) if i == 0 || message[i - 1] != b'\r' => b"\n",
@@ -87,11 +71,70 @@ pub fn with_headers(return_path: Option<&str>, delivered_to: &str, message: &[u8
         out.push(b'>');
         out.extend_from_slice(eol);
     }
-    out.extend_from_slice(b"Delivered-To: ");
-    out.extend_from_slice(delivered_to.as_bytes());
-    out.extend_from_slice(eol);
+    if !delivered_already(message, delivered_to) {
+        out.extend_from_slice(b"Delivered-To: ");
+        out.extend_from_slice(delivered_to.as_bytes());
+        out.extend_from_slice(eol);
+    }
     out.extend_from_slice(message);
     out
+}
+
+/// Whether the header block of `message` (up to its first empty line, at
+/// most [`HEADER_SCAN_OCTETS`]) has a `Delivered-To:` naming `recipient`,
+/// compared without regard to case (and to angle brackets around it).
+fn delivered_already(message: &[u8], recipient: &str) -> bool {
+    let head = &message[..message.len().min(HEADER_SCAN_OCTETS)];
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return false;
+        }
+        const NAME: &[u8] = b"delivered-to:";
+        if line.len() < NAME.len() || !line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            continue;
+        }
+        let value = line[NAME.len()..].trim_ascii();
+        let value = value
+            .strip_prefix(b"<")
+            .and_then(|v| v.strip_suffix(b">"))
+            .unwrap_or(value);
+        if value.eq_ignore_ascii_case(recipient.as_bytes()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `message` with each CRLF stored as a bare LF, the form Maildir tools
+/// expect; what RETR sends (and the `W=` size) is unchanged, as the
+/// canonical form turns each LF back into CRLF. A CR before a CRLF is
+/// data (a bare CR), and such a CRLF is kept whole: stored as LF, the two
+/// CRs would read back as one CR and a line ending, an octet short.
+pub fn lf_line_endings(message: Vec<u8>) -> Vec<u8> {
+    if memchr::memmem::find(&message, b"\r\n").is_none() {
+        return message;
+    }
+    let mut out = Vec::with_capacity(message.len());
+    for (i, &b) in message.iter().enumerate() {
+        let drop =
+            b == b'\r' && message.get(i + 1) == Some(&b'\n') && (i == 0 || message[i - 1] != b'\r');
+        if !drop {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The address a `Delivered-To:` names: the recipient as the MTA gave
+/// it, or with the default domain when it has none (a bare `u1` next to
+/// Postfix's `u1@example.test` reads as another recipient).
+pub fn full_address(recipient: &str, default_domain: &str) -> String {
+    if recipient.contains('@') {
+        recipient.to_string()
+    } else {
+        format!("{recipient}@{default_domain}")
+    }
 }
 
 /// Whether a header value is safe to write: no control characters, which
@@ -143,7 +186,9 @@ pub async fn deliver<S: Store>(
             return Err(DeliverError::OverQuota);
         }
     }
-    Ok(store.deliver(user, message).await?)
+    // One line-ending form in storage, whichever way the message came
+    // (LMTP sends CRLF, a pipe from an MTA LF).
+    Ok(store.deliver(user, lf_line_endings(message)).await?)
 }
 
 /// sysexits(3) codes that `mailbag deliver` exits with.
@@ -230,7 +275,8 @@ pub async fn run<S: Store, P: PassDb>(
         Ok(None) => return Err(refused(Exit::NoUser, format!("no such user: {user}"))),
         Err(e) => return Err(refused(Exit::TempFail, e.to_string())),
     };
-    let message = with_headers(sender.as_deref(), user, &message);
+    let recipient = full_address(user, &config.store.default_domain);
+    let message = with_headers(sender.as_deref(), &recipient, &message);
     let quota = config.quota.for_user(&canonical);
     deliver(store, quota, &canonical, message)
         .await
@@ -275,19 +321,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn candidates_cover_both_spellings_of_a_default_domain_user() {
-        let c = |a: &str| candidates(a, "localhost");
-        assert_eq!(c("alice"), ["alice", "alice@localhost"]);
-        assert_eq!(c("alice@localhost"), ["alice@localhost", "alice"]);
-        assert_eq!(
-            c("alice@LocalHost"),
-            ["alice@LocalHost", "alice@localhost", "alice"]
-        );
-        assert_eq!(c("bob@example.org"), ["bob@example.org"]);
-        assert_eq!(c("@localhost"), ["@localhost"]);
-    }
-
-    #[test]
     fn headers_follow_the_message_line_ending() {
         assert_eq!(
             with_headers(Some("a@b"), "u@d", b"S: x\r\n\r\nbody\r\n"),
@@ -298,9 +331,57 @@ mod tests {
             b"Return-Path: <>\nDelivered-To: u\nS: x\n\nbody\n"
         );
         assert_eq!(with_headers(None, "u", b""), b"Delivered-To: u\r\n");
+        assert_eq!(
+            with_headers(
+                Some("a@b"),
+                "U1@Example.Test",
+                b"Delivered-To: u1@example.test\n\nx\n"
+            ),
+            b"Return-Path: <a@b>\nDelivered-To: u1@example.test\n\nx\n"
+        );
+        assert_eq!(
+            with_headers(None, "u1@d", b"delivered-to:  <U1@D> \r\n\r\n"),
+            b"delivered-to:  <U1@D> \r\n\r\n"
+        );
+        // Another recipient's, or one in the body, is no reason to leave
+        // it out.
+        assert_eq!(
+            with_headers(None, "u1@d", b"Delivered-To: u2@d\n\nDelivered-To: u1@d\n"),
+            b"Delivered-To: u1@d\nDelivered-To: u2@d\n\nDelivered-To: u1@d\n"
+        );
+        let mut long = b"X: y\n".repeat(HEADER_SCAN_OCTETS / 5 + 1);
+        long.extend_from_slice(b"Delivered-To: u1@d\n\n");
+        assert!(with_headers(None, "u1@d", &long).starts_with(b"Delivered-To: u1@d\n"));
         assert_eq!(with_headers(None, "u", b"\nx"), b"Delivered-To: u\n\nx");
         assert!(header_safe("a@b c"));
         assert!(!header_safe("a\r\nBcc: x"));
+    }
+
+    #[test]
+    fn lf_storage_reads_back_as_the_same_crlf_octets() {
+        assert_eq!(lf_line_endings(b"a\r\nb\r\n".to_vec()), b"a\nb\n");
+        assert_eq!(lf_line_endings(b"a\nb\r\nc".to_vec()), b"a\nb\nc");
+        assert_eq!(lf_line_endings(b"a\rb\r\r\n".to_vec()), b"a\rb\r\r\n");
+        // Every message of up to 8 octets from `a`, CR and LF: stored LF,
+        // it canonicalizes to exactly the octets the original does.
+        let alphabet = [b'a', b'\r', b'\n'];
+        for len in 0..=8u32 {
+            for mut n in 0..3usize.pow(len) {
+                let mut message = Vec::new();
+                for _ in 0..len {
+                    message.push(alphabet[n % 3]);
+                    n /= 3;
+                }
+                let stored = lf_line_endings(message.clone());
+                assert_eq!(
+                    mailbag_proto::dot::canonicalize(&stored),
+                    mailbag_proto::dot::canonicalize(&message),
+                    "{message:?}"
+                );
+                assert_eq!(canonical_size(&stored), canonical_size(&message));
+                assert_eq!(lf_line_endings(stored.clone()), stored, "not idempotent");
+            }
+        }
     }
 
     #[test]

@@ -591,7 +591,7 @@ pub fn left_out_line(unreadable: usize) -> Option<String> {
 /// rest of the maildrop is still described.
 pub async fn summarize_maildrop<M: crate::store::Maildrop>(
     maildrop: &mut M,
-    indexes: &[usize],
+    indexes: &[mailbag_proto::pop3::Index],
     large_octets: u64,
 ) -> mailbag_proto::pop3::Outcome {
     use crate::store::StoreError;
@@ -603,7 +603,8 @@ pub async fn summarize_maildrop<M: crate::store::Maildrop>(
         // session thread serves many sessions: let the others run between
         // messages, so that SUMMARY of a big maildrop does not stall them.
         tokio::task::yield_now().await;
-        let number = index + 1;
+        let number = index.number();
+        let index = index.get();
         let octets = maildrop.messages().get(index).map_or(0, |m| m.size);
         let why = match maildrop.read(index).await {
             Ok(reader) => match summarize_async(reader, budget.min(SCAN_OCTETS)).await {

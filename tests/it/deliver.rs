@@ -103,10 +103,10 @@ async fn deliver_stores_stdin_as_given_with_trace_headers_for_pop3() {
         .map(|(_, c)| c)
         .collect();
     assert!(contents.contains(
-        &b"Return-Path: <given@example.org>\r\nDelivered-To: bob\r\nSubject: crlf\r\n\r\nbody\r\n"
+        &b"Return-Path: <given@example.org>\nDelivered-To: bob@localhost\nSubject: crlf\n\nbody\n"
             .to_vec()
     ));
-    assert!(contents.contains(&b"Delivered-To: bob\nSubject: bare\n\nb\n".to_vec()));
+    assert!(contents.contains(&b"Delivered-To: bob@localhost\nSubject: bare\n\nb\n".to_vec()));
     s.stop().await;
 }
 

@@ -1106,3 +1106,76 @@ async fn a_delivery_whose_commit_reply_is_lost_is_found_not_repeated() {
         .collect();
     assert_eq!(rows, vec![uidl]);
 }
+
+/// `mailbag mailbox` with a PostgreSQL store: `inspect` and `show` read
+/// the maildrop through the store, numbered by the POP3 core's rule and
+/// under the lock POP3 sessions take; `quarantine` and `release`, which
+/// move Maildir files, are refused with nothing done.
+#[tokio::test]
+async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
+    let Some(f) = Fixture::new(Backend::Postgres, "mailbox_commands").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    f.deliver(
+        "alice",
+        b"From: Carol <carol@example.org>\nSubject: first of two\n\nx\n",
+    )
+    .await;
+    f.deliver("alice", b"Subject: second of two\r\n\r\nbody\r\n")
+        .await;
+    let mailbox = |args: &[&str]| {
+        let mut all = vec!["mailbox"];
+        all.extend_from_slice(args);
+        all.extend(["--config", config]);
+        run(&all, b"")
+    };
+
+    let (status, table, stderr) = mailbox(&["inspect", "alice"]);
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("alice: 2 messages ("), "{table}");
+    assert_eq!(lines.len(), 3, "{table}");
+    for (line, (number, subject)) in lines[1..].iter().zip([("1", "first"), ("2", "second")]) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns[0], number, "{table}");
+        assert!(line.contains(&format!("{subject} of two")), "{table}");
+    }
+
+    let (status, header, stderr) = mailbox(&["show", "alice", "2"]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(header, "Subject: second of two\n");
+    for number in ["3", "0", "+1", "1a", "99999999999999999999999"] {
+        let (status, _, stderr) = mailbox(&["show", "alice", number]);
+        assert!(!status.success(), "show {number} succeeded");
+        assert!(stderr.contains("no message"), "{number}: {stderr}");
+    }
+    let (_, _, stderr) = mailbox(&["show", "alice", "3"]);
+    assert!(
+        stderr.contains("no message 3: the maildrop has 2 messages"),
+        "{stderr}"
+    );
+
+    for args in [["quarantine", "alice", "1"], ["release", "alice", "x"]] {
+        let (status, _, stderr) = mailbox(&args);
+        assert!(!status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(&format!(
+                "mailbox {} moves message files within a Maildir",
+                args[0]
+            )) && stderr.contains("store.kind is \"postgres\"; nothing was done"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    assert!(c.ok("STAT").await.starts_with("+OK 2 "));
+    let (status, _, stderr) = mailbox(&["inspect", "alice"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("the maildrop of alice is in use by a POP3 session"),
+        "{stderr}"
+    );
+    c.ok("QUIT").await;
+}

@@ -8,11 +8,11 @@ use sha2::{Digest, Sha256};
 use crate::support::*;
 use crate::tls::Lines;
 
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     BASE64_STANDARD.encode(bytes)
 }
 
-fn unb64(line: &str) -> Vec<u8> {
+pub fn unb64(line: &str) -> Vec<u8> {
     BASE64_STANDARD
         .decode(line.trim_end().strip_prefix("+ ").expect("a challenge"))
         .unwrap()
@@ -99,7 +99,7 @@ async fn a_master_user_may_name_another_maildrop_as_authzid() {
 }
 
 /// RFC 2195 with the key and challenge the server gives.
-fn cram_md5(key: &[u8], challenge: &[u8]) -> String {
+pub fn cram_md5(key: &[u8], challenge: &[u8]) -> String {
     let mut mac = <Hmac<md5::Md5> as KeyInit>::new_from_slice(key).unwrap();
     mac.update(challenge);
     mac.finalize()
@@ -131,7 +131,7 @@ async fn auth_cram_md5_for_a_plaintext_user_only() {
 }
 
 /// The client side of RFC 5802 §3.
-async fn scram(c: &mut Lines<tokio::net::TcpStream>, user: &str, password: &str) -> String {
+pub async fn scram(c: &mut Lines<tokio::net::TcpStream>, user: &str, password: &str) -> String {
     let first_bare = format!("n={user},r=fyko+d2lbbFgONRv9qkxdawL");
     let server_first = unb64(
         &c.cmd(&format!(

@@ -130,10 +130,11 @@ impl TestServer {
         }
         std::fs::write(&config_path, text).unwrap();
         let config = Config::load(&config_path).unwrap();
-        let passdb = PasswdFile::open_with(
+        let passdb = PasswdFile::open_with_names(
             &config.auth.passwd_file,
             mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
             mailbag::auth::secret::ServerSecret::load_or_create(&config.auth.secret_file).unwrap(),
+            config.auth.case_insensitive_names,
         )
         .unwrap();
         let store = MaildirStore::new(

@@ -36,7 +36,8 @@ impl MessageNumber {
         self.0.get()
     }
 
-    /// The 0-based index into the snapshot that this number names.
+    /// The 0-based position this number names, whether or not a message
+    /// is there (see [`Index::of`] for the checked one).
     pub fn index(self) -> usize {
         self.0.get() as usize - 1
     }
@@ -50,6 +51,38 @@ impl MessageNumber {
 impl fmt::Display for MessageNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// A 0-based position in a maildrop snapshot, checked against it: made
+/// only by [`Index::of`] (from a message number) or by the core walking
+/// its own snapshot, so an `Index` always names a message of the snapshot
+/// it came from and `RETR 0` can never mean message 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Index(usize);
+
+impl Index {
+    /// The message that number `n` names in a snapshot of `count`
+    /// messages; `None` past its end. The one rule from a client's (or an
+    /// administrator's) number to a message.
+    pub fn of(n: MessageNumber, count: usize) -> Option<Index> {
+        let i = n.index();
+        (i < count).then_some(Index(i))
+    }
+
+    /// Every index of a snapshot of `count` messages, in order.
+    pub(crate) fn all(count: usize) -> impl Iterator<Item = Index> {
+        (0..count).map(Index)
+    }
+
+    /// The 0-based position, for the store.
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    /// The 1-based message number the client sees for it.
+    pub fn number(self) -> usize {
+        self.0 + 1
     }
 }
 
@@ -709,6 +742,13 @@ mod tests {
     fn message_number_converts_to_index() {
         assert_eq!(n(1).index(), 0);
         assert_eq!(MessageNumber::from_index(0), Some(n(1)));
+        assert_eq!(Index::of(n(1), 1).map(Index::get), Some(0));
+        assert_eq!(Index::of(n(2), 1), None);
+        assert_eq!(Index::of(n(1), 0), None);
+        assert_eq!(
+            Index::of(n(u32::MAX), usize::MAX).map(Index::number),
+            Some(u32::MAX as usize)
+        );
         assert_eq!(parse_message_number("007"), Some(n(7)));
     }
 }

@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::time::Duration;
 
-use super::command::{self, Command, MessageNumber, Offer, ParseError, Valid, Verb};
+use super::command::{self, Command, Index, MessageNumber, Offer, ParseError, Valid, Verb};
 use super::response::{self, Code};
 use crate::line::{LineEvent, LineReader};
 use crate::sasl::{self, Exchange, Mechanism, Step};
@@ -169,8 +169,8 @@ pub enum Action {
     /// [`Outcome::Sent`]. A failure after `status` went out cannot be
     /// reported on the wire: close the connection.
     Retrieve {
-        /// 0-based index into the snapshot.
-        index: usize,
+        /// The message, in the snapshot.
+        index: Index,
         /// `None` for RETR; the line count for TOP.
         top_lines: Option<u64>,
         /// The `+OK` line to write before the body.
@@ -200,18 +200,18 @@ pub enum Action {
     /// release the maildrop. Report [`Outcome::Committed`] or
     /// [`Outcome::CommitFailed`].
     Commit {
-        /// 0-based indexes of messages marked with DELE.
-        deleted: Vec<usize>,
-        /// 0-based indexes of messages sent whole by RETR and not deleted.
-        retrieved: Vec<usize>,
+        /// The messages marked with DELE, in order.
+        deleted: Vec<Index>,
+        /// The messages sent whole by RETR and not deleted, in order.
+        retrieved: Vec<Index>,
     },
     /// SUMMARY: read each message and describe it in one line (number,
     /// octets, date, From, Subject, problems). Report
     /// [`Outcome::Summarized`] with the lines in the order of `indexes`, or
     /// [`Outcome::NotSent`] when the maildrop cannot be read at all.
     Summarize {
-        /// 0-based indexes into the snapshot, deleted messages left out.
-        indexes: Vec<usize>,
+        /// The messages, in order, deleted ones left out.
+        indexes: Vec<Index>,
     },
 }
 
@@ -313,26 +313,101 @@ pub struct Tally {
 #[derive(Debug)]
 enum State {
     Authorization {
+        /// The name USER gave, for PASS to check.
         user: Option<String>,
     },
     /// An AUTH exchange is running: lines are SASL responses.
-    Sasl {
-        exchange: Exchange,
-        user: Option<String>,
-    },
+    Sasl(Sasl),
     Transaction(Transaction),
     Update,
     Closed,
 }
 
+/// An AUTH exchange, before and after it knows who is logging in.
+#[derive(Debug)]
+enum Sasl {
+    /// The mechanism has not named a user the server knows yet.
+    Running(Exchange),
+    /// SCRAM has the user's keys: the client's proof settles the login.
+    Proving { exchange: Exchange, login: Login },
+}
+
+/// Who is logging in: the user whose credential is checked, and the
+/// maildrop a master user named as the SASL authorization identity.
+#[derive(Debug, Clone)]
+struct Login {
+    user: String,
+    acting_for: Option<String>,
+}
+
+impl Login {
+    /// The maildrop to open once the credential is good.
+    fn maildrop(self) -> String {
+        self.acting_for.unwrap_or(self.user)
+    }
+}
+
+/// A set of messages of the snapshot (those marked with DELE, those
+/// sent whole), with their count and octets kept as they are marked.
+/// Octets saturate: sizes come from the store, where a file name may
+/// claim any size, and a total must not wrap.
+#[derive(Debug)]
+struct MessageSet {
+    marked: Vec<bool>,
+    count: usize,
+    octets: u64,
+}
+
+impl MessageSet {
+    fn new(messages: usize) -> Self {
+        MessageSet {
+            marked: vec![false; messages],
+            count: 0,
+            octets: 0,
+        }
+    }
+
+    fn contains(&self, i: Index) -> bool {
+        self.marked[i.get()]
+    }
+
+    /// Marks a message of `size` octets; false if it was marked already.
+    fn insert(&mut self, i: Index, size: u64) -> bool {
+        let marked = &mut self.marked[i.get()];
+        if *marked {
+            return false;
+        }
+        *marked = true;
+        self.count += 1;
+        self.octets = self.octets.saturating_add(size);
+        true
+    }
+
+    fn clear(&mut self) {
+        self.marked.iter_mut().for_each(|m| *m = false);
+        self.count = 0;
+        self.octets = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn octets(&self) -> u64 {
+        self.octets
+    }
+}
+
 #[derive(Debug)]
 struct Transaction {
+    /// The user whose maildrop is open.
     user: String,
+    /// The snapshot taken at open.
     messages: Vec<MessageInfo>,
-    deleted: Vec<bool>,
-    retrieved: Vec<bool>,
-    deleted_count: usize,
-    deleted_octets: u64,
+    /// Marked with DELE; removed at QUIT.
+    deleted: MessageSet,
+    /// Sent whole by RETR; marked as seen at QUIT.
+    retrieved: MessageSet,
 }
 
 impl Transaction {
@@ -341,11 +416,18 @@ impl Transaction {
         Transaction {
             user,
             messages,
-            deleted: vec![false; n],
-            retrieved: vec![false; n],
-            deleted_count: 0,
-            deleted_octets: 0,
+            deleted: MessageSet::new(n),
+            retrieved: MessageSet::new(n),
         }
+    }
+
+    fn message(&self, i: Index) -> &MessageInfo {
+        &self.messages[i.get()]
+    }
+
+    /// The messages not marked with DELE, in order.
+    fn undeleted(&self) -> impl Iterator<Item = Index> + '_ {
+        Index::all(self.messages.len()).filter(|&i| !self.deleted.contains(i))
     }
 
     /// RFC 1939 §5: messages marked as deleted are not counted. The sum
@@ -353,19 +435,15 @@ impl Transaction {
     /// any size, and a total must not wrap.
     fn visible(&self) -> (usize, u64) {
         let octets = self
-            .messages
-            .iter()
-            .zip(&self.deleted)
-            .filter(|(_, &deleted)| !deleted)
-            .fold(0u64, |sum, (m, _)| sum.saturating_add(m.size));
-        (self.messages.len() - self.deleted_count, octets)
+            .undeleted()
+            .fold(0u64, |sum, i| sum.saturating_add(self.message(i).size));
+        (self.messages.len() - self.deleted.len(), octets)
     }
 
     /// The one place where a message number becomes an index: range and
     /// deleted checks included (`RETR 0` can never mean message 1).
-    fn index(&self, n: MessageNumber) -> Result<usize, Vec<u8>> {
-        let i = n.index();
-        if i >= self.messages.len() {
+    fn index(&self, n: MessageNumber) -> Result<Index, Vec<u8>> {
+        let Some(i) = Index::of(n, self.messages.len()) else {
             let count = self.messages.len();
             let text = match count {
                 0 => format!("No such message: {n} (the maildrop is empty)"),
@@ -373,8 +451,8 @@ impl Transaction {
                 _ => format!("No such message: {n} (there are {count} messages, 1 to {count})"),
             };
             return Err(response::err(None, text));
-        }
-        if self.deleted[i] {
+        };
+        if self.deleted.contains(i) {
             return Err(response::err(
                 None,
                 format!("Message {n} is already deleted"),
@@ -384,15 +462,41 @@ impl Transaction {
     }
 }
 
+/// The action the driver is performing, with what its outcome needs.
 #[derive(Debug, Clone)]
 enum Pending {
     StartTls,
-    ScramLookup,
-    Authenticate,
+    /// The maildrop a master user named, for after the keys.
+    ScramLookup {
+        acting_for: Option<String>,
+    },
+    /// The maildrop a master user named, for after the check.
+    Authenticate {
+        acting_for: Option<String>,
+    },
+    Open {
+        user: String,
+    },
+    Retrieve {
+        index: Index,
+        whole: bool,
+    },
+    Commit {
+        deleted: u64,
+        deleted_octets: u64,
+    },
+    Summarize {
+        count: usize,
+    },
+}
+
+/// What the session asked of the store when it failed.
+#[derive(Debug, Clone, Copy)]
+enum StoreRequest {
     Open,
-    Retrieve { index: usize, whole: bool },
-    Commit { deleted: u64, deleted_octets: u64 },
-    Summarize { count: usize },
+    Read(Index),
+    Summarize,
+    Commit,
 }
 
 /// One POP3 session's protocol state.
@@ -410,9 +514,6 @@ pub struct Conn {
     utf8: bool,
     /// Whether the running login came from AUTH, for the error's hint.
     sasl_login: bool,
-    /// The maildrop to open instead of the authenticated user's, when a
-    /// master user named another user as the SASL authzid.
-    acting_for: Option<String>,
 }
 
 impl Conn {
@@ -433,7 +534,6 @@ impl Conn {
             tally: Tally::default(),
             utf8: false,
             sasl_login: false,
-            acting_for: None,
         };
         conn.send(response::ok(greeting));
         conn
@@ -457,7 +557,9 @@ impl Conn {
         matches!(self.state, State::Transaction(_))
     }
 
-    /// The logged-in user, once in TRANSACTION.
+    /// The user whose maildrop is open, once in TRANSACTION: the name the
+    /// password database gave at authentication (or the maildrop a master
+    /// user named), carried from the check to the open.
     pub fn user(&self) -> Option<&str> {
         match &self.state {
             State::Transaction(t) => Some(&t.user),
@@ -508,7 +610,7 @@ impl Conn {
             match self.reader.next_event() {
                 None => return Event::NeedInput,
                 Some(LineEvent::Telnet(reply)) => return Event::Send(reply),
-                Some(LineEvent::TooLong) if matches!(self.state, State::Sasl { .. }) => {
+                Some(LineEvent::TooLong) if matches!(self.state, State::Sasl(_)) => {
                     self.transcript(b"(SASL response too long)".to_vec());
                     let limit = self.settings.max_sasl_line_octets;
                     self.end_sasl();
@@ -538,7 +640,6 @@ impl Conn {
                 // RFC 2595 §4: nothing learned in the clear carries over;
                 // a USER given before the handshake is forgotten.
                 self.state = State::Authorization { user: None };
-                self.acting_for = None;
                 self.settings.tls_active = true;
                 // RFC 2595 §4: TLS protects the password.
                 self.settings.plaintext_auth = true;
@@ -546,47 +647,44 @@ impl Conn {
             // The driver closes after a failed handshake; nothing more may
             // be said in the clear either way.
             (Pending::StartTls, _) => self.state = State::Closed,
-            (Pending::ScramLookup, Outcome::ScramKeys { user, keys, nonce }) => {
-                if let State::Sasl {
-                    exchange: Exchange::ScramSha256(m),
-                    user: u,
-                } = &mut self.state
-                {
-                    *u = Some(user);
-                    let step = m.keys(keys, &nonce);
-                    self.sasl_step(step);
-                }
+            (Pending::ScramLookup { acting_for }, Outcome::ScramKeys { user, keys, nonce }) => {
+                let State::Sasl(Sasl::Running(mut exchange)) =
+                    std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    // A lookup is only asked for while an exchange runs.
+                    self.state = State::Authorization { user: None };
+                    return self.end_sasl();
+                };
+                let step = match &mut exchange {
+                    Exchange::ScramSha256(m) => m.keys(keys, &nonce),
+                    _ => Step::Failed(sasl::Failure::Malformed),
+                };
+                let login = Login { user, acting_for };
+                self.state = State::Sasl(Sasl::Proving { exchange, login });
+                self.sasl_step(step);
             }
-            (Pending::ScramLookup, _) => {
+            (Pending::ScramLookup { .. }, _) => {
                 self.end_sasl();
                 self.send(response::err(
                     Some(Code::SysTemp),
                     "Authentication is unavailable right now; try again later",
                 ));
             }
-            (Pending::Authenticate, Outcome::Authenticated { user }) => {
-                let user = match self.acting_for.take() {
-                    Some(target) => {
-                        self.state = State::Authorization {
-                            user: Some(target.clone()),
-                        };
-                        target
-                    }
-                    None => user,
-                };
-                self.pending = Some(Pending::Open);
-                self.queue
-                    .push_back(Event::Act(Action::OpenMaildrop { user }));
+            (Pending::Authenticate { acting_for }, Outcome::Authenticated { user }) => {
+                let user = Login { user, acting_for }.maildrop();
+                self.open(user);
             }
-            (Pending::Authenticate, Outcome::AuthUnavailable) => {
-                self.acting_for = None;
+            (Pending::Authenticate { .. }, Outcome::AuthUnavailable) => {
                 self.state = State::Authorization { user: None };
                 self.send(response::err(
                     Some(Code::SysTemp),
                     "Authentication is unavailable right now; try again later",
                 ));
             }
-            (Pending::Authenticate | Pending::Open, Outcome::LoginDelayed { seconds }) => {
+            (
+                Pending::Authenticate { .. } | Pending::Open { .. },
+                Outcome::LoginDelayed { seconds },
+            ) => {
                 self.state = State::Authorization { user: None };
                 let every = self.settings.login_delay_secs.unwrap_or(0);
                 self.send(response::err(
@@ -594,12 +692,8 @@ impl Conn {
                     format!("Only one login every {every} seconds; try again in {seconds} seconds"),
                 ));
             }
-            (Pending::Authenticate, _) => self.auth_failed(),
-            (Pending::Open, Outcome::Opened(messages)) => {
-                let user = match std::mem::replace(&mut self.state, State::Closed) {
-                    State::Authorization { user: Some(user) } => user,
-                    _ => String::new(),
-                };
+            (Pending::Authenticate { .. }, _) => self.auth_failed(),
+            (Pending::Open { user }, Outcome::Opened(messages)) => {
                 let t = Transaction::new(user, messages);
                 let (count, octets) = t.visible();
                 self.state = State::Transaction(t);
@@ -608,44 +702,29 @@ impl Conn {
                     plural(count)
                 )));
             }
-            (Pending::Open, outcome) => {
+            (Pending::Open { .. }, outcome) => {
                 self.state = State::Authorization { user: None };
-                let msg = match outcome {
-                    Outcome::OpenFailed(StoreFailure::Locked) => response::err(
-                        Some(Code::InUse),
-                        "Maildrop is locked by another session; try again when it ends",
-                    ),
-                    Outcome::OpenFailed(StoreFailure::Permanent) => {
-                        response::err(Some(Code::SysPerm), "Maildrop cannot be opened")
-                    }
-                    _ => response::err(
-                        Some(Code::SysTemp),
-                        "Maildrop cannot be opened right now; try again later",
-                    ),
+                let failure = match outcome {
+                    Outcome::OpenFailed(f) => f,
+                    _ => StoreFailure::Temporary,
                 };
-                self.send(msg);
+                self.send(store_failed(StoreRequest::Open, failure));
             }
             (Pending::Retrieve { index, whole }, Outcome::Sent) => {
                 if let State::Transaction(t) = &mut self.state {
-                    if whole && !t.retrieved[index] {
-                        t.retrieved[index] = true;
-                        self.tally.retrieved += 1;
-                        self.tally.retrieved_octets += t.messages[index].size;
+                    let size = t.message(index).size;
+                    if whole && t.retrieved.insert(index, size) {
+                        self.tally.retrieved = t.retrieved.len() as u64;
+                        self.tally.retrieved_octets = t.retrieved.octets();
                     }
                 }
             }
             (Pending::Retrieve { index, .. }, outcome) => {
-                let n = index + 1;
-                let msg = match outcome {
-                    Outcome::NotSent(StoreFailure::Vanished) => {
-                        response::err(None, format!("Message {n} was removed by another program"))
-                    }
-                    _ => response::err(
-                        Some(Code::SysTemp),
-                        format!("Message {n} cannot be read right now"),
-                    ),
+                let failure = match outcome {
+                    Outcome::NotSent(f) => f,
+                    _ => StoreFailure::Temporary,
                 };
-                self.send(msg);
+                self.send(store_failed(StoreRequest::Read(index), failure));
             }
             (
                 Pending::Commit {
@@ -662,11 +741,12 @@ impl Conn {
                     plural(left as usize)
                 )));
             }
-            (Pending::Commit { .. }, _) => {
-                self.close_with(response::err(
-                    Some(Code::SysTemp),
-                    "Some deleted messages were not removed; they are still in the maildrop",
-                ));
+            (Pending::Commit { .. }, outcome) => {
+                let failure = match outcome {
+                    Outcome::CommitFailed(f) => f,
+                    _ => StoreFailure::Temporary,
+                };
+                self.close_with(store_failed(StoreRequest::Commit, failure));
             }
             (Pending::Summarize { count }, Outcome::Summarized(lines)) => {
                 let head = format!(
@@ -675,13 +755,23 @@ impl Conn {
                 );
                 self.send(response::multiline(head, lines));
             }
-            (Pending::Summarize { .. }, _) => {
-                self.send(response::err(
-                    Some(Code::SysTemp),
-                    "The summary cannot be made right now",
-                ));
+            (Pending::Summarize { .. }, outcome) => {
+                let failure = match outcome {
+                    Outcome::NotSent(f) => f,
+                    _ => StoreFailure::Temporary,
+                };
+                self.send(store_failed(StoreRequest::Summarize, failure));
             }
         }
+    }
+
+    /// The credential is good: open `user`'s maildrop. Every way of
+    /// logging in ends here.
+    fn open(&mut self, user: String) {
+        self.act(
+            Pending::Open { user: user.clone() },
+            Action::OpenMaildrop { user },
+        );
     }
 
     fn send(&mut self, bytes: Vec<u8>) {
@@ -722,7 +812,6 @@ impl Conn {
 
     fn auth_failed_with(&mut self, why: &str) {
         self.auth_failures += 1;
-        self.acting_for = None;
         self.end_sasl();
         self.state = State::Authorization { user: None };
         if self.auth_failures >= self.settings.max_auth_failures {
@@ -751,7 +840,7 @@ impl Conn {
     }
 
     fn handle_line(&mut self, line: &[u8]) {
-        if matches!(self.state, State::Sasl { .. }) {
+        if matches!(self.state, State::Sasl(_)) {
             return self.sasl_response(line);
         }
         if self.settings.transcript {
@@ -774,7 +863,7 @@ impl Conn {
             State::Authorization { .. } => self.authorization(command),
             State::Transaction(_) => self.transaction(command),
             // No commands are read in UPDATE or after the end.
-            State::Update | State::Closed | State::Sasl { .. } => {}
+            State::Update | State::Closed | State::Sasl(_) => {}
         }
     }
 
@@ -978,15 +1067,19 @@ impl Conn {
             }
             Mechanism::Plain => Exchange::Plain(Default::default()),
             Mechanism::Login => Exchange::Login(Default::default()),
-            Mechanism::CramMd5 => Exchange::CramMd5(sasl::cram_md5::CramMd5::new(
-                self.settings.cram_md5_challenge.clone().unwrap_or_default(),
-            )),
+            Mechanism::CramMd5 => match self.settings.cram_md5_challenge.clone() {
+                Some(challenge) => Exchange::CramMd5(sasl::cram_md5::CramMd5::new(challenge)),
+                // Not usable without a challenge: refused above.
+                None => {
+                    return self.send(response::err(
+                        Some(Code::Auth),
+                        "This mechanism cannot be used here",
+                    ))
+                }
+            },
             Mechanism::ScramSha256 => Exchange::ScramSha256(Box::default()),
         };
-        self.state = State::Sasl {
-            exchange,
-            user: None,
-        };
+        self.state = State::Sasl(Sasl::Running(exchange));
         self.sasl_login = true;
         // RFC 5034 §4: responses after the command may be of any length.
         self.reader
@@ -995,7 +1088,9 @@ impl Conn {
     }
 
     fn feed_exchange(&mut self, response: &[u8]) {
-        let State::Sasl { exchange, .. } = &mut self.state else {
+        let (State::Sasl(Sasl::Running(exchange)) | State::Sasl(Sasl::Proving { exchange, .. })) =
+            &mut self.state
+        else {
             return;
         };
         let step = exchange.step(response);
@@ -1034,15 +1129,12 @@ impl Conn {
                 authzid,
                 password,
             } => {
-                if !self.may_act_for(&user, authzid) {
+                let Some(acting_for) = self.may_act_for(&user, authzid) else {
                     return self.auth_failed_with("logging in as another user is not allowed");
-                }
-                self.end_sasl();
-                self.state = State::Authorization {
-                    user: Some(user.clone()),
                 };
+                self.end_sasl();
                 self.act(
-                    Pending::Authenticate,
+                    Pending::Authenticate { acting_for },
                     Action::Authenticate {
                         user,
                         credential: Credential::Password(password),
@@ -1055,11 +1147,8 @@ impl Conn {
                 digest,
             } => {
                 self.end_sasl();
-                self.state = State::Authorization {
-                    user: Some(user.clone()),
-                };
                 self.act(
-                    Pending::Authenticate,
+                    Pending::Authenticate { acting_for: None },
                     Action::Authenticate {
                         user,
                         credential: Credential::CramMd5 { challenge, digest },
@@ -1067,22 +1156,32 @@ impl Conn {
                 );
             }
             Step::ScramLookup { user, authzid } => {
-                if !self.may_act_for(&user, authzid) {
+                let Some(acting_for) = self.may_act_for(&user, authzid) else {
                     return self.auth_failed_with("logging in as another user is not allowed");
-                }
-                self.act(Pending::ScramLookup, Action::ScramLookup { user })
+                };
+                self.act(
+                    Pending::ScramLookup { acting_for },
+                    Action::ScramLookup { user },
+                )
             }
-            Step::Authenticated => {
-                let user = match &self.state {
-                    State::Sasl { user, .. } => user.clone().unwrap_or_default(),
-                    _ => String::new(),
+            // Only SCRAM proves or refuses a login by itself, and only
+            // once it has the user's keys.
+            Step::Authenticated | Step::Failed(sasl::Failure::Rejected) => {
+                let proved = matches!(step, Step::Authenticated);
+                let State::Sasl(Sasl::Proving { login, .. }) =
+                    std::mem::replace(&mut self.state, State::Authorization { user: None })
+                else {
+                    return self.auth_failed_with("malformed SASL response");
                 };
-                let user = self.acting_for.take().unwrap_or(user);
                 self.end_sasl();
-                self.state = State::Authorization {
-                    user: Some(user.clone()),
-                };
-                self.act(Pending::Open, Action::OpenMaildrop { user });
+                if proved {
+                    self.open(login.maildrop());
+                } else {
+                    self.act(
+                        Pending::Authenticate { acting_for: None },
+                        Action::Rejected { user: login.user },
+                    );
+                }
             }
             Step::Failed(sasl::Failure::Malformed) => {
                 self.auth_failed_with("malformed SASL response")
@@ -1090,27 +1189,19 @@ impl Conn {
             Step::Failed(sasl::Failure::AuthzidRefused) => {
                 self.auth_failed_with("logging in as another user is not allowed")
             }
-            Step::Failed(sasl::Failure::Rejected) => {
-                let user = match &self.state {
-                    State::Sasl { user, .. } => user.clone().unwrap_or_default(),
-                    _ => String::new(),
-                };
-                self.end_sasl();
-                self.act(Pending::Authenticate, Action::Rejected { user });
-            }
         }
     }
 
-    /// Whether `user` may open `authzid`'s maildrop; remembers the target.
-    fn may_act_for(&mut self, user: &str, authzid: Option<String>) -> bool {
-        self.acting_for = None;
+    /// The maildrop `user` asks to open as `authzid`: `Some(None)` for
+    /// their own, `Some(Some(target))` for a master user naming another,
+    /// `None` when `user` may not.
+    fn may_act_for(&self, user: &str, authzid: Option<String>) -> Option<Option<String>> {
         match authzid {
-            None => true,
+            None => Some(None),
             Some(target) if self.settings.master_users.iter().any(|m| m == user) => {
-                self.acting_for = Some(target);
-                true
+                Some(Some(target))
             }
-            Some(_) => false,
+            Some(_) => None,
         }
     }
 
@@ -1118,7 +1209,7 @@ impl Conn {
     fn end_sasl(&mut self) {
         self.reader
             .set_max_line_octets(self.settings.max_line_octets);
-        if matches!(self.state, State::Sasl { .. }) {
+        if matches!(self.state, State::Sasl(_)) {
             self.state = State::Authorization { user: None };
         }
     }
@@ -1170,9 +1261,8 @@ impl Conn {
                         .map(Secret::new)
                         .unwrap_or(password);
                     self.sasl_login = false;
-                    self.acting_for = None;
                     self.act(
-                        Pending::Authenticate,
+                        Pending::Authenticate { acting_for: None },
                         Action::Authenticate {
                             user: name,
                             credential: Credential::Password(password),
@@ -1185,16 +1275,13 @@ impl Conn {
                     None,
                     "APOP is not available on this server; use USER and PASS",
                 )),
-                Some(timestamp) => {
-                    *user = Some(name.clone());
-                    self.act(
-                        Pending::Authenticate,
-                        Action::Authenticate {
-                            user: name,
-                            credential: Credential::Apop { timestamp, digest },
-                        },
-                    )
-                }
+                Some(timestamp) => self.act(
+                    Pending::Authenticate { acting_for: None },
+                    Action::Authenticate {
+                        user: name,
+                        credential: Credential::Apop { timestamp, digest },
+                    },
+                ),
             },
             other => self.misplaced(&other),
         }
@@ -1220,7 +1307,7 @@ impl Conn {
             Command::List(Some(n)) => {
                 let reply = t
                     .index(n)
-                    .map(|i| response::ok(format!("{n} {}", t.messages[i].size)));
+                    .map(|i| response::ok(format!("{n} {}", t.message(i).size)));
                 self.send(reply.unwrap_or_else(|e| e));
             }
             Command::Uidl(None) => {
@@ -1232,12 +1319,12 @@ impl Conn {
             Command::Uidl(Some(n)) => {
                 let reply = t
                     .index(n)
-                    .map(|i| response::ok(format!("{n} {}", t.messages[i].uid)));
+                    .map(|i| response::ok(format!("{n} {}", t.message(i).uid)));
                 self.send(reply.unwrap_or_else(|e| e));
             }
             Command::Retr(n) => match t.index(n) {
                 Ok(index) => {
-                    let size = t.messages[index].size;
+                    let size = t.message(index).size;
                     self.act(
                         Pending::Retrieve { index, whole: true },
                         Action::Retrieve {
@@ -1265,9 +1352,8 @@ impl Conn {
             },
             Command::Dele(n) => match t.index(n) {
                 Ok(i) => {
-                    t.deleted[i] = true;
-                    t.deleted_count += 1;
-                    t.deleted_octets = t.deleted_octets.saturating_add(t.messages[i].size);
+                    let size = t.message(i).size;
+                    t.deleted.insert(i, size);
                     self.send(response::ok(format!(
                         "Message {n} marked for deletion at QUIT"
                     )));
@@ -1275,9 +1361,7 @@ impl Conn {
                 Err(e) => self.send(e),
             },
             Command::Rset => {
-                t.deleted.iter_mut().for_each(|d| *d = false);
-                t.deleted_count = 0;
-                t.deleted_octets = 0;
+                t.deleted.clear();
                 let (count, octets) = t.visible();
                 self.send(response::ok(format!(
                     "Maildrop has {count} message{} ({octets} octets)",
@@ -1288,8 +1372,7 @@ impl Conn {
             Command::Capa => self.send(self.capa()),
             Command::Help => self.send(self.help()),
             Command::Summary(None) => {
-                let indexes: Vec<usize> =
-                    (0..t.messages.len()).filter(|&i| !t.deleted[i]).collect();
+                let indexes: Vec<Index> = t.undeleted().collect();
                 let count = indexes.len();
                 self.act(Pending::Summarize { count }, Action::Summarize { indexes });
             }
@@ -1307,23 +1390,60 @@ impl Conn {
                 else {
                     return;
                 };
-                let deleted: Vec<usize> = (0..t.messages.len()).filter(|&i| t.deleted[i]).collect();
-                let retrieved: Vec<usize> = (0..t.messages.len())
-                    .filter(|&i| t.retrieved[i] && !t.deleted[i])
+                let deleted: Vec<Index> = Index::all(t.messages.len())
+                    .filter(|&i| t.deleted.contains(i))
                     .collect();
+                let retrieved: Vec<Index> =
+                    t.undeleted().filter(|&i| t.retrieved.contains(i)).collect();
                 let (count, octets) = t.visible();
                 self.tally.remaining = count as u64;
                 self.tally.remaining_octets = octets;
                 self.act(
                     Pending::Commit {
-                        deleted: deleted.len() as u64,
-                        deleted_octets: t.deleted_octets,
+                        deleted: t.deleted.len() as u64,
+                        deleted_octets: t.deleted.octets(),
                     },
                     Action::Commit { deleted, retrieved },
                 );
             }
             other => self.misplaced(&other),
         }
+    }
+}
+
+/// The one place where a store failure becomes wire text (Dovecot's
+/// `client_send_storage_error`): `[IN-USE]` for a maildrop another session
+/// holds, no code for a message another program removed (the client can
+/// go on with the others), `[SYS/PERM]` for a maildrop that will not open
+/// by retrying, `[SYS/TEMP]` for everything else.
+fn store_failed(request: StoreRequest, failure: StoreFailure) -> Vec<u8> {
+    match (request, failure) {
+        (StoreRequest::Open, StoreFailure::Locked) => response::err(
+            Some(Code::InUse),
+            "Maildrop is locked by another session; try again when it ends",
+        ),
+        (StoreRequest::Open, StoreFailure::Permanent) => {
+            response::err(Some(Code::SysPerm), "Maildrop cannot be opened")
+        }
+        (StoreRequest::Open, _) => response::err(
+            Some(Code::SysTemp),
+            "Maildrop cannot be opened right now; try again later",
+        ),
+        (StoreRequest::Read(i), StoreFailure::Vanished) => response::err(
+            None,
+            format!("Message {} was removed by another program", i.number()),
+        ),
+        (StoreRequest::Read(i), _) => response::err(
+            Some(Code::SysTemp),
+            format!("Message {} cannot be read right now", i.number()),
+        ),
+        (StoreRequest::Summarize, _) => {
+            response::err(Some(Code::SysTemp), "The summary cannot be made right now")
+        }
+        (StoreRequest::Commit, _) => response::err(
+            Some(Code::SysTemp),
+            "Some deleted messages were not removed; they are still in the maildrop",
+        ),
     }
 }
 
@@ -1339,12 +1459,9 @@ fn listing(
 ) -> Vec<u8> {
     let mut out = response::ok(head);
     out.reserve(t.messages.len() * octets_per_line + 3);
-    for (i, m) in t.messages.iter().enumerate() {
-        if t.deleted[i] {
-            continue;
-        }
-        let _ = write!(out, "{} ", i + 1);
-        item(&mut out, m);
+    for i in t.undeleted() {
+        let _ = write!(out, "{} ", i.number());
+        item(&mut out, t.message(i));
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
@@ -1381,6 +1498,11 @@ mod tests {
         closed: bool,
         vanished: Option<usize>,
         tls_started: usize,
+    }
+
+    /// The positions a store gets for the indexes of an action.
+    fn positions(indexes: &[Index]) -> Vec<usize> {
+        indexes.iter().map(|i| i.get()).collect()
     }
 
     fn messages() -> Vec<MessageInfo> {
@@ -1428,7 +1550,7 @@ mod tests {
                     _ => Outcome::Opened(messages()),
                 },
                 Action::Retrieve { index, status, .. } => {
-                    if self.vanished == Some(index) {
+                    if self.vanished == Some(index.get()) {
                         return Outcome::NotSent(StoreFailure::Vanished);
                     }
                     self.out.extend_from_slice(&status);
@@ -1436,7 +1558,8 @@ mod tests {
                     Outcome::Sent
                 }
                 Action::Commit { deleted, retrieved } => {
-                    self.commits.push((deleted, retrieved));
+                    self.commits
+                        .push((positions(&deleted), positions(&retrieved)));
                     Outcome::Committed
                 }
                 Action::Rejected { .. } => Outcome::AuthRejected,
@@ -1450,13 +1573,13 @@ mod tests {
                     nonce: "SERVERNONCE".into(),
                 },
                 Action::Summarize { indexes } => {
-                    if indexes.iter().any(|&i| self.vanished == Some(i)) {
+                    if indexes.iter().any(|i| self.vanished == Some(i.get())) {
                         return Outcome::NotSent(StoreFailure::Temporary);
                     }
                     Outcome::Summarized(
                         indexes
                             .iter()
-                            .map(|i| format!("{} summary", i + 1))
+                            .map(|i| format!("{} summary", i.number()))
                             .collect(),
                     )
                 }
@@ -1641,6 +1764,31 @@ mod tests {
             "-ERR Message 1 was removed by another program\r\n"
         );
         assert_eq!(d.run(&mut conn, b"NOOP\r\n"), "+OK \r\n");
+    }
+
+    #[test]
+    fn the_name_the_passdb_gives_is_the_one_opened_and_logged_in() {
+        let mut conn = Conn::new(Settings::default());
+        let mut events = Vec::new();
+        conn.receive(b"USER MRose\r\nPASS secret\r\n");
+        loop {
+            match conn.next() {
+                Event::Act(Action::Authenticate { user, .. }) => {
+                    assert_eq!(user, "MRose");
+                    conn.complete(Outcome::Authenticated {
+                        user: "mrose".into(),
+                    });
+                }
+                Event::Act(Action::OpenMaildrop { user }) => {
+                    events.push(user);
+                    conn.complete(Outcome::Opened(messages()));
+                }
+                Event::NeedInput => break,
+                _ => {}
+            }
+        }
+        assert_eq!(events, ["mrose"]);
+        assert_eq!(conn.user(), Some("mrose"));
     }
 
     #[test]

@@ -5,6 +5,6 @@ pub mod command;
 pub mod conn;
 pub mod response;
 
-pub use command::{Command, MessageNumber, ParseError, Verb};
+pub use command::{parse_message_number, Command, Index, MessageNumber, ParseError, Verb};
 pub use conn::{Action, Conn, Credential, Event, MessageInfo, Outcome, Settings, StoreFailure};
-pub use response::Code;
+pub use response::{Code, Farewell};

@@ -95,6 +95,76 @@ where
     out
 }
 
+/// Why the server ends a session on its own, or turns a connection away
+/// before a session began: the last line the driver writes when the core
+/// has no say (no command is being answered). The one place for their
+/// wire text, as the core's replies are for every other status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// Every connection the server takes is open.
+    Busy,
+    /// The client's address holds every connection it may.
+    AddressBusy,
+    /// The address failed to log in too often: refused for `seconds` more.
+    AddressBlocked {
+        /// Seconds until the address may connect again (at least 1).
+        seconds: u64,
+    },
+    /// A login attempt from an address that failed too often meanwhile.
+    LoginsBlocked,
+    /// The server is stopping; an open maildrop is released unchanged.
+    ShuttingDown,
+    /// RFC 1939 §3 autologout, after login.
+    Autologout,
+    /// The authorization deadline passed before login.
+    LoginTimeout,
+    /// The pre-login table was full and this was the oldest connection of
+    /// the address holding the most.
+    Evicted,
+}
+
+impl Farewell {
+    /// The code the line carries, if any.
+    fn code(self) -> Option<Code> {
+        match self {
+            Farewell::Autologout => None,
+            _ => Some(Code::SysTemp),
+        }
+    }
+
+    /// The whole line, `-ERR …\r\n`.
+    pub fn line(self) -> Vec<u8> {
+        err(self.code(), self.to_string())
+    }
+}
+
+/// The text of the line, without its status and code (for logs).
+impl fmt::Display for Farewell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Farewell::Busy => f.write_str("Too many connections; try again later"),
+            Farewell::AddressBusy => {
+                f.write_str("Too many connections from your address; try again later")
+            }
+            Farewell::AddressBlocked { seconds } => write!(
+                f,
+                "Too many failed logins from your address; try again in {seconds} seconds"
+            ),
+            Farewell::LoginsBlocked => {
+                f.write_str("Too many failed logins from your address; try again later")
+            }
+            Farewell::ShuttingDown => f.write_str("Server shutting down; nothing was deleted"),
+            Farewell::Autologout => {
+                f.write_str("Autologout: idle for too long; nothing was deleted")
+            }
+            Farewell::LoginTimeout => f.write_str("Too long without logging in; closing"),
+            Farewell::Evicted => {
+                f.write_str("Too many connections waiting to log in; closing the oldest")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +178,47 @@ mod tests {
             b"-ERR [IN-USE] locked\r\n"
         );
         assert_eq!(err(Some(Code::SysTemp), "x"), b"-ERR [SYS/TEMP] x\r\n");
+    }
+
+    #[test]
+    fn farewell_lines_are_exact() {
+        let cases: [(Farewell, &[u8]); 8] = [
+            (
+                Farewell::Busy,
+                b"-ERR [SYS/TEMP] Too many connections; try again later\r\n",
+            ),
+            (
+                Farewell::AddressBusy,
+                b"-ERR [SYS/TEMP] Too many connections from your address; try again later\r\n",
+            ),
+            (
+                Farewell::AddressBlocked { seconds: 7 },
+                b"-ERR [SYS/TEMP] Too many failed logins from your address; try again in 7 seconds\r\n",
+            ),
+            (
+                Farewell::LoginsBlocked,
+                b"-ERR [SYS/TEMP] Too many failed logins from your address; try again later\r\n",
+            ),
+            (
+                Farewell::ShuttingDown,
+                b"-ERR [SYS/TEMP] Server shutting down; nothing was deleted\r\n",
+            ),
+            (
+                Farewell::Autologout,
+                b"-ERR Autologout: idle for too long; nothing was deleted\r\n",
+            ),
+            (
+                Farewell::LoginTimeout,
+                b"-ERR [SYS/TEMP] Too long without logging in; closing\r\n",
+            ),
+            (
+                Farewell::Evicted,
+                b"-ERR [SYS/TEMP] Too many connections waiting to log in; closing the oldest\r\n",
+            ),
+        ];
+        for (farewell, line) in cases {
+            assert_eq!(farewell.line(), line, "{farewell:?}");
+        }
     }
 
     #[test]

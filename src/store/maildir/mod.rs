@@ -22,6 +22,7 @@ mod courier;
 mod deliver;
 mod dirs;
 mod dovecot;
+mod fingerprint;
 mod foreign;
 mod listing;
 mod name;
@@ -52,6 +53,7 @@ pub use deliver::deliver;
 #[doc(hidden)]
 pub use dovecot::parse as parse_dovecot_uidlist;
 pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
+pub use fingerprint::{ContentKey, Fingerprint, Fingerprints};
 pub use foreign::{uidls_of, UidlSources};
 #[doc(hidden)]
 pub use listing::{parse as parse_listing, Listing};
