@@ -354,7 +354,7 @@ async fn out_of_store<S: Store>(
 /// One mbox entry: a `From ` line, the message with mboxrd quoting (one
 /// more `>` before any `>*From ` line), a final newline if it lacks one,
 /// and the empty separator line.
-fn mbox_entry(message: &[u8]) -> Vec<u8> {
+pub(crate) fn mbox_entry(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 64);
     out.extend_from_slice(b"From MAILER-DAEMON ");
     out.extend_from_slice(asctime_now().as_bytes());

@@ -1,7 +1,7 @@
 //! The store boundary: maildrops that a POP3 session opens, reads and
 //! commits, and the delivery path that fills them.
 //!
-//! One trait pair, two backends (`maildir`, `postgres`). The
+//! One trait pair, three backends (`maildir`, `mbox`, `postgres`). The
 //! server is generic over [`Store`], so dispatch is static.
 //!
 //! Semantics (DESIGN.md, not negotiable): `open` locks the maildrop
@@ -11,6 +11,7 @@
 
 pub mod deliver;
 pub mod maildir;
+pub mod mbox;
 pub mod postgres;
 pub mod summary;
 
