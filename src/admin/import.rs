@@ -204,7 +204,7 @@ pub async fn into_store<S: Store, T>(
     progress.update(0, 0);
     for (done, source) in sources.iter().enumerate() {
         let message = load(source)?;
-        let octets = canonical_size(&message);
+        let octets = store.delivered_size(&message);
         store
             .deliver(user, message)
             .await

@@ -68,6 +68,13 @@ pub trait Store: Send + Sync + 'static {
     /// How much `user`'s maildrop holds now, for quota checks. Cheap
     /// rather than exact under concurrent change.
     fn usage(&self, user: &str) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+
+    /// The CRLF size `message` has in a maildrop once delivered, as
+    /// [`Store::usage`] then counts it: its canonical size, unless the
+    /// store changes the message (an mbox quotes `From ` lines).
+    fn delivered_size(&self, message: &[u8]) -> u64 {
+        mailbag_proto::dot::canonical_size(message)
+    }
 }
 
 /// The size of a maildrop.

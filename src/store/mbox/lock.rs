@@ -246,7 +246,7 @@ fn retry(
 
 /// One non-blocking `fcntl` write lock (or unlock) of the whole file: `false`
 /// when another process holds a conflicting lock.
-fn fcntl_lock(file: &File, kind: i16) -> io::Result<bool> {
+pub(crate) fn fcntl_lock(file: &File, kind: i16) -> io::Result<bool> {
     let lock = libc::flock {
         l_type: kind,
         l_whence: libc::SEEK_SET as i16,

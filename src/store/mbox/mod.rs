@@ -473,6 +473,10 @@ impl Store for MboxStore {
         blocking(move || deliver(&dir, &name, &locks, &message)).await
     }
 
+    fn delivered_size(&self, message: &[u8]) -> u64 {
+        MboxStore::stored_size(message)
+    }
+
     async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
         let (dir, name) = self.spool(user)?;
         blocking(move || {
