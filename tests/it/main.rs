@@ -11,6 +11,7 @@ mod hostile;
 mod limits;
 mod lmtp;
 mod maildir_trust;
+mod mbox;
 mod names;
 mod pg_auth;
 mod pop3;
