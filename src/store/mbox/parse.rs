@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 pub const KEPT_LINE_OCTETS: usize = 1000;
 /// The longest `X-UIDL:` value taken as the UIDL (RFC 1939 allows 70
 /// characters; room is left for a `-N` suffix among equal values).
-pub const MAX_X_UIDL_OCTETS: usize = 64;
+pub const MAX_X_UIDL_OCTETS: usize = 60;
 
 /// Header fields that mail readers rewrite in place (read flags, IMAP
 /// state, lengths): left out of the digest, so that mutt marking a message
@@ -268,19 +268,28 @@ pub fn parse(data: &[u8]) -> (Vec<Entry>, u64) {
 /// usable one, else its digest in hex; the second and later messages with
 /// the same value get `-2`, `-3`, ... so that every UIDL is unique.
 pub fn uidls(entries: &[Entry]) -> Vec<String> {
-    let mut seen: std::collections::HashMap<String, u32> =
-        std::collections::HashMap::with_capacity(entries.len());
+    use std::collections::{HashMap, HashSet};
+    let mut issued: HashSet<String> = HashSet::with_capacity(entries.len());
+    let mut next: HashMap<String, u64> = HashMap::new();
     entries
         .iter()
         .map(|e| {
             let base = e.x_uidl.clone().unwrap_or_else(|| hex(&e.digest));
-            let n = seen.entry(base.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                base
-            } else {
-                format!("{base}-{n}")
+            let mut uid = base.clone();
+            if issued.contains(&uid) {
+                // Another message's `X-UIDL:` may already be `base-2`:
+                // the next suffix not yet issued.
+                let n = next.entry(base.clone()).or_insert(1);
+                loop {
+                    *n += 1;
+                    uid = format!("{base}-{n}");
+                    if !issued.contains(&uid) {
+                        break;
+                    }
+                }
             }
+            issued.insert(uid.clone());
+            uid
         })
         .collect()
 }
@@ -373,7 +382,8 @@ From c@d Mon Jan  1 00:00:00 2024\nSubject: 2\n\n>From quoted\n\n";
 From a\nX-UIDL:  abc123 \n\ny\n\n\
 From b\nSubject: same\nStatus: RO\n\nz\n\n\
 From b\nSubject: same\n\nother body\n\n\
-From c\nX-UIDL: has space inside\n\n";
+From c\nX-UIDL: has space inside\n\n\
+From d\nX-UIDL: abc123-2\n\n";
         let (entries, _) = parse(data);
         let u = uidls(&entries);
         assert_eq!(u[0], "abc123");
@@ -381,6 +391,8 @@ From c\nX-UIDL: has space inside\n\n";
         // Status is volatile: the two `From b` messages have equal digests.
         assert_eq!(u[3], format!("{}-2", u[2]));
         assert_eq!(u[4].len(), 32);
+        // Taken by message 2 already: the next free suffix.
+        assert_eq!(u[5], "abc123-2-2");
         let mut sorted = u.clone();
         sorted.sort();
         sorted.dedup();
