@@ -20,6 +20,7 @@ use crate::support::{as_unprivileged, config_text, crlf, free_port, write_passwd
 /// A server on an mbox store whose spools are `<dir>/mail/%u`.
 struct MboxServer {
     addr: SocketAddr,
+    lmtp_addr: Option<SocketAddr>,
     dir: TempDir,
     shutdown: CancellationToken,
     handle: JoinHandle<()>,
@@ -38,12 +39,16 @@ fn mbox_config(dir: &Path, extra: &str) -> String {
 
 impl MboxServer {
     async fn start(prepare: impl FnOnce(&Path)) -> MboxServer {
+        MboxServer::start_with("", prepare).await
+    }
+
+    async fn start_with(extra: &str, prepare: impl FnOnce(&Path)) -> MboxServer {
         let dir = tempfile::tempdir().unwrap();
         write_passwd(dir.path());
         std::fs::create_dir(dir.path().join("mail")).unwrap();
         prepare(dir.path());
         let config_path = dir.path().join("mailbag.toml");
-        std::fs::write(&config_path, mbox_config(dir.path(), "")).unwrap();
+        std::fs::write(&config_path, mbox_config(dir.path(), extra)).unwrap();
         let config = Config::load(&config_path).unwrap();
         let passdb = PasswdFile::open_with(
             &config.auth.passwd_file,
@@ -55,10 +60,12 @@ impl MboxServer {
             MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options()).unwrap();
         let server = Server::bind(config, store, passdb).await.unwrap();
         let addr = server.local_addrs()[0];
+        let lmtp_addr = server.lmtp_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(server.run(shutdown.clone()));
         MboxServer {
             addr,
+            lmtp_addr,
             dir,
             shutdown,
             handle,
@@ -340,6 +347,43 @@ async fn deliveries_during_a_session_are_not_blocked_and_are_kept() {
         .collect();
     want.extend((0..30).map(|i| format!("Message-ID: <new{i}>\n\nnew {i}\n")));
     assert_eq!(got, want);
+    s.stop().await;
+}
+
+/// LMTP delivers into the spool (appending as an MTA does, `From ` lines
+/// quoted) while a POP3 session holds it; the session's QUIT keeps it.
+#[tokio::test]
+async fn lmtp_delivers_into_the_spool_during_a_session() {
+    let s = MboxServer::start_with("[lmtp]\nlisten = [\"127.0.0.1:0\"]", |d| {
+        std::fs::write(d.join("mail/alice"), entry("a@x", b"Subject: old\n\nold\n")).unwrap()
+    })
+    .await;
+    let mut pop = s.login().await;
+    let mut c = Client::connect(s.lmtp_addr.unwrap()).await;
+    assert!(c.line().await.starts_with("220 "));
+    c.send(b"LHLO client.example\r\n").await;
+    while c.line().await.starts_with("250-") {}
+    assert!(c
+        .cmd("MAIL FROM:<bob@example.org>")
+        .await
+        .starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice>").await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: new\r\n\r\nFrom the start\r\n.\r\n").await;
+    let done = c.line().await;
+    assert!(done.starts_with("250"), "{done}");
+    pop.ok("DELE 1").await;
+    pop.ok("QUIT").await;
+    let mut pop = s.login().await;
+    assert!(pop.ok("STAT").await.starts_with("+OK 1 "));
+    let (_, body) = pop.multi("RETR 1").await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("Subject: new\r\n\r\n>From the start\r\n"),
+        "{text}"
+    );
+    assert!(text.starts_with("Return-Path: <bob@example.org>"), "{text}");
+    pop.ok("QUIT").await;
     s.stop().await;
 }
 
