@@ -54,6 +54,13 @@ use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
 
 /// The default spool path template.
 pub const DEFAULT_PATH: &str = "/var/mail/%u";
+/// What the files beside a spool end in (`lock.rs`, `update.rs`).
+const SIDE_FILES: &[&str] = &[".lock", ".mailbag", ".mailbag-journal", ".mailbag-journal.new"];
+/// The most messages a session takes into its snapshot (a listing of a
+/// million costs about 150 MB of memory); the rest of a larger spool is
+/// left where it is, as if delivered after the snapshot, and served once
+/// earlier messages are deleted.
+const MAX_MESSAGES: usize = 1_000_000;
 /// Messages up to this size are read into memory in one go.
 const IN_MEMORY: u64 = 256 * 1024;
 /// Read buffer of the snapshot parse.
@@ -87,7 +94,17 @@ impl MboxStore {
     fn spool(&self, user: &str) -> Result<(PathBuf, OsString), StoreError> {
         crate::auth::name::check(user)
             .map_err(|e| StoreError::Permanent(format!("user name refused: {}", e.why)))?;
-        Ok((self.dir.clone(), OsString::from(expand(&self.file, user))))
+        let name = expand(&self.file, user);
+        // The files beside a spool are named after it: a user whose spool
+        // would be another user's dotlock, session lock or journal (a user
+        // `alice.lock` beside `alice`) is refused.
+        if SIDE_FILES.iter().any(|suffix| name.ends_with(suffix)) {
+            return Err(StoreError::Permanent(format!(
+                "user name refused: the spool name would end in one of {}",
+                SIDE_FILES.join(", ")
+            )));
+        }
+        Ok((self.dir.clone(), OsString::from(name)))
     }
 
     /// The spool file of `user`, for messages and tools.
@@ -202,6 +219,17 @@ fn still_named(dir: &OwnedFd, name: &OsStr, file: &File) -> Result<bool, StoreEr
 
 /// Parses the first `len` octets of `file`.
 fn parse_file(file: &File, len: u64) -> io::Result<(Vec<parse::Entry>, u64)> {
+    parse_file_within(file, len, usize::MAX).map(|(entries, junk, _)| (entries, junk))
+}
+
+/// Parses `file` up to `len`, or up to the start of message `max + 1`:
+/// the messages, the octets before the first one, and where parsing
+/// stopped (the length of the snapshot).
+fn parse_file_within(
+    file: &File,
+    len: u64,
+    max: usize,
+) -> io::Result<(Vec<parse::Entry>, u64, u64)> {
     let mut p = parse::Parser::new();
     let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
     let mut at = 0;
@@ -216,8 +244,22 @@ fn parse_file(file: &File, len: u64) -> io::Result<(Vec<parse::Entry>, u64)> {
         }
         p.feed(&buf[..n]);
         at += n as u64;
+        if let Some(next) = p.entries().get(max) {
+            let stop = next.from;
+            let (mut entries, junk) = p.finish();
+            entries.truncate(max);
+            return Ok((entries, junk, stop));
+        }
     }
-    Ok(p.finish())
+    let (mut entries, junk) = p.finish();
+    match entries.get(max) {
+        Some(next) => {
+            let stop = next.from;
+            entries.truncate(max);
+            Ok((entries, junk, stop))
+        }
+        None => Ok((entries, junk, len)),
+    }
 }
 
 /// Opens the spool under the MTA locks (retrying if another program
@@ -286,11 +328,20 @@ pub struct MboxMaildrop {
 
 impl MboxMaildrop {
     fn open(dir_path: &Path, name: OsString, locks: LockOptions) -> Result<Self, StoreError> {
+        MboxMaildrop::open_within(dir_path, name, locks, MAX_MESSAGES)
+    }
+
+    fn open_within(
+        dir_path: &Path,
+        name: OsString,
+        locks: LockOptions,
+        max: usize,
+    ) -> Result<Self, StoreError> {
         let dir = open_dir(dir_path)?;
         let session = lock::session(dir.as_fd(), &name)?;
         let snap = with_locked_spool(&dir, &name, &locks, true, |file| {
             let len = file.metadata()?.len();
-            let (entries, junk) = parse_file(file, len)?;
+            let (entries, junk, len) = parse_file_within(file, len, max)?;
             Ok((len, entries, junk))
         })?;
         let (file, len, entries, junk) = match snap {

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::MetadataExt;
+
 use super::*;
 use crate::store::{Maildrop, Store, StoreError};
 
@@ -205,4 +207,49 @@ async fn an_update_cut_short_is_finished_by_the_next_open() {
         assert_eq!(read_all(&mut m, 1).await, b"Subject: three\n\nbody 3\n");
         assert_eq!(read_all(&mut m, 2).await, b"Subject: late\n\nx\n");
     }
+}
+
+#[tokio::test]
+async fn a_spool_beyond_the_message_limit_is_served_in_parts_and_kept_whole() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("alice"), THREE).unwrap();
+    let opts = LockOptions::default();
+    let m = MboxMaildrop::open_within(t.path(), "alice".into(), opts.clone(), 2).unwrap();
+    assert_eq!(m.messages().len(), 2);
+    m.commit(&[0], &[]).await.unwrap();
+    let m = MboxMaildrop::open_within(t.path(), "alice".into(), opts, 2).unwrap();
+    assert_eq!(m.messages().len(), 2);
+    let text = std::fs::read(t.path().join("alice")).unwrap();
+    // The first message's entry is 56 octets; the third, beyond the
+    // snapshot, was kept as it was.
+    assert_eq!(text, &THREE[56..]);
+}
+
+#[tokio::test]
+async fn names_that_would_be_another_spools_side_file_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let s = store(t.path(), 100, Duration::from_secs(300));
+    for user in ["alice.lock", "alice.mailbag", "alice.mailbag-journal", "a.mailbag-journal.new"] {
+        assert!(matches!(s.open(user).await, Err(StoreError::Permanent(_))), "{user}");
+        assert!(s.deliver(user, b"x\n".to_vec()).await.is_err(), "{user}");
+    }
+    s.open("alice.locksmith").await.unwrap();
+}
+
+#[tokio::test]
+async fn update_keeps_the_spools_inode_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("alice");
+    std::fs::write(&path, THREE).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let before = std::fs::metadata(&path).unwrap();
+    let s = store(t.path(), 100, Duration::from_secs(300));
+    s.open("alice").await.unwrap().commit(&[0, 2], &[]).await.unwrap();
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!(
+        (after.ino(), after.uid(), after.gid(), after.permissions().mode()),
+        (before.ino(), before.uid(), before.gid(), before.permissions().mode())
+    );
+    assert!(after.len() < before.len());
 }
