@@ -690,3 +690,39 @@ async fn mbox_first_login_of_100000_messages() {
     c.ok("QUIT").await;
     s.stop().await;
 }
+
+/// `mailbag deliver` into a spool on a full disk (a file size limit):
+/// exit 75 for the MTA to retry, and the spool cut back to what it was,
+/// its dotlock gone.
+#[test]
+fn deliver_out_of_space_exits_75_and_leaves_the_spool_as_it_was() {
+    let mut spool = Vec::new();
+    for i in 0..50 {
+        spool.extend(entry("a@x", &numbered(i)));
+    }
+    let (dir, _) = child_setup(&spool);
+    let mut big = b"Subject: big\n\n".to_vec();
+    for i in 0..20_000 {
+        big.extend_from_slice(format!("line {i} of a large message\n").as_bytes());
+    }
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 256; exec \"$0\" deliver --config \"$1\" --user alice")
+        .arg(env!("CARGO_BIN_EXE_mailbag"))
+        .arg(dir.path().join("mailbag.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_unprivileged(&mut cmd, dir.path());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let _ = child.stdin.take().unwrap().write_all(&big);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(std::fs::read(dir.path().join("mail/alice")).unwrap() == spool);
+    assert!(!dir.path().join("mail/alice.lock").exists());
+}

@@ -55,7 +55,12 @@ use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
 /// The default spool path template.
 pub const DEFAULT_PATH: &str = "/var/mail/%u";
 /// What the files beside a spool end in (`lock.rs`, `update.rs`).
-const SIDE_FILES: &[&str] = &[".lock", ".mailbag", ".mailbag-journal", ".mailbag-journal.new"];
+const SIDE_FILES: &[&str] = &[
+    ".lock",
+    ".mailbag",
+    ".mailbag-journal",
+    ".mailbag-journal.new",
+];
 /// The most messages a session takes into its snapshot (a listing of a
 /// million costs about 150 MB of memory); the rest of a larger spool is
 /// left where it is, as if delivered after the snapshot, and served once

@@ -229,8 +229,16 @@ async fn a_spool_beyond_the_message_limit_is_served_in_parts_and_kept_whole() {
 async fn names_that_would_be_another_spools_side_file_are_refused() {
     let t = tempfile::tempdir().unwrap();
     let s = store(t.path(), 100, Duration::from_secs(300));
-    for user in ["alice.lock", "alice.mailbag", "alice.mailbag-journal", "a.mailbag-journal.new"] {
-        assert!(matches!(s.open(user).await, Err(StoreError::Permanent(_))), "{user}");
+    for user in [
+        "alice.lock",
+        "alice.mailbag",
+        "alice.mailbag-journal",
+        "a.mailbag-journal.new",
+    ] {
+        assert!(
+            matches!(s.open(user).await, Err(StoreError::Permanent(_))),
+            "{user}"
+        );
         assert!(s.deliver(user, b"x\n".to_vec()).await.is_err(), "{user}");
     }
     s.open("alice.locksmith").await.unwrap();
@@ -245,11 +253,26 @@ async fn update_keeps_the_spools_inode_and_mode() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
     let before = std::fs::metadata(&path).unwrap();
     let s = store(t.path(), 100, Duration::from_secs(300));
-    s.open("alice").await.unwrap().commit(&[0, 2], &[]).await.unwrap();
+    s.open("alice")
+        .await
+        .unwrap()
+        .commit(&[0, 2], &[])
+        .await
+        .unwrap();
     let after = std::fs::metadata(&path).unwrap();
     assert_eq!(
-        (after.ino(), after.uid(), after.gid(), after.permissions().mode()),
-        (before.ino(), before.uid(), before.gid(), before.permissions().mode())
+        (
+            after.ino(),
+            after.uid(),
+            after.gid(),
+            after.permissions().mode()
+        ),
+        (
+            before.ino(),
+            before.uid(),
+            before.gid(),
+            before.permissions().mode()
+        )
     );
     assert!(after.len() < before.len());
 }
