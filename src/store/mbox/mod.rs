@@ -229,31 +229,53 @@ fn parse_file(file: &File, len: u64) -> io::Result<(Vec<parse::Entry>, u64)> {
 
 /// Parses `file` up to `len`, or up to the start of message `max + 1`:
 /// the messages, the octets before the first one, and where parsing
-/// stopped (the length of the snapshot).
+/// stopped (the length of the snapshot). Holes in a sparse file are not
+/// read (they are zeros, parsed in constant time), so the time a login
+/// takes is bounded by the data the spool really holds, not by a length
+/// its owner can set at will.
 fn parse_file_within(
     file: &File,
     len: u64,
     max: usize,
 ) -> io::Result<(Vec<parse::Entry>, u64, u64)> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    let offset = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let mut p = parse::Parser::new();
     let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
     let mut at = 0;
     while at < len {
-        let want = ((len - at) as usize).min(buf.len());
-        let n = file.read_at(&mut buf[..want], at)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the spool shrank while it was read",
-            ));
-        }
-        p.feed(&buf[..n]);
-        at += n as u64;
-        if let Some(next) = p.entries().get(max) {
-            let stop = next.from;
-            let (mut entries, junk) = p.finish();
-            entries.truncate(max);
-            return Ok((entries, junk, stop));
+        let data = match lseek(file.as_fd(), offset(at), Whence::SeekData) {
+            Ok(d) => u64::try_from(d).unwrap_or(at).clamp(at, len),
+            // Nothing but a hole up to the end.
+            Err(Errno::ENXIO) => len,
+            // No hole support: all of it is data.
+            Err(_) => at,
+        };
+        p.feed_zeros(data - at);
+        at = data;
+        let data_end = match lseek(file.as_fd(), offset(at), Whence::SeekHole) {
+            Ok(h) => u64::try_from(h).unwrap_or(len).clamp(at, len),
+            Err(_) => len,
+        };
+        let data_end = if data_end == at { len } else { data_end };
+        while at < data_end {
+            let want = ((data_end - at) as usize).min(buf.len());
+            let n = file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the spool shrank while it was read",
+                ));
+            }
+            p.feed(&buf[..n]);
+            at += n as u64;
+            if let Some(next) = p.entries().get(max) {
+                let stop = next.from;
+                let (mut entries, junk) = p.finish();
+                entries.truncate(max);
+                return Ok((entries, junk, stop));
+            }
         }
     }
     let (mut entries, junk) = p.finish();

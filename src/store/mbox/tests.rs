@@ -276,3 +276,23 @@ async fn update_keeps_the_spools_inode_and_mode() {
     );
     assert!(after.len() < before.len());
 }
+
+#[tokio::test]
+async fn a_sparse_spool_is_parsed_without_reading_its_holes() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("alice");
+    let f = std::fs::File::create(&path).unwrap();
+    f.write_all_at(b"From a\n\nfirst\n\nFrom b\n\n", 0).unwrap();
+    // A terabyte hole: reading it would take hours.
+    f.set_len(1 << 40).unwrap();
+    f.write_all_at(b"\n\nFrom c\n\nlast\n\n", 1 << 40).unwrap();
+    drop(f);
+    let s = store(t.path(), 100, Duration::from_secs(300));
+    let m = s.open("alice").await.unwrap();
+    assert_eq!(m.messages().len(), 3);
+    // "\nfirst\n" and "\nlast\n", in CRLF.
+    assert_eq!(m.messages()[0].size, 9);
+    assert_eq!(m.messages()[2].size, 8);
+    // "\n", the hole from offset 23 as one line of zeros, its LF.
+    assert_eq!(m.messages()[1].size, 2 + ((1u64 << 40) - 23) + 2);
+}
