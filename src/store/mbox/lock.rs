@@ -132,7 +132,13 @@ pub(crate) fn session(dir: BorrowedFd<'_>, spool: &OsStr) -> Result<SessionLock,
         }
         Err(e) => return Err(e),
     }
-    .ok_or_else(|| StoreError::Permanent("session lock file vanished".into()))?;
+    .ok_or_else(|| {
+        StoreError::Permanent(format!(
+            "cannot create the session lock {} in the spool directory: the server needs \
+             write access to it (see docs/DEPLOYMENT.md, \"Serving /var/mail\")",
+            String::from_utf8_lossy(name.as_bytes())
+        ))
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(SessionLock { _file: file }),
         Err(TryLockError::WouldBlock) => Err(StoreError::Locked),

@@ -164,6 +164,23 @@ async fn an_fcntl_lock_held_elsewhere_is_waited_for() {
     ));
     assert!(lock::fcntl_lock(&other, nix::libc::F_UNLCK as i16).unwrap());
     s.open("alice").await.unwrap();
+    // A classic POSIX lock, as Postfix and procmail take it, also keeps
+    // the store out (even from within the same process).
+    let mut classic = nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&other, nix::fcntl::FcntlArg::F_SETLK(&classic)).unwrap();
+    assert!(matches!(
+        s.open("alice").await,
+        Err(StoreError::Temporary(_))
+    ));
+    classic.l_type = nix::libc::F_UNLCK as i16;
+    nix::fcntl::fcntl(&other, nix::fcntl::FcntlArg::F_SETLK(&classic)).unwrap();
+    s.open("alice").await.unwrap();
 }
 
 #[tokio::test]
