@@ -246,6 +246,29 @@ p.quit()
     s.stop().await;
 }
 
+/// curl, a second real client, retrieves every message of the hostile
+/// spool byte-exact (the huge line too).
+#[tokio::test]
+async fn curl_retrieves_every_message_of_a_hostile_spool_byte_exact() {
+    let s =
+        MboxServer::start(|d| std::fs::write(d.join("mail/alice"), hostile_spool()).unwrap()).await;
+    for (i, m) in hostile().iter().enumerate() {
+        let out = tokio::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--user", "alice:wonderland"])
+            .arg(format!("pop3://127.0.0.1:{}/{}", s.addr.port(), i + 1))
+            .output()
+            .await
+            .expect("curl is installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == crlf(m), "message {}", i + 1);
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn an_empty_or_missing_spool_is_an_empty_maildrop() {
     let s = MboxServer::start(|d| std::fs::write(d.join("mail/alice"), b"").unwrap()).await;
