@@ -131,7 +131,7 @@ impl Parser {
                 Some(i) => (&chunk[..=i], true),
                 None => (chunk, false),
             };
-            let room = KEPT_LINE_OCTETS.saturating_sub(self.line.len());
+            let room = self.keep().saturating_sub(self.line.len());
             self.line.extend_from_slice(&part[..part.len().min(room)]);
             match part {
                 [.., a, b] => self.last = [Some(*a), Some(*b)],
@@ -146,13 +146,26 @@ impl Parser {
         }
     }
 
+    /// How much of the current line is worth keeping: a header line or a
+    /// possible `From_` line whole (up to [`KEPT_LINE_OCTETS`]), for the
+    /// digest; of any other line only what tells an empty line or a
+    /// `From ` line, so body octets are not copied.
+    fn keep(&self) -> usize {
+        let may_start = self.line_start == 0 || self.prev_empty.is_some();
+        if may_start || self.current.as_ref().is_some_and(|c| c.in_headers) {
+            KEPT_LINE_OCTETS
+        } else {
+            5
+        }
+    }
+
     /// Parses `n` zero octets (a hole in a sparse file) in constant time:
     /// the same as feeding them.
     pub fn feed_zeros(&mut self, n: u64) {
         if n == 0 {
             return;
         }
-        let room = KEPT_LINE_OCTETS.saturating_sub(self.line.len());
+        let room = self.keep().saturating_sub(self.line.len());
         let kept = usize::try_from(n).map_or(room, |n| n.min(room));
         self.line.resize(self.line.len() + kept, 0);
         self.last = if n >= 2 {
