@@ -14,10 +14,11 @@
 //!
 //! The dotlock is created with `O_CREAT | O_EXCL` as Postfix does, and is
 //! stale (removed, then taken) when older than the configured time
-//! (5 minutes, Postfix's and procmail's rule). A dotlock written by
-//! mailbag says so (`mailbag <pid>`); found while this process holds the
-//! session lock, it can only be left by a mailbag process that died
-//! (only the session lock's holder takes it), so it is removed at once.
+//! (5 minutes, Postfix's and procmail's rule). A dotlock that a session
+//! takes says so (`mailbag-session <pid>`); found while this process holds
+//! the session lock, it can only be left by a mailbag process that died
+//! (only the session lock's holder takes one), so it is removed at once.
+//! A delivery's dotlock (`mailbag <pid>`) is waited for like any other.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, TryLockError};
@@ -64,7 +65,7 @@ impl Default for LockOptions {
 /// How long to sleep between tries for a lock held elsewhere.
 const RETRY: Duration = Duration::from_millis(50);
 /// What a dotlock made by mailbag starts with.
-const MARK: &[u8] = b"mailbag ";
+const MARK: &[u8] = b"mailbag-session ";
 
 /// Flags of every open of a file in the spool directory: no symlink is
 /// followed, and a FIFO does not block the open.
@@ -285,7 +286,12 @@ fn dotlock(
             Ok(fd) => {
                 let mut f = File::from(fd);
                 // Best effort: the lock is the file, not its content.
-                let _ = f.write_all(format!("mailbag {}\n", std::process::id()).as_bytes());
+                let who = if session {
+                    "mailbag-session"
+                } else {
+                    "mailbag"
+                };
+                let _ = f.write_all(format!("{who} {}\n", std::process::id()).as_bytes());
                 Ok(true)
             }
             Err(Errno::EEXIST) => {
@@ -328,6 +334,6 @@ fn is_stale(dir: BorrowedFd<'_>, name: &OsStr, stale: Duration, session: bool) -
     let Ok(Some(mut f)) = open_regular(dir, name, OFlag::O_RDONLY, 0) else {
         return false;
     };
-    let mut head = [0u8; 8];
-    matches!(f.read(&mut head), Ok(8)) && head == MARK
+    let mut head = [0u8; MARK.len()];
+    matches!(f.read(&mut head), Ok(n) if n == MARK.len()) && head == MARK
 }

@@ -138,13 +138,20 @@ async fn the_dotlock_is_waited_for_broken_when_stale_and_a_dead_sessions_is_take
     let stale = store(t.path(), 200, Duration::ZERO);
     stale.open("alice").await.unwrap();
     assert!(!lock.exists());
-    // Left by a mailbag process that died: taken over at once.
-    std::fs::write(&lock, b"mailbag 4242\n").unwrap();
+    // Left by a mailbag session that died: taken over at once.
+    std::fs::write(&lock, b"mailbag-session 4242\n").unwrap();
     let started = Instant::now();
     let slow = store(t.path(), 60_000, Duration::from_secs(300));
     slow.open("alice").await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(!lock.exists());
+    // A delivery's (another process may be appending): waited for.
+    std::fs::write(&lock, b"mailbag 4242\n").unwrap();
+    assert!(matches!(
+        s.open("alice").await,
+        Err(StoreError::Temporary(_))
+    ));
+    assert!(lock.exists());
 }
 
 #[tokio::test]
