@@ -635,6 +635,12 @@ async fn summary_mailbox_and_import_work_on_mbox() {
         as_unprivileged(&mut cmd, dir.path());
         cmd.output().unwrap()
     };
+    let out = run(&["check-config"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["mailbox", "inspect", "alice"]);
     assert!(
         out.status.success(),
