@@ -14,6 +14,7 @@ mod lmtp;
 mod maildir_trust;
 mod migrate;
 mod migrate_pop3;
+mod mbox;
 mod names;
 mod pg_auth;
 mod pop3;
