@@ -382,7 +382,10 @@ impl FailurePolicy {
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
+    /// Failures, counting the attempts still being checked.
     failures: u32,
+    /// Of those, the attempts still being checked (by address only).
+    in_flight: u32,
     last: Instant,
     blocked_until: Option<Instant>,
 }
@@ -423,6 +426,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
         let _ = self.live(&key, now, window);
         self.map.entry(key).or_insert(Record {
             failures: 0,
+            in_flight: 0,
             last: now,
             blocked_until: None,
         })
@@ -438,6 +442,9 @@ pub struct Failures {
     /// What a success may clear: only the failures of the user who
     /// logged in, from the address they logged in from.
     by_pair: Mutex<Table<(IpAddr, String)>>,
+    /// Woken whenever an attempt is settled, for attempts that wait for
+    /// room (see [`Refused::Busy`]).
+    settled: tokio::sync::Notify,
 }
 
 /// One login attempt, counted as a failure of its address and user before
@@ -481,6 +488,18 @@ fn guesser(ip: IpAddr) -> IpAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Blocked(pub Duration);
 
+/// Why an attempt may not be checked now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The address is refused for this long.
+    Blocked(Blocked),
+    /// The address's failures and the attempts it has in flight already
+    /// reach the limit: this one is checked only once one of those is
+    /// settled (a success makes room; failures block the address). Wait
+    /// for [`Failures::settled`] and begin again.
+    Busy,
+}
+
 impl Failures {
     /// Empty tables under `policy`.
     pub fn new(policy: FailurePolicy) -> Self {
@@ -495,7 +514,15 @@ impl Failures {
             by_pair: Mutex::new(Table {
                 map: HashMap::new(),
             }),
+            settled: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Completes when an attempt is settled after this was called; an
+    /// attempt refused as [`Refused::Busy`] waits on it (created before
+    /// its `begin`, and enabled) and then begins again.
+    pub fn settled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.settled.notified()
     }
 
     /// Whether `ip` is refused now, and for how much longer.
@@ -514,8 +541,11 @@ impl Failures {
     /// the credential is checked. So attempts in flight count against the
     /// limit: of any number of parallel guesses from one address, at most
     /// `max_per_address` (less the failures already counted) are checked
-    /// at all. The attempt that reaches the limit blocks the address.
-    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Blocked> {
+    /// at all. An attempt beyond that is [`Refused::Busy`]: it waits until
+    /// one in flight is settled, rather than being refused, so that many
+    /// people logging in at once from one address (an office behind NAT)
+    /// are never taken for a guesser. Only settled failures block.
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Result<Attempt, Refused> {
         let ip = guesser(ip);
         let policy = self.policy();
         let window = policy.window;
@@ -527,21 +557,24 @@ impl Failures {
                 .and_then(|b| b.checked_duration_since(now))
                 .filter(|d| !d.is_zero())
             {
-                return Err(Blocked(left));
+                return Err(Refused::Blocked(Blocked(left)));
             }
-            // After a block ends, the failures are still remembered: one
-            // more attempt is checked, and blocks again if it fails.
-            let block_ended = r.blocked_until.is_some();
-            if r.failures >= policy.max_per_address && !block_ended {
-                // The limit was lowered on reload: block now.
-                r.blocked_until = Some(now + policy.block);
-                return Err(Blocked(policy.block));
+            if r.failures >= policy.max_per_address {
+                if r.in_flight > 0 {
+                    return Err(Refused::Busy);
+                }
+                // After a block ends, the failures are still remembered:
+                // one more attempt is checked, and blocks again if it
+                // fails. With no block behind it, the limit was lowered on
+                // reload: block now.
+                if r.blocked_until.is_none() {
+                    r.blocked_until = Some(now + policy.block);
+                    return Err(Refused::Blocked(Blocked(policy.block)));
+                }
             }
             r.failures += 1;
+            r.in_flight += 1;
             r.last = now;
-            if r.failures >= policy.max_per_address {
-                r.blocked_until = Some(now + policy.block);
-            }
             r.failures
         };
         let by_user = {
@@ -559,11 +592,28 @@ impl Failures {
         })
     }
 
+    /// Ends `attempt`'s time in flight at its address; then blocks the
+    /// address if its settled failures reach the limit.
+    fn land(&self, attempt: &Attempt, now: Instant) {
+        let policy = self.policy();
+        let mut t = locked(&self.by_address);
+        if let Some(r) = t.live(&attempt.ip, now, policy.window) {
+            r.in_flight = r.in_flight.saturating_sub(1);
+            if r.failures.saturating_sub(r.in_flight) >= policy.max_per_address
+                && r.blocked_until.is_none_or(|b| b <= now)
+            {
+                r.blocked_until = Some(now + policy.block);
+            }
+        }
+    }
+
     /// Settles `attempt` as failed (it is counted already) and returns how
     /// long to wait before answering it: the base delay, doubled for each
     /// earlier failure of the same address or user within the window,
     /// capped.
     pub fn failed(&self, attempt: Attempt, now: Instant) -> Duration {
+        self.land(&attempt, now);
+        self.settled.notify_waiters();
         let window = self.policy().window;
         let mut t = locked(&self.by_pair);
         let r = t.record((attempt.ip, attempt.user), now, window);
@@ -594,7 +644,20 @@ impl Failures {
     pub fn failed_unreserved(&self, ip: IpAddr, user: &str, now: Instant) -> Duration {
         match self.begin(ip, user, now) {
             Ok(attempt) => self.failed(attempt, now),
-            Err(_) => self.policy().max_delay,
+            Err(Refused::Blocked(_)) => self.policy().max_delay,
+            Err(Refused::Busy) => {
+                // Counted all the same, above the limit: it was never
+                // going to be checked.
+                let policy = self.policy();
+                let mut t = locked(&self.by_address);
+                let r = t.record(guesser(ip), now, policy.window);
+                r.failures = r.failures.saturating_add(1);
+                r.last = now;
+                if r.failures.saturating_sub(r.in_flight) >= policy.max_per_address {
+                    r.blocked_until = Some(now + policy.block);
+                }
+                policy.max_delay
+            }
         }
     }
 
@@ -621,8 +684,9 @@ impl Failures {
         {
             let mut t = locked(&self.by_address);
             if let Some(r) = t.live(&attempt.ip, now, window) {
-                r.failures = r.failures.saturating_sub(clear);
-                if r.failures < max {
+                r.in_flight = r.in_flight.saturating_sub(1);
+                r.failures = r.failures.saturating_sub(clear).max(r.in_flight);
+                if r.failures - r.in_flight < max {
                     r.blocked_until = None;
                 }
                 if r.failures == 0 {
@@ -637,6 +701,7 @@ impl Failures {
                 t.map.remove(&attempt.user);
             }
         }
+        self.settled.notify_waiters();
     }
 
     /// The policy in force.
@@ -970,15 +1035,26 @@ mod tests {
         let f = Failures::new(policy());
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
-        // 100 guesses arrive at once: only the first ten may be checked.
+        // 100 guesses arrive at once: only the first ten may be checked;
+        // the others wait for room.
         let begun: Vec<_> = (0..100).map(|_| f.begin(a, "alice", t0)).collect();
+        assert_eq!(
+            begun
+                .iter()
+                .filter(|b| b.as_ref().err() == Some(&Refused::Busy))
+                .count(),
+            90
+        );
         let allowed: Vec<Attempt> = begun.into_iter().filter_map(Result::ok).collect();
         assert_eq!(allowed.len(), 10);
-        assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
+        // Attempts in flight block nobody: they may all be right.
+        assert_eq!(f.blocked(a, t0), None);
         for attempt in allowed {
             f.failed(attempt, t0);
         }
-        assert!(f.begin(a, "alice", t0).is_err());
+        // Ten settled failures block the address, waiting attempts too.
+        assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
+        assert!(matches!(f.begin(a, "alice", t0), Err(Refused::Blocked(_))));
         // Another address is not affected.
         assert!(f.begin(ip("192.0.2.2"), "alice", t0).is_ok());
     }
@@ -1047,6 +1123,56 @@ mod tests {
     }
 
     #[test]
+    fn many_people_logging_in_at_once_from_one_address_wait_their_turn() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        // Fifty people behind one NAT address log in at once: ten are
+        // checked, forty wait; each success makes room for one more, and
+        // the address is never blocked.
+        let mut waiting = 50;
+        let mut in_flight = Vec::new();
+        while waiting > 0 || !in_flight.is_empty() {
+            while waiting > 0 {
+                match f.begin(a, &format!("user{waiting}"), t0) {
+                    Ok(attempt) => {
+                        in_flight.push(attempt);
+                        waiting -= 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(e, Refused::Busy);
+                        break;
+                    }
+                }
+            }
+            assert!(in_flight.len() <= 10);
+            assert_eq!(f.blocked(a, t0), None);
+            f.succeeded(in_flight.pop().unwrap(), t0);
+        }
+        assert!(!locked(&f.by_address).map.contains_key(&a));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_is_woken_when_one_is_settled() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let held: Vec<Attempt> = (0..10).map(|_| f.begin(a, "u", t0).unwrap()).collect();
+        let settled = f.settled();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        assert_eq!(f.begin(a, "v", t0).err(), Some(Refused::Busy));
+        let mut held = held.into_iter();
+        f.succeeded(held.next().unwrap(), t0);
+        // Woken at once, and there is room now.
+        settled.await;
+        assert!(f.begin(a, "v", t0).is_ok());
+        for attempt in held {
+            f.failed(attempt, t0);
+        }
+    }
+
+    #[test]
     fn a_success_in_flight_does_not_leave_the_address_blocked() {
         let f = Failures::new(policy());
         let t0 = Instant::now();
@@ -1054,9 +1180,11 @@ mod tests {
         for _ in 0..9 {
             fail(&f, a, "x", t0);
         }
-        // The tenth attempt blocks while it is checked; it was right.
+        // The tenth attempt fills the address's room while it is checked,
+        // without blocking it; it was right.
         let attempt = f.begin(a, "alice", t0).unwrap();
-        assert!(f.blocked(a, t0).is_some());
+        assert!(f.blocked(a, t0).is_none());
+        assert_eq!(f.begin(a, "bob", t0).err(), Some(Refused::Busy));
         f.succeeded(attempt, t0);
         assert!(f.blocked(a, t0).is_none());
         // The next failure reaches the limit again.
@@ -1076,6 +1204,12 @@ mod tests {
         assert!(f.blocked(a, later).is_none());
         let begun: Vec<_> = (0..5).map(|_| f.begin(a, "bob", later)).collect();
         assert_eq!(begun.iter().filter(|b| b.is_ok()).count(), 1);
+        assert!(begun
+            .iter()
+            .filter_map(|b| b.as_ref().err())
+            .all(|e| *e == Refused::Busy));
+        let one = begun.into_iter().find_map(Result::ok).unwrap();
+        f.failed(one, later);
         assert_eq!(f.blocked(a, later), Some(Duration::from_secs(300)));
     }
 

@@ -33,7 +33,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
 
-use super::limits::Attempt;
+use super::limits::{Attempt, Refused};
 use super::metrics::{LoginResult, Metrics};
 use super::tls::Stream;
 use super::transcript::Transcript;
@@ -366,7 +366,15 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                     Ok(())
                 }
                 Event::Act(action) => self.act(action).await,
-                Event::NeedInput => self.read().await,
+                Event::NeedInput => {
+                    // An attempt begun for a SASL exchange that ended
+                    // without a proof (the client cancelled it) is
+                    // settled as failed before the answer goes out.
+                    if !self.conn.in_sasl_exchange() {
+                        self.shared.failures.abandoned(self.attempt.take());
+                    }
+                    self.read().await
+                }
                 Event::Close => {
                     self.command_done();
                     let _ = self.write_out().await;
@@ -455,20 +463,29 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
 
     /// Counts a login attempt before its credential is checked, so that
     /// parallel guesses cannot all pass a check made before any fails;
-    /// an address blocked meanwhile is told so and the session ends.
+    /// an attempt beyond the address's room waits (within the login
+    /// deadline) for one in flight to be settled; an address blocked
+    /// meanwhile is told so and the session ends.
     async fn begin_attempt(&mut self, user: &str) -> Step {
-        let failures = &self.shared.failures;
+        let shared = self.shared;
+        let failures = &shared.failures;
         // Every spelling of a user is one user (auth/name.rs).
-        let user = &Matching::from_config(&self.shared.live()).key(user);
-        match failures.begin(self.peer.ip(), user, Instant::now()) {
-            Ok(a) => {
-                failures.abandoned(self.attempt.replace(a));
-                Ok(())
-            }
-            Err(_) => {
-                self.metrics.login(LoginResult::Refused);
-                let _ = self.stream.write_all(&Farewell::LoginsBlocked.line()).await;
-                Err(Ended)
+        let user = &Matching::from_config(&shared.live()).key(user);
+        loop {
+            // Listening before asking, so a settle in between is not missed.
+            let mut settled = std::pin::pin!(failures.settled());
+            settled.as_mut().enable();
+            match failures.begin(self.peer.ip(), user, Instant::now()) {
+                Ok(a) => {
+                    failures.abandoned(self.attempt.replace(a));
+                    return Ok(());
+                }
+                Err(Refused::Busy) => self.before_login(settled).await?,
+                Err(Refused::Blocked(_)) => {
+                    self.metrics.login(LoginResult::Refused);
+                    let _ = self.stream.write_all(&Farewell::LoginsBlocked.line()).await;
+                    return Err(Ended);
+                }
             }
         }
     }
@@ -748,6 +765,9 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
     /// Releases what the session holds and logs its end.
     async fn finish(mut self, closing: bool) {
         self.command_done();
+        // A client gone in the middle of a SASL exchange: its attempt
+        // counts as failed (and stops taking its address's room).
+        self.shared.failures.abandoned(self.attempt.take());
         let uncommitted = self.maildrop.is_some();
         let Session {
             mut stream,

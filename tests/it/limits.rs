@@ -353,3 +353,44 @@ async fn a_failure_delay_longer_than_the_login_time_left_ends_at_the_deadline() 
     assert!(c.closed().await);
     s.stop().await;
 }
+
+/// Many people behind one address (an office's NAT) logging in at the
+/// same moment are not taken for a guesser: attempts beyond the address's
+/// failure room wait for those being checked, and every right password
+/// logs in. Each user has a slow hash, so the checks overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_right_logins_at_once_from_one_address_all_log_in() {
+    const PEOPLE: usize = 12;
+    let s = TestServer::start_with_dir(|dir| {
+        let hash = mailbag::auth::scheme::hash(mailbag::auth::scheme::Scheme::Argon2id, b"pw")
+            .expect("hash");
+        let mut passwd = std::fs::read_to_string(dir.join("passwd")).unwrap();
+        for i in 0..PEOPLE {
+            passwd.push_str(&format!("office{i}:{hash}\n"));
+        }
+        std::fs::write(dir.join("passwd"), passwd).unwrap();
+        "max_failures_per_address = 2\naddress_block_secs = 600\n".to_string()
+    })
+    .await;
+    let addr = s.addr;
+    let logins: Vec<_> = (0..PEOPLE)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut c = connect_from("127.0.0.9", addr).await;
+                let greeting = c.line().await;
+                assert!(greeting.starts_with("+OK"), "office{i}: {greeting}");
+                c.ok(&format!("USER office{i}")).await;
+                let reply = c.cmd("PASS pw").await;
+                assert!(reply.starts_with("+OK"), "office{i}: {reply}");
+                c.ok("QUIT").await;
+            })
+        })
+        .collect();
+    for login in logins {
+        login.await.expect("every one logs in");
+    }
+    // And the address was never blocked.
+    let mut c = connect_from("127.0.0.9", s.addr).await;
+    assert!(c.line().await.starts_with("+OK"));
+    s.stop().await;
+}

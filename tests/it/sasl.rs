@@ -473,3 +473,25 @@ async fn a_cancelled_scram_exchange_is_forgotten_when_that_user_logs_in() {
         assert!(c.cmd("QUIT").await.starts_with("+OK"));
     }
 }
+
+#[tokio::test]
+async fn scram_exchanges_left_by_hanging_up_count_against_the_address() {
+    let s = TestServer::start_with(crate::guessing::GUESSING).await;
+    // Keys looked up, then the connection dropped mid-exchange: each is
+    // a failed attempt once the server sees the client gone.
+    for i in 0..10 {
+        let (mut c, greeting) = connect_from(&s, "127.0.0.2").await;
+        assert!(greeting.starts_with("+OK"), "lookup {i}: {greeting}");
+        let challenge = c_first_step(&mut c, &format!("user{i}")).await;
+        assert!(challenge.starts_with("+ "), "{challenge}");
+    }
+    // The sessions end as the server reads each hang-up.
+    for _ in 0..200 {
+        let (_, greeting) = connect_from(&s, "127.0.0.2").await;
+        if greeting.starts_with("-ERR [SYS/TEMP] Too many failed logins") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the address was never refused");
+}

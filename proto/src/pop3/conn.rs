@@ -552,6 +552,12 @@ impl Conn {
         }
     }
 
+    /// Whether a SASL exchange is under way (the core waits for the
+    /// client's next response in it).
+    pub fn in_sasl_exchange(&self) -> bool {
+        matches!(self.state, State::Sasl(_))
+    }
+
     /// Whether the session is in TRANSACTION (a maildrop is open).
     pub fn in_transaction(&self) -> bool {
         matches!(self.state, State::Transaction(_))
