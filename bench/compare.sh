@@ -152,6 +152,9 @@ root = "$data/mail"
 passwd_file = "$passwd"
 allow_plaintext = true
 failure_delay_ms = 2000
+# Logins in flight count against the address's failure room (they wait
+# for it past this many); the load is one address.
+max_failures_per_address = 20000
 [limits]
 max_connections = 20000
 # All the load comes from one address (loopback); the per-address and
