@@ -1212,7 +1212,8 @@ fn record_uidls_at(
             out.refused += 1;
             continue;
         }
-        taken.remove(own);
+        // The message's own form stays taken: a client may have seen it
+        // for this message, so no other message may be given it.
         taken.insert(uidl.clone());
         added.push((base, uidl));
         added_bases.insert(base);

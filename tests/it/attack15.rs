@@ -1,0 +1,138 @@
+//! Moving from another server: hostile input on the ways issue 15's
+//! interoperation opened. An old server that `migrate-uidls` reads, and a
+//! mailbox owner's forged foreign UIDL files, against the rule that a
+//! UIDL a client has seen names one message only and never changes, and
+//! against the server's memory. Real sockets, real files.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mailbag::admin::migrate::{self, Limits, Login, Security, Source};
+use mailbag::store::maildir::MaildirStore;
+use mailbag_proto::secret::Secret;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::support::*;
+
+/// The UIDL of each message, by message number, as a client sees it.
+async fn uidls(s: &TestServer) -> Vec<String> {
+    let mut c = s.login(ALICE).await;
+    let (_, body) = c.multi("UIDL").await;
+    c.ok("QUIT").await;
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect()
+}
+
+/// An old POP3 server that shows `messages` (UIDL, content) and accepts
+/// any login.
+async fn old_server(messages: Vec<(String, Vec<u8>)>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let messages = messages.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                let _ = write.write_all(b"+OK old server\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut words = line.split(' ');
+                    let verb = words.next().unwrap_or("");
+                    let sizes: Vec<usize> = messages.iter().map(|m| crlf(&m.1).len()).collect();
+                    let reply: Vec<u8> = match verb {
+                        "STAT" => {
+                            format!("+OK {} {}\r\n", messages.len(), sizes.iter().sum::<usize>())
+                                .into_bytes()
+                        }
+                        "UIDL" | "LIST" => {
+                            let mut out = b"+OK\r\n".to_vec();
+                            for (i, (uidl, _)) in messages.iter().enumerate() {
+                                let value = if verb == "UIDL" {
+                                    uidl.clone()
+                                } else {
+                                    sizes[i].to_string()
+                                };
+                                out.extend_from_slice(format!("{} {value}\r\n", i + 1).as_bytes());
+                            }
+                            out.extend_from_slice(b".\r\n");
+                            out
+                        }
+                        "RETR" => {
+                            let n: usize = words.next().unwrap_or("0").parse().unwrap_or(0);
+                            let body = crlf(&messages[n - 1].1);
+                            [&b"+OK\r\n"[..], &body, b".\r\n"].concat()
+                        }
+                        _ => b"+OK\r\n".to_vec(),
+                    };
+                    if write.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn store_of(s: &TestServer) -> MaildirStore {
+    let config = mailbag::config::Config::load(&s.config_path).unwrap();
+    MaildirStore::new(
+        config.store.root.clone(),
+        config.store.path.clone(),
+        config.store.default_domain.clone(),
+    )
+}
+
+async fn migrate_alice(s: &TestServer, old: SocketAddr) -> migrate::Report {
+    let source = Source {
+        server: old.to_string(),
+        security: Security::Plain,
+        tls_name: None,
+        ca_file: None,
+    };
+    let login = Login::Passwords(HashMap::from([(
+        "alice".to_string(),
+        Secret::new("pw".to_string()),
+    )]));
+    let limits = Limits {
+        max_messages: 100,
+        max_message_octets: 1 << 20,
+        timeout: Duration::from_secs(10),
+    };
+    migrate::migrate_user(&store_of(s), &source, &login, limits, "alice", false).await
+}
+
+/// An old server that gives one message here the UIDL that mailbag shows
+/// for another (its base-name form) cannot make that UIDL name the other
+/// message, even when the first message gets a new UIDL in the same run:
+/// a client that knew the UIDL would take the second message for the
+/// first (never fetch it, or delete it unseen).
+#[tokio::test]
+async fn an_old_server_cannot_move_a_shown_uidl_to_another_message() {
+    let s = TestServer::start().await;
+    let a = b"Subject: a\n\nfirst\n".to_vec();
+    let b = b"Subject: b\n\nsecond\n".to_vec();
+    s.deliver("alice", &a);
+    s.deliver("alice", &b);
+    let before = uidls(&s).await;
+    assert_eq!(before.len(), 2);
+    let old = old_server(vec![
+        ("old-uidl-of-a".to_string(), a.clone()),
+        (before[0].clone(), b.clone()),
+    ])
+    .await;
+    let report = migrate_alice(&s, old).await;
+    assert!(report.error.is_none(), "{report}");
+    let after = uidls(&s).await;
+    assert_ne!(
+        after[1], before[0],
+        "message 2 took the UIDL message 1 had: {before:?} then {after:?}"
+    );
+    let unique: std::collections::HashSet<&String> = after.iter().collect();
+    assert_eq!(unique.len(), after.len(), "{after:?}");
+    s.stop().await;
+}
