@@ -758,19 +758,26 @@ fn migrate(config: &Config) -> Result<()> {
 fn import(config: &Config, user: &str, from: Option<Mailbox>, to: Option<Mailbox>) -> Result<()> {
     let runtime = runtime()?;
     match config.store.kind {
-        StoreKind::Maildir => runtime.block_on(import_with(&maildir_store(config), user, from, to)),
+        StoreKind::Maildir => runtime.block_on(import_with(
+            &maildir_store(config),
+            &config.store.uidl_sources(),
+            user,
+            from,
+            to,
+        )),
         StoreKind::Postgres => {
             let store = pg_store(config)?;
             runtime.block_on(async {
                 store.check_schema().await.context("store.url")?;
-                import_with(&store, user, from, to).await
+                import_with(&store, &config.store.uidl_sources(), user, from, to).await
             })
         }
     }
 }
 
-async fn import_with<S: Store>(
+async fn import_with<S: mailbag::admin::import::UidlTarget>(
     store: &S,
+    sources: &mailbag::store::maildir::UidlSources,
     user: &str,
     from: Option<Mailbox>,
     to: Option<Mailbox>,
@@ -779,12 +786,21 @@ async fn import_with<S: Store>(
     let copied = match (from, to) {
         (Some(Mailbox::Maildir(dir)), None) => {
             let files = import::read_maildir(&dir)?;
-            import::into_store(store, user, &files, |p| import::read_message(p)).await?
+            // Each message keeps the UIDL mailbag would show for it there.
+            let uidl = import::maildir_uidls(&dir, sources)?;
+            import::into_store(store, user, &files, |p| import::read_message(p), uidl).await?
         }
         (Some(Mailbox::Mbox(file)), None) => {
             let data = import::read_mbox(&file)?;
             let messages = import::split_mbox(&data);
-            import::into_store(store, user, &messages, |m| Ok(m.clone())).await?
+            // qpopper's spools carry each message's UIDL in its X-UIDL.
+            let x_uidl = sources.x_uidl;
+            let uidl = |m: &Vec<u8>| {
+                x_uidl
+                    .then(|| mailbag::store::maildir::parse_x_uidl(m))
+                    .flatten()
+            };
+            import::into_store(store, user, &messages, |m| Ok(m.clone()), uidl).await?
         }
         (None, Some(Mailbox::Maildir(dir))) => import::out_to_maildir(store, user, &dir).await?,
         (None, Some(Mailbox::Mbox(file))) => import::out_to_mbox(store, user, &file).await?,
@@ -794,6 +810,16 @@ async fn import_with<S: Store>(
         "copied and verified {} messages ({} octets)",
         copied.messages, copied.octets
     );
+    // On standard error: the result line above stays the one line a
+    // script reads.
+    if copied.uidls_kept < copied.messages && copied.uidls_kept > 0 {
+        eprintln!(
+            "{} of them kept their UIDL; the others got new ones (clients that keep mail on the server download those again)",
+            copied.uidls_kept
+        );
+    } else if copied.uidls_kept > 0 {
+        eprintln!("every message kept its UIDL");
+    }
     Ok(())
 }
 

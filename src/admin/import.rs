@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use mailbag_proto::dot::canonical_size;
 use tokio::io::AsyncReadExt;
 
+use crate::store::maildir::{MaildirStore, UidlSources};
+use crate::store::postgres::PgStore;
 use crate::store::{maildir, Maildrop, Store, StoreError, Usage};
 
 /// Why an import did not complete.
@@ -54,12 +56,89 @@ pub enum ImportError {
 }
 
 /// What was copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Copied {
     /// Messages.
     pub messages: u64,
     /// Their CRLF octets (as POP3 counts them).
     pub octets: u64,
+    /// Messages that kept the UIDL they had in the source.
+    pub uidls_kept: u64,
+}
+
+/// A store that `mailbag import` can give a message the UIDL it had in
+/// the source, so that clients that leave mail on the server do not
+/// download it again.
+pub trait UidlTarget: Store {
+    /// A message delivered, whose UIDL is still to be settled by
+    /// [`UidlTarget::settle`].
+    type Pending: Send;
+
+    /// Delivers `message` to `user`, under `uidl` when the store can
+    /// (`Ok((None, true))`), or to be settled at the end.
+    fn deliver_keeping(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        uidl: Option<&str>,
+    ) -> impl std::future::Future<Output = Result<(Option<Self::Pending>, bool), StoreError>> + Send;
+
+    /// Gives the pending messages their UIDLs; returns how many kept them.
+    fn settle(
+        &self,
+        user: &str,
+        pending: Vec<Self::Pending>,
+    ) -> impl std::future::Future<Output = Result<u64, StoreError>> + Send;
+}
+
+impl UidlTarget for MaildirStore {
+    /// The new base name and the UIDL to record for it.
+    type Pending = (String, String);
+
+    async fn deliver_keeping(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        uidl: Option<&str>,
+    ) -> Result<(Option<(String, String)>, bool), StoreError> {
+        let base = MaildirStore::deliver(self, user, message).await?;
+        Ok((uidl.map(|u| (base, u.to_owned())), false))
+    }
+
+    async fn settle(&self, user: &str, pending: Vec<(String, String)>) -> Result<u64, StoreError> {
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let pairs = pending
+            .into_iter()
+            .map(|(base, uidl)| (base.into_bytes(), uidl))
+            .collect();
+        Ok(self.record_uidls(user, pairs).await?.recorded as u64)
+    }
+}
+
+impl UidlTarget for PgStore {
+    type Pending = ();
+
+    async fn deliver_keeping(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        uidl: Option<&str>,
+    ) -> Result<(Option<()>, bool), StoreError> {
+        if let Some(uidl) = uidl {
+            // Cloned only for the rare UIDL another maildrop has.
+            if self.deliver_with_uidl(user, message.clone(), uidl).await? {
+                return Ok((None, true));
+            }
+        }
+        PgStore::deliver(self, user, message).await?;
+        Ok((None, false))
+    }
+
+    async fn settle(&self, _user: &str, _pending: Vec<()>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 /// The message files of a Maildir (cur/ then new/ and their names, in name
@@ -72,6 +151,28 @@ pub fn read_maildir(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
         maildir::source::files(dir).map_err(|(path, source)| ImportError::Read { path, source })?;
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
+}
+
+/// The UIDL each message of the Maildir `dir` has as mailbag would show
+/// it with `sources` (see [`maildir::uidls_of`]), for [`into_store`]: by
+/// the base name of each file [`read_maildir`] lists.
+pub fn maildir_uidls(
+    dir: &Path,
+    sources: &UidlSources,
+) -> Result<impl Fn(&PathBuf) -> Option<String>, ImportError> {
+    let uidls = maildir::uidls_of(dir, sources).map_err(|e| ImportError::Read {
+        path: dir.to_path_buf(),
+        source: match e {
+            StoreError::Temporary(e) => e,
+            e => io::Error::other(e.to_string()),
+        },
+    })?;
+    Ok(move |file: &PathBuf| {
+        use std::os::unix::ffi::OsStrExt;
+        let name = file.file_name()?.as_bytes();
+        let base = name.split(|&b| b == b':').next()?;
+        uidls.get(base).cloned()
+    })
 }
 
 /// Reads one message file that [`read_maildir`] listed, walking to it
@@ -181,13 +282,15 @@ impl Progress {
 }
 
 /// Delivers `messages` (read one at a time by `load`) to `user` in
-/// `store`, then checks the maildrop grew by exactly their count and CRLF
+/// `store`, each under the UIDL `uidl` gives it where the store can keep
+/// it, then checks the maildrop grew by exactly their count and CRLF
 /// octets.
-pub async fn into_store<S: Store, T>(
+pub async fn into_store<S: UidlTarget, T>(
     store: &S,
     user: &str,
     sources: &[T],
     load: impl Fn(&T) -> Result<Vec<u8>, ImportError>,
+    uidl: impl Fn(&T) -> Option<String>,
 ) -> Result<Copied, ImportError> {
     let total = sources.len();
     let store_error = |done, source| ImportError::Store {
@@ -197,22 +300,26 @@ pub async fn into_store<S: Store, T>(
     };
     let before = store.usage(user).await.map_err(|e| store_error(0, e))?;
     let mut progress = Progress::new(total);
-    let mut copied = Copied {
-        messages: 0,
-        octets: 0,
-    };
+    let mut copied = Copied::default();
+    let mut pending = Vec::new();
     progress.update(0, 0);
     for (done, source) in sources.iter().enumerate() {
         let message = load(source)?;
         let octets = canonical_size(&message);
-        store
-            .deliver(user, message)
+        let (settle, kept) = store
+            .deliver_keeping(user, message, uidl(source).as_deref())
             .await
             .map_err(|e| store_error(done, e))?;
+        pending.extend(settle);
         copied.messages += 1;
         copied.octets += octets;
+        copied.uidls_kept += u64::from(kept);
         progress.update(done + 1, copied.octets);
     }
+    copied.uidls_kept += store
+        .settle(user, pending)
+        .await
+        .map_err(|e| store_error(total, e))?;
     let after = store.usage(user).await.map_err(|e| store_error(total, e))?;
     verify(copied, before, after)?;
     Ok(copied)
@@ -322,10 +429,7 @@ async fn out_of_store<S: Store>(
         })?;
     let total = maildrop.messages().len();
     let mut progress = Progress::new(total);
-    let mut copied = Copied {
-        messages: 0,
-        octets: 0,
-    };
+    let mut copied = Copied::default();
     progress.update(0, 0);
     for index in 0..total {
         let store_error = |source| ImportError::Store {
@@ -471,12 +575,18 @@ mod tests {
             "localhost".into(),
         );
         let files = read_maildir(&source).unwrap();
-        let copied = into_store(&store, "u", &files, |p| {
-            std::fs::read(p).map_err(|source| ImportError::Read {
-                path: p.clone(),
-                source,
-            })
-        })
+        let copied = into_store(
+            &store,
+            "u",
+            &files,
+            |p| {
+                std::fs::read(p).map_err(|source| ImportError::Read {
+                    path: p.clone(),
+                    source,
+                })
+            },
+            |_| None,
+        )
         .await
         .unwrap();
         let octets: u64 = bodies.iter().map(|b| canonical_size(b)).sum();
@@ -484,12 +594,14 @@ mod tests {
             copied,
             Copied {
                 messages: 3,
-                octets
+                octets,
+                uidls_kept: 0,
             }
         );
         let back = dir.path().join("back");
         let out = out_to_maildir(&store, "u", &back).await.unwrap();
         assert_eq!(out, copied);
+
         let mut got: Vec<Vec<u8>> = read_maildir(&back)
             .unwrap()
             .iter()
@@ -515,6 +627,59 @@ mod tests {
         ];
         want.sort();
         assert_eq!(got, want);
+    }
+
+    /// A Maildir that Dovecot served, imported into a Maildir store:
+    /// every message keeps the UIDL Dovecot showed (and one Dovecot never
+    /// listed keeps mailbag's own form), recorded before any session.
+    #[tokio::test]
+    async fn maildir_import_keeps_the_uidls_dovecot_showed() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("old/Maildir");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(source.join(sub)).unwrap();
+        }
+        let names = [
+            "1700000001.a.host",
+            "1700000002.b.host",
+            "1700000003.c.host",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            std::fs::write(
+                source.join("cur").join(format!("{name}:2,S")),
+                format!("m{i}\n"),
+            )
+            .unwrap();
+        }
+        std::fs::write(
+            source.join("dovecot-uidlist"),
+            format!(
+                "3 V1700000000 N3\n1 :{}\n2 PKEPT-2 :{}\n",
+                names[0], names[1]
+            ),
+        )
+        .unwrap();
+        let sources = UidlSources {
+            dovecot: Some(maildir::DovecotUidlFormat::parse("%08Xu%08Xv").unwrap()),
+            ..UidlSources::default()
+        };
+        let store = maildir::MaildirStore::new(
+            dir.path().join("root"),
+            "{root}/{user}".into(),
+            "localhost".into(),
+        );
+        let files = read_maildir(&source).unwrap();
+        let uidl = maildir_uidls(&source, &sources).unwrap();
+        let copied = into_store(&store, "u", &files, |p| read_message(p), uidl)
+            .await
+            .unwrap();
+        assert_eq!((copied.messages, copied.uidls_kept), (3, 3));
+        let maildrop = store.open("u").await.unwrap();
+        let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
+        got.sort();
+        assert_eq!(got, ["000000016553f100", "1700000003.c.host", "KEPT-2"]);
+        // The source is only read.
+        assert!(!source.join("mailbag.uidls").exists());
     }
 
     #[test]

@@ -485,3 +485,313 @@ async fn from_courier_no_message_is_downloaded_again() {
 
     new_message_keeps_its_first_uidl(&d, user, keys, &old_uidls).await;
 }
+
+/// The UIDL listing of one session (`UIDL` after `USER`/`PASS`, sent at
+/// once), as far as it came before the connection ended: `Some` only
+/// when it came whole.
+async fn uidl_listing(
+    addr: SocketAddr,
+    kill: Option<(std::process::Child, Duration)>,
+) -> Option<Vec<String>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = None;
+    for _ in 0..400 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut stream = tokio::io::BufReader::new(stream.expect("server came up"));
+    let mut greeting = String::new();
+    stream.read_line(&mut greeting).await.unwrap();
+    stream
+        .get_mut()
+        .write_all(b"USER alice\r\nPASS wonderland\r\nUIDL\r\n")
+        .await
+        .unwrap();
+    // The kill races the reading.
+    let killer = kill.map(|(mut child, after)| {
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            child.kill().unwrap();
+            child.wait().unwrap();
+        })
+    });
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), stream.read_line(&mut line))
+            .await
+            .expect("server answers");
+        if !matches!(read, Ok(n) if n > 0) {
+            if let Some(k) = killer {
+                k.join().unwrap();
+            }
+            return None;
+        }
+        if line == ".\r\n" {
+            break;
+        }
+        lines.push(line.trim_end().to_string());
+    }
+    if let Some(k) = killer {
+        k.join().unwrap();
+    }
+    // USER, PASS, then the UIDL status line.
+    let ok = lines.len() >= 3 && lines[..3].iter().all(|l| l.starts_with("+OK"));
+    assert!(ok, "{lines:?}");
+    Some(lines[3..].to_vec())
+}
+
+/// A server process killed at a random moment of the first open of a
+/// maildrop with Dovecot's UIDLs (which records them) leaves a record
+/// that is absent or whole, and a UIDL listing that a client received
+/// before the kill is the listing after the restart, even though the
+/// Dovecot file changed meanwhile (a record missing after a UIDL was
+/// answered would show that).
+#[tokio::test]
+async fn uidls_shown_survive_a_kill_while_they_are_recorded() {
+    use crate::support::{as_unprivileged, config_text, write_passwd};
+    const ROUNDS: u64 = 14;
+    const COUNT: usize = 2000;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut seen_before_kill = 0;
+    // Kills land within this much of the login: after the first round,
+    // twice what a whole listing took then.
+    let mut window = Duration::from_millis(400);
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        write_passwd(dir.path());
+        let md = dir.path().join("mail/localhost/alice/Maildir");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let mut uidlist = format!("3 V{} N{}\n", 1000 + round, COUNT + 1);
+        for i in 0..COUNT {
+            let name = format!("{}.M{i}P1.host,S=8,W=9", 1_700_000_000 + i);
+            std::fs::write(md.join("cur").join(format!("{name}:2,S")), b"body {i}\n").unwrap();
+            uidlist.push_str(&format!("{} :{name}\n", i + 1));
+        }
+        std::fs::write(md.join("dovecot-uidlist"), &uidlist).unwrap();
+        let port = free_port();
+        let text = config_text(
+            dir.path(),
+            "[store]\nroot = \"mail\"\nuidl_dovecot = true\n",
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let serve = |dir: &Path| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+            as_unprivileged(&mut cmd, dir);
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(dir.join("mailbag.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut child = serve(dir.path());
+        // Wait for the listener, then kill somewhere in the first open
+        // (the first round only measures how long that takes).
+        wait_port(addr).await;
+        let wait = window.mul_f64((next() % 1000) as f64 / 1000.0);
+        let started = std::time::Instant::now();
+        let before = if round == 0 {
+            let listing = uidl_listing(addr, None).await;
+            window = started.elapsed() * 2;
+            println!("a whole first listing took {:?}", started.elapsed());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            listing
+        } else {
+            uidl_listing(addr, Some((child, wait))).await
+        };
+
+        match std::fs::read(md.join("mailbag.uidls")) {
+            Ok(bytes) => assert_eq!(
+                mailbag::store::maildir::parse_shown(&bytes).len(),
+                COUNT,
+                "round {round}: a partial record"
+            ),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                assert!(
+                    before.is_none(),
+                    "round {round}: UIDLs shown, none recorded"
+                );
+            }
+        }
+        // Dovecot renumbers: only the record can keep what was shown.
+        std::fs::write(
+            md.join("dovecot-uidlist"),
+            uidlist.replacen(&format!("V{}", 1000 + round), "V77", 1),
+        )
+        .unwrap();
+        let mut child = serve(dir.path());
+        let after = uidl_listing(addr, None).await.expect("a whole listing");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(after.len(), COUNT);
+        if let Some(before) = before {
+            seen_before_kill += 1;
+            assert_eq!(before, after, "round {round} (killed after {wait:?})");
+        }
+    }
+    println!("listing received before the kill in {seen_before_kill} of {ROUNDS} rounds");
+}
+
+/// check-config names a `pop3_uidl_format` mailbag cannot reproduce, and
+/// says why, and accepts Dovecot's default and its other forms.
+#[test]
+fn check_config_reports_bad_dovecot_uidl_formats() {
+    use crate::support::{config_text, write_passwd};
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let path = dir.path().join("mailbag.toml");
+    let check = |format: &str| {
+        let extra = format!(
+            "[store]\nroot = \"mail\"\nuidl_dovecot = true\nuidl_dovecot_format = \"{format}\"\n"
+        );
+        std::fs::write(&path, config_text(dir.path(), &extra)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for good in [
+        "%08Xu%08Xv",
+        "%v.%u",
+        "%f",
+        "%g",
+        "UID%u-%v",
+        "%{uid}%{uidvalidity}",
+    ] {
+        let (ok, err) = check(good);
+        assert!(ok, "{good}: {err}");
+    }
+    for (bad, why) in [
+        ("%08Xm%08Xv", "header MD5"),
+        ("%q", "unknown variable %q"),
+        ("static", "every message would get the same UIDL"),
+    ] {
+        let (ok, err) = check(bad);
+        assert!(!ok, "{bad} accepted");
+        assert!(err.contains("store.uidl_dovecot_format"), "{bad}: {err}");
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// `mailbag import --from maildir:` into the PostgreSQL store keeps the
+/// UIDLs Dovecot showed; a UIDL another maildrop already has in the
+/// database (UIDLs are unique across it) gets a new one, and the import
+/// says how many kept theirs.
+#[tokio::test]
+async fn import_into_postgres_keeps_dovecot_uidls() {
+    use crate::support::pg::{Backend, Fixture};
+    use mailbag::store::{Maildrop, Store};
+    let Some(f) = Fixture::new(Backend::Postgres, "migrate_import").await else {
+        return;
+    };
+    let text = std::fs::read_to_string(&f.config_path).unwrap();
+    std::fs::write(
+        &f.config_path,
+        text.replace(
+            "[store]\n",
+            "[store]\nuidl_dovecot = true\nuidl_x_header = true\n",
+        ),
+    )
+    .unwrap();
+    let source = f.dir.path().join("old/Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(source.join(sub)).unwrap();
+    }
+    let names: Vec<String> = (1..=4).map(message_name).collect();
+    let mut uidlist = String::from("3 V1700000000 N4\n");
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(source.join("cur").join(format!("{name}:2,S")), body(i, "")).unwrap();
+        if i < 3 {
+            uidlist.push_str(&format!("{} :{name}\n", i + 1));
+        }
+    }
+    std::fs::write(source.join("dovecot-uidlist"), uidlist).unwrap();
+    let want = [
+        "000000016553f100".to_string(),
+        "000000026553f100".to_string(),
+        "000000036553f100".to_string(),
+        names[3].clone(),
+    ];
+    let import_from = |user: &str, from: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .args(["import", "--user", user, "--from"])
+            .arg(from)
+            .arg("--config")
+            .arg(&f.config_path)
+            .env("MAILBAG_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let import = |user: &str| {
+        let (stdout, stderr) = import_from(user, format!("maildir:{}", source.display()));
+        assert!(
+            stdout.starts_with("copied and verified 4 messages"),
+            "{stderr}"
+        );
+        stderr
+    };
+    let said = import("alice");
+    assert!(said.contains("every message kept its UIDL"), "{said}");
+    let store = crate::support::pg::pg_store(f.url.as_deref().unwrap());
+    let uidls = |m: &mailbag::store::postgres::PgMaildrop| -> Vec<String> {
+        m.messages().iter().map(|i| i.uid.clone()).collect()
+    };
+    let alice = store.open("alice").await.unwrap();
+    assert_eq!(uidls(&alice), want);
+    drop(alice);
+
+    // The same Maildir for another user: every UIDL is taken.
+    let said = import("bob");
+    assert!(!said.contains("kept"), "{said}");
+    let bob = store.open("bob").await.unwrap();
+    assert_eq!(bob.messages().len(), 4);
+    assert!(uidls(&bob).iter().all(|u| !want.contains(u)));
+    drop(bob);
+
+    // A qpopper spool: the X-UIDL of each message.
+    let mbox = f.dir.path().join("carol.mbox");
+    std::fs::write(
+        &mbox,
+        "From a@b Mon Jan  1 00:00:00 2024\nX-UIDL: 8f3a0c1d2e\nSubject: q1\n\none\n\n\
+         From a@b Mon Jan  1 00:00:01 2024\nX-UIDL: 8f3a0c1d2f\nSubject: q2\n\ntwo\n",
+    )
+    .unwrap();
+    let (stdout, stderr) = import_from("carol", format!("mbox:{}", mbox.display()));
+    assert!(
+        stdout.starts_with("copied and verified 2 messages"),
+        "{stderr}"
+    );
+    let carol = store.open("carol").await.unwrap();
+    assert_eq!(uidls(&carol), ["8f3a0c1d2e", "8f3a0c1d2f"]);
+}

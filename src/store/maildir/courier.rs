@@ -134,6 +134,9 @@ bad size x 4:1:0\n\
 ../evil 1 5:1:0\n\
 a/b 1 6:1:0\n\
 toomany 1 8:1:0:0\n\
+huge 1 99999999999999999999:1:0\n\
+nul\0name 1 11:1:0\n\
+neg 1 -1:1:0\n\
  1 9:1:0\n\
 half 1 10:1";
         let got = parse(file).unwrap();

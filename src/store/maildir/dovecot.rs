@@ -249,6 +249,8 @@ pub const DEFAULT_FORMAT: &str = "%08Xu%08Xv";
 const MAX_MODIFIERS: usize = 10;
 /// The longest template accepted.
 const MAX_TEMPLATE: usize = 256;
+/// The largest width or offset accepted (a base name's longest length).
+const MAX_WIDTH: i64 = 255;
 
 impl Template {
     /// Parses `format`; the error says what is wrong, for check-config.
@@ -301,6 +303,11 @@ impl Template {
                     i += 1;
                 }
                 width = sign * number(&mut i);
+            }
+            if width.abs() > MAX_WIDTH || offset.abs() > MAX_WIDTH {
+                return Err(format!(
+                    "a width or offset over {MAX_WIDTH} (a UIDL has at most 70 characters)"
+                ));
             }
             let mut modifiers = Vec::new();
             while let Some(&m) = bytes.get(i) {
@@ -547,6 +554,9 @@ mod tests {
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert!(Template::parse(&"%u".repeat(200)).is_err());
+        assert!(Template::parse("%080000Xu%08Xv").is_err());
+        assert!(Template::parse("%300.2u").is_err());
+        assert!(Template::parse("%255.255f").is_ok());
     }
 
     type Got<'a> = (u32, &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
@@ -564,9 +574,11 @@ mod tests {
 8 :a/b\n\
 9 :\n\
 10 :.dotfile\n\
+10 :nul\0name\n\
 x :nouid\n\
 0 :zero\n\
 11 :1700000001.M1P1.host,S=10,W=11\n\
+13 P\xff\xfe :not.utf8\n\
 12 :half";
         let list = parse(file).unwrap();
         assert_eq!((list.version, list.uid_validity), (3, 1_700_000_000));
@@ -594,6 +606,7 @@ x :nouid\n\
                 ),
                 (5, &b"1700000005.M5.host"[..], None, None),
                 (11, &b"1700000001.M1P1.host,S=10,W=11"[..], None, None),
+                (13, &b"not.utf8"[..], Some(&b"\xff\xfe"[..]), None),
             ]
         );
     }

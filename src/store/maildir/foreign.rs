@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -189,14 +188,37 @@ fn alternative(base: &[u8]) -> String {
     out
 }
 
+/// The UIDL of each message of the Maildir at `dir`, by base name, as an
+/// open of it with `sources` would show it (its `mailbag.uidls` first,
+/// then the foreign files, then mailbag's own form), for `mailbag import`.
+/// Reads only: nothing is recorded, locked or cached.
+pub fn uidls_of(
+    dir: &std::path::Path,
+    sources: &UidlSources,
+) -> Result<HashMap<Vec<u8>, String>, super::StoreError> {
+    let dirs = Dirs::open(&dirs::Location::of_path(dir)?, false)?.ok_or_else(|| {
+        super::StoreError::Permanent(format!("{} is not a Maildir", dir.display()))
+    })?;
+    let (mut entries, mut infos) = super::listed(&dirs)?;
+    resolve(&dirs, sources, &mut entries, &mut infos, None);
+    Ok(entries
+        .iter()
+        .zip(infos)
+        .map(|(e, i)| (e.base().to_vec(), i.uid))
+        .collect())
+}
+
 /// Resolves the UIDLs of a fresh snapshot (see the module comment).
 /// `entries` and `infos` are parallel; messages that can get no unique
-/// UIDL are left out of both (they cannot be shown).
+/// UIDL are left out of both (they cannot be shown). With `record` (the
+/// bases of messages the snapshot left out but that are still there),
+/// new decisions are recorded, and lines for messages gone are dropped.
 pub(super) fn resolve(
     dirs: &Dirs,
-    sources: &Arc<UidlSources>,
+    sources: &UidlSources,
     entries: &mut Vec<Entry>,
     infos: &mut Vec<MessageInfo>,
+    record: Option<&[Vec<u8>]>,
 ) {
     let (recorded, can_record) = match shown::load(dirs) {
         Ok(Some(s)) => (s, true),
@@ -270,8 +292,12 @@ pub(super) fn resolve(
             None => keep[i] = false,
         }
     }
-    if !new.is_empty() && can_record {
-        let present: HashSet<&[u8]> = entries.iter().map(Entry::base).collect();
+    if let (false, true, Some(left_out)) = (new.is_empty(), can_record, record) {
+        let present: HashSet<&[u8]> = entries
+            .iter()
+            .map(Entry::base)
+            .chain(left_out.iter().map(Vec::as_slice))
+            .collect();
         let mut lines: Vec<(&[u8], Option<&str>)> = recorded
             .iter()
             .filter(|(base, _)| present.contains(base))
@@ -387,6 +413,35 @@ mod tests {
         assert!(!md.join("dovecot-uidlist").exists());
     }
 
+    /// A message the snapshot left out as unreadable keeps its record
+    /// line when the record is rewritten meanwhile, so that it comes back
+    /// under the UIDL it was shown with.
+    #[tokio::test]
+    async fn a_message_left_out_as_unreadable_keeps_its_record() {
+        let (_dir, store, md) = setup(dovecot());
+        put(&md, "new", A, b"a\n\n1\n");
+        put(&md, ".", "dovecot-uidlist", b"3 V1 N1\n");
+        assert_eq!(uidls(&store).await, [A]);
+        // Dovecot lists both now; only B is in the snapshot, A was left
+        // out (as a session that cannot read it would).
+        put(&md, "new", B, b"b\n\n2\n");
+        let uidlist = format!("3 V1 N3\n1 :{A}\n2 :{B}\n");
+        put(&md, ".", "dovecot-uidlist", uidlist.as_bytes());
+        let dirs = Dirs::open(&dirs::Location::of_path(&md).unwrap(), false)
+            .unwrap()
+            .unwrap();
+        let mut entries = vec![Entry::new(super::super::Sub::New, B.into())];
+        let mut infos = vec![MessageInfo {
+            uid: B.into(),
+            size: 1,
+        }];
+        let left_out = [A.as_bytes().to_vec()];
+        resolve(&dirs, &dovecot(), &mut entries, &mut infos, Some(&left_out));
+        assert_eq!(infos[0].uid, "0000000200000001");
+        drop(dirs);
+        assert_eq!(uidls(&store).await, [A, "0000000200000001"]);
+    }
+
     #[tokio::test]
     async fn without_a_foreign_source_nothing_is_written() {
         let (_dir, store, md) = setup(UidlSources::default());
@@ -500,5 +555,61 @@ mod tests {
             .await;
         assert!(matches!(locked, Err(StoreError::Locked)), "{locked:?}");
         drop(session);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use std::time::Instant;
+
+    use super::super::{MaildirStore, Maildrop, Store};
+    use super::*;
+
+    /// Prints the first (deciding and recording) and later opens of a
+    /// 100,000-message maildrop that Dovecot served, and the warm open of
+    /// the same maildrop without a foreign source, for comparison.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "timing figures, run by hand"]
+    async fn timing_100k_dovecot() {
+        const N: usize = 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let sources = UidlSources {
+            dovecot: Some(dovecot::Template::parse(dovecot::DEFAULT_FORMAT).unwrap()),
+            ..UidlSources::default()
+        };
+        let plain = MaildirStore::new(
+            dir.path().to_path_buf(),
+            "{root}/{user}/Maildir".into(),
+            "example.org".into(),
+        );
+        let store = plain.clone().with_uidl_sources(sources);
+        for user in ["dove", "own"] {
+            let md = store.maildir_path(user).unwrap();
+            super::super::deliver::create_maildir(&md).unwrap();
+            let mut uidlist = format!("3 V1700000000 N{} G0123456789abcdef\n", N + 1);
+            for i in 0..N {
+                let base = format!("{}.M{i}P1Q{i}.host,S=4,W=6", 1_700_000_000 + i);
+                std::fs::write(md.join("cur").join(format!("{base}:2,S")), b"x\ny\n").unwrap();
+                uidlist.push_str(&format!("{} :{base}\n", i + 1));
+            }
+            if user == "dove" {
+                std::fs::write(md.join(dovecot::FILE), uidlist).unwrap();
+            }
+        }
+        for (user, store, rounds) in [
+            ("dove", &store, ["first", "warm", "warm"]),
+            ("own", &plain, ["cold", "warm", "warm"]),
+        ] {
+            for round in rounds {
+                let t = Instant::now();
+                let maildrop = store.open(user).await.unwrap();
+                let elapsed = t.elapsed();
+                assert_eq!(maildrop.messages().len(), N);
+                println!(
+                    "{user} {round}: open+UIDL {elapsed:?} (first UIDL {})",
+                    maildrop.messages()[0].uid
+                );
+            }
+        }
     }
 }

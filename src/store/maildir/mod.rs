@@ -54,7 +54,7 @@ pub use deliver::deliver;
 pub use dovecot::parse as parse_dovecot_uidlist;
 pub use dovecot::{Template as DovecotUidlFormat, DEFAULT_FORMAT as DOVECOT_DEFAULT_UIDL_FORMAT};
 pub use fingerprint::{ContentKey, Fingerprint, Fingerprints};
-pub use foreign::UidlSources;
+pub use foreign::{uidls_of, UidlSources};
 #[doc(hidden)]
 pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
@@ -64,7 +64,6 @@ pub use shown::{encode as encode_shown, parse_entries as parse_shown};
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
 pub use update::{encode as encode_update, parse as parse_update};
-#[doc(hidden)]
 pub use xuidl::parse as parse_x_uidl;
 
 use dirs::{Dirs, Location};
@@ -359,7 +358,13 @@ impl MaildirMaildrop {
         let mut snap = snapshot(&dirs)?;
         // Before any UIDL is answered: foreign UIDLs, and the record of
         // those shown.
-        foreign::resolve(&dirs, sources, &mut snap.entries, &mut snap.infos);
+        foreign::resolve(
+            &dirs,
+            sources,
+            &mut snap.entries,
+            &mut snap.infos,
+            Some(&snap.unreadable_bases),
+        );
         Ok(MaildirMaildrop {
             _lock: lock,
             dirs: Arc::new(dirs),
@@ -735,12 +740,38 @@ fn scan(dirs: &Dirs) -> io::Result<Vec<Found>> {
     Ok(found)
 }
 
+/// The messages of new/ and cur/ in snapshot order (delivery time, then
+/// base name; one entry per base, cur/ first), with their own-form UIDLs
+/// and no sizes, read from the directories without touching any cache.
+fn listed(dirs: &Dirs) -> io::Result<(Vec<Entry>, Vec<MessageInfo>)> {
+    let mut found = scan(dirs)?;
+    found.sort_by(|a, b| {
+        a.time_key
+            .cmp(&b.time_key)
+            .then_with(|| a.entry.base().cmp(b.entry.base()))
+            .then_with(|| (a.entry.sub == Sub::New).cmp(&(b.entry.sub == Sub::New)))
+            .then_with(|| a.entry.name.cmp(&b.entry.name))
+    });
+    found.dedup_by(|later, earlier| later.entry.base() == earlier.entry.base());
+    let infos = found
+        .iter_mut()
+        .map(|f| MessageInfo {
+            uid: std::mem::take(&mut f.uid),
+            size: 0,
+        })
+        .collect();
+    Ok((found.into_iter().map(|f| f.entry).collect(), infos))
+}
+
 /// A snapshot: the entries, what the client sees of them, and how many
 /// messages were left out because they cannot be read.
 struct Snapshot {
     entries: Vec<Entry>,
     infos: Vec<MessageInfo>,
     unreadable: usize,
+    /// The base names of the messages left out as unreadable (they are
+    /// still there: what `mailbag.uidls` says of them is kept).
+    unreadable_bases: Vec<Vec<u8>>,
 }
 
 /// Lists the Maildir, orders it, makes UIDLs unique and sizes every
@@ -784,6 +815,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
     let mut entries = Vec::with_capacity(order.len());
     let mut infos = Vec::with_capacity(order.len());
     let mut unreadable = 0usize;
+    let mut unreadable_bases: Vec<Vec<u8>> = Vec::new();
     let mut uncached: Vec<usize> = Vec::new();
     // Names with `W=` are checked against the file's length; names
     // without are measured unless the cache knows them. A reused listing
@@ -855,6 +887,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
                 Ok(None) => continue,
                 Err(e) if is_unreadable(&e) => {
                     unreadable += 1;
+                    unreadable_bases.push(f.entry.base().to_vec());
                     warn_once(
                         &dirs.path,
                         "messages that cannot be read are left out of the maildrop",
@@ -886,6 +919,7 @@ fn snapshot(dirs: &Dirs) -> Result<Snapshot, StoreError> {
         entries,
         infos,
         unreadable,
+        unreadable_bases,
     })
 }
 

@@ -300,6 +300,15 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_more_lines_than_trusted_holds_nothing() {
+        let mut bytes = HEADER.to_vec();
+        for _ in 0..=MAX_ENTRIES {
+            bytes.extend_from_slice(b"O a\n");
+        }
+        assert!(parse_entries(&bytes).is_empty());
+    }
+
+    #[test]
     fn unrecordable_entries_are_not_written() {
         let entries: Vec<(&[u8], Option<&str>)> = vec![
             (b"nl\nname", None),

@@ -143,6 +143,46 @@ impl PgStore {
         }
     }
 
+    /// Stores `message` for `user` under `uidl`, the UIDL it had on
+    /// another server (`mailbag import` keeps it, so that clients do not
+    /// download the message again). `Ok(false)`, with nothing stored, when
+    /// the database already holds a message with that UIDL (the schema
+    /// keeps UIDLs unique across all maildrops) or `uidl` is not one RFC
+    /// 1939 allows; the caller then delivers it under a new UIDL.
+    pub async fn deliver_with_uidl(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        uidl: &str,
+    ) -> Result<bool, StoreError> {
+        check_user(user)?;
+        let valid =
+            (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7E).contains(&b));
+        if !valid {
+            return Ok(false);
+        }
+        let size = canonical_size(&message) as i64;
+        let id = self.maildrop_id(user).await?;
+        let client = self.pool.get().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
+                &[&id, &uidl, &size, &message],
+            )
+            .await;
+        drop(client);
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Ok(false)
+            }
+            // Refused, or an unknown outcome (the connection broke around
+            // COMMIT): the import stops and says so, and its documented
+            // repair (remove what it wrote, import again) applies.
+            Err(e) => Err(PgError::Db(e).into()),
+        }
+    }
+
     /// Whether a message with `uidl` was committed; asked after a failure
     /// whose outcome is unknown. `false` when the database cannot tell us
     /// now (then the MTA retries, and at worst the message arrives twice,
