@@ -136,3 +136,72 @@ async fn an_old_server_cannot_move_a_shown_uidl_to_another_message() {
     assert_eq!(unique.len(), after.len(), "{after:?}");
     s.stop().await;
 }
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// A mailbox owner's forged `courierpop3dsizelist` and `dovecot-uidlist`
+/// of two million lines each, next to one message, cost a login little
+/// memory: what the server reads of another server's files is in
+/// proportion to the maildrop. (Every owner can do this at once, so what
+/// one login may hold is what bounds the server.)
+#[tokio::test]
+async fn forged_foreign_uidl_files_of_millions_of_lines_cost_a_login_little_memory() {
+    // The server runs as its own process so that its memory is its own.
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let md = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&md, b"Subject: own\n\nmine\n").unwrap();
+    const LINES: usize = 2_000_000;
+    let mut courier = b"/2 1 1\n".to_vec();
+    let mut dovecot = b"3 V1 N1\n".to_vec();
+    for i in 1..=LINES {
+        courier.extend_from_slice(format!("{i:x} 1 {i}:1\n").as_bytes());
+        dovecot.extend_from_slice(format!("{i} :{i:x}\n").as_bytes());
+    }
+    std::fs::write(md.join("courierpop3dsizelist"), courier).unwrap();
+    std::fs::write(md.join("dovecot-uidlist"), dovecot).unwrap();
+    let port = free_port();
+    let extra = "[store]\nroot = \"mail\"\nuidl_courier = true\nuidl_dovecot = true\n";
+    let text = config_text(dir.path(), extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut child = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        dir.path(),
+    )
+    .arg("serve")
+    .arg("--config")
+    .arg(dir.path().join("mailbag.toml"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = loop {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            break Client {
+                stream: tokio::io::BufReader::new(s),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.line().await;
+    let before = vm_kib(child.id(), "VmRSS:");
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    let stat = c.ok("STAT").await;
+    let peak = vm_kib(child.id(), "VmHWM:");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(stat.starts_with("+OK 1 "), "{stat}");
+    let grown = peak.saturating_sub(before);
+    println!("server peak memory growth for one login: {grown} KiB");
+    assert!(grown < 48 * 1024, "one login took {grown} KiB");
+}
