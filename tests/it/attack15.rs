@@ -147,38 +147,20 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// A mailbox owner's forged `courierpop3dsizelist` and `dovecot-uidlist`
-/// of two million lines each, next to one message, cost a login little
-/// memory: what the server reads of another server's files is in
-/// proportion to the maildrop. (Every owner can do this at once, so what
-/// one login may hold is what bounds the server.)
-#[tokio::test]
-async fn forged_foreign_uidl_files_of_millions_of_lines_cost_a_login_little_memory() {
-    // The server runs as its own process so that its memory is its own.
-    let dir = tempfile::tempdir().unwrap();
-    write_passwd(dir.path());
-    let md = dir.path().join("mail/localhost/alice/Maildir");
-    mailbag::store::maildir::deliver(&md, b"Subject: own\n\nmine\n").unwrap();
-    const LINES: usize = 2_000_000;
-    let mut courier = b"/2 1 1\n".to_vec();
-    let mut dovecot = b"3 V1 N1\n".to_vec();
-    for i in 1..=LINES {
-        courier.extend_from_slice(format!("{i:x} 1 {i}:1\n").as_bytes());
-        dovecot.extend_from_slice(format!("{i} :{i:x}\n").as_bytes());
-    }
-    std::fs::write(md.join("courierpop3dsizelist"), courier).unwrap();
-    std::fs::write(md.join("dovecot-uidlist"), dovecot).unwrap();
+/// Starts `mailbag serve` as a process on `dir` (with `extra` in its
+/// config), logs in as alice and returns the STAT answer and how much the
+/// server's peak memory grew over the login.
+async fn login_memory(dir: &std::path::Path, extra: &str) -> (String, u64) {
     let port = free_port();
-    let extra = "[store]\nroot = \"mail\"\nuidl_courier = true\nuidl_dovecot = true\n";
-    let text = config_text(dir.path(), extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let text = config_text(dir, extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.join("mailbag.toml"), text).unwrap();
     let mut child = as_unprivileged(
         &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
-        dir.path(),
+        dir,
     )
     .arg("serve")
     .arg("--config")
-    .arg(dir.path().join("mailbag.toml"))
+    .arg(dir.join("mailbag.toml"))
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
     .spawn()
@@ -200,8 +182,53 @@ async fn forged_foreign_uidl_files_of_millions_of_lines_cost_a_login_little_memo
     let peak = vm_kib(child.id(), "VmHWM:");
     child.kill().unwrap();
     child.wait().unwrap();
+    (stat, peak.saturating_sub(before))
+}
+
+/// A mailbox owner's forged `courierpop3dsizelist` and `dovecot-uidlist`
+/// of two million lines each, next to one message, cost a login little
+/// memory: what the server reads of another server's files is in
+/// proportion to the maildrop. (Every owner can do this at once, so what
+/// one login may hold is what bounds the server.)
+#[tokio::test]
+async fn forged_foreign_uidl_files_of_millions_of_lines_cost_a_login_little_memory() {
+    // The server runs as its own process so that its memory is its own.
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let md = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&md, b"Subject: own\n\nmine\n").unwrap();
+    const LINES: usize = 2_000_000;
+    let mut courier = b"/2 1 1\n".to_vec();
+    let mut dovecot = b"3 V1 N1\n".to_vec();
+    for i in 1..=LINES {
+        courier.extend_from_slice(format!("{i:x} 1 {i}:1\n").as_bytes());
+        dovecot.extend_from_slice(format!("{i} :{i:x}\n").as_bytes());
+    }
+    std::fs::write(md.join("courierpop3dsizelist"), courier).unwrap();
+    std::fs::write(md.join("dovecot-uidlist"), dovecot).unwrap();
+    let extra = "[store]\nroot = \"mail\"\nuidl_courier = true\nuidl_dovecot = true\n";
+    let (stat, grown) = login_memory(dir.path(), extra).await;
     assert!(stat.starts_with("+OK 1 "), "{stat}");
-    let grown = peak.saturating_sub(before);
+    println!("server peak memory growth for one login: {grown} KiB");
+    assert!(grown < 48 * 1024, "one login took {grown} KiB");
+}
+
+/// The same for a forged `mailbag.uidls` (the record of UIDLs shown).
+#[tokio::test]
+async fn a_forged_record_of_uidls_shown_costs_a_login_little_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let md = dir.path().join("mail/localhost/alice/Maildir");
+    mailbag::store::maildir::deliver(&md, b"Subject: own\n\nmine\n").unwrap();
+    let mut shown = b"mailbag-uidls 1\n".to_vec();
+    let pad = "x".repeat(90);
+    for i in 0..(1usize << 20) - 1 {
+        shown.extend_from_slice(format!("F u{i:x} {pad}{i:x}\n").as_bytes());
+    }
+    std::fs::write(md.join("mailbag.uidls"), shown).unwrap();
+    let extra = "[store]\nroot = \"mail\"\nuidl_dovecot = true\n";
+    let (stat, grown) = login_memory(dir.path(), extra).await;
+    assert!(stat.starts_with("+OK 1 "), "{stat}");
     println!("server peak memory growth for one login: {grown} KiB");
     assert!(grown < 48 * 1024, "one login took {grown} KiB");
 }

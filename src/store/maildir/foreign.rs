@@ -253,7 +253,17 @@ pub(super) fn resolve(
     infos: &mut Vec<MessageInfo>,
     record: Option<&[Vec<u8>]>,
 ) {
-    let (recorded, can_record) = match shown::load(dirs) {
+    // The messages whose lines count: those listed, and those the
+    // snapshot left out but that are still there (their lines are kept).
+    let left_out = record.unwrap_or_default();
+    let present = || {
+        entries
+            .iter()
+            .map(Entry::base)
+            .chain(left_out.iter().map(Vec::as_slice))
+            .collect()
+    };
+    let (recorded, can_record) = match shown::load(dirs, present) {
         Ok(Some(s)) => (s, true),
         Ok(None) if sources.is_empty() => return,
         Ok(None) => (shown::Shown::default(), true),

@@ -1211,7 +1211,6 @@ fn record_uidls_at(
     let dirs = Dirs::open(at, false)?
         .ok_or_else(|| StoreError::Permanent("maildir does not exist".into()))?;
     let _lock = lock(&dirs)?;
-    let recorded = shown::load(&dirs)?.unwrap_or_default();
     let mut present: HashMap<Vec<u8>, String> = HashMap::new();
     for sub in [Sub::Cur, Sub::New] {
         for file in dirs::list_files(dirs.sub(sub))? {
@@ -1220,6 +1219,8 @@ fn record_uidls_at(
             present.insert(base, own);
         }
     }
+    let recorded =
+        shown::load(&dirs, || present.keys().map(Vec::as_slice).collect())?.unwrap_or_default();
     let mut taken: HashSet<String> = HashSet::new();
     for (base, own) in &present {
         match recorded.get(base) {
