@@ -232,3 +232,55 @@ async fn a_forged_record_of_uidls_shown_costs_a_login_little_memory() {
     println!("server peak memory growth for one login: {grown} KiB");
     assert!(grown < 48 * 1024, "one login took {grown} KiB");
 }
+
+/// Spellings that Unicode case mapping, SASLprep or a careless domain
+/// split could take for `alice`: those SASLprep maps to `alice`
+/// (full-width letters) are alice, under her lock; Turkish and other
+/// non-ASCII look-alikes, a trailing dot, `%`, `@@` and a second domain
+/// are no one, and answered as any unknown name is.
+#[tokio::test]
+async fn look_alike_spellings_reach_alices_maildrop_under_her_lock_or_no_one() {
+    let s = TestServer::start().await;
+    s.deliver("alice", b"Subject: one\n\nthe one message\n");
+    let addr = s.addr;
+    let try_login = |name: &'static str| async move {
+        let mut c = Client::connect(addr).await;
+        c.line().await;
+        let user = c.cmd(&format!("USER {name}")).await;
+        let pass = if user.starts_with("+OK") {
+            c.cmd(&format!("PASS {}", ALICE.1)).await
+        } else {
+            user
+        };
+        (c, pass)
+    };
+    let hers = ["\u{ff41}lice", "\u{ff21}LICE@localhost", "alice@LOCALHOST"];
+    let no_one = [
+        "al\u{130}ce",
+        "al\u{131}ce",
+        "\u{212a}alice",
+        "alice@localhost.",
+        "alice%localhost",
+        "alice@@localhost",
+        "alice@localhost@localhost",
+        "alice@other.test",
+        "alice\u{200b}",
+    ];
+    let mut holder = s.login(ALICE).await;
+    for name in hers {
+        let (_c, reply) = try_login(name).await;
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{name:?}: {reply}");
+    }
+    holder.ok("QUIT").await;
+    for name in hers {
+        let (mut c, reply) = try_login(name).await;
+        assert!(reply.starts_with("+OK"), "{name:?}: {reply}");
+        assert!(c.ok("STAT").await.starts_with("+OK 1 "), "{name:?}");
+        c.ok("QUIT").await;
+    }
+    for name in no_one {
+        let (_c, reply) = try_login(name).await;
+        assert!(reply.starts_with("-ERR [AUTH]"), "{name:?}: {reply}");
+    }
+    s.stop().await;
+}
