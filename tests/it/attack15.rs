@@ -284,3 +284,98 @@ async fn look_alike_spellings_reach_alices_maildrop_under_her_lock_or_no_one() {
     }
     s.stop().await;
 }
+
+/// `auth.case_insensitive_names` is read at start: the password database
+/// keeps matching names as it did then. A SIGHUP that brings a config
+/// with it turned off must not make failures counted under `ALICE`,
+/// `Alice` and `aLIce` another user's than `alice`'s, while each of
+/// those spellings still logs in as her: guesses spread over the
+/// spellings would each start a count of their own.
+#[tokio::test]
+async fn a_reload_cannot_split_one_users_failures_over_her_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let port = free_port();
+    let config = |reloaded: bool| {
+        let (case, delay) = if reloaded {
+            ("case_insensitive_names = false\n", "login_delay_secs = 1\n")
+        } else {
+            ("", "")
+        };
+        config_text(
+            dir.path(),
+            &format!(
+                "{case}{}[pop3]\nlisten = [\"127.0.0.1:{port}\"]\n{delay}",
+                crate::guessing::GUESSING
+            ),
+        )
+    };
+    let path = dir.path().join("mailbag.toml");
+    std::fs::write(&path, config(false)).unwrap();
+    let mut child = as_unprivileged(
+        &mut std::process::Command::new(env!("CARGO_BIN_EXE_mailbag")),
+        dir.path(),
+    )
+    .arg("serve")
+    .arg("--config")
+    .arg(&path)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&path, config(true)).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The reload is seen when CAPA shows its LOGIN-DELAY.
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let mut c = Client::connect(addr).await;
+        c.line().await;
+        let (_, capa) = c.multi("CAPA").await;
+        if String::from_utf8_lossy(&capa).contains("LOGIN-DELAY") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the config was never reloaded");
+
+    use crate::guessing::connect_from;
+    for spelling in ["ALICE", "Alice", "aLIce"] {
+        let mut c = connect_from("127.0.0.2", addr).await;
+        c.line().await;
+        for _ in 0..3 {
+            c.ok(&format!("USER {spelling}")).await;
+            assert!(c.cmd("PASS typo").await.starts_with("-ERR [AUTH]"));
+        }
+    }
+    let mut c = connect_from("127.0.0.2", addr).await;
+    c.line().await;
+    c.ok("USER alice").await;
+    c.ok("PASS wonderland").await;
+    c.ok("QUIT").await;
+    // Her login forgave the nine failures: they were hers.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.2", addr).await;
+        let greeting = c.line().await;
+        if !greeting.starts_with("+OK") {
+            answers.push(greeting);
+            continue;
+        }
+        c.ok("USER aLiCe").await;
+        answers.push(c.cmd("PASS typo").await);
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for reply in &answers {
+        assert!(reply.starts_with("-ERR [AUTH]"), "{answers:?}");
+    }
+}
