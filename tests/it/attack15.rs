@@ -379,3 +379,94 @@ async fn a_reload_cannot_split_one_users_failures_over_her_spellings() {
         assert!(reply.starts_with("-ERR [AUTH]"), "{answers:?}");
     }
 }
+
+/// With names matched without regard to case (the default), `Alice@localhost`
+/// is alice's address, as `alice@localhost` is: `user add` refuses it beside
+/// `alice` as it refuses the lower-case spelling. Added, it would be a user
+/// of its own with a Maildir of its own, and mail for alice@localhost (and
+/// alice's USER alice@localhost) would go to it.
+#[test]
+fn user_add_refuses_a_case_variant_of_an_existing_users_full_address() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(&config, config_text(dir.path(), "")).unwrap();
+    let add = |name: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+        let mut child = as_unprivileged(&mut command, dir.path())
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"intruder\n");
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for name in ["Alice@localhost", "ALICE@LOCALHOST", "alice@LocalHost"] {
+        let (ok, stderr) = add(name);
+        assert!(!ok, "{name} was added beside alice");
+        assert!(stderr.contains("alice"), "{stderr}");
+    }
+    // And the other way round: BOB beside bob.
+    let (ok, _) = add("BOB");
+    assert!(!ok, "BOB was added beside bob");
+    // Names of their own still are.
+    assert!(add("carol").0);
+    assert!(add("Alice@example.org").0);
+    let passwd = std::fs::read_to_string(dir.path().join("passwd")).unwrap();
+    assert!(
+        !passwd.to_ascii_lowercase().contains("alice@localhost"),
+        "{passwd}"
+    );
+}
+
+/// The same with users in PostgreSQL: `Alice@localhost` beside `alice` is
+/// refused, and so is `alice@localhost`.
+#[tokio::test]
+async fn postgres_user_add_refuses_another_spelling_of_an_existing_user() {
+    use crate::support::pg::{Backend, Fixture};
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(f) = Fixture::new(Backend::Postgres, "attack15_user_add").await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap().to_string();
+    let add = |name: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mailbag"))
+            .args(["user", "add", name, "--password-stdin", "--config", &config])
+            .env("MAILBAG_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"intruder\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for name in ["Alice@localhost", "alice@localhost", "ALICE@LocalHost"] {
+        let (ok, stderr) = add(name);
+        assert!(!ok, "{name} was added beside alice");
+        assert!(stderr.contains("alice"), "{stderr}");
+    }
+    let (ok, stderr) = add("carol@localhost");
+    assert!(ok, "{stderr}");
+    let (ok, _) = add("Carol");
+    assert!(!ok, "Carol was added beside carol@localhost");
+}
