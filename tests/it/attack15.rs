@@ -470,3 +470,41 @@ async fn postgres_user_add_refuses_another_spelling_of_an_existing_user() {
     let (ok, _) = add("Carol");
     assert!(!ok, "Carol was added beside carol@localhost");
 }
+
+/// A passwd-file written by hand can still hold `alice` and
+/// `Alice@localhost`, two users that name matching takes for one. Mail
+/// for alice@localhost and the login `alice@localhost` then mean either:
+/// neither is chosen (a temporary failure, logged), so that alice's mail
+/// never lands in the other account's Maildir.
+#[tokio::test]
+async fn two_stored_users_for_one_name_get_neither_ones_mail() {
+    let s = TestServer::start_with_dir(|dir| {
+        let mut passwd = std::fs::read_to_string(dir.join("passwd")).unwrap();
+        passwd.push_str("Alice@localhost:{PLAIN}other\n");
+        std::fs::write(dir.join("passwd"), passwd).unwrap();
+        "[lmtp]\nlisten = [\"127.0.0.1:0\"]\n".to_string()
+    })
+    .await;
+    let mut c = Client::connect(s.lmtp_addr.unwrap()).await;
+    assert!(c.line().await.starts_with("220"));
+    c.send(b"LHLO mx.example.test\r\n").await;
+    while c.line().await.starts_with("250-") {}
+    assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+    let rcpt = c.cmd("RCPT TO:<alice@localhost>").await;
+    if rcpt.starts_with("250") {
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.send(b"Subject: for alice\r\n\r\nsecret\r\n.\r\n").await;
+        c.line().await;
+    }
+    let other = s.dir.path().join("mail/localhost/Alice/Maildir/new");
+    let landed = std::fs::read_dir(&other).map_or(0, |d| d.count());
+    assert_eq!(landed, 0, "alice's mail went to Alice@localhost: {rcpt}");
+    assert!(rcpt.starts_with("4"), "{rcpt}");
+    // Both spellings of alice's own login are refused alike.
+    let mut c = s.connect().await;
+    c.line().await;
+    c.ok("USER alice@localhost").await;
+    let reply = c.cmd("PASS other").await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    s.stop().await;
+}
