@@ -508,3 +508,69 @@ async fn two_stored_users_for_one_name_get_neither_ones_mail() {
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
     s.stop().await;
 }
+
+/// Bodies that stress the LF storage conversion, delivered over LMTP:
+/// nothing but CRs, CR runs before a CRLF, a lone LF after a CR run, an
+/// empty body and a line of a megabyte. Each is stored with LF endings,
+/// named with `W=` equal to what RETR sends, and RETR sends the CRLF form
+/// of what came.
+#[tokio::test]
+async fn odd_bodies_over_lmtp_are_sent_back_exactly_as_listed() {
+    let s = TestServer::start_with("[lmtp]\nlisten = [\"127.0.0.1:0\"]\n").await;
+    let long = [vec![b'l'; 1 << 20], b"\r\n".to_vec()].concat();
+    let bodies: Vec<Vec<u8>> = vec![
+        b"\r\r\r\r\r\n".to_vec(),
+        b"a\r\r\r\nb\r\r\n\r\n".to_vec(),
+        b"x\r\r\ny\n\rz\r\n".to_vec(),
+        Vec::new(),
+        long,
+    ];
+    let mut c = Client::connect(s.lmtp_addr.unwrap()).await;
+    assert!(c.line().await.starts_with("220"));
+    c.send(b"LHLO mx.example.test\r\n").await;
+    while c.line().await.starts_with("250-") {}
+    for body in &bodies {
+        assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
+        assert!(c.cmd("RCPT TO:<ALICE@LOCALHOST>").await.starts_with("250"));
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.send(body).await;
+        c.send(b".\r\n").await;
+        let done = c.line().await;
+        assert!(done.starts_with("250"), "{done}");
+    }
+    let mut pop = s.login(ALICE).await;
+    for (i, body) in bodies.iter().enumerate() {
+        let n = i + 1;
+        let list = pop.ok(&format!("LIST {n}")).await;
+        let size: usize = list.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let (_, sent) = pop.multi(&format!("RETR {n}")).await;
+        assert_eq!(size, sent.len(), "message {n}");
+        let expected = [
+            &b"Return-Path: <>\r\nDelivered-To: ALICE@LOCALHOST\r\n"[..],
+            &mailbag_proto::dot::canonicalize(body),
+        ]
+        .concat();
+        assert!(
+            sent == expected,
+            "message {n}: {:?}",
+            String::from_utf8_lossy(&sent[..sent.len().min(200)])
+        );
+    }
+    pop.ok("QUIT").await;
+    let mut files = maildir_files(&s.maildir("alice"), "new");
+    files.extend(maildir_files(&s.maildir("alice"), "cur"));
+    assert_eq!(files.len(), bodies.len());
+    for (name, content) in files {
+        // Stored with LF: a CRLF stays only behind a CR that is data.
+        let count = |pat: &[u8]| content.windows(pat.len()).filter(|w| *w == pat).count();
+        assert_eq!(count(b"\r\n"), count(b"\r\r\n"), "{name}");
+        let (stored, crlf) = size_fields(&name);
+        assert_eq!(stored, Some(content.len() as u64), "{name}");
+        assert_eq!(
+            crlf,
+            Some(mailbag_proto::dot::canonical_size(&content)),
+            "{name}"
+        );
+    }
+    s.stop().await;
+}
