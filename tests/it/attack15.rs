@@ -574,3 +574,28 @@ async fn odd_bodies_over_lmtp_are_sent_back_exactly_as_listed() {
     }
     s.stop().await;
 }
+
+/// UIDLs an old server gives twice, or that name another message here,
+/// are not taken: the listing stays what it was, one UIDL a message.
+#[tokio::test]
+async fn an_old_servers_repeated_or_borrowed_uidls_change_nothing() {
+    let s = TestServer::start().await;
+    let bodies: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("Subject: {i}\n\nbody {i}\n").into_bytes())
+        .collect();
+    for b in &bodies {
+        s.deliver("alice", b);
+    }
+    let before = uidls(&s).await;
+    let old = old_server(vec![
+        ("same".to_string(), bodies[0].clone()),
+        ("same".to_string(), bodies[1].clone()),
+        (before[0].clone(), bodies[2].clone()),
+    ])
+    .await;
+    let report = migrate_alice(&s, old).await;
+    assert!(report.error.is_none(), "{report}");
+    assert_eq!(report.unusable_uidls, 2, "{report}");
+    assert_eq!(uidls(&s).await, before);
+    s.stop().await;
+}
