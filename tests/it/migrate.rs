@@ -795,3 +795,68 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
     let carol = store.open("carol").await.unwrap();
     assert_eq!(uidls(&carol), ["8f3a0c1d2e", "8f3a0c1d2f"]);
 }
+
+/// A malformed `dovecot-uidlist` and a `courierpop3dsizelist` the server
+/// cannot read: logins work (mailbag's own UIDLs), the other server's
+/// files are left as they were, and the log says which file and why,
+/// once for the Maildir however many logins meet it.
+#[tokio::test]
+async fn broken_foreign_files_are_logged_once_and_sessions_work() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::support::{as_unprivileged, config_text, write_passwd};
+    let dir = tempfile::tempdir().unwrap();
+    write_passwd(dir.path());
+    let md = dir.path().join("mail/localhost/alice/Maildir");
+    for sub in ["new", "cur", "tmp"] {
+        std::fs::create_dir_all(md.join(sub)).unwrap();
+    }
+    let name = message_name(1);
+    std::fs::write(md.join("new").join(&name), body(1, "")).unwrap();
+    let garbage = b"3 V1700000000\n1 :whatever\n";
+    std::fs::write(md.join("dovecot-uidlist"), garbage).unwrap();
+    let port = free_port();
+    let text = config_text(
+        dir.path(),
+        "[store]\nroot = \"mail\"\nuidl_dovecot = true\nuidl_courier = true\n",
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(dir.path().join("mailbag.toml"), text).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+    as_unprivileged(&mut cmd, dir.path());
+    // After the tree is given to the server's user: nobody may read it.
+    std::fs::write(md.join("courierpop3dsizelist"), b"/3 2 5\n").unwrap();
+    std::fs::set_permissions(
+        md.join("courierpop3dsizelist"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    let mut child = cmd
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.path().join("mailbag.toml"))
+        .env("MAILBAG_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(addr).await;
+    for _ in 0..3 {
+        let listing = uidl_listing(addr, None).await.expect("a whole listing");
+        assert_eq!(listing, [format!("1 {name}")]);
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let malformed: Vec<&str> = log.lines().filter(|l| l.contains("is malformed")).collect();
+    assert_eq!(malformed.len(), 1, "{log}");
+    assert!(malformed[0].contains("dovecot-uidlist"), "{log}");
+    let unreadable: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot be read"))
+        .collect();
+    assert_eq!(unreadable.len(), 1, "{log}");
+    assert!(unreadable[0].contains("courierpop3dsizelist"), "{log}");
+    assert_eq!(std::fs::read(md.join("dovecot-uidlist")).unwrap(), garbage);
+}

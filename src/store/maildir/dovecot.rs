@@ -21,9 +21,11 @@
 //! refused. Expansion follows Dovecot 2.3's `var_expand`:
 //! `%[-][0][width][.[0][-]width][modifiers]<key>` or `%{long name}`, where
 //! `X` turns a decimal into lower-case hex, `U`/`L` change case, `R`
-//! reverses, `T` trims trailing white space and `M` is the MD5 in hex.
-//! The default, `%08Xu%08Xv`, is the UID then the UIDVALIDITY as eight
-//! lower-case hex digits each.
+//! reverses, `T` trims trailing white space and `M` is the MD5 in hex;
+//! or Dovecot 2.4's `%{name | filter ...}` with `hex`, `hex(N)`, `lower`
+//! and `upper`. The default, `%08Xu%08Xv` (2.4: `%{uid | hex(8)}%{uidvalidity
+//! | hex(8)}`), is the UID then the UIDVALIDITY as eight lower-case hex
+//! digits each.
 //!
 //! The file is the mailbox owner's input: bounded in octets, lines and
 //! line length; every name must be one path component; UIDs must rise
@@ -333,14 +335,20 @@ impl Template {
                     .ok_or("an unclosed %{")?;
                 let long = &format[i + 1..i + close];
                 i += close + 1;
-                match long {
-                    "uid" => Some(Key::Uid),
-                    "uidvalidity" => Some(Key::UidValidity),
-                    "filename" => Some(Key::FileName),
-                    "guid" => Some(Key::Guid),
+                // Dovecot 2.4: `%{name | filter | filter(arg)}`.
+                let mut parts = long.split('|').map(str::trim);
+                let key = match parts.next().unwrap_or("") {
+                    "uid" => Key::Uid,
+                    "uidvalidity" => Key::UidValidity,
+                    "filename" => Key::FileName,
+                    "guid" => Key::Guid,
                     "md5" => return Err(md5_refused()),
                     other => return Err(format!("unknown variable %{{{other}}}")),
+                };
+                for filter in parts {
+                    modifiers.extend(parse_filter(filter)?);
                 }
+                Some(key)
             } else {
                 i += 1;
                 match k {
@@ -417,6 +425,28 @@ impl Template {
     }
 }
 
+/// One Dovecot 2.4 filter, as modifier codes: `hex` and `hex(N)` (lower-
+/// case hex, zero-padded to N and cut to its last N digits; a negative N
+/// pads and cuts on the right), `lower`, `upper`.
+fn parse_filter(filter: &str) -> Result<Vec<u8>, String> {
+    match filter {
+        "lower" => return Ok(vec![b'L']),
+        "upper" => return Ok(vec![b'U']),
+        "hex" => return Ok(vec![b'X']),
+        _ => {}
+    }
+    let width = filter
+        .strip_prefix("hex(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|n| n.trim().parse::<i8>().ok())
+        .filter(|n| n.unsigned_abs() <= 70)
+        .ok_or_else(|| {
+            format!("the filter \"{filter}\" is not supported (use hex, hex(N) with N up to 70, lower or upper)")
+        })?;
+    // `X`, then a width code: 'P' and the width as one octet.
+    Ok(vec![b'X', b'P', width as u8])
+}
+
 fn md5_refused() -> String {
     "%m (the header MD5) is not available from a Maildir in Dovecot, so no client has seen such \
      a UIDL: use the pop3_uidl_format that Dovecot really served"
@@ -426,8 +456,26 @@ fn md5_refused() -> String {
 /// One variable with its modifiers, offset and width, as Dovecot 2.3's
 /// `var_expand` does it.
 fn expand_var(var: &Var, mut value: Vec<u8>, out: &mut Vec<u8>) {
-    for &m in &var.modifiers {
+    let mut codes = var.modifiers.iter().copied();
+    while let Some(m) = codes.next() {
         value = match m {
+            // Dovecot 2.4's hex(N): pad with zeros to |N|, keep the last
+            // N digits (N > 0) or pad and keep the first |N| (N < 0).
+            b'P' => {
+                let n = codes.next().unwrap_or(0) as i8;
+                let width = usize::from(n.unsigned_abs());
+                if n > 0 {
+                    let mut v = vec![b'0'; width.saturating_sub(value.len())];
+                    v.extend_from_slice(&value);
+                    v.split_off(v.len() - width)
+                } else if n < 0 {
+                    value.resize(value.len().max(width), b'0');
+                    value.truncate(width);
+                    value
+                } else {
+                    value
+                }
+            }
             b'L' => value.to_ascii_lowercase(),
             b'U' => value.to_ascii_uppercase(),
             // A decimal to lower-case hex; anything else is 0.
@@ -533,6 +581,16 @@ mod tests {
         assert_eq!(expand("%Lf", 3, 4, b"ABC", None), "abc");
         // Zero padding never truncates.
         assert_eq!(expand("%02u", 12345, 4, b"b", None), "12345");
+        // Dovecot 2.4's syntax, its default first.
+        let v24 = "%{uid | hex(8)}%{uidvalidity | hex(8)}";
+        assert_eq!(
+            expand(v24, 1, 1_700_000_000, b"b", None),
+            "000000016553f100"
+        );
+        assert_eq!(expand("%{uid|hex(2)}", 0x1234, 4, b"b", None), "34");
+        assert_eq!(expand("%{uid | hex(-6)}", 0xab, 4, b"b", None), "ab0000");
+        assert_eq!(expand("%{uid | hex | upper}", 255, 4, b"b", None), "FF");
+        assert_eq!(expand("%{filename | upper}", 1, 4, b"ab", None), "AB");
     }
 
     #[test]
@@ -549,6 +607,9 @@ mod tests {
             ("%u%", "middle"),
             ("%Eu", "modifier E"),
             ("%Hu", "modifier H"),
+            ("%{uid | sha256}", "filter"),
+            ("%{uid | hex(99)}", "filter"),
+            ("%{uid | hex(x)}", "filter"),
         ] {
             let e = Template::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

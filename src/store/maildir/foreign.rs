@@ -153,13 +153,22 @@ fn dovecot_index(list: &Option<(Vec<u8>, dovecot::Uidlist)>) -> HashMap<&[u8], u
     }
 }
 
-/// The UIDL another server would show for `entry`, if any.
+/// The current time in Unix seconds.
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The UIDL another server would show for `entry`, if any. `x_uidl`:
+/// whether its `X-UIDL:` header may count (see [`resolve`]).
 fn candidate(
     dirs: &Dirs,
     sources: &UidlSources,
     foreign: &Foreign,
     index: &HashMap<&[u8], usize>,
     entry: &Entry,
+    x_uidl: bool,
 ) -> Option<String> {
     let base = entry.base();
     let valid = |u: Vec<u8>| {
@@ -183,7 +192,7 @@ fn candidate(
             }
         }
     }
-    if sources.x_uidl {
+    if sources.x_uidl && x_uidl {
         if let Some(u) = x_uidl_of(dirs, entry) {
             return Some(u);
         }
@@ -263,10 +272,10 @@ pub(super) fn resolve(
             .chain(left_out.iter().map(Vec::as_slice))
             .collect()
     };
-    let (recorded, can_record) = match shown::load(dirs, present) {
-        Ok(Some(s)) => (s, true),
+    let (recorded, can_record, first) = match shown::load(dirs, present) {
+        Ok(Some(s)) => (s, true, false),
         Ok(None) if sources.is_empty() => return,
-        Ok(None) => (shown::Shown::default(), true),
+        Ok(None) => (shown::Shown::begun(now()), true, true),
         Err(e) => {
             warn_once(
                 &dirs.path,
@@ -276,8 +285,19 @@ pub(super) fn resolve(
             if sources.is_empty() {
                 return;
             }
-            (shown::Shown::default(), false)
+            (shown::Shown::default(), false, false)
         }
+    };
+    // An X-UIDL header is its sender's: a sender who chose the UIDL of a
+    // message a client has seen (and deleted) would hide the new one from
+    // clients that keep mail on the server. So the header counts only for
+    // mail older than mailbag's serving of the maildrop: at the open that
+    // begins the record, or for a name's delivery time before it began.
+    let x_uidl_ok = |entry: &Entry| {
+        first
+            || name::parse(entry.base())
+                .timestamp
+                .is_some_and(|t| t < recorded.since)
     };
     let n = entries.len();
     let mut taken: HashSet<String> = HashSet::with_capacity(n);
@@ -316,18 +336,23 @@ pub(super) fn resolve(
         let base = entries[i].base();
         let recordable = shown::is_recordable(base);
         let wanted = match &foreign {
-            Some(f) if recordable => candidate(dirs, sources, f, &index, &entries[i]),
+            Some(f) if recordable => {
+                let x = x_uidl_ok(&entries[i]);
+                candidate(dirs, sources, f, &index, &entries[i], x)
+            }
             _ => None,
         };
-        let own = infos[i].uid.clone();
-        let chosen = [wanted, Some(own), Some(alternative(base))]
-            .into_iter()
-            .flatten()
-            .find(|u| !taken.contains(u));
+        // The first free of: the foreign UIDL, the own form, a digest
+        // (computed only when needed: most messages take the first).
+        let chosen = match wanted {
+            Some(u) if !taken.contains(&u) => Some(u),
+            _ if !taken.contains(&infos[i].uid) => Some(infos[i].uid.clone()),
+            _ => Some(alternative(base)).filter(|u| !taken.contains(u)),
+        };
         match chosen {
             Some(u) => {
-                taken.insert(u.clone());
-                infos[i].uid = u;
+                infos[i].uid.clone_from(&u);
+                taken.insert(u);
                 if recordable && !sources.is_empty() {
                     new.push(i);
                 }
@@ -336,11 +361,16 @@ pub(super) fn resolve(
         }
     }
     if let (false, true, Some(left_out)) = (new.is_empty(), can_record, record) {
-        let present: HashSet<&[u8]> = entries
-            .iter()
-            .map(Entry::base)
-            .chain(left_out.iter().map(Vec::as_slice))
-            .collect();
+        // Lines of messages gone are dropped (none to look at on a first
+        // open).
+        let present: HashSet<&[u8]> = match recorded.is_empty() {
+            true => HashSet::new(),
+            false => entries
+                .iter()
+                .map(Entry::base)
+                .chain(left_out.iter().map(Vec::as_slice))
+                .collect(),
+        };
         let mut lines: Vec<(&[u8], Option<&str>)> = recorded
             .iter()
             .filter(|(base, _)| present.contains(base))
@@ -354,7 +384,7 @@ pub(super) fn resolve(
             let uid = infos[i].uid.as_str();
             lines.push((entries[i].base(), (uid != own).then_some(uid)));
         }
-        if let Err(e) = shown::store(dirs, lines.into_iter()) {
+        if let Err(e) = shown::store(dirs, recorded.since, lines.into_iter()) {
             warn_once(
                 &dirs.path,
                 "the record of UIDLs shown cannot be written; new messages' UIDLs may change",
@@ -528,6 +558,37 @@ mod tests {
         let unique: HashSet<&String> = got.iter().collect();
         assert_eq!(unique.len(), got.len());
         assert_eq!(uidls(&store).await, got);
+    }
+
+    /// An X-UIDL header counts for mail that was there before mailbag
+    /// began serving the maildrop, not for mail delivered since: its
+    /// sender could pick a UIDL a client has seen before and hide it.
+    #[tokio::test]
+    async fn x_uidl_of_mail_delivered_after_the_switch_does_not_count() {
+        let sources = UidlSources {
+            x_uidl: true,
+            ..UidlSources::default()
+        };
+        let (_dir, store, md) = setup(sources);
+        put(&md, "new", A, b"X-UIDL: old-one\n\n1\n");
+        // Even with no delivery time in its name: it was there first.
+        put(&md, "new", "notime.host", b"X-UIDL: old-two\n\n2\n");
+        assert_eq!(uidls(&store).await, ["old-one", "old-two"]);
+        let later = format!("{}.M9P9.host", now() + 5);
+        put(&md, "new", &later, b"X-UIDL: seen-before\n\n3\n");
+        put(&md, "new", "late.notime", b"X-UIDL: seen-too\n\n4\n");
+        // An old name still counts.
+        put(&md, "new", B, b"X-UIDL: old-three\n\n5\n");
+        assert_eq!(
+            uidls(&store).await,
+            [
+                "old-one",
+                "old-three",
+                later.as_str(),
+                "late.notime",
+                "old-two"
+            ]
+        );
     }
 
     #[tokio::test]

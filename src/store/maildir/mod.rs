@@ -59,7 +59,9 @@ pub use foreign::{uidls_of, UidlSources};
 pub use listing::{parse as parse_listing, Listing};
 pub use quarantine::{AdminMaildrop, Quarantined, FOLDER as QUARANTINE_FOLDER};
 #[doc(hidden)]
-pub use shown::{encode as encode_shown, parse_entries as parse_shown};
+pub use shown::{
+    encode as encode_shown, parse_entries as parse_shown, parse_with_since as parse_shown_since,
+};
 #[doc(hidden)]
 pub use size::parse_entries as parse_sizes;
 #[doc(hidden)]
@@ -1219,8 +1221,10 @@ fn record_uidls_at(
             present.insert(base, own);
         }
     }
-    let recorded =
-        shown::load(&dirs, || present.keys().map(Vec::as_slice).collect())?.unwrap_or_default();
+    let recorded = shown::load(&dirs, || present.keys().map(Vec::as_slice).collect())?;
+    // A record made here begins now: what is in the Maildir predates it.
+    let since = recorded.as_ref().map_or_else(foreign::now, |r| r.since);
+    let recorded = recorded.unwrap_or_default();
     let mut taken: HashSet<String> = HashSet::new();
     for (base, own) in &present {
         match recorded.get(base) {
@@ -1267,7 +1271,7 @@ fn record_uidls_at(
                     .iter()
                     .map(|&(b, u)| (b, (name::uidl(b) != u).then_some(u))),
             );
-        shown::store(&dirs, lines)?;
+        shown::store(&dirs, since, lines)?;
     }
     Ok(out)
 }

@@ -10,8 +10,11 @@
 //! that decision is written here (durably, before the UIDL is first
 //! answered); later opens take it from here and never decide again.
 //!
-//! Format: the line `mailbag-uidls 1`, then one line per message, sorted
-//! by base name and each ending in LF: `F <uidl> <base>` for a UIDL
+//! Format: the line `mailbag-uidls 1`, the line `S <seconds>` (when the
+//! record began: messages delivered after it never take their UIDL from
+//! an `X-UIDL:` header, which their sender wrote), then one line per
+//! message, sorted by base name and each ending in LF: `F <uidl> <base>`
+//! for a UIDL
 //! other than the base-name form, `O <base>` for a message shown under
 //! mailbag's own form. A UIDL is 1-70 octets of 0x21-0x7E (RFC 1939 §7),
 //! so the first space after it ends it; a base is one path component
@@ -65,6 +68,9 @@ pub(crate) struct Shown {
     bytes: Vec<u8>,
     /// Sorted by base, one line per base.
     lines: Vec<Line>,
+    /// When the record began (Unix seconds); 0 when the file does not
+    /// say.
+    pub(crate) since: u64,
 }
 
 /// What the file says of one message.
@@ -77,6 +83,14 @@ pub(crate) enum Decided<'a> {
 }
 
 impl Shown {
+    /// An empty record that begins at `since`.
+    pub(crate) fn begun(since: u64) -> Shown {
+        Shown {
+            since,
+            ..Shown::default()
+        }
+    }
+
     /// What was decided for `base`, if anything.
     pub(crate) fn get(&self, base: &[u8]) -> Option<Decided<'_>> {
         let at = self
@@ -92,6 +106,10 @@ impl Shown {
             // Checked as printable ASCII when parsed.
             Some(r) => Decided::Uidl(std::str::from_utf8(&self.bytes[r.clone()]).unwrap_or("")),
         }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lines.is_empty()
     }
 
     /// Every line, `(base, decision)`, in base order.
@@ -112,9 +130,14 @@ pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
         return Shown::default();
     }
     let mut start = HEADER.len();
+    let mut since = 0;
     while start < bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
-        if let Some(line) = parse_line(&bytes[start..end], start) {
+        if bytes[start..end].starts_with(b"S ") {
+            if since == 0 {
+                since = since_line(&bytes[start..end]).unwrap_or(0);
+            }
+        } else if let Some(line) = parse_line(&bytes[start..end], start) {
             if lines.len() == MAX_ENTRIES {
                 return Shown::default();
             }
@@ -122,7 +145,11 @@ pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
         }
         start = end + 1;
     }
-    let mut shown = Shown { bytes, lines };
+    let mut shown = Shown {
+        bytes,
+        lines,
+        since,
+    };
     let bytes = &shown.bytes;
     // Written sorted; a stable sort keeps the first line of a base first.
     if !shown
@@ -160,6 +187,17 @@ pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
     shown
 }
 
+/// The time an `S <seconds>` line says the record began, `None` when the
+/// line is malformed.
+fn since_line(line: &[u8]) -> Option<u64> {
+    let digits = line.strip_prefix(b"S ")?;
+    (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit)).then(|| {
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+    })
+}
+
 /// One line at `offset` in the file, `None` when malformed.
 fn parse_line(line: &[u8], offset: usize) -> Option<Line> {
     match line {
@@ -179,11 +217,20 @@ fn parse_line(line: &[u8], offset: usize) -> Option<Line> {
     }
 }
 
-/// The entries of a file, `(base, uidl)` with `None` for mailbag's own
-/// form, in base order; for the fuzz target and tests.
-pub fn parse_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Option<String>)> {
+/// One entry of the file: a base and its UIDL, `None` for mailbag's own
+/// form.
+pub type ShownEntry = (Vec<u8>, Option<String>);
+
+/// The entries of a file in base order; for the fuzz target and tests.
+pub fn parse_entries(bytes: &[u8]) -> Vec<ShownEntry> {
+    parse_with_since(bytes).1
+}
+
+/// When the record began (0: not said) and its entries, as
+/// [`parse_entries`]; for the fuzz target.
+pub fn parse_with_since(bytes: &[u8]) -> (u64, Vec<ShownEntry>) {
     let shown = parse(bytes.to_vec());
-    shown
+    let entries = shown
         .iter()
         .map(|(base, d)| {
             let uidl = match d {
@@ -192,13 +239,17 @@ pub fn parse_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Option<String>)> {
             };
             (base.to_vec(), uidl)
         })
-        .collect()
+        .collect();
+    (shown.since, entries)
 }
 
-/// The file for these entries: sorted by base; entries whose base or
-/// UIDL cannot be recorded are left out, as are later entries for a base
-/// already there.
-pub fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>) -> Vec<u8> {
+/// The file for these entries, begun at `since`: sorted by base; entries
+/// whose base or UIDL cannot be recorded are left out, as are later
+/// entries for a base already there.
+pub fn encode<'a>(
+    since: u64,
+    entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>,
+) -> Vec<u8> {
     let mut entries: Vec<(&[u8], Option<&str>)> = entries
         .filter(|(base, uidl)| is_recordable(base) && uidl.is_none_or(|u| is_uidl(u.as_bytes())))
         .collect();
@@ -206,6 +257,7 @@ pub fn encode<'a>(entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>) ->
     entries.dedup_by(|later, earlier| later.0 == earlier.0);
     let mut out = Vec::with_capacity(HEADER.len() + entries.len() * 48);
     out.extend_from_slice(HEADER);
+    out.extend_from_slice(format!("S {since}\n").as_bytes());
     for (base, uidl) in entries {
         match uidl {
             None => out.extend_from_slice(b"O "),
@@ -253,7 +305,7 @@ pub(crate) fn load<'a>(
     let mut reader = io::BufReader::with_capacity(64 << 10, file.take(MAX_OCTETS + 1));
     let mut kept = Vec::new();
     let mut line = Vec::with_capacity(MAX_LINE);
-    let (mut read, mut overlong, mut first) = (0u64, false, true);
+    let (mut read, mut overlong, mut first, mut since_kept) = (0u64, false, true, false);
     loop {
         let buf = reader.fill_buf()?;
         let (take, end) = match memchr::memchr(b'\n', buf) {
@@ -281,7 +333,14 @@ pub(crate) fn load<'a>(
             first = false;
         } else if !overlong {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            if let Some(l) = parse_line(text, 0) {
+            if text.starts_with(b"S ") {
+                // The first that says a time counts.
+                if !since_kept && since_line(text).is_some_and(|t| t != 0) {
+                    kept.extend_from_slice(text);
+                    kept.push(b'\n');
+                    since_kept = true;
+                }
+            } else if let Some(l) = parse_line(text, 0) {
                 // The first line for a base is the one that counts.
                 if present.remove(&text[l.base]) {
                     kept.extend_from_slice(text);
@@ -302,9 +361,10 @@ pub(crate) fn load<'a>(
 /// holds the maildrop lock, so the temporary name is ours.
 pub(crate) fn store<'a>(
     dirs: &Dirs,
+    since: u64,
     entries: impl Iterator<Item = (&'a [u8], Option<&'a str>)>,
 ) -> io::Result<()> {
-    let out = encode(entries);
+    let out = encode(since, entries);
     if out.len() as u64 > MAX_OCTETS {
         return Err(io::Error::other("too many UIDLs to record"));
     }
@@ -322,7 +382,8 @@ mod tests {
             (b"1.a", Some("0000000100000005")),
             (b"odd name\xff", Some("UID3-77")),
         ];
-        let bytes = encode(entries.iter().copied());
+        let bytes = encode(1_700_000_000, entries.iter().copied());
+        assert_eq!(parse_with_since(&bytes).0, 1_700_000_000);
         assert_eq!(
             parse_entries(&bytes),
             vec![
@@ -332,6 +393,7 @@ mod tests {
             ]
         );
         let shown = parse(bytes);
+        assert_eq!(shown.since, 1_700_000_000);
         assert_eq!(shown.get(b"2.b"), Some(Decided::Own));
         assert_eq!(shown.get(b"1.a"), Some(Decided::Uidl("0000000100000005")));
         assert_eq!(shown.get(b"3.c"), None);
@@ -392,8 +454,9 @@ mod tests {
             .unwrap();
         let long = "b".repeat(MAX_LINE);
         let mut file = HEADER.to_vec();
+        file.extend_from_slice(b"S 0\nS x\nS 1700000000\nS 5\n");
         for _ in 0..1000 {
-            file.extend_from_slice(b"F u-gone gone\n");
+            file.extend_from_slice(b"F u-gone gone\nS 7\n");
         }
         file.extend_from_slice(format!("O {long}\nF u1 a\nO a\nF u1 b\nO c\nO d").as_bytes());
         std::fs::write(md.join(FILE), &file).unwrap();
@@ -410,7 +473,9 @@ mod tests {
                 (b"d", Decided::Own)
             ]
         );
-        assert!(shown.bytes.len() < 64, "{}", shown.bytes.len());
+        assert_eq!(shown.since, 1_700_000_000);
+        assert_eq!(shown.since, parse(file).since);
+        assert!(shown.bytes.len() < 80, "{}", shown.bytes.len());
         // Not a record at all: nothing recorded.
         std::fs::write(md.join(FILE), b"mailbag-uidls 2\nO a\n").unwrap();
         let shown = load(&dirs, || present.iter().copied().collect())
@@ -432,7 +497,7 @@ mod tests {
             (b"ok2", Some("fine")),
         ];
         assert_eq!(
-            parse_entries(&encode(entries.into_iter())),
+            parse_entries(&encode(0, entries.into_iter())),
             vec![(b"ok2".to_vec(), Some("fine".into()))]
         );
     }
