@@ -18,6 +18,7 @@ use mailbag::config::{Config, StoreKind};
 use mailbag::privileges::{self, ServiceUser};
 use mailbag::server::Server;
 use mailbag::store::maildir::MaildirStore;
+use mailbag::store::mbox::MboxStore;
 use mailbag::store::postgres::{PgOptions, PgStore};
 use mailbag::store::Store;
 use std::sync::{Arc, OnceLock};
@@ -375,7 +376,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => {
             let config = load(&cli.config)?;
             match config.store.kind {
-                StoreKind::Maildir => {
+                StoreKind::Maildir | StoreKind::Mbox => {
                     passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
                     })?;
@@ -401,6 +402,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let out = &mut std::io::stdout().lock();
             match config.store.kind {
                 StoreKind::Maildir => Ok(mailbag::admin::mailbox::run(&config, action, out)?),
+                StoreKind::Mbox => {
+                    let store = mbox_store(&config)?;
+                    let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
+                    Ok(runtime()?.block_on(done)?)
+                }
                 StoreKind::Postgres => {
                     let store = pg_store(&config)?;
                     let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
@@ -545,6 +551,19 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
                 &config, &store, &passdb, user, from, stdin,
             ))
         }
+        StoreKind::Mbox => {
+            let passdb = match PasswdFile::open(&config.auth.passwd_file) {
+                Ok(passdb) => passdb,
+                Err(e) => return fail(Exit::TempFail, &e),
+            };
+            let store = match mbox_store(&config) {
+                Ok(store) => store,
+                Err(e) => return fail(Exit::Config, &e),
+            };
+            runtime.block_on(mailbag::store::deliver::run(
+                &config, &store, &passdb, user, from, stdin,
+            ))
+        }
         StoreKind::Postgres => {
             let store = match pg_store(&config) {
                 Ok(store) => store,
@@ -617,6 +636,18 @@ fn serve(
                     format!("auth.passwd_file {}", config.auth.passwd_file.display())
                 })?;
                 let store = maildir_store(&config);
+                serve_with(config, config_path, service, store, passdb, reload).await
+            }
+            StoreKind::Mbox => {
+                let passdb = PasswdFile::open_with(
+                    &config.auth.passwd_file,
+                    mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
+                    server_secret(&config, service.as_ref())?,
+                )
+                .with_context(|| {
+                    format!("auth.passwd_file {}", config.auth.passwd_file.display())
+                })?;
+                let store = mbox_store(&config)?;
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
             StoreKind::Postgres => {
@@ -716,6 +747,11 @@ fn maildir_store(config: &Config) -> MaildirStore {
     .with_uidl_sources(config.store.uidl_sources())
 }
 
+fn mbox_store(config: &Config) -> Result<MboxStore> {
+    MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options())
+        .map_err(|e| anyhow::anyhow!("store.mbox.path: {e}"))
+}
+
 fn pg_store(config: &Config) -> Result<PgStore> {
     Ok(PgStore::new(&PgOptions {
         url: config.store.url.clone().unwrap_or_default(),
@@ -760,6 +796,13 @@ fn import(config: &Config, user: &str, from: Option<Mailbox>, to: Option<Mailbox
     match config.store.kind {
         StoreKind::Maildir => runtime.block_on(import_with(
             &maildir_store(config),
+            &config.store.uidl_sources(),
+            user,
+            from,
+            to,
+        )),
+        StoreKind::Mbox => runtime.block_on(import_with(
+            &mbox_store(config)?,
             &config.store.uidl_sources(),
             user,
             from,

@@ -292,6 +292,74 @@ pub enum StoreKind {
     /// A PostgreSQL database shared by many nodes (users, maildrops and
     /// messages); `store.url` says where.
     Postgres,
+    /// mbox spool files, one per user, as in `/var/mail`; `[store.mbox]`
+    /// says where and how they are locked.
+    Mbox,
+}
+
+/// `[store.mbox]`: the mbox spools of `store.kind = "mbox"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MboxConfig {
+    /// A user's spool: an absolute path whose file name holds `%u`, the
+    /// user name.
+    #[serde(default = "default_mbox_path")]
+    pub path: String,
+    /// Take the dotlock `<spool>.lock` (Postfix, procmail and mutt do).
+    #[serde(default = "yes")]
+    pub dotlock: bool,
+    /// Take an `fcntl` lock on the spool (Debian's Postfix does).
+    #[serde(default = "yes")]
+    pub fcntl: bool,
+    /// Take an `flock` lock on the spool (for MTAs set up to use it).
+    #[serde(default)]
+    pub flock: bool,
+    /// A dotlock older than this many seconds is stale and removed.
+    #[serde(default = "default_stale_lock_secs")]
+    pub stale_lock_secs: u64,
+    /// How long to wait for the MTA's locks before a login or UPDATE
+    /// fails with `[SYS/TEMP]`, in seconds.
+    #[serde(default = "default_lock_wait_secs")]
+    pub lock_wait_secs: u64,
+}
+
+impl Default for MboxConfig {
+    fn default() -> Self {
+        MboxConfig {
+            path: default_mbox_path(),
+            dotlock: true,
+            fcntl: true,
+            flock: false,
+            stale_lock_secs: default_stale_lock_secs(),
+            lock_wait_secs: default_lock_wait_secs(),
+        }
+    }
+}
+
+impl MboxConfig {
+    /// The store's lock options.
+    pub fn lock_options(&self) -> crate::store::mbox::LockOptions {
+        crate::store::mbox::LockOptions {
+            dotlock: self.dotlock,
+            fcntl: self.fcntl,
+            flock: self.flock,
+            stale: std::time::Duration::from_secs(self.stale_lock_secs),
+            wait: std::time::Duration::from_secs(self.lock_wait_secs),
+        }
+    }
+}
+
+fn default_mbox_path() -> String {
+    crate::store::mbox::DEFAULT_PATH.into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_stale_lock_secs() -> u64 {
+    300
+}
+fn default_lock_wait_secs() -> u64 {
+    10
 }
 
 /// `[store]`
@@ -349,6 +417,9 @@ pub struct StoreConfig {
     /// each Maildir's `courierpop3dsizelist` (read only).
     #[serde(default)]
     pub uidl_courier: bool,
+    /// mbox only: where the spools are and how they are locked.
+    #[serde(default)]
+    pub mbox: MboxConfig,
 }
 
 fn default_uidl_dovecot_format() -> String {
@@ -680,6 +751,31 @@ impl Config {
                     );
                 }
             }
+            StoreKind::Mbox => {
+                if self.auth.passwd_file.as_os_str().is_empty() {
+                    return invalid(
+                        "auth.passwd_file",
+                        "missing: the mbox store takes its users from a passwd-file",
+                    );
+                }
+                let m = &self.store.mbox;
+                if let Err(e) = crate::store::mbox::check_template(&m.path) {
+                    return invalid("store.mbox.path", &e);
+                }
+                if !(m.dotlock || m.fcntl || m.flock) {
+                    return invalid(
+                        "store.mbox.dotlock",
+                        "at least one of dotlock, fcntl and flock must be on, or an MTA \
+                         could write the spool while it is rewritten",
+                    );
+                }
+                if m.stale_lock_secs == 0 || m.lock_wait_secs > 600 {
+                    return invalid(
+                        "store.mbox.stale_lock_secs",
+                        "stale_lock_secs must be at least 1 and lock_wait_secs at most 600",
+                    );
+                }
+            }
             StoreKind::Postgres => {
                 if self.store.url.as_deref().is_none_or(str::is_empty) {
                     return invalid(
@@ -877,6 +973,44 @@ url = "host=db1,db2 user=mailbag dbname=mailbag target_session_attrs=read-write"
                 .to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn mbox_store_has_debian_defaults_and_checks_its_template() {
+        let mbox = r#"
+[pop3]
+listen = ["127.0.0.1:1110"]
+[store]
+kind = "mbox"
+[auth]
+passwd_file = "passwd"
+"#;
+        let c = Config::parse(mbox, Path::new("/etc/mailbag")).unwrap();
+        assert_eq!(c.store.kind, StoreKind::Mbox);
+        assert_eq!(c.store.mbox.path, "/var/mail/%u");
+        assert!(c.store.mbox.dotlock && c.store.mbox.fcntl && !c.store.mbox.flock);
+        assert_eq!(c.store.mbox.stale_lock_secs, 300);
+        for (extra, key) in [
+            ("[store.mbox]\npath = \"mail/%u\"", "store.mbox.path"),
+            ("[store.mbox]\npath = \"/var/%u/mbox\"", "store.mbox.path"),
+            ("[store.mbox]\npath = \"/var/mail/x\"", "store.mbox.path"),
+            ("[store.mbox]\npath = \"/var/mail/%d%u\"", "store.mbox.path"),
+            (
+                "[store.mbox]\ndotlock = false\nfcntl = false",
+                "store.mbox.dotlock",
+            ),
+        ] {
+            let text = mbox.replace("[auth]", &format!("{extra}\n[auth]"));
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let no_passwd = mbox.replace("passwd_file = \"passwd\"", "");
+        let e = Config::parse(&no_passwd, Path::new("/"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.passwd_file"), "{e}");
     }
 
     #[test]

@@ -569,7 +569,7 @@ pub fn server_paths(
         Owner::Root,
         "the server re-reads it on SIGHUP",
     )];
-    if config.store.kind == StoreKind::Maildir {
+    if config.store.kind != StoreKind::Postgres {
         paths.push((
             "auth.passwd_file".to_string(),
             config.auth.passwd_file.clone(),
@@ -577,6 +577,8 @@ pub fn server_paths(
             Owner::Service,
             "the server re-reads it when it changes (`mailbag user add`)",
         ));
+    }
+    if config.store.kind == StoreKind::Maildir {
         paths.push((
             "store.root".to_string(),
             config.store.root.clone(),

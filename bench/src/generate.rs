@@ -101,6 +101,8 @@ pub struct Plan {
     pub passwd: Option<PathBuf>,
     /// Everyone's passwd-file field, e.g. `{PLAIN}pw`.
     pub stored: String,
+    /// One mbox spool per user, `<root>/<user>`, instead of Maildirs.
+    pub mbox: bool,
 }
 
 /// Writes the Maildirs and passwd lines; returns the number of files.
@@ -119,6 +121,13 @@ pub fn run(plan: &Plan) -> Result<u64> {
     let mut files = 0;
     for u in 0..plan.users.count {
         let name = plan.users.name(u);
+        if plan.mbox {
+            fs::create_dir_all(&plan.root)
+                .with_context(|| format!("create {}", plan.root.display()))?;
+            files += write_mbox(&plan.root.join(&name), plan.messages, plan.size)?;
+            lines.push_str(&format!("{name}:{}\n", plan.stored));
+            continue;
+        }
         let maildir = plan.root.join(&plan.domain).join(&name).join("Maildir");
         for sub in ["new", "cur", "tmp"] {
             fs::create_dir_all(maildir.join(sub))
@@ -134,6 +143,22 @@ pub fn run(plan: &Plan) -> Result<u64> {
         file.write_all(lines.as_bytes())?;
     }
     Ok(files)
+}
+
+/// One spool of `count` messages: each after a `From ` line and followed
+/// by an empty line. The messages hold no `From ` lines, so the sizes a
+/// server reports are the same as for the Maildir.
+fn write_mbox(path: &Path, count: u64, size: usize) -> Result<u64> {
+    let file = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    for seq in 0..count {
+        out.write_all(b"From bench@localhost Thu Nov 26 10:00:00 2026\n")?;
+        out.write_all(&message(seq, size))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(count)
 }
 
 fn write_message(maildir: &Path, seq: u64, size: usize) -> Result<()> {
@@ -154,6 +179,25 @@ fn write_message(maildir: &Path, seq: u64, size: usize) -> Result<()> {
 mod tests {
     use super::*;
     use crate::body::BodyCounter;
+
+    #[test]
+    fn an_mbox_spool_holds_each_message_once_after_its_from_line() {
+        let dir = std::env::temp_dir().join(format!("mailbag-bench-mbox-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("user");
+        assert_eq!(write_mbox(&path, 3, 500).unwrap(), 3);
+        let data = fs::read(&path).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let mut want = Vec::new();
+        for seq in 0..3 {
+            want.extend_from_slice(b"From bench@localhost Thu Nov 26 10:00:00 2026\n");
+            want.extend_from_slice(&message(seq, 500));
+            want.push(b'\n');
+        }
+        assert_eq!(data, want);
+        // No message line starts with "From ": the spool splits in three.
+        assert_eq!(data.windows(6).filter(|w| w == b"\nFrom ").count(), 2);
+    }
 
     #[test]
     fn messages_have_the_exact_size_and_count_back_through_the_wire() {

@@ -129,6 +129,12 @@ enum Command {
         /// e.g. a `{SHA512-CRYPT}...` hash of the same password.
         #[arg(long)]
         stored: Option<String>,
+        /// Write each user's messages as one mbox spool `<root>/<user>`
+        /// (as Postfix `local(8)` writes them) instead of a Maildir: for
+        /// mailbag's `store.kind = "mbox"` with `path = "<root>/%u"`, and
+        /// Dovecot's `mail_location = mbox:...:INBOX=<root>/%u`.
+        #[arg(long)]
+        mbox: bool,
     },
     /// Login cycles: connect, USER/PASS, STAT, UIDL, LIST, QUIT.
     Login {
@@ -253,8 +259,10 @@ fn main() -> Result<()> {
             passwd,
             password,
             stored,
+            mbox,
         } => {
             let plan = generate::Plan {
+                mbox,
                 root,
                 domain,
                 users: range.users(),

@@ -15,6 +15,7 @@ use mailbag_proto::dot::canonical_size;
 use tokio::io::AsyncReadExt;
 
 use crate::store::maildir::{MaildirStore, UidlSources};
+use crate::store::mbox::MboxStore;
 use crate::store::postgres::PgStore;
 use crate::store::{maildir, Maildrop, Store, StoreError, Usage};
 
@@ -133,6 +134,27 @@ impl UidlTarget for PgStore {
             }
         }
         PgStore::deliver(self, user, message).await?;
+        Ok((None, false))
+    }
+
+    async fn settle(&self, _user: &str, _pending: Vec<()>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
+impl UidlTarget for MboxStore {
+    type Pending = ();
+
+    /// An mbox message's UIDL comes from its content (an `X-UIDL:`
+    /// header, else its headers), so a source's UIDL is kept only when
+    /// the message carries it.
+    async fn deliver_keeping(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        _uidl: Option<&str>,
+    ) -> Result<(Option<()>, bool), StoreError> {
+        MboxStore::deliver(self, user, message).await?;
         Ok((None, false))
     }
 
@@ -305,7 +327,7 @@ pub async fn into_store<S: UidlTarget, T>(
     progress.update(0, 0);
     for (done, source) in sources.iter().enumerate() {
         let message = load(source)?;
-        let octets = canonical_size(&message);
+        let octets = store.delivered_size(&message);
         let (settle, kept) = store
             .deliver_keeping(user, message, uidl(source).as_deref())
             .await
@@ -458,7 +480,7 @@ async fn out_of_store<S: Store>(
 /// One mbox entry: a `From ` line, the message with mboxrd quoting (one
 /// more `>` before any `>*From ` line), a final newline if it lacks one,
 /// and the empty separator line.
-fn mbox_entry(message: &[u8]) -> Vec<u8> {
+pub(crate) fn mbox_entry(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 64);
     out.extend_from_slice(b"From MAILER-DAEMON ");
     out.extend_from_slice(asctime_now().as_bytes());

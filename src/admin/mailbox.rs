@@ -193,6 +193,7 @@ fn kind_name(kind: StoreKind) -> &'static str {
     match kind {
         StoreKind::Maildir => "maildir",
         StoreKind::Postgres => "postgres",
+        StoreKind::Mbox => "mbox",
     }
 }
 

@@ -1,7 +1,7 @@
 //! The store boundary: maildrops that a POP3 session opens, reads and
 //! commits, and the delivery path that fills them.
 //!
-//! One trait pair, two backends (`maildir`, `postgres`). The
+//! One trait pair, three backends (`maildir`, `mbox`, `postgres`). The
 //! server is generic over [`Store`], so dispatch is static.
 //!
 //! Semantics (DESIGN.md, not negotiable): `open` locks the maildrop
@@ -11,6 +11,7 @@
 
 pub mod deliver;
 pub mod maildir;
+pub mod mbox;
 pub mod postgres;
 pub mod summary;
 
@@ -67,6 +68,13 @@ pub trait Store: Send + Sync + 'static {
     /// How much `user`'s maildrop holds now, for quota checks. Cheap
     /// rather than exact under concurrent change.
     fn usage(&self, user: &str) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+
+    /// The CRLF size `message` has in a maildrop once delivered, as
+    /// [`Store::usage`] then counts it: its canonical size, unless the
+    /// store changes the message (an mbox quotes `From ` lines).
+    fn delivered_size(&self, message: &[u8]) -> u64 {
+        mailbag_proto::dot::canonical_size(message)
+    }
 }
 
 /// The size of a maildrop.

@@ -15,6 +15,7 @@ mod lmtp;
 mod maildir_trust;
 mod migrate;
 mod migrate_pop3;
+mod mbox;
 mod names;
 mod pg_auth;
 mod pop3;

@@ -494,6 +494,7 @@ impl Fixture {
                 let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
                 Node::start(config, store, passdb).await
             }
+            StoreKind::Mbox => panic!("the fixture has no mbox backend"),
         }
     }
 
