@@ -877,6 +877,23 @@ async fn pg_user(config: &Config, action: UserCommand) -> Result<()> {
             scheme,
         } => {
             check_name(&name)?;
+            // A name that logins and delivery take for an existing user
+            // (`Alice@<default_domain>` beside `alice`) would be a second
+            // user getting that user's mail.
+            let names = mailbag::auth::name::Matching::from_config(config);
+            if let Some(other) = names.resolve(&db, &name).await? {
+                if other != name {
+                    bail!(
+                        "{name} is another spelling of the existing user {other}: with \
+                         auth.case_insensitive_names = {} and store.default_domain = {:?}, \
+                         logins and mail for either go to one user; give {other} a new \
+                         password with `mailbag user passwd {other}` instead, or choose \
+                         another name",
+                        config.auth.case_insensitive_names,
+                        config.store.default_domain
+                    );
+                }
+            }
             let scheme = parse_scheme(&scheme)?;
             let password = read_password(password_stdin)?;
             db.add_user(&name, password.as_bytes(), scheme).await?;
@@ -1015,6 +1032,11 @@ fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
     let Ok(users) = passwd_file::list_users(&config.auth.passwd_file) else {
         return Ok(());
     };
+    // Refused too: a name logins and delivery take for an existing user (letter
+    // case, the default domain): `Alice@<default_domain>` beside `alice`
+    // would get mail for alice@<default_domain> in a Maildir of its own.
+    let names = mailbag::auth::name::Matching::from_config(config);
+    let key = names.key(name);
     for other in users {
         if other != name && store.maildir_path(&other).is_ok_and(|p| p == maildir) {
             bail!(
@@ -1022,6 +1044,16 @@ fn refuse_shared_maildrop(config: &Config, name: &str) -> Result<()> {
                  with store.default_domain = {:?} they name one Maildir; give {other} a new \
                  password with `mailbag user passwd {other}` instead, or choose another name",
                 maildir.display(),
+                config.store.default_domain
+            );
+        }
+        if other != name && names.key(&other) == key {
+            bail!(
+                "{name} is another spelling of the existing user {other}: with \
+                 auth.case_insensitive_names = {} and store.default_domain = {:?}, logins \
+                 and mail for either go to one user; give {other} a new password with \
+                 `mailbag user passwd {other}` instead, or choose another name",
+                config.auth.case_insensitive_names,
                 config.store.default_domain
             );
         }

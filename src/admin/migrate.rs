@@ -392,7 +392,8 @@ fn join_listing(
         ..Listing::default()
     };
     let mut numbers: HashSet<usize> = HashSet::new();
-    let mut uidls: HashSet<&[u8]> = HashSet::new();
+    let mut lines: Vec<(usize, &[u8])> = Vec::with_capacity(uidl_lines.len());
+    let mut times: HashMap<&[u8], usize> = HashMap::new();
     for line in uidl_lines {
         let (number, uidl) = listing_line(line, count)?;
         if !numbers.insert(number) {
@@ -400,9 +401,14 @@ fn join_listing(
                 "message {number} listed twice"
             )));
         }
+        *times.entry(uidl).or_default() += 1;
+        lines.push((number, uidl));
+    }
+    for (number, uidl) in lines {
         // A UIDL the clients could not have kept, or one two messages
-        // share (the clients cannot tell them apart): not carried over.
-        if !is_uidl(uidl) || !uidls.insert(uidl) {
+        // share (the clients cannot tell them apart, so neither message
+        // may keep it): not carried over.
+        if !is_uidl(uidl) || times[uidl] > 1 {
             listing.unusable += 1;
             continue;
         }
@@ -731,13 +737,10 @@ mod tests {
         let uidl = lines(&["2 b", "1 a", "3 a", "4 ", "5 with space", "6 \u{e9}"]);
         let list = lines(&["1 10", "2 20", "3 30", "4 40", "5 50", "6 60"]);
         let l = join_listing(6, &uidl, &list).unwrap();
-        assert_eq!(
-            l.messages,
-            [(1, "a".to_string(), 10), (2, "b".to_string(), 20)]
-        );
-        // "3 a" repeats a UIDL; "4 " is empty, "5 with space" and the
-        // non-ASCII one are not RFC 1939's.
-        assert_eq!(l.unusable, 4);
+        assert_eq!(l.messages, [(2, "b".to_string(), 20)]);
+        // "1 a" and "3 a" share a UIDL (neither keeps it); "4 " is empty,
+        // "5 with space" and the non-ASCII one are not RFC 1939's.
+        assert_eq!(l.unusable, 5);
         let long = format!("1 {}", "x".repeat(71));
         assert_eq!(
             join_listing(1, &lines(&[&long]), &lines(&["1 5"]))

@@ -173,27 +173,40 @@ impl Matching {
         }
     }
 
-    /// The stored user `name` means (the first candidate spelling that
-    /// names one), or `None` for an unknown user. Every candidate is
-    /// looked up, found or not, without a password check (a hash lookup
-    /// for the passwd-file, one query for PostgreSQL): how many lookups a
-    /// name costs depends on its form, never on which users exist.
+    /// The stored user `name` means, or `None` for an unknown user. Every
+    /// candidate is looked up, found or not, without a password check (a
+    /// hash lookup for the passwd-file, one query for PostgreSQL): how many
+    /// lookups a name costs depends on its form, never on which users
+    /// exist. Two stored users that the spellings of one name reach (a
+    /// passwd-file written by hand with `alice` and `Alice@<default_domain>`)
+    /// are a temporary failure, as two case-variant rows in PostgreSQL
+    /// are: which one a login or a delivery means cannot be told, and
+    /// choosing would give one user's mail to the other.
     pub async fn resolve<P: crate::auth::PassDb>(
         &self,
         passdb: &P,
         name: &str,
     ) -> Result<Option<String>, crate::auth::AuthError> {
-        let mut found = None;
+        let mut found: Option<String> = None;
+        let mut other = None;
         for candidate in self.candidates(name) {
             // A name the store could not hold is no user: refused at RCPT,
             // not after DATA.
             if !is_valid(&candidate) {
                 continue;
             }
-            let user = passdb.user_exists(&candidate).await?;
-            if found.is_none() {
-                found = user;
+            match (&found, passdb.user_exists(&candidate).await?) {
+                (None, user) => found = user,
+                (Some(first), Some(user)) if *first != user => other = Some(user),
+                _ => {}
             }
+        }
+        if let (Some(a), Some(b)) = (&found, other) {
+            return Err(crate::auth::AuthError::Temporary(format!(
+                "users {a:?} and {b:?} are one user to name matching (letter case \
+                 and the default domain {:?}); rename or delete one",
+                self.default_domain
+            )));
         }
         Ok(found)
     }

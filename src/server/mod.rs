@@ -127,7 +127,16 @@ impl<S: Store, P: PassDb> Shared<S, P> {
     /// change without a restart (limits, timeouts, the brute-force policy,
     /// LOGIN-DELAY, transcripts, quotas). Sessions already running keep
     /// what they started with; nothing is dropped.
-    pub fn reload(&self, config: Config) {
+    pub fn reload(&self, mut config: Config) {
+        // Read at start: the password database folds names and the store
+        // places maildrops as they did then, so the name rule that counts
+        // failures and resolves spellings (auth/name.rs) must not change
+        // under them.
+        config.auth.case_insensitive_names = self.config.auth.case_insensitive_names;
+        config
+            .store
+            .default_domain
+            .clone_from(&self.config.store.default_domain);
         self.slots
             .set_max(config.limits.max_connections_per_address);
         self.lmtp_slots

@@ -2,6 +2,7 @@
 //! directories, real TCP clients.
 
 mod attack;
+mod attack15;
 mod attack_auth;
 mod attack_store;
 mod cli;

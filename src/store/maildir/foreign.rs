@@ -56,20 +56,53 @@ struct Foreign {
     courier: HashMap<Vec<u8>, String>,
 }
 
+/// The most lines of another server's file read for a maildrop of
+/// `messages`: it lists the messages that server saw, and a few it has
+/// not yet dropped (Dovecot compacts its file when many records are
+/// stale, Courier rewrites its own at every session), so one far longer
+/// than the maildrop is not trusted. A forged one of millions of lines
+/// would otherwise cost every login hundreds of megabytes.
+fn max_foreign_lines(messages: usize) -> usize {
+    messages.saturating_mul(2).saturating_add(4096)
+}
+
+/// Octets allowed a line of another server's file, on average.
+const FOREIGN_LINE_OCTETS: u64 = 512;
+
 impl Foreign {
-    fn load(dirs: &Dirs, sources: &UidlSources) -> Foreign {
-        let read =
-            |file: &str, limit: u64| match dirs::read_small(dirs.maildir.as_fd(), file, limit) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    warn_once(
-                        &dirs.path,
-                        "a foreign UIDL file cannot be read; its messages get mailbag's own UIDLs",
-                        &format_args!("{file}: {e}"),
-                    );
-                    None
-                }
-            };
+    fn load(dirs: &Dirs, sources: &UidlSources, messages: usize) -> Foreign {
+        let max_lines = max_foreign_lines(messages);
+        let in_proportion = |limit: u64| {
+            limit.min(
+                u64::try_from(max_lines)
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(FOREIGN_LINE_OCTETS),
+            )
+        };
+        let read = |file: &str, limit: u64| match dirs::read_small(
+            dirs.maildir.as_fd(),
+            file,
+            in_proportion(limit),
+        ) {
+            Ok(Some(bytes)) if memchr::memchr_iter(b'\n', &bytes).count() > max_lines => {
+                warn_once(
+                    &dirs.path,
+                    "a foreign UIDL file lists far more messages than the maildrop holds; \
+                     its messages get mailbag's own UIDLs",
+                    &format_args!("{file}: more than {max_lines} lines"),
+                );
+                None
+            }
+            Ok(bytes) => bytes,
+            Err(e) => {
+                warn_once(
+                    &dirs.path,
+                    "a foreign UIDL file cannot be read; its messages get mailbag's own UIDLs",
+                    &format_args!("{file}: {e}"),
+                );
+                None
+            }
+        };
         let dovecot = match &sources.dovecot {
             None => None,
             Some(_) => read(dovecot::FILE, dovecot::MAX_OCTETS).and_then(|bytes| {
@@ -229,7 +262,17 @@ pub(super) fn resolve(
     infos: &mut Vec<MessageInfo>,
     record: Option<&[Vec<u8>]>,
 ) {
-    let (recorded, can_record, first) = match shown::load(dirs) {
+    // The messages whose lines count: those listed, and those the
+    // snapshot left out but that are still there (their lines are kept).
+    let left_out = record.unwrap_or_default();
+    let present = || {
+        entries
+            .iter()
+            .map(Entry::base)
+            .chain(left_out.iter().map(Vec::as_slice))
+            .collect()
+    };
+    let (recorded, can_record, first) = match shown::load(dirs, present) {
         Ok(Some(s)) => (s, true, false),
         Ok(None) if sources.is_empty() => return,
         Ok(None) => (shown::Shown::begun(now()), true, true),
@@ -284,7 +327,7 @@ pub(super) fn resolve(
     let mut new: Vec<usize> = Vec::new();
     let needed = !sources.is_empty()
         && (0..n).any(|i| !decided[i] && shown::is_recordable(entries[i].base()));
-    let foreign = needed.then(|| Foreign::load(dirs, sources));
+    let foreign = needed.then(|| Foreign::load(dirs, sources, n));
     let index = foreign
         .as_ref()
         .map(|f| dovecot_index(&f.dovecot))

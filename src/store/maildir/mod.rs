@@ -1213,10 +1213,6 @@ fn record_uidls_at(
     let dirs = Dirs::open(at, false)?
         .ok_or_else(|| StoreError::Permanent("maildir does not exist".into()))?;
     let _lock = lock(&dirs)?;
-    let recorded = shown::load(&dirs)?;
-    // A record made here begins now: what is in the Maildir predates it.
-    let since = recorded.as_ref().map_or_else(foreign::now, |r| r.since);
-    let recorded = recorded.unwrap_or_default();
     let mut present: HashMap<Vec<u8>, String> = HashMap::new();
     for sub in [Sub::Cur, Sub::New] {
         for file in dirs::list_files(dirs.sub(sub))? {
@@ -1225,6 +1221,10 @@ fn record_uidls_at(
             present.insert(base, own);
         }
     }
+    let recorded = shown::load(&dirs, || present.keys().map(Vec::as_slice).collect())?;
+    // A record made here begins now: what is in the Maildir predates it.
+    let since = recorded.as_ref().map_or_else(foreign::now, |r| r.since);
+    let recorded = recorded.unwrap_or_default();
     let mut taken: HashSet<String> = HashSet::new();
     for (base, own) in &present {
         match recorded.get(base) {
@@ -1251,7 +1251,8 @@ fn record_uidls_at(
             out.refused += 1;
             continue;
         }
-        taken.remove(own);
+        // The message's own form stays taken: a client may have seen it
+        // for this message, so no other message may be given it.
         taken.insert(uidl.clone());
         added.push((base, uidl));
         added_bases.insert(base);

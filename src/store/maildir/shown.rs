@@ -133,15 +133,9 @@ pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
     let mut since = 0;
     while start < bytes.len() {
         let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |i| start + i);
-        if let Some(digits) = bytes[start..end].strip_prefix(b"S ") {
-            if since == 0
-                && !digits.is_empty()
-                && digits.len() <= 19
-                && digits.iter().all(u8::is_ascii_digit)
-            {
-                since = digits
-                    .iter()
-                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if bytes[start..end].starts_with(b"S ") {
+            if since == 0 {
+                since = since_line(&bytes[start..end]).unwrap_or(0);
             }
         } else if let Some(line) = parse_line(&bytes[start..end], start) {
             if lines.len() == MAX_ENTRIES {
@@ -191,6 +185,17 @@ pub(crate) fn parse(bytes: Vec<u8>) -> Shown {
         });
     }
     shown
+}
+
+/// The time an `S <seconds>` line says the record began, `None` when the
+/// line is malformed.
+fn since_line(line: &[u8]) -> Option<u64> {
+    let digits = line.strip_prefix(b"S ")?;
+    (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit)).then(|| {
+        digits
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// One line at `offset` in the file, `None` when malformed.
@@ -268,11 +273,87 @@ pub fn encode<'a>(
     out
 }
 
+/// The longest line that can be well formed: `F `, a UIDL, a space, a
+/// base name, LF.
+const MAX_LINE: usize = 2 + 70 + 1 + name::MAX_NAME_OCTETS + 1;
+
 /// Reads the file: `Ok(None)` when there is none, an error when it is
 /// there but cannot be read (then nothing may be decided anew: what it
-/// says is unknown).
-pub(crate) fn load(dirs: &Dirs) -> io::Result<Option<Shown>> {
-    Ok(dirs::read_small(dirs.maildir.as_fd(), FILE, MAX_OCTETS)?.map(parse))
+/// says is unknown). Only the first line for each base in `present`
+/// (asked for once the file is open) is kept: the file is read a piece at
+/// a time, so what a login holds is in proportion to the maildrop, not to
+/// the file, which its owner may have forged to its limit.
+pub(crate) fn load<'a>(
+    dirs: &Dirs,
+    present: impl FnOnce() -> std::collections::HashSet<&'a [u8]>,
+) -> io::Result<Option<Shown>> {
+    use std::io::{BufRead, Read};
+    let file = match dirs::open_read(dirs.maildir.as_fd(), std::ffi::OsStr::new(FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!("{FILE} is not a regular file")));
+    }
+    let too_large = || io::Error::other(format!("{FILE} is larger than {MAX_OCTETS} octets"));
+    if meta.len() > MAX_OCTETS {
+        return Err(too_large());
+    }
+    let mut present = present();
+    let mut reader = io::BufReader::with_capacity(64 << 10, file.take(MAX_OCTETS + 1));
+    let mut kept = Vec::new();
+    let mut line = Vec::with_capacity(MAX_LINE);
+    let (mut read, mut overlong, mut first, mut since_kept) = (0u64, false, true, false);
+    loop {
+        let buf = reader.fill_buf()?;
+        let (take, end) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), buf.is_empty()),
+        };
+        if !overlong && line.len() + take <= MAX_LINE {
+            line.extend_from_slice(&buf[..take]);
+        } else {
+            overlong = true;
+        }
+        reader.consume(take);
+        read += take as u64;
+        if read > MAX_OCTETS {
+            return Err(too_large());
+        }
+        if !end {
+            continue;
+        }
+        if first {
+            if line != HEADER {
+                return Ok(Some(Shown::default()));
+            }
+            kept.extend_from_slice(HEADER);
+            first = false;
+        } else if !overlong {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            if text.starts_with(b"S ") {
+                // The first that says a time counts.
+                if !since_kept && since_line(text).is_some_and(|t| t != 0) {
+                    kept.extend_from_slice(text);
+                    kept.push(b'\n');
+                    since_kept = true;
+                }
+            } else if let Some(l) = parse_line(text, 0) {
+                // The first line for a base is the one that counts.
+                if present.remove(&text[l.base]) {
+                    kept.extend_from_slice(text);
+                    kept.push(b'\n');
+                }
+            }
+        }
+        line.clear();
+        overlong = false;
+        if take == 0 {
+            return Ok(Some(parse(kept)));
+        }
+    }
 }
 
 /// Replaces the file crash-safely: a temporary file in the Maildir,
@@ -356,6 +437,55 @@ mod tests {
             bytes.extend_from_slice(b"O a\n");
         }
         assert!(parse_entries(&bytes).is_empty());
+    }
+
+    /// What `load` keeps is what `parse` makes of the whole file, for
+    /// the bases asked for: the first line of each, lines too long to be
+    /// well formed skipped, a last line without LF read.
+    #[test]
+    fn load_keeps_the_first_line_of_each_present_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("Maildir");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let dirs = Dirs::open(&dirs::Location::of_path(&md).unwrap(), false)
+            .unwrap()
+            .unwrap();
+        let long = "b".repeat(MAX_LINE);
+        let mut file = HEADER.to_vec();
+        file.extend_from_slice(b"S 0\nS x\nS 1700000000\nS 5\n");
+        for _ in 0..1000 {
+            file.extend_from_slice(b"F u-gone gone\nS 7\n");
+        }
+        file.extend_from_slice(format!("O {long}\nF u1 a\nO a\nF u1 b\nO c\nO d").as_bytes());
+        std::fs::write(md.join(FILE), &file).unwrap();
+        let present = [&b"a"[..], b"b", b"c", b"d", long.as_bytes()];
+        let shown = load(&dirs, || present.iter().copied().collect())
+            .unwrap()
+            .unwrap();
+        let got: Vec<(&[u8], Decided<'_>)> = shown.iter().collect();
+        assert_eq!(
+            got,
+            [
+                (&b"a"[..], Decided::Uidl("u1")),
+                (b"c", Decided::Own),
+                (b"d", Decided::Own)
+            ]
+        );
+        assert_eq!(shown.since, 1_700_000_000);
+        assert_eq!(shown.since, parse(file).since);
+        assert!(shown.bytes.len() < 80, "{}", shown.bytes.len());
+        // Not a record at all: nothing recorded.
+        std::fs::write(md.join(FILE), b"mailbag-uidls 2\nO a\n").unwrap();
+        let shown = load(&dirs, || present.iter().copied().collect())
+            .unwrap()
+            .unwrap();
+        assert_eq!(shown.iter().count(), 0);
+        std::fs::remove_file(md.join(FILE)).unwrap();
+        assert!(load(&dirs, || present.iter().copied().collect())
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -50,11 +50,28 @@ fn trim_eol(line: &[u8]) -> &[u8] {
 }
 
 /// Reads at most [`MAX_HEADER`] octets of `file`, up to the end of its
-/// header.
+/// header: a piece at a time, stopping at the blank line, so that the
+/// first open of a large maildrop reads each message's header, not the
+/// first 64 KiB of every message.
 pub(crate) fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(8 << 10);
-    file.take(MAX_HEADER as u64).read_to_end(&mut buf)?;
-    Ok(buf)
+    const PIECE: u64 = 8 << 10;
+    let mut buf = Vec::with_capacity(PIECE as usize);
+    let mut file = file.take(MAX_HEADER as u64);
+    loop {
+        let start = buf.len();
+        if (&mut file).take(PIECE).read_to_end(&mut buf)? == 0 {
+            return Ok(buf);
+        }
+        // The blank line may straddle the pieces.
+        let seen = &buf[start.saturating_sub(2)..];
+        let ended = buf.starts_with(b"\n")
+            || buf.starts_with(b"\r\n")
+            || memchr::memmem::find(seen, b"\n\n").is_some()
+            || memchr::memmem::find(seen, b"\n\r\n").is_some();
+        if ended {
+            return Ok(buf);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -88,5 +105,36 @@ mod tests {
         let far = [vec![b'X'; MAX_HEADER], b": y\nX-UIDL: late\n".to_vec()].concat();
         assert_eq!(parse(&far), None);
         assert_eq!(parse(b""), None);
+    }
+
+    /// Only the header is read from the file, whatever the size of the
+    /// body; a header longer than one piece is read whole.
+    #[test]
+    fn reads_the_header_and_not_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let read = |content: &[u8]| {
+            std::fs::write(&path, content).unwrap();
+            read_header(&mut std::fs::File::open(&path).unwrap()).unwrap()
+        };
+        let body = vec![b'b'; 1 << 20];
+        let message = [&b"Subject: s\r\nX-UIDL: u1\r\n\r\n"[..], &body].concat();
+        let header = read(&message);
+        assert!(header.len() <= 8 << 10, "{}", header.len());
+        assert_eq!(parse(&header), Some("u1".into()));
+        // A header of two pieces and more, its X-UIDL last, the blank line
+        // where the second and third pieces meet.
+        let mut long = b"X-Long: ".to_vec();
+        long.resize((8 << 10) - 1, b'x');
+        long.extend_from_slice(b"\n");
+        long.resize((16 << 10) - 12, b'y');
+        long.extend_from_slice(b"\nX-UIDL: u2\n\n");
+        long.extend_from_slice(&body);
+        let header = read(&long);
+        assert!(header.len() <= 24 << 10, "{}", header.len());
+        assert_eq!(parse(&header), Some("u2".into()));
+        // No blank line: at most MAX_HEADER octets.
+        assert_eq!(read(&vec![b'h'; 1 << 20]).len(), MAX_HEADER);
+        assert_eq!(read(&[&b"\n"[..], &body].concat()).len(), 8 << 10);
     }
 }
