@@ -439,6 +439,21 @@ pub struct AuthConfig {
     /// Relative to the config file's directory.
     #[serde(default = "default_secret_file")]
     pub secret_file: PathBuf,
+    /// Re-hash a user's password to this scheme (e.g. "ARGON2ID") after a
+    /// successful login against a legacy hash (MD5-CRYPT, DES crypt,
+    /// yescrypt, SSHA, SHA, PLAIN-MD5, …), where the passdb can be written
+    /// (the passwd-file, mailbag's PostgreSQL schema). Off unless set.
+    /// Read at start (a restart changes it).
+    #[serde(default)]
+    pub rehash_to: Option<String>,
+}
+
+impl AuthConfig {
+    /// `auth.rehash_to` as a scheme; `None` when unset (or invalid, which
+    /// [`Config::validate`] refuses).
+    pub fn rehash_scheme(&self) -> Option<crate::auth::scheme::Scheme> {
+        self.rehash_to.as_deref().and_then(|name| name.parse().ok())
+    }
 }
 
 /// `[limits]`
@@ -776,6 +791,11 @@ impl Config {
                 "auth.cache_secs",
                 "must be at most 86400 (a day): a changed password must win within hours, not never",
             );
+        }
+        if let Some(name) = &self.auth.rehash_to {
+            if let Err(error) = name.parse::<crate::auth::scheme::Scheme>() {
+                return invalid("auth.rehash_to", &error.to_string());
+            }
         }
         if self.limits.max_bad_commands == 0 {
             return invalid("limits.max_bad_commands", "must be at least 1");

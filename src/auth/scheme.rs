@@ -327,6 +327,14 @@ pub fn scheme_of(stored: &str) -> Option<Scheme> {
     resolve(stored).map(|(scheme, _)| scheme)
 }
 
+/// Whether a successful password login against `stored` should re-hash
+/// it (`auth.rehash_to`): only values in a [legacy](Scheme::LEGACY)
+/// scheme are, so that a scheme the administrator chose (PLAIN for APOP,
+/// SCRAM-SHA-256 keys) is never replaced behind their back.
+pub fn rehash_due(stored: &str) -> bool {
+    scheme_of(stored).is_some_and(Scheme::is_legacy)
+}
+
 /// Checks `password` against a stored `{SCHEME}data` value. Any malformed
 /// or unsupported stored value gives `false`.
 pub fn verify(stored: &str, password: &[u8]) -> bool {

@@ -7,6 +7,7 @@ mod attack_store;
 mod cli;
 mod deliver;
 mod guessing;
+mod hashes;
 mod hostile;
 mod interop;
 mod limits;
