@@ -446,6 +446,10 @@ pub struct AuthConfig {
     /// Read at start (a restart changes it).
     #[serde(default)]
     pub rehash_to: Option<String>,
+    /// `[auth.oauth]`: OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2),
+    /// offered over TLS only when this table is present.
+    #[serde(default)]
+    pub oauth: Option<crate::auth::oauth::OAuthConfig>,
 }
 
 impl AuthConfig {
@@ -616,6 +620,9 @@ impl Config {
             config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
         }
         config.auth.secret_file = absolute(base, &config.auth.secret_file);
+        if let Some(oauth) = &mut config.auth.oauth {
+            oauth.jwks_file = absolute(base, &oauth.jwks_file);
+        }
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }
@@ -791,6 +798,23 @@ impl Config {
                 "auth.cache_secs",
                 "must be at most 86400 (a day): a changed password must win within hours, not never",
             );
+        }
+        if let Some(oauth) = &self.auth.oauth {
+            if oauth.jwks_file.as_os_str().is_empty() {
+                return invalid(
+                    "auth.oauth.jwks_file",
+                    "missing: the identity provider's JWKS",
+                );
+            }
+            if oauth.issuer.is_empty() || oauth.audience.is_empty() || oauth.user_claim.is_empty() {
+                return invalid(
+                    "auth.oauth",
+                    "issuer, audience and user_claim must not be empty",
+                );
+            }
+            if oauth.leeway_secs > crate::auth::oauth::MAX_LEEWAY_SECS {
+                return invalid("auth.oauth.leeway_secs", "must be at most 300");
+            }
         }
         if let Some(name) = &self.auth.rehash_to {
             if let Err(error) = name.parse::<crate::auth::scheme::Scheme>() {

@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod credential;
 pub mod name;
+pub mod oauth;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;

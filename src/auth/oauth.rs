@@ -1,0 +1,488 @@
+//! OAuth 2.0 bearer tokens (SASL OAUTHBEARER and XOAUTH2): a token is
+//! accepted when it is a JWT signed by a key of the identity provider's
+//! JWKS (`[auth.oauth] jwks_file`), issued by `issuer` for `audience`,
+//! unexpired and already valid (with `leeway_secs` either way), and names
+//! the user in `user_claim`. The driver then maps that name through the
+//! name rule ([`super::name::Matching`]) to a user of the passdb.
+//!
+//! Owns: parsing a JWKS (RSA and P-256 keys), checking a JWT's signature
+//! (RS256 and ES256 only, with `ring`), its issuer, audience, expiry and
+//! not-before, and reading the user claim.
+//!
+//! Must not: log or return the token (it is a credential anyone can use
+//! until it expires), accept `alg: none`, an HMAC algorithm (whose
+//! "secret" would be the public key) or an algorithm the key was not
+//! published for, panic on any input, or read a JWKS file without a
+//! bound.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::prelude::{Engine as _, BASE64_URL_SAFE_NO_PAD};
+use mailbag_proto::secret::Secret;
+use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Largest JWKS file read.
+const MAX_JWKS_OCTETS: u64 = 256 * 1024;
+/// Most keys taken from a JWKS.
+const MAX_KEYS: usize = 64;
+/// Longest token checked (the SASL line is bounded too).
+const MAX_TOKEN_OCTETS: usize = mailbag_proto::sasl::oauth::MAX_TOKEN_OCTETS;
+/// Largest accepted `leeway_secs`.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
+/// `[auth.oauth]`: how bearer tokens are checked. With this table,
+/// OAUTHBEARER and XOAUTH2 are offered over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// The identity provider's JSON Web Key Set, as a file (relative to
+    /// the config file's directory). Read at each check, so a rotated
+    /// key set is used at once.
+    pub jwks_file: PathBuf,
+    /// The `iss` a token must carry, exactly.
+    pub issuer: String,
+    /// The `aud` a token must carry (or list).
+    pub audience: String,
+    /// The claim that names the user ("email" by default; "sub",
+    /// "preferred_username" or "upn" for some providers).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Clock difference allowed on `exp` and `nbf`, in seconds (at most
+    /// 300).
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+}
+
+fn default_user_claim() -> String {
+    "email".into()
+}
+
+fn default_leeway_secs() -> u64 {
+    60
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The token is not good; the reason is for the log (it never holds
+    /// the token).
+    Invalid(&'static str),
+    /// The keys could not be read: a temporary error for the client.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyMaterial {
+    /// Modulus and exponent, big-endian.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// The uncompressed point `04 || x || y`.
+    P256(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    kid: Option<String>,
+    /// The JWK's `alg`, when it names one.
+    alg: Option<String>,
+    material: KeyMaterial,
+}
+
+/// The signing keys of a JWKS that this server can use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Jwks {
+    keys: Vec<Key>,
+}
+
+fn b64url(text: &str) -> Option<Vec<u8>> {
+    BASE64_URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+fn str_field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    object.get(name).and_then(Value::as_str)
+}
+
+impl Jwks {
+    /// Parses a JWKS document (RFC 7517 §5). Keys of other types, for
+    /// encryption, or malformed ones are skipped; a document with no
+    /// usable key is an error.
+    pub fn parse(bytes: &[u8]) -> Result<Jwks, String> {
+        let document: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        let list = document
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("no \"keys\" array")?;
+        let keys: Vec<Key> = list
+            .iter()
+            .filter_map(Value::as_object)
+            .filter(|jwk| str_field(jwk, "use").is_none_or(|u| u == "sig"))
+            .filter_map(|jwk| {
+                let material = match str_field(jwk, "kty")? {
+                    "RSA" => KeyMaterial::Rsa {
+                        n: b64url(str_field(jwk, "n")?)?,
+                        e: b64url(str_field(jwk, "e")?)?,
+                    },
+                    "EC" if str_field(jwk, "crv") == Some("P-256") => {
+                        let (x, y) = (b64url(str_field(jwk, "x")?)?, b64url(str_field(jwk, "y")?)?);
+                        if x.len() != 32 || y.len() != 32 {
+                            return None;
+                        }
+                        KeyMaterial::P256([&[4u8][..], &x, &y].concat())
+                    }
+                    _ => return None,
+                };
+                Some(Key {
+                    kid: str_field(jwk, "kid").map(str::to_owned),
+                    alg: str_field(jwk, "alg").map(str::to_owned),
+                    material,
+                })
+            })
+            .take(MAX_KEYS)
+            .collect();
+        if keys.is_empty() {
+            return Err("no RSA or P-256 signing key".into());
+        }
+        Ok(Jwks { keys })
+    }
+
+    /// Reads and parses a JWKS file, at most [`MAX_JWKS_OCTETS`] of it.
+    pub fn load(path: &Path) -> Result<Jwks, String> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read the JWKS {}: {e}", path.display()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_JWKS_OCTETS + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read the JWKS {}: {e}", path.display()))?;
+        if bytes.len() as u64 > MAX_JWKS_OCTETS {
+            return Err(format!(
+                "the JWKS {} is larger than {MAX_JWKS_OCTETS} octets",
+                path.display()
+            ));
+        }
+        Jwks::parse(&bytes).map_err(|e| format!("the JWKS {}: {e}", path.display()))
+    }
+}
+
+fn json_object(part: &str) -> Option<Map<String, Value>> {
+    match serde_json::from_slice(&b64url(part)?).ok()? {
+        Value::Object(object) => Some(object),
+        _ => None,
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, possibly fractional.
+fn numeric_date(value: &Value) -> Option<i64> {
+    value
+        .as_i64()
+        .or_else(|| value.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+}
+
+/// Checks `token` against `jwks` and `config` at `now` (seconds since the
+/// epoch); the user claim on success.
+pub fn verify_jwt(
+    config: &OAuthConfig,
+    jwks: &Jwks,
+    token: &str,
+    now: i64,
+) -> Result<String, TokenError> {
+    let invalid = TokenError::Invalid;
+    if token.len() > MAX_TOKEN_OCTETS {
+        return Err(invalid("token too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid("not a JWS compact token"));
+    };
+    let signing_input = &token.as_bytes()[..header.len() + 1 + payload.len()];
+    let header = json_object(header).ok_or(invalid("malformed header"))?;
+    let claims = json_object(payload).ok_or(invalid("malformed claims"))?;
+    let signature = b64url(signature).ok_or(invalid("malformed signature"))?;
+    if header.contains_key("crit") {
+        return Err(invalid("critical header extensions are not supported"));
+    }
+    let alg = str_field(&header, "alg").ok_or(invalid("no alg"))?;
+    if alg != "RS256" && alg != "ES256" {
+        // none, HS256 (whose key would be the public key), PS*, ...
+        return Err(invalid("algorithm not accepted"));
+    }
+    let kid = str_field(&header, "kid");
+    let verified = jwks
+        .keys
+        .iter()
+        .filter(|key| kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)))
+        .filter(|key| key.alg.as_deref().is_none_or(|a| a == alg))
+        .any(|key| match (&key.material, alg) {
+            (KeyMaterial::Rsa { n, e }, "RS256") => RsaPublicKeyComponents { n, e }
+                .verify(
+                    &signature::RSA_PKCS1_2048_8192_SHA256,
+                    signing_input,
+                    &signature,
+                )
+                .is_ok(),
+            (KeyMaterial::P256(point), "ES256") => {
+                UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(signing_input, &signature)
+                    .is_ok()
+            }
+            _ => false,
+        });
+    if !verified {
+        return Err(invalid("bad signature or unknown key"));
+    }
+    if str_field(&claims, "iss") != Some(config.issuer.as_str()) {
+        return Err(invalid("wrong issuer"));
+    }
+    let audience_ok = match claims.get("aud") {
+        Some(Value::String(aud)) => *aud == config.audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&config.audience)),
+        _ => false,
+    };
+    if !audience_ok {
+        return Err(invalid("wrong audience"));
+    }
+    let leeway = i64::try_from(config.leeway_secs.min(MAX_LEEWAY_SECS)).unwrap_or(0);
+    let exp = claims
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or(invalid("no expiry"))?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(invalid("expired"));
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = numeric_date(nbf).ok_or(invalid("malformed nbf"))?;
+        if nbf > now.saturating_add(leeway) {
+            return Err(invalid("not valid yet"));
+        }
+    }
+    match str_field(&claims, &config.user_claim) {
+        Some(user) if !user.is_empty() => Ok(user.to_owned()),
+        _ => Err(invalid("no user claim")),
+    }
+}
+
+/// Checks `token` now, reading the JWKS file (off the async workers); the
+/// user the token names on success.
+pub async fn check_token(config: OAuthConfig, token: Secret<String>) -> Result<String, TokenError> {
+    tokio::task::spawn_blocking(move || {
+        let jwks = Jwks::load(&config.jwks_file).map_err(TokenError::Unavailable)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        verify_jwt(&config, &jwks, token.expose(), now)
+    })
+    .await
+    .map_err(|e| TokenError::Unavailable(format!("token check failed: {e}")))?
+}
+
+#[cfg(test)]
+#[path = "oauth_testing.rs"]
+mod testing;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::testing::*;
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn config() -> OAuthConfig {
+        OAuthConfig {
+            jwks_file: PathBuf::from("/nonexistent"),
+            issuer: "https://idp.example".into(),
+            audience: "mailbag".into(),
+            user_claim: "email".into(),
+            leeway_secs: 60,
+        }
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": "https://idp.example", "aud": "mailbag", "email": "alice@example.org",
+            "exp": NOW + 600, "nbf": NOW - 10, "iat": NOW - 10,
+        })
+    }
+
+    fn with(changes: Value) -> Value {
+        let mut claims = claims();
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        claims
+    }
+
+    fn check(jwks: &Jwks, token: &str) -> Result<String, TokenError> {
+        verify_jwt(&config(), jwks, token, NOW)
+    }
+
+    #[test]
+    fn good_es256_and_rs256_tokens_name_their_user() {
+        let ec = SigningKey::es256("ec1");
+        let jwks = Jwks::parse(jwks_document(&[&ec]).as_bytes()).unwrap();
+        assert_eq!(
+            check(&jwks, &ec.token(&claims())).unwrap(),
+            "alice@example.org"
+        );
+        // aud as a list; exp a little in the past but within the leeway.
+        let token = ec.token(&with(json!({"aud": ["other", "mailbag"], "exp": NOW - 30})));
+        assert_eq!(check(&jwks, &token).unwrap(), "alice@example.org");
+        let Some(rsa) = SigningKey::rs256("rsa1") else {
+            eprintln!("SKIPPED: no openssl to make an RSA key");
+            return;
+        };
+        let jwks = Jwks::parse(jwks_document(&[&ec, &rsa]).as_bytes()).unwrap();
+        assert_eq!(
+            check(&jwks, &rsa.token(&claims())).unwrap(),
+            "alice@example.org"
+        );
+        // No kid in the header: every key of the right kind is tried.
+        let token = rsa.token_with_header(&json!({"alg": "RS256"}), &claims());
+        assert_eq!(check(&jwks, &token).unwrap(), "alice@example.org");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_their_reason() {
+        let ec = SigningKey::es256("ec1");
+        let other = SigningKey::es256("ec1");
+        let jwks = Jwks::parse(jwks_document(&[&ec]).as_bytes()).unwrap();
+        let refused = |token: &str, reason: &'static str| {
+            assert_eq!(
+                check(&jwks, token),
+                Err(TokenError::Invalid(reason)),
+                "{token}"
+            );
+        };
+        refused(&ec.token(&with(json!({"exp": NOW - 61}))), "expired");
+        refused(&ec.token(&with(json!({"exp": null}))), "no expiry");
+        refused(&ec.token(&with(json!({"nbf": NOW + 61}))), "not valid yet");
+        refused(
+            &ec.token(&with(json!({"iss": "https://evil.example"}))),
+            "wrong issuer",
+        );
+        refused(&ec.token(&with(json!({"aud": "other"}))), "wrong audience");
+        refused(&ec.token(&with(json!({"aud": null}))), "wrong audience");
+        refused(&ec.token(&with(json!({"email": null}))), "no user claim");
+        refused(&ec.token(&with(json!({"email": 7}))), "no user claim");
+        // Signed by another key with the same kid.
+        refused(&other.token(&claims()), "bad signature or unknown key");
+        // A kid the JWKS does not have.
+        let token = ec.token_with_header(&json!({"alg": "ES256", "kid": "nope"}), &claims());
+        refused(&token, "bad signature or unknown key");
+        // The claims changed after signing.
+        let good = ec.token(&claims());
+        let forged_claims = ec.token(&with(json!({"email": "mallory@example.org"})));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        parts[1] = forged_claims.split('.').nth(1).unwrap();
+        refused(&parts.join("."), "bad signature or unknown key");
+        // alg none, with or without a signature.
+        refused(
+            &forged(&json!({"alg": "none"}), &claims(), b""),
+            "algorithm not accepted",
+        );
+        refused(
+            &forged(&json!({"alg": "None"}), &claims(), b"x"),
+            "algorithm not accepted",
+        );
+        // HS256 keyed with the public key (the algorithm confusion).
+        let token = hs256(
+            &json!({"alg": "HS256", "kid": "ec1"}),
+            &claims(),
+            &ec.public_bytes(),
+        );
+        refused(&token, "algorithm not accepted");
+        // An ES256 key published for RS256 only is not used for ES256.
+        let mut jwk = ec.jwk.clone();
+        jwk["alg"] = json!("RS256");
+        let pinned = Jwks::parse(json!({"keys": [jwk]}).to_string().as_bytes()).unwrap();
+        assert_eq!(
+            check(&pinned, &ec.token(&claims())),
+            Err(TokenError::Invalid("bad signature or unknown key"))
+        );
+        refused(
+            &ec.token_with_header(&json!({"alg": "ES256", "crit": ["exp"]}), &claims()),
+            "critical header extensions are not supported",
+        );
+        for junk in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            "e30.e30.",
+            &"a".repeat(9000),
+        ] {
+            assert!(
+                matches!(check(&jwks, junk), Err(TokenError::Invalid(_))),
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn rs256_refuses_what_an_rsa_key_must_not_accept() {
+        let Some(rsa) = SigningKey::rs256("rsa1") else {
+            eprintln!("SKIPPED: no openssl to make an RSA key");
+            return;
+        };
+        let jwks = Jwks::parse(jwks_document(&[&rsa]).as_bytes()).unwrap();
+        // HS256 keyed with the RSA public key, as the classic confusion.
+        let token = hs256(
+            &json!({"alg": "HS256", "kid": "rsa1"}),
+            &claims(),
+            &rsa.public_bytes(),
+        );
+        assert_eq!(
+            check(&jwks, &token),
+            Err(TokenError::Invalid("algorithm not accepted"))
+        );
+        // An RSA signature presented as ES256.
+        let token = rsa.token(&claims());
+        let parts: Vec<&str> = token.split('.').collect();
+        let relabeled = forged(
+            &json!({"alg": "ES256", "kid": "rsa1"}),
+            &claims(),
+            &b64url(parts[2]).unwrap(),
+        );
+        assert!(check(&jwks, &relabeled).is_err());
+    }
+
+    #[test]
+    fn jwks_documents_are_parsed_strictly_and_read_with_a_bound() {
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"[]",
+            br#"{"keys": []}"#,
+            br#"{"keys": [{"kty": "oct", "k": "AAAA"}]}"#,
+            br#"{"keys": [{"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"}]}"#,
+            br#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}"#,
+            br#"{"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}"#,
+            br#"{"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB", "use": "enc"}]}"#,
+        ] {
+            assert!(
+                Jwks::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, vec![b' '; MAX_JWKS_OCTETS as usize + 1]).unwrap();
+        assert!(Jwks::load(&path).unwrap_err().contains("larger than"));
+        assert!(Jwks::load(&dir.path().join("missing")).is_err());
+        let ec = SigningKey::es256("ec1");
+        std::fs::write(&path, jwks_document(&[&ec])).unwrap();
+        assert_eq!(Jwks::load(&path).unwrap().keys.len(), 1);
+    }
+}
