@@ -16,6 +16,7 @@ mod maildir_trust;
 mod migrate;
 mod migrate_pop3;
 mod names;
+mod oauth;
 mod pg_auth;
 mod pop3;
 mod postgres;
