@@ -621,7 +621,8 @@ impl Config {
         }
         config.auth.secret_file = absolute(base, &config.auth.secret_file);
         if let Some(oauth) = &mut config.auth.oauth {
-            oauth.jwks_file = absolute(base, &oauth.jwks_file);
+            oauth.jwks_file = oauth.jwks_file.as_deref().map(|f| absolute(base, f));
+            oauth.ca_file = oauth.ca_file.as_deref().map(|f| absolute(base, f));
         }
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
@@ -799,22 +800,8 @@ impl Config {
                 "must be at most 86400 (a day): a changed password must win within hours, not never",
             );
         }
-        if let Some(oauth) = &self.auth.oauth {
-            if oauth.jwks_file.as_os_str().is_empty() {
-                return invalid(
-                    "auth.oauth.jwks_file",
-                    "missing: the identity provider's JWKS",
-                );
-            }
-            if oauth.issuer.is_empty() || oauth.audience.is_empty() || oauth.user_claim.is_empty() {
-                return invalid(
-                    "auth.oauth",
-                    "issuer, audience and user_claim must not be empty",
-                );
-            }
-            if oauth.leeway_secs > crate::auth::oauth::MAX_LEEWAY_SECS {
-                return invalid("auth.oauth.leeway_secs", "must be at most 300");
-            }
+        if let Some((key, message)) = self.auth.oauth.as_ref().and_then(|o| o.problem()) {
+            return invalid(key, &message);
         }
         if let Some(name) = &self.auth.rehash_to {
             if let Err(error) = name.parse::<crate::auth::scheme::Scheme>() {

@@ -39,15 +39,39 @@ pub const MAX_LEEWAY_SECS: u64 = 300;
 #[serde(deny_unknown_fields)]
 pub struct OAuthConfig {
     /// The identity provider's JSON Web Key Set, as a file (relative to
-    /// the config file's directory). Read at each check, so a rotated
-    /// key set is used at once.
-    pub jwks_file: PathBuf,
-    /// The `iss` a token must carry, exactly.
+    /// the config file's directory): tokens are checked here as JWTs.
+    /// Read at each check, so a rotated key set is used at once.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Or: the provider's RFC 7662 introspection endpoint (`https://`
+    /// only), asked about each token with `client_id` and
+    /// `client_secret` (HTTP Basic).
+    #[serde(default)]
+    pub introspection_url: Option<String>,
+    /// The client credentials for introspection.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// See `client_id`. The config file is then a secret too.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// CA certificates (PEM) the introspection endpoint's certificate
+    /// must chain to; the system bundle when unset.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The deadline of one introspection request (connect, TLS, request
+    /// and answer together), in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The `iss` a token must carry, exactly (JWTs; introspection answers
+    /// that carry `iss`).
+    #[serde(default)]
     pub issuer: String,
-    /// The `aud` a token must carry (or list).
+    /// The `aud` a token must carry (or list) (JWTs; introspection answers
+    /// that carry `aud`).
+    #[serde(default)]
     pub audience: String,
     /// The claim that names the user ("email" by default; "sub",
-    /// "preferred_username" or "upn" for some providers).
+    /// "preferred_username", "upn", or introspection's "username").
     #[serde(default = "default_user_claim")]
     pub user_claim: String,
     /// Clock difference allowed on `exp` and `nbf`, in seconds (at most
@@ -62,6 +86,65 @@ fn default_user_claim() -> String {
 
 fn default_leeway_secs() -> u64 {
     60
+}
+
+fn default_timeout_ms() -> u64 {
+    5000
+}
+
+/// Longest introspection deadline accepted.
+pub const MAX_TIMEOUT_MS: u64 = 30_000;
+
+impl OAuthConfig {
+    /// What is wrong with this table, for `Config::validate`: the key and
+    /// the message.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        match (&self.jwks_file, &self.introspection_url) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Some((
+                    "auth.oauth",
+                    "give exactly one of jwks_file and introspection_url".into(),
+                ))
+            }
+            (Some(file), None) => {
+                if file.as_os_str().is_empty() {
+                    return Some(("auth.oauth.jwks_file", "must name a file".into()));
+                }
+                if self.issuer.is_empty() || self.audience.is_empty() {
+                    return Some((
+                        "auth.oauth",
+                        "issuer and audience are needed to check JWTs".into(),
+                    ));
+                }
+            }
+            (None, Some(url)) => {
+                if super::oauth_http::HttpsUrl::parse(url).is_none() {
+                    return Some((
+                        "auth.oauth.introspection_url",
+                        "must be an https:// URL without user info".into(),
+                    ));
+                }
+                if self.client_id.as_deref().is_none_or(str::is_empty)
+                    || self.client_secret.as_deref().is_none_or(str::is_empty)
+                {
+                    return Some((
+                        "auth.oauth",
+                        "introspection needs client_id and client_secret".into(),
+                    ));
+                }
+            }
+        }
+        if self.user_claim.is_empty() {
+            return Some(("auth.oauth.user_claim", "must not be empty".into()));
+        }
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Some(("auth.oauth.leeway_secs", "must be at most 300".into()));
+        }
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Some(("auth.oauth.timeout_ms", "must be 1 to 30000".into()));
+        }
+        None
+    }
 }
 
 /// Why a token was not accepted.
@@ -266,18 +349,104 @@ pub fn verify_jwt(
     }
 }
 
-/// Checks `token` now, reading the JWKS file (off the async workers); the
-/// user the token names on success.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Checks `token` now: as a JWT against the JWKS file (read off the async
+/// workers), or by introspection. The user the token names on success.
 pub async fn check_token(config: OAuthConfig, token: Secret<String>) -> Result<String, TokenError> {
-    tokio::task::spawn_blocking(move || {
-        let jwks = Jwks::load(&config.jwks_file).map_err(TokenError::Unavailable)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        verify_jwt(&config, &jwks, token.expose(), now)
-    })
-    .await
-    .map_err(|e| TokenError::Unavailable(format!("token check failed: {e}")))?
+    if token.expose().len() > MAX_TOKEN_OCTETS {
+        return Err(TokenError::Invalid("token too long"));
+    }
+    match config.jwks_file.clone() {
+        Some(file) => tokio::task::spawn_blocking(move || {
+            let jwks = Jwks::load(&file).map_err(TokenError::Unavailable)?;
+            verify_jwt(&config, &jwks, token.expose(), unix_now())
+        })
+        .await
+        .map_err(|e| TokenError::Unavailable(format!("token check failed: {e}")))?,
+        None => introspect(&config, &token).await,
+    }
+}
+
+/// RFC 7662: asks the introspection endpoint about `token`.
+async fn introspect(config: &OAuthConfig, token: &Secret<String>) -> Result<String, TokenError> {
+    use super::oauth_http::{connector, form_escape, post_form, HttpsUrl};
+    use base64::prelude::BASE64_STANDARD;
+    let unavailable = TokenError::Unavailable;
+    let url = config
+        .introspection_url
+        .as_deref()
+        .and_then(HttpsUrl::parse)
+        .ok_or_else(|| unavailable("auth.oauth.introspection_url is not usable".into()))?;
+    let tls = connector(config.ca_file.as_deref())
+        .map_err(|e| unavailable(format!("introspection TLS: {e}")))?;
+    // RFC 6749 §2.3.1: the client id and secret are form-encoded first.
+    let credentials = BASE64_STANDARD.encode(format!(
+        "{}:{}",
+        form_escape(config.client_id.as_deref().unwrap_or("")),
+        form_escape(config.client_secret.as_deref().unwrap_or(""))
+    ));
+    let body = format!(
+        "token={}&token_type_hint=access_token",
+        form_escape(token.expose())
+    );
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(config.timeout_ms);
+    let (status, body) = post_form(&tls, &url, &credentials, &body, deadline)
+        .await
+        .map_err(|e| unavailable(format!("introspection: {e}")))?;
+    if status != 200 {
+        return Err(unavailable(format!("introspection answered HTTP {status}")));
+    }
+    let Ok(Value::Object(answer)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(unavailable(
+            "introspection answer is not a JSON object".into(),
+        ));
+    };
+    introspection_user(config, &answer, unix_now())
+}
+
+/// The user an RFC 7662 answer names, if the token is active, unexpired
+/// and (where the answer says) for this issuer and audience.
+fn introspection_user(
+    config: &OAuthConfig,
+    answer: &Map<String, Value>,
+    now: i64,
+) -> Result<String, TokenError> {
+    let invalid = TokenError::Invalid;
+    if answer.get("active") != Some(&Value::Bool(true)) {
+        return Err(invalid("inactive token"));
+    }
+    let leeway = i64::try_from(config.leeway_secs.min(MAX_LEEWAY_SECS)).unwrap_or(0);
+    if let Some(exp) = answer.get("exp") {
+        let exp = numeric_date(exp).ok_or(invalid("malformed exp"))?;
+        if now >= exp.saturating_add(leeway) {
+            return Err(invalid("expired"));
+        }
+    }
+    if let (false, Some(iss)) = (config.issuer.is_empty(), answer.get("iss")) {
+        if iss.as_str() != Some(config.issuer.as_str()) {
+            return Err(invalid("wrong issuer"));
+        }
+    }
+    if let (false, Some(aud)) = (config.audience.is_empty(), answer.get("aud")) {
+        let ok = match aud {
+            Value::String(aud) => *aud == config.audience,
+            Value::Array(list) => list.iter().any(|a| a.as_str() == Some(&config.audience)),
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid("wrong audience"));
+        }
+    }
+    match str_field(answer, &config.user_claim) {
+        Some(user) if !user.is_empty() => Ok(user.to_owned()),
+        _ => Err(invalid("no user claim")),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +464,12 @@ mod tests {
 
     fn config() -> OAuthConfig {
         OAuthConfig {
-            jwks_file: PathBuf::from("/nonexistent"),
+            jwks_file: Some(PathBuf::from("/nonexistent")),
+            introspection_url: None,
+            client_id: None,
+            client_secret: None,
+            ca_file: None,
+            timeout_ms: 5000,
             issuer: "https://idp.example".into(),
             audience: "mailbag".into(),
             user_claim: "email".into(),
@@ -455,6 +629,51 @@ mod tests {
             &b64url(parts[2]).unwrap(),
         );
         assert!(check(&jwks, &relabeled).is_err());
+    }
+
+    #[test]
+    fn introspection_answers_name_an_active_users_only() {
+        let config = OAuthConfig {
+            user_claim: "username".into(),
+            ..config()
+        };
+        let answer = |v: Value| v.as_object().unwrap().clone();
+        let user = |v: Value| introspection_user(&config, &answer(v), NOW);
+        assert_eq!(
+            user(json!({"active": true, "username": "alice", "exp": NOW + 60})),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            user(
+                json!({"active": true, "username": "alice", "iss": "https://idp.example", "aud": ["mailbag"]})
+            ),
+            Ok("alice".into())
+        );
+        let refused = |v: Value, reason: &'static str| {
+            assert_eq!(user(v), Err(TokenError::Invalid(reason)));
+        };
+        refused(
+            json!({"active": false, "username": "alice"}),
+            "inactive token",
+        );
+        refused(
+            json!({"active": "true", "username": "alice"}),
+            "inactive token",
+        );
+        refused(json!({"username": "alice"}), "inactive token");
+        refused(
+            json!({"active": true, "username": "alice", "exp": NOW - 61}),
+            "expired",
+        );
+        refused(
+            json!({"active": true, "username": "alice", "iss": "x"}),
+            "wrong issuer",
+        );
+        refused(
+            json!({"active": true, "username": "alice", "aud": "x"}),
+            "wrong audience",
+        );
+        refused(json!({"active": true}), "no user claim");
     }
 
     #[test]

@@ -218,3 +218,174 @@ async fn refused_tokens_count_against_the_same_limits_as_passwords() {
     );
     server.stop().await;
 }
+
+/// A small RFC 7662 introspection endpoint on loopback HTTPS: it knows
+/// the client `mailbag` / `s3cret` and answers by token. `good-alice`
+/// (chunked) and `good-bob` (Content-Length) are active; `revoked` is
+/// not; `silent` is never answered; `flood` gets an answer larger than
+/// any introspection answer.
+struct Idp {
+    port: u16,
+    dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
+        let acceptor = mailbag::server::tls::Tls::load(&cert, &key)
+            .unwrap()
+            .acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        Idp::answer(tls).await;
+                    }
+                });
+            }
+        });
+        Idp { port, dir, task }
+    }
+
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let (head, body) = loop {
+            let Ok(n) = stream.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 || request.len() > 65536 {
+                return;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&request[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                break (
+                    head,
+                    String::from_utf8_lossy(&request[end + 4..end + 4 + length]).to_string(),
+                );
+            }
+        };
+        let expected = format!(
+            "Authorization: Basic {}",
+            BASE64_STANDARD.encode("mailbag:s3cret")
+        );
+        let json = |v: Value| v.to_string();
+        let token = body
+            .strip_prefix("token=")
+            .and_then(|rest| rest.split('&').next())
+            .unwrap_or("");
+        let exp = now() + 600;
+        let response = if !head.starts_with("POST /introspect HTTP/1.1\r\n")
+            || !head.lines().any(|l| l == expected)
+        {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+        } else {
+            match token {
+                "good-alice" => {
+                    let body = json(json!({"active": true, "username": "alice", "exp": exp}));
+                    let (a, b) = body.split_at(10);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n\
+                         {:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                        a.len(),
+                        b.len()
+                    )
+                }
+                "good-bob" => {
+                    let body = json(json!({"active": true, "username": "bob", "exp": exp}));
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                "silent" => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    return;
+                }
+                "flood" => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n{}",
+                    " ".repeat(200_000)
+                ),
+                _ => {
+                    let body = json(json!({"active": false}));
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+            }
+        };
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+
+    fn config(&self, secret: &str) -> String {
+        format!(
+            "max_failures_per_address = 100\n[auth.oauth]\n\
+             introspection_url = \"https://localhost:{}/introspect\"\n\
+             client_id = \"mailbag\"\nclient_secret = \"{secret}\"\nca_file = \"{}\"\n\
+             user_claim = \"username\"\ntimeout_ms = 300\n",
+            self.port,
+            self.dir.path().join("cert.pem").display()
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_logs_active_tokens_in_and_refuses_the_rest() {
+    let idp = Idp::start().await;
+    let server = TestServer::start_tls(&idp.config("s3cret")).await;
+    let mut c = implicit(&server).await;
+    let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, "good-alice")).await;
+    assert!(reply.starts_with("+OK Logged in."), "{reply}");
+    c.cmd("QUIT").await;
+    let mut c = implicit(&server).await;
+    let reply = auth(&mut c, "XOAUTH2", &xoauth2("bob", "good-bob")).await;
+    assert!(reply.starts_with("+OK Logged in."), "{reply}");
+    c.cmd("QUIT").await;
+    // Revoked: RFC 7628's status, then the failure.
+    let mut c = implicit(&server).await;
+    let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, "revoked")).await;
+    assert_eq!(reply, INVALID_TOKEN);
+    assert!(c.cmd("AQ==").await.starts_with("-ERR [AUTH]"));
+    // An endpoint that does not answer in time, or answers too much, is
+    // a temporary failure, not a refusal of the user.
+    for token in ["silent", "flood"] {
+        let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, token)).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{token}: {reply}");
+    }
+    server.stop().await;
+
+    // Wrong client credentials: the endpoint refuses us, so no one can
+    // log in, and they are told to try later.
+    let server = TestServer::start_tls(&idp.config("wrong")).await;
+    let mut c = implicit(&server).await;
+    let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, "good-alice")).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    server.stop().await;
+}
