@@ -43,6 +43,16 @@ pub struct OAuthConfig {
     /// Read at each check, so a rotated key set is used at once.
     #[serde(default)]
     pub jwks_file: Option<PathBuf>,
+    /// Or the provider's JWKS URL (`https://` only; the `jwks_uri` of its
+    /// OpenID configuration): fetched when first needed and again every
+    /// `jwks_refresh_secs`; if a refresh fails, the keys fetched before
+    /// stay in use for up to a day.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How long fetched keys are used before they are fetched again, in
+    /// seconds (10 to 86400).
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
     /// Or: the provider's RFC 7662 introspection endpoint (`https://`
     /// only), asked about each token with `client_id` and
     /// `client_secret` (HTTP Basic).
@@ -92,6 +102,15 @@ fn default_timeout_ms() -> u64 {
     5000
 }
 
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+
+/// How long fetched keys stay in use while refreshing them fails.
+const MAX_STALE: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// JWKS URLs whose keys are kept (one per configuration in practice).
+const MAX_CACHED_URLS: usize = 4;
+
 /// Longest introspection deadline accepted.
 pub const MAX_TIMEOUT_MS: u64 = 30_000;
 
@@ -99,17 +118,37 @@ impl OAuthConfig {
     /// What is wrong with this table, for `Config::validate`: the key and
     /// the message.
     pub fn problem(&self) -> Option<(&'static str, String)> {
-        match (&self.jwks_file, &self.introspection_url) {
-            (Some(_), Some(_)) | (None, None) => {
+        let sources = [
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+            self.introspection_url.is_some(),
+        ];
+        if sources.iter().filter(|&&s| s).count() != 1 {
+            return Some((
+                "auth.oauth",
+                "give exactly one of jwks_file, jwks_url and introspection_url".into(),
+            ));
+        }
+        if self
+            .jwks_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Some(("auth.oauth.jwks_file", "must name a file".into()));
+        }
+        if let Some(url) = &self.jwks_url {
+            if super::oauth_http::HttpsUrl::parse(url).is_none() {
                 return Some((
-                    "auth.oauth",
-                    "give exactly one of jwks_file and introspection_url".into(),
-                ))
+                    "auth.oauth.jwks_url",
+                    "must be an https:// URL without user info".into(),
+                ));
             }
-            (Some(file), None) => {
-                if file.as_os_str().is_empty() {
-                    return Some(("auth.oauth.jwks_file", "must name a file".into()));
-                }
+        }
+        if !(10..=86_400).contains(&self.jwks_refresh_secs) {
+            return Some(("auth.oauth.jwks_refresh_secs", "must be 10 to 86400".into()));
+        }
+        match &self.introspection_url {
+            None => {
                 if self.issuer.is_empty() || self.audience.is_empty() {
                     return Some((
                         "auth.oauth",
@@ -117,7 +156,7 @@ impl OAuthConfig {
                     ));
                 }
             }
-            (None, Some(url)) => {
+            Some(url) => {
                 if super::oauth_http::HttpsUrl::parse(url).is_none() {
                     return Some((
                         "auth.oauth.introspection_url",
@@ -361,14 +400,80 @@ pub async fn check_token(config: OAuthConfig, token: Secret<String>) -> Result<S
     if token.expose().len() > MAX_TOKEN_OCTETS {
         return Err(TokenError::Invalid("token too long"));
     }
-    match config.jwks_file.clone() {
-        Some(file) => tokio::task::spawn_blocking(move || {
+    if let Some(file) = config.jwks_file.clone() {
+        return tokio::task::spawn_blocking(move || {
             let jwks = Jwks::load(&file).map_err(TokenError::Unavailable)?;
             verify_jwt(&config, &jwks, token.expose(), unix_now())
         })
         .await
-        .map_err(|e| TokenError::Unavailable(format!("token check failed: {e}")))?,
-        None => introspect(&config, &token).await,
+        .map_err(|e| TokenError::Unavailable(format!("token check failed: {e}")))?;
+    }
+    if config.jwks_url.is_some() {
+        let jwks = fetched_jwks(&config).await?;
+        return verify_jwt(&config, &jwks, token.expose(), unix_now());
+    }
+    introspect(&config, &token).await
+}
+
+/// Keys fetched from a JWKS URL, and when.
+struct Fetched {
+    at: tokio::time::Instant,
+    jwks: std::sync::Arc<Jwks>,
+}
+
+/// The keys at `config.jwks_url`: cached for `jwks_refresh_secs`, fetched
+/// again after that by one check while the others wait for it; a failed
+/// fetch keeps the previous keys for up to [`MAX_STALE`].
+async fn fetched_jwks(config: &OAuthConfig) -> Result<std::sync::Arc<Jwks>, TokenError> {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    static CACHE: std::sync::OnceLock<tokio::sync::Mutex<HashMap<String, Fetched>>> =
+        std::sync::OnceLock::new();
+    let url_text = config.jwks_url.clone().unwrap_or_default();
+    let mut cache = CACHE.get_or_init(Default::default).lock().await;
+    let now = tokio::time::Instant::now();
+    let refresh = std::time::Duration::from_secs(config.jwks_refresh_secs);
+    if let Some(fetched) = cache.get(&url_text) {
+        if now.saturating_duration_since(fetched.at) < refresh {
+            return Ok(Arc::clone(&fetched.jwks));
+        }
+    }
+    let fetch = async {
+        let url = super::oauth_http::HttpsUrl::parse(&url_text)
+            .ok_or("auth.oauth.jwks_url is not usable")?;
+        let tls = super::oauth_http::connector(config.ca_file.as_deref())?;
+        let deadline = now + std::time::Duration::from_millis(config.timeout_ms);
+        let (status, body) = super::oauth_http::get(&tls, &url, deadline).await?;
+        if status != 200 {
+            return Err(format!("HTTP {status}"));
+        }
+        Jwks::parse(&body)
+    };
+    match fetch.await {
+        Ok(jwks) => {
+            let jwks = Arc::new(jwks);
+            if cache.len() >= MAX_CACHED_URLS && !cache.contains_key(&url_text) {
+                cache.clear();
+            }
+            cache.insert(
+                url_text,
+                Fetched {
+                    at: now,
+                    jwks: Arc::clone(&jwks),
+                },
+            );
+            Ok(jwks)
+        }
+        Err(error) => {
+            let message = format!("cannot fetch the JWKS {url_text}: {error}");
+            match cache.get(&url_text) {
+                Some(old) if now.saturating_duration_since(old.at) < MAX_STALE => {
+                    tracing::warn!(%message, "using the keys fetched before");
+                    Ok(Arc::clone(&old.jwks))
+                }
+                _ => Err(TokenError::Unavailable(message)),
+            }
+        }
     }
 }
 
@@ -465,6 +570,8 @@ mod tests {
     fn config() -> OAuthConfig {
         OAuthConfig {
             jwks_file: Some(PathBuf::from("/nonexistent")),
+            jwks_url: None,
+            jwks_refresh_secs: 300,
             introspection_url: None,
             client_id: None,
             client_secret: None,
@@ -629,6 +736,43 @@ mod tests {
             &b64url(parts[2]).unwrap(),
         );
         assert!(check(&jwks, &relabeled).is_err());
+    }
+
+    #[test]
+    fn a_table_names_exactly_one_source_of_truth() {
+        assert_eq!(config().problem(), None);
+        let both = OAuthConfig {
+            introspection_url: Some("https://idp.example/introspect".into()),
+            ..config()
+        };
+        assert_eq!(both.problem().unwrap().0, "auth.oauth");
+        let none = OAuthConfig {
+            jwks_file: None,
+            ..config()
+        };
+        assert_eq!(none.problem().unwrap().0, "auth.oauth");
+        let plain_http = OAuthConfig {
+            jwks_file: None,
+            jwks_url: Some("http://idp.example/jwks".into()),
+            ..config()
+        };
+        assert_eq!(plain_http.problem().unwrap().0, "auth.oauth.jwks_url");
+        let no_client = OAuthConfig {
+            jwks_file: None,
+            introspection_url: Some("https://idp.example/introspect".into()),
+            ..config()
+        };
+        assert_eq!(no_client.problem().unwrap().0, "auth.oauth");
+        let no_audience = OAuthConfig {
+            audience: String::new(),
+            ..config()
+        };
+        assert_eq!(no_audience.problem().unwrap().0, "auth.oauth");
+        let slow = OAuthConfig {
+            timeout_ms: 60_000,
+            ..config()
+        };
+        assert_eq!(slow.problem().unwrap().0, "auth.oauth.timeout_ms");
     }
 
     #[test]

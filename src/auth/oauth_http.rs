@@ -113,6 +113,38 @@ pub async fn post_form(
     body: &str,
     deadline: Instant,
 ) -> Result<(u16, Vec<u8>), String> {
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {{host}}\r\nAuthorization: Basic {credentials}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        url.path,
+        body.len()
+    );
+    exchange(tls, url, head, deadline).await
+}
+
+/// GETs `url` before `deadline` (a JWKS document).
+pub async fn get(
+    tls: &TlsConnector,
+    url: &HttpsUrl,
+    deadline: Instant,
+) -> Result<(u16, Vec<u8>), String> {
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: {{host}}\r\nAccept: application/json\r\n\
+         Connection: close\r\n\r\n",
+        url.path
+    );
+    exchange(tls, url, head, deadline).await
+}
+
+/// Sends `request` (with `{host}` standing for the Host header's value)
+/// and reads the whole response, before `deadline`.
+async fn exchange(
+    tls: &TlsConnector,
+    url: &HttpsUrl,
+    request: String,
+    deadline: Instant,
+) -> Result<(u16, Vec<u8>), String> {
     let exchange = async {
         let tcp = TcpStream::connect((url.host.as_str(), url.port))
             .await
@@ -127,13 +159,7 @@ pub async fn post_form(
         } else {
             url.host.clone()
         };
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {credentials}\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nAccept: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            url.path,
-            body.len()
-        );
+        let request = request.replacen("{host}", &host, 1);
         stream
             .write_all(request.as_bytes())
             .await

@@ -226,6 +226,8 @@ async fn refused_tokens_count_against_the_same_limits_as_passwords() {
 /// any introspection answer.
 struct Idp {
     port: u16,
+    /// GETs of /jwks.json answered.
+    jwks_fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -237,7 +239,10 @@ impl Drop for Idp {
 }
 
 impl Idp {
-    async fn start() -> Idp {
+    /// Serves `jwks` at /jwks.json too.
+    async fn start(jwks: String) -> Idp {
+        let jwks_fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fetches = std::sync::Arc::clone(&jwks_fetches);
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
@@ -252,17 +257,27 @@ impl Idp {
                     return;
                 };
                 let acceptor = acceptor.clone();
+                let (jwks, fetches) = (jwks.clone(), std::sync::Arc::clone(&fetches));
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        Idp::answer(tls).await;
+                        Idp::answer(tls, &jwks, &fetches).await;
                     }
                 });
             }
         });
-        Idp { port, dir, task }
+        Idp {
+            port,
+            jwks_fetches,
+            dir,
+            task,
+        }
     }
 
-    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S) {
+    async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut stream: S,
+        jwks: &str,
+        fetches: &std::sync::atomic::AtomicUsize,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut request = Vec::new();
         let mut buf = [0u8; 4096];
@@ -300,7 +315,13 @@ impl Idp {
             .and_then(|rest| rest.split('&').next())
             .unwrap_or("");
         let exp = now() + 600;
-        let response = if !head.starts_with("POST /introspect HTTP/1.1\r\n")
+        let response = if head.starts_with("GET /jwks.json HTTP/1.1\r\n") {
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{jwks}",
+                jwks.len()
+            )
+        } else if !head.starts_with("POST /introspect HTTP/1.1\r\n")
             || !head.lines().any(|l| l == expected)
         {
             "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
@@ -358,7 +379,7 @@ impl Idp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_logs_active_tokens_in_and_refuses_the_rest() {
-    let idp = Idp::start().await;
+    let idp = Idp::start(String::new()).await;
     let server = TestServer::start_tls(&idp.config("s3cret")).await;
     let mut c = implicit(&server).await;
     let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, "good-alice")).await;
@@ -387,5 +408,31 @@ async fn introspection_logs_active_tokens_in_and_refuses_the_rest() {
     let mut c = implicit(&server).await;
     let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, "good-alice")).await;
     assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_fetched_from_a_jwks_url_are_cached_between_logins() {
+    let ec = SigningKey::es256("ec-1");
+    let idp = Idp::start(jwks_document(&[&ec])).await;
+    let server = TestServer::start_tls(&format!(
+        "[auth.oauth]\njwks_url = \"https://localhost:{}/jwks.json\"\nca_file = \"{}\"\n\
+         issuer = \"{ISSUER}\"\naudience = \"mailbag\"\njwks_refresh_secs = 3600\n",
+        idp.port,
+        idp.dir.path().join("cert.pem").display()
+    ))
+    .await;
+    for user in ["alice", "bob"] {
+        let mut c = implicit(&server).await;
+        let token = ec.token(&claims(&format!("{user}@localhost")));
+        let reply = auth(&mut c, "OAUTHBEARER", &oauthbearer(None, &token)).await;
+        assert!(reply.starts_with("+OK Logged in."), "{reply}");
+        c.cmd("QUIT").await;
+    }
+    // Fetched once, used for both logins.
+    assert_eq!(
+        idp.jwks_fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
     server.stop().await;
 }
