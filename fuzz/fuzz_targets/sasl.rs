@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use libfuzzer_sys::fuzz_target;
-use mailbag_proto::sasl::scram::ScramKeys;
 use mailbag_proto::sasl::oauth::{Format, OAuth};
+use mailbag_proto::sasl::scram::ScramKeys;
 use mailbag_proto::sasl::{cram_md5::CramMd5, login::Login, plain::Plain, Exchange, Step};
 
 const CHALLENGE: &str = "<1896.697170952@postoffice.example.net>";
