@@ -98,6 +98,9 @@ fuzz_target!(|data: &[u8]| {
         max_line_octets,
         max_sasl_line_octets,
         master_users: vec!["admin".into()],
+        // No spare bit: OAUTHBEARER/XOAUTH2 are enabled with CRAM-MD5 (and
+        // usable only where the TLS bit is set too).
+        bearer_tokens: flags & 16 != 0,
         ..Settings::default()
     };
     let transcript_limit = max_line_octets.max(max_sasl_line_octets) + 8;
@@ -144,7 +147,10 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Action::Commit { deleted, retrieved } => {
                         assert!(in_transaction && last_command_quit, "{action:?}");
-                        assert!(deleted.iter().chain(retrieved).all(|i| i.get() < sizes.len()));
+                        assert!(deleted
+                            .iter()
+                            .chain(retrieved)
+                            .all(|i| i.get() < sizes.len()));
                         assert!(!retrieved.iter().any(|i| deleted.contains(i)));
                     }
                     Action::Summarize { indexes } => {
@@ -154,6 +160,7 @@ fuzz_target!(|data: &[u8]| {
                     Action::Authenticate { .. }
                     | Action::ScramLookup { .. }
                     | Action::Rejected { .. }
+                    | Action::CheckToken { .. }
                     | Action::StartTls => assert!(!in_transaction, "{action:?}"),
                 }
                 outstanding = Some(action);
@@ -267,6 +274,13 @@ fn complete(action: &Action, c: u8, input: &mut Input, sizes: &mut Vec<u64>) -> 
             _ => Outcome::AuthUnavailable,
         },
         Action::Rejected { .. } => Outcome::AuthRejected,
+        Action::CheckToken { .. } => match c % 3 {
+            0 => Outcome::Authenticated {
+                user: "mrose".into(),
+            },
+            1 => Outcome::AuthRejected,
+            _ => Outcome::AuthUnavailable,
+        },
         Action::Commit { .. } => match c % 3 {
             0 | 1 => Outcome::Committed,
             _ => Outcome::CommitFailed(failure(c >> 2)),

@@ -7,6 +7,8 @@
 pub mod cache;
 pub mod credential;
 pub mod name;
+pub mod oauth;
+pub mod oauth_http;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
