@@ -3,6 +3,7 @@
 
 mod attack;
 mod attack_auth;
+mod attack_mbox;
 mod attack_store;
 mod cli;
 mod deliver;
@@ -12,9 +13,9 @@ mod interop;
 mod limits;
 mod lmtp;
 mod maildir_trust;
+mod mbox;
 mod migrate;
 mod migrate_pop3;
-mod mbox;
 mod names;
 mod pg_auth;
 mod pop3;

@@ -108,6 +108,22 @@ pub(crate) fn open_regular(
     }
 }
 
+/// Refuses a spool with more than one name: a hard link in the spool
+/// directory to another user's spool (or any other file the server may
+/// read and write) must not be served, appended to or rewritten as this
+/// spool. Postfix `local(8)` refuses such a mailbox too.
+pub(crate) fn single_name(file: &File, name: &OsStr) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let links = file.metadata()?.nlink();
+    if links != 1 {
+        return Err(StoreError::Permanent(format!(
+            "{} has {links} hard links: a spool with another name is refused",
+            String::from_utf8_lossy(name.as_bytes())
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn not_regular(name: &OsStr) -> StoreError {
     StoreError::Permanent(format!(
         "{} is not a regular file (a symlink, FIFO or device is refused)",
