@@ -81,6 +81,10 @@ pub(crate) enum Stop {
     MidOverwrite,
     #[cfg(test)]
     AfterTruncate,
+    /// Not a crash: another file put under the journal's name right after
+    /// the rename, then the rewrite goes on.
+    #[cfg(test)]
+    SwapJournal,
 }
 
 fn journal_name(spool: &OsStr) -> std::ffi::OsString {
@@ -181,6 +185,15 @@ fn rewrite_with(
     #[cfg(test)]
     if stop == Stop::AfterJournal {
         return Ok(());
+    }
+    #[cfg(test)]
+    if stop == Stop::SwapJournal {
+        let other = beside(name, ".other");
+        let f = open_regular(dir, &other, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?
+            .ok_or_else(|| StoreError::Permanent("vanished".into()))?;
+        f.write_all_at(&vec![b'X'; (HEADER + new_len + TRAILER) as usize], 0)?;
+        nix::fcntl::renameat(dir, other.as_os_str(), dir, journal.as_os_str())
+            .map_err(io::Error::from)?;
     }
     // Applied from the descriptor written above: what the directory's
     // writers put under the journal's name since is never read.
@@ -437,6 +450,25 @@ mod tests {
                 assert!(!recover(dir.as_fd(), OsStr::new("alice"), &spool).unwrap());
             }
         }
+    }
+
+    /// What the directory's writers put under the journal's name during
+    /// the rewrite is never copied into the spool.
+    #[test]
+    fn the_journal_is_applied_from_the_file_written_not_from_its_name() {
+        let old = b"From a\n\nkeep 1\n\nFrom b\n\ndelete\n\nFrom c\n\nkeep 2\n\n".to_vec();
+        let kept = b"From a\n\nkeep 1\n\nFrom c\n\nkeep 2\n\n".to_vec();
+        let (t, dir, spool) = setup(&old);
+        let pieces = [Piece::Spool(0..16), Piece::Spool(32..48)];
+        rewrite(
+            dir.as_fd(),
+            OsStr::new("alice"),
+            &spool,
+            &pieces,
+            Stop::SwapJournal,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(t.path().join("alice")).unwrap(), kept);
     }
 
     #[test]
