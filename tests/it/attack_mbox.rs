@@ -169,3 +169,36 @@ async fn a_sparse_spool_is_not_written_out_at_update() {
     assert!(left.is_empty(), "{left:?}");
     s.stop().await;
 }
+
+/// A FIFO or a symlink under the journal's name is removed as a journal
+/// that does not check out: it neither hangs the login nor locks the
+/// user out for good, and nothing it points to is read or written.
+#[tokio::test]
+async fn a_fifo_or_symlink_as_the_journal_does_not_lock_the_user_out() {
+    for kind in ["fifo", "symlink"] {
+        let s = MboxServer::start(|d| {
+            write_bob(d);
+            two_for_alice(d);
+            let journal = d.join("mail/alice.mailbag-journal");
+            match kind {
+                "fifo" => nix::unistd::mkfifo(&journal, nix::sys::stat::Mode::S_IRWXU).unwrap(),
+                _ => std::os::unix::fs::symlink(d.join("mail/bob"), &journal).unwrap(),
+            }
+        })
+        .await;
+        let bob = s.dir.path().join("mail/bob");
+        let before = std::fs::read(&bob).unwrap();
+        let mut c = s.login().await;
+        assert!(c.ok("STAT").await.starts_with("+OK 2 "), "{kind}");
+        c.ok("DELE 1").await;
+        c.ok("QUIT").await;
+        assert!(!s.dir.path().join("mail/alice.mailbag-journal").exists());
+        assert_eq!(std::fs::read(&bob).unwrap(), before, "{kind}");
+        assert_eq!(
+            std::fs::read(s.spool()).unwrap(),
+            entry("b@example.org", b"Subject: two\n\nsecond\n"),
+            "{kind}"
+        );
+        s.stop().await;
+    }
+}

@@ -241,12 +241,22 @@ pub(crate) fn recover(dir: BorrowedFd<'_>, name: &OsStr, spool: &File) -> Result
         Err(e) => return Err(io::Error::from(e).into()),
     }
     let jname = journal_name(name);
-    let Some(journal) = open_regular(dir, &jname, OFlag::O_RDONLY, 0)? else {
-        return Ok(false);
+    let journal = match open_regular(dir, &jname, OFlag::O_RDONLY, 0) {
+        Ok(Some(journal)) => Some(journal),
+        Ok(None) => return Ok(false),
+        // A symlink or FIFO under the journal's name: not one mailbag
+        // wrote, removed as such (left there, it would lock the user
+        // out for good).
+        Err(StoreError::Permanent(_)) => None,
+        Err(e) => return Err(e),
     };
     let now = spool.metadata()?.len();
     no_holes(spool, now)?;
-    let Some(head) = check(&journal, spool)? else {
+    let head = match &journal {
+        Some(journal) => check(journal, spool)?,
+        None => None,
+    };
+    let (Some(journal), Some(head)) = (journal, head) else {
         tracing::warn!(
             spool = %String::from_utf8_lossy(std::os::unix::ffi::OsStrExt::as_bytes(name)),
             "removed an mbox journal that does not check out; the spool is as it was"
