@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{as_unprivileged, config_text, crlf, free_port, write_passwd, Client};
 
 /// A server on an mbox store whose spools are `<dir>/mail/%u`.
-struct MboxServer {
+pub(crate) struct MboxServer {
     addr: SocketAddr,
-    lmtp_addr: Option<SocketAddr>,
-    dir: TempDir,
+    pub(crate) lmtp_addr: Option<SocketAddr>,
+    pub(crate) dir: TempDir,
     shutdown: CancellationToken,
     handle: JoinHandle<()>,
 }
@@ -38,11 +38,11 @@ fn mbox_config(dir: &Path, extra: &str) -> String {
 }
 
 impl MboxServer {
-    async fn start(prepare: impl FnOnce(&Path)) -> MboxServer {
+    pub(crate) async fn start(prepare: impl FnOnce(&Path)) -> MboxServer {
         MboxServer::start_with("", prepare).await
     }
 
-    async fn start_with(extra: &str, prepare: impl FnOnce(&Path)) -> MboxServer {
+    pub(crate) async fn start_with(extra: &str, prepare: impl FnOnce(&Path)) -> MboxServer {
         let dir = tempfile::tempdir().unwrap();
         write_passwd(dir.path());
         std::fs::create_dir(dir.path().join("mail")).unwrap();
@@ -72,14 +72,18 @@ impl MboxServer {
         }
     }
 
-    fn spool(&self) -> PathBuf {
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn spool(&self) -> PathBuf {
         self.dir.path().join("mail/alice")
     }
 
     /// Logs in; `[IN-USE]` alone is tried again for at most a second (a
     /// process another test forks holds a copy of the session lock's
     /// descriptor until its `exec`, as `TestServer::login` says).
-    async fn login(&self) -> Client {
+    pub(crate) async fn login(&self) -> Client {
         for _ in 0..50 {
             let mut c = Client::connect(self.addr).await;
             c.line().await;
@@ -94,7 +98,7 @@ impl MboxServer {
         panic!("alice: the spool stayed locked");
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let _ = self.handle.await;
     }
@@ -102,7 +106,7 @@ impl MboxServer {
 
 /// An mbox entry as Postfix `local(8)` writes one: `From_` line, the
 /// message (which must end in LF), the empty separator line.
-fn entry(sender: &str, message: &[u8]) -> Vec<u8> {
+pub(crate) fn entry(sender: &str, message: &[u8]) -> Vec<u8> {
     let mut e = format!("From {sender} Sun Dec  6 22:00:00 2026\n").into_bytes();
     e.extend_from_slice(message);
     e.push(b'\n');
@@ -111,7 +115,7 @@ fn entry(sender: &str, message: &[u8]) -> Vec<u8> {
 
 /// Appends `message` as an MTA does: the dotlock `<spool>.lock` by
 /// `O_EXCL`, a process-wide POSIX `fcntl` write lock, append, unlock.
-fn mta_append(spool: &Path, message: &[u8]) {
+pub(crate) fn mta_append(spool: &Path, message: &[u8]) {
     use nix::fcntl::FcntlArg;
     use std::io::Write;
     let lock = spool.with_extension("lock");

@@ -108,6 +108,22 @@ pub(crate) fn open_regular(
     }
 }
 
+/// Refuses a spool with more than one name: a hard link in the spool
+/// directory to another user's spool (or any other file the server may
+/// read and write) must not be served, appended to or rewritten as this
+/// spool. Postfix `local(8)` refuses such a mailbox too.
+pub(crate) fn single_name(file: &File, name: &OsStr) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let links = file.metadata()?.nlink();
+    if links != 1 {
+        return Err(StoreError::Permanent(format!(
+            "{} has {links} hard links: a spool with another name is refused",
+            String::from_utf8_lossy(name.as_bytes())
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn not_regular(name: &OsStr) -> StoreError {
     StoreError::Permanent(format!(
         "{} is not a regular file (a symlink, FIFO or device is refused)",
@@ -314,7 +330,7 @@ fn dotlock(
 }
 
 /// A dotlock is stale when older than `stale` (by its change time, as
-/// Postfix judges it), or when it is mailbag's and this process holds the
+/// Postfix judges it, never by its modification time), or when it is mailbag's and this process holds the
 /// session lock.
 fn is_stale(dir: BorrowedFd<'_>, name: &OsStr, stale: Duration, session: bool) -> bool {
     let Ok(st) = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -324,7 +340,10 @@ fn is_stale(dir: BorrowedFd<'_>, name: &OsStr, stale: Duration, session: bool) -
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let age = now.saturating_sub(st.st_ctime.max(st.st_mtime));
+    // The change time alone: a modification time can be set at will (in
+    // the future, by whoever may write the lock), the change time only to
+    // now (which a `touch` that keeps a lock fresh does).
+    let age = now.saturating_sub(st.st_ctime);
     if age >= stale.as_secs() as i64 {
         return true;
     }

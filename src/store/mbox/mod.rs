@@ -199,7 +199,7 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, StoreError> {
 
 /// Opens the spool for reading and writing: `None` when missing.
 fn open_spool(dir: &OwnedFd, name: &OsStr) -> Result<Option<File>, StoreError> {
-    lock::open_regular(dir.as_fd(), name, OFlag::O_RDWR, 0).map_err(|e| match e {
+    let file = lock::open_regular(dir.as_fd(), name, OFlag::O_RDWR, 0).map_err(|e| match e {
         StoreError::Temporary(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             StoreError::Permanent(format!(
                 "cannot read and write the spool {}: give the server's user access \
@@ -208,7 +208,11 @@ fn open_spool(dir: &OwnedFd, name: &OsStr) -> Result<Option<File>, StoreError> {
             ))
         }
         e => e,
-    })
+    })?;
+    if let Some(file) = &file {
+        lock::single_name(file, name)?;
+    }
+    Ok(file)
 }
 
 /// Whether `name` in `dir` is still the file `file` (not replaced by
@@ -562,6 +566,7 @@ impl Store for MboxStore {
             let Some(file) = lock::open_regular(dir.as_fd(), &name, OFlag::O_RDONLY, 0)? else {
                 return Ok(Usage::default());
             };
+            lock::single_name(&file, &name)?;
             let len = file.metadata()?.len();
             let (entries, _) = parse_file(&file, len)?;
             Ok(Usage {
@@ -582,6 +587,7 @@ fn deliver(
     let dir = open_dir(dir)?;
     let file = lock::open_regular(dir.as_fd(), name, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?
         .ok_or_else(|| StoreError::Permanent("spool vanished".into()))?;
+    lock::single_name(&file, name)?;
     let locks = MtaLocks::take(dir.as_fd(), name, Some(&file), options, false)?;
     if !still_named(&dir, name, &file)? {
         return Err(StoreError::Temporary(io::Error::other(

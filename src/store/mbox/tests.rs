@@ -154,6 +154,23 @@ async fn the_dotlock_is_waited_for_broken_when_stale_and_a_dead_sessions_is_take
     assert!(lock.exists());
 }
 
+/// A dotlock whose modification time its writer set far in the future
+/// is still stale once its change time is old enough: it cannot keep the
+/// spool locked for good.
+#[tokio::test]
+async fn a_dotlock_dated_in_the_future_still_goes_stale() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("alice"), THREE).unwrap();
+    let lock = t.path().join("alice.lock");
+    let f = std::fs::File::create(&lock).unwrap();
+    let future = std::time::SystemTime::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+    f.set_modified(future).unwrap();
+    drop(f);
+    let stale = store(t.path(), 200, Duration::ZERO);
+    stale.open("alice").await.unwrap();
+    assert!(!lock.exists());
+}
+
 #[tokio::test]
 async fn an_fcntl_lock_held_elsewhere_is_waited_for() {
     let t = tempfile::tempdir().unwrap();

@@ -24,8 +24,15 @@
 //! ones, which the header's hash recognises), else at `N`. The result is
 //! written through a new journal in the same way, so a crash during the
 //! recovery is recovered too. A journal that does not check out (a crash in
-//! step 1, or not one mailbag wrote) is removed, and the spool is left as
-//! it is: the spool is only ever written while a whole journal exists.
+//! step 1, or not one mailbag wrote, or longer than the spool) is removed,
+//! and the spool is left as it is: the spool is only ever written while a
+//! whole journal exists.
+//!
+//! The spool directory's writers include the spool's owner: the journal is
+//! created anew with `O_EXCL` (after unlinking whatever holds its name) and
+//! applied from the descriptor it was written through, never reopened by
+//! name; and a spool with holes (a sparse file) is not rewritten, as its
+//! holes would be written out as zeros.
 //!
 //! A full disk fails step 1 (the journal is as large as the new content),
 //! before the spool is touched. Step 2 writes only within the spool's
@@ -74,6 +81,10 @@ pub(crate) enum Stop {
     MidOverwrite,
     #[cfg(test)]
     AfterTruncate,
+    /// Not a crash: another file put under the journal's name right after
+    /// the rename, then the rewrite goes on.
+    #[cfg(test)]
+    SwapJournal,
 }
 
 fn journal_name(spool: &OsStr) -> std::ffi::OsString {
@@ -117,16 +128,24 @@ fn rewrite_with(
             "mbox rewrite would grow the spool".into(),
         ));
     }
+    no_holes(spool, old_len)?;
     let temp = temp_name(name);
     let journal = journal_name(name);
+    // Whatever the spool's owner left under the temporary name (a hard
+    // link to another file would otherwise be truncated and written) is
+    // unlinked, and the journal is a new file of this process's own.
+    match nix::unistd::unlinkat(dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    let file = open_regular(
+        dir,
+        &temp,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+        0o600,
+    )?
+    .ok_or_else(|| StoreError::Permanent("journal vanished".into()))?;
     let written = (|| -> Result<(), StoreError> {
-        let file = open_regular(
-            dir,
-            &temp,
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_TRUNC,
-            0o600,
-        )?
-        .ok_or_else(|| StoreError::Permanent("journal vanished".into()))?;
         let mut header = Vec::with_capacity(HEADER as usize);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&meta.dev().to_le_bytes());
@@ -167,8 +186,17 @@ fn rewrite_with(
     if stop == Stop::AfterJournal {
         return Ok(());
     }
-    let file = open_regular(dir, &journal, OFlag::O_RDONLY, 0)?
-        .ok_or_else(|| StoreError::Permanent("journal vanished".into()))?;
+    #[cfg(test)]
+    if stop == Stop::SwapJournal {
+        let other = beside(name, ".other");
+        let f = open_regular(dir, &other, OFlag::O_RDWR | OFlag::O_CREAT, 0o600)?
+            .ok_or_else(|| StoreError::Permanent("vanished".into()))?;
+        f.write_all_at(&vec![b'X'; (HEADER + new_len + TRAILER) as usize], 0)?;
+        nix::fcntl::renameat(dir, other.as_os_str(), dir, journal.as_os_str())
+            .map_err(io::Error::from)?;
+    }
+    // Applied from the descriptor written above: what the directory's
+    // writers put under the journal's name since is never read.
     apply(dir, name, spool, &file, new_len, stop)
 }
 
@@ -213,10 +241,22 @@ pub(crate) fn recover(dir: BorrowedFd<'_>, name: &OsStr, spool: &File) -> Result
         Err(e) => return Err(io::Error::from(e).into()),
     }
     let jname = journal_name(name);
-    let Some(journal) = open_regular(dir, &jname, OFlag::O_RDONLY, 0)? else {
-        return Ok(false);
+    let journal = match open_regular(dir, &jname, OFlag::O_RDONLY, 0) {
+        Ok(Some(journal)) => Some(journal),
+        Ok(None) => return Ok(false),
+        // A symlink or FIFO under the journal's name: not one mailbag
+        // wrote, removed as such (left there, it would lock the user
+        // out for good).
+        Err(StoreError::Permanent(_)) => None,
+        Err(e) => return Err(e),
     };
-    let Some(head) = check(&journal, spool)? else {
+    let now = spool.metadata()?.len();
+    no_holes(spool, now)?;
+    let head = match &journal {
+        Some(journal) => check(journal, spool)?,
+        None => None,
+    };
+    let (Some(journal), Some(head)) = (journal, head) else {
         tracing::warn!(
             spool = %String::from_utf8_lossy(std::os::unix::ffi::OsStrExt::as_bytes(name)),
             "removed an mbox journal that does not check out; the spool is as it was"
@@ -226,15 +266,13 @@ pub(crate) fn recover(dir: BorrowedFd<'_>, name: &OsStr, spool: &File) -> Result
         sync_dir(dir)?;
         return Ok(false);
     };
-    let now = spool.metadata()?.len();
     let appended = if now >= head.old_len
         && hash_range(spool, head.new_len..head.old_len)? == head.tail_hash
     {
         head.old_len..now
-    } else if now >= head.new_len {
-        head.new_len..now
     } else {
-        now..now
+        // `check` made sure the spool is at least `new_len` long.
+        head.new_len..now
     };
     if appended.is_empty() {
         apply(dir, name, spool, &journal, head.new_len, Stop::Never)?;
@@ -271,6 +309,9 @@ fn check(journal: &File, spool: &File) -> Result<Option<Head>, StoreError> {
         || dev != meta.dev()
         || ino != meta.ino()
         || new_len > old_len
+        // The journal holds the kept part of a spool at least as long,
+        // so its hash costs no more than reading the spool.
+        || new_len > meta.len()
         || Some(len) != new_len.checked_add(HEADER + TRAILER)
     {
         return Ok(None);
@@ -290,6 +331,22 @@ fn check(journal: &File, spool: &File) -> Result<Option<Head>, StoreError> {
         new_len,
         tail_hash,
     }))
+}
+
+/// Refuses a spool with holes in its first `len` octets: no mail program
+/// writes them, and a rewrite would copy them out as real zeros into the
+/// journal (space in the spool directory charged to the server, not to
+/// the spool's owner) and hash them, at a cost set by the length alone.
+fn no_holes(spool: &File, len: u64) -> Result<(), StoreError> {
+    use nix::unistd::{lseek, Whence};
+    match lseek(spool.as_fd(), 0, Whence::SeekHole) {
+        Ok(hole) if u64::try_from(hole).unwrap_or(0) < len => Err(StoreError::Permanent(
+            "the spool is a sparse file (it has holes): it is not rewritten; \
+             nothing was deleted"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads `range` of `file` in chunks; a file shorter than the range is an
@@ -403,6 +460,25 @@ mod tests {
                 assert!(!recover(dir.as_fd(), OsStr::new("alice"), &spool).unwrap());
             }
         }
+    }
+
+    /// What the directory's writers put under the journal's name during
+    /// the rewrite is never copied into the spool.
+    #[test]
+    fn the_journal_is_applied_from_the_file_written_not_from_its_name() {
+        let old = b"From a\n\nkeep 1\n\nFrom b\n\ndelete\n\nFrom c\n\nkeep 2\n\n".to_vec();
+        let kept = b"From a\n\nkeep 1\n\nFrom c\n\nkeep 2\n\n".to_vec();
+        let (t, dir, spool) = setup(&old);
+        let pieces = [Piece::Spool(0..16), Piece::Spool(32..48)];
+        rewrite(
+            dir.as_fd(),
+            OsStr::new("alice"),
+            &spool,
+            &pieces,
+            Stop::SwapJournal,
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(t.path().join("alice")).unwrap(), kept);
     }
 
     #[test]
