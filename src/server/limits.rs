@@ -579,6 +579,29 @@ impl Failures {
         attempt.backoff
     }
 
+    /// Settles `attempt` as neither a success nor a failure: the password
+    /// database could not be asked (`[SYS/TEMP]`), so no credential was
+    /// checked, and the reservation [`begin`](Self::begin) counted is
+    /// given back. A directory restart does not block the addresses and
+    /// users who tried to log in during it.
+    pub fn unavailable(&self, attempt: Attempt, now: Instant) {
+        let window = self.policy().window;
+        let max = self.policy().max_per_address;
+        {
+            let mut t = locked(&self.by_address);
+            if let Some(r) = t.live(&attempt.ip, now, window) {
+                r.failures = r.failures.saturating_sub(1);
+                if r.failures < max {
+                    r.blocked_until = None;
+                }
+            }
+        }
+        let mut t = locked(&self.by_user);
+        if let Some(r) = t.live(&attempt.user, now, window) {
+            r.failures = r.failures.saturating_sub(1);
+        }
+    }
+
     /// Settles an attempt left unsettled (a SCRAM exchange the client
     /// cancelled) as a failure of its user, which that user's next
     /// success forgets.

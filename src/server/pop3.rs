@@ -294,6 +294,12 @@ fn settings<S: Store, P: PassDb>(
             .passdb
             .cram_md5_possible()
             .then(|| shared.apop_timestamp(id)),
+        sasl_mechanisms: mailbag_proto::sasl::Mechanism::ALL
+            .into_iter()
+            .filter(|m| {
+                *m != mailbag_proto::sasl::Mechanism::ScramSha256 || shared.passdb.scram_possible()
+            })
+            .collect(),
         plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(config, peer.ip()),
         tls_available: shared.tls.is_some(),
         master_users: config.auth.master_users.clone(),
@@ -520,6 +526,10 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 Ok(Outcome::AuthRejected)
             }
             Err(AuthError::Temporary(e)) => {
+                // Nothing was checked: not a failure.
+                if let Some(a) = self.attempt.take() {
+                    shared.failures.unavailable(a, Instant::now());
+                }
                 self.metrics.login(LoginResult::Unavailable);
                 error!(error = %e, "password database unavailable");
                 Ok(Outcome::AuthUnavailable)
@@ -548,6 +558,9 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 }
             }
             Err(e) => {
+                if let Some(a) = self.attempt.take() {
+                    self.shared.failures.unavailable(a, Instant::now());
+                }
                 error!(error = %e, "password database unavailable");
                 Outcome::AuthUnavailable
             }
