@@ -294,21 +294,52 @@ async fn sql_login_rate_16_clients() {
     let Some(pg) = postgres_url("sql_login_rate").await else {
         return;
     };
+    // One user per client: a maildrop is one session's at a time.
+    let stored = hash(Scheme::Sha512Crypt, b"load").unwrap();
+    let db = crate::support::mariadb::server("sql_login_rate").unwrap();
+    let pg_client = connect(&pg).await;
+    for i in 0..16 {
+        let user = format!("load{i}@example.org");
+        db.sql(
+            &my,
+            &insert([
+                &format!("'{user}'"),
+                &format!("'{stored}'"),
+                "'x'",
+                "'example.org'",
+                "1",
+            ]),
+        );
+        pg_client
+            .execute(
+                &insert(["$1", "$2", "'x'", "'example.org'", "1"]),
+                &[&user, &stored],
+            )
+            .await
+            .unwrap();
+    }
     for (what, url, query) in [("MariaDB", my, MYSQL_QUERY), ("PostgreSQL", pg, PG_QUERY)] {
         let dir = tempfile::tempdir().unwrap();
-        let node = node(config(&dir, "", &url, query)).await;
+        // Logins in flight count as failures until they succeed.
+        let node = node(config(
+            &dir,
+            "max_failures_per_address = 10000",
+            &url,
+            query,
+        ))
+        .await;
         let addr = node.addr;
         let began = Instant::now();
         let budget = Duration::from_secs(10);
         let mut tasks = Vec::new();
-        for _ in 0..16 {
+        for i in 0..16 {
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u32;
                 while began.elapsed() < budget && done < 10_000 {
                     let mut c = Client::connect(addr).await;
                     c.line().await;
-                    c.ok("USER carol@example.org").await;
-                    c.ok("PASS singer").await;
+                    c.ok(&format!("USER load{i}@example.org")).await;
+                    c.ok("PASS load").await;
                     c.ok("QUIT").await;
                     done += 1;
                 }

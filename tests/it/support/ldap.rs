@@ -46,7 +46,7 @@ fn slapd_bin() -> Option<PathBuf> {
 
 /// `{CRYPT}` values as OpenLDAP keeps them (checked by crypt(3) in bind
 /// mode, by mailbag in lookup mode).
-fn crypt(scheme: mailbag::auth::scheme::Scheme, password: &str) -> String {
+pub fn crypt(scheme: mailbag::auth::scheme::Scheme, password: &str) -> String {
     let stored = mailbag::auth::scheme::hash(scheme, password.as_bytes()).unwrap();
     let data = stored.split_once('}').map_or(stored.as_str(), |(_, d)| d);
     format!("{{CRYPT}}{data}")
@@ -231,7 +231,7 @@ impl Drop for Slapd {
     }
 }
 
-fn person(uid: &str, password: &str) -> String {
+pub fn person(uid: &str, password: &str) -> String {
     format!(
         "dn: uid={uid},{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n\
          mail: {uid}@example.org\nuserPassword: {password}\n"
