@@ -954,6 +954,26 @@ mod tests {
     }
 
     #[test]
+    fn a_check_the_passdb_could_not_make_is_not_a_failure() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.7");
+        // More unanswered attempts than the address may fail.
+        for _ in 0..20 {
+            let attempt = f.begin(a, "alice", t0).unwrap();
+            f.unavailable(attempt, t0);
+        }
+        assert!(f.blocked(a, t0).is_none());
+        // Real failures still count from zero: the first ones cost the
+        // base delay, the tenth blocks.
+        assert_eq!(fail(&f, a, "alice", t0), Duration::from_secs(2));
+        for _ in 1..10 {
+            fail(&f, a, "alice", t0);
+        }
+        assert!(f.blocked(a, t0).is_some());
+    }
+
+    #[test]
     fn one_user_guessed_from_many_addresses_is_slowed() {
         let f = Failures::new(policy());
         let t0 = Instant::now();

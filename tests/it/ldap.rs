@@ -369,3 +369,61 @@ async fn ldap_login_rate_16_clients() {
         );
     }
 }
+
+#[test]
+fn ldap_check_config_and_deliver_use_the_directory() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Some(slapd) = directory("ldap_check_config_and_deliver") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mail")).unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nroot = \"mail\"\n\
+             [auth]\nfailure_delay_ms = 10\n[auth.ldap]\n{}",
+            lookup(slapd)
+        ),
+    )
+    .unwrap();
+    let mailbag = |args: &[&str], stdin: &[u8]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+        cmd.args(args).arg("--config").arg(&config);
+        crate::support::as_unprivileged(&mut cmd, dir.path());
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let out = mailbag(&["check-config"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let message = b"Subject: hi\n\nfrom the directory\n";
+    let out = mailbag(&["deliver", "--user", "alice"], message);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = dir.path().join("mail/localhost/alice/Maildir/new");
+    assert_eq!(std::fs::read_dir(&new).unwrap().count(), 1);
+    // Not in the directory: EX_NOUSER, nothing stored.
+    let out = mailbag(&["deliver", "--user", "nobody"], message);
+    assert_eq!(
+        out.status.code(),
+        Some(67),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("mail/localhost/nobody").exists());
+}

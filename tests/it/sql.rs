@@ -357,3 +357,58 @@ async fn sql_login_rate_16_clients() {
         );
     }
 }
+
+#[tokio::test]
+async fn sql_serve_logs_in_from_mariadb() {
+    use std::process::{Command, Stdio};
+    let Some(url) = mariadb_url("sql_serve_logs_in_from_mariadb").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mail")).unwrap();
+    let port = crate::support::free_port();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:{port}\"]\n[store]\nroot = \"mail\"\n\
+             [auth]\nfailure_delay_ms = 10\n[auth.sql]\nurl = \"{url}\"\n\
+             password_query = \"{MYSQL_QUERY}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+    cmd.arg("serve").arg("--config").arg(&config);
+    crate::support::as_unprivileged(&mut cmd, dir.path());
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut connected = None;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            connected = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let result = async {
+        connected.expect("mailbag serve did not come up");
+        let mut c = Client::connect(addr).await;
+        c.line().await;
+        c.ok("USER bob@example.org").await;
+        let ok = c.cmd("PASS builder").await;
+        let mut c = Client::connect(addr).await;
+        c.line().await;
+        c.ok("USER bob@example.org").await;
+        let wrong = c.cmd("PASS nope").await;
+        (ok, wrong)
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(result.0.starts_with("+OK"), "{}", result.0);
+    assert!(result.1.starts_with(AUTH_FAILED), "{}", result.1);
+}
