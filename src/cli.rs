@@ -659,9 +659,8 @@ fn serve(
                     server_secret(&config, service.as_ref())?,
                     config.auth.case_insensitive_names,
                 )
-                .with_context(|| {
-                    format!("auth.passwd_file {}", config.auth.passwd_file.display())
-                })?;
+                .with_context(|| format!("auth.passwd_file {}", config.auth.passwd_file.display()))?
+                .with_rehash(config.auth.rehash_scheme());
                 let store = maildir_store(&config);
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
@@ -677,7 +676,8 @@ fn serve(
                         &config.auth,
                     ))
                     .with_secret(server_secret(&config, service.as_ref())?)
-                    .with_case_insensitive_names(config.auth.case_insensitive_names);
+                    .with_case_insensitive_names(config.auth.case_insensitive_names)
+                    .with_rehash(config.auth.rehash_scheme());
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
         }

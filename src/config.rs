@@ -446,6 +446,25 @@ pub struct AuthConfig {
     /// passwd-file.
     #[serde(default)]
     pub sql: Option<SqlConfig>,
+    /// Re-hash a user's password to this scheme (e.g. "ARGON2ID") after a
+    /// successful login against a legacy hash (MD5-CRYPT, DES crypt,
+    /// yescrypt, SSHA, SHA, PLAIN-MD5, …), where the passdb can be written
+    /// (the passwd-file, mailbag's PostgreSQL schema). Off unless set.
+    /// Read at start (a restart changes it).
+    #[serde(default)]
+    pub rehash_to: Option<String>,
+    /// `[auth.oauth]`: OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2),
+    /// offered over TLS only when this table is present.
+    #[serde(default)]
+    pub oauth: Option<crate::auth::oauth::OAuthConfig>,
+}
+
+impl AuthConfig {
+    /// `auth.rehash_to` as a scheme; `None` when unset (or invalid, which
+    /// [`Config::validate`] refuses).
+    pub fn rehash_scheme(&self) -> Option<crate::auth::scheme::Scheme> {
+        self.rehash_to.as_deref().and_then(|name| name.parse().ok())
+    }
 }
 
 /// How the LDAP passdb checks a password.
@@ -724,6 +743,10 @@ impl Config {
         if let Some(ca) = config.auth.sql.as_mut().and_then(|s| s.ca_file.as_mut()) {
             *ca = absolute(base, ca);
         }
+        if let Some(oauth) = &mut config.auth.oauth {
+            oauth.jwks_file = oauth.jwks_file.as_deref().map(|f| absolute(base, f));
+            oauth.ca_file = oauth.ca_file.as_deref().map(|f| absolute(base, f));
+        }
         if let Some(dir) = &config.transcript.dir {
             config.transcript.dir = Some(absolute(base, dir));
         }
@@ -985,6 +1008,14 @@ impl Config {
                 "auth.cache_secs",
                 "must be at most 86400 (a day): a changed password must win within hours, not never",
             );
+        }
+        if let Some((key, message)) = self.auth.oauth.as_ref().and_then(|o| o.problem()) {
+            return invalid(key, &message);
+        }
+        if let Some(name) = &self.auth.rehash_to {
+            if let Err(error) = name.parse::<crate::auth::scheme::Scheme>() {
+                return invalid("auth.rehash_to", &error.to_string());
+            }
         }
         if self.limits.max_bad_commands == 0 {
             return invalid("limits.max_bad_commands", "must be at least 1");

@@ -154,6 +154,7 @@ fuzz_target!(|data: &[u8]| {
                     Action::Authenticate { .. }
                     | Action::ScramLookup { .. }
                     | Action::Rejected { .. }
+                    | Action::CheckToken { .. }
                     | Action::StartTls => assert!(!in_transaction, "{action:?}"),
                 }
                 outstanding = Some(action);
@@ -267,6 +268,13 @@ fn complete(action: &Action, c: u8, input: &mut Input, sizes: &mut Vec<u64>) -> 
             _ => Outcome::AuthUnavailable,
         },
         Action::Rejected { .. } => Outcome::AuthRejected,
+        Action::CheckToken { .. } => match c % 3 {
+            0 => Outcome::Authenticated {
+                user: "mrose".into(),
+            },
+            1 => Outcome::AuthRejected,
+            _ => Outcome::AuthUnavailable,
+        },
         Action::Commit { .. } => match c % 3 {
             0 | 1 => Outcome::Committed,
             _ => Outcome::CommitFailed(failure(c >> 2)),

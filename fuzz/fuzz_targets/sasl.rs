@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use libfuzzer_sys::fuzz_target;
 use mailbag_proto::sasl::scram::ScramKeys;
+use mailbag_proto::sasl::oauth::{Format, OAuth};
 use mailbag_proto::sasl::{cram_md5::CramMd5, login::Login, plain::Plain, Exchange, Step};
 
 const CHALLENGE: &str = "<1896.697170952@postoffice.example.net>";
@@ -27,10 +28,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&control, input)) = data.split_first() else {
         return;
     };
-    let mut exchange = match control & 3 {
-        0 => Exchange::Plain(Plain::default()),
-        1 => Exchange::Login(Login::default()),
-        2 => Exchange::CramMd5(CramMd5::new(CHALLENGE.into())),
+    let mut exchange = match (control & 3, control & 0x18) {
+        (0, 0x08) => Exchange::OAuth(OAuth::new(Format::OAuthBearer, control & 0x10 != 0)),
+        (1, 0x08) => Exchange::OAuth(OAuth::new(Format::XOAuth2, control & 0x10 != 0)),
+        (0, _) => Exchange::Plain(Plain::default()),
+        (1, _) => Exchange::Login(Login::default()),
+        (2, _) => Exchange::CramMd5(CramMd5::new(CHALLENGE.into())),
         _ => Exchange::ScramSha256(Box::default()),
     };
     let base64 = control & 4 != 0;
@@ -54,6 +57,12 @@ fuzz_target!(|data: &[u8]| {
         };
         longest = longest.max(response.len());
         let mut step = exchange.step(response);
+        if let (Step::Token { .. }, Exchange::OAuth(m)) = (&step, &mut exchange) {
+            check(&step, longest);
+            // The driver refused the token: RFC 7628's status follows.
+            step = m.rejected();
+            assert!(matches!(step, Step::Challenge(_)), "{step:?}");
+        }
         if let (Step::ScramLookup { .. }, Exchange::ScramSha256(m)) = (&step, &mut exchange) {
             check(&step, longest);
             step = m.keys(keys(), SERVER_NONCE);
@@ -114,6 +123,14 @@ fn check(step: &Step, longest: usize) {
                 identity(a);
                 assert_ne!(a, user);
             }
+        }
+        Step::Token { user, token } => {
+            if let Some(u) = user {
+                identity(u);
+            }
+            let t = token.expose();
+            assert!(!t.is_empty() && t.len() <= longest);
+            assert!(!t.chars().any(|c| c.is_control() || c == ' '), "{t:?}");
         }
         Step::Authenticated | Step::Failed(_) => {}
     }

@@ -248,7 +248,7 @@ impl Driver<'_> {
                     nonce: "SERVERNONCE".into(),
                 }
             }
-            Action::Rejected { .. } => Outcome::AuthRejected,
+            Action::Rejected { .. } | Action::CheckToken { .. } => Outcome::AuthRejected,
             Action::Commit { deleted, retrieved } => {
                 self.commits
                     .push((positions(&deleted), positions(&retrieved)));

@@ -9,6 +9,8 @@ pub mod credential;
 mod external;
 pub mod ldap;
 pub mod name;
+pub mod oauth;
+pub mod oauth_http;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;

@@ -85,6 +85,15 @@ pub enum PasswdError {
         /// The user.
         user: String,
     },
+    /// A re-hash found the user's secret changed since the login checked
+    /// it: the newer secret is kept.
+    #[error("{}: the secret of user {user:?} changed meanwhile; left as it is", path.display())]
+    SecretChanged {
+        /// The passwd-file.
+        path: PathBuf,
+        /// The user.
+        user: String,
+    },
     /// The new password could not be hashed.
     #[error("cannot hash the password of user {user:?}")]
     Scheme {
@@ -116,6 +125,9 @@ struct Shared {
     times: CheckTimes,
     /// How long SCRAM first steps wait.
     scram_times: CheckTimes,
+    /// `auth.rehash_to`: the scheme legacy secrets are re-hashed to after
+    /// a successful password login (off unless set).
+    rehash_to: Option<Scheme>,
 }
 
 #[derive(Clone)]
@@ -237,8 +249,25 @@ impl PasswdFile {
                 secret,
                 times: CheckTimes::default(),
                 scram_times: CheckTimes::default(),
+                rehash_to: None,
             }),
         })
+    }
+
+    /// With legacy secrets re-hashed to `scheme` after a successful
+    /// password login (`auth.rehash_to`; `None` keeps it off). The file
+    /// is rewritten as `mailbag user passwd` does, under its lock, and
+    /// only if the user's line still holds the secret that was checked.
+    /// The login never waits for it, nor fails because of it.
+    ///
+    /// Call before the passdb is cloned: clones share one setting.
+    pub fn with_rehash(mut self, scheme: Option<Scheme>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.rehash_to = scheme;
+        } else {
+            tracing::warn!("auth.rehash_to set after the passwd-file was shared; ignored");
+        }
+        self
     }
 
     /// The path this database reads.
@@ -297,7 +326,13 @@ impl PasswdFile {
         table
     }
 
-    fn verify_blocking(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
+    /// The canonical name on success, with the secret checked when it is
+    /// due a re-hash.
+    fn verify_blocking(
+        &self,
+        user: &str,
+        credential: &Credential,
+    ) -> Result<(String, Option<String>), AuthError> {
         let table = self.table();
         // An unknown user costs one check against the decoy, as a typical
         // known user costs one check against their own secret. The driver
@@ -319,11 +354,45 @@ impl PasswdFile {
             credential,
             self.shared.cache.as_ref(),
         );
-        if accepted {
-            Ok(name.clone())
-        } else {
-            Err(AuthError::Invalid)
+        if !accepted {
+            return Err(AuthError::Invalid);
         }
+        let due = (self.shared.rehash_to.is_some()
+            && matches!(credential, Credential::Password(_))
+            && scheme::rehash_due(stored))
+        .then(|| stored.clone());
+        Ok((name.clone(), due))
+    }
+
+    /// Re-hashes `name`'s `old` secret with the password that just
+    /// matched it, in the background: logged, never the login's concern.
+    fn spawn_rehash(&self, name: String, old: String, credential: &Credential) {
+        let (Some(to), Credential::Password(password)) = (self.shared.rehash_to, credential) else {
+            return;
+        };
+        let password = password.clone();
+        let path = self.shared.path.clone();
+        tokio::spawn(async move {
+            let from = scheme::scheme_of(&old).map_or("?", Scheme::name);
+            let user = name.clone();
+            let done = super::hashing(move || {
+                let new = hash_for(&name, password.expose().as_bytes(), to)?;
+                replace_secret(&path, &name, &old, &new)
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {
+                    tracing::info!(%user, from, to = %to, "re-hashed the user's password")
+                }
+                Ok(Err(error @ PasswdError::SecretChanged { .. })) => {
+                    tracing::info!(%user, %error, "no re-hash");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%user, from, to = %to, %error, "cannot re-hash the user's password");
+                }
+                Err(error) => tracing::warn!(%user, %error, "re-hash task failed"),
+            }
+        });
     }
 }
 
@@ -331,22 +400,30 @@ impl PassDb for PasswdFile {
     async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         let this = self.clone();
         let user = user.to_owned();
-        let credential = credential.clone();
+        let presented = credential.clone();
         let (verified, began) = super::hashing(move || {
             let began = Instant::now();
-            (this.verify_blocking(&user, &credential), began)
+            (this.verify_blocking(&user, &presented), began)
         })
         .await
         .map_err(|error| AuthError::Temporary(format!("password check failed: {error}")))?;
         let times = &self.shared.times;
         times.record(began.elapsed());
-        if verified.is_err() {
-            // A failure takes as long as the slowest check, whoever it
-            // was for (see `timing`).
-            times.prime(&self.table().classes).await;
-            times.pad(began).await;
+        match verified {
+            Ok((name, due)) => {
+                if let Some(old) = due {
+                    self.spawn_rehash(name.clone(), old, credential);
+                }
+                Ok(name)
+            }
+            Err(error) => {
+                // A failure takes as long as the slowest check, whoever it
+                // was for (see `timing`).
+                times.prime(&self.table().classes).await;
+                times.pad(began).await;
+                Err(error)
+            }
         }
-        verified
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
@@ -657,6 +734,36 @@ pub fn set_password(
         *line = match body.splitn(3, ':').nth(2) {
             Some(rest) => format!("{user}:{stored}:{rest}{cr}"),
             None => format!("{user}:{stored}{cr}"),
+        };
+        Ok(())
+    })
+}
+
+/// Replaces `user`'s secret `old` with `new`, keeping the line's other
+/// fields; [`PasswdError::SecretChanged`] (and no write) if the line no
+/// longer holds `old`.
+pub fn replace_secret(path: &Path, user: &str, old: &str, new: &str) -> Result<(), PasswdError> {
+    rewrite(path, false, |lines| {
+        let changed = || PasswdError::SecretChanged {
+            path: path.to_owned(),
+            user: user.to_owned(),
+        };
+        let line = lines
+            .iter_mut()
+            .find(|line| entry_user(line) == Some(user))
+            .ok_or_else(changed)?;
+        let (body, cr) = match line.strip_suffix('\r') {
+            Some(body) => (body, "\r"),
+            None => (line.as_str(), ""),
+        };
+        let mut fields = body.splitn(3, ':');
+        let (_, secret, rest) = (fields.next(), fields.next(), fields.next());
+        if secret != Some(old) {
+            return Err(changed());
+        }
+        *line = match rest {
+            Some(rest) => format!("{user}:{new}:{rest}{cr}"),
+            None => format!("{user}:{new}{cr}"),
         };
         Ok(())
     })
@@ -1231,6 +1338,40 @@ mod tests {
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o640
+        );
+    }
+
+    #[test]
+    fn replace_secret_applies_only_while_the_checked_secret_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        fs::write(
+            &path,
+            "md5:{MD5}$1$x$hiN0EG1U2OVhvWQBid7j81:1000:1000::/home/md5\r\n",
+        )
+        .unwrap();
+        let before = fs::metadata(&path).unwrap().ino();
+        // The user's password changed since the login checked it.
+        assert!(matches!(
+            replace_secret(&path, "md5", "{MD5}$1$other", "{PLAIN}new"),
+            Err(PasswdError::SecretChanged { .. })
+        ));
+        assert!(matches!(
+            replace_secret(&path, "nobody", "x", "{PLAIN}new"),
+            Err(PasswdError::SecretChanged { .. })
+        ));
+        // Nothing was written.
+        assert_eq!(fs::metadata(&path).unwrap().ino(), before);
+        replace_secret(
+            &path,
+            "md5",
+            "{MD5}$1$x$hiN0EG1U2OVhvWQBid7j81",
+            "{PLAIN}new",
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "md5:{PLAIN}new:1000:1000::/home/md5\r\n"
         );
     }
 

@@ -61,6 +61,9 @@ pub struct PgPassDb {
     scram_times: Arc<CheckTimes>,
     /// `auth.case_insensitive_names`: names match whatever their case.
     case_insensitive: bool,
+    /// `auth.rehash_to`: the scheme legacy secrets are re-hashed to after
+    /// a successful password login (off unless set).
+    rehash_to: Option<Scheme>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +107,61 @@ impl PgPassDb {
         self
     }
 
+    /// With legacy secrets re-hashed to `scheme` after a successful
+    /// password login (`auth.rehash_to`; `None` keeps it off): an UPDATE
+    /// that applies only while the row still holds the secret that was
+    /// checked. The login never waits for it, nor fails because of it.
+    pub fn with_rehash(mut self, scheme: Option<Scheme>) -> PgPassDb {
+        self.rehash_to = scheme;
+        self
+    }
+
+    /// Re-hashes `name`'s `old` secret with the password that just
+    /// matched it, in the background; logged.
+    fn spawn_rehash(&self, name: String, old: String, credential: &Credential) {
+        let (Some(to), Credential::Password(password)) = (self.rehash_to, credential) else {
+            return;
+        };
+        let password = password.clone();
+        let pool = Arc::clone(&self.pool);
+        tokio::spawn(async move {
+            let from = scheme::scheme_of(&old).map_or("?", Scheme::name);
+            let new = match super::hashing(move || scheme::hash(to, password.expose().as_bytes()))
+                .await
+            {
+                Ok(Ok(new)) => new,
+                Ok(Err(error)) => {
+                    tracing::warn!(user = %name, from, to = %to, %error, "cannot re-hash the user's password");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(user = %name, %error, "re-hash task failed");
+                    return;
+                }
+            };
+            let updated = async {
+                pool.get()
+                    .await?
+                    .execute(
+                        "UPDATE users SET secret = $3 WHERE name = $1 AND secret = $2",
+                        &[&name, &old, &new],
+                    )
+                    .await
+                    .map_err(PgError::from)
+            }
+            .await;
+            match updated {
+                Ok(0) => tracing::info!(user = %name, "no re-hash: the secret changed meanwhile"),
+                Ok(_) => {
+                    tracing::info!(user = %name, from, to = %to, "re-hashed the user's password")
+                }
+                Err(error) => {
+                    tracing::warn!(user = %name, from, to = %to, %error, "cannot re-hash the user's password");
+                }
+            }
+        });
+    }
+
     pub async fn new(pool: Arc<Pool>) -> PgPassDb {
         let db = PgPassDb {
             pool,
@@ -113,6 +171,7 @@ impl PgPassDb {
             times: Arc::default(),
             scram_times: Arc::default(),
             case_insensitive: true,
+            rehash_to: None,
         };
         if let Err(error) = db.refresh_flags().await {
             tracing::warn!(%error, "cannot read the users table; APOP and CRAM-MD5 off for now");
@@ -131,6 +190,7 @@ impl PgPassDb {
                     times: Arc::default(),
                     scram_times: Arc::default(),
                     case_insensitive: true,
+                    rehash_to: None,
                 };
                 let _ = db.refresh_flags().await;
             }
@@ -319,14 +379,19 @@ async fn hash(scheme: Scheme, password: &[u8]) -> Result<String, UserError> {
 impl PassDb for PgPassDb {
     async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         let found = self.lookup(user).await?;
-        let credential = credential.clone();
+        let presented = credential.clone();
         let cache = self.cache.clone();
+        let rehash = self.rehash_to.is_some() && matches!(credential, Credential::Password(_));
         let (verified, began) = super::hashing(move || {
             let began = Instant::now();
+            let credential = presented;
             let verified = match found {
                 Some((name, stored)) => {
                     credential_matches(&name, &stored, None, &credential, cache.as_deref())
-                        .then_some(name)
+                        .then(|| {
+                            let due = (rehash && scheme::rehash_due(&stored)).then_some(stored);
+                            (name, due)
+                        })
                         .ok_or(AuthError::Invalid)
                 }
                 None => {
@@ -340,12 +405,20 @@ impl PassDb for PgPassDb {
         .await
         .map_err(temporary)?;
         self.times.record(began.elapsed());
-        if verified.is_err() {
-            // A failure takes as long as the slowest check seen, whoever
-            // it was for (see `timing`).
-            self.times.pad(began).await;
+        match verified {
+            Ok((name, due)) => {
+                if let Some(old) = due {
+                    self.spawn_rehash(name.clone(), old, credential);
+                }
+                Ok(name)
+            }
+            Err(error) => {
+                // A failure takes as long as the slowest check seen,
+                // whoever it was for (see `timing`).
+                self.times.pad(began).await;
+                Err(error)
+            }
         }
-        verified
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {

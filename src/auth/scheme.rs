@@ -6,6 +6,10 @@
 //! CRAM-MD5 (Dovecot's HMAC-MD5 context, RFC 2195), SCRAM-SHA-256
 //! (Dovecot's `iterations,salt,StoredKey,ServerKey` in base64), and the dummy
 //! verification that makes unknown users cost as much as known ones.
+//! Verifying, never hashing, the legacy schemes found in older user tables
+//! ([`Scheme::LEGACY`]: MD5-CRYPT, DES-CRYPT, yescrypt, SSHA, SSHA256, SMD5,
+//! SHA, SHA256, PLAIN-MD5, LDAP-MD5), so that their users can log in and be
+//! re-hashed.
 //!
 //! Must not: do IO, log anything (every input here is a secret or a hash),
 //! panic on a malformed stored value, or compare secret bytes in variable
@@ -19,8 +23,9 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::prelude::{Engine as _, BASE64_STANDARD};
 use mailbag_proto::sasl::scram::{self, ScramKeys};
-use md5::Digest as _;
-use sha2::Sha512;
+use md5::{Digest, Md5};
+use sha1::Sha1;
+use sha2::{Sha256, Sha512};
 use sha_crypt::ShaCrypt;
 use subtle::ConstantTimeEq;
 
@@ -54,6 +59,16 @@ const SSHA512_SALT_BYTES: usize = 16;
 const SHA512_OCTETS: usize = 64;
 const CRAM_MD5_CONTEXT_OCTETS: usize = 32;
 
+mod unix_crypt;
+
+/// Largest SHA-crypt `rounds=` we agree to verify. The format allows
+/// nearly a billion (minutes of work per login); Dovecot's and glibc's
+/// default is 5000.
+const MAX_SHA_CRYPT_ROUNDS: u32 = 2_000_000;
+/// Largest yescrypt memory (128·r·N octets) we agree to verify: the same
+/// bound as Argon2's. Debian's default is 16 MiB.
+const MAX_YESCRYPT_OCTETS: u64 = 1 << 30;
+
 /// A password scheme as named in Dovecot's `{SCHEME}` prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -76,6 +91,29 @@ pub enum Scheme {
     /// `{SCRAM-SHA-256}iterations,salt,StoredKey,ServerKey` (base64 each),
     /// as Dovecot writes it: usable for SCRAM-SHA-256 and for passwords.
     ScramSha256,
+    /// `{MD5-CRYPT}$1$salt$hash` (also `{MD5}`, `{CRYPT}$1$…`, a bare
+    /// `$1$…`): verified only.
+    Md5Crypt,
+    /// `{DES-CRYPT}` (or `{CRYPT}`, or bare) traditional 13-character DES
+    /// crypt, which reads only 8 password octets: verified only.
+    DesCrypt,
+    /// `$y$params$salt$hash` (under `{CRYPT}` or bare; `{YESCRYPT}` too):
+    /// Debian's default for /etc/shadow. Verified only.
+    Yescrypt,
+    /// `{SSHA}` base64 of sha1(password + salt) + salt: verified only.
+    Ssha,
+    /// `{SSHA256}` base64 of sha256(password + salt) + salt: verified only.
+    Ssha256,
+    /// `{SMD5}` base64 of md5(password + salt) + salt: verified only.
+    Smd5,
+    /// `{SHA}` (also `{SHA1}`) base64 (or hex) of sha1(password): verified only.
+    Sha1,
+    /// `{SHA256}` base64 (or hex) of sha256(password): verified only.
+    Sha256,
+    /// `{PLAIN-MD5}` hex of md5(password) (base64 accepted): verified only.
+    PlainMd5,
+    /// `{LDAP-MD5}` base64 of md5(password) (hex accepted): verified only.
+    LdapMd5,
 }
 
 impl Scheme {
@@ -92,6 +130,27 @@ impl Scheme {
         Scheme::ScramSha256,
     ];
 
+    /// The schemes that are verified but never made: weak or unsalted
+    /// hashes that users may still have, and yescrypt, whose crate is
+    /// young. A login against one of them can re-hash (`auth.rehash_to`).
+    pub const LEGACY: [Scheme; 10] = [
+        Scheme::Md5Crypt,
+        Scheme::DesCrypt,
+        Scheme::Yescrypt,
+        Scheme::Ssha,
+        Scheme::Ssha256,
+        Scheme::Smd5,
+        Scheme::Sha1,
+        Scheme::Sha256,
+        Scheme::PlainMd5,
+        Scheme::LdapMd5,
+    ];
+
+    /// Whether values of this scheme are only verified, never made.
+    pub fn is_legacy(self) -> bool {
+        Scheme::LEGACY.contains(&self)
+    }
+
     /// The canonical Dovecot name, as written between the braces.
     pub const fn name(self) -> &'static str {
         match self {
@@ -104,7 +163,33 @@ impl Scheme {
             Scheme::Plain => "PLAIN",
             Scheme::CramMd5 => "CRAM-MD5",
             Scheme::ScramSha256 => "SCRAM-SHA-256",
+            Scheme::Md5Crypt => "MD5-CRYPT",
+            Scheme::DesCrypt => "DES-CRYPT",
+            Scheme::Yescrypt => "YESCRYPT",
+            Scheme::Ssha => "SSHA",
+            Scheme::Ssha256 => "SSHA256",
+            Scheme::Smd5 => "SMD5",
+            Scheme::Sha1 => "SHA",
+            Scheme::Sha256 => "SHA256",
+            Scheme::PlainMd5 => "PLAIN-MD5",
+            Scheme::LdapMd5 => "LDAP-MD5",
         }
+    }
+
+    /// The scheme a stored value's `{NAME}` prefix names, legacy ones and
+    /// Dovecot's aliases included.
+    fn from_prefix(name: &str) -> Option<Scheme> {
+        let upper = name.to_ascii_uppercase();
+        Scheme::ALL
+            .into_iter()
+            .chain(Scheme::LEGACY)
+            .find(|scheme| scheme.name() == upper)
+            .or(match upper.as_str() {
+                "CLEAR" | "CLEARTEXT" => Some(Scheme::Plain),
+                "MD5" => Some(Scheme::Md5Crypt),
+                "SHA1" => Some(Scheme::Sha1),
+                _ => None,
+            })
     }
 
     /// Whether the scheme is a deliberately slow, salted password hash.
@@ -113,7 +198,11 @@ impl Scheme {
     pub const fn is_slow(self) -> bool {
         matches!(
             self,
-            Scheme::Argon2id | Scheme::BlfCrypt | Scheme::Sha512Crypt | Scheme::Sha256Crypt
+            Scheme::Argon2id
+                | Scheme::BlfCrypt
+                | Scheme::Sha512Crypt
+                | Scheme::Sha256Crypt
+                | Scheme::Yescrypt
         )
     }
 }
@@ -127,16 +216,14 @@ impl fmt::Display for Scheme {
 impl FromStr for Scheme {
     type Err = SchemeError;
 
+    /// Parses the name of a scheme that new values can be made with; a
+    /// legacy scheme's name is an error that says so.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let upper = s.to_ascii_uppercase();
-        Scheme::ALL
-            .into_iter()
-            .find(|scheme| scheme.name() == upper)
-            .or(match upper.as_str() {
-                "CLEAR" | "CLEARTEXT" => Some(Scheme::Plain),
-                _ => None,
-            })
-            .ok_or_else(|| SchemeError::UnknownScheme(s.to_owned()))
+        match Scheme::from_prefix(s) {
+            Some(scheme) if scheme.is_legacy() => Err(SchemeError::VerifyOnly(scheme)),
+            Some(scheme) => Ok(scheme),
+            None => Err(SchemeError::UnknownScheme(s.to_owned())),
+        }
     }
 }
 
@@ -146,6 +233,9 @@ pub enum SchemeError {
     /// The name is not one of the supported schemes.
     #[error("unknown password scheme {0:?}")]
     UnknownScheme(String),
+    /// A legacy scheme: values are checked, never made.
+    #[error("{0} is only verified, never used for new passwords; choose ARGON2ID")]
+    VerifyOnly(Scheme),
     /// An empty password: [`verify`] never accepts one.
     #[error("the password is empty")]
     EmptyPassword,
@@ -191,7 +281,7 @@ fn split_stored(stored: &str) -> Option<Stored<'_>> {
     if name.eq_ignore_ascii_case("ARGON2I") {
         return Some(Stored::Known(Scheme::Argon2id, data));
     }
-    name.parse().ok().map(|scheme| Stored::Known(scheme, data))
+    Scheme::from_prefix(name).map(|scheme| Stored::Known(scheme, data))
 }
 
 fn crypt_scheme(data: &str) -> Option<Scheme> {
@@ -203,9 +293,24 @@ fn crypt_scheme(data: &str) -> Option<Scheme> {
         Some(Scheme::Sha512Crypt)
     } else if data.starts_with("$5$") {
         Some(Scheme::Sha256Crypt)
+    } else if data.starts_with("$1$") {
+        Some(Scheme::Md5Crypt)
+    } else if data.starts_with("$y$") {
+        Some(Scheme::Yescrypt)
+    } else if is_des_crypt(data) {
+        Some(Scheme::DesCrypt)
     } else {
         None
     }
+}
+
+/// Traditional crypt(3): two salt and eleven hash characters, all crypt
+/// base64.
+fn is_des_crypt(data: &str) -> bool {
+    data.len() == 13
+        && data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
 }
 
 /// The scheme of a stored value and the data after its prefix, or `None`
@@ -220,6 +325,14 @@ fn resolve(stored: &str) -> Option<(Scheme, &str)> {
 /// The scheme of a stored value, if it is one [`verify`] understands.
 pub fn scheme_of(stored: &str) -> Option<Scheme> {
     resolve(stored).map(|(scheme, _)| scheme)
+}
+
+/// Whether a successful password login against `stored` should re-hash
+/// it (`auth.rehash_to`): only values in a [legacy](Scheme::LEGACY)
+/// scheme are, so that a scheme the administrator chose (PLAIN for APOP,
+/// SCRAM-SHA-256 keys) is never replaced behind their back.
+pub fn rehash_due(stored: &str) -> bool {
+    scheme_of(stored).is_some_and(Scheme::is_legacy)
 }
 
 /// Checks `password` against a stored `{SCHEME}data` value. Any malformed
@@ -242,8 +355,22 @@ pub fn verify(stored: &str, password: &[u8]) -> bool {
         }
         Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
             crypt_scheme(data) == Some(scheme)
+                && sha_crypt_rounds(data).is_some_and(|rounds| rounds <= MAX_SHA_CRYPT_ROUNDS)
                 && ShaCrypt::default().verify_password(password, data).is_ok()
         }
+        Scheme::Md5Crypt => verify_md5_crypt(data, password),
+        Scheme::DesCrypt => {
+            is_des_crypt(data)
+                && unix_crypt::des_crypt_hash(password, &data[..2])
+                    .is_some_and(|hash| hash.as_bytes().ct_eq(&data.as_bytes()[2..]).into())
+        }
+        Scheme::Yescrypt => verify_yescrypt(data, password),
+        Scheme::Ssha => verify_salted::<Sha1>(data, password),
+        Scheme::Ssha256 => verify_salted::<Sha256>(data, password),
+        Scheme::Smd5 => verify_salted::<Md5>(data, password),
+        Scheme::Sha1 => verify_unsalted::<Sha1>(data, password),
+        Scheme::Sha256 => verify_unsalted::<Sha256>(data, password),
+        Scheme::PlainMd5 | Scheme::LdapMd5 => verify_unsalted::<Md5>(data, password),
         Scheme::Ssha512 => verify_ssha512(data, password),
         Scheme::Sha512 => decode_sha512(data).is_some_and(|expected| {
             expected
@@ -326,6 +453,8 @@ pub fn cost_class(stored: &str) -> Option<String> {
                 .join("$")
         }
         Scheme::ScramSha256 => data.split(',').next().unwrap_or("").to_string(),
+        // `$y$params$salt$hash`: the parameters are the second field.
+        Scheme::Yescrypt => data.split('$').nth(2).unwrap_or("").to_string(),
         _ => String::new(),
     };
     Some(format!("{} {params}", scheme.name()))
@@ -354,6 +483,92 @@ pub fn scram_source(stored: &str) -> ScramSource {
         _ if plaintext_equivalent(stored).is_some() => ScramSource::Derived,
         _ => ScramSource::Unusable,
     }
+}
+
+/// The rounds of a `$5$`/`$6$` value: `rounds=N` if given, else 5000.
+fn sha_crypt_rounds(data: &str) -> Option<u32> {
+    let params = data.get(3..)?;
+    match params.strip_prefix("rounds=") {
+        Some(rest) => rest.split('$').next()?.parse().ok(),
+        None => Some(5000),
+    }
+}
+
+fn verify_md5_crypt(data: &str, password: &[u8]) -> bool {
+    let Some((salt, expected)) = data
+        .strip_prefix("$1$")
+        .and_then(|rest| rest.split_once('$'))
+    else {
+        return false;
+    };
+    expected.len() == 22
+        && unix_crypt::md5_crypt_hash(password, salt)
+            .is_some_and(|hash| hash.as_bytes().ct_eq(expected.as_bytes()).into())
+}
+
+/// yescrypt with its cost bounded: at most [`MAX_YESCRYPT_OCTETS`] of
+/// memory, and no extra time factor (`t`) or upgrades (`g`), which the
+/// standard tools never write.
+fn verify_yescrypt(data: &str, password: &[u8]) -> bool {
+    use yescrypt::{Mode, Params, PasswordVerifier as _, Yescrypt};
+    let Some(encoded) = data.strip_prefix("$y$").and_then(|r| r.split('$').next()) else {
+        return false;
+    };
+    let Ok(params) = encoded.parse::<Params>() else {
+        return false;
+    };
+    let octets = 128u64
+        .saturating_mul(params.n())
+        .saturating_mul(u64::from(params.r()))
+        .saturating_mul(u64::from(params.p()));
+    // Only t = 0 and g = 0 encode as the plain parameters of some mode.
+    let plain = [Mode::Classic, Mode::Worm, Mode::Rw]
+        .into_iter()
+        .any(|mode| {
+            Params::new(mode, params.n(), params.r(), params.p())
+                .is_ok_and(|canonical| canonical.to_string() == encoded)
+        });
+    octets <= MAX_YESCRYPT_OCTETS
+        && plain
+        && Yescrypt::default().verify_password(password, data).is_ok()
+}
+
+/// A digest stored in base64, or in hex (whose length base64 of the same
+/// digest never has), as Dovecot accepts both.
+fn decode_digest(data: &str, octets: usize) -> Option<Vec<u8>> {
+    let decoded = if data.len() == 2 * octets {
+        decode_hex(data)?
+    } else {
+        BASE64_STANDARD.decode(data).ok()?
+    };
+    (decoded.len() == octets).then_some(decoded)
+}
+
+fn verify_unsalted<D: Digest>(data: &str, password: &[u8]) -> bool {
+    let octets = <D as Digest>::output_size();
+    decode_digest(data, octets).is_some_and(|expected| {
+        expected
+            .as_slice()
+            .ct_eq(D::digest(password).as_slice())
+            .into()
+    })
+}
+
+/// `base64(digest(password + salt) + salt)`, with a salt of at least one
+/// octet (Dovecot refuses none).
+fn verify_salted<D: Digest>(data: &str, password: &[u8]) -> bool {
+    let octets = <D as Digest>::output_size();
+    let Ok(decoded) = BASE64_STANDARD.decode(data) else {
+        return false;
+    };
+    if decoded.len() <= octets {
+        return false;
+    }
+    let (expected, salt) = decoded.split_at(octets);
+    let mut hasher = D::new();
+    hasher.update(password);
+    hasher.update(salt);
+    expected.ct_eq(hasher.finalize().as_slice()).into()
 }
 
 fn verify_argon2(data: &str, password: &[u8]) -> bool {
@@ -429,6 +644,9 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
         Scheme::BlfCrypt => BLF_MAX_PASSWORD_OCTETS,
         _ => MAX_PASSWORD_OCTETS,
     };
+    if scheme.is_legacy() {
+        return Err(SchemeError::VerifyOnly(scheme));
+    }
     if password.is_empty() {
         return Err(SchemeError::EmptyPassword);
     }
@@ -492,6 +710,16 @@ pub fn hash(scheme: Scheme, password: &[u8]) -> Result<String, SchemeError> {
                 BASE64_STANDARD.encode(keys.server_key)
             )
         }
+        Scheme::Md5Crypt
+        | Scheme::DesCrypt
+        | Scheme::Yescrypt
+        | Scheme::Ssha
+        | Scheme::Ssha256
+        | Scheme::Smd5
+        | Scheme::Sha1
+        | Scheme::Sha256
+        | Scheme::PlainMd5
+        | Scheme::LdapMd5 => return Err(SchemeError::VerifyOnly(scheme)),
     };
     Ok(format!("{{{scheme}}}{data}"))
 }
@@ -692,6 +920,195 @@ mod tests {
         assert!(verify(bare_blf, b"hunter2"));
         assert!(!verify("tanstaaf", b"tanstaaf"));
         assert!(!verify("$1$abc$whatever", b"x"));
+    }
+
+    /// Legacy values for the password "correct horse", each made by the
+    /// tool named beside it.
+    const LEGACY_VECTORS: &[(&str, Scheme)] = &[
+        // doveadm pw -s <SCHEME> -p 'correct horse'
+        (
+            "{MD5-CRYPT}$1$64dtHjvZ$lpFODIEh5oSgj3LFQ7iI50",
+            Scheme::Md5Crypt,
+        ),
+        ("{MD5}$1$kAFSkX1h$xphnxhv4j2DoWaWcJmKgZ.", Scheme::Md5Crypt),
+        ("{SHA}L55TUjtiq8FBorTWAZ0jy6g129A=", Scheme::Sha1),
+        ("{SHA1}L55TUjtiq8FBorTWAZ0jy6g129A=", Scheme::Sha1),
+        (
+            "{SHA256}QQTTb42iwlQ0n4WDZ5Pr4CngyVcGOjTJHC6SAxh7VjE=",
+            Scheme::Sha256,
+        ),
+        ("{SSHA}TsD40JvR9FhTuaEW6c0KMLxSefzkvbvx", Scheme::Ssha),
+        (
+            "{SSHA256}gO/1vZuTVaWII9JzkIjbclSBrZehg/rYOLaXbemmOIaXyVGq",
+            Scheme::Ssha256,
+        ),
+        ("{SMD5}5jwKuViFceJoJ+z4jYi6Z7na0nk=", Scheme::Smd5),
+        (
+            "{PLAIN-MD5}3cb4e732631f47e6eb961f34554b7cde",
+            Scheme::PlainMd5,
+        ),
+        ("{LDAP-MD5}PLTnMmMfR+brlh80VUt83g==", Scheme::LdapMd5),
+        // The same digests in the other encoding, which Dovecot accepts.
+        ("{LDAP-MD5}3cb4e732631f47e6eb961f34554b7cde", Scheme::LdapMd5),
+        ("{PLAIN-MD5}PLTnMmMfR+brlh80VUt83g==", Scheme::PlainMd5),
+        (
+            "{SHA}2f9e53523b62abc141a2b4d6019d23cba835dbd0",
+            Scheme::Sha1,
+        ),
+        ("{DES-CRYPT}kRPujY8YfwoUU", Scheme::DesCrypt),
+        (
+            "{SSHA512}CFWxsMIzm3iUsvxQixuUGkdNWg5hkCToc/SydT9cSQujrazh4IoBe1CY0H8tpNN8HQT+BcUS7hqgfEikxOSGUVnHDIo=",
+            Scheme::Ssha512,
+        ),
+        (
+            "{SHA512-CRYPT}$6$rounds=10000$koMeZJCuEl4KkGLY$ge/uptuXcK8VTcmp5X8xvrAvFQ.0Gka4N2coOtl2ovv1A9sC5LKuuVmlVdd5IsrRqxTFhwF1ULkmFngKN9FwG.",
+            Scheme::Sha512Crypt,
+        ),
+        (
+            "{SHA256-CRYPT}$5$rounds=20000$nsyGpnE36QO23XWf$GSa7q9sDkR480I1GoJ7FnXk24V3UXFETl1/MVkSGTB1",
+            Scheme::Sha256Crypt,
+        ),
+        // mkpasswd (Debian's whois package)
+        ("ZziV3MgI7K8nk", Scheme::DesCrypt),
+        (
+            "$y$j9T$p1rcoamKIpjPUPiQMlJEi0$hh0wZBC9c./R2obk40mfuehacHMfFJTW13mHZ0PBrx/",
+            Scheme::Yescrypt,
+        ),
+    ];
+
+    #[test]
+    fn legacy_vectors_from_doveadm_and_mkpasswd_verify() {
+        for &(stored, scheme) in LEGACY_VECTORS {
+            assert_eq!(scheme_of(stored), Some(scheme), "{stored}");
+            assert!(verify(stored, b"correct horse"), "{stored}");
+            // DES crypt reads only the first eight octets.
+            if scheme != Scheme::DesCrypt {
+                assert!(!verify(stored, b"correct horsf"), "{stored}");
+            }
+            assert!(!verify(stored, b"Correct horse"), "{stored}");
+        }
+    }
+
+    #[test]
+    fn crypt_and_bare_values_dispatch_on_the_crypt_prefix() {
+        let table: &[(&str, &[u8], Scheme)] = &[
+            // mkpasswd -m descrypt -S ab hunter2
+            ("{CRYPT}ab0ozUNIgzCZ.", b"hunter2", Scheme::DesCrypt),
+            ("ab0ozUNIgzCZ.", b"hunter2", Scheme::DesCrypt),
+            // openssl passwd -1 -salt x p
+            ("{CRYPT}$1$x$hiN0EG1U2OVhvWQBid7j81", b"p", Scheme::Md5Crypt),
+            ("$1$x$hiN0EG1U2OVhvWQBid7j81", b"p", Scheme::Md5Crypt),
+            // mkpasswd -m yescrypt hunter2
+            (
+                "{CRYPT}$y$j9T$z7dBLSCURY.0sfoDqjpxE0$S/6/K77MIRDlnYmmYhIOn/7sLF7K3qVdTYPNNMPyrBC",
+                b"hunter2",
+                Scheme::Yescrypt,
+            ),
+            (
+                "{YESCRYPT}$y$j9T$z7dBLSCURY.0sfoDqjpxE0$S/6/K77MIRDlnYmmYhIOn/7sLF7K3qVdTYPNNMPyrBC",
+                b"hunter2",
+                Scheme::Yescrypt,
+            ),
+            // mkpasswd -m sha512crypt -R 1000 -S abcdefgh hunter2
+            (
+                "{CRYPT}$6$rounds=1000$abcdefgh$t5NmrWOyohJ8f73CiI.ipwnmEO82Ymv802ja2TZrmBnj00Hvr2YrP2TDI7aBzNhjsP40J3Yd13Z66StlJAayI1",
+                b"hunter2",
+                Scheme::Sha512Crypt,
+            ),
+            // doveadm pw -s CRYPT: bcrypt under {CRYPT}
+            (
+                "{CRYPT}$2y$05$6PagY82GxjI.UIJU8AuO0.OrLlXB9MAg.XaH2wyu9tprNOJlRx7He",
+                b"correct horse",
+                Scheme::BlfCrypt,
+            ),
+        ];
+        for &(stored, password, scheme) in table {
+            assert_eq!(scheme_of(stored), Some(scheme), "{stored}");
+            assert!(verify(stored, password), "{stored}");
+            assert!(!verify(stored, b"wrong"), "{stored}");
+        }
+        // DES crypt reads eight octets: what crypt(3) did.
+        assert!(verify("ab0ozUNIgzCZ.", b"hunter2"));
+        assert!(verify("{DES-CRYPT}ZziV3MgI7K8nk", b"correct horse battery"));
+        // A prefix that names one scheme does not take another's value.
+        assert!(!verify("{MD5-CRYPT}ab0ozUNIgzCZ.", b"hunter2"));
+        assert!(!verify("{DES-CRYPT}$1$x$hiN0EG1U2OVhvWQBid7j81", b"p"));
+    }
+
+    #[test]
+    fn legacy_schemes_are_verified_never_made() {
+        for scheme in Scheme::LEGACY {
+            assert!(scheme.is_legacy());
+            assert!(matches!(
+                hash(scheme, b"pw"),
+                Err(SchemeError::VerifyOnly(s)) if s == scheme
+            ));
+            assert!(matches!(
+                scheme.name().parse::<Scheme>(),
+                Err(SchemeError::VerifyOnly(s)) if s == scheme
+            ));
+        }
+        assert!(Scheme::ALL.iter().all(|scheme| !scheme.is_legacy()));
+    }
+
+    #[test]
+    fn malformed_legacy_values_are_refused() {
+        let bad = [
+            "{MD5-CRYPT}$1$",
+            "{MD5-CRYPT}$1$x$",
+            "{MD5-CRYPT}$1$x$hiN0EG1U2OVhvWQBid7j8",
+            "{MD5-CRYPT}$1$x$hiN0EG1U2OVhvWQBid7j81$",
+            "{MD5-CRYPT}$1$x$hiN0EG1U2OVhvWQBid7j8é",
+            "{MD5-CRYPT}$1$x:y$hiN0EG1U2OVhvWQBid7j81",
+            "{DES-CRYPT}ab0ozUNIgzCZ",
+            "{DES-CRYPT}a!0ozUNIgzCZ.",
+            "{DES-CRYPT}ab0ozUNIgzCZ.x",
+            "{CRYPT}ab0ozUNIgzCé",
+            "{SSHA}L55TUjtiq8FBorTWAZ0jy6g129A=",
+            "{SSHA}",
+            "{SHA}L55TUjtiq8FBorTWAZ0jy6g129A",
+            "{SHA}2f9e53523b62abc141a2b4d6019d23cba835dbzz",
+            "{SHA256}L55TUjtiq8FBorTWAZ0jy6g129A=",
+            "{PLAIN-MD5}3cb4e732631f47e6eb961f34554b7cd",
+            "{LDAP-MD5}PLTnMmMfR+brlh80VUt83g",
+            "{SMD5}PLTnMmMfR+brlh80VUt83g==",
+            "$y$",
+            "$y$j9T$",
+            "$y$j9T$p1rcoamKIpjPUPiQMlJEi0$",
+            "$y$!!!$p1rcoamKIpjPUPiQMlJEi0$hh0wZBC9c./R2obk40mfuehacHMfFJTW13mHZ0PBrx/",
+            "$y$j9T$p1rcoamKIpjPUPiQMlJEi0$hh0wZBC9c./R2obk40mfuehacHMfFJTW13mHZ0PBrx/$",
+            // N = 2^30, r = 32: 4 TiB of memory, refused before any is taken.
+            "$y$jRT$p1rcoamKIpjPUPiQMlJEi0$hh0wZBC9c./R2obk40mfuehacHMfFJTW13mHZ0PBrx/",
+            // SHA-crypt rounds past the bound.
+            "{SHA512-CRYPT}$6$rounds=999999999$abcdefgh$t5NmrWOyohJ8f73CiI.ipwnmEO82Ymv802ja2TZrmBnj00Hvr2YrP2TDI7aBzNhjsP40J3Yd13Z66StlJAayI1",
+            "{SHA512-CRYPT}$6$rounds=x$abcdefgh$t5NmrWOyohJ8f73CiI",
+        ];
+        for stored in bad {
+            for password in [&b"x"[..], b"p", b"hunter2", b"correct horse"] {
+                assert!(!verify(stored, password), "{stored}");
+            }
+        }
+    }
+
+    #[test]
+    fn legacy_values_have_cost_classes_without_their_salts() {
+        for &(stored, scheme) in LEGACY_VECTORS {
+            let class = cost_class(stored).unwrap();
+            assert!(class.starts_with(scheme.name()), "{class}");
+        }
+        assert_eq!(
+            cost_class("$1$x$hiN0EG1U2OVhvWQBid7j81"),
+            cost_class("{MD5-CRYPT}$1$64dtHjvZ$lpFODIEh5oSgj3LFQ7iI50")
+        );
+        assert_eq!(cost_class("ab0ozUNIgzCZ."), Some("DES-CRYPT ".into()));
+        assert_eq!(
+            cost_class("$y$j9T$p1rcoamKIpjPUPiQMlJEi0$hh0wZBC9c./R2obk40mfuehacHMfFJTW13mHZ0PBrx/"),
+            Some("YESCRYPT j9T".into())
+        );
+        assert_eq!(
+            cost_class("{SSHA}TsD40JvR9FhTuaEW6c0KMLxSefzkvbvx"),
+            Some("SSHA ".into())
+        );
     }
 
     #[test]

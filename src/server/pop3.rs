@@ -311,6 +311,8 @@ fn settings<S: Store, P: PassDb>(
         authorization_timeout: Duration::from_secs(config.limits.authorization_timeout_secs),
         transaction_timeout: Duration::from_secs(config.limits.autologout_secs),
         transcript,
+        // OAUTHBEARER and XOAUTH2: the core offers them over TLS only.
+        bearer_tokens: config.auth.oauth.is_some(),
         ..Settings::default()
     }
 }
@@ -404,6 +406,7 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
             Action::StartTls => self.start_tls().await?,
             Action::Rejected { user } => self.rejected(&user).await?,
             Action::ScramLookup { user } => self.scram_lookup(&user).await?,
+            Action::CheckToken { user, token } => self.check_token(user.as_deref(), token).await?,
             Action::Authenticate { user, credential } => {
                 self.authenticate(&user, &credential).await?
             }
@@ -565,6 +568,67 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 Outcome::AuthUnavailable
             }
         })
+    }
+
+    /// Checks an OAuth 2.0 bearer token (OAUTHBEARER, XOAUTH2): counted as
+    /// a login attempt first, and a refusal is answered after the failure
+    /// delay, as a wrong password is. The token's user claim, mapped by
+    /// the name rule, must be a user of the passdb (and the user the
+    /// client named, if it named one). The token itself is never logged.
+    async fn check_token(
+        &mut self,
+        named: Option<&str>,
+        token: mailbag_proto::secret::Secret<String>,
+    ) -> Step<Outcome> {
+        self.write_out().await?;
+        // Failures are counted under the name the client gave; a client
+        // that gives none is still counted per address.
+        self.begin_attempt(named.unwrap_or("(bearer token)"))
+            .await?;
+        let started = tokio::time::Instant::now();
+        let shared = self.shared;
+        let config = shared.live();
+        let Some(oauth) = config.auth.oauth.clone() else {
+            return Ok(Outcome::AuthUnavailable);
+        };
+        let names = Matching::from_config(&config);
+        let checked = self
+            .before_login(crate::auth::oauth::check_token(oauth, token))
+            .await?;
+        let refused = match checked {
+            Ok(claimed) if named.is_some_and(|n| names.key(n) != names.key(&claimed)) => {
+                "token-names-another-user"
+            }
+            Ok(claimed) => match self
+                .before_login(names.resolve(&shared.passdb, &claimed))
+                .await?
+            {
+                Ok(Some(user)) => return Ok(Outcome::Authenticated { user }),
+                Ok(None) => "token-user-unknown",
+                Err(e) => {
+                    self.metrics.login(LoginResult::Unavailable);
+                    error!(error = %e, "password database unavailable");
+                    return Ok(Outcome::AuthUnavailable);
+                }
+            },
+            Err(crate::auth::oauth::TokenError::Invalid(reason)) => reason,
+            Err(crate::auth::oauth::TokenError::Unavailable(e)) => {
+                self.metrics.login(LoginResult::Unavailable);
+                error!(error = %e, "bearer tokens cannot be checked");
+                return Ok(Outcome::AuthUnavailable);
+            }
+        };
+        // One word, as the log's other reasons are.
+        let reason = refused.replace(' ', "-");
+        log_auth_failure(self.peer, named.unwrap_or(""), &reason);
+        self.metrics.login(LoginResult::Invalid);
+        let delay = match self.attempt.take() {
+            Some(a) => shared.failures.failed(a, Instant::now()),
+            None => shared.failures.policy().base_delay,
+        };
+        self.before_login(tokio::time::sleep_until(started + delay))
+            .await?;
+        Ok(Outcome::AuthRejected)
     }
 
     /// The core found a login wrong by itself (a SCRAM proof): answered

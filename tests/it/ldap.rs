@@ -11,7 +11,7 @@ use mailbag::store::maildir::MaildirStore;
 use mailbag_proto::secret::Secret;
 use tempfile::TempDir;
 
-use crate::support::ldap::{directory, own_directory, Slapd, ALICE, BASE, BOB, CAROL};
+use crate::support::ldap::{directory, own_directory, Slapd, ALICE, BASE, BOB, CAROL, LEGACY};
 use crate::support::ldap::{SERVICE_DN, SERVICE_PASSWORD};
 use crate::support::pg::Node;
 use crate::support::Client;
@@ -209,6 +209,24 @@ async fn ldap_lookup_mode_checks_the_stored_crypt_values_here() {
     c.line().await;
     let (_, capa) = c.multi("CAPA").await;
     assert!(!String::from_utf8(capa).unwrap().contains("SCRAM"));
+}
+
+#[tokio::test]
+async fn ldap_legacy_hashes_as_openldap_stores_them() {
+    let Some(slapd) = directory("ldap_legacy_hashes") else {
+        return;
+    };
+    // Lookup mode checks them here ({SSHA}, DES and MD5 {CRYPT}); bind
+    // mode leaves them to slapd.
+    for ldap in [lookup(slapd), bind_search(slapd)] {
+        let (_dir, node) = node("", &ldap).await;
+        for (uid, password, stored) in LEGACY {
+            let reply = pass(&node, uid, password).await;
+            assert!(reply.starts_with("+OK"), "{uid} {stored}: {reply}");
+            let reply = pass(&node, uid, "wrong").await;
+            assert!(reply.starts_with(AUTH_FAILED), "{uid} {stored}: {reply}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -67,6 +67,19 @@ fn users() -> Vec<(&'static str, &'static str, String, i32)> {
         ),
         // dovecot:ARGON2I
         ("dave@example.org", "ice", argon2i, 1),
+        // md5crypt, PostfixAdmin's old default, bare and as dovecot:MD5-CRYPT
+        (
+            "frank@example.org",
+            "md5-pass",
+            "$1$Pf4mXc2Q$OmREHWVGrvkA2DFqdHLT00".to_string(),
+            1,
+        ),
+        (
+            "grace@example.org",
+            "md5-pass",
+            "{MD5-CRYPT}$1$Pf4mXc2Q$OmREHWVGrvkA2DFqdHLT00".to_string(),
+            1,
+        ),
         // a disabled mailbox: the right password, refused
         (
             "eve@example.org",

@@ -138,7 +138,8 @@ impl TestServer {
             mailbag::auth::secret::ServerSecret::load_or_create(&config.auth.secret_file).unwrap(),
             config.auth.case_insensitive_names,
         )
-        .unwrap();
+        .unwrap()
+        .with_rehash(config.auth.rehash_scheme());
         let store = MaildirStore::new(
             config.store.root.clone(),
             config.store.path.clone(),

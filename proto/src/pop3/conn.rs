@@ -119,6 +119,9 @@ pub struct Settings {
     /// RFC 5034 §4: SASL responses may be longer than a command line;
     /// this bounds them (and the memory a client can make us hold).
     pub max_sasl_line_octets: usize,
+    /// Whether bearer tokens can be checked (OAUTHBEARER, XOAUTH2); they
+    /// are offered and accepted only while [`Settings::tls_active`].
+    pub bearer_tokens: bool,
 }
 
 impl Default for Settings {
@@ -140,6 +143,7 @@ impl Default for Settings {
             cram_md5_challenge: None,
             master_users: Vec::new(),
             max_sasl_line_octets: 8192,
+            bearer_tokens: false,
         }
     }
 }
@@ -188,6 +192,17 @@ pub enum Action {
     ScramLookup {
         /// The SASLprepped user name.
         user: String,
+    },
+    /// OAUTHBEARER or XOAUTH2: check the bearer token. Report
+    /// [`Outcome::Authenticated`] with the user the token names (which
+    /// must be `user`, when the client named one), [`Outcome::AuthRejected`]
+    /// (after the failure delay, counted as a failed login) or
+    /// [`Outcome::AuthUnavailable`]. The token is a secret: never log it.
+    CheckToken {
+        /// The user the client named in the message, if any.
+        user: Option<String>,
+        /// The bearer token.
+        token: Secret<String>,
     },
     /// The core found a login wrong by itself (a SCRAM proof that does not
     /// match): log it, wait the failure delay as for a wrong password, and
@@ -474,6 +489,9 @@ enum Pending {
     Authenticate {
         acting_for: Option<String>,
     },
+    /// A bearer token is being checked; the exchange stays open for
+    /// RFC 7628's error status.
+    Token,
     Open {
         user: String,
     },
@@ -664,6 +682,24 @@ impl Conn {
                 self.sasl_step(step);
             }
             (Pending::ScramLookup { .. }, _) => {
+                self.end_sasl();
+                self.send(response::err(
+                    Some(Code::SysTemp),
+                    "Authentication is unavailable right now; try again later",
+                ));
+            }
+            (Pending::Token, Outcome::Authenticated { user }) => {
+                self.end_sasl();
+                self.open(user);
+            }
+            (Pending::Token, Outcome::AuthRejected) => {
+                let step = match &mut self.state {
+                    State::Sasl(Sasl::Running(Exchange::OAuth(m))) => m.rejected(),
+                    _ => sasl::Step::Failed(sasl::Failure::Malformed),
+                };
+                self.sasl_step(step);
+            }
+            (Pending::Token, _) => {
                 self.end_sasl();
                 self.send(response::err(
                     Some(Code::SysTemp),
@@ -1002,6 +1038,7 @@ impl Conn {
             .copied()
             .filter(|m| !m.is_plaintext() || self.settings.plaintext_auth)
             .filter(|m| *m != Mechanism::CramMd5 || self.settings.cram_md5_challenge.is_some())
+            .filter(|m| !m.is_bearer() || (self.settings.bearer_tokens && self.settings.tls_active))
             .collect()
     }
 
@@ -1043,6 +1080,11 @@ impl Conn {
         if !usable.contains(&mechanism) {
             let text = if mechanism.is_plaintext() {
                 "Plaintext authentication is not allowed on an unencrypted connection; use STLS first"
+            } else if mechanism.is_bearer()
+                && self.settings.bearer_tokens
+                && !self.settings.tls_active
+            {
+                "Bearer tokens are accepted only over TLS; use STLS first"
             } else {
                 "This mechanism cannot be used here"
             };
@@ -1078,6 +1120,14 @@ impl Conn {
                 }
             },
             Mechanism::ScramSha256 => Exchange::ScramSha256(Box::default()),
+            Mechanism::OAuthBearer => Exchange::OAuth(sasl::oauth::OAuth::new(
+                sasl::oauth::Format::OAuthBearer,
+                has_initial,
+            )),
+            Mechanism::XOAuth2 => Exchange::OAuth(sasl::oauth::OAuth::new(
+                sasl::oauth::Format::XOAuth2,
+                has_initial,
+            )),
         };
         self.state = State::Sasl(Sasl::Running(exchange));
         self.sasl_login = true;
@@ -1100,6 +1150,12 @@ impl Conn {
     fn sasl_response(&mut self, line: &[u8]) {
         if line == b"*" {
             self.transcript(b"*".to_vec());
+            if matches!(&self.state, State::Sasl(Sasl::Running(Exchange::OAuth(m))) if m.awaiting_dummy())
+            {
+                // The token was refused already: cancelling now is that
+                // failure, not a way around counting it.
+                return self.auth_failed_with("the token was refused");
+            }
             self.end_sasl();
             return self.send(response::err(None, "AUTH cancelled"));
         }
@@ -1154,6 +1210,14 @@ impl Conn {
                         credential: Credential::CramMd5 { challenge, digest },
                     },
                 );
+            }
+            Step::Token { user, token } => {
+                self.act(Pending::Token, Action::CheckToken { user, token });
+            }
+            Step::Failed(sasl::Failure::Rejected)
+                if matches!(self.state, State::Sasl(Sasl::Running(Exchange::OAuth(_)))) =>
+            {
+                self.auth_failed_with("the token was refused")
             }
             Step::ScramLookup { user, authzid } => {
                 let Some(acting_for) = self.may_act_for(&user, authzid) else {
@@ -1563,6 +1627,17 @@ mod tests {
                     Outcome::Committed
                 }
                 Action::Rejected { .. } => Outcome::AuthRejected,
+                // The token "good" names mrose; "down" finds the
+                // verifier unavailable.
+                Action::CheckToken { user, token } => match token.expose().as_str() {
+                    "good" if user.as_deref().is_none_or(|u| u == "mrose") => {
+                        Outcome::Authenticated {
+                            user: "mrose".into(),
+                        }
+                    }
+                    "down" => Outcome::AuthUnavailable,
+                    _ => Outcome::AuthRejected,
+                },
                 Action::StartTls => {
                     self.tls_started += 1;
                     Outcome::TlsStarted
@@ -1978,6 +2053,109 @@ mod tests {
             }
         }
         assert_eq!(seen, vec!["USER mrose", "PASS ***"]);
+    }
+
+    fn bearer_settings(tls_active: bool) -> Settings {
+        Settings {
+            tls_available: true,
+            tls_active,
+            plaintext_auth: tls_active,
+            bearer_tokens: true,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn bearer_mechanisms_are_offered_and_accepted_only_over_tls() {
+        // Not configured: neither offered nor accepted, even over TLS.
+        let (mut conn, mut d, _) = session(Settings {
+            tls_active: true,
+            ..Settings::default()
+        });
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        assert!(!capa.contains("OAUTHBEARER"), "{capa}");
+        let out = d.run(&mut conn, b"AUTH XOAUTH2\r\n");
+        assert!(out.starts_with("-ERR"), "{out}");
+        // Configured, in the clear (a trusted network too): refused with
+        // [AUTH], not listed.
+        for plaintext_auth in [false, true] {
+            let (mut conn, mut d, _) = session(Settings {
+                plaintext_auth,
+                ..bearer_settings(false)
+            });
+            let capa = d.run(&mut conn, b"CAPA\r\n");
+            assert!(!capa.contains("OAUTHBEARER"), "{capa}");
+            assert!(!capa.contains("XOAUTH2"), "{capa}");
+            let message = b64(b"n,,\x01auth=Bearer good\x01\x01");
+            let out = d.run(
+                &mut conn,
+                format!("AUTH OAUTHBEARER {message}\r\n").as_bytes(),
+            );
+            assert_eq!(
+                out,
+                "-ERR [AUTH] Bearer tokens are accepted only over TLS; use STLS first\r\n"
+            );
+        }
+        // Over TLS: listed, and a good token logs in.
+        let (mut conn, mut d, _) = session(bearer_settings(true));
+        let capa = d.run(&mut conn, b"CAPA\r\n");
+        assert!(capa.contains(" OAUTHBEARER XOAUTH2\r\n"), "{capa}");
+        let message = b64(b"n,a=mrose,\x01auth=Bearer good\x01\x01");
+        let out = d.run(
+            &mut conn,
+            format!("AUTH OAUTHBEARER {message}\r\n").as_bytes(),
+        );
+        assert!(out.starts_with("+OK Logged in."), "{out}");
+    }
+
+    #[test]
+    fn a_refused_token_answers_the_rfc7628_status_then_fails() {
+        let (mut conn, mut d, _) = session(bearer_settings(true));
+        let message = b64(b"n,,\x01auth=Bearer bad\x01\x01");
+        let out = d.run(
+            &mut conn,
+            format!("AUTH OAUTHBEARER {message}\r\n").as_bytes(),
+        );
+        assert_eq!(
+            out,
+            format!("+ {}\r\n", b64(br#"{"status":"invalid_token"}"#))
+        );
+        let out = d.run(&mut conn, b"AQ==\r\n");
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed: the token was refused"),
+            "{out}"
+        );
+        // XOAUTH2, prompted, naming a user the token does not name.
+        let out = d.run(&mut conn, b"AUTH XOAUTH2\r\n");
+        assert_eq!(out, "+ \r\n");
+        let out = d.run(
+            &mut conn,
+            format!("{}\r\n", b64(b"user=other\x01auth=Bearer good\x01\x01")).as_bytes(),
+        );
+        assert!(out.starts_with("+ "), "{out}");
+        // Cancelling instead of the dummy response is the same failure,
+        // and the third closes the connection.
+        let out = d.run(&mut conn, b"*\r\n");
+        assert!(
+            out.starts_with("-ERR [AUTH] Authentication failed"),
+            "{out}"
+        );
+        let message = b64(b"n,,\x01auth=Bearer bad\x01\x01");
+        d.run(
+            &mut conn,
+            format!("AUTH OAUTHBEARER {message}\r\n").as_bytes(),
+        );
+        let out = d.run(&mut conn, b"=\r\n");
+        assert!(out.contains("failed 3 times"), "{out}");
+        assert!(d.closed);
+        // An unavailable verifier is a temporary error, not a failure.
+        let (mut conn, mut d, _) = session(bearer_settings(true));
+        let message = b64(b"n,,\x01auth=Bearer down\x01\x01");
+        let out = d.run(
+            &mut conn,
+            format!("AUTH OAUTHBEARER {message}\r\n").as_bytes(),
+        );
+        assert!(out.starts_with("-ERR [SYS/TEMP]"), "{out}");
     }
 
     fn tls_settings() -> Settings {

@@ -10,6 +10,7 @@
 
 pub mod cram_md5;
 pub mod login;
+pub mod oauth;
 pub mod plain;
 pub mod scram;
 
@@ -26,15 +27,21 @@ pub enum Mechanism {
     CramMd5,
     /// RFC 7677.
     ScramSha256,
+    /// RFC 7628: an OAuth 2.0 bearer token.
+    OAuthBearer,
+    /// Google's and Microsoft's bearer-token form.
+    XOAuth2,
 }
 
 impl Mechanism {
     /// Every mechanism, strongest first (the order CAPA lists them).
-    pub const ALL: [Mechanism; 4] = [
+    pub const ALL: [Mechanism; 6] = [
         Mechanism::ScramSha256,
         Mechanism::CramMd5,
         Mechanism::Plain,
         Mechanism::Login,
+        Mechanism::OAuthBearer,
+        Mechanism::XOAuth2,
     ];
 
     /// The registered name.
@@ -44,6 +51,8 @@ impl Mechanism {
             Mechanism::Login => "LOGIN",
             Mechanism::CramMd5 => "CRAM-MD5",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::OAuthBearer => "OAUTHBEARER",
+            Mechanism::XOAuth2 => "XOAUTH2",
         }
     }
 
@@ -58,6 +67,13 @@ impl Mechanism {
     /// TLS or a trusted network.
     pub fn is_plaintext(self) -> bool {
         matches!(self, Mechanism::Plain | Mechanism::Login)
+    }
+
+    /// Whether the mechanism carries a bearer token: whoever reads it may
+    /// use it anywhere until it expires, so it is offered and accepted
+    /// only over TLS (a trusted network is not enough).
+    pub fn is_bearer(self) -> bool {
+        matches!(self, Mechanism::OAuthBearer | Mechanism::XOAuth2)
     }
 }
 
@@ -94,6 +110,15 @@ pub enum Step {
         /// The user to act as, when it is not `user` itself.
         authzid: Option<String>,
     },
+    /// The client presented an OAuth 2.0 bearer token: check it, and
+    /// call [`oauth::OAuth::rejected`] if it is refused.
+    Token {
+        /// The user the client named, if any; the token's own claim
+        /// decides, and must name the same user.
+        user: Option<String>,
+        /// The token.
+        token: Secret<String>,
+    },
     /// The client proved who it is (SCRAM).
     Authenticated,
     /// The exchange failed.
@@ -123,6 +148,8 @@ pub enum Exchange {
     CramMd5(cram_md5::CramMd5),
     /// SCRAM-SHA-256.
     ScramSha256(Box<scram::ScramSha256>),
+    /// OAUTHBEARER or XOAUTH2.
+    OAuth(oauth::OAuth),
 }
 
 impl Exchange {
@@ -134,6 +161,7 @@ impl Exchange {
             Exchange::Login(m) => m.step(response),
             Exchange::CramMd5(m) => m.step(response),
             Exchange::ScramSha256(m) => m.step(response),
+            Exchange::OAuth(m) => m.step(response),
         }
     }
 }

@@ -33,6 +33,19 @@ pub const BOB: (&str, &str) = ("bob", "builder");
 /// reach her through a filter.
 pub const CAROL: (&str, &str) = ("carol", "singer");
 
+/// Users whose `userPassword` is in the older schemes OpenLDAP installs
+/// hold (made with `slappasswd`, `openssl passwd -1` and crypt(3)):
+/// (uid, password, stored).
+pub const LEGACY: [(&str, &str, &str); 3] = [
+    ("dan", "ssha-pass", "{SSHA}/quekqt1Y3r+ICQAgzzKUyZFeO50aX42"),
+    ("erin", "despass", "{CRYPT}xylAuSS8y/CJA"),
+    (
+        "frank",
+        "md5-pass",
+        "{CRYPT}$1$CQNm71.g$hhBTAF8ZES7N7PCU3gT0l.",
+    ),
+];
+
 pub struct Slapd {
     root: PathBuf,
     pub port: u16,
@@ -101,10 +114,15 @@ impl Slapd {
             "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
              dn: {SERVICE_DN}\nobjectClass: simpleSecurityObject\nobjectClass: organizationalRole\ncn: mailbag\nuserPassword: {SERVICE_PASSWORD}\n\n\
              dn: {BASE}\nobjectClass: organizationalUnit\nou: people\n\n\
-             {alice}\n{bob}\n{carol}",
+             {alice}\n{bob}\n{carol}\n{legacy}",
             alice = person(ALICE.0, &crypt(Scheme::Sha512Crypt, ALICE.1)),
             bob = person(BOB.0, &crypt(Scheme::BlfCrypt, BOB.1)),
             carol = person(CAROL.0, &crypt(Scheme::Sha512Crypt, CAROL.1)),
+            legacy = LEGACY
+                .iter()
+                .map(|(uid, _, stored)| person(uid, stored))
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
         slapd.ldapadd(&tree)?;
         Ok(slapd)
