@@ -536,7 +536,7 @@ impl LdapPassDb {
         };
         Ok(entry
             .first(&config.password_attribute)
-            .map(|stored| (name, stored)))
+            .map(|stored| (name, openldap_scheme(stored))))
     }
 
     /// Bind mode: the DN to bind as (the template's, or the search's),
@@ -631,6 +631,18 @@ impl LdapPassDb {
     }
 }
 
+/// OpenLDAP's argon2 module writes `{ARGON2}` before a PHC string
+/// (`$argon2id$...`), which the `$id$` inside names: checked as
+/// `{CRYPT}` values are.
+fn openldap_scheme(stored: String) -> String {
+    match stored.get(..8) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("{ARGON2}") => {
+            format!("{{CRYPT}}{}", &stored[8..])
+        }
+        _ => stored,
+    }
+}
+
 fn ambiguous(user: &str) -> AuthError {
     AuthError::Temporary(format!(
         "LDAP: auth.ldap.user_filter matches more than one entry for {user:?}"
@@ -711,6 +723,19 @@ mod tests {
             r"uid=a\2cou\3dadmins\2bx,ou=people,dc=example,dc=org"
         );
         assert_eq!(expand("100%% %n", "bob@x", filter_escape), "100% bob");
+    }
+
+    #[test]
+    fn openldap_argon2_values_are_checked_by_their_phc_string() {
+        use crate::auth::scheme::{self, Scheme};
+        let ours = scheme::hash(Scheme::Argon2id, b"argon-pass").unwrap();
+        let phc = ours.split_once('}').unwrap().1;
+        let openldap = format!("{{ARGON2}}{phc}");
+        assert!(!scheme::verify(&openldap, b"argon-pass"));
+        let checked = openldap_scheme(openldap);
+        assert!(scheme::verify(&checked, b"argon-pass"));
+        assert!(!scheme::verify(&checked, b"wrong"));
+        assert_eq!(openldap_scheme("{SSHA}x".into()), "{SSHA}x");
     }
 
     #[test]

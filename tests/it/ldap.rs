@@ -11,7 +11,9 @@ use mailbag::store::maildir::MaildirStore;
 use mailbag_proto::secret::Secret;
 use tempfile::TempDir;
 
-use crate::support::ldap::{directory, own_directory, Slapd, ALICE, BASE, BOB, CAROL, LEGACY};
+use crate::support::ldap::{
+    directory, own_directory, Slapd, ALICE, BASE, BOB, CAROL, LEGACY, MODERN,
+};
 use crate::support::ldap::{SERVICE_DN, SERVICE_PASSWORD};
 use crate::support::pg::Node;
 use crate::support::Client;
@@ -216,11 +218,14 @@ async fn ldap_legacy_hashes_as_openldap_stores_them() {
     let Some(slapd) = directory("ldap_legacy_hashes") else {
         return;
     };
-    // Lookup mode checks them here ({SSHA}, DES and MD5 {CRYPT}); bind
-    // mode leaves them to slapd.
+    // Lookup mode checks them here ({SSHA}, DES and MD5 {CRYPT}, the
+    // argon2 module's {ARGON2}, pw-sha2's {SSHA512}); bind mode leaves
+    // them to slapd.
     for ldap in [lookup(slapd), bind_search(slapd)] {
         let (_dir, node) = node("", &ldap).await;
-        for (uid, password, stored) in LEGACY {
+        let all = LEGACY.iter().map(|&(u, p, s)| (u, p, s));
+        let modern = MODERN.iter().map(|&(u, p)| (u, p, "{ARGON2} or {SSHA512}"));
+        for (uid, password, stored) in all.chain(modern) {
             let reply = pass(&node, uid, password).await;
             assert!(reply.starts_with("+OK"), "{uid} {stored}: {reply}");
             let reply = pass(&node, uid, "wrong").await;

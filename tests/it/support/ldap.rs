@@ -46,6 +46,9 @@ pub const LEGACY: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// Users in the schemes OpenLDAP's argon2 and pw-sha2 modules write.
+pub const MODERN: [(&str, &str); 2] = [("gina", "argon-pass"), ("hank", "sha2-pass")];
+
 pub struct Slapd {
     root: PathBuf,
     pub port: u16,
@@ -95,6 +98,8 @@ impl Slapd {
              include /etc/ldap/schema/inetorgperson.schema\n\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
+             moduleload argon2\n\
+             moduleload pw-sha2\n\
              pidfile {r}/slapd.pid\n\
              TLSCertificateFile {r}/ca.pem\n\
              TLSCertificateKeyFile {r}/key.pem\n\
@@ -114,10 +119,15 @@ impl Slapd {
             "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
              dn: {SERVICE_DN}\nobjectClass: simpleSecurityObject\nobjectClass: organizationalRole\ncn: mailbag\nuserPassword: {SERVICE_PASSWORD}\n\n\
              dn: {BASE}\nobjectClass: organizationalUnit\nou: people\n\n\
-             {alice}\n{bob}\n{carol}\n{legacy}",
+             {alice}\n{bob}\n{carol}\n{modern}\n{legacy}",
             alice = person(ALICE.0, &crypt(Scheme::Sha512Crypt, ALICE.1)),
             bob = person(BOB.0, &crypt(Scheme::BlfCrypt, BOB.1)),
             carol = person(CAROL.0, &crypt(Scheme::Sha512Crypt, CAROL.1)),
+            modern = [
+                person("gina", &crypt(Scheme::Argon2id, "argon-pass").replace("{CRYPT}", "{ARGON2}")),
+                person("hank", &mailbag::auth::scheme::hash(Scheme::Ssha512, b"sha2-pass").unwrap()),
+            ]
+            .join("\n"),
             legacy = LEGACY
                 .iter()
                 .map(|(uid, _, stored)| person(uid, stored))
