@@ -84,6 +84,10 @@ pub struct SqlPassDb {
 struct Inner {
     db: Db,
     query: String,
+    /// PostgreSQL: the query as a subquery with a row limit, so that a
+    /// query that matches the whole table is not read whole (MySQL rows
+    /// are read one at a time and stop at the limit).
+    pg_query: String,
     offer_scram: bool,
     timeout: Duration,
     checker: Checker,
@@ -154,6 +158,10 @@ impl SqlPassDb {
             inner: Arc::new(Inner {
                 db,
                 query: config.password_query.clone(),
+                pg_query: format!(
+                    "SELECT * FROM ({}) AS mailbag_password_query LIMIT {MAX_ROWS}",
+                    config.password_query.trim().trim_end_matches(';')
+                ),
                 offer_scram: config.offer_scram,
                 timeout,
                 checker: Checker::default(),
@@ -192,7 +200,7 @@ impl SqlPassDb {
                 Db::Postgres(pool) => {
                     let client = pool.get().await.map_err(temporary)?;
                     let rows = client
-                        .query(&self.inner.query, &[&user])
+                        .query(&self.inner.pg_query, &[&user])
                         .await
                         .map_err(|e| temporary(format!("auth.sql.password_query: {e}")))?;
                     rows.iter()

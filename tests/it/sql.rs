@@ -425,3 +425,16 @@ async fn sql_serve_logs_in_from_mariadb() {
     assert!(result.0.starts_with("+OK"), "{}", result.0);
     assert!(result.1.starts_with(AUTH_FAILED), "{}", result.1);
 }
+
+#[tokio::test]
+async fn sql_postgresql_query_that_names_no_one_user_is_a_temporary_error() {
+    let Some(url) = postgres_url("sql_postgresql_query_that_names_no_one_user").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Every row, whatever the name: read no further than the second.
+    let all = "SELECT username AS user, password FROM mailbox WHERE $1::text IS NOT NULL;";
+    let node = node(config(&dir, "", &url, all)).await;
+    let reply = node.try_login(("alice@example.org", "wonderland")).await.1;
+    assert!(reply.starts_with(TEMP), "{reply}");
+}
