@@ -10,9 +10,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use mailbag::auth::ldap::LdapPassDb;
 use mailbag::auth::passwd_file::{self, PasswdFile};
 use mailbag::auth::postgres::PgPassDb;
 use mailbag::auth::scheme::Scheme;
+use mailbag::auth::sql::SqlPassDb;
 use mailbag::auth::PassDb;
 use mailbag::config::{Config, StoreKind};
 use mailbag::privileges::{self, ServiceUser};
@@ -375,7 +377,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig => {
             let config = load(&cli.config)?;
+            let external = external_passdb(&config, None)?.is_some();
             match config.store.kind {
+                StoreKind::Maildir | StoreKind::Mbox if external => {}
                 StoreKind::Maildir | StoreKind::Mbox => {
                     passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -539,6 +543,36 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
         Err(e) => return fail(Exit::TempFail, &e),
     };
     let stdin = std::io::stdin().lock();
+    let external = match external_passdb(&config, None) {
+        Ok(external) => external,
+        Err(e) => return fail(Exit::Config, &e),
+    };
+    if let Some(external) = external {
+        let delivered = match config.store.kind {
+            StoreKind::Maildir => {
+                let store = maildir_store(&config);
+                runtime.block_on(deliver_external(
+                    &config, &store, external, user, from, stdin,
+                ))
+            }
+            StoreKind::Mbox => match mbox_store(&config) {
+                Ok(store) => runtime.block_on(deliver_external(
+                    &config, &store, external, user, from, stdin,
+                )),
+                Err(e) => return fail(Exit::Config, &e),
+            },
+            StoreKind::Postgres => match pg_store(&config) {
+                Ok(store) => runtime.block_on(deliver_external(
+                    &config, &store, external, user, from, stdin,
+                )),
+                Err(e) => return fail(Exit::Config, &e),
+            },
+        };
+        return match delivered {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(refused) => fail(refused.exit, &refused.reason),
+        };
+    }
     let delivered = match config.store.kind {
         StoreKind::Maildir => {
             let passdb = match passwd_file_of(&config) {
@@ -624,6 +658,28 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        if let Some(external) =
+            external_passdb(&config, Some(server_secret(&config, service.as_ref())?))?
+        {
+            return match config.store.kind {
+                StoreKind::Maildir => {
+                    let store = maildir_store(&config);
+                    serve_external(config, config_path, service, store, external, reload).await
+                }
+                StoreKind::Mbox => {
+                    let store = mbox_store(&config)?;
+                    serve_external(config, config_path, service, store, external, reload).await
+                }
+                StoreKind::Postgres => {
+                    let store = pg_store(&config)?;
+                    store
+                        .check_schema()
+                        .await
+                        .context("store.url: cannot use the database")?;
+                    serve_external(config, config_path, service, store, external, reload).await
+                }
+            };
+        }
         match config.store.kind {
             StoreKind::Maildir => {
                 let passdb = PasswdFile::open_with_names(
@@ -638,14 +694,14 @@ fn serve(
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
             StoreKind::Mbox => {
-                let passdb = PasswdFile::open_with(
+                let passdb = PasswdFile::open_with_names(
                     &config.auth.passwd_file,
                     mailbag::auth::cache::VerifiedCache::from_config(&config.auth),
                     server_secret(&config, service.as_ref())?,
+                    config.auth.case_insensitive_names,
                 )
-                .with_context(|| {
-                    format!("auth.passwd_file {}", config.auth.passwd_file.display())
-                })?;
+                .with_context(|| format!("auth.passwd_file {}", config.auth.passwd_file.display()))?
+                .with_rehash(config.auth.rehash_scheme());
                 let store = mbox_store(&config)?;
                 serve_with(config, config_path, service, store, passdb, reload).await
             }
@@ -683,6 +739,67 @@ fn server_secret(
         &config.auth.secret_file,
         owner,
     )?)
+}
+
+/// `[auth.ldap]` or `[auth.sql]`, when the config names one.
+enum ExternalPassDb {
+    Ldap(LdapPassDb),
+    Sql(SqlPassDb),
+}
+
+/// The passdb that `[auth.ldap]` or `[auth.sql]` names (with the server
+/// secret when serving), or `None` when users are mailbag's own.
+fn external_passdb(
+    config: &Config,
+    secret: Option<mailbag::auth::secret::ServerSecret>,
+) -> Result<Option<ExternalPassDb>> {
+    let secret = secret.unwrap_or_else(mailbag::auth::secret::ServerSecret::random);
+    let cache = || mailbag::auth::cache::VerifiedCache::from_config(&config.auth);
+    if let Some(ldap) = &config.auth.ldap {
+        let passdb = LdapPassDb::new(ldap)?
+            .with_cache(cache())
+            .with_secret(secret)
+            .with_case_insensitive_names(config.auth.case_insensitive_names);
+        return Ok(Some(ExternalPassDb::Ldap(passdb)));
+    }
+    if let Some(sql) = &config.auth.sql {
+        let passdb = SqlPassDb::new(sql)?
+            .with_cache(cache())
+            .with_secret(secret)
+            .with_case_insensitive_names(config.auth.case_insensitive_names);
+        return Ok(Some(ExternalPassDb::Sql(passdb)));
+    }
+    Ok(None)
+}
+
+/// `mailbag deliver` with `[auth.ldap]` or `[auth.sql]`.
+async fn deliver_external<S: Store>(
+    config: &Config,
+    store: &S,
+    passdb: ExternalPassDb,
+    user: &str,
+    from: Option<&str>,
+    input: impl std::io::Read,
+) -> Result<String, mailbag::store::deliver::Refused> {
+    use mailbag::store::deliver::run;
+    match passdb {
+        ExternalPassDb::Ldap(p) => run(config, store, &p, user, from, input).await,
+        ExternalPassDb::Sql(p) => run(config, store, &p, user, from, input).await,
+    }
+}
+
+async fn serve_external<S: Store>(
+    config: Config,
+    config_path: &Path,
+    service: Option<ServiceUser>,
+    store: S,
+    passdb: ExternalPassDb,
+    reload: Reload,
+) -> Result<()> {
+    match passdb {
+        ExternalPassDb::Ldap(p) => serve_with(config, config_path, service, store, p, reload).await,
+        ExternalPassDb::Sql(p) => serve_with(config, config_path, service, store, p, reload).await,
+    }
 }
 
 /// The server on any store and passdb.

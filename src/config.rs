@@ -510,6 +510,13 @@ pub struct AuthConfig {
     /// Relative to the config file's directory.
     #[serde(default = "default_secret_file")]
     pub secret_file: PathBuf,
+    /// Users in an LDAP directory instead of the passwd-file.
+    #[serde(default)]
+    pub ldap: Option<LdapConfig>,
+    /// Users in the administrator's own SQL table instead of the
+    /// passwd-file.
+    #[serde(default)]
+    pub sql: Option<SqlConfig>,
     /// Re-hash a user's password to this scheme (e.g. "ARGON2ID") after a
     /// successful login against a legacy hash (MD5-CRYPT, DES crypt,
     /// yescrypt, SSHA, SHA, PLAIN-MD5, …), where the passdb can be written
@@ -529,6 +536,116 @@ impl AuthConfig {
     pub fn rehash_scheme(&self) -> Option<crate::auth::scheme::Scheme> {
         self.rehash_to.as_deref().and_then(|name| name.parse().ok())
     }
+}
+
+/// How the LDAP passdb checks a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LdapMode {
+    /// Bind as the user: the directory checks the password.
+    Bind,
+    /// Read the password attribute with the service account and check
+    /// it here.
+    Lookup,
+}
+
+/// `[auth.ldap]`. In templates, `%u` is the user name, `%n` its local
+/// part, `%d` its domain and `%%` a `%`; each is escaped for where it
+/// goes (RFC 4515 in filters, RFC 4514 in DNs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapConfig {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade `ldap://` connections with StartTLS.
+    #[serde(default)]
+    pub starttls: bool,
+    /// The CA certificates (PEM) that the directory's certificate must
+    /// chain to; the system's bundle without it.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `bind` or `lookup`.
+    pub mode: LdapMode,
+    /// The service account that searches (and, in lookup mode, reads the
+    /// password attribute); anonymous without it.
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// The service account's password.
+    #[serde(default)]
+    pub bind_password: Option<String>,
+    /// Where users are searched.
+    #[serde(default)]
+    pub base: String,
+    /// The search filter, e.g. `(&(objectClass=inetOrgPerson)(mail=%u))`.
+    #[serde(default)]
+    pub user_filter: Option<String>,
+    /// The user's DN without a search, e.g. `uid=%n,ou=people,dc=example,dc=org`.
+    #[serde(default)]
+    pub user_dn: Option<String>,
+    /// Lookup mode: the attribute holding the `{SCHEME}` hash.
+    #[serde(default = "default_ldap_password_attribute")]
+    pub password_attribute: String,
+    /// The attribute whose value is the canonical user name (the
+    /// maildrop's name), e.g. `mail` or `uid`; the name as given
+    /// (folded) without it.
+    #[serde(default)]
+    pub name_attribute: Option<String>,
+    /// Read and logged, not yet used: the store places maildrops by
+    /// `store.path` (see docs/DEPLOYMENT.md).
+    #[serde(default)]
+    pub maildrop_attribute: Option<String>,
+    /// Read and logged, not yet used: quotas come from `[quota]`.
+    #[serde(default)]
+    pub quota_attribute: Option<String>,
+    /// Connections open at most (each kind: service and user binds).
+    #[serde(default = "default_ext_pool_size")]
+    pub pool_size: usize,
+    /// The deadline for one directory operation (connect, bind, search),
+    /// in seconds.
+    #[serde(default = "default_ext_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Lookup mode: offer SCRAM-SHA-256 (every user's attribute holds
+    /// `{SCRAM-SHA-256}` keys or a plaintext-equivalent secret).
+    #[serde(default)]
+    pub offer_scram: bool,
+}
+
+/// `[auth.sql]`: the administrator's own queries. The one parameter, the
+/// user name, is bound: `$1` for PostgreSQL, `?` for MySQL/MariaDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// `postgresql://...` (or `host=... dbname=...`) or `mysql://...`.
+    pub url: String,
+    /// Returns the column `password` (a `{SCHEME}` or `$id$` hash) and
+    /// optionally `user` (the canonical name), at most one row.
+    pub password_query: String,
+    /// Read and logged, not yet used: returns `maildir` and `quota`.
+    #[serde(default)]
+    pub user_query: Option<String>,
+    /// The CA certificates (PEM) for TLS connections.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Connections open at most.
+    #[serde(default = "default_ext_pool_size")]
+    pub pool_size: usize,
+    /// The deadline for one query (connecting included), in seconds.
+    #[serde(default = "default_ext_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Offer SCRAM-SHA-256 (every stored value is `{SCRAM-SHA-256}` keys
+    /// or plaintext-equivalent).
+    #[serde(default)]
+    pub offer_scram: bool,
+}
+
+fn default_ldap_password_attribute() -> String {
+    "userPassword".into()
+}
+fn default_ext_pool_size() -> usize {
+    8
+}
+fn default_ext_timeout_secs() -> u64 {
+    5
 }
 
 /// `[limits]`
@@ -691,6 +808,12 @@ impl Config {
             config.auth.passwd_file = absolute(base, &config.auth.passwd_file);
         }
         config.auth.secret_file = absolute(base, &config.auth.secret_file);
+        if let Some(ca) = config.auth.ldap.as_mut().and_then(|l| l.ca_file.as_mut()) {
+            *ca = absolute(base, ca);
+        }
+        if let Some(ca) = config.auth.sql.as_mut().and_then(|s| s.ca_file.as_mut()) {
+            *ca = absolute(base, ca);
+        }
         if let Some(oauth) = &mut config.auth.oauth {
             oauth.jwks_file = oauth.jwks_file.as_deref().map(|f| absolute(base, f));
             oauth.ca_file = oauth.ca_file.as_deref().map(|f| absolute(base, f));
@@ -710,6 +833,88 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// `[auth.ldap]` and `[auth.sql]`: one password database at a time.
+    fn validate_external_passdb(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.auth.ldap.is_some() && self.auth.sql.is_some() {
+            return invalid("auth.sql", "give [auth.ldap] or [auth.sql], not both");
+        }
+        if (self.auth.ldap.is_some() || self.auth.sql.is_some())
+            && !self.auth.passwd_file.as_os_str().is_empty()
+        {
+            return invalid(
+                "auth.passwd_file",
+                "users come from [auth.ldap] or [auth.sql]; remove passwd_file",
+            );
+        }
+        if let Some(ldap) = &self.auth.ldap {
+            if !(ldap.url.starts_with("ldap://") || ldap.url.starts_with("ldaps://")) {
+                return invalid("auth.ldap.url", "must start with ldap:// or ldaps://");
+            }
+            if ldap.starttls && ldap.url.starts_with("ldaps://") {
+                return invalid("auth.ldap.starttls", "ldaps:// is TLS already");
+            }
+            if ldap.user_filter.is_some() == ldap.user_dn.is_some() {
+                return invalid("auth.ldap.user_filter", "give user_filter or user_dn (one)");
+            }
+            if ldap.mode == LdapMode::Lookup && ldap.user_filter.is_none() {
+                return invalid(
+                    "auth.ldap.user_filter",
+                    "lookup mode searches: give user_filter",
+                );
+            }
+            if ldap.user_filter.is_some() && ldap.base.is_empty() {
+                return invalid("auth.ldap.base", "missing: where to search for users");
+            }
+            if ldap.bind_dn.is_some() != ldap.bind_password.is_some() {
+                return invalid(
+                    "auth.ldap.bind_password",
+                    "give bind_dn and bind_password together",
+                );
+            }
+            if ldap.mode == LdapMode::Bind && ldap.offer_scram {
+                return invalid(
+                    "auth.ldap.offer_scram",
+                    "bind mode never sees a stored secret",
+                );
+            }
+            if ldap.pool_size == 0 || ldap.pool_size > 1024 {
+                return invalid("auth.ldap.pool_size", "must be 1 to 1024");
+            }
+            if ldap.timeout_secs == 0 || ldap.timeout_secs > 300 {
+                return invalid("auth.ldap.timeout_secs", "must be 1 to 300");
+            }
+            for template in [&ldap.user_filter, &ldap.user_dn].into_iter().flatten() {
+                if let Err(e) = crate::auth::ldap::check_template(template) {
+                    return invalid("auth.ldap.user_filter", &e);
+                }
+            }
+        }
+        if let Some(sql) = &self.auth.sql {
+            if crate::auth::sql::Backend::of_url(&sql.url).is_none() {
+                return invalid(
+                    "auth.sql.url",
+                    "must start with postgresql://, postgres://, mysql:// or be \"host=... dbname=...\"",
+                );
+            }
+            if sql.password_query.trim().is_empty() {
+                return invalid("auth.sql.password_query", "missing");
+            }
+            if sql.pool_size == 0 || sql.pool_size > 1024 {
+                return invalid("auth.sql.pool_size", "must be 1 to 1024");
+            }
+            if sql.timeout_secs == 0 || sql.timeout_secs > 300 {
+                return invalid("auth.sql.timeout_secs", "must be 1 to 300");
+            }
+        }
+        Ok(())
     }
 
     /// Checks values that parse but cannot work; the error names the key.
@@ -767,7 +972,10 @@ impl Config {
                 if self.store.root.as_os_str().is_empty() {
                     return invalid("store.root", "missing: the Maildir store needs a data root");
                 }
-                if self.auth.passwd_file.as_os_str().is_empty() {
+                if self.auth.passwd_file.as_os_str().is_empty()
+                    && self.auth.ldap.is_none()
+                    && self.auth.sql.is_none()
+                {
                     return invalid(
                         "auth.passwd_file",
                         "missing: the Maildir store takes its users from a passwd-file",
@@ -849,6 +1057,7 @@ impl Config {
         {
             return invalid("store.default_domain", "must be a plain domain name");
         }
+        self.validate_external_passdb()?;
         if self.auth.max_failures == 0 {
             return invalid("auth.max_failures", "must be at least 1");
         }

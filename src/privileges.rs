@@ -569,7 +569,8 @@ pub fn server_paths(
         Owner::Root,
         "the server re-reads it on SIGHUP",
     )];
-    if config.store.kind != StoreKind::Postgres {
+    // Users from [auth.ldap] or [auth.sql] need no passwd-file.
+    if config.store.kind != StoreKind::Postgres && !config.auth.passwd_file.as_os_str().is_empty() {
         paths.push((
             "auth.passwd_file".to_string(),
             config.auth.passwd_file.clone(),

@@ -6,6 +6,8 @@
 
 pub mod cache;
 pub mod credential;
+mod external;
+pub mod ldap;
 pub mod name;
 pub mod oauth;
 pub mod oauth_http;
@@ -13,6 +15,7 @@ pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
 pub mod secret;
+pub mod sql;
 pub mod timing;
 
 use std::future::Future;
@@ -66,6 +69,12 @@ pub trait PassDb: Send + Sync + 'static {
     /// Whether any user has a plaintext-equivalent secret, so that APOP
     /// can work at all and the greeting should carry a timestamp.
     fn apop_possible(&self) -> bool;
+
+    /// Whether SCRAM-SHA-256 can work at all: a passdb that never sees
+    /// a stored secret (LDAP bind mode) says no, and CAPA leaves it out.
+    fn scram_possible(&self) -> bool {
+        true
+    }
 }
 
 /// Runs deliberately slow credential work (a password hash, SCRAM key

@@ -629,6 +629,33 @@ impl Failures {
         attempt.backoff
     }
 
+    /// Settles `attempt` as neither a success nor a failure: the password
+    /// database could not be asked (`[SYS/TEMP]`), so no credential was
+    /// checked, and the reservation [`begin`](Self::begin) counted is
+    /// given back. A directory restart does not block the addresses and
+    /// users who tried to log in during it.
+    pub fn unavailable(&self, attempt: Attempt, now: Instant) {
+        let window = self.policy().window;
+        let max = self.policy().max_per_address;
+        {
+            let mut t = locked(&self.by_address);
+            if let Some(r) = t.live(&attempt.ip, now, window) {
+                r.in_flight = r.in_flight.saturating_sub(1);
+                r.failures = r.failures.saturating_sub(1).max(r.in_flight);
+                if r.failures - r.in_flight < max {
+                    r.blocked_until = None;
+                }
+            }
+        }
+        {
+            let mut t = locked(&self.by_user);
+            if let Some(r) = t.live(&attempt.user, now, window) {
+                r.failures = r.failures.saturating_sub(1);
+            }
+        }
+        self.settled.notify_waiters();
+    }
+
     /// Settles an attempt left unsettled (a SCRAM exchange the client
     /// cancelled) as a failure of its user, which that user's next
     /// success forgets.
@@ -993,6 +1020,26 @@ mod tests {
         assert_eq!(f.blocked(a, t0), Some(Duration::from_secs(300)));
         assert!(f.blocked(ip("192.0.2.2"), t0).is_none());
         assert!(f.blocked(a, t0 + Duration::from_secs(301)).is_none());
+    }
+
+    #[test]
+    fn a_check_the_passdb_could_not_make_is_not_a_failure() {
+        let f = Failures::new(policy());
+        let t0 = Instant::now();
+        let a = ip("192.0.2.7");
+        // More unanswered attempts than the address may fail.
+        for _ in 0..20 {
+            let attempt = f.begin(a, "alice", t0).unwrap();
+            f.unavailable(attempt, t0);
+        }
+        assert!(f.blocked(a, t0).is_none());
+        // Real failures still count from zero: the first ones cost the
+        // base delay, the tenth blocks.
+        assert_eq!(fail(&f, a, "alice", t0), Duration::from_secs(2));
+        for _ in 1..10 {
+            fail(&f, a, "alice", t0);
+        }
+        assert!(f.blocked(a, t0).is_some());
     }
 
     #[test]

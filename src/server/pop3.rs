@@ -294,6 +294,12 @@ fn settings<S: Store, P: PassDb>(
             .passdb
             .cram_md5_possible()
             .then(|| shared.apop_timestamp(id)),
+        sasl_mechanisms: mailbag_proto::sasl::Mechanism::ALL
+            .into_iter()
+            .filter(|m| {
+                *m != mailbag_proto::sasl::Mechanism::ScramSha256 || shared.passdb.scram_possible()
+            })
+            .collect(),
         plaintext_auth: tls_active || Shared::<S, P>::plaintext_allowed(config, peer.ip()),
         tls_available: shared.tls.is_some(),
         master_users: config.auth.master_users.clone(),
@@ -540,6 +546,10 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 Ok(Outcome::AuthRejected)
             }
             Err(AuthError::Temporary(e)) => {
+                // Nothing was checked: not a failure.
+                if let Some(a) = self.attempt.take() {
+                    shared.failures.unavailable(a, Instant::now());
+                }
                 self.metrics.login(LoginResult::Unavailable);
                 error!(error = %e, "password database unavailable");
                 Ok(Outcome::AuthUnavailable)
@@ -568,6 +578,9 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 }
             }
             Err(e) => {
+                if let Some(a) = self.attempt.take() {
+                    self.shared.failures.unavailable(a, Instant::now());
+                }
                 error!(error = %e, "password database unavailable");
                 Outcome::AuthUnavailable
             }
@@ -579,6 +592,14 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
     /// delay, as a wrong password is. The token's user claim, mapped by
     /// the name rule, must be a user of the passdb (and the user the
     /// client named, if it named one). The token itself is never logged.
+    /// A check that could not be made (the passdb or the token issuer
+    /// unavailable) gives the attempt's reservation back.
+    fn give_back(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            self.shared.failures.unavailable(a, Instant::now());
+        }
+    }
+
     async fn check_token(
         &mut self,
         named: Option<&str>,
@@ -593,6 +614,7 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
         let shared = self.shared;
         let config = shared.live();
         let Some(oauth) = config.auth.oauth.clone() else {
+            self.give_back();
             return Ok(Outcome::AuthUnavailable);
         };
         let names = Matching::from_config(&config);
@@ -612,6 +634,7 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 Err(e) => {
                     self.metrics.login(LoginResult::Unavailable);
                     error!(error = %e, "password database unavailable");
+                    self.give_back();
                     return Ok(Outcome::AuthUnavailable);
                 }
             },
@@ -619,6 +642,7 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
             Err(crate::auth::oauth::TokenError::Unavailable(e)) => {
                 self.metrics.login(LoginResult::Unavailable);
                 error!(error = %e, "bearer tokens cannot be checked");
+                self.give_back();
                 return Ok(Outcome::AuthUnavailable);
             }
         };
