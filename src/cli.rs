@@ -624,6 +624,9 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        if config.auth.kind == mailbag::config::AuthKind::Pam {
+            return serve_pam(config, config_path, service, reload).await;
+        }
         match config.store.kind {
             StoreKind::Maildir => {
                 let passdb = PasswdFile::open_with_names(
@@ -667,6 +670,44 @@ fn serve(
             }
         }
     })
+}
+
+/// The server on the machine's own accounts (`auth.kind = "pam"`).
+#[cfg(feature = "pam")]
+async fn serve_pam(
+    config: Config,
+    config_path: &Path,
+    service: Option<ServiceUser>,
+    reload: Reload,
+) -> Result<()> {
+    let pam = &config.auth.pam;
+    let passdb = mailbag::auth::pam::PamPassDb::new(
+        &pam.service,
+        pam.min_uid,
+        std::time::Duration::from_secs(pam.timeout_secs),
+    );
+    match config.store.kind {
+        StoreKind::Maildir => {
+            let store = maildir_store(&config);
+            serve_with(config, config_path, service, store, passdb, reload).await
+        }
+        StoreKind::Mbox => {
+            let store = mbox_store(&config)?;
+            serve_with(config, config_path, service, store, passdb, reload).await
+        }
+        StoreKind::Postgres => bail!("auth.kind = \"pam\" needs the Maildir or mbox store"),
+    }
+}
+
+/// Without PAM support built in, `auth.kind = "pam"` cannot start.
+#[cfg(not(feature = "pam"))]
+async fn serve_pam(
+    _config: Config,
+    _config_path: &Path,
+    _service: Option<ServiceUser>,
+    _reload: Reload,
+) -> Result<()> {
+    bail!("auth.kind = \"pam\": this mailbag was built without PAM (cargo build --features pam)")
 }
 
 /// The server secret, made now if there is none; started as root, a new

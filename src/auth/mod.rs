@@ -7,6 +7,8 @@
 pub mod cache;
 pub mod credential;
 pub mod name;
+#[cfg(feature = "pam")]
+pub mod pam;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
