@@ -569,7 +569,9 @@ pub fn server_paths(
         Owner::Root,
         "the server re-reads it on SIGHUP",
     )];
-    if config.store.kind != StoreKind::Postgres {
+    if config.store.kind != StoreKind::Postgres
+        && config.auth.kind == crate::config::AuthKind::PasswdFile
+    {
         paths.push((
             "auth.passwd_file".to_string(),
             config.auth.passwd_file.clone(),

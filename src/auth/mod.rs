@@ -66,6 +66,12 @@ pub trait PassDb: Send + Sync + 'static {
     /// Whether any user has a plaintext-equivalent secret, so that APOP
     /// can work at all and the greeting should carry a timestamp.
     fn apop_possible(&self) -> bool;
+
+    /// Whether SCRAM-SHA-256 can work at all (PAM holds no keys for it),
+    /// so that the mechanism is worth offering.
+    fn scram_possible(&self) -> bool {
+        true
+    }
 }
 
 /// Runs deliberately slow credential work (a password hash, SCRAM key

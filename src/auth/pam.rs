@@ -10,7 +10,8 @@
 //!
 //! Only a plaintext password can be checked: APOP, CRAM-MD5 and SCRAM
 //! need a secret PAM never hands out, so this passdb says it cannot do
-//! them and their attempts fail like a wrong password.
+//! them (CAPA and AUTH offer only PLAIN and LOGIN, the greeting has no
+//! APOP timestamp) and an attempt fails like a wrong password.
 //!
 //! The conversation runs on the blocking pool, at most [`CONVERSATIONS`]
 //! at a time, with a deadline: a PAM stack that hangs (a network module,
@@ -211,6 +212,10 @@ impl PassDb for PamPassDb {
     }
 
     fn apop_possible(&self) -> bool {
+        false
+    }
+
+    fn scram_possible(&self) -> bool {
         false
     }
 }

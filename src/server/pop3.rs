@@ -305,6 +305,14 @@ fn settings<S: Store, P: PassDb>(
         authorization_timeout: Duration::from_secs(config.limits.authorization_timeout_secs),
         transaction_timeout: Duration::from_secs(config.limits.autologout_secs),
         transcript,
+        // A passdb that holds no SCRAM keys (PAM) does not offer SCRAM.
+        sasl_mechanisms: mailbag_proto::sasl::Mechanism::ALL
+            .iter()
+            .copied()
+            .filter(|m| {
+                *m != mailbag_proto::sasl::Mechanism::ScramSha256 || shared.passdb.scram_possible()
+            })
+            .collect(),
         ..Settings::default()
     }
 }

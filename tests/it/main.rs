@@ -16,6 +16,8 @@ mod mbox;
 mod migrate;
 mod migrate_pop3;
 mod names;
+#[cfg(feature = "pam")]
+mod pam;
 mod pg_auth;
 mod pop3;
 mod postgres;

@@ -14,6 +14,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "pam")]
+pub mod accounts;
 pub mod pg;
 
 /// `alice` has a plaintext-equivalent secret (so APOP works); `bob` an
