@@ -20,6 +20,7 @@ mod names;
 mod pam;
 mod pg_auth;
 mod pop3;
+mod postfix;
 mod postgres;
 mod privileges;
 mod proxy;

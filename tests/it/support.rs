@@ -14,9 +14,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "pam")]
 pub mod accounts;
 pub mod pg;
+pub mod postfix;
 
 /// `alice` has a plaintext-equivalent secret (so APOP works); `bob` an
 /// ARGON2ID hash.

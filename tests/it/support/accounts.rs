@@ -86,11 +86,13 @@ impl Account {
         assert!(child.wait().unwrap().success(), "chpasswd {}", self.name);
     }
 
+    #[cfg_attr(not(feature = "pam"), allow(dead_code))]
     /// `usermod -L`: a `!` before the stored hash.
     pub fn lock(&self) {
         run("usermod", &["-L", &self.name]);
     }
 
+    #[cfg_attr(not(feature = "pam"), allow(dead_code))]
     /// `chage -E 0`: expired since 1 January 1970.
     pub fn expire(&self) {
         run("chage", &["-E", "0", &self.name]);
@@ -108,6 +110,7 @@ fn remove_account(name: &str) {
     let _ = Command::new("groupdel").arg(name).output();
 }
 
+#[cfg_attr(not(feature = "pam"), allow(dead_code))]
 /// A PAM service file `/etc/pam.d/<name>` for one test, removed when
 /// dropped.
 pub struct PamService {
@@ -115,6 +118,7 @@ pub struct PamService {
     path: PathBuf,
 }
 
+#[cfg_attr(not(feature = "pam"), allow(dead_code))]
 impl PamService {
     /// The service, with the text of the shipped `contrib/pam.d/mailbag`.
     pub fn shipped() -> PamService {
@@ -135,6 +139,7 @@ impl Drop for PamService {
     }
 }
 
+#[cfg_attr(not(feature = "pam"), allow(dead_code))]
 /// Whether the tests can make accounts (root, with useradd); if not,
 /// says so as a skipped test.
 pub fn can_make_accounts(test: &str) -> bool {
