@@ -136,6 +136,16 @@ async fn system_accounts_log_in_through_pam_and_every_refusal_looks_alike() {
     assert!(auth_plain(addr, &good.name, PASSWORD)
         .await
         .starts_with("+OK"));
+    let (mut c, _) = greeted(addr).await;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    assert!(c.cmd("AUTH LOGIN").await.starts_with("+ "));
+    assert!(c.cmd(&b64(&good.name)).await.starts_with("+ "));
+    assert!(c.cmd(&b64(PASSWORD)).await.starts_with("+OK"));
+    c.ok("QUIT").await;
+    // auth.case_insensitive_names (on by default) applies as with every
+    // passdb: PAM is asked about the folded name.
+    let upper = good.name.to_ascii_uppercase();
+    assert!(user_pass(addr, &upper, PASSWORD).await.starts_with("+OK"));
     // Until `usermod -L` and `chage -E 0`, these two log in too.
     for account in [&locked, &expired] {
         assert!(user_pass(addr, &account.name, PASSWORD)
