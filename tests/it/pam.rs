@@ -289,3 +289,41 @@ async fn an_unprivileged_server_checks_passwords_only_in_group_shadow() {
         .starts_with("-ERR"));
     drop(serving);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pam_stack_that_hangs_is_a_temporary_failure_not_a_stuck_session() {
+    let test = "a_pam_stack_that_hangs_is_a_temporary_failure_not_a_stuck_session";
+    if !can_make_accounts(test) {
+        return;
+    }
+    sweep();
+    // A module that never answers in time (a network module whose
+    // server is gone): pam_exec running sleep.
+    let service = PamService::with_text(
+        "auth required pam_exec.so /bin/sleep 5\naccount required pam_permit.so\n",
+    );
+    let good = Account::create("hng", PASSWORD, false, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mail")).unwrap();
+    let config_path = dir.path().join("mailbag.toml");
+    std::fs::write(&config_path, pam_config(dir.path(), &service.name, "")).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    let passdb = PamPassDb::new(&config.auth.pam.service, 1000, Duration::from_millis(300));
+    let store = MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options()).unwrap();
+    let server = Server::bind(config, store, passdb).await.unwrap();
+    let addr = server.local_addrs()[0];
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.run(shutdown.clone()));
+
+    let (mut c, _) = greeted(addr).await;
+    c.ok(&format!("USER {}", good.name)).await;
+    let answer = c.cmd(&format!("PASS {PASSWORD}")).await;
+    assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+    // The server still answers other sessions meanwhile.
+    let (mut other, greeting) = greeted(addr).await;
+    assert!(greeting.starts_with("+OK"));
+    let (_, capa) = other.multi("CAPA").await;
+    assert!(!capa.is_empty());
+    shutdown.cancel();
+    let _ = handle.await;
+}

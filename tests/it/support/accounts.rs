@@ -126,6 +126,11 @@ impl PamService {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/pam.d/mailbag"),
         )
         .unwrap();
+        PamService::with_text(&text)
+    }
+
+    /// A service file with `text`.
+    pub fn with_text(text: &str) -> PamService {
         let name = unique_name("pam");
         let path = PathBuf::from("/etc/pam.d").join(&name);
         std::fs::write(&path, text).unwrap();
