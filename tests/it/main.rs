@@ -16,7 +16,6 @@ mod mbox;
 mod migrate;
 mod migrate_pop3;
 mod names;
-#[cfg(feature = "pam")]
 mod pam;
 mod pg_auth;
 mod pop3;
