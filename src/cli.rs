@@ -376,6 +376,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => {
             let config = load(&cli.config)?;
             match config.store.kind {
+                StoreKind::Maildir | StoreKind::Mbox
+                    if config.auth.kind == mailbag::config::AuthKind::Pam =>
+                {
+                    check_pam(&config)?;
+                }
                 StoreKind::Maildir | StoreKind::Mbox => {
                     passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -670,6 +675,24 @@ fn serve(
             }
         }
     })
+}
+
+/// For check-config: PAM is built in and its service file is there
+/// (without it libpam uses `/etc/pam.d/other`, whatever that allows).
+fn check_pam(config: &Config) -> Result<()> {
+    if !cfg!(feature = "pam") {
+        bail!(
+            "auth.kind = \"pam\": this mailbag was built without PAM (cargo build --features pam)"
+        );
+    }
+    let file = Path::new("/etc/pam.d").join(&config.auth.pam.service);
+    if !file.is_file() {
+        bail!(
+            "auth.pam.service: {} does not exist; install contrib/pam.d/mailbag there",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// The server on the machine's own accounts (`auth.kind = "pam"`).
@@ -1151,10 +1174,11 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
         return Ok(());
     }
     let maildir = config.store.kind == StoreKind::Maildir;
+    let passwd_file = config.auth.kind == mailbag::config::AuthKind::PasswdFile;
     let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
         let problems = privileges::check_server_paths(config, config_path, &who);
         // Not the server's need, but `sudo mailbag user add`'s.
-        let rewrite = maildir
+        let rewrite = (maildir && passwd_file)
             .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
             .flatten();
         let walk = (maildir && problems.iter().all(|p| p.role != "store.root")).then(|| {

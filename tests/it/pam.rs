@@ -29,6 +29,15 @@ fn without_the_pam_feature_auth_kind_pam_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("--features pam"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--features pam"), "{err}");
 }
 #[cfg(feature = "pam")]
 mod with_pam {
@@ -358,5 +367,40 @@ mod with_pam {
         assert!(!capa.is_empty());
         shutdown.cancel();
         let _ = handle.await;
+    }
+
+    #[test]
+    fn check_config_wants_the_pam_service_file_and_no_passwd_file() {
+        let test = "check_config_wants_the_pam_service_file_and_no_passwd_file";
+        if !can_make_accounts(test) {
+            return;
+        }
+        let service = PamService::shipped();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mail")).unwrap();
+        let check = |service: &str| {
+            let config = dir.path().join("mailbag.toml");
+            std::fs::write(&config, pam_config(dir.path(), service, "")).unwrap();
+            Command::new(env!("CARGO_BIN_EXE_mailbag"))
+                .arg("check-config")
+                .arg("--config")
+                .arg(&config)
+                .output()
+                .unwrap()
+        };
+        let out = check(&service.name);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let missing = crate::support::accounts::unique_name("none");
+        let out = check(&missing);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("auth.pam.service") && err.contains(&missing),
+            "{err}"
+        );
     }
 }
