@@ -380,6 +380,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let external = external_passdb(&config, None)?.is_some();
             match config.store.kind {
                 StoreKind::Maildir | StoreKind::Mbox if external => {}
+                StoreKind::Maildir | StoreKind::Mbox
+                    if config.auth.kind == mailbag::config::AuthKind::Pam =>
+                {
+                    check_pam(&config)?;
+                }
                 StoreKind::Maildir | StoreKind::Mbox => {
                     passwd_file_of(&config).with_context(|| {
                         format!("auth.passwd_file {}", config.auth.passwd_file.display())
@@ -658,6 +663,9 @@ fn serve(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        if config.auth.kind == mailbag::config::AuthKind::Pam {
+            return serve_pam(config, config_path, service, reload).await;
+        }
         if let Some(external) =
             external_passdb(&config, Some(server_secret(&config, service.as_ref())?))?
         {
@@ -723,6 +731,62 @@ fn serve(
             }
         }
     })
+}
+
+/// For check-config: PAM is built in and its service file is there
+/// (without it libpam uses `/etc/pam.d/other`, whatever that allows).
+fn check_pam(config: &Config) -> Result<()> {
+    if !cfg!(feature = "pam") {
+        bail!(
+            "auth.kind = \"pam\": this mailbag was built without PAM (cargo build --features pam)"
+        );
+    }
+    let file = Path::new("/etc/pam.d").join(&config.auth.pam.service);
+    if !file.is_file() {
+        bail!(
+            "auth.pam.service: {} does not exist; install contrib/pam.d/mailbag there",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+/// The server on the machine's own accounts (`auth.kind = "pam"`).
+#[cfg(feature = "pam")]
+async fn serve_pam(
+    config: Config,
+    config_path: &Path,
+    service: Option<ServiceUser>,
+    reload: Reload,
+) -> Result<()> {
+    let pam = &config.auth.pam;
+    let passdb = mailbag::auth::pam::PamPassDb::new(
+        &pam.service,
+        pam.min_uid,
+        std::time::Duration::from_secs(pam.timeout_secs),
+    );
+    match config.store.kind {
+        StoreKind::Maildir => {
+            let store = maildir_store(&config);
+            serve_with(config, config_path, service, store, passdb, reload).await
+        }
+        StoreKind::Mbox => {
+            let store = mbox_store(&config)?;
+            serve_with(config, config_path, service, store, passdb, reload).await
+        }
+        StoreKind::Postgres => bail!("auth.kind = \"pam\" needs the Maildir or mbox store"),
+    }
+}
+
+/// Without PAM support built in, `auth.kind = "pam"` cannot start.
+#[cfg(not(feature = "pam"))]
+async fn serve_pam(
+    _config: Config,
+    _config_path: &Path,
+    _service: Option<ServiceUser>,
+    _reload: Reload,
+) -> Result<()> {
+    bail!("auth.kind = \"pam\": this mailbag was built without PAM (cargo build --features pam)")
 }
 
 /// The server secret, made now if there is none; started as root, a new
@@ -1259,10 +1323,11 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
         return Ok(());
     }
     let maildir = config.store.kind == StoreKind::Maildir;
+    let passwd_file = config.auth.kind == mailbag::config::AuthKind::PasswdFile;
     let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
         let problems = privileges::check_server_paths(config, config_path, &who);
         // Not the server's need, but `sudo mailbag user add`'s.
-        let rewrite = maildir
+        let rewrite = (maildir && passwd_file)
             .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
             .flatten();
         let walk = (maildir && problems.iter().all(|p| p.role != "store.root")).then(|| {

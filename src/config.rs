@@ -450,6 +450,13 @@ impl StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Where users come from: `passwd_file` (the default) or `pam`, the
+    /// machine's own accounts (a build with the `pam` feature).
+    #[serde(default)]
+    pub kind: AuthKind,
+    /// `[auth.pam]`, for `kind = "pam"`.
+    #[serde(default)]
+    pub pam: PamConfig,
     /// A passwd-file in Dovecot's format (Maildir store; with the
     /// PostgreSQL store, users are in the database).
     #[serde(default)]
@@ -646,6 +653,54 @@ fn default_ext_pool_size() -> usize {
 }
 fn default_ext_timeout_secs() -> u64 {
     5
+}
+
+/// `auth.kind`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    /// `auth.passwd_file` (or the PostgreSQL store's own users).
+    #[default]
+    PasswdFile,
+    /// System accounts through PAM.
+    Pam,
+}
+
+/// `[auth.pam]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PamConfig {
+    /// The PAM service: `/etc/pam.d/<service>`.
+    #[serde(default = "default_pam_service")]
+    pub service: String,
+    /// Accounts with a lower UID (root, system and service accounts) are
+    /// refused like a wrong password.
+    #[serde(default = "default_pam_min_uid")]
+    pub min_uid: u32,
+    /// The longest a PAM conversation may take, in seconds, before the
+    /// login fails with `[SYS/TEMP]`.
+    #[serde(default = "default_pam_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for PamConfig {
+    fn default() -> Self {
+        PamConfig {
+            service: default_pam_service(),
+            min_uid: default_pam_min_uid(),
+            timeout_secs: default_pam_timeout_secs(),
+        }
+    }
+}
+
+fn default_pam_service() -> String {
+    "mailbag".into()
+}
+fn default_pam_min_uid() -> u32 {
+    1000
+}
+fn default_pam_timeout_secs() -> u64 {
+    10
 }
 
 /// `[limits]`
@@ -846,6 +901,13 @@ impl Config {
         if self.auth.ldap.is_some() && self.auth.sql.is_some() {
             return invalid("auth.sql", "give [auth.ldap] or [auth.sql], not both");
         }
+        if self.auth.kind == AuthKind::Pam && (self.auth.ldap.is_some() || self.auth.sql.is_some())
+        {
+            return invalid(
+                "auth.kind",
+                "pam takes users from the system; remove [auth.ldap] and [auth.sql]",
+            );
+        }
         if (self.auth.ldap.is_some() || self.auth.sql.is_some())
             && !self.auth.passwd_file.as_os_str().is_empty()
         {
@@ -972,7 +1034,8 @@ impl Config {
                 if self.store.root.as_os_str().is_empty() {
                     return invalid("store.root", "missing: the Maildir store needs a data root");
                 }
-                if self.auth.passwd_file.as_os_str().is_empty()
+                if self.auth.kind == AuthKind::PasswdFile
+                    && self.auth.passwd_file.as_os_str().is_empty()
                     && self.auth.ldap.is_none()
                     && self.auth.sql.is_none()
                 {
@@ -983,7 +1046,11 @@ impl Config {
                 }
             }
             StoreKind::Mbox => {
-                if self.auth.passwd_file.as_os_str().is_empty() {
+                if self.auth.kind == AuthKind::PasswdFile
+                    && self.auth.passwd_file.as_os_str().is_empty()
+                    && self.auth.ldap.is_none()
+                    && self.auth.sql.is_none()
+                {
                     return invalid(
                         "auth.passwd_file",
                         "missing: the mbox store takes its users from a passwd-file",
@@ -1058,6 +1125,30 @@ impl Config {
             return invalid("store.default_domain", "must be a plain domain name");
         }
         self.validate_external_passdb()?;
+        if self.auth.kind == AuthKind::Pam {
+            let service = &self.auth.pam.service;
+            if service.is_empty()
+                || service.len() > 64
+                || !service
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                || service.starts_with('.')
+            {
+                return invalid(
+                    "auth.pam.service",
+                    "must be a file name in /etc/pam.d (letters, digits, - _ .)",
+                );
+            }
+            if !(1..=300).contains(&self.auth.pam.timeout_secs) {
+                return invalid("auth.pam.timeout_secs", "must be between 1 and 300");
+            }
+            if self.store.kind == StoreKind::Postgres {
+                return invalid(
+                    "auth.kind",
+                    "pam serves system accounts from the Maildir or mbox store",
+                );
+            }
+        }
         if self.auth.max_failures == 0 {
             return invalid("auth.max_failures", "must be at least 1");
         }
@@ -1206,6 +1297,77 @@ url = "host=db1,db2 user=mailbag dbname=mailbag target_session_attrs=read-write"
             (
                 pg.replace("kind = \"postgres\"", "kind = \"maildir\"\nroot = \"m\""),
                 "auth.passwd_file",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn pam_auth_needs_no_passwd_file_and_checks_its_service() {
+        let pam = r#"
+[pop3]
+listen = ["127.0.0.1:1110"]
+[store]
+kind = "mbox"
+[auth]
+kind = "pam"
+"#;
+        let c = Config::parse(pam, Path::new("/etc/mailbag")).unwrap();
+        assert_eq!(c.auth.kind, AuthKind::Pam);
+        assert_eq!(c.auth.pam.service, "mailbag");
+        assert_eq!(c.auth.pam.min_uid, 1000);
+        let c = Config::parse(
+            &pam.replace(
+                "kind = \"pam\"",
+                "kind = \"pam\"\n[auth.pam]\nservice = \"pop3\"\nmin_uid = 500",
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.auth.pam.service.as_str(), c.auth.pam.min_uid),
+            ("pop3", 500)
+        );
+        for (text, key) in [
+            (
+                pam.replace(
+                    "kind = \"pam\"",
+                    "kind = \"pam\"\n[auth.pam]\nservice = \"../passwd\"",
+                ),
+                "auth.pam.service",
+            ),
+            (
+                pam.replace(
+                    "kind = \"pam\"",
+                    "kind = \"pam\"\n[auth.pam]\nservice = \"\"",
+                ),
+                "auth.pam.service",
+            ),
+            (
+                pam.replace(
+                    "kind = \"pam\"",
+                    "kind = \"pam\"\n[auth.pam]\ntimeout_secs = 0",
+                ),
+                "auth.pam.timeout_secs",
+            ),
+            (
+                pam.replace(
+                    "kind = \"pam\"",
+                    "kind = \"pam\"\n[auth.pam]\nservise = \"x\"",
+                ),
+                "servise",
+            ),
+            (
+                pam.replace("kind = \"pam\"", "kind = \"passwd_file\""),
+                "auth.passwd_file",
+            ),
+            (
+                pam.replace("kind = \"mbox\"", "kind = \"postgres\"\nurl = \"host=x\""),
+                "auth.kind",
             ),
         ] {
             let e = Config::parse(&text, Path::new("/"))

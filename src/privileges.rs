@@ -569,8 +569,11 @@ pub fn server_paths(
         Owner::Root,
         "the server re-reads it on SIGHUP",
     )];
-    // Users from [auth.ldap] or [auth.sql] need no passwd-file.
-    if config.store.kind != StoreKind::Postgres && !config.auth.passwd_file.as_os_str().is_empty() {
+    // Users from [auth.ldap], [auth.sql] or PAM need no passwd-file.
+    if config.store.kind != StoreKind::Postgres
+        && config.auth.kind == crate::config::AuthKind::PasswdFile
+        && !config.auth.passwd_file.as_os_str().is_empty()
+    {
         paths.push((
             "auth.passwd_file".to_string(),
             config.auth.passwd_file.clone(),

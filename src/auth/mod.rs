@@ -11,6 +11,8 @@ pub mod ldap;
 pub mod name;
 pub mod oauth;
 pub mod oauth_http;
+#[cfg(feature = "pam")]
+pub mod pam;
 pub mod passwd_file;
 pub mod postgres;
 pub mod scheme;
@@ -71,7 +73,8 @@ pub trait PassDb: Send + Sync + 'static {
     fn apop_possible(&self) -> bool;
 
     /// Whether SCRAM-SHA-256 can work at all: a passdb that never sees
-    /// a stored secret (LDAP bind mode) says no, and CAPA leaves it out.
+    /// a stored secret (LDAP bind mode, PAM) says no, and CAPA leaves it
+    /// out.
     fn scram_possible(&self) -> bool {
         true
     }

@@ -14,9 +14,11 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod accounts;
 pub mod ldap;
 pub mod mariadb;
 pub mod pg;
+pub mod postfix;
 
 /// `alice` has a plaintext-equivalent secret (so APOP works); `bob` an
 /// ARGON2ID hash.
