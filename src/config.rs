@@ -538,6 +538,11 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
+    /// Whether users come from the passwd-file: not from PAM, LDAP or SQL.
+    pub fn users_from_passwd_file(&self) -> bool {
+        self.kind == AuthKind::PasswdFile && self.ldap.is_none() && self.sql.is_none()
+    }
+
     /// `auth.rehash_to` as a scheme; `None` when unset (or invalid, which
     /// [`Config::validate`] refuses).
     pub fn rehash_scheme(&self) -> Option<crate::auth::scheme::Scheme> {
@@ -1034,10 +1039,8 @@ impl Config {
                 if self.store.root.as_os_str().is_empty() {
                     return invalid("store.root", "missing: the Maildir store needs a data root");
                 }
-                if self.auth.kind == AuthKind::PasswdFile
+                if self.auth.users_from_passwd_file()
                     && self.auth.passwd_file.as_os_str().is_empty()
-                    && self.auth.ldap.is_none()
-                    && self.auth.sql.is_none()
                 {
                     return invalid(
                         "auth.passwd_file",
@@ -1046,10 +1049,8 @@ impl Config {
                 }
             }
             StoreKind::Mbox => {
-                if self.auth.kind == AuthKind::PasswdFile
+                if self.auth.users_from_passwd_file()
                     && self.auth.passwd_file.as_os_str().is_empty()
-                    && self.auth.ldap.is_none()
-                    && self.auth.sql.is_none()
                 {
                     return invalid(
                         "auth.passwd_file",

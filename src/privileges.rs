@@ -571,7 +571,7 @@ pub fn server_paths(
     )];
     // Users from [auth.ldap], [auth.sql] or PAM need no passwd-file.
     if config.store.kind != StoreKind::Postgres
-        && config.auth.kind == crate::config::AuthKind::PasswdFile
+        && config.auth.users_from_passwd_file()
         && !config.auth.passwd_file.as_os_str().is_empty()
     {
         paths.push((

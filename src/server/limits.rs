@@ -390,6 +390,13 @@ struct Record {
     blocked_until: Option<Instant>,
 }
 
+impl Record {
+    /// Failures whose checks have ended: only these block an address.
+    fn settled(&self) -> u32 {
+        self.failures.saturating_sub(self.in_flight)
+    }
+}
+
 #[derive(Debug)]
 struct Table<K> {
     map: HashMap<K, Record>,
@@ -599,9 +606,7 @@ impl Failures {
         let mut t = locked(&self.by_address);
         if let Some(r) = t.live(&attempt.ip, now, policy.window) {
             r.in_flight = r.in_flight.saturating_sub(1);
-            if r.failures.saturating_sub(r.in_flight) >= policy.max_per_address
-                && r.blocked_until.is_none_or(|b| b <= now)
-            {
+            if r.settled() >= policy.max_per_address && r.blocked_until.is_none_or(|b| b <= now) {
                 r.blocked_until = Some(now + policy.block);
             }
         }
@@ -635,25 +640,7 @@ impl Failures {
     /// given back. A directory restart does not block the addresses and
     /// users who tried to log in during it.
     pub fn unavailable(&self, attempt: Attempt, now: Instant) {
-        let window = self.policy().window;
-        let max = self.policy().max_per_address;
-        {
-            let mut t = locked(&self.by_address);
-            if let Some(r) = t.live(&attempt.ip, now, window) {
-                r.in_flight = r.in_flight.saturating_sub(1);
-                r.failures = r.failures.saturating_sub(1).max(r.in_flight);
-                if r.failures - r.in_flight < max {
-                    r.blocked_until = None;
-                }
-            }
-        }
-        {
-            let mut t = locked(&self.by_user);
-            if let Some(r) = t.live(&attempt.user, now, window) {
-                r.failures = r.failures.saturating_sub(1);
-            }
-        }
-        self.settled.notify_waiters();
+        self.forgive(&attempt, 1, now);
     }
 
     /// Settles an attempt left unsettled (a SCRAM exchange the client
@@ -680,7 +667,7 @@ impl Failures {
                 let r = t.record(guesser(ip), now, policy.window);
                 r.failures = r.failures.saturating_add(1);
                 r.last = now;
-                if r.failures.saturating_sub(r.in_flight) >= policy.max_per_address {
+                if r.settled() >= policy.max_per_address {
                     r.blocked_until = Some(now + policy.block);
                 }
                 policy.max_delay
@@ -695,7 +682,6 @@ impl Failures {
     /// guesses at another to keep its address from being blocked.
     pub fn succeeded(&self, attempt: Attempt, now: Instant) {
         let window = self.policy().window;
-        let max = self.policy().max_per_address;
         // Only failures still remembered: those older than the window
         // have left the address's count already, and forgiving them again
         // would forgive guesses at other users.
@@ -707,13 +693,20 @@ impl Failures {
             live
         };
         // This attempt's own reservation, and the user's earlier failures.
-        let clear = earlier.saturating_add(1);
+        self.forgive(&attempt, earlier.saturating_add(1), now);
+    }
+
+    /// Ends `attempt`'s time in flight and takes `clear` failures (its own
+    /// reservation among them) off its address and its user; an address
+    /// whose settled failures fall below the limit is no longer blocked.
+    fn forgive(&self, attempt: &Attempt, clear: u32, now: Instant) {
+        let policy = self.policy();
         {
             let mut t = locked(&self.by_address);
-            if let Some(r) = t.live(&attempt.ip, now, window) {
+            if let Some(r) = t.live(&attempt.ip, now, policy.window) {
                 r.in_flight = r.in_flight.saturating_sub(1);
                 r.failures = r.failures.saturating_sub(clear).max(r.in_flight);
-                if r.failures - r.in_flight < max {
+                if r.settled() < policy.max_per_address {
                     r.blocked_until = None;
                 }
                 if r.failures == 0 {
@@ -721,11 +714,13 @@ impl Failures {
                 }
             }
         }
-        let mut t = locked(&self.by_user);
-        if let Some(r) = t.live(&attempt.user, now, window) {
-            r.failures = r.failures.saturating_sub(clear);
-            if r.failures == 0 {
-                t.map.remove(&attempt.user);
+        {
+            let mut t = locked(&self.by_user);
+            if let Some(r) = t.live(&attempt.user, now, policy.window) {
+                r.failures = r.failures.saturating_sub(clear);
+                if r.failures == 0 {
+                    t.map.remove(&attempt.user);
+                }
             }
         }
         self.settled.notify_waiters();
