@@ -299,36 +299,44 @@ pub fn parse(data: &[u8]) -> (Vec<Entry>, u64) {
 /// the same value get `-2`, `-3`, ... so that every UIDL is unique.
 pub fn uidls(entries: &[Entry]) -> Vec<String> {
     use std::collections::{HashMap, HashSet};
-    let mut issued: HashSet<String> = HashSet::with_capacity(entries.len());
-    let mut next: HashMap<String, u64> = HashMap::new();
-    entries
+    let mut uids: Vec<String> = entries
         .iter()
-        .map(|e| {
-            let base = e.x_uidl.clone().unwrap_or_else(|| hex(&e.digest));
-            let mut uid = base.clone();
-            if issued.contains(&uid) {
-                // Another message's `X-UIDL:` may already be `base-2`:
-                // the next suffix not yet issued.
-                let n = next.entry(base.clone()).or_insert(1);
-                loop {
-                    *n += 1;
-                    uid = format!("{base}-{n}");
-                    if !issued.contains(&uid) {
-                        break;
-                    }
+        .map(|e| e.x_uidl.clone().unwrap_or_else(|| hex(&e.digest)))
+        .collect();
+    // The usual spool has no two equal values: one pass that borrows
+    // them tells, without copying each into the set.
+    let distinct: HashSet<&str> = uids.iter().map(String::as_str).collect();
+    if distinct.len() == uids.len() {
+        return uids;
+    }
+    drop(distinct);
+    let mut issued: HashSet<String> = HashSet::with_capacity(uids.len());
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for uid in &mut uids {
+        if issued.contains(uid.as_str()) {
+            // Another message's `X-UIDL:` may already be `base-2`: the
+            // next suffix not yet issued.
+            let base = std::mem::take(uid);
+            let n = next.entry(base.clone()).or_insert(1);
+            loop {
+                *n += 1;
+                *uid = format!("{base}-{n}");
+                if !issued.contains(uid.as_str()) {
+                    break;
                 }
             }
-            issued.insert(uid.clone());
-            uid
-        })
-        .collect()
+        }
+        issued.insert(uid.clone());
+    }
+    uids
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
