@@ -2,8 +2,6 @@
 //! modes, name escaping, what CAPA offers, LDAPS and StartTLS, and a
 //! directory restart in the middle of logins.
 
-use std::time::{Duration, Instant};
-
 use mailbag::auth::ldap::LdapPassDb;
 use mailbag::auth::{AuthError, Credential, PassDb};
 use mailbag::config::Config;
@@ -311,7 +309,7 @@ async fn ldap_directory_restart_costs_logins_a_temporary_error_only() {
     for ldap in [bind_search(&slapd), lookup(&slapd)] {
         // Few failures allowed per connection: a temporary error must
         // not count as one.
-        let (_dir, node) = node("max_failures = 2", &ldap).await;
+        let (dir, node) = node("max_failures = 2", &ldap).await;
         // Logins before: connections pooled.
         let users = [ALICE, BOB, CAROL];
         let mut waiting = Vec::new();
@@ -323,7 +321,25 @@ async fn ldap_directory_restart_costs_logins_a_temporary_error_only() {
             c.line().await;
             waiting.push((c, user));
         }
+        // A session that logged in before the restart: the directory is
+        // not asked again for it, so it keeps working throughout.
+        let held_user = MODERN[1];
+        let maildir = dir
+            .path()
+            .join("mail")
+            .join("localhost")
+            .join(held_user.0)
+            .join("Maildir");
+        let new = maildir.join("new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("1.m1.host"), "Subject: kept\n\nbody\n").unwrap();
+        let (mut held, reply) = node.try_login(held_user).await;
+        assert!(reply.starts_with("+OK"), "{reply}");
         slapd.stop_daemon();
+        held.ok("STAT").await;
+        let (_, body) = held.multi("RETR 1").await;
+        assert!(body.ends_with(b"\r\nbody\r\n"), "{body:?}");
+        held.ok("DELE 1").await;
         // During the restart: every login is a temporary error, never
         // a wrong password, and none is counted.
         for (c, user) in &mut waiting {
@@ -343,6 +359,11 @@ async fn ldap_directory_restart_costs_logins_a_temporary_error_only() {
             c.ok("QUIT").await;
         }
         assert!(pass(&node, BOB.0, BOB.1).await.starts_with("+OK"));
+        // The session from before the restart ends as any other: its
+        // deletion is committed at QUIT.
+        held.ok("QUIT").await;
+        let left = std::fs::read_dir(maildir.join("cur")).map_or(0, Iterator::count);
+        assert_eq!(left, 0);
     }
 }
 
@@ -355,6 +376,7 @@ async fn ldap_login_rate_16_clients() {
     let Some(slapd) = directory("ldap_login_rate") else {
         return;
     };
+    crate::support::passwd_file_login_rate(mailbag::auth::scheme::Scheme::Sha512Crypt).await;
     // One user per client: a maildrop is one session's at a time.
     let stored = crate::support::ldap::crypt(mailbag::auth::scheme::Scheme::Sha512Crypt, "load");
     let tree: String = (0..16)
@@ -364,33 +386,13 @@ async fn ldap_login_rate_16_clients() {
     for (what, ldap) in [("bind", bind_search(slapd)), ("lookup", lookup(slapd))] {
         // Logins in flight count as failures until they succeed.
         let (_dir, node) = node("max_failures_per_address = 10000", &ldap).await;
-        let addr = node.addr;
-        let began = Instant::now();
-        let budget = Duration::from_secs(10);
-        let mut tasks = Vec::new();
-        for i in 0..16 {
-            tasks.push(tokio::spawn(async move {
-                let mut done = 0u32;
-                while began.elapsed() < budget && done < 10_000 {
-                    let mut c = Client::connect(addr).await;
-                    c.line().await;
-                    c.ok(&format!("USER load{i}")).await;
-                    c.ok("PASS load").await;
-                    c.ok("QUIT").await;
-                    done += 1;
-                }
-                done
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.unwrap();
-        }
-        let secs = began.elapsed().as_secs_f64();
-        println!(
-            "LDAP {what}: {:.0} login cycles/s at 16 clients ({total} in {secs:.1} s)",
-            f64::from(total) / secs
-        );
+        crate::support::login_rate(
+            &format!("LDAP {what}"),
+            node.addr,
+            |i| format!("load{i}"),
+            "load",
+        )
+        .await;
     }
 }
 

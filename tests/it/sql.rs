@@ -2,7 +2,7 @@
 //! PostfixAdmin's `mailbox` table on a real MariaDB and a real
 //! PostgreSQL, its passwords in the schemes PostfixAdmin writes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mailbag::auth::scheme::{hash, Scheme};
 use mailbag::auth::sql::SqlPassDb;
@@ -307,6 +307,7 @@ async fn sql_login_rate_16_clients() {
     let Some(pg) = postgres_url("sql_login_rate").await else {
         return;
     };
+    crate::support::passwd_file_login_rate(Scheme::Sha512Crypt).await;
     // One user per client: a maildrop is one session's at a time.
     let stored = hash(Scheme::Sha512Crypt, b"load").unwrap();
     let db = crate::support::mariadb::server("sql_login_rate").unwrap();
@@ -341,33 +342,13 @@ async fn sql_login_rate_16_clients() {
             query,
         ))
         .await;
-        let addr = node.addr;
-        let began = Instant::now();
-        let budget = Duration::from_secs(10);
-        let mut tasks = Vec::new();
-        for i in 0..16 {
-            tasks.push(tokio::spawn(async move {
-                let mut done = 0u32;
-                while began.elapsed() < budget && done < 10_000 {
-                    let mut c = Client::connect(addr).await;
-                    c.line().await;
-                    c.ok(&format!("USER load{i}@example.org")).await;
-                    c.ok("PASS load").await;
-                    c.ok("QUIT").await;
-                    done += 1;
-                }
-                done
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await.unwrap();
-        }
-        let secs = began.elapsed().as_secs_f64();
-        println!(
-            "SQL {what}: {:.0} login cycles/s at 16 clients ({total} in {secs:.1} s)",
-            f64::from(total) / secs
-        );
+        crate::support::login_rate(
+            &format!("SQL {what}"),
+            node.addr,
+            |i| format!("load{i}@example.org"),
+            "load",
+        )
+        .await;
     }
 }
 

@@ -458,3 +458,61 @@ pub fn as_unprivileged<'c>(
     }
     cmd
 }
+
+/// Login cycles (connect, USER, PASS, QUIT) per second that 16 clients
+/// make against `addr` for ten seconds, each as its own user from
+/// `user(i)` with `password`. Prints and returns the figure: for the
+/// ignored rate tests that are run by hand.
+pub async fn login_rate(
+    what: &str,
+    addr: SocketAddr,
+    user: impl Fn(usize) -> String,
+    password: &'static str,
+) -> f64 {
+    let began = std::time::Instant::now();
+    let budget = std::time::Duration::from_secs(10);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let name = user(i);
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u32;
+            while began.elapsed() < budget && done < 10_000 {
+                let mut c = Client::connect(addr).await;
+                c.line().await;
+                c.ok(&format!("USER {name}")).await;
+                c.ok(&format!("PASS {password}")).await;
+                c.ok("QUIT").await;
+                done += 1;
+            }
+            done
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = began.elapsed().as_secs_f64();
+    let rate = f64::from(total) / secs;
+    println!("{what}: {rate:.0} login cycles/s at 16 clients ({total} in {secs:.1} s)");
+    rate
+}
+
+/// The passwd-file beside the other passdbs' rates: 16 users whose
+/// hashes are in `scheme`, as the directories' rate tests store them.
+pub async fn passwd_file_login_rate(scheme: mailbag::auth::scheme::Scheme) -> f64 {
+    let stored = mailbag::auth::scheme::hash(scheme, b"load").unwrap();
+    let server = TestServer::start_with_dir(|dir| {
+        let lines: String = (0..16).map(|i| format!("load{i}:{stored}\n")).collect();
+        std::fs::write(dir.join("passwd"), lines).unwrap();
+        // Logins in flight count as failures until they succeed.
+        "max_failures_per_address = 10000".to_string()
+    })
+    .await;
+    login_rate(
+        &format!("passwd-file {scheme:?}"),
+        server.addr,
+        |i| format!("load{i}"),
+        "load",
+    )
+    .await
+}
