@@ -413,7 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 StoreKind::Maildir => Ok(mailbag::admin::mailbox::run(&config, action, out)?),
                 StoreKind::Mbox => {
                     let store = mbox_store(&config)?;
-                    let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
+                    let done = mailbag::admin::mailbox::run_mbox(&store, &config, action, out);
                     Ok(runtime()?.block_on(done)?)
                 }
                 StoreKind::Postgres => {
@@ -929,8 +929,11 @@ fn maildir_store(config: &Config) -> MaildirStore {
 }
 
 fn mbox_store(config: &Config) -> Result<MboxStore> {
-    MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options())
-        .map_err(|e| anyhow::anyhow!("store.mbox.path: {e}"))
+    Ok(
+        MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options())
+            .map_err(|e| anyhow::anyhow!("store.mbox.path: {e}"))?
+            .with_quarantine(config.store.mbox.quarantine_dir.clone()),
+    )
 }
 
 fn pg_store(config: &Config) -> Result<PgStore> {
