@@ -578,6 +578,37 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
             Err(refused) => fail(refused.exit, &refused.reason),
         };
     }
+    if config.auth.kind == mailbag::config::AuthKind::Pam {
+        // The machine's accounts: the recipient is checked as a PAM login
+        // is (getpwnam, auth.pam.min_uid), and no passwd-file is opened.
+        let passdb = mailbag::auth::system::SystemAccounts::new(config.auth.pam.min_uid);
+        let delivered = match config.store.kind {
+            StoreKind::Maildir => runtime.block_on(mailbag::store::deliver::run(
+                &config,
+                &maildir_store(&config),
+                &passdb,
+                user,
+                from,
+                stdin,
+            )),
+            StoreKind::Mbox => match mbox_store(&config) {
+                Ok(store) => runtime.block_on(mailbag::store::deliver::run(
+                    &config, &store, &passdb, user, from, stdin,
+                )),
+                Err(e) => return fail(Exit::Config, &e),
+            },
+            StoreKind::Postgres => {
+                return fail(
+                    Exit::Config,
+                    &"auth.kind = \"pam\" needs the Maildir or mbox store",
+                )
+            }
+        };
+        return match delivered {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(refused) => fail(refused.exit, &refused.reason),
+        };
+    }
     let delivered = match config.store.kind {
         StoreKind::Maildir => {
             let passdb = match passwd_file_of(&config) {
