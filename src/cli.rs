@@ -1358,8 +1358,14 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
     }
     let maildir = config.store.kind == StoreKind::Maildir;
     let passwd_file = config.auth.kind == mailbag::config::AuthKind::PasswdFile;
-    let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
-        let problems = privileges::check_server_paths(config, config_path, &who);
+    let mbox = config.store.kind == StoreKind::Mbox;
+    let pam = config.auth.kind == mailbag::config::AuthKind::Pam;
+    let (mut problems, walk, rewrite, warning) = privileges::as_user(&who, || {
+        let mut problems = privileges::check_server_paths(config, config_path, &who);
+        if mbox {
+            problems.extend(privileges::check_spool_dir(&config.store.mbox.path, &who));
+        }
+        let warning = pam.then(|| privileges::check_pam_passwords(&who)).flatten();
         // Not the server's need, but `sudo mailbag user add`'s.
         let rewrite = (maildir && passwd_file)
             .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
@@ -1373,8 +1379,11 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
                 WALK_SHOWN,
             )
         });
-        (problems, walk, rewrite)
+        (problems, walk, rewrite, warning)
     })?;
+    if let Some(warning) = warning {
+        println!("warning: {warning}");
+    }
     if let Some(rewrite) = rewrite.filter(|_| problems.is_empty()) {
         println!("note: `mailbag user add|passwd|del` will refuse: {rewrite}");
     }

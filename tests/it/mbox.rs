@@ -883,3 +883,60 @@ async fn mailbox_quarantine_and_release_move_a_message_out_of_the_spool_and_back
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `mailbag check-config` with the mbox store checks the spool directory
+/// as the server's user: missing, or one it cannot create files in (the
+/// dotlock, session lock and journal go there), is an error naming the
+/// fix; for Debian's `root:mail` 2775 `/var/mail`, the group to run as.
+#[test]
+fn check_config_wants_a_spool_directory_the_server_can_create_files_in() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (dir, _) = child_setup(&entry("a@x", b"Subject: s\n\nx\n"));
+    let mail = dir.path().join("mail");
+    let check = |gid: Option<u32>| {
+        let mut cmd = mailbag();
+        cmd.arg("--config")
+            .arg(dir.path().join("mailbag.toml"))
+            .arg("check-config");
+        as_unprivileged(&mut cmd, dir.path());
+        if let Some(gid) = gid {
+            cmd.gid(gid);
+        }
+        // As Debian has /var/mail (after `as_unprivileged` gave the test
+        // directory to the unprivileged user).
+        if mail.exists() && nix::unistd::geteuid().is_root() {
+            let group = nix::unistd::Group::from_name("mail").unwrap().unwrap();
+            std::os::unix::fs::chown(&mail, Some(0), Some(group.gid.as_raw())).unwrap();
+            std::fs::set_permissions(&mail, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED the group part: it needs root to make a root:mail directory");
+    } else {
+        let (ok, err) = check(None);
+        assert!(!ok);
+        assert!(
+            err.contains("store.mbox.path")
+                && err.contains("cannot create files in the spool directory")
+                && err.contains("[server] group = \"mail\""),
+            "{err}"
+        );
+        let mail_gid = nix::unistd::Group::from_name("mail").unwrap().unwrap().gid;
+        let (ok, err) = check(Some(mail_gid.as_raw()));
+        assert!(ok, "{err}");
+    }
+    std::fs::remove_file(mail.join("alice")).unwrap();
+    std::fs::remove_dir(&mail).unwrap();
+    let (ok, err) = check(None);
+    assert!(!ok);
+    assert!(
+        err.contains("store.mbox.path") && err.contains("does not exist"),
+        "{err}"
+    );
+}

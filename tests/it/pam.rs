@@ -480,4 +480,48 @@ mod with_pam {
             "{err}"
         );
     }
+
+    /// check-config warns when the server's user cannot read /etc/shadow:
+    /// `pam_unix` then relies on `unix_chkpwd`, which checks only the
+    /// password of the user running it. In group shadow, no warning.
+    #[test]
+    fn check_config_warns_when_pam_cannot_check_other_accounts_passwords() {
+        use std::os::unix::process::CommandExt;
+        let test = "check_config_warns_when_pam_cannot_check_other_accounts_passwords";
+        if !can_make_accounts(test) {
+            return;
+        }
+        let service = PamService::shipped();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mail")).unwrap();
+        let config = dir.path().join("mailbag.toml");
+        std::fs::write(&config, pam_config(dir.path(), &service.name, "")).unwrap();
+        let check = |group: Option<&str>| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+            cmd.arg("check-config").arg("--config").arg(&config);
+            crate::support::as_unprivileged(&mut cmd, dir.path());
+            if let Some(group) = group {
+                let gid = nix::unistd::Group::from_name(group).unwrap().unwrap().gid;
+                cmd.gid(gid.as_raw());
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, out, err) = check(None);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("warning: auth.kind = \"pam\"")
+                && out.contains("cannot read /etc/shadow")
+                && out.contains("unix_chkpwd")
+                && out.contains("SupplementaryGroups=shadow"),
+            "{out}"
+        );
+        let (ok, out, err) = check(Some("shadow"));
+        assert!(ok, "{err}");
+        assert!(!out.contains("warning"), "{out}");
+    }
 }
