@@ -5,7 +5,7 @@
 //!
 //! **Where.** `store.mbox.quarantine_dir`, never the spool directory (the
 //! MTA, and on some systems the spools' owners, write there): one
-//! directory per user, named as the user's spool, made by the server's
+//! directory per user, named after the user, made by the server's
 //! user with mode 0700 and opened without following a symlink; one owned
 //! by another user, or that others may write, is refused. In it, one file
 //! per quarantined message, named after its UIDL (`%XX` for every octet
@@ -36,7 +36,9 @@
 //! two leaves it in both places, handled as above. The message's UIDL,
 //! a digest of its `From_` line and headers or its `X-UIDL:`, comes back
 //! with it; only a message that shared its UIDL with another (the `-2`
-//! ones) may come back under the other suffix, which the command says.
+//! ones) may come back under another suffix, which the command says, and
+//! a message that took the UIDL meanwhile (the `-2` one, when the first
+//! was quarantined) does not keep the quarantined one out.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -157,6 +159,9 @@ pub struct MboxAdmin {
     drop: MboxMaildrop,
     base: Option<PathBuf>,
     path: PathBuf,
+    /// The user name, which names the quarantine directory: one path
+    /// component by the name rule (`auth::name`), not starting with `.`.
+    user: OsString,
 }
 
 impl MboxStore {
@@ -171,6 +176,7 @@ impl MboxStore {
             drop,
             base: self.quarantine.clone(),
             path,
+            user: OsString::from(user),
         })
     }
 }
@@ -247,10 +253,15 @@ impl MboxAdmin {
                 base_path.display()
             )));
         }
-        let name = self.drop.name.as_os_str();
-        if name.as_bytes().first() == Some(&b'.') {
+        // Checked by the name rule already (`MboxStore::spool`); kept
+        // here as this function's own guarantee.
+        let name = self.user.as_os_str();
+        if name.is_empty()
+            || name.as_bytes().first() == Some(&b'.')
+            || name.as_bytes().contains(&b'/')
+        {
             return Err(StoreError::Permanent(
-                "a spool whose name starts with '.' has no quarantine".into(),
+                "a user name that is not one path component has no quarantine".into(),
             ));
         }
         let shown = || base_path.join(name).display().to_string();
@@ -430,15 +441,15 @@ impl MboxAdmin {
             Err(StoreError::Vanished) => return Err(missing()),
             other => other?,
         };
+        // Another message may have taken this UIDL since (the second of
+        // two with the same `From_` line and headers becomes the first's
+        // when that one leaves): appended all the same, it gets the next
+        // free suffix, which `Released::Appended` says.
         if let Some(i) = self.index_of(uid) {
-            if !self.same_as_spool(i, dir.as_fd(), &name)? {
-                return Err(StoreError::Permanent(format!(
-                    "the maildrop already holds another message with the UIDL {uid}; \
-                     nothing was done"
-                )));
+            if self.same_as_spool(i, dir.as_fd(), &name)? {
+                remove(dir.as_fd(), &name)?;
+                return Ok(Released::WasInSpool);
             }
-            remove(dir.as_fd(), &name)?;
-            return Ok(Released::WasInSpool);
         }
         self.append(&copy, 0..entry.end)?;
         #[cfg(test)]

@@ -374,3 +374,161 @@ async fn planted_files_in_the_quarantine_are_never_released() {
         assert_eq!(s.quarantined(), vec![(uid.clone(), false)], "{how}");
     }
 }
+
+/// Attack: `X-UIDL:` values chosen by whoever mails the user, made to
+/// climb out of the quarantine or to collide with its temporary names,
+/// stay one file inside the user's quarantine directory each.
+#[tokio::test]
+async fn hostile_x_uidls_stay_inside_the_users_quarantine() {
+    let uidls = ["../../../../tmp/escaped", "..", ".", ".new-x", "%2E", "a/b"];
+    let mut spool = Vec::new();
+    for (i, u) in uidls.iter().enumerate() {
+        spool.extend_from_slice(
+            format!("From e@x Mon Jan  1 00:00:0{i} 2024\nX-UIDL: {u}\n\nbody\n\n").as_bytes(),
+        );
+    }
+    let s = Setup::new(&spool);
+    for _ in &uidls {
+        s.store.open_admin("alice").unwrap().quarantine(0).unwrap();
+    }
+    let mut listed: Vec<String> = s.quarantined().into_iter().map(|(u, _)| u).collect();
+    listed.sort();
+    let mut want: Vec<String> = uidls.iter().map(|u| u.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let names: Vec<String> = std::fs::read_dir(s.t.path().join("q/alice"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), uidls.len(), "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    // Nothing anywhere else: the test directory holds mail/ and q/ only.
+    let mut top: Vec<String> = std::fs::read_dir(s.t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["mail", "q"]);
+    assert_eq!(
+        std::fs::read_dir(s.t.path().join("q")).unwrap().count(),
+        1,
+        "one directory, alice's"
+    );
+    for u in uidls {
+        s.store.open_admin("alice").unwrap().release(u).unwrap();
+    }
+    assert_eq!(s.messages().await.len(), uidls.len());
+}
+
+/// Attack: user names that are not one path component never name a
+/// quarantine directory (nor the quarantine directory itself).
+#[test]
+fn a_user_name_that_is_not_one_component_has_no_quarantine() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("mail")).unwrap();
+    // `%u.mbox`: a user `.` would have the spool `..mbox`.
+    std::fs::write(t.path().join("mail/..mbox"), THREE).unwrap();
+    let store = MboxStore::new(
+        &format!("{}/mail/%u.mbox", t.path().display()),
+        LockOptions::default(),
+    )
+    .unwrap()
+    .with_quarantine(Some(t.path().join("q")));
+    for user in ["../alice", "a/b", "..", "", ".", "alice/."] {
+        let done = store
+            .open_admin(user)
+            .and_then(|m| m.quarantine(0))
+            .map(|_| ());
+        assert!(done.is_err(), "{user:?}");
+    }
+    // Nothing was made in the quarantine directory, or beside it.
+    assert!(std::fs::read_dir(t.path().join("q"))
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
+    assert_eq!(std::fs::read(t.path().join("mail/..mbox")).unwrap(), THREE);
+    // The quarantine is named after the user, not the spool: a template
+    // that hides spools (`.%u`) still has one.
+    std::fs::write(t.path().join("mail/.alice"), THREE).unwrap();
+    let hidden = MboxStore::new(
+        &format!("{}/mail/.%u", t.path().display()),
+        LockOptions::default(),
+    )
+    .unwrap()
+    .with_quarantine(Some(t.path().join("q")));
+    hidden.open_admin("alice").unwrap().quarantine(0).unwrap();
+    assert_eq!(
+        std::fs::read_dir(t.path().join("q/alice")).unwrap().count(),
+        1
+    );
+}
+
+/// Attack: a message larger than the copy buffer goes to quarantine and
+/// back byte-exact; one in a spool with holes (a sparse file, which the
+/// rewrite refuses) is refused before any copy is made, so it is not left
+/// in two places.
+#[tokio::test]
+async fn huge_and_sparse_messages() {
+    let mut big = b"From big@x Mon Jan  1 00:00:00 2024\nSubject: big\n\n".to_vec();
+    for i in 0..80_000 {
+        big.extend_from_slice(
+            format!("line {i:08} of a message over three MiB........\n").as_bytes(),
+        );
+    }
+    big.push(b'\n');
+    let mut spool = THREE.to_vec();
+    spool.extend_from_slice(b"\n\n");
+    spool.extend_from_slice(&big);
+    let s = Setup::new(&spool);
+    let before = s.messages().await;
+    assert!(before[3].1.len() > 3 << 20);
+    let uid = s.store.open_admin("alice").unwrap().quarantine(3).unwrap();
+    assert_eq!(s.messages().await.len(), 3);
+    s.store.open_admin("alice").unwrap().release(&uid).unwrap();
+    assert_eq!(s.messages().await, before);
+
+    // A hole in the middle of the last message.
+    let s = Setup::new(THREE);
+    let path = s.t.path().join("mail/alice");
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len + (8 << 20)).unwrap();
+    file.write_all_at(b"\nend\n\n", len + (8 << 20)).unwrap();
+    drop(file);
+    let data = std::fs::read(&path).unwrap();
+    let e = s
+        .store
+        .open_admin("alice")
+        .unwrap()
+        .quarantine(2)
+        .unwrap_err();
+    assert!(e.to_string().contains("sparse"), "{e}");
+    assert!(s.quarantined().is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+/// Attack on the UIDL scheme: two messages with the same `From_` line and
+/// headers are `D` and `D-2`; once the first is quarantined the second
+/// shows as `D`, and the first can still be released (as `D-2`).
+#[tokio::test]
+async fn a_quarantined_message_whose_uidl_was_taken_since_is_still_released() {
+    let twins = b"From t@x Mon Jan  1 00:00:00 2024\nSubject: twin\n\nfirst body\n\n\
+From t@x Mon Jan  1 00:00:00 2024\nSubject: twin\n\nsecond body\n\n";
+    let s = Setup::new(twins);
+    let before = s.messages().await;
+    let d = before[0].0.clone();
+    assert_eq!(before[1].0, format!("{d}-2"));
+    assert_eq!(
+        s.store.open_admin("alice").unwrap().quarantine(0).unwrap(),
+        d
+    );
+    assert_eq!(s.messages().await[0].0, d);
+    let out = s.store.open_admin("alice").unwrap().release(&d).unwrap();
+    assert_eq!(out, Released::Appended(format!("{d}-2")));
+    let after = s.messages().await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(after[1].1, before[0].1);
+    assert!(s.quarantined().is_empty());
+}
