@@ -71,7 +71,8 @@ const TEMP_PREFIX: &str = ".new-";
 const CHUNK: usize = 1 << 20;
 
 /// Checks `store.mbox.quarantine_dir` against the spool path template:
-/// absolute, without `..`, and not the spool directory or inside it.
+/// absolute, without `..`, and neither the spool directory, nor inside
+/// it, nor above it.
 pub fn check_quarantine_dir(template: &str, dir: &Path) -> Result<(), String> {
     if !dir.is_absolute() {
         return Err("must be an absolute path, e.g. /var/lib/mailbag/quarantine".into());
@@ -80,10 +81,11 @@ pub fn check_quarantine_dir(template: &str, dir: &Path) -> Result<(), String> {
         return Err("must not contain '..'".into());
     }
     let spool_dir = Path::new(template).parent().unwrap_or(Path::new("/"));
-    if dir.starts_with(spool_dir) {
+    if dir.starts_with(spool_dir) || spool_dir.starts_with(dir) {
         return Err(format!(
             "must be outside the spool directory {}, which the MTA (and on some systems \
-             every user) writes; e.g. /var/lib/mailbag/quarantine",
+             every user) writes, and not above it (a user's quarantine would be it); \
+             e.g. /var/lib/mailbag/quarantine",
             spool_dir.display()
         ));
     }
@@ -290,6 +292,13 @@ impl MboxAdmin {
             Err(e) => return Err(io::Error::from(e).into()),
         };
         let st = nix::sys::stat::fstat(dir.as_fd()).map_err(io::Error::from)?;
+        if (st.st_dev, st.st_ino) == (s.st_dev, s.st_ino) {
+            return Err(StoreError::Permanent(format!(
+                "{} is the spool directory: store.mbox.quarantine_dir must not be above it; \
+                 nothing was done",
+                shown()
+            )));
+        }
         if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
             return Err(StoreError::Permanent(format!(
                 "{} belongs to uid {} with mode {:04o}: the quarantine must be the server's \

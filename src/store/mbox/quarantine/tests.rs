@@ -532,3 +532,29 @@ From t@x Mon Jan  1 00:00:00 2024\nSubject: twin\n\nsecond body\n\n";
     assert_eq!(after[1].1, before[0].1);
     assert!(s.quarantined().is_empty());
 }
+
+/// Attack: a quarantine directory above the spool directory, and a user
+/// named after the spool directory, would make the spool directory that
+/// user's quarantine: a message with `X-UIDL: bob` would become bob's
+/// spool. Refused in the config, and at run time whatever the path.
+#[test]
+fn the_spool_directory_is_never_a_users_quarantine() {
+    assert!(check_quarantine_dir("/var/mail/%u", Path::new("/var")).is_err());
+    assert!(check_quarantine_dir("/var/mail/%u", Path::new("/")).is_err());
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir(t.path().join("mail")).unwrap();
+    std::fs::write(
+        t.path().join("mail/mail"),
+        b"From e@x Mon Jan  1 00:00:00 2024\nX-UIDL: bob\n\nfor the user mail only\n\n",
+    )
+    .unwrap();
+    let store = MboxStore::new(
+        &format!("{}/mail/%u", t.path().display()),
+        LockOptions::default(),
+    )
+    .unwrap()
+    .with_quarantine(Some(t.path().to_path_buf()));
+    let e = store.open_admin("mail").unwrap().quarantine(0).unwrap_err();
+    assert!(e.to_string().contains("spool directory"), "{e}");
+    assert!(!t.path().join("mail/bob").exists());
+}
