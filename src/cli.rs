@@ -413,7 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 StoreKind::Maildir => Ok(mailbag::admin::mailbox::run(&config, action, out)?),
                 StoreKind::Mbox => {
                     let store = mbox_store(&config)?;
-                    let done = mailbag::admin::mailbox::run_with(&store, &config, action, out);
+                    let done = mailbag::admin::mailbox::run_mbox(&store, &config, action, out);
                     Ok(runtime()?.block_on(done)?)
                 }
                 StoreKind::Postgres => {
@@ -572,6 +572,37 @@ fn deliver(config_path: &Path, user: &str, from: Option<&str>) -> ExitCode {
                 )),
                 Err(e) => return fail(Exit::Config, &e),
             },
+        };
+        return match delivered {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(refused) => fail(refused.exit, &refused.reason),
+        };
+    }
+    if config.auth.kind == mailbag::config::AuthKind::Pam {
+        // The machine's accounts: the recipient is checked as a PAM login
+        // is (getpwnam, auth.pam.min_uid), and no passwd-file is opened.
+        let passdb = mailbag::auth::system::SystemAccounts::new(config.auth.pam.min_uid);
+        let delivered = match config.store.kind {
+            StoreKind::Maildir => runtime.block_on(mailbag::store::deliver::run(
+                &config,
+                &maildir_store(&config),
+                &passdb,
+                user,
+                from,
+                stdin,
+            )),
+            StoreKind::Mbox => match mbox_store(&config) {
+                Ok(store) => runtime.block_on(mailbag::store::deliver::run(
+                    &config, &store, &passdb, user, from, stdin,
+                )),
+                Err(e) => return fail(Exit::Config, &e),
+            },
+            StoreKind::Postgres => {
+                return fail(
+                    Exit::Config,
+                    &"auth.kind = \"pam\" needs the Maildir or mbox store",
+                )
+            }
         };
         return match delivered {
             Ok(_) => ExitCode::SUCCESS,
@@ -929,8 +960,11 @@ fn maildir_store(config: &Config) -> MaildirStore {
 }
 
 fn mbox_store(config: &Config) -> Result<MboxStore> {
-    MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options())
-        .map_err(|e| anyhow::anyhow!("store.mbox.path: {e}"))
+    Ok(
+        MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options())
+            .map_err(|e| anyhow::anyhow!("store.mbox.path: {e}"))?
+            .with_quarantine(config.store.mbox.quarantine_dir.clone()),
+    )
 }
 
 fn pg_store(config: &Config) -> Result<PgStore> {
@@ -1324,8 +1358,14 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
     }
     let maildir = config.store.kind == StoreKind::Maildir;
     let passwd_file = config.auth.kind == mailbag::config::AuthKind::PasswdFile;
-    let (mut problems, walk, rewrite) = privileges::as_user(&who, || {
-        let problems = privileges::check_server_paths(config, config_path, &who);
+    let mbox = config.store.kind == StoreKind::Mbox;
+    let pam = config.auth.kind == mailbag::config::AuthKind::Pam;
+    let (mut problems, walk, rewrite, warning) = privileges::as_user(&who, || {
+        let mut problems = privileges::check_server_paths(config, config_path, &who);
+        if mbox {
+            problems.extend(privileges::check_spool_dir(&config.store.mbox.path, &who));
+        }
+        let warning = pam.then(|| privileges::check_pam_passwords(&who)).flatten();
         // Not the server's need, but `sudo mailbag user add`'s.
         let rewrite = (maildir && passwd_file)
             .then(|| privileges::check_passwd_rewrite(&config.auth.passwd_file, &who))
@@ -1339,8 +1379,11 @@ fn check_access(config: &Config, config_path: &Path) -> Result<()> {
                 WALK_SHOWN,
             )
         });
-        (problems, walk, rewrite)
+        (problems, walk, rewrite, warning)
     })?;
+    if let Some(warning) = warning {
+        println!("warning: {warning}");
+    }
     if let Some(rewrite) = rewrite.filter(|_| problems.is_empty()) {
         println!("note: `mailbag user add|passwd|del` will refuse: {rewrite}");
     }

@@ -321,6 +321,11 @@ pub struct MboxConfig {
     /// fails with `[SYS/TEMP]`, in seconds.
     #[serde(default = "default_lock_wait_secs")]
     pub lock_wait_secs: u64,
+    /// Where `mailbag mailbox quarantine` keeps the messages it takes out
+    /// of the spools (a directory per user); not the spool directory.
+    /// Unset: quarantine is refused.
+    #[serde(default)]
+    pub quarantine_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MboxConfig {
@@ -332,6 +337,7 @@ impl Default for MboxConfig {
             flock: false,
             stale_lock_secs: default_stale_lock_secs(),
             lock_wait_secs: default_lock_wait_secs(),
+            quarantine_dir: None,
         }
     }
 }
@@ -1073,6 +1079,11 @@ impl Config {
                         "store.mbox.stale_lock_secs",
                         "stale_lock_secs must be at least 1 and lock_wait_secs at most 600",
                     );
+                }
+                if let Some(dir) = &m.quarantine_dir {
+                    if let Err(e) = crate::store::mbox::check_quarantine_dir(&m.path, dir) {
+                        return invalid("store.mbox.quarantine_dir", &e);
+                    }
                 }
             }
             StoreKind::Postgres => {

@@ -636,6 +636,144 @@ pub fn check_server_paths(config: &Config, config_path: &Path, who: &ServiceUser
         .collect()
 }
 
+/// For `check-config` with the mbox store, as the calling process is now
+/// (run it inside [`as_user`]): the spool directory must exist (the MTA
+/// makes spools in it, never the directory) and `who` must be able to
+/// create files in it, for the dotlock `<spool>.lock`, the session lock
+/// `<spool>.mailbag` and UPDATE's journal. On Debian, `/var/mail` is
+/// `root:mail` mode 2775: the fix names the group to run as, not a
+/// change to the directory that the MTA and mail readers rely on.
+pub fn check_spool_dir(template: &str, who: &ServiceUser) -> Option<Unusable> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Path::new(template).parent().unwrap_or(Path::new("/"));
+    let why = "the server creates the dotlock <spool>.lock, its session lock <spool>.mailbag \
+               and UPDATE's journal there";
+    let unusable = |problem: String, fix: String| {
+        Some(Unusable {
+            role: "store.mbox.path".to_string(),
+            path: dir.to_path_buf(),
+            problem,
+            fix,
+        })
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => meta,
+        Ok(_) => {
+            return unusable(
+                "the spool directory is not a directory".to_string(),
+                "correct store.mbox.path".to_string(),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return unusable(
+                format!("the spool directory does not exist (the MTA delivers into it, and {why})"),
+                format!(
+                    "correct store.mbox.path, or create it as Debian has /var/mail: \
+                     install -d -o root -g mail -m 2775 {}",
+                    dir.display()
+                ),
+            )
+        }
+        // Not reachable: `check` says which directory on the way.
+        Err(_) => return check("store.mbox.path", dir, Need::Dir, Owner::Root, why, who),
+    };
+    if unistd::access(dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok() {
+        return None;
+    }
+    let name = &who.user;
+    let group = group_name(Gid::from_raw(meta.gid()));
+    let problem = format!(
+        "{name} (group {}) cannot create files in the spool directory ({}), and {why}",
+        who.group,
+        describe(dir)
+    );
+    if meta.mode() & 0o030 == 0o030 && meta.gid() != who.target.gid.as_raw() {
+        return unusable(
+            problem,
+            format!(
+                "run the server with the spool directory's group {group}: [server] group = \
+                 \"{group}\" (started as root, the server keeps that one group only; started \
+                 by systemd as {name}, Group={group} or SupplementaryGroups={group})"
+            ),
+        );
+    }
+    check("store.mbox.path", dir, Need::Dir, Owner::Root, why, who).or_else(|| {
+        unusable(
+            problem,
+            format!(
+                "chgrp {} {} && chmod g+rwx {}",
+                who.group,
+                dir.display(),
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// For `check-config` with `auth.kind = "pam"`, as the calling process is
+/// now (run it inside [`as_user`]): a warning when `pam_unix` will not be
+/// able to check other accounts' passwords. A process that cannot read
+/// `/etc/shadow` has `pam_unix` run the helper `unix_chkpwd`, which is
+/// set-group-id `shadow` (or set-user-id root) to read it, and which
+/// checks only the password of the user running it: for a server, every
+/// other account's login fails. Missing or without its set-id bit, it
+/// checks none.
+pub fn check_pam_passwords(who: &ServiceUser) -> Option<String> {
+    check_pam_passwords_with(
+        who,
+        Path::new("/etc/shadow"),
+        &[
+            Path::new("/usr/sbin/unix_chkpwd"),
+            Path::new("/sbin/unix_chkpwd"),
+        ],
+    )
+}
+
+fn check_pam_passwords_with(who: &ServiceUser, shadow: &Path, helpers: &[&Path]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if unistd::access(shadow, AccessFlags::R_OK).is_ok() {
+        return None;
+    }
+    let helper = match helpers
+        .iter()
+        .find_map(|p| Some((p, std::fs::metadata(p).ok()?)))
+    {
+        None => format!(
+            "unix_chkpwd, which pam_unix runs then, is missing ({}; Debian's libpam-modules-bin \
+             ships it): no password can be checked",
+            helpers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some((path, meta)) if meta.mode() & 0o6000 == 0 => format!(
+            "{} ({}) is neither set-user-id nor set-group-id, so it cannot read {} either: no \
+             password can be checked (Debian installs it root:shadow, mode 2755)",
+            path.display(),
+            describe(path),
+            shadow.display()
+        ),
+        Some((path, _)) => format!(
+            "pam_unix then runs {} ({}), which reads {} for the user running it only: every \
+             login of another account will fail, whatever the password",
+            path.display(),
+            describe(path),
+            shadow.display()
+        ),
+    };
+    Some(format!(
+        "auth.kind = \"pam\": {} (group {}) cannot read {} ({}); {helper}. Give the server \
+         group shadow: start it from systemd as its user with SupplementaryGroups=shadow (started \
+         as root, mailbag keeps only [server] group, which the spool directory needs); see \
+         docs/DEPLOYMENT.md, \"System accounts through PAM\"",
+        who.user,
+        who.group,
+        shadow.display(),
+        describe(shadow)
+    ))
+}
+
 /// What [`walk_mail_root`] found.
 #[derive(Debug, Default)]
 pub struct Walk {
@@ -898,6 +1036,39 @@ mod tests {
                 &who
             ),
             None
+        );
+    }
+
+    /// What check-config says when the server cannot read /etc/shadow,
+    /// for each state of `unix_chkpwd`: missing, without its set-id bit,
+    /// and as Debian installs it.
+    #[test]
+    fn pam_password_warning_says_what_unix_chkpwd_can_do() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let who = ServiceUser::current();
+        let readable = t.path().join("shadow");
+        std::fs::write(&readable, "").unwrap();
+        assert_eq!(check_pam_passwords_with(&who, &readable, &[]), None);
+        // A path that does not exist cannot be read, even by root.
+        let unreadable = t.path().join("no-shadow");
+        let missing =
+            check_pam_passwords_with(&who, &unreadable, &[&t.path().join("none")]).unwrap();
+        assert!(missing.contains("is missing"), "{missing}");
+        let helper = t.path().join("unix_chkpwd");
+        std::fs::write(&helper, "").unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = check_pam_passwords_with(&who, &unreadable, &[&helper]).unwrap();
+        assert!(
+            plain.contains("neither set-user-id nor set-group-id"),
+            "{plain}"
+        );
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o2755)).unwrap();
+        let setgid = check_pam_passwords_with(&who, &unreadable, &[&helper]).unwrap();
+        assert!(
+            setgid.contains("for the user running it only")
+                && setgid.contains("SupplementaryGroups=shadow"),
+            "{setgid}"
         );
     }
 }

@@ -29,6 +29,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::config::{Config, StoreKind};
 use crate::store::maildir::{AdminMaildrop, MaildirStore};
+use crate::store::mbox::{MboxAdmin, MboxStore, Released};
 use crate::store::summary::{self, PARSE_PREFIX_OCTETS};
 use crate::store::{Maildrop, Store, StoreError};
 
@@ -48,8 +49,9 @@ pub enum MailboxCommand {
         /// The message number.
         number: String,
     },
-    /// Move a message out of the POP3 view into the Quarantine folder
-    /// inside the user's Maildir.
+    /// Move a message out of the POP3 view: into the Quarantine folder
+    /// inside the user's Maildir, or out of the user's mbox spool into
+    /// `store.mbox.quarantine_dir`.
     Quarantine {
         /// The user name.
         user: String,
@@ -221,7 +223,10 @@ pub async fn run_with<S: Store>(
     };
     let mut m = store.open(user).await.map_err(|e| open_failed(user, e))?;
     let Some(number) = number else {
-        return inspect_maildrop(&mut m, user, config.pop3.summary_large_octets, out).await;
+        let large = config.pop3.summary_large_octets;
+        return inspect_maildrop(&mut m, user, None, large, out)
+            .await
+            .map(|_| ());
     };
     let index = index_of_number(number, m.messages().len())?;
     let mut prefix = Vec::new();
@@ -234,14 +239,146 @@ pub async fn run_with<S: Store>(
     Ok(())
 }
 
-/// `inspect` through the [`Maildrop`] trait: the same table as on a
-/// Maildir, without the Maildir's path and quarantine.
-async fn inspect_maildrop<M: Maildrop>(
-    m: &mut M,
+/// Runs one `mailbox` command on an mbox store: `inspect` and `show`
+/// under the session lock, as on a Maildir, with the quarantined messages
+/// listed after the spool's; `quarantine` and `release` move a message
+/// between the spool and `store.mbox.quarantine_dir` (see
+/// `store::mbox::quarantine`), refused while a POP3 session holds the
+/// spool.
+pub async fn run_mbox(
+    store: &MboxStore,
+    config: &Config,
+    command: MailboxCommand,
+    out: &mut impl Write,
+) -> Result<(), MailboxError> {
+    let open = |user: &str| store.open_admin(user).map_err(|e| open_failed(user, e));
+    let large = config.pop3.summary_large_octets;
+    match command {
+        MailboxCommand::Inspect { user } => {
+            let mut m = open(&user)?;
+            inspect_mbox(&mut m, &user, large, out).await
+        }
+        MailboxCommand::Show { user, number } => {
+            let mut m = open(&user)?;
+            let index = index_of_number(&number, m.messages().len())?.get();
+            let mut prefix = Vec::new();
+            m.maildrop()
+                .read(index)
+                .await?
+                .take(PARSE_PREFIX_OCTETS as u64)
+                .read_to_end(&mut prefix)
+                .await?;
+            out.write_all(header_block(&prefix).as_bytes())?;
+            Ok(())
+        }
+        MailboxCommand::Quarantine { user, message } => {
+            let m = open(&user)?;
+            let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
+                index_of_number(&message, m.messages().len())?.get()
+            } else {
+                m.index_of(&message).ok_or_else(|| {
+                    MailboxError::NoSuchMessage(format!(
+                        "no message of {user} has the UIDL {message}"
+                    ))
+                })?
+            };
+            let uid = m.quarantine(index)?;
+            writeln!(
+                out,
+                "message {} (UIDL {uid}) of {user} is in quarantine; put it back with: mailbag mailbox release {user} {uid}",
+                index + 1
+            )?;
+            Ok(())
+        }
+        MailboxCommand::Release { user, uidl } => {
+            let m = open(&user)?;
+            match m.release(&uidl)? {
+                Released::Appended(now) if now == uidl => {
+                    writeln!(out, "released {uidl} into the maildrop of {user}")?
+                }
+                Released::Appended(now) => writeln!(
+                    out,
+                    "released {uidl} into the maildrop of {user}; its UIDL there is now {now}, \
+                     as another message has the same From line and headers"
+                )?,
+                Released::WasInSpool => writeln!(
+                    out,
+                    "{uidl} was still in the maildrop of {user} (a quarantine or release that \
+                     stopped half-way): removed its quarantine copy"
+                )?,
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `inspect` of an mbox spool, then its quarantine.
+async fn inspect_mbox(
+    m: &mut MboxAdmin,
     user: &str,
     large: u64,
     out: &mut impl Write,
 ) -> Result<(), MailboxError> {
+    let quarantined = m.quarantined()?;
+    let width = quarantined.iter().map(|q| q.uid.len()).max().unwrap_or(0);
+    let spool = m.spool().to_path_buf();
+    let mut budget =
+        inspect_maildrop(m.maildrop(), user, Some((&spool, width)), large, out).await?;
+    let width = m
+        .messages()
+        .iter()
+        .map(|i| i.uid.len())
+        .max()
+        .unwrap_or(0)
+        .max(width);
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "quarantined: {} (put one back with: mailbag mailbox release {user} UIDL)",
+        quarantined.len()
+    )?;
+    for q in quarantined {
+        let uid = Some((q.uid.as_str(), width));
+        let summarized = m.open_quarantined(&q).and_then(|reader| {
+            Ok(summary::summarize_read_within(
+                reader,
+                budget.min(summary::SCAN_OCTETS),
+            )?)
+        });
+        let line = match summarized {
+            Ok((s, scanned)) => {
+                budget = budget.saturating_sub(scanned);
+                summary::line_labelled("Q", q.size, uid, &s, large)
+            }
+            Err(_) => summary::unreadable_line(0, q.size, uid, "cannot be read"),
+        };
+        writeln!(out, "{line}")?;
+        if q.in_spool {
+            writeln!(
+                out,
+                "    {} is in the spool too (a quarantine or release stopped half-way): \
+                 `mailbag mailbox quarantine {user} {}` finishes the quarantine, \
+                 `mailbag mailbox release {user} {}` keeps it in the spool",
+                q.uid, q.uid, q.uid
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `inspect` through the [`Maildrop`] trait: the same table as on a
+/// Maildir, without the Maildir's path and quarantine.
+/// `location` is shown after the totals; `width` is at least that of
+/// the widest UIDL; what the byte checks may still read is returned.
+async fn inspect_maildrop<M: Maildrop>(
+    m: &mut M,
+    user: &str,
+    shown: Option<(&std::path::Path, usize)>,
+    large: u64,
+    out: &mut impl Write,
+) -> Result<u64, MailboxError> {
     let count = m.messages().len();
     let octets = m
         .messages()
@@ -249,10 +386,17 @@ async fn inspect_maildrop<M: Maildrop>(
         .fold(0u64, |sum, i| sum.saturating_add(i.size));
     writeln!(
         out,
-        "{user}: {count} message{} ({octets} octets)",
-        if count == 1 { "" } else { "s" }
+        "{user}: {count} message{} ({octets} octets){}",
+        if count == 1 { "" } else { "s" },
+        shown.map_or_else(String::new, |(p, _)| format!(" in {}", p.display()))
     )?;
-    let width = m.messages().iter().map(|i| i.uid.len()).max().unwrap_or(0);
+    let width = m
+        .messages()
+        .iter()
+        .map(|i| i.uid.len())
+        .chain(shown.map(|(_, w)| w))
+        .max()
+        .unwrap_or(0);
     // What the byte checks may still read, over all messages (see
     // `summary::SUMMARY_SCAN_OCTETS`).
     let mut budget = summary::SUMMARY_SCAN_OCTETS;
@@ -274,7 +418,7 @@ async fn inspect_maildrop<M: Maildrop>(
         };
         writeln!(out, "{line}")?;
     }
-    Ok(())
+    Ok(budget)
 }
 
 fn inspect(

@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod scheme;
 pub mod secret;
 pub mod sql;
+pub mod system;
 pub mod timing;
 
 use std::future::Future;

@@ -89,15 +89,10 @@ impl PamPassDb {
     }
 
     /// The account `user` if it exists and may log in by UID: its name
-    /// exactly as the system spells it.
+    /// exactly as the system spells it (the rule `mailbag deliver` uses
+    /// for recipients too).
     fn account(&self, user: &str) -> Option<String> {
-        if user.is_empty() || user.contains('\0') || user.len() > 256 {
-            return None;
-        }
-        let found = nix::unistd::User::from_name(user).ok().flatten()?;
-        // Name service lookups may fold case or aliases; the maildrop is
-        // named by the login typed, so only an exact match counts.
-        (found.name == user && found.uid.as_raw() >= self.shared.min_uid).then_some(found.name)
+        super::system::account(user, self.shared.min_uid)
     }
 }
 

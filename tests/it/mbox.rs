@@ -619,7 +619,8 @@ async fn update_out_of_space_fails_and_leaves_the_spool_as_it_was() {
 }
 
 /// SUMMARY, `mailbag mailbox inspect/show` and `mailbag import` work on an
-/// mbox store; `quarantine` is refused with nothing done.
+/// mbox store; `quarantine` without `store.mbox.quarantine_dir` is
+/// refused with nothing done.
 #[tokio::test]
 async fn summary_mailbox_and_import_work_on_mbox() {
     let mut spool = Vec::new();
@@ -669,9 +670,14 @@ async fn summary_mailbox_and_import_work_on_mbox() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Subject: first"));
+    let before = std::fs::read(dir.path().join("mail/alice")).unwrap();
     let out = run(&["mailbox", "quarantine", "alice", "1"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mbox"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.mbox.quarantine_dir"));
+    assert_eq!(
+        std::fs::read(dir.path().join("mail/alice")).unwrap(),
+        before
+    );
 
     // An mbox file from elsewhere, with a `From ` line in a body.
     let source = dir.path().join("old.mbox");
@@ -768,4 +774,169 @@ fn deliver_out_of_space_exits_75_and_leaves_the_spool_as_it_was() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(std::fs::read(dir.path().join("mail/alice")).unwrap() == spool);
     assert!(!dir.path().join("mail/alice.lock").exists());
+}
+
+/// `mailbag mailbox quarantine` and `release` on an mbox spool, beside a
+/// running server: refused while a POP3 session holds the spool; the
+/// quarantined message leaves the POP3 view (into its own mbox file in
+/// `store.mbox.quarantine_dir`) and comes back at the spool's end with
+/// its UIDL, byte-exact; a delivery made meanwhile is kept.
+#[tokio::test]
+async fn mailbox_quarantine_and_release_move_a_message_out_of_the_spool_and_back() {
+    let mut spool = entry("a@x", b"Subject: first\n\nhello\n");
+    spool.extend(entry("b@x", b"Subject: culprit\n\nbad\n>From quoted\n"));
+    spool.extend(entry("c@x", b"Subject: third\n\nbye\n"));
+    let (dir, addr) = child_setup(&spool);
+    let quarantine = dir.path().join("quarantine");
+    let config = dir.path().join("mailbag.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    // [store.mbox] is the config's last table.
+    text.push_str(&format!("quarantine_dir = \"{}\"\n", quarantine.display()));
+    std::fs::write(&config, text).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = mailbag();
+        cmd.arg("--config").arg(&config).args(args);
+        as_unprivileged(&mut cmd, dir.path());
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut child = serve(dir.path(), None);
+    let mut c = login_to(addr).await;
+    let (_, uidls) = c.multi("UIDL").await;
+    let uidls = String::from_utf8(uidls).unwrap();
+    let culprit = uidls
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let (_, culprit_body) = c.multi("RETR 2").await;
+
+    // A session holds the spool: nothing is done.
+    let (ok, _, err) = run(&["mailbox", "quarantine", "alice", "2"]);
+    assert!(!ok);
+    assert!(err.contains("in use by a POP3 session"), "{err}");
+    assert_eq!(std::fs::read(dir.path().join("mail/alice")).unwrap(), spool);
+    c.ok("QUIT").await;
+
+    let (ok, out, err) = run(&["mailbox", "quarantine", "alice", "2"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("(UIDL {culprit})"))
+            && out.contains(&format!("mailbag mailbox release alice {culprit}")),
+        "{out}"
+    );
+    let copies: Vec<_> = std::fs::read_dir(quarantine.join("alice"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(
+        std::fs::read(&copies[0]).unwrap(),
+        entry("b@x", b"Subject: culprit\n\nbad\n>From quoted\n")
+    );
+    let (ok, out, err) = run(&["mailbox", "inspect", "alice"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("2 messages") && out.contains("quarantined: 1"),
+        "{out}"
+    );
+    assert!(out.contains("culprit") && out.contains(&culprit), "{out}");
+
+    let mut c = login_to(addr).await;
+    let (_, list) = c.multi("UIDL").await;
+    let list = String::from_utf8(list).unwrap();
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(!list.contains(&culprit));
+    c.ok("QUIT").await;
+    // A delivery while the message is in quarantine.
+    mta_append(&dir.path().join("mail/alice"), b"Subject: fourth\n\nnew\n");
+
+    let (ok, _, err) = run(&["mailbox", "release", "alice", "nosuchuidl"]);
+    assert!(!ok && err.contains("no quarantined message"), "{err}");
+    let (ok, out, err) = run(&["mailbox", "release", "alice", &culprit]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("released {culprit} into the maildrop of alice")
+    );
+    let mut c = login_to(addr).await;
+    let (_, list) = c.multi("UIDL").await;
+    let list = String::from_utf8(list).unwrap();
+    assert_eq!(list.lines().count(), 4, "{list}");
+    assert_eq!(list.lines().nth(3).unwrap(), format!("4 {culprit}"));
+    let (_, body) = c.multi("RETR 4").await;
+    assert_eq!(body, culprit_body);
+    let (_, fourth) = c.multi("TOP 3 0").await;
+    assert!(String::from_utf8_lossy(&fourth).contains("fourth"));
+    c.ok("QUIT").await;
+    assert!(std::fs::read_dir(quarantine.join("alice"))
+        .unwrap()
+        .next()
+        .is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `mailbag check-config` with the mbox store checks the spool directory
+/// as the server's user: missing, or one it cannot create files in (the
+/// dotlock, session lock and journal go there), is an error naming the
+/// fix; for Debian's `root:mail` 2775 `/var/mail`, the group to run as.
+#[test]
+fn check_config_wants_a_spool_directory_the_server_can_create_files_in() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (dir, _) = child_setup(&entry("a@x", b"Subject: s\n\nx\n"));
+    let mail = dir.path().join("mail");
+    let check = |gid: Option<u32>| {
+        let mut cmd = mailbag();
+        cmd.arg("--config")
+            .arg(dir.path().join("mailbag.toml"))
+            .arg("check-config");
+        as_unprivileged(&mut cmd, dir.path());
+        if let Some(gid) = gid {
+            cmd.gid(gid);
+        }
+        // As Debian has /var/mail (after `as_unprivileged` gave the test
+        // directory to the unprivileged user).
+        if mail.exists() && nix::unistd::geteuid().is_root() {
+            let group = nix::unistd::Group::from_name("mail").unwrap().unwrap();
+            std::os::unix::fs::chown(&mail, Some(0), Some(group.gid.as_raw())).unwrap();
+            std::fs::set_permissions(&mail, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED the group part: it needs root to make a root:mail directory");
+    } else {
+        let (ok, err) = check(None);
+        assert!(!ok);
+        assert!(
+            err.contains("store.mbox.path")
+                && err.contains("cannot create files in the spool directory")
+                && err.contains("[server] group = \"mail\""),
+            "{err}"
+        );
+        let mail_gid = nix::unistd::Group::from_name("mail").unwrap().unwrap().gid;
+        let (ok, err) = check(Some(mail_gid.as_raw()));
+        assert!(ok, "{err}");
+    }
+    std::fs::remove_file(mail.join("alice")).unwrap();
+    std::fs::remove_dir(&mail).unwrap();
+    let (ok, err) = check(None);
+    assert!(!ok);
+    assert!(
+        err.contains("store.mbox.path") && err.contains("does not exist"),
+        "{err}"
+    );
 }

@@ -39,6 +39,83 @@ fn without_the_pam_feature_auth_kind_pam_refuses_to_start() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("--features pam"), "{err}");
 }
+/// `mailbag deliver` with `auth.kind = "pam"` takes the machine's
+/// accounts as recipients, as a PAM login does (an exact name, a UID of
+/// at least `auth.pam.min_uid`), opens no passwd-file, and appends to the
+/// recipient's mbox spool; anyone else is EX_NOUSER, so the MTA bounces
+/// rather than queues. Needs no PAM: it works in either build.
+#[test]
+fn deliver_takes_system_accounts_as_recipients_into_their_spools() {
+    use crate::support::accounts::{can_make_accounts, Account};
+    use std::process::{Command, Stdio};
+    let test = "deliver_takes_system_accounts_as_recipients_into_their_spools";
+    if !can_make_accounts(test) {
+        return;
+    }
+    let user = Account::create("dlv", "unused password", false, &[]);
+    let system = Account::create("dls", "unused password", true, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("mail")).unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"mbox\"\n\
+             [store.mbox]\npath = \"{}/mail/%u\"\n[auth]\nkind = \"pam\"\n\
+             secret_file = \"secret\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let deliver = |to: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+        cmd.arg("deliver")
+            .arg("--config")
+            .arg(&config)
+            .arg("--user")
+            .arg(to)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        crate::support::as_unprivileged(&mut cmd, dir.path());
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            let _ = input.write_all(b"Subject: for a system account\n\nFrom the start\n");
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = deliver(&user.name);
+    assert_eq!(code, Some(0), "{err}");
+    let spool = std::fs::read(dir.path().join("mail").join(&user.name)).unwrap();
+    let messages = mailbag::admin::import::split_mbox(&spool);
+    assert_eq!(messages.len(), 1);
+    assert!(spool.starts_with(b"From "));
+    assert!(spool.windows(16).any(|w| w == b"\n>From the start"));
+    let text = String::from_utf8_lossy(&messages[0]).into_owned();
+    assert!(
+        text.contains(&format!("Delivered-To: {}", user.name)),
+        "{text}"
+    );
+
+    // Below auth.pam.min_uid, unknown, or spelt another way: no such user.
+    for to in [
+        system.name.clone(),
+        "root".to_string(),
+        crate::support::accounts::unique_name("none"),
+        user.name.to_uppercase(),
+    ] {
+        let (code, err) = deliver(&to);
+        assert_eq!(code, Some(67), "{to}: {err}");
+        assert!(!dir.path().join("mail").join(&to).exists(), "{to}");
+    }
+}
+
 #[cfg(feature = "pam")]
 mod with_pam {
     use std::net::SocketAddr;
@@ -402,5 +479,49 @@ mod with_pam {
             err.contains("auth.pam.service") && err.contains(&missing),
             "{err}"
         );
+    }
+
+    /// check-config warns when the server's user cannot read /etc/shadow:
+    /// `pam_unix` then relies on `unix_chkpwd`, which checks only the
+    /// password of the user running it. In group shadow, no warning.
+    #[test]
+    fn check_config_warns_when_pam_cannot_check_other_accounts_passwords() {
+        use std::os::unix::process::CommandExt;
+        let test = "check_config_warns_when_pam_cannot_check_other_accounts_passwords";
+        if !can_make_accounts(test) {
+            return;
+        }
+        let service = PamService::shipped();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mail")).unwrap();
+        let config = dir.path().join("mailbag.toml");
+        std::fs::write(&config, pam_config(dir.path(), &service.name, "")).unwrap();
+        let check = |group: Option<&str>| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailbag"));
+            cmd.arg("check-config").arg("--config").arg(&config);
+            crate::support::as_unprivileged(&mut cmd, dir.path());
+            if let Some(group) = group {
+                let gid = nix::unistd::Group::from_name(group).unwrap().unwrap().gid;
+                cmd.gid(gid.as_raw());
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, out, err) = check(None);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("warning: auth.kind = \"pam\"")
+                && out.contains("cannot read /etc/shadow")
+                && out.contains("unix_chkpwd")
+                && out.contains("SupplementaryGroups=shadow"),
+            "{out}"
+        );
+        let (ok, out, err) = check(Some("shadow"));
+        assert!(ok, "{err}");
+        assert!(!out.contains("warning"), "{out}");
     }
 }

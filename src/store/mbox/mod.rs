@@ -32,6 +32,7 @@
 
 mod lock;
 pub mod parse;
+mod quarantine;
 mod update;
 
 use std::ffi::{OsStr, OsString};
@@ -48,6 +49,7 @@ use nix::sys::stat::Mode;
 
 pub use lock::LockOptions;
 use lock::{MtaLocks, SessionLock};
+pub use quarantine::{check_quarantine_dir, MboxAdmin, MboxQuarantined, Released};
 use update::{Piece, Stop};
 
 use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
@@ -78,6 +80,8 @@ pub struct MboxStore {
     /// The last component, with `%u` in it.
     file: String,
     locks: LockOptions,
+    /// `store.mbox.quarantine_dir` (`quarantine.rs`).
+    quarantine: Option<PathBuf>,
 }
 
 impl MboxStore {
@@ -92,7 +96,19 @@ impl MboxStore {
             .and_then(OsStr::to_str)
             .unwrap_or_default()
             .to_string();
-        Ok(MboxStore { dir, file, locks })
+        Ok(MboxStore {
+            dir,
+            file,
+            locks,
+            quarantine: None,
+        })
+    }
+
+    /// Where `mailbag mailbox quarantine` keeps messages (see
+    /// `quarantine.rs`); `None`: quarantine is refused.
+    pub fn with_quarantine(mut self, dir: Option<PathBuf>) -> MboxStore {
+        self.quarantine = dir;
+        self
     }
 
     /// The spool directory and the spool's file name for `user`.
@@ -409,6 +425,19 @@ impl MboxMaildrop {
     }
 
     fn commit_blocking(self, deleted: &[usize]) -> Result<(), StoreError> {
+        self.rewrite_without(deleted, |_| Ok(()))
+    }
+
+    /// UPDATE's rewrite: the spool without the messages `deleted`, and
+    /// with whatever was appended since the snapshot. `before` runs first,
+    /// under the MTA locks, once the spool is known to hold the snapshot
+    /// unchanged (the quarantine copies a message there); its failure
+    /// leaves the spool untouched.
+    fn rewrite_without(
+        &self,
+        deleted: &[usize],
+        before: impl FnOnce(&File) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let n = self.places.len();
         let mut is_deleted = vec![false; n];
         for &i in deleted {
@@ -436,6 +465,7 @@ impl MboxMaildrop {
                 "the spool was rewritten by another program during the session; nothing was deleted",
             )));
         }
+        before(file)?;
         let mut pieces = Vec::with_capacity(n + 2);
         if self.junk > 0 {
             pieces.push(Piece::Spool(0..self.junk));

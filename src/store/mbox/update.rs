@@ -85,6 +85,14 @@ pub(crate) enum Stop {
     /// the rename, then the rewrite goes on.
     #[cfg(test)]
     SwapJournal,
+    /// `mailbag mailbox quarantine`: after the quarantine copy is
+    /// durable, before the spool is touched.
+    #[cfg(test)]
+    AfterQuarantineCopy,
+    /// `mailbag mailbox release`: after the message is appended to the
+    /// spool, before its quarantine copy is removed.
+    #[cfg(test)]
+    AfterReleaseAppend,
 }
 
 fn journal_name(spool: &OsStr) -> std::ffi::OsString {
@@ -337,7 +345,7 @@ fn check(journal: &File, spool: &File) -> Result<Option<Head>, StoreError> {
 /// writes them, and a rewrite would copy them out as real zeros into the
 /// journal (space in the spool directory charged to the server, not to
 /// the spool's owner) and hash them, at a cost set by the length alone.
-fn no_holes(spool: &File, len: u64) -> Result<(), StoreError> {
+pub(crate) fn no_holes(spool: &File, len: u64) -> Result<(), StoreError> {
     use nix::unistd::{lseek, Whence};
     match lseek(spool.as_fd(), 0, Whence::SeekHole) {
         Ok(hole) if u64::try_from(hole).unwrap_or(0) < len => Err(StoreError::Permanent(
