@@ -183,7 +183,8 @@ impl Postfix {
         let _ = s.get_mut().write_all(b"QUIT\r\n").await;
     }
 
-    /// Waits (at most 30 s) until `user`'s spool holds `count` messages;
+    /// Waits (at most 30 s) until `user`'s spool holds `count` whole
+    /// messages;
     /// returns them as stored, each without its `From ` line and the
     /// empty line that ends it.
     pub async fn wait_for(&self, user: &str, count: usize) -> Vec<Vec<u8>> {
@@ -191,7 +192,11 @@ impl Postfix {
         loop {
             let spool = std::fs::read(self.spools.join(user)).unwrap_or_default();
             let messages = split_spool(&spool);
-            if messages.len() >= count {
+            // local(8) holds the dotlock while it appends and ends every
+            // message with an empty line: before both, the last message
+            // may still be half written.
+            let locked = self.spools.join(format!("{user}.lock")).exists();
+            if messages.len() >= count && !locked && spool.ends_with(b"\n\n") {
                 assert_eq!(messages.len(), count, "{}", self.log());
                 return messages;
             }
