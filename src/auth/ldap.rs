@@ -22,6 +22,14 @@
 //! be reached, or answers late, is a temporary error (`[SYS/TEMP]`),
 //! never a wrong password.
 //!
+//! `maildrop_attribute` and `quota_attribute`, when set, are read with
+//! the service account in the lookup that finds the user for the
+//! maildrop (at login and for delivery): the maildrop as a path relative
+//! to `store.root`, the quota in octets (`k`/`M`/`G`/`T` multipliers
+//! taken, 0 unlimited). A user who can write those attributes of their
+//! own entry can point them at another maildrop: directory ACLs must
+//! keep them to administrators.
+//!
 //! Connections are pooled (at most `pool_size` of each kind); a broken
 //! one is dropped and the operation retried once on a new connection, so
 //! logins work again as soon as a restarted directory answers.
@@ -542,7 +550,8 @@ impl LdapPassDb {
         let maildrop = config
             .maildrop_attribute
             .as_deref()
-            .and_then(|a| entry.first(a));
+            .and_then(|a| entry.first(a))
+            .filter(|m| !m.is_empty());
         let quota_octets = match config
             .quota_attribute
             .as_deref()

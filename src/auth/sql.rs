@@ -11,6 +11,13 @@
 //! left out by `AND active = 1`) costs a decoy check and gets the answer
 //! a wrong password gets, counted like one.
 //!
+//! `user_query`, when set, is asked with the canonical name once the
+//! password query has found the user (at login, when the maildrop is
+//! opened, and for delivery): columns `maildir` (the maildrop, relative
+//! to `store.root`, as PostfixAdmin writes it: `example.org/alice/`),
+//! `quota` (octets) and `quota_messages`, each optional; NULL or an
+//! empty `maildir` means "as `store.path` says", a quota of 0 unlimited.
+//!
 //! Only the query's secrets are seen, so CRAM-MD5 and APOP are never
 //! offered; SCRAM-SHA-256 only with `offer_scram`. A database that
 //! cannot be reached, or answers after `timeout_secs`, is a temporary
@@ -298,7 +305,9 @@ impl SqlPassDb {
                         .take(MAX_ROWS)
                         .map(|row| {
                             Ok(UserAttributes {
-                                maildrop: pg_text(row, "maildir").map_err(|e| failed(&e))?,
+                                maildrop: pg_text(row, "maildir")
+                                    .map_err(|e| failed(&e))?
+                                    .filter(|m| !m.is_empty()),
                                 quota_octets: pg_count(row, "quota").map_err(|e| failed(&e))?,
                                 quota_messages: pg_count(row, "quota_messages")
                                     .map_err(|e| failed(&e))?,
@@ -327,7 +336,8 @@ impl SqlPassDb {
                                 maildrop: mysql_value(&row, "maildir")
                                     .map(|v| mysql_string(v).ok_or("column maildir: not text"))
                                     .transpose()
-                                    .map_err(|e| failed(&e))?,
+                                    .map_err(|e| failed(&e))?
+                                    .filter(|m| !m.is_empty()),
                                 quota_octets: mysql_value(&row, "quota")
                                     .map(|v| mysql_count(v).ok_or("column quota: not a count"))
                                     .transpose()
