@@ -585,3 +585,57 @@ async fn an_update_record_is_written_before_and_removed_after_deletion() {
     assert!(!md.join(update::FILE).exists());
     assert_eq!(names(&md.join("new")), vec![more[1].clone()]);
 }
+
+/// A maildrop from the user's entry is a Maildir below the data root,
+/// shared (lock included) by the users that name it, and walked without
+/// following a symlink planted on the way.
+#[tokio::test]
+async fn a_maildrop_from_the_entry_is_walked_below_the_root() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("data");
+    let s = MaildirStore::new(
+        root.clone(),
+        "{root}/{user}/Maildir".into(),
+        "localhost".into(),
+    );
+    let mailbox = |name, maildrop| crate::store::Mailbox {
+        name,
+        maildrop: Some(maildrop),
+    };
+    Store::deliver(&s, mailbox("ann", "example.org/ann/"), b"x\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(root.join("example.org/ann/new"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(!root.join("ann").exists());
+    let m = s.open(mailbox("ann", "example.org/ann")).await.unwrap();
+    assert_eq!(m.messages().len(), 1);
+    assert!(matches!(
+        s.open(mailbox("amy", "example.org/ann/")).await,
+        Err(StoreError::Locked)
+    ));
+    drop(m);
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("example.org/link")).unwrap();
+    for bad in [
+        "example.org/link/",
+        "example.org/link/x",
+        "../outside",
+        "/tmp",
+        "a/../b",
+    ] {
+        assert!(s.open(mailbox("eve", bad)).await.is_err(), "{bad}");
+        assert!(
+            Store::deliver(&s, mailbox("eve", bad), b"x\n".to_vec())
+                .await
+                .is_err(),
+            "{bad}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}

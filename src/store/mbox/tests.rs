@@ -343,3 +343,51 @@ async fn a_sparse_spool_is_parsed_without_reading_its_holes() {
     // "\n", the hole from offset 23 as one line of zeros, its LF.
     assert_eq!(m.messages()[1].size, 2 + ((1u64 << 40) - 23) + 2);
 }
+
+/// A maildrop from the user's entry is the spool's file name in the spool
+/// directory: two users naming one spool share it and its session lock;
+/// a path of directories, or a name that is another spool's side file,
+/// is refused before any file is touched.
+#[tokio::test]
+async fn a_maildrop_from_the_entry_names_the_spool_file_and_nothing_else() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::write(t.path().join("shared"), THREE).unwrap();
+    let s = store(t.path(), 100, Duration::from_secs(300));
+    let mailbox = |name| crate::store::Mailbox {
+        name,
+        maildrop: Some("shared"),
+    };
+    let m = s.open(mailbox("ann")).await.unwrap();
+    assert_eq!(m.messages().len(), 3);
+    assert!(matches!(
+        s.open(mailbox("amy")).await,
+        Err(StoreError::Locked)
+    ));
+    drop(m);
+    assert_eq!(s.usage(mailbox("amy")).await.unwrap().messages, 3);
+    assert!(!t.path().join("ann").exists() && !t.path().join("amy").exists());
+    for bad in [
+        "sub/shared",
+        "../shared",
+        "/etc/passwd",
+        "shared.lock",
+        "ann.mailbag-journal",
+    ] {
+        let mailbox = crate::store::Mailbox {
+            name: "ann",
+            maildrop: Some(bad),
+        };
+        assert!(
+            matches!(s.open(mailbox).await, Err(StoreError::Permanent(_))),
+            "{bad}"
+        );
+        assert!(
+            matches!(
+                s.deliver(mailbox, b"x\n".to_vec()).await,
+                Err(StoreError::Permanent(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(!t.path().join("sub").exists() && !t.path().join("shared.lock").exists());
+}
