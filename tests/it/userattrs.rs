@@ -313,6 +313,44 @@ async fn sql_user_query_names_the_maildrop_and_quota_on_postgresql() {
     let config = sql_config(&dir, &url, "$1");
     let passdb = SqlPassDb::new(config.auth.sql.as_ref().unwrap()).unwrap();
     maildrops_and_quotas_from_the_entry(&dir, config, passdb, SQL_NAMES).await;
+
+    // Columns of other integer types, a message count, NULL for "as
+    // configured", and two rows for one name.
+    let other = tempfile::tempdir().unwrap();
+    let mut config = sql_config(&other, &url, "$1");
+    let sql = config.auth.sql.as_mut().unwrap();
+    sql.user_query = Some(
+        "SELECT NULL::text AS maildir, quota::int AS quota, 1::smallint AS quota_messages \
+         FROM mailbox WHERE username = $1"
+            .into(),
+    );
+    let passdb = SqlPassDb::new(sql).unwrap();
+    let user = passdb.find_user("full@example.org").await.unwrap().unwrap();
+    assert_eq!(
+        user.attributes,
+        mailbag::auth::UserAttributes {
+            maildrop: None,
+            quota_octets: Some(100),
+            quota_messages: Some(1),
+        }
+    );
+    let configured = mailbag::config::Quota {
+        max_octets: 5,
+        max_messages: 7,
+    };
+    assert_eq!(
+        user.quota(configured),
+        mailbag::config::Quota {
+            max_octets: 100,
+            max_messages: 1,
+        }
+    );
+    sql.user_query = Some("SELECT maildir FROM mailbox WHERE $1::text IS NOT NULL".into());
+    let passdb = SqlPassDb::new(sql).unwrap();
+    assert!(passdb.find_user("full@example.org").await.is_err());
+    sql.user_query = Some("SELECT maildir, -1 AS quota FROM mailbox WHERE username = $1".into());
+    let passdb = SqlPassDb::new(sql).unwrap();
+    assert!(passdb.find_user("full@example.org").await.is_err());
 }
 
 /// Without an attribute or a user query, the maildrop is the template's,
