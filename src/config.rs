@@ -608,11 +608,14 @@ pub struct LdapConfig {
     /// (folded) without it.
     #[serde(default)]
     pub name_attribute: Option<String>,
-    /// Read and logged, not yet used: the store places maildrops by
-    /// `store.path` (see docs/DEPLOYMENT.md).
+    /// The attribute whose value is the user's maildrop, a path relative
+    /// to `store.root` (e.g. `example.org/alice/`), used instead of
+    /// `store.path`; a value that is not a relative path of plain names
+    /// refuses the user (see docs/DEPLOYMENT.md).
     #[serde(default)]
     pub maildrop_attribute: Option<String>,
-    /// Read and logged, not yet used: quotas come from `[quota]`.
+    /// The attribute whose value is the user's quota in octets (`k`, `M`,
+    /// `G`, `T` multipliers taken; 0 unlimited), over `[quota]`.
     #[serde(default)]
     pub quota_attribute: Option<String>,
     /// Connections open at most (each kind: service and user binds).
@@ -638,7 +641,10 @@ pub struct SqlConfig {
     /// Returns the column `password` (a `{SCHEME}` or `$id$` hash) and
     /// optionally `user` (the canonical name), at most one row.
     pub password_query: String,
-    /// Read and logged, not yet used: returns `maildir` and `quota`.
+    /// Asked with the canonical name after `password_query` has found
+    /// the user: at most one row with the columns `maildir` (the maildrop,
+    /// relative to `store.root`), `quota` (octets, 0 unlimited) and
+    /// `quota_messages`, each optional and NULL meaning "as configured".
     #[serde(default)]
     pub user_query: Option<String>,
     /// The CA certificates (PEM) for TLS connections.

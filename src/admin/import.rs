@@ -154,7 +154,7 @@ impl UidlTarget for MboxStore {
         message: Vec<u8>,
         _uidl: Option<&str>,
     ) -> Result<(Option<()>, bool), StoreError> {
-        MboxStore::deliver(self, user, message).await?;
+        MboxStore::deliver(self, user.into(), message).await?;
         Ok((None, false))
     }
 
@@ -320,7 +320,10 @@ pub async fn into_store<S: UidlTarget, T>(
         total,
         source,
     };
-    let before = store.usage(user).await.map_err(|e| store_error(0, e))?;
+    let before = store
+        .usage(user.into())
+        .await
+        .map_err(|e| store_error(0, e))?;
     let mut progress = Progress::new(total);
     let mut copied = Copied::default();
     let mut pending = Vec::new();
@@ -342,7 +345,10 @@ pub async fn into_store<S: UidlTarget, T>(
         .settle(user, pending)
         .await
         .map_err(|e| store_error(total, e))?;
-    let after = store.usage(user).await.map_err(|e| store_error(total, e))?;
+    let after = store
+        .usage(user.into())
+        .await
+        .map_err(|e| store_error(total, e))?;
     verify(copied, before, after)?;
     Ok(copied)
 }
@@ -442,7 +448,7 @@ async fn out_of_store<S: Store>(
     };
     let before = measure(target).map_err(read_error)?;
     let mut maildrop = store
-        .open(user)
+        .open(user.into())
         .await
         .map_err(|source| ImportError::Store {
             done: 0,
@@ -696,7 +702,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((copied.messages, copied.uidls_kept), (3, 3));
-        let maildrop = store.open("u").await.unwrap();
+        let maildrop = store.open("u".into()).await.unwrap();
         let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
         got.sort();
         assert_eq!(got, ["000000016553f100", "1700000003.c.host", "KEPT-2"]);

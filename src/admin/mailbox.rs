@@ -221,7 +221,10 @@ pub async fn run_with<S: Store>(
             })
         }
     };
-    let mut m = store.open(user).await.map_err(|e| open_failed(user, e))?;
+    let mut m = store
+        .open(user.into())
+        .await
+        .map_err(|e| open_failed(user, e))?;
     let Some(number) = number else {
         let large = config.pop3.summary_large_octets;
         return inspect_maildrop(&mut m, user, None, large, out)

@@ -22,6 +22,14 @@
 //! be reached, or answers late, is a temporary error (`[SYS/TEMP]`),
 //! never a wrong password.
 //!
+//! `maildrop_attribute` and `quota_attribute`, when set, are read with
+//! the service account in the lookup that finds the user for the
+//! maildrop (at login and for delivery): the maildrop as a path relative
+//! to `store.root`, the quota in octets (`k`/`M`/`G`/`T` multipliers
+//! taken, 0 unlimited). A user who can write those attributes of their
+//! own entry can point them at another maildrop: directory ACLs must
+//! keep them to administrators.
+//!
 //! Connections are pooled (at most `pool_size` of each kind); a broken
 //! one is dropped and the operation retried once on a new connection, so
 //! logins work again as soon as a restarted directory answers.
@@ -40,7 +48,7 @@ use super::credential::valid_user_name;
 use super::external::{name_parts, temporary, Checker};
 use super::name::fold;
 use super::secret::ServerSecret;
-use super::{AuthError, Credential, PassDb, ScramKeys};
+use super::{AuthError, Credential, PassDb, ScramKeys, User, UserAttributes};
 use crate::config::{LdapConfig, LdapMode};
 
 /// Entries read for one name at most: a second match means the filter
@@ -315,12 +323,6 @@ impl LdapPassDb {
             bind,
         };
         let service = config.bind_dn.clone().zip(config.bind_password.clone());
-        if config.maildrop_attribute.is_some() || config.quota_attribute.is_some() {
-            tracing::warn!(
-                "auth.ldap: maildrop_attribute and quota_attribute are not used yet; \
-                 maildrops follow store.path and quotas [quota]"
-            );
-        }
         Ok(LdapPassDb {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -490,25 +492,85 @@ impl LdapPassDb {
 
     /// Whether the templated DN names an entry.
     async fn dn_exists(&self, dn: &str) -> Result<bool, AuthError> {
+        Ok(self.read_entry(dn, Vec::new()).await?.is_some())
+    }
+
+    /// The entry the templated DN names (with `attrs`), read as the
+    /// service account; `None` when there is none.
+    async fn read_entry(&self, dn: &str, attrs: Vec<String>) -> Result<Option<Entry>, AuthError> {
         let timeout = self.inner.timeout;
         let dn = dn.to_string();
+        let attrs = if attrs.is_empty() {
+            vec!["1.1".to_string()]
+        } else {
+            attrs
+        };
         let found = self
             .with_conn(&self.inner.service, |ldap| {
-                let dn = dn.clone();
+                let (dn, attrs) = (dn.clone(), attrs.clone());
                 Box::pin(async move {
                     Ok(ldap
                         .with_timeout(timeout)
-                        .search(&dn, Scope::Base, "(objectClass=*)", vec!["1.1"])
+                        .search(&dn, Scope::Base, "(objectClass=*)", attrs)
                         .await?)
                 })
             })
             .await
             .map_err(OpError::temporary)?;
         match found.1.rc {
-            0 => Ok(!found.0.is_empty()),
-            NO_SUCH_OBJECT => Ok(false),
-            rc => Err(OpError::Result(rc, found.1.text).temporary()),
+            0 => {}
+            NO_SUCH_OBJECT => return Ok(None),
+            rc => return Err(OpError::Result(rc, found.1.text).temporary()),
         }
+        found
+            .0
+            .into_iter()
+            .find(|e| !e.is_ref() && !e.is_intermediate())
+            .map(|e| Entry::parse(e.0).ok_or_else(|| temporary("LDAP: malformed entry")))
+            .transpose()
+    }
+
+    /// The attributes to read for a user: the name's, and those of the
+    /// maildrop and quota.
+    fn user_attribute_names(&self) -> Vec<String> {
+        let config = &self.inner.config;
+        config
+            .name_attribute
+            .iter()
+            .chain(&config.maildrop_attribute)
+            .chain(&config.quota_attribute)
+            .cloned()
+            .collect()
+    }
+
+    /// What `entry` says about the maildrop and its quota. A quota that is
+    /// not a size is a temporary error, never "unlimited".
+    fn user_attributes(&self, entry: &Entry) -> Result<UserAttributes, AuthError> {
+        let config = &self.inner.config;
+        let maildrop = config
+            .maildrop_attribute
+            .as_deref()
+            .and_then(|a| entry.first(a))
+            .filter(|m| !m.is_empty());
+        let quota_octets = match config
+            .quota_attribute
+            .as_deref()
+            .and_then(|a| entry.first(a))
+        {
+            None => None,
+            Some(value) => Some(parse_quota(&value).ok_or_else(|| {
+                AuthError::Temporary(format!(
+                    "LDAP: {} of {:?} is not a size in octets: {value:?}",
+                    config.quota_attribute.as_deref().unwrap_or_default(),
+                    entry.dn
+                ))
+            })?),
+        };
+        Ok(UserAttributes {
+            maildrop,
+            quota_octets,
+            quota_messages: None,
+        })
     }
 
     /// The canonical name of the user `entry` is, given as `user`.
@@ -672,7 +734,63 @@ fn ambiguous(user: &str) -> AuthError {
     ))
 }
 
+/// A quota as directories hold it: octets, optionally with a binary
+/// multiplier (`k`, `M`, `G`, `T`, as Dovecot's quota rules take them);
+/// 0 is unlimited. `None` for anything else, or a value that overflows.
+pub fn parse_quota(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (digits, shift) = match value.char_indices().last()? {
+        (i, 'b' | 'B') => (&value[..i], 0),
+        (i, 'k' | 'K') => (&value[..i], 10),
+        (i, 'm' | 'M') => (&value[..i], 20),
+        (i, 'g' | 'G') => (&value[..i], 30),
+        (i, 't' | 'T') => (&value[..i], 40),
+        _ => (value, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
+}
+
 impl PassDb for LdapPassDb {
+    fn has_user_attributes(&self) -> bool {
+        let config = &self.inner.config;
+        config.maildrop_attribute.is_some() || config.quota_attribute.is_some()
+    }
+
+    async fn find_user(&self, user: &str) -> Result<Option<User>, AuthError> {
+        if !self.has_user_attributes() {
+            return Ok(self.user_exists(user).await?.map(User::named));
+        }
+        if !valid_user_name(user) {
+            return Ok(None);
+        }
+        let config = &self.inner.config;
+        let attrs = self.user_attribute_names();
+        // The same lookup as `user_exists`, with the attributes asked for.
+        let (entry, name) = match &config.user_dn {
+            Some(template) => {
+                let dn = expand(template, user, dn_value_escape);
+                let entry = self.read_entry(&dn, attrs).await?;
+                let name = entry.as_ref().and_then(|_| self.canonical(user, None));
+                (entry, name)
+            }
+            None => {
+                let entry = self.search(user, attrs).await?;
+                let name = entry.as_ref().and_then(|e| self.canonical(user, Some(e)));
+                (entry, name)
+            }
+        };
+        let (Some(entry), Some(name)) = (entry, name) else {
+            return Ok(None);
+        };
+        Ok(Some(User {
+            attributes: self.user_attributes(&entry)?,
+            name,
+        }))
+    }
+
     async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         match self.inner.config.mode {
             LdapMode::Bind => self.verify_by_bind(user, credential).await,
@@ -759,6 +877,28 @@ mod tests {
         assert!(scheme::verify(&checked, b"argon-pass"));
         assert!(!scheme::verify(&checked, b"wrong"));
         assert_eq!(openldap_scheme("{SSHA}x".into()), "{SSHA}x");
+    }
+
+    #[test]
+    fn quotas_are_octets_with_an_optional_binary_multiplier() {
+        assert_eq!(parse_quota("1048576"), Some(1 << 20));
+        assert_eq!(parse_quota(" 10M "), Some(10 << 20));
+        assert_eq!(parse_quota("2k"), Some(2048));
+        assert_eq!(parse_quota("1G"), Some(1 << 30));
+        assert_eq!(parse_quota("5b"), Some(5));
+        assert_eq!(parse_quota("0"), Some(0));
+        for bad in [
+            "",
+            "M",
+            "-1",
+            "1.5G",
+            "10 M",
+            "1e9",
+            "99999999999999999999",
+            "16777216T",
+        ] {
+            assert_eq!(parse_quota(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -40,6 +40,66 @@ pub enum AuthError {
     Temporary(String),
 }
 
+/// What a user's entry in the passdb's source says about where the
+/// user's mail lives and how much it may hold (`[auth.ldap]`
+/// `maildrop_attribute`/`quota_attribute`, `[auth.sql] user_query`).
+/// Nothing here is trusted: the maildrop is checked by the store
+/// ([`crate::store::check_maildrop`]) before it names any file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserAttributes {
+    /// The maildrop as a path relative to the store's root, as the
+    /// source gives it (unchecked).
+    pub maildrop: Option<String>,
+    /// Octets the maildrop may hold (0: unlimited); overrides `[quota]`.
+    pub quota_octets: Option<u64>,
+    /// Messages the maildrop may hold (0: unlimited); overrides `[quota]`.
+    pub quota_messages: Option<u64>,
+}
+
+/// A stored user: the canonical name and what the source says about
+/// the user's maildrop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The canonical user name.
+    pub name: String,
+    /// The maildrop path and quota from the user's entry, if any.
+    pub attributes: UserAttributes,
+}
+
+impl User {
+    /// A user with nothing but a name: the maildrop follows the store's
+    /// path template, the quota `[quota]`.
+    pub fn named(name: String) -> User {
+        User {
+            name,
+            attributes: UserAttributes::default(),
+        }
+    }
+
+    /// The maildrop of this user at the store.
+    pub fn mailbox(&self) -> crate::store::Mailbox<'_> {
+        crate::store::Mailbox {
+            name: &self.name,
+            maildrop: self.attributes.maildrop.as_deref(),
+        }
+    }
+
+    /// `configured` (the `[quota]` entry for the user) with what the
+    /// user's entry says put over it.
+    pub fn quota(&self, configured: crate::config::Quota) -> crate::config::Quota {
+        crate::config::Quota {
+            max_octets: self
+                .attributes
+                .quota_octets
+                .unwrap_or(configured.max_octets),
+            max_messages: self
+                .attributes
+                .quota_messages
+                .unwrap_or(configured.max_messages),
+        }
+    }
+}
+
 /// A password database.
 pub trait PassDb: Send + Sync + 'static {
     /// Checks `credential` for `user`. On success returns the canonical
@@ -57,6 +117,28 @@ pub trait PassDb: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<Option<String>, AuthError>> + Send;
+    /// Like [`user_exists`](Self::user_exists), with what the user's
+    /// entry says about the maildrop and its quota, read in the same
+    /// lookup. Asked only when
+    /// [`has_user_attributes`](Self::has_user_attributes) says so
+    /// ([`name::Matching::resolve_user`]); a passdb without such
+    /// attributes never is, and costs no extra lookup.
+    fn find_user(
+        &self,
+        user: &str,
+    ) -> impl Future<Output = Result<Option<User>, AuthError>> + Send {
+        let _ = user;
+        std::future::ready(Ok(None))
+    }
+
+    /// Whether [`find_user`](Self::find_user) may give a maildrop or a
+    /// quota (an attribute or query for them is configured). When it
+    /// may, a login or delivery whose lookup fails is refused rather
+    /// than served from the maildrop the name alone gives.
+    fn has_user_attributes(&self) -> bool {
+        false
+    }
+
     /// SCRAM-SHA-256 keys for `user` and the canonical name; for an
     /// unknown user (or one whose hash SCRAM cannot use), keys that no
     /// proof matches, so that the exchange fails only at its end.

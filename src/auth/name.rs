@@ -187,7 +187,20 @@ impl Matching {
         passdb: &P,
         name: &str,
     ) -> Result<Option<String>, crate::auth::AuthError> {
-        let mut found: Option<String> = None;
+        Ok(self.resolve_user(passdb, name).await?.map(|u| u.name))
+    }
+
+    /// As [`resolve`](Self::resolve), with what the user's entry says
+    /// about the maildrop and its quota ([`PassDb::find_user`]), from the
+    /// same lookups.
+    ///
+    /// [`PassDb::find_user`]: crate::auth::PassDb::find_user
+    pub async fn resolve_user<P: crate::auth::PassDb>(
+        &self,
+        passdb: &P,
+        name: &str,
+    ) -> Result<Option<crate::auth::User>, crate::auth::AuthError> {
+        let mut found: Option<crate::auth::User> = None;
         let mut other = None;
         for candidate in self.candidates(name) {
             // A name the store could not hold is no user: refused at RCPT,
@@ -195,13 +208,21 @@ impl Matching {
             if !is_valid(&candidate) {
                 continue;
             }
-            match (&found, passdb.user_exists(&candidate).await?) {
+            let user = if passdb.has_user_attributes() {
+                passdb.find_user(&candidate).await?
+            } else {
+                passdb
+                    .user_exists(&candidate)
+                    .await?
+                    .map(crate::auth::User::named)
+            };
+            match (&found, user) {
                 (None, user) => found = user,
-                (Some(first), Some(user)) if *first != user => other = Some(user),
+                (Some(first), Some(user)) if first.name != user.name => other = Some(user.name),
                 _ => {}
             }
         }
-        if let (Some(a), Some(b)) = (&found, other) {
+        if let (Some(a), Some(b)) = (found.as_ref().map(|u| &u.name), other) {
             return Err(crate::auth::AuthError::Temporary(format!(
                 "users {a:?} and {b:?} are one user to name matching (letter case \
                  and the default domain {:?}); rename or delete one",

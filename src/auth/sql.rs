@@ -11,6 +11,13 @@
 //! left out by `AND active = 1`) costs a decoy check and gets the answer
 //! a wrong password gets, counted like one.
 //!
+//! `user_query`, when set, is asked with the canonical name once the
+//! password query has found the user (at login, when the maildrop is
+//! opened, and for delivery): columns `maildir` (the maildrop, relative
+//! to `store.root`, as PostfixAdmin writes it: `example.org/alice/`),
+//! `quota` (octets) and `quota_messages`, each optional; NULL or an
+//! empty `maildir` means "as `store.path` says", a quota of 0 unlimited.
+//!
 //! Only the query's secrets are seen, so CRAM-MD5 and APOP are never
 //! offered; SCRAM-SHA-256 only with `offer_scram`. A database that
 //! cannot be reached, or answers after `timeout_secs`, is a temporary
@@ -25,7 +32,7 @@ use super::credential::valid_user_name;
 use super::external::{temporary, Checker};
 use super::name::fold;
 use super::secret::ServerSecret;
-use super::{AuthError, Credential, PassDb, ScramKeys};
+use super::{AuthError, Credential, PassDb, ScramKeys, User, UserAttributes};
 use crate::config::SqlConfig;
 use crate::pg::pool::Pool;
 use crate::pg::tls::RustlsConnect;
@@ -88,6 +95,9 @@ struct Inner {
     /// query that matches the whole table is not read whole (MySQL rows
     /// are read one at a time and stop at the limit).
     pg_query: String,
+    /// `user_query` as given (MySQL) and wrapped with a row limit
+    /// (PostgreSQL).
+    user_query: Option<(String, String)>,
     offer_scram: bool,
     timeout: Duration,
     checker: Checker,
@@ -149,11 +159,6 @@ impl SqlPassDb {
                 ))
             }
         };
-        if config.user_query.is_some() {
-            tracing::warn!(
-                "auth.sql.user_query is not used yet; maildrops follow store.path and quotas [quota]"
-            );
-        }
         Ok(SqlPassDb {
             inner: Arc::new(Inner {
                 db,
@@ -162,6 +167,13 @@ impl SqlPassDb {
                     "SELECT * FROM ({}) AS mailbag_password_query LIMIT {MAX_ROWS}",
                     config.password_query.trim().trim_end_matches(';')
                 ),
+                user_query: config.user_query.as_ref().map(|q| {
+                    let pg = format!(
+                        "SELECT * FROM ({}) AS mailbag_user_query LIMIT {MAX_ROWS}",
+                        q.trim().trim_end_matches(';')
+                    );
+                    (q.clone(), pg)
+                }),
                 offer_scram: config.offer_scram,
                 timeout,
                 checker: Checker::default(),
@@ -272,6 +284,164 @@ impl SqlPassDb {
     }
 }
 
+impl SqlPassDb {
+    /// The rows `user_query` gives for the canonical name `user`, as
+    /// what they say about the maildrop and its quota.
+    async fn user_rows(
+        &self,
+        query: &(String, String),
+        user: &str,
+    ) -> Result<Vec<UserAttributes>, AuthError> {
+        let failed = |e: &dyn std::fmt::Display| temporary(format!("auth.sql.user_query: {e}"));
+        let work = async {
+            match &self.inner.db {
+                Db::Postgres(pool) => {
+                    let client = pool.get().await.map_err(temporary)?;
+                    let rows = client
+                        .query(&query.1, &[&user])
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    rows.iter()
+                        .take(MAX_ROWS)
+                        .map(|row| {
+                            Ok(UserAttributes {
+                                maildrop: pg_text(row, "maildir")
+                                    .map_err(|e| failed(&e))?
+                                    .filter(|m| !m.is_empty()),
+                                quota_octets: pg_count(row, "quota").map_err(|e| failed(&e))?,
+                                quota_messages: pg_count(row, "quota_messages")
+                                    .map_err(|e| failed(&e))?,
+                            })
+                        })
+                        .collect()
+                }
+                Db::Mysql(pool) => {
+                    use mysql_async::prelude::Queryable;
+                    let mut conn = pool.get_conn().await.map_err(temporary)?;
+                    let mut result = conn
+                        .exec_iter(query.0.as_str(), (user,))
+                        .await
+                        .map_err(|e| failed(&e))?;
+                    let mut rows = Vec::new();
+                    while rows.len() < MAX_ROWS {
+                        let Some(row) = result.next().await.map_err(temporary)? else {
+                            break;
+                        };
+                        rows.push(row);
+                    }
+                    result.drop_result().await.map_err(temporary)?;
+                    rows.into_iter()
+                        .map(|row| {
+                            Ok(UserAttributes {
+                                maildrop: mysql_value(&row, "maildir")
+                                    .map(|v| mysql_string(v).ok_or("column maildir: not text"))
+                                    .transpose()
+                                    .map_err(|e| failed(&e))?
+                                    .filter(|m| !m.is_empty()),
+                                quota_octets: mysql_value(&row, "quota")
+                                    .map(|v| mysql_count(v).ok_or("column quota: not a count"))
+                                    .transpose()
+                                    .map_err(|e| failed(&e))?,
+                                quota_messages: mysql_value(&row, "quota_messages")
+                                    .map(|v| {
+                                        mysql_count(v).ok_or("column quota_messages: not a count")
+                                    })
+                                    .transpose()
+                                    .map_err(|e| failed(&e))?,
+                            })
+                        })
+                        .collect()
+                }
+            }
+        };
+        tokio::time::timeout(self.inner.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(temporary("auth.sql: the database did not answer in time")))
+    }
+
+    /// What `user_query` says about the canonical user `user`: nothing
+    /// when it returns no row, a temporary error when it returns two.
+    async fn user_attributes(&self, user: &str) -> Result<UserAttributes, AuthError> {
+        let Some(query) = &self.inner.user_query else {
+            return Ok(UserAttributes::default());
+        };
+        let rows = self.user_rows(query, user).await?;
+        if rows.len() > 1 {
+            return Err(AuthError::Temporary(format!(
+                "auth.sql.user_query returns more than one row for {user:?}"
+            )));
+        }
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+}
+
+/// A text column of a PostgreSQL row; `None` when the query has no such
+/// column or it is NULL.
+fn pg_text(row: &tokio_postgres::Row, column: &str) -> Result<Option<String>, String> {
+    if !row.columns().iter().any(|c| c.name() == column) {
+        return Ok(None);
+    }
+    row.try_get::<_, Option<String>>(column)
+        .map_err(|e| format!("column {column}: {e}"))
+}
+
+/// A count column (octets, messages) of a PostgreSQL row, of any integer
+/// type (or text of digits); negative values refused. `None` when the
+/// query has no such column or it is NULL.
+fn pg_count(row: &tokio_postgres::Row, column: &str) -> Result<Option<u64>, String> {
+    if !row.columns().iter().any(|c| c.name() == column) {
+        return Ok(None);
+    }
+    let bad = || format!("column {column}: not a count");
+    let value = if let Ok(v) = row.try_get::<_, Option<i64>>(column) {
+        v
+    } else if let Ok(v) = row.try_get::<_, Option<i32>>(column) {
+        v.map(i64::from)
+    } else if let Ok(v) = row.try_get::<_, Option<i16>>(column) {
+        v.map(i64::from)
+    } else {
+        let text = row
+            .try_get::<_, Option<String>>(column)
+            .map_err(|_| bad())?;
+        match text {
+            Some(t) => Some(t.trim().parse::<i64>().map_err(|_| bad())?),
+            None => None,
+        }
+    };
+    value
+        .map(|v| u64::try_from(v).map_err(|_| bad()))
+        .transpose()
+}
+
+/// A column of a MySQL row; `None` when there is no such column or it
+/// is NULL.
+fn mysql_value<'r>(row: &'r mysql_async::Row, column: &str) -> Option<&'r mysql_async::Value> {
+    let i = row
+        .columns_ref()
+        .iter()
+        .position(|c| c.name_str() == column)?;
+    match row.as_ref(i)? {
+        mysql_async::Value::NULL => None,
+        value => Some(value),
+    }
+}
+
+fn mysql_string(value: &mysql_async::Value) -> Option<String> {
+    match value {
+        mysql_async::Value::Bytes(b) => String::from_utf8(b.clone()).ok(),
+        _ => None,
+    }
+}
+
+fn mysql_count(value: &mysql_async::Value) -> Option<u64> {
+    match value {
+        mysql_async::Value::Int(i) => u64::try_from(*i).ok(),
+        mysql_async::Value::UInt(u) => Some(*u),
+        mysql_async::Value::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// A text column of a MySQL row (NULL is no secret: an empty string,
 /// which no password matches).
 fn mysql_text(row: &mut mysql_async::Row, column: &str) -> Result<String, AuthError> {
@@ -295,6 +465,22 @@ impl PassDb for SqlPassDb {
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
         Ok(self.lookup(user).await?.map(|(name, _)| name))
+    }
+
+    fn has_user_attributes(&self) -> bool {
+        self.inner.user_query.is_some()
+    }
+
+    /// `password_query` says who the user is (and whether active),
+    /// `user_query`, asked with the canonical name, where the mail goes.
+    async fn find_user(&self, user: &str) -> Result<Option<User>, AuthError> {
+        let Some(name) = self.user_exists(user).await? else {
+            return Ok(None);
+        };
+        Ok(Some(User {
+            attributes: self.user_attributes(&name).await?,
+            name,
+        }))
     }
 
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {

@@ -10,6 +10,7 @@
 //! collected and written once no complete command is waiting, which gives
 //! PIPELINING with few writes.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::wire::{self, Input};
 use super::Shared;
-use crate::auth::PassDb;
+use crate::auth::{PassDb, User};
 use crate::store::deliver::{self, DeliverError};
 use crate::store::{Store, StoreError};
 
@@ -297,7 +298,11 @@ where
         max_bad_commands: config.limits.max_bad_commands,
         ..Settings::default()
     };
+    let settings_max_recipients = settings.max_recipients.max(1);
     let mut conn = Conn::new(settings);
+    // The users RCPT accepted, by canonical name, with the maildrop and
+    // quota their entries give, for the delivery after DATA.
+    let mut accepted: HashMap<String, User> = HashMap::new();
     let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; READ_OCTETS];
     let mut receiving = Reservation {
@@ -309,7 +314,17 @@ where
         match conn.next() {
             Event::Send(bytes) => out.extend_from_slice(&bytes),
             Event::Act(Action::CheckRecipient { address }) => {
-                let result = check_recipient(shared, &address).await;
+                let (result, user) = check_recipient(shared, &address).await;
+                if let Some(user) = user {
+                    // Bounded: a recipient no longer here at DATA is
+                    // looked up again.
+                    if accepted.len() >= settings_max_recipients
+                        && !accepted.contains_key(&user.name)
+                    {
+                        accepted.clear();
+                    }
+                    accepted.insert(user.name.clone(), user);
+                }
                 conn.complete(Outcome::Recipient(result));
             }
             Event::Act(Action::Deliver {
@@ -321,8 +336,34 @@ where
                 let mut results = Vec::with_capacity(recipients.len());
                 for (i, user) in recipients.iter().enumerate() {
                     let address = addresses.get(i).unwrap_or(user);
-                    results.push(deliver_one(shared, &return_path, user, address, &message).await);
+                    let user = accepted.get(user).cloned();
+                    let result = match user {
+                        Some(user) => {
+                            deliver_one(shared, &return_path, &user, address, &message).await
+                        }
+                        None => match deliver::resolve_user(
+                            &shared.passdb,
+                            &shared.live().store.default_domain,
+                            &recipients[i],
+                        )
+                        .await
+                        {
+                            Ok(Some(user)) => {
+                                deliver_one(shared, &return_path, &user, address, &message).await
+                            }
+                            Ok(None) => {
+                                info!(user = %recipients[i], "not delivered: the user is gone");
+                                DeliveryResult::PermanentFailure
+                            }
+                            Err(e) => {
+                                error!(error = %e, "password database unavailable");
+                                DeliveryResult::TemporaryFailure
+                            }
+                        },
+                    };
+                    results.push(result);
                 }
+                accepted.clear();
                 conn.complete(Outcome::Delivered(results));
             }
             Event::NeedInput => {
@@ -375,25 +416,42 @@ where
     debug!("disconnected");
 }
 
-async fn check_recipient<S: Store, P: PassDb>(shared: &Shared<S, P>, address: &str) -> RcptResult {
+/// The answer to RCPT, and the user accepted (with the maildrop and
+/// quota the user's entry gives).
+async fn check_recipient<S: Store, P: PassDb>(
+    shared: &Shared<S, P>,
+    address: &str,
+) -> (RcptResult, Option<User>) {
     let config = shared.live();
-    match deliver::resolve(&shared.passdb, &config.store.default_domain, address).await {
+    match deliver::resolve_user(&shared.passdb, &config.store.default_domain, address).await {
         Ok(Some(user)) => {
-            let quota = config.quota.for_user(&user);
-            if deliver::at_quota(&shared.store, quota, &user).await {
-                info!(user = %user, "recipient refused: mailbox full");
-                RcptResult::OverQuota
+            if let Some(maildrop) = &user.attributes.maildrop {
+                if let Err(e) = crate::store::check_maildrop(maildrop) {
+                    // The directory's mistake, never a reason to deliver
+                    // anywhere else: the MTA keeps the mail until the
+                    // entry is fixed.
+                    error!(user = %user.name, error = %e, "recipient refused");
+                    return (RcptResult::TemporaryFailure, None);
+                }
+            }
+            let quota = user.quota(config.quota.for_user(&user.name));
+            if deliver::at_quota(&shared.store, quota, user.mailbox()).await {
+                info!(user = %user.name, "recipient refused: mailbox full");
+                (RcptResult::OverQuota, None)
             } else {
-                RcptResult::Accepted { user }
+                let result = RcptResult::Accepted {
+                    user: user.name.clone(),
+                };
+                (result, Some(user))
             }
         }
         Ok(None) => {
             info!(recipient = %printable(address), "recipient refused: no such user");
-            RcptResult::Unknown
+            (RcptResult::Unknown, None)
         }
         Err(e) => {
             error!(error = %e, "password database unavailable");
-            RcptResult::TemporaryFailure
+            (RcptResult::TemporaryFailure, None)
         }
     }
 }
@@ -402,7 +460,7 @@ async fn check_recipient<S: Store, P: PassDb>(shared: &Shared<S, P>, address: &s
 async fn deliver_one<S: Store, P: PassDb>(
     shared: &Shared<S, P>,
     return_path: &str,
-    user: &str,
+    user: &User,
     address: &str,
     message: &[u8],
 ) -> DeliveryResult {
@@ -411,8 +469,9 @@ async fn deliver_one<S: Store, P: PassDb>(
     let address = deliver::full_address(address, &shared.live().store.default_domain);
     let copy = deliver::with_headers(Some(return_path), &address, message);
     let octets = copy.len();
-    let quota = shared.live().quota.for_user(user);
-    let result = deliver::deliver(&shared.store, quota, user, copy).await;
+    let quota = user.quota(shared.live().quota.for_user(&user.name));
+    let result = deliver::deliver(&shared.store, quota, user.mailbox(), copy).await;
+    let user = &user.name;
     shared.metrics.delivery(result.is_ok());
     match result {
         Ok(id) => {

@@ -686,17 +686,26 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
         // A master user's authzid comes as the client wrote it: the
         // maildrop (and its lock) is the stored user's.
         let names = Matching::from_config(&self.shared.live());
-        let user = match names.resolve(&self.shared.passdb, &user).await {
+        let found = names.resolve_user(&self.shared.passdb, &user).await;
+        let found = match found {
             Ok(Some(stored)) => stored,
-            _ => user,
+            // Where the user's entry may name the maildrop, a lookup that
+            // failed never falls back to the one the name gives.
+            Ok(None) | Err(_) if self.shared.passdb.has_user_attributes() => {
+                self.metrics.login(LoginResult::Unavailable);
+                error!(user = %user, error = ?found.err(), "cannot look up the user's maildrop");
+                return Outcome::OpenFailed(StoreFailure::Temporary);
+            }
+            _ => crate::auth::User::named(user),
         };
+        let user = found.name.clone();
         if let Err(wait) = self.shared.login_delay.check(&user, Instant::now()) {
             self.metrics.login(LoginResult::Refused);
             return Outcome::LoginDelayed {
                 seconds: wait.as_secs().max(1),
             };
         }
-        match self.shared.store.open(&user).await {
+        match self.shared.store.open(found.mailbox()).await {
             Ok(m) => {
                 let messages = m.messages().to_vec();
                 info!(user = %user, messages = messages.len(), "logged in");

@@ -13,9 +13,9 @@ use std::io::Read;
 use mailbag_proto::dot::canonical_size;
 
 use crate::auth::name::Matching;
-use crate::auth::{AuthError, PassDb};
+use crate::auth::{AuthError, PassDb, User};
 use crate::config::{Config, Quota};
-use crate::store::{Store, StoreError, Usage};
+use crate::store::{Mailbox, Store, StoreError, Usage};
 
 /// Why a message was not delivered to one user, in the shapes the
 /// replies and exit codes distinguish.
@@ -39,11 +39,23 @@ pub async fn resolve<P: PassDb>(
     default_domain: &str,
     address: &str,
 ) -> Result<Option<String>, AuthError> {
+    Ok(resolve_user(passdb, default_domain, address)
+        .await?
+        .map(|u| u.name))
+}
+
+/// As [`resolve`], with the maildrop and quota the user's entry gives
+/// (from the same lookups).
+pub async fn resolve_user<P: PassDb>(
+    passdb: &P,
+    default_domain: &str,
+    address: &str,
+) -> Result<Option<User>, AuthError> {
     Matching {
         case_insensitive: false,
         default_domain: default_domain.to_string(),
     }
-    .resolve(passdb, address)
+    .resolve_user(passdb, address)
     .await
 }
 
@@ -158,14 +170,14 @@ pub fn fits(quota: Quota, usage: Usage, octets: u64) -> bool {
 
 /// Whether `user` (canonical) is at the quota now. A store that cannot
 /// say is not a reason to refuse: delivery checks again.
-pub async fn at_quota<S: Store>(store: &S, quota: Quota, user: &str) -> bool {
+pub async fn at_quota<S: Store>(store: &S, quota: Quota, user: Mailbox<'_>) -> bool {
     if quota == Quota::default() {
         return false;
     }
     match store.usage(user).await {
         Ok(usage) => full(quota, usage),
         Err(e) => {
-            tracing::warn!(error = %e, user, "cannot measure the maildrop for its quota");
+            tracing::warn!(error = %e, user = user.name, "cannot measure the maildrop for its quota");
             false
         }
     }
@@ -177,7 +189,7 @@ pub async fn at_quota<S: Store>(store: &S, quota: Quota, user: &str) -> bool {
 pub async fn deliver<S: Store>(
     store: &S,
     quota: Quota,
-    user: &str,
+    user: Mailbox<'_>,
     message: Vec<u8>,
 ) -> Result<String, DeliverError> {
     if quota != Quota::default() {
@@ -270,15 +282,15 @@ pub async fn run<S: Store, P: PassDb>(
     let (envelope_from, message) = strip_from_line(message);
     let sender = from.map(str::to_string).or(envelope_from);
 
-    let canonical = match resolve(passdb, &config.store.default_domain, user).await {
+    let canonical = match resolve_user(passdb, &config.store.default_domain, user).await {
         Ok(Some(canonical)) => canonical,
         Ok(None) => return Err(refused(Exit::NoUser, format!("no such user: {user}"))),
         Err(e) => return Err(refused(Exit::TempFail, e.to_string())),
     };
     let recipient = full_address(user, &config.store.default_domain);
     let message = with_headers(sender.as_deref(), &recipient, &message);
-    let quota = config.quota.for_user(&canonical);
-    deliver(store, quota, &canonical, message)
+    let quota = canonical.quota(config.quota.for_user(&canonical.name));
+    deliver(store, quota, canonical.mailbox(), message)
         .await
         .map_err(|e| match e {
             DeliverError::OverQuota => refused(Exit::CantCreate, format!("mailbox full: {user}")),

@@ -45,14 +45,98 @@ impl From<io::Error> for StoreError {
     }
 }
 
+/// Which maildrop: a user's, found by the store's own rule (the path
+/// template, the spool template, the user's row), unless the user's
+/// entry in the directory names it (`maildrop`, a path relative to the
+/// store's root, checked by [`check_maildrop`] before it is used).
+///
+/// Backends: Maildir takes `maildrop` as the Maildir's path below
+/// `store.root`; mbox as the spool's file name in the spool directory
+/// (one component only); PostgreSQL ignores it (the maildrop is the
+/// user's row). Two users whose entries name one maildrop share it, and
+/// its lock: a session of one keeps the other out (`[IN-USE]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mailbox<'a> {
+    /// The canonical user name.
+    pub name: &'a str,
+    /// The maildrop the user's entry names, unchecked.
+    pub maildrop: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Mailbox<'a> {
+    fn from(name: &'a str) -> Self {
+        Mailbox {
+            name,
+            maildrop: None,
+        }
+    }
+}
+
+impl<'a> From<&'a String> for Mailbox<'a> {
+    fn from(name: &'a String) -> Self {
+        Mailbox::from(name.as_str())
+    }
+}
+
+/// Longest maildrop path from a user's entry, in octets.
+pub const MAX_MAILDROP_OCTETS: usize = 1024;
+/// Most components in a maildrop path from a user's entry.
+pub const MAX_MAILDROP_DEPTH: usize = 16;
+/// Longest component of one (a file name on most filesystems).
+const MAX_COMPONENT_OCTETS: usize = 255;
+
+/// The components of `maildrop`, a path from a user's entry (a directory
+/// administrator, or a user who may edit their own entry, wrote it): only
+/// a relative path of plain names, `example.org/alice/` (one trailing
+/// `/` allowed, as PostfixAdmin writes it). Refused: absolute paths,
+/// `.`, `..`, components that start with `.`, empty components (`a//b`), NUL and other control
+/// characters, more than [`MAX_MAILDROP_OCTETS`] octets or
+/// [`MAX_MAILDROP_DEPTH`] components, a component over 255 octets.
+pub fn check_maildrop(maildrop: &str) -> Result<Vec<&str>, StoreError> {
+    let refused =
+        |why: &str| StoreError::Permanent(format!("maildrop from the user's entry refused: {why}"));
+    if maildrop.len() > MAX_MAILDROP_OCTETS {
+        return Err(refused("too long"));
+    }
+    if maildrop.starts_with('/') {
+        return Err(refused(
+            "an absolute path; give it relative to the store's root",
+        ));
+    }
+    if maildrop.chars().any(char::is_control) {
+        return Err(refused("control characters"));
+    }
+    let trimmed = maildrop.strip_suffix('/').unwrap_or(maildrop);
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    if parts.len() > MAX_MAILDROP_DEPTH {
+        return Err(refused("too many components"));
+    }
+    for part in &parts {
+        match *part {
+            "" => return Err(refused("an empty component")),
+            "." | ".." => return Err(refused("a . or .. component")),
+            // Maildir++ folders and the store's own files start with '.'.
+            p if p.starts_with('.') => return Err(refused("a component that starts with '.'")),
+            p if p.len() > MAX_COMPONENT_OCTETS => return Err(refused("a component too long")),
+            _ => {}
+        }
+    }
+    Ok(parts)
+}
+
 /// A mail store: opens maildrops for users.
 pub trait Store: Send + Sync + 'static {
     /// The locked maildrop of one user.
     type Maildrop: Maildrop;
 
     /// Locks `user`'s maildrop and snapshots its messages. A user whose
-    /// maildrop does not exist yet gets an empty one.
-    fn open(&self, user: &str) -> impl Future<Output = Result<Self::Maildrop, StoreError>> + Send;
+    /// maildrop does not exist yet gets an empty one. A maildrop from the
+    /// user's entry that [`check_maildrop`] refuses is
+    /// [`StoreError::Permanent`].
+    fn open(
+        &self,
+        user: Mailbox<'_>,
+    ) -> impl Future<Output = Result<Self::Maildrop, StoreError>> + Send;
 
     /// Delivers `message` into `user`'s maildrop, durably: when this
     /// returns `Ok`, the message survives a crash, and on `Err` nothing
@@ -61,13 +145,13 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the new message's identifier in the store.
     fn deliver(
         &self,
-        user: &str,
+        user: Mailbox<'_>,
         message: Vec<u8>,
     ) -> impl Future<Output = Result<String, StoreError>> + Send;
 
     /// How much `user`'s maildrop holds now, for quota checks. Cheap
     /// rather than exact under concurrent change.
-    fn usage(&self, user: &str) -> impl Future<Output = Result<Usage, StoreError>> + Send;
+    fn usage(&self, user: Mailbox<'_>) -> impl Future<Output = Result<Usage, StoreError>> + Send;
 
     /// The CRLF size `message` has in a maildrop once delivered, as
     /// [`Store::usage`] then counts it: its canonical size, unless the
@@ -126,4 +210,46 @@ pub trait Maildrop: Send + 'static {
         deleted: &[usize],
         retrieved: &[usize],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maildrops_from_entries_are_relative_paths_of_plain_names() {
+        assert_eq!(
+            check_maildrop("example.org/alice/").unwrap(),
+            ["example.org", "alice"]
+        );
+        assert_eq!(check_maildrop("alice").unwrap(), ["alice"]);
+        let deep = vec!["d"; MAX_MAILDROP_DEPTH].join("/");
+        assert!(check_maildrop(&deep).is_ok());
+        let long = "x".repeat(255);
+        assert!(check_maildrop(&long).is_ok());
+        let refused = [
+            String::new(),
+            "/".into(),
+            "/etc".into(),
+            "/var/mail/alice/".into(),
+            "../other".into(),
+            "example.org/../bob".into(),
+            "./alice".into(),
+            "alice/.".into(),
+            "alice//".into(),
+            "a//b".into(),
+            "alice/.Trash".into(),
+            "al\0ice".into(),
+            "al\nice".into(),
+            "x".repeat(256),
+            format!("{deep}/d"),
+            "a/".repeat(MAX_MAILDROP_OCTETS / 2 + 1),
+        ];
+        for path in refused {
+            assert!(
+                matches!(check_maildrop(&path), Err(StoreError::Permanent(_))),
+                "{path:?} accepted"
+            );
+        }
+    }
 }

@@ -35,3 +35,4 @@ mod summary;
 mod support;
 mod telnet;
 mod tls;
+mod userattrs;

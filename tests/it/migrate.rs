@@ -787,14 +787,14 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
     let uidls = |m: &mailbag::store::postgres::PgMaildrop| -> Vec<String> {
         m.messages().iter().map(|i| i.uid.clone()).collect()
     };
-    let alice = store.open("alice").await.unwrap();
+    let alice = store.open("alice".into()).await.unwrap();
     assert_eq!(uidls(&alice), want);
     drop(alice);
 
     // The same Maildir for another user: every UIDL is taken.
     let said = import("bob");
     assert!(!said.contains("kept"), "{said}");
-    let bob = store.open("bob").await.unwrap();
+    let bob = store.open("bob".into()).await.unwrap();
     assert_eq!(bob.messages().len(), 4);
     assert!(uidls(&bob).iter().all(|u| !want.contains(u)));
     drop(bob);
@@ -812,7 +812,7 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
         stdout.starts_with("copied and verified 2 messages"),
         "{stderr}"
     );
-    let carol = store.open("carol").await.unwrap();
+    let carol = store.open("carol".into()).await.unwrap();
     assert_eq!(uidls(&carol), ["8f3a0c1d2e", "8f3a0c1d2f"]);
 }
 

@@ -827,7 +827,7 @@ async fn figures() {
     let n = 400;
     let started = Instant::now();
     for _ in 0..n {
-        Store::deliver(&store, "bob", message.clone())
+        Store::deliver(&store, "bob".into(), message.clone())
             .await
             .unwrap();
     }
@@ -839,7 +839,7 @@ async fn figures() {
             let message = message.clone();
             tokio::spawn(async move {
                 for _ in 0..n / 8 {
-                    Store::deliver(&store, "bob", message.clone())
+                    Store::deliver(&store, "bob".into(), message.clone())
                         .await
                         .unwrap();
                 }
@@ -934,7 +934,9 @@ async fn figures() {
     );
 
     let big: Vec<u8> = message.iter().copied().cycle().take(20 << 20).collect();
-    Store::deliver(&store, "carol", big.clone()).await.unwrap();
+    Store::deliver(&store, "carol".into(), big.clone())
+        .await
+        .unwrap();
     PgPassDb::new(Arc::clone(store.pool()))
         .await
         .add_user("carol", b"pw", Scheme::Plain)
@@ -1092,9 +1094,13 @@ async fn a_delivery_whose_commit_reply_is_lost_is_found_not_repeated() {
     let store = pg_store(&url.replace(&format!("port={}", cluster.port), &format!("port={port}")));
     // Acknowledged although the reply never came: the node looked the
     // message's UIDL up. Refusing it would make the MTA send it again.
-    let uidl = Store::deliver(&store, "alice", b"Subject: once\r\n\r\nx\r\n".to_vec())
-        .await
-        .unwrap();
+    let uidl = Store::deliver(
+        &store,
+        "alice".into(),
+        b"Subject: once\r\n\r\nx\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
     assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
     let rows: Vec<String> = connect(&url)
         .await

@@ -98,11 +98,16 @@ fn insert(placeholders: [&str; 5]) -> String {
 }
 
 fn config(dir: &TempDir, auth: &str, url: &str, query: &str) -> Config {
+    let param = if url.starts_with("mysql://") {
+        "?"
+    } else {
+        "$1"
+    };
     let text = format!(
         "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nroot = \"mail\"\n\
          [auth]\nfailure_delay_ms = 10\n{auth}\n[auth.sql]\nurl = \"{url}\"\n\
          password_query = \"{query}\"\n\
-         user_query = \"SELECT maildir, quota FROM mailbox WHERE username = ?\"\n"
+         user_query = \"SELECT maildir, quota FROM mailbox WHERE username = {param}\"\n"
     );
     Config::parse(&text, dir.path()).unwrap()
 }

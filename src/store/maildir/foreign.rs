@@ -438,7 +438,7 @@ mod tests {
     }
 
     async fn uidls(store: &MaildirStore) -> Vec<String> {
-        let m = store.open("alice").await.unwrap();
+        let m = store.open("alice".into()).await.unwrap();
         m.messages().iter().map(|i| i.uid.clone()).collect()
     }
 
@@ -653,7 +653,7 @@ mod tests {
         assert_eq!((got.recorded, got.kept), (1, 1));
         assert_eq!(uidls(&store).await, ["old-1", "old-2", C]);
         // Not while a session holds the maildrop.
-        let session = store.open("alice").await.unwrap();
+        let session = store.open("alice".into()).await.unwrap();
         let locked = store
             .record_uidls("alice", vec![(C.as_bytes().to_vec(), "x".into())])
             .await;
@@ -706,7 +706,7 @@ mod timing {
         ] {
             for round in rounds {
                 let t = Instant::now();
-                let maildrop = store.open(user).await.unwrap();
+                let maildrop = store.open(user.into()).await.unwrap();
                 let elapsed = t.elapsed();
                 assert_eq!(maildrop.messages().len(), N);
                 println!(

@@ -70,7 +70,7 @@ pub use xuidl::parse as parse_x_uidl;
 
 use dirs::{Dirs, Location};
 
-use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
+use super::{Mailbox, Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
 
 /// What the file name parser makes of one name; for the fuzz target only.
 #[doc(hidden)]
@@ -214,10 +214,35 @@ impl MaildirStore {
         Location::under(&self.root, &self.maildir_path(user)?)
     }
 
+    /// Where the Maildir of `mailbox` is: by the path template, or, when
+    /// the user's entry names it, that path below the data root, checked
+    /// by [`check_maildrop`](super::check_maildrop) and walked like any
+    /// other (never the template's path instead: a refused path refuses
+    /// the user).
+    fn location_of(&self, mailbox: Mailbox<'_>) -> Result<Location, StoreError> {
+        let Some(maildrop) = mailbox.maildrop else {
+            return self.location(mailbox.name);
+        };
+        let mut path = self.root.clone();
+        for part in super::check_maildrop(maildrop)? {
+            path.push(part);
+        }
+        Location::under(&self.root, &path)
+    }
+
     /// Delivers `message` durably into `user`'s Maildir (see [`deliver`])
     /// and returns its base name.
     pub async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
-        let at = self.location(user)?;
+        self.deliver_to(user.into(), message).await
+    }
+
+    /// Delivers `message` durably into the Maildir of `mailbox`.
+    async fn deliver_to(
+        &self,
+        mailbox: Mailbox<'_>,
+        message: Vec<u8>,
+    ) -> Result<String, StoreError> {
+        let at = self.location_of(mailbox)?;
         blocking(move || deliver::deliver_at(&at, &message)).await
     }
 }
@@ -272,18 +297,18 @@ pub(crate) fn warn_once(maildir: &Path, what: &'static str, detail: &dyn std::fm
 impl Store for MaildirStore {
     type Maildrop = MaildirMaildrop;
 
-    async fn open(&self, user: &str) -> Result<MaildirMaildrop, StoreError> {
-        let at = self.location(user)?;
+    async fn open(&self, user: Mailbox<'_>) -> Result<MaildirMaildrop, StoreError> {
+        let at = self.location_of(user)?;
         let sources = Arc::clone(&self.uidl_sources);
         blocking(move || MaildirMaildrop::open(&at, &sources)).await
     }
 
-    async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
-        MaildirStore::deliver(self, user, message).await
+    async fn deliver(&self, user: Mailbox<'_>, message: Vec<u8>) -> Result<String, StoreError> {
+        self.deliver_to(user, message).await
     }
 
-    async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
-        let at = self.location(user)?;
+    async fn usage(&self, user: Mailbox<'_>) -> Result<Usage, StoreError> {
+        let at = self.location_of(user)?;
         blocking(move || usage::usage(&at)).await
     }
 }

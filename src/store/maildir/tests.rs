@@ -77,7 +77,7 @@ fn path_template_and_refusals() {
 #[tokio::test]
 async fn missing_maildir_opens_empty_and_is_created() {
     let (_dir, store, md) = setup();
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     assert!(maildrop.messages().is_empty());
     for sub in ["tmp", "new", "cur"] {
         assert!(md.join(sub).is_dir());
@@ -99,7 +99,7 @@ async fn sizes_from_names_files_and_order() {
     std::os::unix::fs::symlink("/etc/passwd", md.join("new/1004.link")).unwrap();
     std::fs::create_dir(md.join("cur/1005.dir")).unwrap();
 
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     let got: Vec<(&str, u64)> = maildrop
         .messages()
         .iter()
@@ -124,7 +124,7 @@ async fn lf_and_crlf_files_measure_the_same() {
     put(&md, "new", "1.lf", b"Subject: x\n\nbody\n");
     put(&md, "new", "2.crlf", b"Subject: x\r\n\r\nbody\r\n");
     put(&md, "new", "3.mixed", b"Subject: x\r\n\nbody");
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     let sizes: Vec<u64> = maildrop.messages().iter().map(|m| m.size).collect();
     assert_eq!(sizes, vec![20, 20, 20]);
 }
@@ -145,7 +145,7 @@ async fn many_unsized_files_are_measured_in_parallel_and_exactly() {
             body.as_bytes(),
         );
     }
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     assert_eq!(maildrop.messages().len(), n as usize);
     for (i, m) in maildrop.messages().iter().enumerate() {
         let i = i as u64;
@@ -163,7 +163,7 @@ async fn same_base_in_new_and_cur_is_one_message_from_cur() {
     let (_dir, store, md) = setup();
     put(&md, "new", "1.dup", b"old\n");
     put(&md, "cur", "1.dup:2,S", b"new\n");
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
     assert_eq!(maildrop.messages().len(), 1);
     assert_eq!(read_all(&mut maildrop, 0).await.unwrap(), b"new\n");
 }
@@ -176,7 +176,7 @@ async fn uidl_stable_across_retrieval_rename() {
     put(&md, "new", odd, b"odd\n");
     put(&md, "cur", "1700000002.flagged:2,T", b"t\n");
 
-    let first = store.open("alice").await.unwrap();
+    let first = store.open("alice".into()).await.unwrap();
     let before: Vec<MessageInfo> = first.messages().to_vec();
     assert_eq!(before.len(), 3);
     assert_eq!(before[0].uid.len(), 40);
@@ -192,21 +192,24 @@ async fn uidl_stable_across_retrieval_rename() {
         ]
     );
     assert!(names(&md.join("new")).is_empty());
-    let again = store.open("alice").await.unwrap();
+    let again = store.open("alice".into()).await.unwrap();
     assert_eq!(again.messages(), &before[..]);
 }
 
 #[tokio::test]
 async fn second_open_is_locked_until_drop() {
     let (_dir, store, _md) = setup();
-    let first = store.open("alice").await.unwrap();
-    assert!(matches!(store.open("alice").await, Err(StoreError::Locked)));
+    let first = store.open("alice".into()).await.unwrap();
+    assert!(matches!(
+        store.open("alice".into()).await,
+        Err(StoreError::Locked)
+    ));
     // Another user is independent.
-    let _bob = store.open("bob").await.unwrap();
+    let _bob = store.open("bob".into()).await.unwrap();
     drop(first);
-    let second = store.open("alice").await.unwrap();
+    let second = store.open("alice".into()).await.unwrap();
     second.commit(&[], &[]).await.unwrap();
-    store.open("alice").await.unwrap();
+    store.open("alice".into()).await.unwrap();
 }
 
 #[tokio::test]
@@ -215,7 +218,7 @@ async fn commit_deletes_marks_seen_and_spares_later_delivery() {
     let a = deliver(&md, b"a\n").unwrap();
     let b = deliver(&md, b"b\n").unwrap();
     put(&md, "cur", "1.c:2,RF", b"c\n");
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     let late = store.deliver("alice", b"late\n".to_vec()).await.unwrap();
     let uids: Vec<&str> = maildrop.messages().iter().map(|m| m.uid.as_str()).collect();
     assert_eq!(uids, vec!["1.c", a.as_str(), b.as_str()]);
@@ -231,7 +234,7 @@ async fn commit_deletes_marks_seen_and_spares_later_delivery() {
         std::fs::read(md.join("new").join(&late)).unwrap(),
         b"late\n"
     );
-    let reopened = store.open("alice").await.unwrap();
+    let reopened = store.open("alice".into()).await.unwrap();
     assert_eq!(reopened.messages().len(), 3);
 }
 
@@ -240,7 +243,7 @@ async fn read_follows_external_rename_and_reports_vanished() {
     let (_dir, store, md) = setup();
     let a = deliver(&md, b"first\n").unwrap();
     let b = deliver(&md, b"second\n").unwrap();
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
 
     // An IMAP client marks it read and flagged meanwhile.
     std::fs::rename(
@@ -265,7 +268,7 @@ async fn read_follows_external_rename_and_reports_vanished() {
 async fn read_refuses_a_symlink_swapped_in() {
     let (dir, store, md) = setup();
     put(&md, "new", "1.x", b"x\n");
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, b"secret").unwrap();
     std::fs::remove_file(md.join("new/1.x")).unwrap();
@@ -280,7 +283,7 @@ async fn read_refuses_a_symlink_swapped_in() {
 async fn read_refuses_a_fifo_swapped_in_without_waiting_for_a_writer() {
     let (_dir, store, md) = setup();
     put(&md, "new", "1.x", b"x\n");
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
     std::fs::remove_file(md.join("new/1.x")).unwrap();
     let fifo = md.join("new/1.x");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -312,7 +315,7 @@ async fn small_messages_are_read_whole_and_exactly() {
         let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
         put(&md, "cur", &format!("{n}.x:2,"), &body);
     }
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
     let mut seen = Vec::new();
     for index in 0..sizes.len() {
         let whole = read_all(&mut maildrop, index).await.unwrap();
@@ -338,7 +341,7 @@ async fn size_cache_is_written_used_and_garbage_ignored() {
     put(&md, "new", "1.a", b"a\nb\n");
     put(&md, "new", "2.b", b"ccc");
     deliver(&md, b"w\n").unwrap();
-    drop(store.open("alice").await.unwrap());
+    drop(store.open("alice".into()).await.unwrap());
     let cache = std::fs::read_to_string(md.join("mailbag.sizes")).unwrap();
     let mut lines: Vec<&str> = cache.lines().collect();
     lines.sort();
@@ -351,7 +354,7 @@ async fn size_cache_is_written_used_and_garbage_ignored() {
     )
     .unwrap();
     let sizes: Vec<u64> = store
-        .open("alice")
+        .open("alice".into())
         .await
         .unwrap()
         .messages()
@@ -368,7 +371,7 @@ async fn size_cache_is_written_used_and_garbage_ignored() {
     ] {
         std::fs::write(md.join("mailbag.sizes"), garbage).unwrap();
         let sizes: Vec<u64> = store
-            .open("alice")
+            .open("alice".into())
             .await
             .unwrap()
             .messages()
@@ -418,7 +421,7 @@ async fn timing_100k() {
     for user in ["alice", "plain"] {
         for round in ["cold", "warm", "warm"] {
             let t = Instant::now();
-            let maildrop = store.open(user).await.unwrap();
+            let maildrop = store.open(user.into()).await.unwrap();
             let uids = maildrop
                 .messages()
                 .iter()
@@ -437,7 +440,7 @@ async fn commit_follows_a_whole_maildrop_moved_by_another_program() {
     let bases: Vec<String> = (0..20)
         .map(|i| deliver(&md, format!("m{i}\n").as_bytes()).unwrap())
         .collect();
-    let mut maildrop = store.open("alice").await.unwrap();
+    let mut maildrop = store.open("alice".into()).await.unwrap();
     for base in &bases {
         let to = md.join("cur").join(format!("{base}:2,F"));
         std::fs::rename(md.join("new").join(base), to).unwrap();
@@ -480,7 +483,7 @@ async fn a_settled_listing_is_reused_until_a_directory_changes() {
     put(&md, "cur", "1700000002.b,S=5,W=6:2,S", b"two\n\n");
     age(&md.join("new"));
     age(&md.join("cur"));
-    let first = store.open("alice").await.unwrap();
+    let first = store.open("alice".into()).await.unwrap();
     assert_eq!(first.messages().len(), 2);
     drop(first);
     assert!(
@@ -491,12 +494,12 @@ async fn a_settled_listing_is_reused_until_a_directory_changes() {
     // would miss it, which shows the cache is what the next open reads.
     put(&md, "new", "1700000003.c,S=5,W=6", b"thr\n\n");
     age(&md.join("new"));
-    let cached = store.open("alice").await.unwrap();
+    let cached = store.open("alice".into()).await.unwrap();
     assert_eq!(cached.messages().len(), 2);
     drop(cached);
     // A real change moves the directory's time: listed afresh.
     deliver::deliver(&md, b"four\n").unwrap();
-    let fresh = store.open("alice").await.unwrap();
+    let fresh = store.open("alice".into()).await.unwrap();
     assert_eq!(fresh.messages().len(), 4);
 }
 
@@ -505,7 +508,7 @@ async fn a_listing_of_recently_changed_directories_is_not_cached() {
     let (_dir, store, md) = setup();
     put(&md, "new", "1700000001.a,S=5,W=6", b"one\n\n");
     std::fs::create_dir_all(md.join("cur")).unwrap();
-    let m = store.open("alice").await.unwrap();
+    let m = store.open("alice".into()).await.unwrap();
     assert_eq!(m.messages().len(), 1);
     assert!(!md.join(listing::FILE).exists());
 }
@@ -517,7 +520,7 @@ async fn a_garbage_or_torn_listing_is_ignored() {
     std::fs::create_dir_all(md.join("cur")).unwrap();
     age(&md.join("new"));
     age(&md.join("cur"));
-    drop(store.open("alice").await.unwrap());
+    drop(store.open("alice".into()).await.unwrap());
     let good = std::fs::read(md.join(listing::FILE)).unwrap();
     for bad in [
         b"garbage".to_vec(),
@@ -528,7 +531,7 @@ async fn a_garbage_or_torn_listing_is_ignored() {
             .collect(),
     ] {
         std::fs::write(md.join(listing::FILE), &bad).unwrap();
-        let m = store.open("alice").await.unwrap();
+        let m = store.open("alice".into()).await.unwrap();
         assert_eq!(m.messages().len(), 1);
     }
 }
@@ -537,17 +540,20 @@ async fn a_garbage_or_torn_listing_is_ignored() {
 async fn the_lock_holds_without_the_lock_file() {
     let (_dir, store, md) = setup();
     put(&md, "new", "1.x", b"x\n");
-    let first = store.open("alice").await.unwrap();
+    let first = store.open("alice".into()).await.unwrap();
     // Removed (or replaced by someone else's file) while a session holds
     // the maildrop: the lock on the Maildir's descriptor still holds.
     std::fs::remove_file(md.join(LOCK_FILE)).unwrap();
-    assert!(matches!(store.open("alice").await, Err(StoreError::Locked)));
+    assert!(matches!(
+        store.open("alice".into()).await,
+        Err(StoreError::Locked)
+    ));
     drop(first);
-    drop(store.open("alice").await.unwrap());
+    drop(store.open("alice".into()).await.unwrap());
     // A lock file that is not a regular file is refused by name.
     std::fs::remove_file(md.join(LOCK_FILE)).unwrap();
     std::fs::create_dir(md.join(LOCK_FILE)).unwrap();
-    match store.open("alice").await {
+    match store.open("alice".into()).await {
         Err(StoreError::Permanent(why)) => assert!(why.contains(LOCK_FILE), "{why}"),
         other => panic!("{other:?}"),
     }
@@ -559,7 +565,7 @@ async fn an_update_record_is_written_before_and_removed_after_deletion() {
     let bases: Vec<String> = (0..3)
         .map(|i| deliver(&md, format!("m{i}\n").as_bytes()).unwrap())
         .collect();
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     maildrop.commit(&[0, 2], &[1]).await.unwrap();
     assert!(!md.join(update::FILE).exists());
     assert!(!md.join(format!("{}.tmp", update::FILE)).exists());
@@ -574,8 +580,62 @@ async fn an_update_record_is_written_before_and_removed_after_deletion() {
     let record =
         update::encode([(false, more[0].as_bytes()), (false, b"1.gone".as_slice())].into_iter());
     std::fs::write(md.join(update::FILE), record).unwrap();
-    let maildrop = store.open("alice").await.unwrap();
+    let maildrop = store.open("alice".into()).await.unwrap();
     assert_eq!(maildrop.messages().len(), 2);
     assert!(!md.join(update::FILE).exists());
     assert_eq!(names(&md.join("new")), vec![more[1].clone()]);
+}
+
+/// A maildrop from the user's entry is a Maildir below the data root,
+/// shared (lock included) by the users that name it, and walked without
+/// following a symlink planted on the way.
+#[tokio::test]
+async fn a_maildrop_from_the_entry_is_walked_below_the_root() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("data");
+    let s = MaildirStore::new(
+        root.clone(),
+        "{root}/{user}/Maildir".into(),
+        "localhost".into(),
+    );
+    let mailbox = |name, maildrop| crate::store::Mailbox {
+        name,
+        maildrop: Some(maildrop),
+    };
+    Store::deliver(&s, mailbox("ann", "example.org/ann/"), b"x\n".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_dir(root.join("example.org/ann/new"))
+            .unwrap()
+            .count(),
+        1
+    );
+    assert!(!root.join("ann").exists());
+    let m = s.open(mailbox("ann", "example.org/ann")).await.unwrap();
+    assert_eq!(m.messages().len(), 1);
+    assert!(matches!(
+        s.open(mailbox("amy", "example.org/ann/")).await,
+        Err(StoreError::Locked)
+    ));
+    drop(m);
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("example.org/link")).unwrap();
+    for bad in [
+        "example.org/link/",
+        "example.org/link/x",
+        "../outside",
+        "/tmp",
+        "a/../b",
+    ] {
+        assert!(s.open(mailbox("eve", bad)).await.is_err(), "{bad}");
+        assert!(
+            Store::deliver(&s, mailbox("eve", bad), b"x\n".to_vec())
+                .await
+                .is_err(),
+            "{bad}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }

@@ -52,7 +52,7 @@ use lock::{MtaLocks, SessionLock};
 pub use quarantine::{check_quarantine_dir, MboxAdmin, MboxQuarantined, Released};
 use update::{Piece, Stop};
 
-use super::{Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
+use super::{Mailbox, Maildrop, MessageBody, MessageInfo, Store, StoreError, Usage};
 
 /// The default spool path template.
 pub const DEFAULT_PATH: &str = "/var/mail/%u";
@@ -122,6 +122,32 @@ impl MboxStore {
         if SIDE_FILES.iter().any(|suffix| name.ends_with(suffix)) {
             return Err(StoreError::Permanent(format!(
                 "user name refused: the spool name would end in one of {}",
+                SIDE_FILES.join(", ")
+            )));
+        }
+        Ok((self.dir.clone(), OsString::from(name)))
+    }
+
+    /// The spool directory and file name of `mailbox`: the template's,
+    /// or the file name the user's entry gives, in the spool directory
+    /// (one component only, by the rules of
+    /// [`check_maildrop`](crate::store::check_maildrop) and the side-file
+    /// rule; a path of directories is refused, never mapped elsewhere).
+    fn spool_of(&self, mailbox: Mailbox<'_>) -> Result<(PathBuf, OsString), StoreError> {
+        let Some(maildrop) = mailbox.maildrop else {
+            return self.spool(mailbox.name);
+        };
+        let parts = crate::store::check_maildrop(maildrop)?;
+        let [name] = parts[..] else {
+            return Err(StoreError::Permanent(
+                "maildrop from the user's entry refused: an mbox store takes one file name \
+                 in its spool directory"
+                    .into(),
+            ));
+        };
+        if SIDE_FILES.iter().any(|suffix| name.ends_with(suffix)) {
+            return Err(StoreError::Permanent(format!(
+                "maildrop from the user's entry refused: the spool name would end in one of {}",
                 SIDE_FILES.join(", ")
             )));
         }
@@ -569,8 +595,8 @@ impl Maildrop for MboxMaildrop {
 impl Store for MboxStore {
     type Maildrop = MboxMaildrop;
 
-    async fn open(&self, user: &str) -> Result<MboxMaildrop, StoreError> {
-        let (dir, name) = self.spool(user)?;
+    async fn open(&self, user: Mailbox<'_>) -> Result<MboxMaildrop, StoreError> {
+        let (dir, name) = self.spool_of(user)?;
         let locks = self.locks.clone();
         blocking(move || MboxMaildrop::open(&dir, name, locks)).await
     }
@@ -579,8 +605,8 @@ impl Store for MboxStore {
     /// would: a `From ` line, the message with its `From ` lines quoted,
     /// an empty line. On failure the spool is cut back to its length
     /// before. Returns the message's UIDL.
-    async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
-        let (dir, name) = self.spool(user)?;
+    async fn deliver(&self, user: Mailbox<'_>, message: Vec<u8>) -> Result<String, StoreError> {
+        let (dir, name) = self.spool_of(user)?;
         let locks = self.locks.clone();
         blocking(move || deliver(&dir, &name, &locks, &message)).await
     }
@@ -589,8 +615,8 @@ impl Store for MboxStore {
         MboxStore::stored_size(message)
     }
 
-    async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
-        let (dir, name) = self.spool(user)?;
+    async fn usage(&self, user: Mailbox<'_>) -> Result<Usage, StoreError> {
+        let (dir, name) = self.spool_of(user)?;
         blocking(move || {
             let dir = open_dir(&dir)?;
             let Some(file) = lock::open_regular(dir.as_fd(), &name, OFlag::O_RDONLY, 0)? else {

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mailbag_proto::dot::canonical_size;
 
-use super::{Maildrop, MessageInfo, Store, StoreError, Usage};
+use super::{Mailbox, Maildrop, MessageInfo, Store, StoreError, Usage};
 use crate::pg::pool::Pool;
 use crate::pg::tls::RustlsConnect;
 pub use crate::pg::PgError;
@@ -227,7 +227,10 @@ fn new_uidl() -> String {
 impl Store for PgStore {
     type Maildrop = PgMaildrop;
 
-    async fn open(&self, user: &str) -> Result<PgMaildrop, StoreError> {
+    /// The maildrop is the user's row: a maildrop from the user's entry
+    /// has no meaning here and is ignored.
+    async fn open(&self, user: Mailbox<'_>) -> Result<PgMaildrop, StoreError> {
+        let user = user.name;
         check_user(user)?;
         let id = self.maildrop_id(user).await?;
         let Some(lock) = self.locks.try_lock(id).await? else {
@@ -260,11 +263,12 @@ impl Store for PgStore {
         })
     }
 
-    async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
-        PgStore::deliver(self, user, message).await
+    async fn deliver(&self, user: Mailbox<'_>, message: Vec<u8>) -> Result<String, StoreError> {
+        PgStore::deliver(self, user.name, message).await
     }
 
-    async fn usage(&self, user: &str) -> Result<Usage, StoreError> {
+    async fn usage(&self, user: Mailbox<'_>) -> Result<Usage, StoreError> {
+        let user = user.name;
         let client = self.pool.get().await?;
         let row = client
             .query_one(

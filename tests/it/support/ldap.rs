@@ -92,10 +92,13 @@ impl Slapd {
         )
         .map_err(|e| format!("certificate: {e}"))?;
         let r = slapd.root.display();
+        std::fs::write(slapd.root.join("mailbox.schema"), MAILBOX_SCHEMA)
+            .map_err(|e| e.to_string())?;
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
+             include {r}/mailbox.schema\n\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
              moduleload argon2\n\
@@ -257,6 +260,38 @@ impl Drop for Slapd {
         self.stop_daemon();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The maildrop and quota attributes as mail directories carry them
+/// (the names of the qmail/Courier schemas), under a test OID arc.
+const MAILBOX_SCHEMA: &str = "\
+attributetype ( 1.3.6.1.4.1.32473.1.1 NAME 'mailMessageStore' \
+ EQUALITY caseExactIA5Match SYNTAX 1.3.6.1.4.1.1466.115.121.1.26 SINGLE-VALUE )
+attributetype ( 1.3.6.1.4.1.32473.1.2 NAME 'mailQuota' \
+ EQUALITY caseExactIA5Match SYNTAX 1.3.6.1.4.1.1466.115.121.1.26 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.32473.2.1 NAME 'mailbagMailbox' SUP top AUXILIARY \
+ MAY ( mailMessageStore $ mailQuota ) )
+";
+
+/// An entry with a maildrop and a quota, as `person` makes one.
+pub fn mailbox_person(
+    uid: &str,
+    password: &str,
+    maildrop: Option<&str>,
+    quota: Option<&str>,
+) -> String {
+    let mut entry = person(uid, password).replacen(
+        "objectClass: inetOrgPerson\n",
+        "objectClass: inetOrgPerson\nobjectClass: mailbagMailbox\n",
+        1,
+    );
+    if let Some(maildrop) = maildrop {
+        entry.push_str(&format!("mailMessageStore: {maildrop}\n"));
+    }
+    if let Some(quota) = quota {
+        entry.push_str(&format!("mailQuota: {quota}\n"));
+    }
+    entry
 }
 
 pub fn person(uid: &str, password: &str) -> String {

@@ -501,7 +501,7 @@ impl Fixture {
     pub async fn deliver(&self, user: &str, message: &[u8]) -> String {
         match &self.store {
             AnyStore::Maildir(s) => s.deliver(user, message.to_vec()).await,
-            AnyStore::Postgres(s) => Store::deliver(s, user, message.to_vec()).await,
+            AnyStore::Postgres(s) => Store::deliver(s, user.into(), message.to_vec()).await,
         }
         .unwrap()
     }
