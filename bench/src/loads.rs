@@ -642,3 +642,221 @@ mod tests {
         assert_eq!(value(&f, "warm_runs"), &json!(2));
     }
 }
+
+/// (e) LMTP deliveries: `concurrency` clients, each on one connection
+/// (reconnecting after an error), sending one `size`-octet message per
+/// transaction to one recipient taken round-robin from `users`, until
+/// `duration`. A delivery counts when the server answers 250 for it:
+/// then it is durable (RFC 2033).
+pub async fn lmtp(
+    addr: SocketAddr,
+    users: Users,
+    size: usize,
+    concurrency: usize,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Result<Fields> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(Errors::default());
+    let users = Arc::new(users);
+    let meter = Meter::start(server_pid);
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, errors, users) = (next.clone(), errors.clone(), users.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::default();
+            let mut conn: Option<Lmtp> = None;
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let start = Instant::now();
+                let sent = async {
+                    if conn.is_none() {
+                        conn = Some(Lmtp::connect(addr).await?);
+                    }
+                    let c = conn.as_mut().expect("just connected");
+                    c.deliver(&users.name(i), &crate::generate::message(i, size))
+                        .await
+                }
+                .await;
+                match sent {
+                    Ok(()) => latencies.push(start.elapsed()),
+                    Err(e) => {
+                        errors.record(&e);
+                        conn = None;
+                    }
+                }
+            }
+            if let Some(mut c) = conn {
+                let _ = c.command("QUIT").await;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let wall = meter.elapsed();
+    let mut out = vec![
+        field("concurrency", json!(concurrency)),
+        field("message_octets", json!(size)),
+        field("deliveries", json!(latencies.len())),
+        field(
+            "deliveries_per_s",
+            json!(round(latencies.len() as f64 / wall, 1)),
+        ),
+    ];
+    out.extend(latencies.summary("delivery"));
+    out.extend(errors.fields(""));
+    out.extend(meter.finish(worker_threads()));
+    Ok(out)
+}
+
+/// One LMTP client connection (RFC 2033), past LHLO.
+struct Lmtp {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl Lmtp {
+    async fn connect(addr: SocketAddr) -> Result<Lmtp> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect to LMTP at {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut c = Lmtp {
+            stream: tokio::io::BufReader::new(stream),
+        };
+        c.reply("greeting", b'2').await?;
+        c.command("LHLO bench.localhost").await?;
+        c.reply("LHLO", b'2').await?;
+        Ok(c)
+    }
+
+    async fn command(&mut self, line: &str) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let s = self.stream.get_mut();
+        s.write_all(line.as_bytes()).await?;
+        s.write_all(b"\r\n").await?;
+        Ok(())
+    }
+
+    /// Reads one (possibly multi-line) reply; it must start with `class`.
+    async fn reply(&mut self, what: &str, class: u8) -> Result<()> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = tokio::time::timeout(
+                Duration::from_secs(60),
+                self.stream.read_line(&mut line),
+            )
+            .await
+            .with_context(|| format!("{what}: no reply in 60 s"))??;
+            ensure!(n > 0, "{what}: connection closed");
+            ensure!(
+                line.as_bytes().first() == Some(&class),
+                "{what}: {}",
+                line.trim_end()
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn deliver(&mut self, user: &str, message: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        // Pipelined (RFC 2920, which LMTP servers offer): one write for
+        // the envelope, one for the data.
+        let envelope = format!("MAIL FROM:<bench@localhost>\r\nRCPT TO:<{user}>\r\nDATA\r\n");
+        self.stream.get_mut().write_all(envelope.as_bytes()).await?;
+        self.reply("MAIL", b'2').await?;
+        self.reply("RCPT", b'2').await?;
+        self.reply("DATA", b'3').await?;
+        let data = crate::generate::wire_form(message);
+        self.stream.get_mut().write_all(&data).await?;
+        self.reply("end of data", b'2').await
+    }
+}
+
+#[cfg(test)]
+mod lmtp_tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// A fake LMTP server: answers every transaction 250, except that
+    /// every third one is refused with 451 at the end of its data; it
+    /// counts the messages it received whole.
+    async fn fake_lmtp(received: Arc<AtomicU64>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 fake LMTP\r\n").await?;
+                    let mut in_data = false;
+                    let mut n = 0u64;
+                    while let Some(line) = lines.next_line().await? {
+                        let reply: &[u8] = if in_data {
+                            if line != "." {
+                                continue;
+                            }
+                            in_data = false;
+                            n += 1;
+                            if n % 3 == 0 {
+                                b"451 4.3.0 try again\r\n"
+                            } else {
+                                received.fetch_add(1, Ordering::Relaxed);
+                                b"250 2.0.0 ok\r\n"
+                            }
+                        } else if line.starts_with("LHLO") {
+                            b"250-fake\r\n250 PIPELINING\r\n"
+                        } else if line == "DATA" {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        } else if line == "QUIT" {
+                            write.write_all(b"221 bye\r\n").await?;
+                            break;
+                        } else {
+                            b"250 2.1.0 ok\r\n"
+                        };
+                        write.write_all(reply).await?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn lmtp_counts_only_deliveries_answered_250_and_reconnects_after_a_refusal() {
+        let received = Arc::new(AtomicU64::new(0));
+        let addr = fake_lmtp(received.clone()).await;
+        let users = Users {
+            prefix: "u".into(),
+            first: 1,
+            count: 3,
+        };
+        let fields = lmtp(addr, users, 2000, 2, Duration::from_millis(300), None)
+            .await
+            .unwrap();
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(name, _)| name == k)
+                .and_then(|(_, v)| v.as_u64())
+                .unwrap()
+        };
+        let deliveries = get("deliveries");
+        assert!(deliveries > 0);
+        assert_eq!(deliveries, received.load(Ordering::Relaxed));
+        assert!(get("errors") > 0, "{fields:?}");
+    }
+}

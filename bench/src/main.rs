@@ -152,6 +152,23 @@ enum Command {
         #[arg(long)]
         max_cycles: Option<u64>,
     },
+    /// LMTP deliveries per second (`--addr` is the LMTP listener), each
+    /// client on one connection, recipients round-robin over the users.
+    Lmtp {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        range: UserRange,
+        /// Octets of each message, as stored with LF line endings.
+        #[arg(long, default_value_t = 10 * 1024)]
+        size: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
     /// RETR throughput, each reader on its own maildrop.
     Retr {
         #[command(flatten)]
@@ -320,6 +337,24 @@ async fn run_load(command: Command) -> Result<()> {
             )
             .await?;
             ("login", target, f)
+        }
+        Command::Lmtp {
+            target,
+            range,
+            size,
+            concurrency,
+            duration,
+        } => {
+            let f = loads::lmtp(
+                target.addr,
+                range.users(),
+                size,
+                concurrency,
+                secs(duration),
+                target.server_pid,
+            )
+            .await?;
+            ("lmtp", target, f)
         }
         Command::Retr {
             target,

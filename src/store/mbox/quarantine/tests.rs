@@ -43,7 +43,7 @@ impl Setup {
     /// given one: an append after it gives it one).
     async fn messages(&self) -> Vec<(String, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
-        let mut m = self.store.open("alice").await.unwrap();
+        let mut m = self.store.open("alice".into()).await.unwrap();
         let mut out = Vec::new();
         for i in 0..m.messages().len() {
             let uid = m.messages()[i].uid.clone();
@@ -238,7 +238,7 @@ async fn a_release_stopped_after_the_append_is_not_appended_twice() {
 async fn a_session_holding_the_spool_refuses_quarantine_and_release() {
     let s = Setup::new(THREE);
     let uid = s.store.open_admin("alice").unwrap().quarantine(0).unwrap();
-    let session = s.store.open("alice").await.unwrap();
+    let session = s.store.open("alice".into()).await.unwrap();
     assert!(matches!(
         s.store.open_admin("alice"),
         Err(StoreError::Locked)
