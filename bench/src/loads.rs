@@ -747,12 +747,9 @@ impl Lmtp {
         let mut line = String::new();
         loop {
             line.clear();
-            let n = tokio::time::timeout(
-                Duration::from_secs(60),
-                self.stream.read_line(&mut line),
-            )
-            .await
-            .with_context(|| format!("{what}: no reply in 60 s"))??;
+            let n = tokio::time::timeout(Duration::from_secs(60), self.stream.read_line(&mut line))
+                .await
+                .with_context(|| format!("{what}: no reply in 60 s"))??;
             ensure!(n > 0, "{what}: connection closed");
             ensure!(
                 line.as_bytes().first() == Some(&class),
@@ -809,7 +806,7 @@ mod lmtp_tests {
                             }
                             in_data = false;
                             n += 1;
-                            if n % 3 == 0 {
+                            if n.is_multiple_of(3) {
                                 b"451 4.3.0 try again\r\n"
                             } else {
                                 received.fetch_add(1, Ordering::Relaxed);

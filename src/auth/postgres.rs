@@ -22,6 +22,7 @@ use super::timing::CheckTimes;
 use super::{AuthError, Credential, PassDb, ScramKeys};
 use crate::pg::pool::Pool;
 use crate::pg::PgError;
+use tokio_postgres::types::Type;
 
 /// How often the APOP and CRAM-MD5 flags are re-read.
 const FLAGS_REFRESH: Duration = Duration::from_secs(60);
@@ -258,15 +259,18 @@ impl PgPassDb {
             // lower() under the "C" collation folds ASCII letters only,
             // as `name::fold` does, whatever the database's locale.
             client
-                .query(
+                .query_typed(
                     r#"SELECT name, secret FROM users
                         WHERE lower(name COLLATE "C") = $1 LIMIT 2"#,
-                    &[&fold(user, true).as_ref()],
+                    &[(&fold(user, true).as_ref(), Type::TEXT)],
                 )
                 .await
         } else {
             client
-                .query("SELECT name, secret FROM users WHERE name = $1", &[&user])
+                .query_typed(
+                    "SELECT name, secret FROM users WHERE name = $1",
+                    &[(&user, Type::TEXT)],
+                )
                 .await
         }
         .map_err(temporary)?;

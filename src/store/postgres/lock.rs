@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pg::pool::Pool;
 use crate::pg::PgError;
+use tokio_postgres::types::Type;
 
 /// How often an idle lock connection is checked; a dead one is noticed
 /// within this plus [`PING_TIMEOUT`].
@@ -89,7 +90,7 @@ impl Locks {
             let conn = self.conn(key).await?;
             let row = conn
                 .client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
                 .await?;
             Ok::<_, PgError>(row.get::<_, bool>(0).then_some(conn))
         }
@@ -170,7 +171,7 @@ impl Held {
             let done = self
                 .conn
                 .client
-                .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+                .execute_typed("SELECT pg_advisory_unlock($1)", &[(&self.key, Type::INT8)])
                 .await;
             if let Err(error) = done {
                 tracing::warn!(%error, "maildrop unlock failed");
@@ -199,7 +200,7 @@ impl Drop for Held {
         runtime.spawn(async move {
             if let Err(error) = conn
                 .client
-                .execute("SELECT pg_advisory_unlock($1)", &[&key])
+                .execute_typed("SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)])
                 .await
             {
                 tracing::warn!(%error, "maildrop unlock failed");

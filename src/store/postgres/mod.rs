@@ -30,6 +30,10 @@ use mailbag_proto::dot::canonical_size;
 use super::{Mailbox, Maildrop, MessageInfo, Store, StoreError, Usage};
 use crate::pg::pool::Pool;
 use crate::pg::tls::RustlsConnect;
+use tokio_postgres::types::Type;
+
+const TEXT: Type = Type::TEXT;
+const INT8: Type = Type::INT8;
 pub use crate::pg::PgError;
 use lock::{Held, Locks};
 pub use reader::ChunkReader;
@@ -98,7 +102,7 @@ impl PgStore {
     async fn maildrop_id(&self, user: &str) -> Result<i64, PgError> {
         let client = self.pool.get().await?;
         let select = "SELECT id FROM maildrops WHERE name = $1";
-        if let Some(row) = client.query_opt(select, &[&user]).await? {
+        if let Some(row) = client.query_typed_opt(select, &[(&user, TEXT)]).await? {
             return Ok(row.get(0));
         }
         client
@@ -107,7 +111,10 @@ impl PgStore {
                 &[&user],
             )
             .await?;
-        Ok(client.query_one(select, &[&user]).await?.get(0))
+        Ok(client
+            .query_typed_one(select, &[(&user, TEXT)])
+            .await?
+            .get(0))
     }
 
     /// Stores `message` for `user` with a UIDL chosen here, so that an
@@ -239,9 +246,9 @@ impl Store for PgStore {
         // The snapshot comes after the lock: nothing can delete under it.
         let client = self.pool.get().await?;
         let rows = client
-            .query(
+            .query_typed(
                 "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
-                &[&id],
+                &[(&id, INT8)],
             )
             .await
             .map_err(PgError::from)?;
@@ -314,18 +321,9 @@ impl Maildrop for PgMaildrop {
             // nothing more from it.
             return Err(lock_lost());
         }
-        let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                "SELECT octet_length(body) FROM messages WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(PgError::from)?;
-        let Some(row) = row else {
-            return Err(StoreError::Vanished);
-        };
-        Ok(ChunkReader::spawn(Arc::clone(&self.pool), id, row.get(0)))
+        ChunkReader::start(Arc::clone(&self.pool), id)
+            .await?
+            .ok_or(StoreError::Vanished)
     }
 
     async fn commit(self, deleted: &[usize], retrieved: &[usize]) -> Result<(), StoreError> {

@@ -13,7 +13,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 
+use tokio_postgres::types::Type;
+
 use crate::pg::pool::Pool;
+use crate::pg::PgError;
 
 /// Octets fetched per query.
 pub const CHUNK_OCTETS: i32 = 256 * 1024;
@@ -21,18 +24,54 @@ pub const CHUNK_OCTETS: i32 = 256 * 1024;
 /// The body of one message, as it arrives from the database.
 #[derive(Debug)]
 pub struct ChunkReader {
-    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// The chunks after the first, while a task fetches them; `None` when
+    /// the first chunk was the whole message.
+    rx: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
     chunk: Vec<u8>,
     pos: usize,
 }
 
 impl ChunkReader {
-    /// Starts fetching message `id`, which is `length` octets long.
-    pub(crate) fn spawn(pool: Arc<Pool>, id: i64, length: i32) -> ChunkReader {
+    /// Starts reading message `id`: its length and first chunk come in
+    /// one round trip, so a message of up to [`CHUNK_OCTETS`] (most mail)
+    /// costs one query and no task. `None` when the message is gone.
+    pub(crate) async fn start(pool: Arc<Pool>, id: i64) -> Result<Option<ChunkReader>, PgError> {
+        let client = pool.get().await?;
+        let row = client
+            .query_typed_opt(
+                "SELECT octet_length(body), substring(body FROM 1 FOR $2) FROM messages WHERE id = $1",
+                &[(&id, Type::INT8), (&CHUNK_OCTETS, Type::INT4)],
+            )
+            .await?;
+        drop(client);
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let length: i32 = row.get(0);
+        let first: Vec<u8> = row.get(1);
+        let rx = (i64::from(length) > first.len() as i64).then(|| {
+            let from = i32::try_from(first.len())
+                .unwrap_or(i32::MAX)
+                .saturating_add(1);
+            Self::fetch_rest(pool, id, from, length)
+        });
+        Ok(Some(ChunkReader {
+            rx,
+            chunk: first,
+            pos: 0,
+        }))
+    }
+
+    /// A task that fetches octets `from..=length` (counted from 1) chunk
+    /// by chunk, one chunk ahead of the reader.
+    fn fetch_rest(
+        pool: Arc<Pool>,
+        id: i64,
+        mut from: i32,
+        length: i32,
+    ) -> mpsc::Receiver<io::Result<Vec<u8>>> {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
-            // substring() counts from 1.
-            let mut from: i32 = 1;
             while from <= length {
                 let chunk = fetch(&pool, id, from).await;
                 let failed = chunk.is_err();
@@ -52,20 +91,20 @@ impl ChunkReader {
                 }
             }
         });
-        ChunkReader {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-        }
+        rx
     }
 }
 
 async fn fetch(pool: &Arc<Pool>, id: i64, from: i32) -> io::Result<Vec<u8>> {
     let client = pool.get().await.map_err(io::Error::other)?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT substring(body FROM $2 FOR $3) FROM messages WHERE id = $1",
-            &[&id, &from, &CHUNK_OCTETS],
+            &[
+                (&id, Type::INT8),
+                (&from, Type::INT4),
+                (&CHUNK_OCTETS, Type::INT4),
+            ],
         )
         .await
         .map_err(io::Error::other)?;
@@ -78,8 +117,13 @@ async fn fetch(pool: &Arc<Pool>, id: i64, from: i32) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Streamed in chunks from the database, never whole in memory.
-impl crate::store::MessageBody for ChunkReader {}
+/// Streamed in chunks from the database, never whole in memory; a
+/// message that fits in the first chunk is handed over whole.
+impl crate::store::MessageBody for ChunkReader {
+    fn in_memory(&self) -> Option<&[u8]> {
+        (self.rx.is_none() && self.pos == 0).then_some(self.chunk.as_slice())
+    }
+}
 
 impl AsyncRead for ChunkReader {
     fn poll_read(
@@ -95,7 +139,10 @@ impl AsyncRead for ChunkReader {
                 self.pos += n;
                 return Poll::Ready(Ok(()));
             }
-            match self.rx.poll_recv(cx) {
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
                     self.chunk = chunk;
                     self.pos = 0;
