@@ -1,0 +1,136 @@
+# POP3 and LMTP clients for the failover test (tests/it/ha.rs): poplib
+# sessions that log in, RETR, DELE and QUIT, and smtplib.LMTP deliveries,
+# all through the load balancer, until the file STOP exists. Every
+# session and every delivery is one JSON line on stdout, with wall-clock
+# times, for the test to check against the database afterwards.
+#
+# usage: ha_clients.py HOST POP3_PORT LMTP_PORT PASSWORD STOP USER...
+
+import json
+import os
+import poplib
+import smtplib
+import sys
+import threading
+import time
+
+HOST, POP3_PORT, LMTP_PORT, PASSWORD, STOP = sys.argv[1:6]
+POP3_PORT, LMTP_PORT = int(POP3_PORT), int(LMTP_PORT)
+USERS = sys.argv[6:]
+POP3_PER_USER = 2
+LMTP_WORKERS = 2
+# Bounded: no session reads more than this many messages.
+MAX_PER_SESSION = 10
+TIMEOUT = 15
+
+out = threading.Lock()
+
+
+def record(event):
+    with out:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+
+def stopping():
+    return os.path.exists(STOP)
+
+
+def token_of(lines):
+    for line in lines:
+        if line.startswith(b"X-Token: "):
+            return line[len(b"X-Token: "):].decode()
+        if line == b"":
+            break
+    return None
+
+
+def pop3_worker(user):
+    while not stopping():
+        s = {"kind": "pop3", "user": user, "start": time.time(), "retr": [], "dele": []}
+        try:
+            p = poplib.POP3(HOST, POP3_PORT, timeout=TIMEOUT)
+            try:
+                p.user(user)
+                s["pass_sent"] = time.time()
+                try:
+                    p.pass_(PASSWORD)
+                except poplib.error_proto as e:
+                    s["pass_err"] = e.args[0].decode(errors="replace")
+                    p.close()
+                    record(s)
+                    time.sleep(0.02)
+                    continue
+                s["pass_ok"] = time.time()
+                count, _ = p.stat()
+                for i in range(1, min(count, MAX_PER_SESSION) + 1):
+                    _, lines, _ = p.retr(i)
+                    token = token_of(lines)
+                    s["retr"].append(token)
+                    # One in ten stays: messages that were read and kept.
+                    if token is not None and not token.endswith("7"):
+                        p.dele(i)
+                        s["dele"].append(token)
+                s["quit_sent"] = time.time()
+                try:
+                    p.quit()
+                    s["quit_ok"] = time.time()
+                except poplib.error_proto as e:
+                    s["quit_err"] = e.args[0].decode(errors="replace")
+            finally:
+                p.close()
+        except (OSError, EOFError, poplib.error_proto) as e:
+            s["error"] = repr(e)
+        record(s)
+        time.sleep(0.02)
+
+
+def lmtp_worker(worker):
+    n = 0
+    while not stopping():
+        try:
+            c = smtplib.LMTP(HOST, LMTP_PORT, timeout=TIMEOUT)
+        except OSError as e:
+            record({"kind": "lmtp_connect", "error": repr(e), "at": time.time()})
+            time.sleep(0.1)
+            continue
+        try:
+            while not stopping():
+                token = "%d-%d" % (worker, n)
+                user = USERS[n % len(USERS)]
+                n += 1
+                message = (
+                    "From: sender@example.org\r\nTo: %s\r\nSubject: %s\r\n"
+                    "X-Token: %s\r\n\r\nmessage %s\r\n" % (user, token, token, token)
+                )
+                d = {"kind": "lmtp", "token": token, "user": user, "sent": time.time()}
+                try:
+                    c.sendmail("sender@example.org", [user], message)
+                    d["ok"] = time.time()
+                    record(d)
+                except smtplib.SMTPResponseException as e:
+                    d["code"] = e.smtp_code
+                    record(d)
+                    break
+                except smtplib.SMTPRecipientsRefused as e:
+                    d["code"] = list(e.recipients.values())[0][0]
+                    record(d)
+                    break
+                except (OSError, smtplib.SMTPException) as e:
+                    d["error"] = repr(e)
+                    record(d)
+                    break
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+threads = [threading.Thread(target=pop3_worker, args=(u,)) for u in USERS for _ in range(POP3_PER_USER)]
+threads += [threading.Thread(target=lmtp_worker, args=(w,)) for w in range(LMTP_WORKERS)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
