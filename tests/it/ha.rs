@@ -220,7 +220,13 @@ async fn scenario(test: &str, path: Path, phase: Duration) {
         present.entry(token).or_insert((user, 0)).1 += 1;
     }
 
-    let report = check(&events, &present);
+    let report = std::panic::catch_unwind(|| check(&events, &present)).unwrap_or_else(|_| {
+        panic!(
+            "{test}: faults at: node killed {killed:.3}, promote {promoting:.3}, \
+             stopped {failover:.3}, restarted {restarted:.3}\n{}",
+            logs()
+        )
+    });
     eprintln!(
         "{test}: {} sessions with QUIT +OK, {} broken by a fault, {} [IN-USE] refusals, {} deliveries acknowledged, \
          {} not ({} of them left unknown by a broken connection), {} QUITs left unknown; \
@@ -272,6 +278,8 @@ struct Report {
 /// The promises, from the clients' record and the database's content.
 fn check(events: &[Value], present: &HashMap<String, (String, usize)>) -> Report {
     let mut report = Report::default();
+    let crashed: Vec<&Value> = events.iter().filter(|e| e.get("crash").is_some()).collect();
+    assert!(crashed.is_empty(), "the client script failed: {crashed:?}");
     // No message is stored twice, whatever became of its delivery.
     for (token, (_, n)) in present {
         assert_eq!(*n, 1, "message {token} is stored {n} times");
@@ -336,7 +344,12 @@ fn check(events: &[Value], present: &HashMap<String, (String, usize)>) -> Report
                 present.contains_key(token)
                     || deleted.contains(token)
                     || maybe_deleted.contains(token),
-                "message {token} was acknowledged with 250 and is gone, never deleted by a QUIT: {d}"
+                "message {token} was acknowledged with 250 and is gone, never deleted by a QUIT: {d}; \
+                 sessions that read it: {:?}",
+                sessions
+                    .iter()
+                    .filter(|s| strings(s, "retr").iter().any(|t| t == token))
+                    .collect::<Vec<_>>()
             );
         } else {
             report.refused += 1;

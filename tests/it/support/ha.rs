@@ -373,7 +373,6 @@ impl PgBouncer {
                  unix_socket_dir =\nauth_type = trust\nauth_file = {auth}\n\
                  pool_mode = {pool_mode}\nmax_client_conn = 500\ndefault_pool_size = 100\n\
                  server_login_retry = 1\nquery_wait_timeout = 3\n\
-                 ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {log}\n",
                 auth = dir.join("users.txt").display(),
                 log = dir.join("pgbouncer.log").display(),

@@ -45,42 +45,71 @@ def token_of(lines):
     return None
 
 
+def reply(e):
+    """The server's reply in a poplib.error_proto, or None when poplib
+    raised it for a connection that closed or misbehaved (then it holds a
+    str, not the reply's bytes)."""
+    a = e.args[0] if e.args else None
+    return a.decode(errors="replace") if isinstance(a, bytes) else None
+
+
+# UIDLs read and kept, per user: a session does not read them again, so
+# that kept messages never crowd out new ones.
+kept = {}
+
+
+def pop3_session(user, s):
+    p = poplib.POP3(HOST, POP3_PORT, timeout=TIMEOUT)
+    try:
+        p.user(user)
+        s["pass_sent"] = time.time()
+        try:
+            p.pass_(PASSWORD)
+        except poplib.error_proto as e:
+            if reply(e) is None:
+                raise
+            s["pass_err"] = reply(e)
+            return
+        s["pass_ok"] = time.time()
+        _, listing, _ = p.uidl()
+        todo = []
+        for line in listing:
+            number, uidl = line.split()
+            if uidl not in kept.setdefault(user, set()):
+                todo.append((int(number), uidl))
+        for number, uidl in todo[:MAX_PER_SESSION]:
+            _, lines, _ = p.retr(number)
+            token = token_of(lines)
+            s["retr"].append(token)
+            # One in ten stays: messages that were read and kept.
+            if token is None or token.endswith("7"):
+                kept[user].add(uidl)
+            else:
+                p.dele(number)
+                s["dele"].append(token)
+        s["quit_sent"] = time.time()
+        try:
+            p.quit()
+            s["quit_ok"] = time.time()
+        except poplib.error_proto as e:
+            if reply(e) is None:
+                raise
+            s["quit_err"] = reply(e)
+    finally:
+        p.close()
+
+
 def pop3_worker(user):
     while not stopping():
         s = {"kind": "pop3", "user": user, "start": time.time(), "retr": [], "dele": []}
         try:
-            p = poplib.POP3(HOST, POP3_PORT, timeout=TIMEOUT)
-            try:
-                p.user(user)
-                s["pass_sent"] = time.time()
-                try:
-                    p.pass_(PASSWORD)
-                except poplib.error_proto as e:
-                    s["pass_err"] = e.args[0].decode(errors="replace")
-                    p.close()
-                    record(s)
-                    time.sleep(0.02)
-                    continue
-                s["pass_ok"] = time.time()
-                count, _ = p.stat()
-                for i in range(1, min(count, MAX_PER_SESSION) + 1):
-                    _, lines, _ = p.retr(i)
-                    token = token_of(lines)
-                    s["retr"].append(token)
-                    # One in ten stays: messages that were read and kept.
-                    if token is not None and not token.endswith("7"):
-                        p.dele(i)
-                        s["dele"].append(token)
-                s["quit_sent"] = time.time()
-                try:
-                    p.quit()
-                    s["quit_ok"] = time.time()
-                except poplib.error_proto as e:
-                    s["quit_err"] = e.args[0].decode(errors="replace")
-            finally:
-                p.close()
+            pop3_session(user, s)
         except (OSError, EOFError, poplib.error_proto) as e:
+            # No answer: the connection broke or the server went away.
             s["error"] = repr(e)
+        except Exception as e:
+            # A fault of this script: the test fails on it.
+            s["crash"] = repr(e)
         record(s)
         time.sleep(0.02)
 
@@ -118,6 +147,10 @@ def lmtp_worker(worker):
                     break
                 except (OSError, smtplib.SMTPException) as e:
                     d["error"] = repr(e)
+                    record(d)
+                    break
+                except Exception as e:
+                    d["crash"] = repr(e)
                     record(d)
                     break
         finally:
