@@ -599,7 +599,14 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn start(balancer: &HaProxy, users: &[String]) -> Clients {
+    /// `pop3_per_user` POP3 clients on each of `users`, and
+    /// `lmtp_clients` delivering to them in turn.
+    pub fn start(
+        balancer: &HaProxy,
+        users: &[String],
+        pop3_per_user: usize,
+        lmtp_clients: usize,
+    ) -> Clients {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("ha_clients.py");
         std::fs::write(&script, include_str!("ha_clients.py")).unwrap();
@@ -614,6 +621,7 @@ impl Clients {
             ])
             .arg(PASSWORD)
             .arg(&stop)
+            .args([pop3_per_user.to_string(), lmtp_clients.to_string()])
             .args(users)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())

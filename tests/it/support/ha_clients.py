@@ -4,7 +4,8 @@
 # session and every delivery is one JSON line on stdout, with wall-clock
 # times, for the test to check against the database afterwards.
 #
-# usage: ha_clients.py HOST POP3_PORT LMTP_PORT PASSWORD STOP USER...
+# usage: ha_clients.py HOST POP3_PORT LMTP_PORT PASSWORD STOP POP3_PER_USER
+#        LMTP_CLIENTS USER...
 
 import json
 import os
@@ -14,11 +15,10 @@ import sys
 import threading
 import time
 
-HOST, POP3_PORT, LMTP_PORT, PASSWORD, STOP = sys.argv[1:6]
+HOST, POP3_PORT, LMTP_PORT, PASSWORD, STOP, POP3_PER_USER, LMTP_CLIENTS = sys.argv[1:8]
 POP3_PORT, LMTP_PORT = int(POP3_PORT), int(LMTP_PORT)
-USERS = sys.argv[6:]
-POP3_PER_USER = 2
-LMTP_WORKERS = 2
+POP3_PER_USER, LMTP_CLIENTS = int(POP3_PER_USER), int(LMTP_CLIENTS)
+USERS = sys.argv[8:]
 # Bounded: no session reads more than this many messages.
 MAX_PER_SESSION = 10
 TIMEOUT = 15
@@ -99,9 +99,9 @@ def pop3_session(user, s):
         p.close()
 
 
-def pop3_worker(user):
+def pop3_worker(user, worker):
     while not stopping():
-        s = {"kind": "pop3", "user": user, "start": time.time(), "retr": [], "dele": []}
+        s = {"kind": "pop3", "worker": worker, "user": user, "start": time.time(), "retr": [], "dele": []}
         try:
             pop3_session(user, s)
         except (OSError, EOFError, poplib.error_proto) as e:
@@ -132,7 +132,7 @@ def lmtp_worker(worker):
                     "From: sender@example.org\r\nTo: %s\r\nSubject: %s\r\n"
                     "X-Token: %s\r\n\r\nmessage %s\r\n" % (user, token, token, token)
                 )
-                d = {"kind": "lmtp", "token": token, "user": user, "sent": time.time()}
+                d = {"kind": "lmtp", "worker": str(worker), "token": token, "user": user, "sent": time.time()}
                 try:
                     c.sendmail("sender@example.org", [user], message)
                     d["ok"] = time.time()
@@ -161,8 +161,12 @@ def lmtp_worker(worker):
         time.sleep(0.05)
 
 
-threads = [threading.Thread(target=pop3_worker, args=(u,)) for u in USERS for _ in range(POP3_PER_USER)]
-threads += [threading.Thread(target=lmtp_worker, args=(w,)) for w in range(LMTP_WORKERS)]
+threads = [
+    threading.Thread(target=pop3_worker, args=(u, "%s/%d" % (u, i)))
+    for u in USERS
+    for i in range(POP3_PER_USER)
+]
+threads += [threading.Thread(target=lmtp_worker, args=(w,)) for w in range(LMTP_CLIENTS)]
 for t in threads:
     t.start()
 for t in threads:
