@@ -165,7 +165,13 @@ pub(crate) async fn check_session_bound(pool: &Pool) -> Result<(), PgError> {
         };
         let theirs = match theirs {
             Ok(theirs) => theirs,
-            Err(PgError::Db(e)) if e.as_db_error().is_some() => {
+            // PgBouncer's statement mode ("transaction blocks not allowed
+            // in statement pooling mode"); any other refusal (a pooler
+            // out of server connections) is an error of its own.
+            Err(PgError::Db(e))
+                if e.as_db_error()
+                    .is_some_and(|d| d.message().contains("pooling mode")) =>
+            {
                 return Err(PgError::NotSessionBound(format!(
                     "a transaction was refused: {}",
                     e.as_db_error().map_or("", |d| d.message())
