@@ -270,7 +270,7 @@ async fn scenario(test: &str, path: Path, phase: Duration) {
         )
     });
     eprintln!(
-        "{test}: {} sessions with QUIT +OK, {} broken by a fault, {} [IN-USE] refusals, \
+        "{test} ({path:?}): {} sessions with QUIT +OK, {} broken by a fault, {} [IN-USE] refusals, \
          {} deliveries acknowledged, {} not ({} of them left unknown by a broken connection), \
          {} QUITs left unknown; promote and stop took {:.2}s; every client succeeded again \
          (first-last client, from the end of the fault): node killed: {after_kill}; \
