@@ -715,6 +715,7 @@ fn serve(
                         .check_schema()
                         .await
                         .context("store.url: cannot use the database")?;
+                    store.check_session_bound().await.context("store.url")?;
                     serve_external(config, config_path, service, store, external, reload).await
                 }
             };
@@ -750,6 +751,7 @@ fn serve(
                     .check_schema()
                     .await
                     .context("store.url: cannot use the database")?;
+                store.check_session_bound().await.context("store.url")?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
                     .with_cache(mailbag::auth::cache::VerifiedCache::from_config(

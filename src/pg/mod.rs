@@ -32,6 +32,16 @@ pub enum PgError {
     /// TLS to the database (`sslmode=require`) cannot be set up.
     #[error("store.ca_file: {0}")]
     Tls(#[from] PgTlsError),
+    /// The connections go through a pooler (PgBouncer's `pool_mode =
+    /// transaction` or `statement`) that hands one client's statements to
+    /// different server sessions, so session-level advisory locks (the
+    /// maildrop locks) would not hold.
+    #[error(
+        "the connections go through a pooler that does not keep a client on one server session \
+         ({0}); maildrop locks are session-level advisory locks and would not hold: \
+         use pool_mode = session in PgBouncer, or connect to PostgreSQL directly"
+    )]
+    NotSessionBound(String),
     /// The database was migrated by a newer mailbag.
     #[error(
         "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"

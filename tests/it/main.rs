@@ -9,6 +9,7 @@ mod attack_store;
 mod cli;
 mod deliver;
 mod guessing;
+mod ha;
 mod hashes;
 mod hostile;
 mod interop;

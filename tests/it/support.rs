@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub mod accounts;
+pub mod ha;
 pub mod ldap;
 pub mod mariadb;
 pub mod pg;

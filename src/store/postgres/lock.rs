@@ -28,6 +28,11 @@ use crate::pg::pool::Pool;
 use crate::pg::PgError;
 use tokio_postgres::types::Type;
 
+/// Connections that [`check_session_bound`] holds in a transaction, one
+/// after another, each taking a server session a pooler might otherwise
+/// hand back to the first.
+const PROBES: usize = 4;
+
 /// How often an idle lock connection is checked; a dead one is noticed
 /// within this plus [`PING_TIMEOUT`].
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -138,6 +143,72 @@ impl Locks {
         tokio::spawn(ping(Arc::downgrade(&conn)));
         Ok(conn)
     }
+}
+
+/// Fails unless each connection `pool` opens keeps one server session for
+/// its whole life, as the advisory locks need. A pooler that assigns a
+/// server session per transaction (PgBouncer's `pool_mode = transaction`)
+/// gives itself away: while other clients hold server sessions in open
+/// transactions, the first connection's statements move to another
+/// session, or another client is given the session the first one used.
+/// Run at start; it opens `PROBES + 1` connections and closes them.
+pub(crate) async fn check_session_bound(pool: &Pool) -> Result<(), PgError> {
+    let first = pool.connect().await?;
+    let pid = backend_pid(&first).await?;
+    let mut holders = Vec::with_capacity(PROBES);
+    for _ in 0..PROBES {
+        let other = pool.connect().await?;
+        // A transaction keeps its server session from every other client
+        // in any pooling mode.
+        let theirs = match other.simple_query("BEGIN").await {
+            Ok(_) => backend_pid(&other).await,
+            Err(e) => Err(e.into()),
+        };
+        let theirs = match theirs {
+            Ok(theirs) => theirs,
+            // PgBouncer's statement mode ("transaction blocks not allowed
+            // in statement pooling mode"); any other refusal (a pooler
+            // out of server connections) is an error of its own.
+            Err(PgError::Db(e))
+                if e.as_db_error()
+                    .is_some_and(|d| d.message().contains("pooling mode")) =>
+            {
+                return Err(PgError::NotSessionBound(format!(
+                    "a transaction was refused: {}",
+                    e.as_db_error().map_or("", |d| d.message())
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if theirs == pid {
+            return Err(PgError::NotSessionBound(
+                "another client was given this connection's server session".into(),
+            ));
+        }
+        if backend_pid(&first).await? != pid {
+            return Err(PgError::NotSessionBound(
+                "one connection's statements ran in two server sessions".into(),
+            ));
+        }
+        holders.push(other);
+    }
+    for other in holders {
+        let _ = other.simple_query("ROLLBACK").await;
+    }
+    Ok(())
+}
+
+/// The server process of `client`'s session, asked without a prepared
+/// statement (which a transaction pooler could break on its own).
+async fn backend_pid(client: &Client) -> Result<i64, PgError> {
+    let messages = client.simple_query("SELECT pg_backend_pid()").await?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .ok_or_else(|| PgError::NotSessionBound("pg_backend_pid() gave no answer".into()))
 }
 
 /// Notices a lock connection that died without a TCP reset (a network

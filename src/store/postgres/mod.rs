@@ -92,6 +92,13 @@ impl PgStore {
         schema::check(&*self.pool.get().await?).await
     }
 
+    /// Fails when the connections go through a pooler that does not keep
+    /// each on one server session (the maildrop locks need that); run at
+    /// start, beside [`PgStore::check_schema`].
+    pub async fn check_session_bound(&self) -> Result<(), PgError> {
+        lock::check_session_bound(&self.pool).await
+    }
+
     /// Applies pending migrations; returns the versions applied.
     pub async fn migrate(&self) -> Result<Vec<i32>, PgError> {
         let mut client = self.pool.get().await?;

@@ -51,7 +51,7 @@ pub struct Cluster {
     tls: bool,
 }
 
-fn pg_bin() -> Option<PathBuf> {
+pub fn pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MAILBAG_PG_BIN") {
         let dir = PathBuf::from(dir);
         return dir.join("pg_ctl").exists().then_some(dir);
