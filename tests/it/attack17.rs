@@ -1,0 +1,98 @@
+//! The password databases mailbag does not own (LDAP, the administrator's
+//! SQL query, PAM), attacked from a client's side: existence leaks,
+//! waits past their deadlines.
+
+#[cfg(feature = "pam")]
+mod pam {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use mailbag::auth::pam::{PamPassDb, CONVERSATIONS};
+    use mailbag::config::Config;
+    use mailbag::server::Server;
+    use mailbag::store::mbox::MboxStore;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::support::accounts::{can_make_accounts, sweep, Account, PamService};
+    use crate::support::{config_text, Client};
+
+    const PASSWORD: &str = "correct horse 42";
+
+    /// With every PAM conversation held by a stack that hangs, a further
+    /// login gets `[SYS/TEMP]` at the PAM deadline; it does not wait for a
+    /// stuck conversation to return.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pam_logins_behind_stuck_conversations_fail_at_the_pam_deadline() {
+        let test = "pam_logins_behind_stuck_conversations_fail_at_the_pam_deadline";
+        if !can_make_accounts(test) {
+            return;
+        }
+        sweep();
+        // Each conversation stays stuck a while, then leaves a mark as it
+        // returns (and frees its slot).
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("stuck.sh");
+        let returned = dir.path().join("returned");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nsleep 6\ntouch {}\n", returned.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let service = PamService::with_text(&format!(
+            "auth required pam_exec.so {}\naccount required pam_permit.so\n",
+            script.display()
+        ));
+        let account = Account::create("stk", PASSWORD, false, &[]);
+        std::fs::create_dir(dir.path().join("mail")).unwrap();
+        let text = config_text(
+            dir.path(),
+            &format!(
+                "[auth.pam]\nservice = \"{}\"\n[limits]\nauthorization_timeout_secs = 60\n\
+                 [store.mbox]\npath = \"{}/mail/%u\"\n",
+                service.name,
+                dir.path().display()
+            ),
+        )
+        .replace(
+            "passwd_file = \"passwd\"\n",
+            "kind = \"pam\"\nmax_failures_per_address = 1000\n",
+        )
+        .replace("[store]\n", "[store]\nkind = \"mbox\"\n");
+        let config_path = dir.path().join("mailbag.toml");
+        std::fs::write(&config_path, text).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let passdb = PamPassDb::new(&config.auth.pam.service, 1000, Duration::from_millis(300));
+        let store =
+            MboxStore::new(&config.store.mbox.path, config.store.mbox.lock_options()).unwrap();
+        let server = Server::bind(config, store, passdb).await.unwrap();
+        let addr = server.local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(server.run(shutdown.clone()));
+
+        async fn login(addr: std::net::SocketAddr, user: String) -> String {
+            let mut c = Client::connect(addr).await;
+            assert!(c.line().await.starts_with("+OK"));
+            c.ok(&format!("USER {user}")).await;
+            c.cmd(&format!("PASS {PASSWORD}")).await
+        }
+        // Every slot taken by a conversation that will not return.
+        let stuck: Vec<_> = (0..CONVERSATIONS)
+            .map(|_| tokio::spawn(login(addr, account.name.clone())))
+            .collect();
+        for answer in stuck {
+            let answer = answer.await.unwrap();
+            assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+        }
+        // One more login: answered at the PAM deadline, before any stuck
+        // conversation returns to free a slot.
+        let answer = login(addr, account.name.clone()).await;
+        assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer:?}");
+        assert!(
+            !returned.exists(),
+            "the login waited for a stuck conversation to return"
+        );
+        shutdown.cancel();
+        let _ = handle.await;
+    }
+}
