@@ -96,3 +96,94 @@ mod pam {
         let _ = handle.await;
     }
 }
+
+/// The administrator's SQL query on a real PostgreSQL.
+mod sql {
+    use mailbag::auth::scheme::{hash, Scheme};
+    use mailbag::auth::sql::SqlPassDb;
+    use mailbag::auth::PassDb;
+    use mailbag::config::Config;
+    use mailbag::store::maildir::MaildirStore;
+
+    use crate::support::pg::{cluster, connect, Node};
+
+    const AUTH_FAILED: &str = "-ERR [AUTH] Authentication failed";
+
+    /// A row whose password or name is NULL (an account kept without a
+    /// password, a hand-made table) is answered as an unknown user is,
+    /// as MariaDB's NULLs already were: never `[SYS/TEMP]` for a name
+    /// that exists only, which would tell who has an account.
+    #[tokio::test]
+    async fn postgres_null_passwords_and_names_answer_as_unknown_users_do() {
+        let test = "attack17_postgres_nulls";
+        let Some(cluster) = cluster(test) else {
+            return;
+        };
+        let url = cluster.database(test).await;
+        let client = connect(&url).await;
+        let stored = hash(Scheme::Sha512Crypt, b"wonderland").unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE people (username TEXT PRIMARY KEY, login TEXT, password TEXT)",
+            )
+            .await
+            .unwrap();
+        for (username, login, password) in [
+            (
+                "alice@example.org",
+                Some("alice@example.org"),
+                Some(&stored),
+            ),
+            ("nopass@example.org", Some("nopass@example.org"), None),
+            ("noname@example.org", None, Some(&stored)),
+        ] {
+            client
+                .execute(
+                    "INSERT INTO people VALUES ($1, $2, $3)",
+                    &[&username, &login, &password],
+                )
+                .await
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nroot = \"mail\"\n\
+             [auth]\nfailure_delay_ms = 10\nmax_failures_per_address = 100\n\
+             [auth.sql]\nurl = \"{url}\"\n\
+             password_query = \"SELECT login AS user, password FROM people WHERE username = $1\"\n"
+        );
+        let config = Config::parse(&text, dir.path()).unwrap();
+        let passdb = SqlPassDb::new(config.auth.sql.as_ref().unwrap()).unwrap();
+        // A NULL password is no secret, but its user exists (mail is
+        // still delivered to it).
+        assert_eq!(
+            passdb
+                .user_exists("nopass@example.org")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("nopass@example.org")
+        );
+        let store = MaildirStore::new(
+            config.store.root.clone(),
+            config.store.path.clone(),
+            config.store.default_domain.clone(),
+        );
+        let node = Node::start(config, store, passdb).await;
+        assert!(node
+            .try_login(("alice@example.org", "wonderland"))
+            .await
+            .1
+            .starts_with("+OK"));
+        let wrong = node.try_login(("alice@example.org", "nope")).await.1;
+        assert!(wrong.starts_with(AUTH_FAILED), "{wrong}");
+        for (user, password) in [
+            ("nobody@example.org", "nope"),
+            ("nopass@example.org", "nope"),
+            ("noname@example.org", "wonderland"),
+        ] {
+            let reply = node.try_login((user, password)).await.1;
+            assert_eq!(reply, wrong, "{user}");
+        }
+    }
+}
