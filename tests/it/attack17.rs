@@ -187,3 +187,73 @@ mod sql {
         }
     }
 }
+
+/// Bearer tokens checked against keys fetched from a JWKS URL.
+mod oauth {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use base64::prelude::{Engine as _, BASE64_STANDARD};
+
+    use crate::support::TestServer;
+    use crate::tls::implicit;
+
+    const CHECKS: usize = 8;
+
+    /// While the key server takes connections and never answers, checks
+    /// at once do not wait to fetch one after another (each would wait
+    /// out the fetches before it, far past its own `timeout_ms`): they
+    /// give up at their own deadline, and the key server is asked once
+    /// or twice, not once per login.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logins_while_the_key_server_hangs_do_not_fetch_in_turn() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        let hung = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(tcp);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        mailbag::server::tls::write_self_signed(&["localhost"], &cert, &key).unwrap();
+        let server = TestServer::start_tls(&format!(
+            "max_failures_per_address = 100\n[auth.oauth]\n\
+             jwks_url = \"https://localhost:{port}/jwks.json\"\nca_file = \"{}\"\n\
+             issuer = \"https://idp.example.test\"\naudience = \"mailbag\"\ntimeout_ms = 300\n",
+            cert.display()
+        ))
+        .await;
+        // Every client waits at the challenge, then all send at once.
+        let mut clients = Vec::new();
+        for _ in 0..CHECKS {
+            let mut c = implicit(&server).await;
+            assert_eq!(c.cmd("AUTH OAUTHBEARER").await, "+ \r\n");
+            clients.push(c);
+        }
+        let message = BASE64_STANDARD
+            .encode("n,,\x01host=localhost\x01port=995\x01auth=Bearer a.b.c\x01\x01");
+        let answers: Vec<_> = clients
+            .into_iter()
+            .map(|mut c| {
+                let message = message.clone();
+                tokio::spawn(async move { c.cmd(&message).await })
+            })
+            .collect();
+        for answer in answers {
+            let answer = answer.await.unwrap();
+            assert!(answer.starts_with("-ERR [SYS/TEMP]"), "{answer}");
+        }
+        let fetches = accepted.load(Ordering::SeqCst);
+        assert!(
+            fetches <= 2,
+            "{fetches} fetches for {CHECKS} logins at once: they fetched in turn"
+        );
+        hung.abort();
+        server.stop().await;
+    }
+}
