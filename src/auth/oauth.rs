@@ -422,27 +422,49 @@ struct Fetched {
 }
 
 /// The keys at `config.jwks_url`: cached for `jwks_refresh_secs`, fetched
-/// again after that by one check while the others wait for it; a failed
-/// fetch keeps the previous keys for up to [`MAX_STALE`].
+/// again after that by one check at a time; a failed fetch keeps the
+/// previous keys for up to [`MAX_STALE`]. One deadline covers the wait
+/// for another check's fetch and this one's: while a key server that
+/// does not answer holds one check in its fetch, the others use the keys
+/// they have or give up at their own deadline, instead of waiting to
+/// fetch in turn.
 async fn fetched_jwks(config: &OAuthConfig) -> Result<std::sync::Arc<Jwks>, TokenError> {
     use std::collections::HashMap;
-    use std::sync::Arc;
-    static CACHE: std::sync::OnceLock<tokio::sync::Mutex<HashMap<String, Fetched>>> =
-        std::sync::OnceLock::new();
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Fetched>>> = OnceLock::new();
+    static FETCHING: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
     let url_text = config.jwks_url.clone().unwrap_or_default();
-    let mut cache = CACHE.get_or_init(Default::default).lock().await;
     let now = tokio::time::Instant::now();
+    let deadline = now + std::time::Duration::from_millis(config.timeout_ms);
     let refresh = std::time::Duration::from_secs(config.jwks_refresh_secs);
-    if let Some(fetched) = cache.get(&url_text) {
-        if now.saturating_duration_since(fetched.at) < refresh {
-            return Ok(Arc::clone(&fetched.jwks));
-        }
+    let cache = CACHE.get_or_init(Default::default);
+    // The cached keys if younger than `max_age`.
+    let cached = |max_age: std::time::Duration| {
+        let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(&url_text)
+            .filter(|f| tokio::time::Instant::now().saturating_duration_since(f.at) < max_age)
+            .map(|f| Arc::clone(&f.jwks))
+    };
+    if let Some(jwks) = cached(refresh) {
+        return Ok(jwks);
+    }
+    let fetching = FETCHING.get_or_init(Default::default);
+    let Ok(_fetching) = tokio::time::timeout_at(deadline, fetching.lock()).await else {
+        return cached(MAX_STALE).ok_or_else(|| {
+            TokenError::Unavailable(format!(
+                "cannot fetch the JWKS {url_text}: another fetch did not end in time"
+            ))
+        });
+    };
+    // Fetched by the check this one waited for.
+    if let Some(jwks) = cached(refresh) {
+        return Ok(jwks);
     }
     let fetch = async {
         let url = super::oauth_http::HttpsUrl::parse(&url_text)
             .ok_or("auth.oauth.jwks_url is not usable")?;
         let tls = super::oauth_http::connector(config.ca_file.as_deref())?;
-        let deadline = now + std::time::Duration::from_millis(config.timeout_ms);
         let (status, body) = super::oauth_http::get(&tls, &url, deadline).await?;
         if status != 200 {
             return Err(format!("HTTP {status}"));
@@ -452,13 +474,14 @@ async fn fetched_jwks(config: &OAuthConfig) -> Result<std::sync::Arc<Jwks>, Toke
     match fetch.await {
         Ok(jwks) => {
             let jwks = Arc::new(jwks);
+            let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= MAX_CACHED_URLS && !cache.contains_key(&url_text) {
                 cache.clear();
             }
             cache.insert(
                 url_text,
                 Fetched {
-                    at: now,
+                    at: tokio::time::Instant::now(),
                     jwks: Arc::clone(&jwks),
                 },
             );
@@ -466,12 +489,12 @@ async fn fetched_jwks(config: &OAuthConfig) -> Result<std::sync::Arc<Jwks>, Toke
         }
         Err(error) => {
             let message = format!("cannot fetch the JWKS {url_text}: {error}");
-            match cache.get(&url_text) {
-                Some(old) if now.saturating_duration_since(old.at) < MAX_STALE => {
+            match cached(MAX_STALE) {
+                Some(old) => {
                     tracing::warn!(%message, "using the keys fetched before");
-                    Ok(Arc::clone(&old.jwks))
+                    Ok(old)
                 }
-                _ => Err(TokenError::Unavailable(message)),
+                None => Err(TokenError::Unavailable(message)),
             }
         }
     }

@@ -135,9 +135,24 @@ impl PassDb for PamPassDb {
             (Credential::Password(password), Some(name)) => {
                 let shared = Arc::clone(&self.shared);
                 let password = password.expose().to_string();
+                // One deadline over the wait for a slot and the
+                // conversation: with every slot held by a stack that
+                // hangs, a login is a temporary failure in time, not a
+                // wait for the first stuck conversation to return.
+                let deadline = tokio::time::Instant::now() + self.shared.deadline;
+                let acquired =
+                    tokio::time::timeout_at(deadline, Arc::clone(&shared.slots).acquire_owned());
+                let Ok(permit) = acquired.await else {
+                    tracing::warn!(
+                        service = %self.shared.service,
+                        "all {CONVERSATIONS} PAM conversations busy for {:?}",
+                        self.shared.deadline
+                    );
+                    return Err(AuthError::Temporary("PAM is busy".into()));
+                };
                 // The slot goes with the work: a conversation past its
                 // deadline frees it only when PAM returns.
-                let permit = Arc::clone(&shared.slots).acquire_owned().await.ok();
+                let permit = permit.ok();
                 let started = Instant::now();
                 let work = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
@@ -149,7 +164,7 @@ impl PassDb for PamPassDb {
                         }
                     }
                 });
-                let outcome = match tokio::time::timeout(self.shared.deadline, work).await {
+                let outcome = match tokio::time::timeout_at(deadline, work).await {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(e)) => {
                         return Err(AuthError::Temporary(format!("PAM check failed: {e}")));

@@ -218,16 +218,24 @@ impl SqlPassDb {
                     rows.iter()
                         .take(MAX_ROWS)
                         .map(|row| {
+                            // NULL reads as MySQL's does: an empty name
+                            // is no user, an empty secret matches nothing;
+                            // neither is an error only a stored user
+                            // could cause.
+                            let text = |column: &str| {
+                                row.try_get::<_, Option<String>>(column)
+                                    .map(Option::unwrap_or_default)
+                                    .map_err(|e| {
+                                        temporary(format!(
+                                            "auth.sql.password_query: column {column}: {e}"
+                                        ))
+                                    })
+                            };
                             let name = match row.columns().iter().any(|c| c.name() == "user") {
-                                true => Some(row.try_get::<_, String>("user").map_err(|e| {
-                                    temporary(format!("auth.sql.password_query: column user: {e}"))
-                                })?),
+                                true => Some(text("user")?),
                                 false => None,
                             };
-                            let password = row.try_get::<_, String>("password").map_err(|e| {
-                                temporary(format!("auth.sql.password_query: column password: {e}"))
-                            })?;
-                            Ok((name, password))
+                            Ok((name, text("password")?))
                         })
                         .collect()
                 }

@@ -3,6 +3,7 @@
 
 mod attack;
 mod attack15;
+mod attack17;
 mod attack_auth;
 mod attack_mbox;
 mod attack_store;
