@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mailbag::auth::ldap::LdapPassDb;
 use mailbag::auth::passwd_file::{self, PasswdFile};
 use mailbag::auth::postgres::PgPassDb;
@@ -30,7 +30,7 @@ use mailbag::server::tls::Tls;
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "mailbag", version, about = "A POP3 mail server")]
+#[command(name = "mailbag", version = env!("MAILBAG_VERSION"), about = "A POP3 mail server")]
 struct Cli {
     /// The config file.
     #[arg(
@@ -173,6 +173,14 @@ enum Command {
     Mailbox {
         #[command(subcommand)]
         action: mailbag::admin::mailbox::MailboxCommand,
+    },
+    /// Write mailbag(8), mailbag.toml(5) and the bash, zsh and fish
+    /// completions under --out (for packages; see contrib/debian/build).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The directory to write `man/` and `completions/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -405,6 +413,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(())
         }
         Command::User { action } => user(&cli.config, action),
+        Command::GenerateAssets { out } => crate::assets::generate(Cli::command(), &out),
         Command::Mailbox { action } => {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "mailbox")?;
@@ -688,7 +697,7 @@ fn serve(
     service: Option<ServiceUser>,
     reload: Reload,
 ) -> Result<()> {
-    init_logging();
+    init_logging(config.log.format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1173,14 +1182,24 @@ async fn signals(
     shutdown.cancel();
 }
 
-fn init_logging() {
+fn init_logging(format: mailbag::config::LogFormat) {
     let filter = mailbag::server::tls::log_filter(std::env::var("MAILBAG_LOG").ok().as_deref());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // One object per line; the session span's fields (id, peer) ride
+        // along in `span` and `spans`.
+        mailbag::config::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
         // Colour codes would break log parsers such as fail2ban.
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        mailbag::config::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 fn user(config_path: &Path, action: UserCommand) -> Result<()> {

@@ -75,6 +75,30 @@ pub struct Config {
     /// The process: whom to run as.
     #[serde(default)]
     pub server: ServerConfig,
+    /// How log lines are written.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (one line per event, what fail2ban matches) or `json` (one
+    /// JSON object per line, for log shippers). Read at start only.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (`tracing`'s default format).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server]`

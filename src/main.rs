@@ -2,6 +2,7 @@
 //! library. See `mailbag --help`.
 #![forbid(unsafe_code)]
 
+mod assets;
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -61,9 +61,20 @@ pub struct Metrics {
     bytes_sent: AtomicU64,
     deliveries_ok: AtomicU64,
     deliveries_failed: AtomicU64,
+    /// The TLS certificate in use (none without `[tls]`).
+    certificates: Vec<std::sync::Arc<super::tls::Expiry>>,
 }
 
 impl Metrics {
+    /// Metrics that also export when each certificate expires (read at
+    /// each scrape, so a reloaded certificate shows at once).
+    pub fn with_certificates(certificates: Vec<std::sync::Arc<super::tls::Expiry>>) -> Metrics {
+        Metrics {
+            certificates,
+            ..Metrics::default()
+        }
+    }
+
     /// A connection was accepted (and is now open).
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Relaxed);
@@ -188,6 +199,27 @@ impl Metrics {
                 ("{result=\"failed\"}".into(), get(&self.deliveries_failed)),
             ],
         );
+        let expiries: Vec<(String, i64)> = self
+            .certificates
+            .iter()
+            .filter_map(|c| {
+                let path = c.certificate.display().to_string();
+                // Label values escape backslash, quote and newline.
+                let path = path
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                Some((format!("{{certificate=\"{path}\"}}"), c.not_after()?))
+            })
+            .collect();
+        if !expiries.is_empty() {
+            counter(
+                "mailbag_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate in use expires (notAfter), in Unix seconds.",
+                "gauge",
+                &expiries,
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP mailbag_command_duration_seconds POP3 commands by verb, from line to answer.\n# TYPE mailbag_command_duration_seconds histogram"

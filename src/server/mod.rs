@@ -109,7 +109,9 @@ impl<S: Store, P: PassDb> Shared<S, P> {
             )),
             live: std::sync::RwLock::new(Arc::new(config.clone())),
             unauthenticated: limits::PreLogin::new(config.limits.max_unauthenticated),
-            metrics: Arc::new(metrics::Metrics::default()),
+            metrics: Arc::new(metrics::Metrics::with_certificates(
+                tls.iter().map(|t| t.expiry()).collect(),
+            )),
             tls,
             session_ids: AtomicU64::new(1),
             config,

@@ -9,6 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
@@ -64,33 +65,65 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
+/// When the server certificate in use stops being valid (its notAfter),
+/// for the metrics; updated when a reload takes a new certificate.
+#[derive(Debug)]
+pub struct Expiry {
+    /// `tls.certificate`: the file the certificate came from.
+    pub certificate: PathBuf,
+    /// Seconds since the Unix epoch; `i64::MIN` when the certificate's
+    /// validity could not be read.
+    not_after: AtomicI64,
+}
+
+impl Expiry {
+    /// The notAfter time in Unix seconds, when the certificate has one
+    /// that could be read.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(Ordering::Relaxed)).filter(|&t| t != i64::MIN)
+    }
+}
+
 /// The current TLS settings: an acceptor that a reload replaces.
 pub struct Tls {
     certificate: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<ServerConfig>>,
+    expiry: Arc<Expiry>,
 }
 
 impl Tls {
     /// Loads the PEM certificate chain and private key.
     pub fn load(certificate: &Path, key: &Path) -> Result<Tls, TlsError> {
-        let config = server_config(certificate, key)?;
+        let (config, not_after) = server_config(certificate, key)?;
         Ok(Tls {
             certificate: certificate.to_owned(),
             key: key.to_owned(),
             current: RwLock::new(config),
+            expiry: Arc::new(Expiry {
+                certificate: certificate.to_owned(),
+                not_after: AtomicI64::new(not_after.unwrap_or(i64::MIN)),
+            }),
         })
     }
 
     /// Reads the files again; new handshakes use them, sessions already
     /// running keep theirs. On error the previous pair stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let config = server_config(&self.certificate, &self.key)?;
+        let (config, not_after) = server_config(&self.certificate, &self.key)?;
         *self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        self.expiry
+            .not_after
+            .store(not_after.unwrap_or(i64::MIN), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The expiry of the certificate in use, kept current across reloads.
+    pub fn expiry(&self) -> Arc<Expiry> {
+        self.expiry.clone()
     }
 
     /// The acceptor for the next handshake.
@@ -104,7 +137,18 @@ impl Tls {
     }
 }
 
-fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// The notAfter of a DER certificate, in Unix seconds; `None` for one
+/// that does not parse as X.509 (rustls decides whether it is usable).
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(certificate.validity().not_after.timestamp())
+}
+
+/// The rustls config for the pair, and the server certificate's notAfter.
+fn server_config(
+    certificate: &Path,
+    key: &Path,
+) -> Result<(Arc<ServerConfig>, Option<i64>), TlsError> {
     let pem_error = |what, path: &Path, message: String| TlsError::Pem {
         what,
         path: path.to_owned(),
@@ -121,6 +165,8 @@ fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, Tl
             "no CERTIFICATE block found".into(),
         ));
     }
+    // The chain's first certificate is the server's own.
+    let expires = not_after(&chain[0]);
     let key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("tls.key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -128,7 +174,7 @@ fn server_config(certificate: &Path, key: &Path) -> Result<Arc<ServerConfig>, Tl
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), expires))
 }
 
 /// A client connection, encrypted or not. The driver holds one value and

@@ -23,6 +23,7 @@ mod migrate;
 mod migrate_pop3;
 mod names;
 mod oauth;
+mod observability;
 mod pam;
 mod pg_auth;
 mod pop3;
