@@ -117,6 +117,23 @@ pub trait PassDb: Send + Sync + 'static {
         &self,
         user: &str,
     ) -> impl Future<Output = Result<Option<String>, AuthError>> + Send;
+    /// [`user_exists`](Self::user_exists) for each of `users` (the
+    /// spellings name matching tries for one name), in order: one lookup
+    /// each, unless the source answers them all in one round trip
+    /// (PostgreSQL). An error for any one is the error for all.
+    fn users_exist(
+        &self,
+        users: &[String],
+    ) -> impl Future<Output = Result<Vec<Option<String>>, AuthError>> + Send {
+        async move {
+            let mut found = Vec::with_capacity(users.len());
+            for user in users {
+                found.push(self.user_exists(user).await?);
+            }
+            Ok(found)
+        }
+    }
+
     /// Like [`user_exists`](Self::user_exists), with what the user's
     /// entry says about the maildrop and its quota, read in the same
     /// lookup. Asked only when

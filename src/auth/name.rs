@@ -202,20 +202,30 @@ impl Matching {
     ) -> Result<Option<crate::auth::User>, crate::auth::AuthError> {
         let mut found: Option<crate::auth::User> = None;
         let mut other = None;
-        for candidate in self.candidates(name) {
-            // A name the store could not hold is no user: refused at RCPT,
-            // not after DATA.
-            if !is_valid(&candidate) {
-                continue;
+        // A name the store could not hold is no user: refused at RCPT,
+        // not after DATA.
+        let candidates: Vec<String> = self
+            .candidates(name)
+            .into_iter()
+            .filter(|c| is_valid(c))
+            .collect();
+        let users: Vec<Option<crate::auth::User>> = if passdb.has_user_attributes() {
+            let mut users = Vec::with_capacity(candidates.len());
+            for candidate in &candidates {
+                users.push(passdb.find_user(candidate).await?);
             }
-            let user = if passdb.has_user_attributes() {
-                passdb.find_user(&candidate).await?
-            } else {
-                passdb
-                    .user_exists(&candidate)
-                    .await?
-                    .map(crate::auth::User::named)
-            };
+            users
+        } else if candidates.is_empty() {
+            Vec::new()
+        } else {
+            passdb
+                .users_exist(&candidates)
+                .await?
+                .into_iter()
+                .map(|u| u.map(crate::auth::User::named))
+                .collect()
+        };
+        for user in users {
             match (&found, user) {
                 (None, user) => found = user,
                 (Some(first), Some(user)) if first.name != user.name => other = Some(user.name),

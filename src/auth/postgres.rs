@@ -429,6 +429,62 @@ impl PassDb for PgPassDb {
         Ok(self.lookup(user).await?.map(|(name, _)| name))
     }
 
+    /// Every spelling in one query: what [`lookup`](Self::lookup) says of
+    /// each, for one round trip instead of one per spelling.
+    async fn users_exist(&self, users: &[String]) -> Result<Vec<Option<String>>, AuthError> {
+        let key = |user: &str| fold(user, self.case_insensitive).into_owned();
+        let keys: Vec<String> = users
+            .iter()
+            .filter(|u| valid_user_name(u))
+            .map(|u| key(u))
+            .collect();
+        if keys.is_empty() {
+            return Ok(vec![None; users.len()]);
+        }
+        // Up to two rows per spelling tell each one's answer: more rows
+        // than that mean some spelling has three or more, an error
+        // whatever the rest say.
+        let limit = i64::try_from(keys.len() * 2 + 1).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(temporary)?;
+        let rows = if self.case_insensitive {
+            client
+                .query_typed(
+                    r#"SELECT name, lower(name COLLATE "C") FROM users
+                        WHERE lower(name COLLATE "C") = ANY($1) LIMIT $2"#,
+                    &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
+                )
+                .await
+        } else {
+            client
+                .query_typed(
+                    "SELECT name, name FROM users WHERE name = ANY($1) LIMIT $2",
+                    &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
+                )
+                .await
+        }
+        .map_err(temporary)?;
+        drop(client);
+        let found: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        users
+            .iter()
+            .map(|user| {
+                if !valid_user_name(user) {
+                    return Ok(None);
+                }
+                let key = key(user);
+                let mut matching = found.iter().filter(|(_, k)| *k == key).map(|(n, _)| n);
+                match (matching.next(), matching.next()) {
+                    (None, _) => Ok(None),
+                    (Some(name), None) => Ok(Some(name.clone())),
+                    (Some(a), Some(b)) => Err(AuthError::Temporary(format!(
+                        "users {a:?} and {b:?} differ only in letter case and \
+                         auth.case_insensitive_names makes them one user; rename or delete one"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
         let found = self.lookup(user).await?;
         // Made-up values are drawn from the folded name: the spellings of

@@ -71,3 +71,60 @@ async fn postgres_nodes_show_an_unknown_user_the_same_scram_salt() {
     let three = node(&url, &again).await;
     assert_eq!(scram_first_step_at(three.addr, "nobody").await, nobody);
 }
+
+/// All spellings of a name in one query answer as one lookup per
+/// spelling does: the stored name, none, or the letter-case conflict of
+/// two rows, with names the name rule refuses never asked.
+#[tokio::test]
+async fn postgres_spellings_in_one_query_answer_as_one_lookup_each() {
+    use mailbag::auth::PassDb;
+    let test = "postgres_spellings_in_one_query_answer_as_one_lookup_each";
+    let Some(cluster) = cluster(test) else {
+        return;
+    };
+    let url = cluster.database("spellings").await;
+    let store = pg_store(&url);
+    store.migrate().await.unwrap();
+    let db = crate::support::pg::connect(&url).await;
+    for name in ["carol", "Dave@example.org", "erin", "ERIN"] {
+        db.execute(
+            "INSERT INTO users (name, secret) VALUES ($1, '{PLAIN}x')",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    }
+    for case_insensitive in [true, false] {
+        let passdb = PgPassDb::new(Arc::clone(store.pool()))
+            .await
+            .with_case_insensitive_names(case_insensitive);
+        let asked: Vec<String> = [
+            "carol",
+            "CAROL",
+            "carol@localhost",
+            "dave@EXAMPLE.org",
+            "Dave@example.org",
+            "nobody",
+            "bad\nname",
+            "",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut one_each = Vec::new();
+        for name in &asked {
+            one_each.push(passdb.user_exists(name).await.unwrap());
+        }
+        assert_eq!(
+            passdb.users_exist(&asked).await.unwrap(),
+            one_each,
+            "case_insensitive = {case_insensitive}"
+        );
+        // A spelling that two rows answer is an error for all of them.
+        let conflicted = ["carol".to_string(), "erin".to_string()];
+        let together = passdb.users_exist(&conflicted).await;
+        let apart = passdb.user_exists("erin").await;
+        assert_eq!(together.is_err(), apart.is_err(), "{together:?} {apart:?}");
+        assert_eq!(together.is_err(), case_insensitive);
+    }
+}
