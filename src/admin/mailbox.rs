@@ -127,6 +127,31 @@ fn index_of_number(text: &str, count: usize) -> Result<Index, MailboxError> {
     })
 }
 
+/// The message `quarantine` names: a message number (digits only), else
+/// a UIDL that `by_uidl` looks up.
+fn quarantine_index(
+    user: &str,
+    message: &str,
+    count: usize,
+    by_uidl: impl FnOnce(&str) -> Option<usize>,
+) -> Result<usize, MailboxError> {
+    if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(index_of_number(message, count)?.get());
+    }
+    by_uidl(message).ok_or_else(|| {
+        MailboxError::NoSuchMessage(format!("no message of {user} has the UIDL {message}"))
+    })
+}
+
+/// What `quarantine` prints once message `index` is out of the maildrop.
+fn quarantined(out: &mut impl Write, user: &str, index: usize, uid: &str) -> io::Result<()> {
+    writeln!(
+        out,
+        "message {} (UIDL {uid}) of {user} is in quarantine; put it back with: mailbag mailbox release {user} {uid}",
+        index + 1
+    )
+}
+
 /// Runs one `mailbox` command on a Maildir store, printing to `out`. With
 /// another kind of store configured, it touches no path: see
 /// [`run_with`].
@@ -165,21 +190,9 @@ pub fn run(
         }
         MailboxCommand::Quarantine { user, message } => {
             let mut m = open(&user)?;
-            let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
-                index_of_number(&message, m.messages().len())?.get()
-            } else {
-                m.index_of(&message).ok_or_else(|| {
-                    MailboxError::NoSuchMessage(format!(
-                        "no message of {user} has the UIDL {message}"
-                    ))
-                })?
-            };
+            let index = quarantine_index(&user, &message, m.messages().len(), |u| m.index_of(u))?;
             let uid = m.quarantine(index)?;
-            writeln!(
-                out,
-                "message {} (UIDL {uid}) of {user} is in quarantine; put it back with: mailbag mailbox release {user} {uid}",
-                index + 1
-            )?;
+            quarantined(out, &user, index, &uid)?;
             Ok(())
         }
         MailboxCommand::Release { user, uidl } => {
@@ -276,21 +289,9 @@ pub async fn run_mbox(
         }
         MailboxCommand::Quarantine { user, message } => {
             let m = open(&user)?;
-            let index = if !message.is_empty() && message.bytes().all(|b| b.is_ascii_digit()) {
-                index_of_number(&message, m.messages().len())?.get()
-            } else {
-                m.index_of(&message).ok_or_else(|| {
-                    MailboxError::NoSuchMessage(format!(
-                        "no message of {user} has the UIDL {message}"
-                    ))
-                })?
-            };
+            let index = quarantine_index(&user, &message, m.messages().len(), |u| m.index_of(u))?;
             let uid = m.quarantine(index)?;
-            writeln!(
-                out,
-                "message {} (UIDL {uid}) of {user} is in quarantine; put it back with: mailbag mailbox release {user} {uid}",
-                index + 1
-            )?;
+            quarantined(out, &user, index, &uid)?;
             Ok(())
         }
         MailboxCommand::Release { user, uidl } => {

@@ -79,6 +79,16 @@ struct Flags {
 /// Iteration counts read at most (one per group of stored SCRAM keys).
 const MAX_ITERATION_GROUPS: i64 = 64;
 
+/// Two rows that name matching makes one user (written by hand around
+/// `mailbag user add`): which one a login means cannot be told, so none
+/// is chosen.
+fn case_conflict(a: &str, b: &str) -> AuthError {
+    AuthError::Temporary(format!(
+        "users {a:?} and {b:?} differ only in letter case and \
+         auth.case_insensitive_names makes them one user; rename or delete one"
+    ))
+}
+
 fn temporary(e: impl std::fmt::Display) -> AuthError {
     AuthError::Temporary(e.to_string())
 }
@@ -281,10 +291,7 @@ impl PgPassDb {
                 // Rows written by hand around `mailbag user add`: which
                 // user a login means cannot be told, so none is chosen.
                 let (a, b): (String, String) = (first.get(0), second.get(0));
-                Err(AuthError::Temporary(format!(
-                    "users {a:?} and {b:?} differ only in letter case and \
-                     auth.case_insensitive_names makes them one user; rename or delete one"
-                )))
+                Err(case_conflict(&a, &b))
             }
         }
     }
@@ -476,10 +483,7 @@ impl PassDb for PgPassDb {
                 match (matching.next(), matching.next()) {
                     (None, _) => Ok(None),
                     (Some(name), None) => Ok(Some(name.clone())),
-                    (Some(a), Some(b)) => Err(AuthError::Temporary(format!(
-                        "users {a:?} and {b:?} differ only in letter case and \
-                         auth.case_insensitive_names makes them one user; rename or delete one"
-                    ))),
+                    (Some(a), Some(b)) => Err(case_conflict(a, b)),
                 }
             })
             .collect()
