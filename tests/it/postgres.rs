@@ -658,7 +658,7 @@ async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     assert!(stderr.contains("mailbag migrate"), "{stderr}");
     let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout, "applied migration 1\n");
+    assert_eq!(stdout, "applied migration 1\napplied migration 2\n");
     let (status, stdout, _) = run(&["migrate", "--config", config], b"");
     assert!(status.success());
     assert!(stdout.starts_with("schema is current"), "{stdout}");
@@ -855,7 +855,9 @@ async fn figures() {
     let admin = connect(&url).await;
     let row = admin
         .query_one(
-            "SELECT pg_total_relation_size('messages')::bigint, count(*), sum(octet_length(body))::bigint FROM messages",
+            "SELECT pg_total_relation_size('messages') + pg_total_relation_size('message_chunks'),
+                    (SELECT count(*) FROM messages),
+                    sum(octet_length(data))::bigint FROM message_chunks",
             &[],
         )
         .await
