@@ -15,13 +15,13 @@
 #   PORT_BASE=21410  POP3: mailbag-maildir +0, mailbag-pg +1, dovecot +2;
 #                    LMTP +10, +11, +12; PostgreSQL +20
 #   PG_SHARED_BUFFERS=1GB
-#   LOADS="maildrop login retr lmtp"   the loads to run (a subset)
-#   SERVERS="mailbag-maildir mailbag-pg dovecot-tuned"   the servers to load
-#   RETR_SIZES="20k 5m"   the RETR loads, in order (repeat one to alternate)
+#   LOADS="maildrop login retr lmtp"  the loads to run (all by default)
+#   SERVERS="mailbag-maildir mailbag-pg dovecot-tuned"  the servers loaded
+#   RETR_SIZES="20k 5m"  the RETR loads, in order (repeat one to alternate)
 #   MAILBAG_B=...    a second mailbag binary, served as `mailbag-pg-b` from
 #                    a database of its own (migrated and imported by that
-#                    binary), for A/B runs of two builds; POP3 port +3,
-#                    LMTP +13. Each load then alternates the two nodes.
+#                    binary), for A/B runs of two builds: POP3 port +3,
+#                    LMTP +13; every load then alternates the PostgreSQL nodes
 #
 # PostgreSQL runs with fsync and synchronous_commit on (a 250 to LMTP is a
 # flushed commit), on the same machine and disk as everything else. The
@@ -40,9 +40,6 @@ if [ "${QUICK:-0}" = 1 ]; then
 else
     DURATION=${DURATION:-6} users=2000 n20k=1000 n5m=50 huge=100000
 fi
-LOADS=${LOADS:-maildrop login retr lmtp}
-SERVERS=${SERVERS:-mailbag-maildir mailbag-pg dovecot-tuned}
-wants() { [[ " $LOADS " == *" $1 "* ]]; }
 [ "$(id -u)" = 0 ] || { echo "run as root (the servers drop to the mail user)" >&2; exit 1; }
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ -x "$pgbin/initdb" ] || { echo "apt-get install -y postgresql" >&2; exit 1; }
@@ -71,7 +68,11 @@ wait_port() {
     exit 1
 }
 
-# ---- mail, as Maildirs
+LOADS=" ${LOADS:-maildrop login retr lmtp} "
+wants() { [[ $LOADS == *" $1 "* ]]; }
+SERVERS=" ${SERVERS:-mailbag-maildir mailbag-pg dovecot-tuned} "
+
+# ---- mail, as Maildirs (only what the loads asked for use)
 passwd=$data/passwd
 gen() { "$BENCH" gen --root "$data/mail" --passwd "$passwd" "$@" >/dev/null; }
 gen --prefix u --users "$users" --messages 5 --size 2048
@@ -80,10 +81,11 @@ if wants retr; then
     gen --prefix r5m- --users 4 --messages "$n5m" --size $((5 * 1024 * 1024))
 fi
 gen --prefix lm --users 100 --messages 0
-for who in maildir pg ${MAILBAG_B:+pg-b} dovecot-tuned; do
-    wants maildrop || break
-    gen --prefix "huge-$who" --users 1 --messages "$huge" --size 600
-done
+if wants maildrop; then
+    for who in maildir pg ${MAILBAG_B:+pg-b} dovecot-tuned; do
+        gen --prefix "huge-$who" --users 1 --messages "$huge" --size 600
+    done
+fi
 chown -R mail:mail "$data/mail"
 chmod 644 "$passwd"
 
@@ -103,9 +105,6 @@ EOF
 runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/postgresql.log" -w start >/dev/null
 runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -c "CREATE DATABASE mailbag" >/dev/null
 url="postgresql://postgres@127.0.0.1:$((P + 20))/mailbag"
-if [ -n "${MAILBAG_B:-}" ]; then
-    runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -c "CREATE DATABASE mailbag_b" >/dev/null
-fi
 
 common() { # pop3 port, lmtp port
     cat <<EOF
@@ -128,8 +127,10 @@ EOF
 }
 { common "$P" $((P + 10)); printf '[store]\nroot = "%s"\n' "$data/mail"; } > "$data/maildir.toml"
 sed -i "s|^\[auth\]|[auth]\npasswd_file = \"$passwd\"|" "$data/maildir.toml"
-load_pg() { # binary, name suffix, database, pop3 port, lmtp port
-    local bin=$1 who=$2 db=$3 cfg=$data/$2.toml
+load_pg() { # binary, name, database, POP3 port, LMTP port
+    local bin=$1 who=$2 db=$3 cfg=$data/$2.toml started
+    [ "$db" = mailbag ] ||
+        runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -c "CREATE DATABASE $db" >/dev/null
     { common "$4" "$5"; printf '[store]\nkind = "postgres"\nurl = "%s"\n' "${url%/*}/$db"; } > "$cfg"
     "$bin" migrate --config "$cfg" >/dev/null
     # Everyone's password, as in the passwd-file.
@@ -137,14 +138,11 @@ load_pg() { # binary, name suffix, database, pop3 port, lmtp port
         -c "INSERT INTO users SELECT split_part(l, ':', 1), split_part(l, ':', 2)
             FROM regexp_split_to_table(pg_read_file('$passwd'), E'\n') l WHERE l <> ''" >/dev/null
     log "copying the Maildirs into PostgreSQL ($db)"
-    local started
     started=$(date +%s)
     for md in "$data"/mail/localhost/*/Maildir; do
         user=$(basename "$(dirname "$md")")
         case $user in huge-maildir1 | huge-dovecot-tuned1 | lm*) continue ;; esac
-        case $user in huge-pg1) [ "$who" = pg ] || continue ;; huge-pg-b1) [ "$who" = pg-b ] || continue ;; esac
-        wants maildrop || case $user in huge-*) continue ;; esac
-        wants login || case $user in u[0-9]*) continue ;; esac
+        case $user in huge-pg1 | huge-pg-b1) [ "$user" = "huge-${who}1" ] || continue ;; esac
         [ "$(ls -A "$md/new" "$md/cur" 2>/dev/null | wc -l)" -gt 0 ] || continue
         echo "$user $md"
     done | xargs -P 4 -n 2 sh -c '"$0" import --config "$1" --user "$2" --from "maildir:$3" >/dev/null' \
@@ -228,10 +226,14 @@ for port in "$P" $((P + 1)) $((P + 2)) $((P + 10)) $((P + 11)) $((P + 12)); do w
 [ -z "${MAILBAG_B:-}" ] || { wait_port $((P + 3)); wait_port $((P + 13)); }
 
 servers=()
-for s in "mailbag-maildir $P ${maildir_pid}" "mailbag-pg $((P + 1)) $pg_pid" \
+for s in "mailbag-maildir $P $maildir_pid" "mailbag-pg $((P + 1)) $pg_pid" \
     "mailbag-pg-b $((P + 3)) ${pg_b_pid:-}" "dovecot-tuned $((P + 2)) $dovecot_pid"; do
     set -- $s
-    case $1 in mailbag-pg-b) [ -n "${MAILBAG_B:-}" ] || continue ;; *) [[ " $SERVERS " == *" $1 "* ]] || continue ;; esac
+    if [ "$1" = mailbag-pg-b ]; then
+        [ -n "${MAILBAG_B:-}" ] || continue
+    else
+        [[ $SERVERS == *" $1 "* ]] || continue
+    fi
     servers+=("$s")
 done
 {
@@ -242,21 +244,18 @@ pick() { grep -E "^($1) " | awk '{printf "%s=%s ", $1, $2}'; }
 
 # Warm-up: one login per user (Dovecot builds its indexes).
 for s in "${servers[@]}"; do
-    wants login || break
     set -- $s
     "$BENCH" login --addr "127.0.0.1:$2" --users "$users" --concurrency 16 \
         --duration 600 --max-cycles "$users" >/dev/null
 done
-for s in "${servers[@]}"; do
-    wants maildrop || break
+wants maildrop && for s in "${servers[@]}"; do
     set -- $s
     log "$1: 100,000-message maildrop, PASS to the end of UIDL (first, then warm)"
     "$BENCH" maildrop --addr "127.0.0.1:$2" --label "$1" --user "huge-${1#mailbag-}1" --repeat 6 \
         | pick "first_ms|warm_median_ms|warm_min_ms|loadavg_1m" | tee -a "$out/report.txt"
     echo | tee -a "$out/report.txt"
 done
-for round in 1 2; do
-    wants login || break
+wants login && for round in 1 2; do
     for s in "${servers[@]}"; do
         set -- $s
         log "$1: login cycles, 64 concurrent (round $round)"
@@ -266,8 +265,7 @@ for round in 1 2; do
         echo | tee -a "$out/report.txt"
     done
 done
-for size in ${RETR_SIZES:-20k 5m}; do
-    wants retr || break
+wants retr && for size in ${RETR_SIZES:-20k 5m}; do
     for s in "${servers[@]}"; do
         set -- $s
         log "$1: RETR $size, 4 readers"
@@ -277,8 +275,7 @@ for size in ${RETR_SIZES:-20k 5m}; do
         echo | tee -a "$out/report.txt"
     done
 done
-for s in "${servers[@]}"; do
-    wants lmtp || break
+wants lmtp && for s in "${servers[@]}"; do
     set -- $s
     log "$1: LMTP deliveries of 10 KiB, 8 clients"
     "$BENCH" lmtp --addr "127.0.0.1:$(($2 + 10))" --server-pid "$3" --label "$1" --prefix lm \

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
-use crate::pg::pool::Pool;
+use crate::pg::pool::{Pool, Pooled};
 use crate::pg::PgError;
 use crate::store::MessageBody;
 
@@ -69,12 +69,12 @@ impl ChunkReader {
     /// Starts reading message `id`: its first batch comes in one round
     /// trip. `None` when the message is gone.
     pub(crate) async fn start(pool: Arc<Pool>, id: i64) -> Result<Option<ChunkReader>, PgError> {
-        let client = pool.get().await?;
-        let rows = fetch(&client, id, 0, FIRST_BATCH_ROWS).await?;
+        let mut client = pool.get().await?;
+        let rows = fetch(&mut client, id, 0, FIRST_BATCH_ROWS).await?;
         if rows.is_empty() {
             // An empty message has no chunks; a removed one has no row.
             let exists = client
-                .query_typed_opt("SELECT 1 FROM messages WHERE id = $1", &[(&id, Type::INT8)])
+                .query_prepared_opt("SELECT 1 FROM messages WHERE id = $1", &[(&id, Type::INT8)])
                 .await?
                 .is_some();
             if !exists {
@@ -100,8 +100,8 @@ impl ChunkReader {
         tokio::spawn(async move {
             loop {
                 let batch = async {
-                    let client = pool.get().await?;
-                    fetch(&client, id, seq, BATCH_ROWS).await
+                    let mut client = pool.get().await?;
+                    fetch(&mut client, id, seq, BATCH_ROWS).await
                 }
                 .await
                 .map_err(io::Error::other);
@@ -163,15 +163,10 @@ impl ChunkReader {
 }
 
 /// Up to `rows` chunks of message `id` from chunk `seq` on.
-async fn fetch(
-    client: &tokio_postgres::Client,
-    id: i64,
-    seq: i32,
-    rows: i32,
-) -> Result<Batch, PgError> {
+async fn fetch(client: &mut Pooled, id: i64, seq: i32, rows: i32) -> Result<Batch, PgError> {
     let end = seq.saturating_add(rows);
     let batch = client
-        .query_typed(
+        .query_prepared(
             SELECT_CHUNKS,
             &[(&id, Type::INT8), (&seq, Type::INT4), (&end, Type::INT4)],
         )
