@@ -15,7 +15,7 @@ use crate::support::*;
 /// Rows in the reader's first query and in each later one (see
 /// `store/postgres/reader.rs`), for sizes on either side of them.
 const FIRST_BATCH_ROWS: usize = 32;
-const BATCH_ROWS: usize = 128;
+const BATCH_ROWS: usize = 64;
 
 /// A message of exactly `len` stored octets: LF lines, some starting with
 /// a dot (which RETR must stuff), a dot line right at the first chunk

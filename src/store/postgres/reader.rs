@@ -38,11 +38,11 @@ pub const CHUNK_OCTETS: usize = 8000;
 /// the request.
 const FIRST_BATCH_ROWS: i32 = 32;
 
-/// Rows per query after the first (1,024,000 octets): a large message
-/// costs a round trip per megabyte. With the batch the client is reading
+/// Rows per query after the first (512,000 octets): a large message costs
+/// a round trip per half megabyte. With the batch the client is reading
 /// and the one waiting in the channel, a message being read holds at most
-/// three batches (about 3 MB) in memory.
-const BATCH_ROWS: i32 = 128;
+/// three batches (about 1.5 MB) in memory.
+const BATCH_ROWS: i32 = 64;
 
 /// The chunks numbered `$2 <= seq < $3` of message `$1`, in order: an
 /// index range scan on the primary key, already in `seq` order.
