@@ -3,10 +3,11 @@
 -- ranges of rows by RETR and TOP.
 --
 -- Cost on a big database: every body is read once and written once more
--- (the table grows by the size of the mail, and as much WAL is written),
--- all in one transaction that holds the messages table: stop the nodes
--- first. The old copies stay on disk, unreachable, until the messages
--- are deleted or `VACUUM FULL messages` rewrites the table.
+-- (new table space and WAL as large as the mail; 1.1 GB in 6 s on a
+-- 2-vCPU machine with the data cached), all in one transaction that
+-- holds the messages table: stop the nodes first. The old copies stay on
+-- disk, unreachable, until the messages are deleted or `VACUUM FULL
+-- messages` rewrites the table (docs/DEPLOYMENT.md).
 CREATE TABLE message_chunks (
     message_id bigint NOT NULL,
     -- 0, 1, 2, ...: the body is the concatenation of `data` in this order.

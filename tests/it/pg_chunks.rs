@@ -24,7 +24,7 @@ fn message_of(len: usize, seed: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(len + 128);
     let mut i = seed;
     while m.len() < len {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             m.push(b'.');
         }
         m.extend_from_slice(format!("line {i} ").as_bytes());
@@ -92,7 +92,12 @@ async fn bodies_at_every_chunk_and_batch_boundary_come_back_byte_exact() {
     assert_eq!(rows.len(), messages.len());
     for (row, m) in rows.iter().zip(&messages) {
         let (count, widest, body): (i64, i32, Vec<u8>) = (row.get(1), row.get(2), row.get(3));
-        assert_eq!(count as usize, m.len().div_ceil(CHUNK_OCTETS), "{}", m.len());
+        assert_eq!(
+            count as usize,
+            m.len().div_ceil(CHUNK_OCTETS),
+            "{}",
+            m.len()
+        );
         assert!(widest as usize <= CHUNK_OCTETS);
         assert!(body == *m, "stored body of {} octets differs", m.len());
     }
@@ -149,12 +154,9 @@ async fn readers_that_stop_reading_large_messages_hold_no_pooled_connection() {
     // Five sessions: one more than the fixture's pool of 4 connections.
     let readers: Vec<String> = (0..5).map(|i| format!("reader{i}")).collect();
     for user in &readers {
-        db.execute(
-            "INSERT INTO users VALUES ($1, '{PLAIN}secret')",
-            &[user],
-        )
-        .await
-        .unwrap();
+        db.execute("INSERT INTO users VALUES ($1, '{PLAIN}secret')", &[user])
+            .await
+            .unwrap();
         f.deliver(user, &big).await;
     }
     f.deliver("bob", b"Subject: small\n\nhello\n").await;
@@ -237,7 +239,10 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "applied migration 2\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "applied migration 2\n"
+    );
 
     // Every body is now its chunks, and the old column is gone.
     let body_column: i64 = db
@@ -286,7 +291,10 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
     // Delivery and deletion work on the migrated schema.
     let mut c = node.login(ALICE).await;
     let (status, _) = c.multi("LIST").await;
-    assert!(status.starts_with(&format!("+OK {} messages", messages.len() - 2)), "{status}");
+    assert!(
+        status.starts_with(&format!("+OK {} messages", messages.len() - 2)),
+        "{status}"
+    );
     c.ok("QUIT").await;
     let orphans: i64 = db
         .query_one(
