@@ -28,7 +28,7 @@ use mailbag_proto::dot::{SizeCounter, Stuffer};
 use mailbag_proto::pop3::{
     Action, Conn, Credential, Event, Farewell, Index, Outcome, Settings, StoreFailure, Verb,
 };
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
@@ -1064,13 +1064,12 @@ where
     let mut chunk = Vec::with_capacity(chunk_octets);
     out.reserve(chunk_octets + chunk_octets / 8);
     loop {
-        chunk.clear();
-        let n = reader.read_buf(&mut chunk).await?;
-        if n == 0 {
+        let piece = reader.next_piece(&mut chunk).await?;
+        if piece.is_empty() {
             break;
         }
-        check.feed(&chunk)?;
-        if stuffer.feed(&chunk, out) {
+        check.feed(piece)?;
+        if stuffer.feed(piece, out) {
             break;
         }
         if out.len() >= BODY_CHUNK_OCTETS {

@@ -8,7 +8,13 @@ use tokio_postgres::Client;
 use super::PgError;
 
 /// Every migration, oldest first: (version, SQL).
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_initial.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_message_chunks.sql"),
+    ),
+];
 
 /// The version this build of mailbag needs.
 pub const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
