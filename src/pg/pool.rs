@@ -6,6 +6,11 @@
 //! `target_session_attrs=read-write`) is tokio-postgres's own, so a new
 //! connection after a failover finds the promoted primary by itself.
 //!
+//! A connection is handed, when one is idle, to a task on the thread that
+//! opened it: its IO task runs on that thread's runtime (the server runs
+//! one single-threaded runtime per core), so a query then wakes no other
+//! thread on its way out and back.
+//!
 //! Each connection keeps the statements the hot paths run prepared
 //! ([`Pooled::prepared`]): PostgreSQL parses and plans each once per
 //! connection, and every later use is one round trip with no parsing.
@@ -14,6 +19,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +42,19 @@ const MAX_STATEMENTS: usize = 64;
 struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// The thread whose runtime runs its IO task.
+    home: std::thread::ThreadId,
+    /// Counted in [`Pool::open`] while it lives.
+    _open: Open,
+}
+
+/// One connection counted in [`Pool::open`] until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -54,6 +73,9 @@ pub struct Pool {
     tls: Option<RustlsConnect>,
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
+    /// Connections open, idle or not: at most `size`.
+    open: Arc<AtomicUsize>,
+    size: usize,
 }
 
 /// A connection's IO task: it runs until the connection ends.
@@ -78,6 +100,8 @@ impl Pool {
             tls,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size.max(1))),
+            open: Arc::new(AtomicUsize::new(0)),
+            size: size.max(1),
         })
     }
 
@@ -112,22 +136,37 @@ impl Pool {
         Ok(client)
     }
 
-    /// A connection: an idle one, or a new one while fewer than `size`
-    /// are out.
+    /// A connection: an idle one this thread opened, else a new one
+    /// while fewer than `size` are open, else any idle one. At most
+    /// `size` are out at once.
     pub async fn get(self: &Arc<Self>) -> Result<Pooled, PgError> {
         let permit = tokio::time::timeout(CONNECT_TIMEOUT, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| PgError::Timeout)?
             .map_err(|_| PgError::Timeout)?;
+        let here = std::thread::current().id();
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            std::iter::from_fn(|| idle.pop()).find(|c| !c.client.is_closed())
+            idle.retain(|c| !c.client.is_closed());
+            match idle.iter().rposition(|c| c.home == here) {
+                Some(i) => Ok(idle.swap_remove(i)),
+                // Every connection is open: one of another thread's (with
+                // a permit held, fewer than `size` are out, so one is
+                // idle), else a new one after all.
+                None => match self.reserve() {
+                    Some(open) => Err(open),
+                    None => idle.pop().ok_or_else(|| self.count()),
+                },
+            }
         };
         let conn = match reused {
-            Some(conn) => conn,
-            None => Conn {
+            Ok(conn) => conn,
+            // Counted from the reservation on, released if it fails.
+            Err(open) => Conn {
                 client: self.connect().await?,
                 statements: HashMap::new(),
+                home: here,
+                _open: open,
             },
         };
         Ok(Pooled {
@@ -135,6 +174,24 @@ impl Pool {
             pool: Arc::clone(self),
             _permit: permit,
         })
+    }
+}
+
+impl Pool {
+    /// Counts one more open connection, unless `size` are open.
+    fn reserve(&self) -> Option<Open> {
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.size).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Open(Arc::clone(&self.open)))
+    }
+
+    /// Counts one more open connection.
+    fn count(&self) -> Open {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Open(Arc::clone(&self.open))
     }
 }
 

@@ -1314,3 +1314,70 @@ async fn a_warm_login_is_four_round_trips_of_prepared_statements() {
         assert_eq!(counts(), (before.0, before.1 + 1), "{user}: one lookup");
     }
 }
+
+/// A thread with a runtime of its own that runs all along, as each of
+/// the server's session threads has, that asks the pool for a connection
+/// and says which server process it reached.
+struct PoolThread {
+    jobs: tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::Sender<i32>>,
+}
+
+impl PoolThread {
+    fn start(pool: Arc<mailbag::pg::pool::Pool>) -> PoolThread {
+        let (jobs, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Sender<i32>>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                while let Some(reply) = rx.recv().await {
+                    let client = pool.get().await.unwrap();
+                    let pid = client
+                        .query_one("SELECT pg_backend_pid()", &[])
+                        .await
+                        .unwrap()
+                        .get::<_, i32>(0);
+                    drop(client);
+                    let _ = reply.send(pid);
+                }
+            });
+        });
+        PoolThread { jobs }
+    }
+
+    /// The backend of the connection the pool gave this thread.
+    fn backend(&self) -> i32 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs.send(tx).unwrap();
+        rx.recv_timeout(Duration::from_secs(30)).unwrap()
+    }
+}
+
+/// The pool hands a thread the connection it opened (whose IO runs on
+/// that thread's runtime), opens one per thread while it may, and past
+/// its size shares the ones it has.
+#[test]
+fn pooled_connections_stay_with_the_thread_that_opened_them() {
+    let test = "pooled_connections_stay_with_their_thread";
+    let Some(cluster) = cluster(test) else { return };
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(cluster.database("affinity"));
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let pool = mailbag::pg::pool::Pool::new(config, 2, None);
+    let (a, b) = (
+        PoolThread::start(Arc::clone(&pool)),
+        PoolThread::start(Arc::clone(&pool)),
+    );
+    let (first_a, first_b) = (a.backend(), b.backend());
+    assert_ne!(first_a, first_b, "each thread opens its own");
+    for _ in 0..5 {
+        assert_eq!(a.backend(), first_a);
+        assert_eq!(b.backend(), first_b);
+    }
+    // A third thread finds two open, the size: it gets one of them.
+    let c = PoolThread::start(Arc::clone(&pool));
+    let third = c.backend();
+    assert!([first_a, first_b].contains(&third), "{third}");
+}
