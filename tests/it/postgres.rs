@@ -658,7 +658,7 @@ async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     assert!(stderr.contains("mailbag migrate"), "{stderr}");
     let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout, "applied migration 1\n");
+    assert_eq!(stdout, "applied migration 1\napplied migration 3\n");
     let (status, stdout, _) = run(&["migrate", "--config", config], b"");
     assert!(status.success());
     assert!(stdout.starts_with("schema is current"), "{stdout}");

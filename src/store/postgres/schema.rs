@@ -8,7 +8,10 @@ use tokio_postgres::Client;
 use super::PgError;
 
 /// Every migration, oldest first: (version, SQL).
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../../migrations/0001_initial.sql")),
+    (3, include_str!("../../../migrations/0003_clusters.sql")),
+];
 
 /// The version this build of mailbag needs.
 pub const LATEST: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

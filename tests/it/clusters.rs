@@ -1,0 +1,614 @@
+//! Users spread over two PostgreSQL clusters (two postmasters of their
+//! own): the directory sends each user's mail and logins to their
+//! cluster, and `mailbag move-user` moves a maildrop between them while
+//! mail arrives, losing and doubling nothing and keeping every UIDL.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use mailbag::admin::move_user::{move_user, MoveError, MoveOptions};
+use mailbag::auth::postgres::PgPassDb;
+use mailbag::config::Config;
+use mailbag::store::postgres::cluster::PgClusters;
+use mailbag::store::{Store, StoreError};
+
+use crate::support::pg::*;
+use crate::support::*;
+
+/// The shared cluster and a second postmaster, each with a fresh
+/// database (alice and bob in the users table of both; the first is the
+/// directory).
+struct Two {
+    a: String,
+    b: String,
+    dir: tempfile::TempDir,
+}
+
+fn second(test: &str) -> Option<&'static Cluster> {
+    static SECOND: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    match SECOND.get_or_init(Cluster::start) {
+        Ok(cluster) => Some(cluster),
+        Err(why) => skip(test, why),
+    }
+}
+
+impl Two {
+    async fn new(test: &str) -> Option<Two> {
+        let a = cluster(test)?.database(test).await;
+        let b = second(test)?.database(test).await;
+        Some(Two {
+            a,
+            b,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    /// `b_new_users`: whether users never seen may go to b (off: every
+    /// first placement is a, so a test knows where a user starts).
+    fn config_text(&self, b_new_users: bool) -> String {
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n\
+             [store]\nkind = \"postgres\"\npool_size = 4\n\
+             [[store.clusters]]\nname = \"a\"\nurl = \"{}\"\n\
+             [[store.clusters]]\nname = \"b\"\nurl = \"{}\"\nnew_users = {b_new_users}\n\
+             [auth]\nfailure_delay_ms = 10\n",
+            self.a, self.b
+        )
+    }
+
+    fn config_path(&self, b_new_users: bool) -> PathBuf {
+        let path = self.dir.path().join("mailbag.toml");
+        std::fs::write(&path, self.config_text(b_new_users)).unwrap();
+        path
+    }
+
+    fn config(&self) -> Config {
+        Config::load(&self.config_path(false)).unwrap()
+    }
+
+    fn store(&self) -> PgClusters {
+        PgClusters::from_config(&self.config().store).unwrap()
+    }
+
+    async fn node(&self) -> Node {
+        let store = self.store();
+        let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+        Node::start(self.config(), store, passdb).await
+    }
+}
+
+/// (uidl, subject) of every message of `user` in the database at `url`.
+async fn held(url: &str, user: &str) -> Vec<(String, String)> {
+    connect(url)
+        .await
+        .query(
+            "SELECT m.uidl, substring(convert_from(m.body, 'UTF8') FROM 'Subject: ([^\r\n]*)')
+               FROM messages m JOIN maildrops d ON d.id = m.maildrop_id
+              WHERE d.name = $1 ORDER BY m.id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+async fn placement(url: &str, user: &str) -> Option<String> {
+    connect(url)
+        .await
+        .query_opt("SELECT cluster FROM placements WHERE name = $1", &[&user])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+async fn state(url: &str, user: &str) -> Option<String> {
+    connect(url)
+        .await
+        .query_opt("SELECT state FROM maildrops WHERE name = $1", &[&user])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// One LMTP transaction; the reply that decided it.
+async fn lmtp_deliver(addr: SocketAddr, rcpt: &str, body: &[u8]) -> String {
+    let mut c = Client::connect(addr).await;
+    assert!(c.line().await.starts_with("220"));
+    c.send(b"LHLO test\r\n").await;
+    while c.line().await.as_bytes().get(3) == Some(&b'-') {}
+    assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+    let reply = c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).await;
+    if !reply.starts_with('2') {
+        return reply;
+    }
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(body).await;
+    c.cmd(".").await
+}
+
+/// The UIDL listing of a POP3 session: uidl by message number.
+async fn uidls(c: &mut Client) -> Vec<String> {
+    let (status, body) = c.multi("UIDL").await;
+    assert!(status.starts_with("+OK"), "{status}");
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+        .collect()
+}
+
+fn mailbag() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mailbag"))
+}
+
+fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    let mut child = mailbag()
+        .args(args)
+        .env("MAILBAG_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn options(wait_ms: u64) -> MoveOptions {
+    MoveOptions {
+        wait: Duration::from_millis(wait_ms),
+        stop_after: None,
+        batch_messages: 2,
+    }
+}
+
+#[tokio::test]
+async fn a_move_while_lmtp_and_deliver_keep_arriving_loses_and_doubles_nothing() {
+    let test = "move_during_deliveries";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    for i in 0..5 {
+        let reply = lmtp_deliver(
+            lmtp,
+            "alice",
+            format!("Subject: before{i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("a"));
+    assert_eq!(held(&two.a, "alice").await.len(), 5);
+    assert!(held(&two.b, "alice").await.is_empty());
+    let mut c = node.login(ALICE).await;
+    let before = uidls(&mut c).await;
+    c.ok("QUIT").await;
+
+    // Two streams, as an MTA runs them: each message is tried until it
+    // is acknowledged (a 4xx is retried), bounded in tries.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let lmtp_stream = {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut deferred = 0;
+            for i in 0..400 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let subject = format!("lmtp{i}");
+                for _ in 0..200 {
+                    let reply = lmtp_deliver(
+                        lmtp,
+                        "alice",
+                        format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes(),
+                    )
+                    .await;
+                    if reply.starts_with("250") {
+                        acknowledged.push(subject.clone());
+                        break;
+                    }
+                    assert!(reply.starts_with('4'), "only temporary failures: {reply}");
+                    deferred += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            (acknowledged, deferred)
+        })
+    };
+    let config = two.config_path(false);
+    let deliver_stream = {
+        let stop = Arc::clone(&stop);
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut acknowledged = Vec::new();
+            for i in 0..30 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let subject = format!("deliver{i}");
+                for _ in 0..100 {
+                    let (code, _, stderr) = run(
+                        &[
+                            "deliver",
+                            "--user",
+                            "alice",
+                            "--config",
+                            config.to_str().unwrap(),
+                        ],
+                        format!("Subject: {subject}\n\nx\n").as_bytes(),
+                        &[],
+                    );
+                    if code == Some(0) {
+                        acknowledged.push(subject.clone());
+                        break;
+                    }
+                    assert_eq!(code, Some(75), "only EX_TEMPFAIL: {stderr}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            acknowledged
+        })
+    };
+    while sent.load(Ordering::SeqCst) < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let moved = move_user(&two.store(), "alice", "b", &options(5000))
+        .await
+        .unwrap();
+    assert_eq!(moved.from.as_deref(), Some("a"));
+    let after_move = sent.load(Ordering::SeqCst);
+    while sent.load(Ordering::SeqCst) < after_move + 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut acknowledged, deferred) = lmtp_stream.await.unwrap();
+    acknowledged.extend(deliver_stream.await.unwrap());
+    eprintln!(
+        "{} acknowledged, {deferred} LMTP deferrals",
+        acknowledged.len()
+    );
+
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("b"));
+    assert!(held(&two.a, "alice").await.is_empty(), "nothing left on a");
+    assert_eq!(state(&two.a, "alice").await.as_deref(), Some("moved"));
+    let on_b = held(&two.b, "alice").await;
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, subject) in &on_b {
+        *count.entry(subject.as_str()).or_default() += 1;
+    }
+    for subject in (0..5)
+        .map(|i| format!("before{i}"))
+        .chain(acknowledged.iter().cloned())
+    {
+        assert_eq!(
+            count.get(subject.as_str()),
+            Some(&1),
+            "{subject} exactly once on b"
+        );
+    }
+    assert_eq!(
+        on_b.len(),
+        5 + acknowledged.len(),
+        "nothing unacknowledged or doubled"
+    );
+
+    // The same UIDLs for the messages from before, in the same order.
+    let mut c = node.login(ALICE).await;
+    let after = uidls(&mut c).await;
+    assert_eq!(after[..5], before[..]);
+    c.ok("QUIT").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_pop3_session_holds_off_a_move_and_its_deletes_stay_right() {
+    let test = "session_holds_off_a_move";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    for i in 0..3 {
+        let reply = lmtp_deliver(
+            lmtp,
+            "alice",
+            format!("Subject: m{i}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let mut c = node.login(ALICE).await;
+    let listed = uidls(&mut c).await;
+    c.ok("DELE 1").await;
+
+    // Without waiting: refused, nothing changed, mail still arrives on a.
+    let store = two.store();
+    let refused = move_user(&store, "alice", "b", &options(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, MoveError::Refused(why) if why.contains("POP3 session")),
+        "{refused}"
+    );
+    assert_eq!(state(&two.a, "alice").await.as_deref(), Some("active"));
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: m3\r\n\r\nx\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(held(&two.a, "alice").await.len(), 4);
+
+    // Waiting: the move goes ahead once the session has ended, after its
+    // deletion.
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move { move_user(&store, "alice", "b", &options(20_000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the move waits for the session");
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("a"));
+    c.ok("QUIT").await;
+    waiting.await.unwrap().unwrap();
+    let on_b = held(&two.b, "alice").await;
+    let subjects: Vec<&str> = on_b.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(subjects, ["m1", "m2", "m3"]);
+    assert!(
+        !on_b.iter().any(|(u, _)| *u == listed[0]),
+        "the deleted one stays deleted"
+    );
+    assert!(held(&two.a, "alice").await.is_empty());
+
+    let mut c = node.login(ALICE).await;
+    assert_eq!(uidls(&mut c).await[..2], listed[1..]);
+    c.ok("QUIT").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_move_stopped_after_any_step_is_never_half_served_and_finishes_when_run_again() {
+    let test = "move_stopped_after_any_step";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let store = two.store();
+    for step in 1..=7u32 {
+        let user = format!("user{step}");
+        let mut delivered = Vec::new();
+        for i in 0..5 {
+            let body = format!("Subject: {i}\r\n\r\nx\r\n").into_bytes();
+            delivered.push(
+                Store::deliver(&store, user.as_str().into(), body)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let stopped = move_user(
+            &store,
+            &user,
+            "b",
+            &MoveOptions {
+                stop_after: Some(step),
+                ..options(0)
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(stopped, MoveError::Stopped(s) if s == step),
+            "{stopped}"
+        );
+
+        // In between: a session sees the whole maildrop or is refused,
+        // never a part; a delivery is stored or deferred.
+        match store.open(user.as_str().into()).await {
+            Ok(maildrop) => {
+                use mailbag::store::Maildrop;
+                let seen: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
+                assert_eq!(seen, delivered, "after step {step}: the whole maildrop");
+            }
+            Err(StoreError::Locked) => {}
+            Err(e) => panic!("after step {step}: {e}"),
+        }
+        let body = b"Subject: between\r\n\r\nx\r\n".to_vec();
+        match Store::deliver(&store, user.as_str().into(), body).await {
+            Ok(uidl) => delivered.push(uidl),
+            Err(StoreError::Temporary(_)) => {}
+            Err(e) => panic!("after step {step}: {e}"),
+        }
+
+        // (The session above unlocks in a task of its own.)
+        move_user(&store, &user, "b", &options(5000)).await.unwrap();
+        assert_eq!(placement(&two.a, &user).await.as_deref(), Some("b"));
+        let on_b: Vec<String> = held(&two.b, &user)
+            .await
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
+        assert_eq!(
+            on_b, delivered,
+            "after step {step}: every message once, UIDLs kept"
+        );
+        assert!(held(&two.a, &user).await.is_empty(), "after step {step}");
+        let maildrop = store.open(user.as_str().into()).await.unwrap();
+        use mailbag::store::Maildrop;
+        assert_eq!(maildrop.messages().len(), delivered.len());
+        drop(maildrop);
+    }
+}
+
+#[tokio::test]
+async fn move_user_from_the_command_line_resumes_after_being_stopped() {
+    let test = "move_user_command_line";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    for i in 0..3 {
+        let reply =
+            lmtp_deliver(lmtp, "bob", format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let config = two.config_path(false);
+    let config = config.to_str().unwrap();
+    let args = [
+        "move-user",
+        "bob",
+        "--to",
+        "b",
+        "--wait-secs",
+        "0",
+        "--config",
+        config,
+    ];
+    let (code, _, stderr) = run(&args, b"", &[("MAILBAG_MOVE_STOP_AFTER", "4")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("run move-user again"), "{stderr}");
+    // Half way: logins are [IN-USE], deliveries deferred.
+    let (_, reply) = node.try_login(BOB).await;
+    assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    let reply = lmtp_deliver(lmtp, "bob", b"Subject: deferred\r\n\r\nx\r\n").await;
+    assert!(reply.starts_with('4'), "{reply}");
+    let (code, stdout, stderr) = run(&args, b"", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("moved bob from a to b: 3 messages ("),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run(&args, b"", &[]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "bob is on b already\n"));
+    let mut c = node.login(BOB).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 3 "));
+    c.ok("QUIT").await;
+
+    let (code, _, stderr) = run(&["move-user", "--help"], b"", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn each_users_mail_reaches_their_own_cluster_and_no_other_database() {
+    let test = "each_user_on_their_cluster";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    // bob's placement, written as a move would have.
+    connect(&two.a)
+        .await
+        .execute(
+            "INSERT INTO placements (name, cluster) VALUES ('bob', 'b')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    for (user, subject) in [("alice", "for alice"), ("bob", "for bob")] {
+        let reply = lmtp_deliver(
+            lmtp,
+            user,
+            format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes(),
+        )
+        .await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let subjects = |v: Vec<(String, String)>| v.into_iter().map(|(_, s)| s).collect::<Vec<_>>();
+    assert_eq!(subjects(held(&two.a, "alice").await), ["for alice"]);
+    assert_eq!(subjects(held(&two.b, "bob").await), ["for bob"]);
+    // Neither database has a row, let alone a message, of the other's user.
+    assert_eq!(state(&two.a, "bob").await, None);
+    assert_eq!(state(&two.b, "alice").await, None);
+    for (user, creds) in [("alice", ALICE), ("bob", BOB)] {
+        let mut c = node.login(creds).await;
+        let (_, body) = c.multi("RETR 1").await;
+        assert!(
+            String::from_utf8_lossy(&body).contains(&format!("for {user}")),
+            "{user}"
+        );
+        c.ok("QUIT").await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
+    let test = "hostile_directory";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let directory = connect(&two.a).await;
+    directory
+        .execute(
+            "INSERT INTO placements (name, cluster) VALUES ('alice', 'zz'), ('bob', E'b\\n\\x01')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    // An unknown cluster: a temporary failure (mail stays queued while
+    // the configuration is fixed), never another cluster.
+    for user in ["alice", "bob"] {
+        let reply = lmtp_deliver(lmtp, user, b"Subject: x\r\n\r\nx\r\n").await;
+        assert!(reply.starts_with("451"), "{user}: {reply}");
+    }
+    let (_, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    for (url, user) in [
+        (&two.a, "alice"),
+        (&two.b, "alice"),
+        (&two.a, "bob"),
+        (&two.b, "bob"),
+    ] {
+        assert_eq!(
+            state(url, user).await,
+            None,
+            "{user}: no maildrop made anywhere"
+        );
+    }
+    let store = two.store();
+    let refused = move_user(&store, "alice", "b", &options(0))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("\"zz\""), "{refused}");
+    for (user, to, says) in [
+        ("alice", "zz", "no cluster named"),
+        ("alice", "b\n", "no cluster named"),
+        ("a\nb", "b", "user name refused"),
+        ("", "b", "user name refused"),
+    ] {
+        let refused = move_user(&store, user, to, &options(0)).await.unwrap_err();
+        assert!(
+            refused.to_string().contains(says),
+            "{user:?} {to:?}: {refused}"
+        );
+    }
+    // A directory row fixed by hand is followed at once: nothing cached.
+    directory
+        .execute(
+            "UPDATE placements SET cluster = 'b' WHERE name = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: fixed\r\n\r\nx\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(held(&two.b, "alice").await.len(), 1);
+    node.stop().await;
+}
