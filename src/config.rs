@@ -1402,6 +1402,64 @@ passwd_file = "passwd"
 "#;
 
     #[test]
+    fn store_clusters_are_named_distinct_and_exclusive_with_url() {
+        let pg = r#"
+[pop3]
+listen = ["127.0.0.1:1110"]
+[store]
+kind = "postgres"
+[[store.clusters]]
+name = "a"
+url = "host=a"
+[[store.clusters]]
+name = "b-2"
+url = "host=b"
+new_users = false
+[auth]
+"#;
+        let c = Config::parse(pg, Path::new("/etc/mailbag")).unwrap();
+        let names: Vec<(&str, bool)> = c
+            .store
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.new_users))
+            .collect();
+        assert_eq!(names, [("a", true), ("b-2", false)]);
+        for (text, key) in [
+            (
+                pg.replace(
+                    "kind = \"postgres\"",
+                    "kind = \"postgres\"\nurl = \"host=x\"",
+                ),
+                "store.url",
+            ),
+            (pg.replace("\"b-2\"", "\"a\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"B\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"b\\n\""), "store.clusters.name"),
+            (pg.replace("\"host=b\"", "\"\""), "store.clusters.url"),
+            (
+                pg.replace("name = \"a\"", "name = \"a\"\nnew_users = false"),
+                "store.clusters.new_users",
+            ),
+            (
+                pg.replace(
+                    "[[store.clusters]]\nname = \"a\"",
+                    "directory_url = \"\"\n[[store.clusters]]\nname = \"a\"",
+                ),
+                "store.directory_url",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(valid_cluster_name("eu-1_a"));
+        assert!(!valid_cluster_name(&"a".repeat(33)));
+    }
+
+    #[test]
     fn postgres_store_needs_a_url_and_neither_root_nor_passwd_file() {
         let pg = r#"
 [pop3]
