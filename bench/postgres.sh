@@ -15,6 +15,7 @@
 #   PORT_BASE=21410  POP3: mailbag-maildir +0, mailbag-pg +1, dovecot +2;
 #                    LMTP +10, +11, +12; PostgreSQL +20
 #   PG_SHARED_BUFFERS=1GB
+#   LOADS="maildrop login retr lmtp"  the loads to run (all by default)
 #
 # PostgreSQL runs with fsync and synchronous_commit on (a 250 to LMTP is a
 # flushed commit), on the same machine and disk as everything else. The
@@ -61,16 +62,23 @@ wait_port() {
     exit 1
 }
 
-# ---- mail, as Maildirs
+LOADS=" ${LOADS:-maildrop login retr lmtp} "
+wants() { [[ $LOADS == *" $1 "* ]]; }
+
+# ---- mail, as Maildirs (only what the loads asked for use)
 passwd=$data/passwd
 gen() { "$BENCH" gen --root "$data/mail" --passwd "$passwd" "$@" >/dev/null; }
 gen --prefix u --users "$users" --messages 5 --size 2048
-gen --prefix r20k- --users 4 --messages "$n20k" --size $((20 * 1024))
-gen --prefix r5m- --users 4 --messages "$n5m" --size $((5 * 1024 * 1024))
+if wants retr; then
+    gen --prefix r20k- --users 4 --messages "$n20k" --size $((20 * 1024))
+    gen --prefix r5m- --users 4 --messages "$n5m" --size $((5 * 1024 * 1024))
+fi
 gen --prefix lm --users 100 --messages 0
-for who in maildir pg dovecot-tuned; do
-    gen --prefix "huge-$who" --users 1 --messages "$huge" --size 600
-done
+if wants maildrop; then
+    for who in maildir pg dovecot-tuned; do
+        gen --prefix "huge-$who" --users 1 --messages "$huge" --size 600
+    done
+fi
 chown -R mail:mail "$data/mail"
 chmod 644 "$passwd"
 
@@ -209,14 +217,14 @@ for s in "${servers[@]}"; do
     "$BENCH" login --addr "127.0.0.1:$2" --users "$users" --concurrency 16 \
         --duration 600 --max-cycles "$users" >/dev/null
 done
-for s in "${servers[@]}"; do
+wants maildrop && for s in "${servers[@]}"; do
     set -- $s
     log "$1: 100,000-message maildrop, PASS to the end of UIDL (first, then warm)"
     "$BENCH" maildrop --addr "127.0.0.1:$2" --label "$1" --user "huge-${1#mailbag-}1" --repeat 6 \
         | pick "first_ms|warm_median_ms|warm_min_ms|loadavg_1m" | tee -a "$out/report.txt"
     echo | tee -a "$out/report.txt"
 done
-for round in 1 2; do
+wants login && for round in 1 2; do
     for s in "${servers[@]}"; do
         set -- $s
         log "$1: login cycles, 64 concurrent (round $round)"
@@ -226,7 +234,7 @@ for round in 1 2; do
         echo | tee -a "$out/report.txt"
     done
 done
-for size in 20k 5m; do
+wants retr && for size in 20k 5m; do
     for s in "${servers[@]}"; do
         set -- $s
         log "$1: RETR $size, 4 readers"
@@ -236,7 +244,7 @@ for size in 20k 5m; do
         echo | tee -a "$out/report.txt"
     done
 done
-for s in "${servers[@]}"; do
+wants lmtp && for s in "${servers[@]}"; do
     set -- $s
     log "$1: LMTP deliveries of 10 KiB, 8 clients"
     "$BENCH" lmtp --addr "127.0.0.1:$(($2 + 10))" --server-pid "$3" --label "$1" --prefix lm \

@@ -264,12 +264,12 @@ impl PgPassDb {
         if !valid_user_name(user) {
             return Ok(None);
         }
-        let client = self.pool.get().await.map_err(temporary)?;
+        let mut client = self.pool.get().await.map_err(temporary)?;
         let rows = if self.case_insensitive {
             // lower() under the "C" collation folds ASCII letters only,
             // as `name::fold` does, whatever the database's locale.
             client
-                .query_typed(
+                .query_prepared(
                     r#"SELECT name, secret FROM users
                         WHERE lower(name COLLATE "C") = $1 LIMIT 2"#,
                     &[(&fold(user, true).as_ref(), Type::TEXT)],
@@ -277,7 +277,7 @@ impl PgPassDb {
                 .await
         } else {
             client
-                .query_typed(
+                .query_prepared(
                     "SELECT name, secret FROM users WHERE name = $1",
                     &[(&user, Type::TEXT)],
                 )
@@ -452,10 +452,10 @@ impl PassDb for PgPassDb {
         // than that mean some spelling has three or more, an error
         // whatever the rest say.
         let limit = i64::try_from(keys.len() * 2 + 1).unwrap_or(i64::MAX);
-        let client = self.pool.get().await.map_err(temporary)?;
+        let mut client = self.pool.get().await.map_err(temporary)?;
         let rows = if self.case_insensitive {
             client
-                .query_typed(
+                .query_prepared(
                     r#"SELECT name, lower(name COLLATE "C") FROM users
                         WHERE lower(name COLLATE "C") = ANY($1) LIMIT $2"#,
                     &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
@@ -463,7 +463,7 @@ impl PassDb for PgPassDb {
                 .await
         } else {
             client
-                .query_typed(
+                .query_prepared(
                     "SELECT name, name FROM users WHERE name = ANY($1) LIMIT $2",
                     &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
                 )

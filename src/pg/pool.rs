@@ -5,7 +5,12 @@
 //! stack, and the connection string (several hosts,
 //! `target_session_attrs=read-write`) is tokio-postgres's own, so a new
 //! connection after a failover finds the promoted primary by itself.
+//!
+//! Each connection keeps the statements the hot paths run prepared
+//! ([`Pooled::prepared`]): PostgreSQL parses and plans each once per
+//! connection, and every later use is one round trip with no parsing.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Deref;
 use std::pin::Pin;
@@ -13,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::tls::RustlsConnect;
 use super::PgError;
@@ -21,13 +27,32 @@ use super::PgError;
 /// How long one connection attempt may take, all hosts together.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements kept per connection. The statements are constants
+/// of this program, far fewer than this; the bound only keeps a mistake
+/// (a statement built at run time) from growing the server's memory.
+const MAX_STATEMENTS: usize = 64;
+
+/// A connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("statements", &self.statements.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Connections to one database.
 #[derive(Debug)]
 pub struct Pool {
     config: Config,
     /// Set when the connection string says `sslmode=require`.
     tls: Option<RustlsConnect>,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
 }
 
@@ -36,7 +61,7 @@ pub type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>>
 
 /// A connection taken from the pool; returned to it on drop unless broken.
 pub struct Pooled {
-    client: Option<Client>,
+    conn: Option<Conn>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -96,14 +121,17 @@ impl Pool {
             .map_err(|_| PgError::Timeout)?;
         let reused = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            std::iter::from_fn(|| idle.pop()).find(|c| !c.is_closed())
+            std::iter::from_fn(|| idle.pop()).find(|c| !c.client.is_closed())
         };
-        let client = match reused {
-            Some(client) => client,
-            None => self.connect().await?,
+        let conn = match reused {
+            Some(conn) => conn,
+            None => Conn {
+                client: self.connect().await?,
+                statements: HashMap::new(),
+            },
         };
         Ok(Pooled {
-            client: Some(client),
+            conn: Some(conn),
             pool: Arc::clone(self),
             _permit: permit,
         })
@@ -113,28 +141,107 @@ impl Pool {
 impl Deref for Pooled {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until drop")
+        &self.conn().client
     }
 }
 
+/// A statement's parameters, each with its type (so that preparing it
+/// asks the server nothing more).
+pub type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
+
 impl Pooled {
+    fn conn(&self) -> &Conn {
+        self.conn.as_ref().expect("present until drop")
+    }
+
     /// The connection, for a transaction (which needs `&mut`).
     pub fn client_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until drop")
+        &mut self.conn.as_mut().expect("present until drop").client
+    }
+
+    /// `sql` prepared on this connection with the parameter types
+    /// `types`: prepared at its first use here, then reused. `sql` must
+    /// be a constant: the cache is keyed by it.
+    pub async fn prepared(
+        &mut self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        let conn = self.conn.as_mut().expect("present until drop");
+        if let Some(statement) = conn.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = conn.client.prepare_typed(sql, types).await?;
+        if conn.statements.len() >= MAX_STATEMENTS {
+            conn.statements.clear();
+        }
+        conn.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs the constant `sql` as a prepared statement ([`prepared`](Self::prepared)).
+    pub async fn query_prepared(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let (statement, values) = self.prepare_params(sql, params).await?;
+        self.query(&statement, &values).await
+    }
+
+    /// As [`query_prepared`](Self::query_prepared), for at most one row.
+    pub async fn query_prepared_opt(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let (statement, values) = self.prepare_params(sql, params).await?;
+        self.query_opt(&statement, &values).await
+    }
+
+    /// As [`query_prepared`](Self::query_prepared), for exactly one row.
+    pub async fn query_prepared_one(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Row, tokio_postgres::Error> {
+        let (statement, values) = self.prepare_params(sql, params).await?;
+        self.query_one(&statement, &values).await
+    }
+
+    /// As [`query_prepared`](Self::query_prepared), for the number of rows
+    /// changed.
+    pub async fn execute_prepared(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let (statement, values) = self.prepare_params(sql, params).await?;
+        self.execute(&statement, &values).await
+    }
+
+    async fn prepare_params<'p>(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'p>,
+    ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let statement = self.prepared(sql, &types).await?;
+        Ok((statement, params.iter().map(|(v, _)| *v).collect()))
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
+        if let Some(conn) = self.conn.take() {
             // A connection that failed mid-query may sit in a broken
             // transaction state; only a healthy one goes back.
-            if !client.is_closed() {
+            if !conn.client.is_closed() {
                 self.pool
                     .idle
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(client);
+                    .push(conn);
             }
         }
     }

@@ -268,6 +268,7 @@ pub async fn serve<S, P>(
         maildrop: None,
         user: None,
         attempt: None,
+        checked: None,
         command: None,
     };
     debug!("connected");
@@ -349,6 +350,9 @@ struct Session<'a, S: Store, P: PassDb> {
     user: Option<String>,
     /// The login attempt being checked (server/limits.rs).
     attempt: Option<Attempt>,
+    /// The stored name the passdb gave for the credential last checked:
+    /// the maildrop to open when the login goes on under that name.
+    checked: Option<String>,
     /// The command being answered, for its latency.
     command: Option<(Verb, Instant)>,
 }
@@ -528,7 +532,10 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
             ))
             .await?;
         match checked {
-            Ok(canonical) => Ok(Outcome::Authenticated { user: canonical }),
+            Ok(canonical) => {
+                self.checked = Some(canonical.clone());
+                Ok(Outcome::Authenticated { user: canonical })
+            }
             Err(AuthError::Invalid) => {
                 log_auth_failure(self.peer, user, "invalid-credentials");
                 self.metrics.login(LoginResult::Invalid);
@@ -569,6 +576,7 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
             .await?;
         Ok(match keys {
             Ok((canonical, keys)) => {
+                self.checked = Some(canonical.clone());
                 let mut nonce = [0u8; 18];
                 rand::fill(&mut nonce);
                 Outcome::ScramKeys {
@@ -629,7 +637,10 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 .before_login(names.resolve(&shared.passdb, &claimed))
                 .await?
             {
-                Ok(Some(user)) => return Ok(Outcome::Authenticated { user }),
+                Ok(Some(user)) => {
+                    self.checked = Some(user.clone());
+                    return Ok(Outcome::Authenticated { user });
+                }
                 Ok(None) => "token-user-unknown",
                 Err(e) => {
                     self.metrics.login(LoginResult::Unavailable);
@@ -684,9 +695,17 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
             self.shared.failures.succeeded(a, Instant::now());
         }
         // A master user's authzid comes as the client wrote it: the
-        // maildrop (and its lock) is the stored user's.
-        let names = Matching::from_config(&self.shared.live());
-        let found = names.resolve_user(&self.shared.passdb, &user).await;
+        // maildrop (and its lock) is the stored user's. The name the
+        // passdb gave at the check is that already, and where the entry
+        // says nothing of the maildrop, nothing else is to be looked up.
+        let passdb = &self.shared.passdb;
+        let found = if !passdb.has_user_attributes() && self.checked.take().as_ref() == Some(&user)
+        {
+            Ok(Some(crate::auth::User::named(user.clone())))
+        } else {
+            let names = Matching::from_config(&self.shared.live());
+            names.resolve_user(passdb, &user).await
+        };
         let found = match found {
             Ok(Some(stored)) => stored,
             // Where the user's entry may name the maildrop, a lookup that

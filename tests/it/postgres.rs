@@ -1185,3 +1185,119 @@ async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
     );
     c.ok("QUIT").await;
 }
+
+/// Frontend messages of the PostgreSQL protocol that a proxy saw go to
+/// the server: statements parsed (`P`) and round trips (`S`, each
+/// extended-protocol exchange ends with one Sync).
+#[derive(Default)]
+struct Sent {
+    parses: std::sync::atomic::AtomicUsize,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+/// A TCP proxy to PostgreSQL that counts what [`Sent`] counts, reading
+/// the frontend's message framing (the untyped startup message, then a
+/// type octet and a length for each message).
+async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(Sent::default());
+    let counted = Arc::clone(&sent);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let sent = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                });
+                let mut pending = Vec::new();
+                let mut started = false;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    pending.extend_from_slice(&buf[..n]);
+                    loop {
+                        let (kind, at) = if started {
+                            (pending.first().copied(), 1)
+                        } else {
+                            (None, 0)
+                        };
+                        let Some(len) = pending.get(at..at + 4) else {
+                            break;
+                        };
+                        let whole = at + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+                        if pending.len() < whole {
+                            break;
+                        }
+                        match kind {
+                            Some(b'P') => sent.parses.fetch_add(1, Ordering::SeqCst),
+                            Some(b'S') => sent.syncs.fetch_add(1, Ordering::SeqCst),
+                            _ => 0,
+                        };
+                        pending.drain(..whole);
+                        started = true;
+                    }
+                    if server_tx.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// A login cycle (USER, PASS, STAT, QUIT) of a user who has logged in
+/// before costs five round trips to PostgreSQL, none of them parsing a
+/// statement: the spellings of the name, the secret, the lock with the
+/// maildrop's id, the snapshot, and the unlock. The name the password
+/// check gave is the maildrop opened, not looked up again.
+#[tokio::test]
+async fn a_warm_login_is_five_round_trips_of_prepared_statements() {
+    let test = "a_warm_login_is_five_round_trips";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("round_trips").await;
+    let (port, sent) = counting_proxy(cluster.port).await;
+    let url = url.replace(&format!("port={}", cluster.port), &format!("port={port}"));
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let store = pg_store(&url);
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let cycle = || async {
+        let mut c = node.login(ALICE).await;
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+    };
+    // The first logins prepare the statements on the connections they
+    // take (the pool holds up to four) and create the maildrop.
+    for _ in 0..8 {
+        cycle().await;
+    }
+    let counts = || {
+        (
+            sent.parses.load(Ordering::SeqCst),
+            sent.syncs.load(Ordering::SeqCst),
+        )
+    };
+    let before = counts();
+    const CYCLES: usize = 10;
+    for _ in 0..CYCLES {
+        cycle().await;
+    }
+    let after = counts();
+    assert_eq!(after.0 - before.0, 0, "statements parsed by warm logins");
+    assert_eq!(
+        after.1 - before.1,
+        5 * CYCLES,
+        "round trips of {CYCLES} warm login cycles"
+    );
+}

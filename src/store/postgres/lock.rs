@@ -8,6 +8,10 @@
 //! connection `k mod n`. One connection holds many locks; each is released
 //! with `pg_advisory_unlock` on the same connection when its session ends.
 //!
+//! The lock is taken by the maildrop's name, in the query that finds its
+//! id, so a login pays one round trip for both. The connection is chosen
+//! by the name, so one maildrop always locks and unlocks on the same one.
+//!
 //! Advisory locks are re-entrant within a connection, so two sessions of
 //! one node would both "get" a lock on the same connection: the node
 //! therefore also keeps the set of maildrops it holds, and refuses a
@@ -17,11 +21,12 @@
 //! [`Held`] values that name it see it as lost, and their commits fail
 //! (nothing is deleted): another node may already have the maildrop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::pool::Pool;
@@ -38,18 +43,61 @@ const PROBES: usize = 4;
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Takes maildrop `name`'s lock if it exists: no row for a maildrop that
+/// does not, `false` while another session holds it.
+const LOCK: &str = "SELECT id, pg_try_advisory_lock(id) FROM maildrops WHERE name = $1";
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
 /// One dedicated connection that holds advisory locks.
 #[derive(Debug)]
 pub(crate) struct LockConn {
     pub(crate) client: Client,
     /// Cancelled when the connection ends: its locks are gone.
     lost: CancellationToken,
+    /// Statements prepared on this connection, by their (constant) text.
+    statements: Mutex<HashMap<&'static str, Statement>>,
 }
 
 impl LockConn {
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.is_cancelled() || self.client.is_closed()
     }
+
+    /// `sql` (a constant) prepared on this connection, once: later uses
+    /// are one round trip each and parse nothing.
+    pub(crate) async fn prepared(
+        &self,
+        sql: &'static str,
+        types: &[Type],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        let cached = self
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+            .cloned();
+        if let Some(statement) = cached {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare_typed(sql, types).await?;
+        // The statements are this program's constants, a handful.
+        self.statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// What [`Locks::lock`] found.
+#[derive(Debug)]
+pub(crate) enum Lock {
+    /// The lock, and the maildrop's id.
+    Held(i64, Held),
+    /// Another session (here or on another node) holds it.
+    Busy,
+    /// No maildrop has that name.
+    Missing,
 }
 
 /// The lock connections of one node and the maildrops it holds.
@@ -57,13 +105,15 @@ impl LockConn {
 pub(crate) struct Locks {
     pool: Arc<Pool>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<LockConn>>>>,
-    held: Mutex<HashSet<i64>>,
+    /// The names of the maildrops this node holds.
+    held: Mutex<HashSet<String>>,
 }
 
 /// A maildrop lock held by this node. Dropping it unlocks (in a spawned
 /// task, since `Drop` cannot wait).
 #[derive(Debug)]
 pub(crate) struct Held {
+    name: String,
     key: i64,
     conn: Arc<LockConn>,
     locks: Arc<Locks>,
@@ -81,43 +131,49 @@ impl Locks {
         })
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the lock on maildrop `key` without waiting. `Ok(None)` means
-    /// another session (here or on another node) holds it.
-    pub(crate) async fn try_lock(self: &Arc<Self>, key: i64) -> Result<Option<Held>, PgError> {
-        if !self.held().insert(key) {
-            return Ok(None);
+    /// Takes the lock on the maildrop named `name` without waiting.
+    pub(crate) async fn lock(self: &Arc<Self>, name: &str) -> Result<Lock, PgError> {
+        if !self.held().insert(name.to_owned()) {
+            return Ok(Lock::Busy);
         }
         let result = async {
-            let conn = self.conn(key).await?;
-            let row = conn
-                .client
-                .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
-                .await?;
-            Ok::<_, PgError>(row.get::<_, bool>(0).then_some(conn))
+            let conn = self.conn(name).await?;
+            let lock = conn.prepared(LOCK, &[Type::TEXT]).await?;
+            let row = conn.client.query_opt(&lock, &[&name]).await?;
+            Ok::<_, PgError>(row.map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1), conn)))
         }
         .await;
         match result {
-            Ok(Some(conn)) => Ok(Some(Held {
+            Ok(Some((key, true, conn))) => Ok(Lock::Held(
                 key,
-                conn,
-                locks: Arc::clone(self),
-                unlocked: false,
-            })),
+                Held {
+                    name: name.to_owned(),
+                    key,
+                    conn,
+                    locks: Arc::clone(self),
+                    unlocked: false,
+                },
+            )),
             other => {
-                self.held().remove(&key);
-                other.map(|_| None)
+                self.held().remove(name);
+                match other? {
+                    None => Ok(Lock::Missing),
+                    Some(_) => Ok(Lock::Busy),
+                }
             }
         }
     }
 
-    /// The live lock connection for `key`, connecting when the last one
-    /// broke.
-    async fn conn(&self, key: i64) -> Result<Arc<LockConn>, PgError> {
-        let index = key.rem_euclid(self.slots.len() as i64) as usize;
+    /// The live lock connection for maildrop `name`, connecting when the
+    /// last one broke. One name always gets the same slot.
+    async fn conn(&self, name: &str) -> Result<Arc<LockConn>, PgError> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut hasher);
+        let index = (hasher.finish() % self.slots.len() as u64) as usize;
         let mut slot = self.slots[index].lock().await;
         if let Some(conn) = slot.as_ref().filter(|c| !c.is_lost()) {
             return Ok(Arc::clone(conn));
@@ -133,6 +189,7 @@ impl Locks {
         let conn = Arc::new(LockConn {
             client,
             lost: lost.clone(),
+            statements: Mutex::new(HashMap::new()),
         });
         tokio::spawn(async move {
             if let Err(error) = connection.await {
@@ -239,11 +296,7 @@ impl Held {
     /// Unlocks now and waits for it.
     pub(crate) async fn unlock(mut self) {
         if !self.conn.is_lost() {
-            let done = self
-                .conn
-                .client
-                .execute_typed("SELECT pg_advisory_unlock($1)", &[(&self.key, Type::INT8)])
-                .await;
+            let done = unlock(&self.conn, self.key).await;
             if let Err(error) = done {
                 tracing::warn!(%error, "maildrop unlock failed");
             }
@@ -257,7 +310,7 @@ impl Drop for Held {
         // Removed before the unlock runs: a new session of this node then
         // locks on the same connection, where PostgreSQL executes the two
         // in order and the count ends right either way.
-        self.locks.held().remove(&self.key);
+        self.locks.held().remove(&self.name);
         if self.unlocked || self.conn.is_lost() {
             return;
         }
@@ -269,13 +322,14 @@ impl Drop for Held {
         let conn = Arc::clone(&self.conn);
         let key = self.key;
         runtime.spawn(async move {
-            if let Err(error) = conn
-                .client
-                .execute_typed("SELECT pg_advisory_unlock($1)", &[(&key, Type::INT8)])
-                .await
-            {
+            if let Err(error) = unlock(&conn, key).await {
                 tracing::warn!(%error, "maildrop unlock failed");
             }
         });
     }
+}
+
+async fn unlock(conn: &LockConn, key: i64) -> Result<u64, tokio_postgres::Error> {
+    let unlock = conn.prepared(UNLOCK, &[Type::INT8]).await?;
+    conn.client.execute(&unlock, &[&key]).await
 }

@@ -29,14 +29,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mailbag_proto::dot::canonical_size;
 
 use super::{Mailbox, Maildrop, MessageInfo, Store, StoreError, Usage};
-use crate::pg::pool::Pool;
+use crate::pg::pool::{Pool, Pooled};
 use crate::pg::tls::RustlsConnect;
 use tokio_postgres::types::Type;
 
 const TEXT: Type = Type::TEXT;
 const INT8: Type = Type::INT8;
+const INT8_ARRAY: Type = Type::INT8_ARRAY;
+const BYTEA: Type = Type::BYTEA;
 pub use crate::pg::PgError;
-use lock::{Held, Locks};
+use lock::{Held, Lock, Locks};
 pub use reader::ChunkReader;
 
 impl From<PgError> for StoreError {
@@ -108,19 +110,14 @@ impl PgStore {
 
     /// The id of `user`'s maildrop, created when missing.
     async fn maildrop_id(&self, user: &str) -> Result<i64, PgError> {
-        let client = self.pool.get().await?;
-        let select = "SELECT id FROM maildrops WHERE name = $1";
-        if let Some(row) = client.query_typed_opt(select, &[(&user, TEXT)]).await? {
+        let mut client = self.pool.get().await?;
+        const SELECT: &str = "SELECT id FROM maildrops WHERE name = $1";
+        if let Some(row) = client.query_prepared_opt(SELECT, &[(&user, TEXT)]).await? {
             return Ok(row.get(0));
         }
-        client
-            .execute(
-                "INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                &[&user],
-            )
-            .await?;
+        create_maildrop(&mut client, user).await?;
         Ok(client
-            .query_typed_one(select, &[(&user, TEXT)])
+            .query_prepared_one(SELECT, &[(&user, TEXT)])
             .await?
             .get(0))
     }
@@ -134,11 +131,11 @@ impl PgStore {
         let uidl = new_uidl();
         let size = canonical_size(&message) as i64;
         let id = self.maildrop_id(user).await?;
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let inserted = client
-            .execute(
-                "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
-                &[&id, &uidl, &size, &message],
+            .execute_prepared(
+                INSERT,
+                &[(&id, INT8), (&uidl, TEXT), (&size, INT8), (&message, BYTEA)],
             )
             .await;
         drop(client);
@@ -219,6 +216,20 @@ impl PgStore {
     }
 }
 
+/// Stores one message.
+const INSERT: &str = "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)";
+
+/// Creates the maildrop `user` unless it exists.
+async fn create_maildrop(client: &mut Pooled, user: &str) -> Result<(), PgError> {
+    client
+        .execute_prepared(
+            "INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[(&user, TEXT)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Refuses names that cannot be a user (the passdb checks the rest).
 pub(crate) fn check_user(user: &str) -> Result<(), StoreError> {
     if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
@@ -247,14 +258,28 @@ impl Store for PgStore {
     async fn open(&self, user: Mailbox<'_>) -> Result<PgMaildrop, StoreError> {
         let user = user.name;
         check_user(user)?;
-        let id = self.maildrop_id(user).await?;
-        let Some(lock) = self.locks.try_lock(id).await? else {
-            return Err(StoreError::Locked);
+        let (id, lock) = match self.locks.lock(user).await? {
+            Lock::Held(id, lock) => (id, lock),
+            Lock::Busy => return Err(StoreError::Locked),
+            Lock::Missing => {
+                create_maildrop(&mut self.pool.get().await?, user).await?;
+                match self.locks.lock(user).await? {
+                    Lock::Held(id, lock) => (id, lock),
+                    Lock::Busy => return Err(StoreError::Locked),
+                    // Created and removed again at once: only an
+                    // administrator deleting it does that.
+                    Lock::Missing => {
+                        return Err(StoreError::Temporary(io::Error::other(
+                            "maildrop removed while being opened",
+                        )))
+                    }
+                }
+            }
         };
         // The snapshot comes after the lock: nothing can delete under it.
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let rows = client
-            .query_typed(
+            .query_prepared(
                 "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
                 &[(&id, INT8)],
             )
@@ -284,13 +309,13 @@ impl Store for PgStore {
 
     async fn usage(&self, user: Mailbox<'_>) -> Result<Usage, StoreError> {
         let user = user.name;
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let row = client
-            .query_one(
+            .query_prepared_one(
                 "SELECT count(m.id), coalesce(sum(m.size), 0)::bigint
                    FROM maildrops d JOIN messages m ON m.maildrop_id = d.id
                   WHERE d.name = $1",
-                &[&user],
+                &[(&user, TEXT)],
             )
             .await
             .map_err(PgError::from)?;
@@ -361,25 +386,29 @@ impl Maildrop for PgMaildrop {
             // One statement is one transaction: all deletions or none.
             // It runs on the lock connection, so it cannot run once the
             // lock has gone.
-            self.lock
-                .conn()
-                .client
-                .execute(
-                    "WITH gone AS (
-                         DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
-                     )
-                     UPDATE messages SET seen = true
-                      WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
-                    &[&self.maildrop_id, &deleted, &seen],
-                )
-                .await
-                .map_err(|e| {
-                    if self.lock.conn().is_lost() {
-                        lock_lost()
-                    } else {
-                        PgError::from(e).into()
-                    }
-                })?;
+            let conn = self.lock.conn();
+            let update = async {
+                let update = conn
+                    .prepared(
+                        "WITH gone AS (
+                             DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
+                         )
+                         UPDATE messages SET seen = true
+                          WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
+                        &[INT8, INT8_ARRAY, INT8_ARRAY],
+                    )
+                    .await?;
+                conn.client
+                    .execute(&update, &[&self.maildrop_id, &deleted, &seen])
+                    .await
+            };
+            update.await.map_err(|e| {
+                if self.lock.conn().is_lost() {
+                    lock_lost()
+                } else {
+                    PgError::from(e).into()
+                }
+            })?;
         }
         self.lock.unlock().await;
         Ok(())
