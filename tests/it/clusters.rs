@@ -612,3 +612,77 @@ async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
     assert_eq!(held(&two.b, "alice").await.len(), 1);
     node.stop().await;
 }
+
+/// Round trips to PostgreSQL of `CYCLES` warm login cycles (login, STAT,
+/// QUIT) and of `CYCLES` LMTP deliveries through a node on `config`
+/// (whose URLs point at the counting proxy).
+async fn round_trips(
+    config: &str,
+    sent: &crate::postgres::Sent,
+    user: (&str, &str),
+) -> (usize, usize) {
+    const CYCLES: usize = 10;
+    let config = Config::parse(config, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    let lmtp = node.lmtp.unwrap();
+    let cycle = || async {
+        let mut c = node.login(user).await;
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+    };
+    let syncs = || sent.syncs.load(Ordering::SeqCst);
+    for _ in 0..8 {
+        cycle().await;
+        lmtp_deliver(lmtp, user.0, b"Subject: warm\r\n\r\nx\r\n").await;
+    }
+    let before = syncs();
+    for _ in 0..CYCLES {
+        cycle().await;
+    }
+    let logins = syncs() - before;
+    let before = syncs();
+    for _ in 0..CYCLES {
+        let reply = lmtp_deliver(lmtp, user.0, b"Subject: counted\r\n\r\nx\r\n").await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let deliveries = syncs() - before;
+    node.stop().await;
+    (logins / CYCLES, deliveries / CYCLES)
+}
+
+#[tokio::test]
+async fn one_cluster_adds_no_round_trip_and_the_directory_two_per_login() {
+    let test = "directory_round_trips";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let port = cluster(test).unwrap().port;
+    let (proxy, sent) = crate::postgres::counting_proxy(port).await;
+    let via_proxy = |url: &str| url.replace(&format!("port={port}"), &format!("port={proxy}"));
+    let lmtp = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n\
+                [auth]\nfailure_delay_ms = 10\n";
+    // store.url: what PgStore alone costs (the figures the PostgreSQL
+    // tests pin), through the store the server is built with.
+    let one = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\n{lmtp}",
+        via_proxy(&two.a)
+    );
+    let single = round_trips(&one, &sent, ALICE).await;
+    assert_eq!(single.0, 5, "a warm login with store.url");
+    // Two clusters, the user on the first, the directory beside it.
+    let several = format!(
+        "[store]\nkind = \"postgres\"\n\
+         [[store.clusters]]\nname = \"a\"\nurl = \"{}\"\n\
+         [[store.clusters]]\nname = \"b\"\nurl = \"{}\"\nnew_users = false\n{lmtp}",
+        via_proxy(&two.a),
+        two.b
+    );
+    let clustered = round_trips(&several, &sent, BOB).await;
+    eprintln!("round trips (login cycle, delivery): one cluster {single:?}, two {clustered:?}");
+    // The placement read and the state check under the lock.
+    assert_eq!(clustered.0, single.0 + 2, "a warm login with clusters");
+    // The placement read replaces the maildrop id lookup.
+    assert_eq!(clustered.1, single.1, "an LMTP delivery with clusters");
+}
