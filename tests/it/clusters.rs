@@ -15,6 +15,7 @@ use mailbag::admin::move_user::{move_user, MoveError, MoveOptions};
 use mailbag::auth::postgres::PgPassDb;
 use mailbag::config::Config;
 use mailbag::store::postgres::cluster::PgClusters;
+use mailbag::store::postgres::PgStore;
 use mailbag::store::{Store, StoreError};
 
 use crate::support::pg::*;
@@ -685,4 +686,179 @@ async fn one_cluster_adds_no_round_trip_and_the_directory_two_per_login() {
     assert_eq!(clustered.0, single.0 + 2, "a warm login with clusters");
     // The placement read replaces the maildrop id lookup.
     assert_eq!(clustered.1, single.1, "an LMTP delivery with clusters");
+}
+
+/// The sizing figures of docs/DEPLOYMENT.md ("Several PostgreSQL
+/// clusters"): disk per message, deliveries and logins through one
+/// cluster and through the directory, and a move's speed. A cluster of
+/// its own with `fsync` on; run with `cargo test --test it
+/// clusters::sizing -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures; prints figures"]
+async fn sizing() {
+    use mailbag::auth::scheme::Scheme;
+    use std::time::Instant;
+    let server = Cluster::start_with(true).expect("PostgreSQL binaries");
+    let line = b"A line of text of the kind that mail is made of.\r\n";
+    let message = |octets: usize| {
+        let mut m = b"Subject: sizing\r\n\r\n".to_vec();
+        while m.len() < octets {
+            m.extend_from_slice(line);
+        }
+        m
+    };
+
+    // Disk per message, and per directory row.
+    for kib in [10usize, 100] {
+        let url = server.database(&format!("size{kib}")).await;
+        let store = pg_store(&url);
+        let m = message(kib * 1024);
+        for i in 0..300 {
+            PgStore::deliver(&store, &format!("u{}", i % 30), m.clone())
+                .await
+                .unwrap();
+        }
+        let row = connect(&url)
+            .await
+            .query_one(
+                "SELECT pg_total_relation_size('messages')::bigint, count(*), \
+                        sum(octet_length(body))::bigint, \
+                        pg_indexes_size('messages')::bigint, \
+                        pg_total_relation_size(reltoastrelid)::bigint \
+                   FROM messages, pg_class WHERE relname = 'messages' GROUP BY reltoastrelid",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (total, count, body, indexes, toast): (i64, i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        println!(
+            "disk per {kib} KiB message: {} octets ({:.3}x the body; TOAST {} and indexes {} of it)",
+            total / count,
+            total as f64 / body as f64,
+            toast / count,
+            indexes / count
+        );
+    }
+    let directory = server.database("directory").await;
+    let admin = connect(&directory).await;
+    admin
+        .execute(
+            "INSERT INTO placements (name, cluster) \
+             SELECT 'user' || i || '@example.org', 'c' || (i % 4) FROM generate_series(1, 100000) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("VACUUM ANALYZE placements")
+        .await
+        .unwrap();
+    let per_row: i64 = admin
+        .query_one("SELECT pg_total_relation_size('placements') / 100000", &[])
+        .await
+        .unwrap()
+        .get(0);
+    println!("directory: {per_row} octets per placement (100,000 rows, table and index)");
+
+    // One database as store.url, then two databases as clusters with the
+    // directory on the first: the same deliveries and logins.
+    let a = server.database("a").await;
+    let b = server.database("b").await;
+    for i in 0..200 {
+        PgPassDb::new(Arc::clone(pg_store(&a).pool()))
+            .await
+            .add_user(&format!("user{i}"), b"pw", Scheme::Plain)
+            .await
+            .unwrap();
+    }
+    let head = "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\npool_size = 8\n";
+    let tail = "[auth]\nfailure_delay_ms = 10\n[limits]\nmax_connections_per_address = 1000\n";
+    let setups = [
+        (
+            "one cluster (store.url)",
+            format!("{head}url = \"{a}\"\n{tail}"),
+        ),
+        (
+            "two clusters and the directory",
+            format!(
+                "{head}[[store.clusters]]\nname = \"a\"\nurl = \"{a}\"\n\
+                 [[store.clusters]]\nname = \"b\"\nurl = \"{b}\"\n{tail}"
+            ),
+        ),
+    ];
+    let m = message(10 * 1024);
+    for (what, text) in &setups {
+        let config = Config::parse(text, std::path::Path::new("/")).unwrap();
+        let store = PgClusters::from_config(&config.store).unwrap();
+        let n = 400;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let (store, m) = (store.clone(), m.clone());
+                tokio::spawn(async move {
+                    for i in 0..n / 8 {
+                        let user = format!("user{}", t * 25 + i % 25);
+                        Store::deliver(&store, user.as_str().into(), m.clone())
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let deliveries = n as f64 / started.elapsed().as_secs_f64();
+        let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+        let node = Arc::new(Node::start(config, store, passdb).await);
+        let sessions = 400;
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let node = Arc::clone(&node);
+                tokio::spawn(async move {
+                    for i in 0..sessions / 8 {
+                        let user = format!("user{}", t * 25 + i % 25);
+                        let mut c = node.login((&user, "pw")).await;
+                        c.ok("STAT").await;
+                        c.multi("UIDL").await;
+                        c.ok("QUIT").await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let logins = sessions as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "{what}: {deliveries:.0} deliveries/s of 10 KiB with 8 concurrent; \
+             {logins:.0} sessions/s (login, STAT, UIDL, QUIT) with 8 clients"
+        );
+        if let Ok(node) = Arc::try_unwrap(node) {
+            node.stop().await;
+        }
+    }
+
+    // A move: 1,000 messages of 10 KiB.
+    let config = Config::parse(&setups[1].1, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    for _ in 0..1000 {
+        Store::deliver(&store, "mover".into(), m.clone())
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let moved = move_user(&store, "mover", "b", &MoveOptions::default())
+        .await
+        .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "move-user: {} messages ({} octets) in {secs:.2} s: {:.0} messages/s, {:.1} MB/s",
+        moved.messages,
+        moved.octets,
+        moved.messages as f64 / secs,
+        moved.octets as f64 / secs / 1e6
+    );
 }

@@ -34,7 +34,7 @@ use mailbag_proto::dot::canonical_size;
 use tokio_postgres::types::Type;
 
 use super::{check_user, new_uidl, PgError, PgMaildrop, PgOptions, PgStore};
-use crate::pg::pool::Pool;
+use crate::pg::pool::{Pool, Pooled};
 use crate::store::{Mailbox, Store, StoreError, Usage};
 
 /// How often one delivery or login follows a placement that changed under
@@ -327,9 +327,9 @@ impl Several {
             return Ok(found);
         }
         let cluster = self.first_placement(user).await?;
-        let client = self.directory.pool().get().await?;
+        let mut client = self.directory.pool().get().await?;
         client
-            .execute_typed(
+            .execute_prepared(
                 "INSERT INTO placements (name, cluster) VALUES ($1, $2)
                  ON CONFLICT (name) DO NOTHING",
                 &[(&user, Type::TEXT), (&cluster, Type::TEXT)],
@@ -344,9 +344,9 @@ impl Several {
     }
 
     async fn read_placement(&self, user: &str) -> Result<Option<Placement>, StoreError> {
-        let client = self.directory.pool().get().await?;
+        let mut client = self.directory.pool().get().await?;
         let row = client
-            .query_typed_opt(
+            .query_prepared_opt(
                 "SELECT cluster, move_to, move_from FROM placements WHERE name = $1",
                 &[(&user, Type::TEXT)],
             )
@@ -403,9 +403,9 @@ impl Several {
 
     /// The state of `user`'s maildrop row on `store`.
     async fn state(store: &PgStore, user: &str) -> Result<Option<String>, StoreError> {
-        let client = store.pool().get().await?;
+        let mut client = store.pool().get().await?;
         let row = client
-            .query_typed_opt(
+            .query_prepared_opt(
                 "SELECT state FROM maildrops WHERE name = $1",
                 &[(&user, Type::TEXT)],
             )
@@ -450,15 +450,15 @@ impl Several {
         for _ in 0..FOLLOW {
             let placement = self.placement(user).await?;
             let store = self.member(&placement.cluster)?;
-            let client = store.pool().get().await?;
-            let inserted = insert(&client, user, &uidl, size, &message).await;
+            let mut client = store.pool().get().await?;
+            let inserted = insert(&mut client, user, &uidl, size, &message).await;
             drop(client);
             match inserted {
                 Ok(Inserted::Stored) => return Ok(Some(uidl)),
                 Ok(Inserted::Missing) => {
-                    let client = store.pool().get().await?;
+                    let mut client = store.pool().get().await?;
                     client
-                        .execute_typed(
+                        .execute_prepared(
                             "INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
                             &[(&user, Type::TEXT)],
                         )
@@ -508,14 +508,14 @@ fn changing() -> StoreError {
 /// commit (and then copies it), or this insert waits for the move's
 /// update and finds `moving`.
 async fn insert(
-    client: &tokio_postgres::Client,
+    client: &mut Pooled,
     user: &str,
     uidl: &str,
     size: i64,
     message: &[u8],
 ) -> Result<Inserted, tokio_postgres::Error> {
     let row = client
-        .query_typed_one(
+        .query_prepared_one(
             "WITH d AS (SELECT id, state FROM maildrops WHERE name = $1 FOR SHARE),
                   ins AS (INSERT INTO messages (maildrop_id, uidl, size, body)
                           SELECT id, $2, $3, $4 FROM d WHERE state = 'active'
