@@ -191,9 +191,10 @@ pub async fn move_user(
     }
     if let Some(pending) = &placement.move_to {
         if pending != to {
+            let pending: String = pending.chars().take(64).collect();
             return Err(MoveError::Refused(format!(
-                "an unfinished move of this user to {pending} is in the directory: \
-                 run move-user --to {pending} to finish it first"
+                "an unfinished move of this user to {pending:?} is in the directory: \
+                 run move-user --to {pending:?} to finish it first"
             )));
         }
     }

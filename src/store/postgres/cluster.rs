@@ -101,7 +101,8 @@ enum Inserted {
     Missing,
     /// The maildrop row is in this state, not `active`.
     State(String),
-    /// The UIDL is taken (by another message on this cluster).
+    /// The UIDL is taken (by another message on this cluster); nothing
+    /// was stored.
     UidlTaken,
 }
 
@@ -519,7 +520,6 @@ async fn insert(
             "WITH d AS (SELECT id, state FROM maildrops WHERE name = $1 FOR SHARE),
                   ins AS (INSERT INTO messages (maildrop_id, uidl, size, body)
                           SELECT id, $2, $3, $4 FROM d WHERE state = 'active'
-                          ON CONFLICT (uidl) DO NOTHING
                           RETURNING 1)
              SELECT (SELECT state FROM d), (SELECT count(*) FROM ins)",
             &[
@@ -529,13 +529,20 @@ async fn insert(
                 (&message, Type::BYTEA),
             ],
         )
-        .await?;
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        // Refused, and rolled back: nothing stored.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            return Ok(Inserted::UidlTaken)
+        }
+        Err(e) => return Err(e),
+    };
     let state: Option<String> = row.get(0);
     let count: i64 = row.get(1);
     Ok(match state {
         None => Inserted::Missing,
         Some(_) if count == 1 => Inserted::Stored,
-        Some(state) if state == "active" => Inserted::UidlTaken,
         Some(state) => Inserted::State(state),
     })
 }
