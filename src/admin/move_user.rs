@@ -151,6 +151,16 @@ pub async fn move_user(
             "another mailbag move-user is moving this user now".into(),
         ));
     }
+    // A name the directory does not know and no cluster holds is a typo
+    // (or a user who never had mail): nothing to move, and no directory
+    // row or maildrop is made for it.
+    if clusters.read_placement(user).await?.is_none() && clusters.holding(user).await?.is_empty() {
+        return Err(MoveError::Refused(
+            "no placement and no maildrop for this user on any cluster: nothing to move \
+             (give the canonical name, as `mailbag user list` shows it)"
+                .into(),
+        ));
+    }
     let mut placement = clusters.placement(user).await?;
 
     if let Some(from) = placement.move_from.clone() {

@@ -415,22 +415,25 @@ async fn a_move_stopped_after_any_step_is_never_half_served_and_finishes_when_ru
             "{stopped}"
         );
 
-        // In between: a session sees the whole maildrop or is refused,
-        // never a part; a delivery is stored or deferred.
+        // In between: a session sees the whole maildrop, or (while the
+        // old copy is frozen and the directory still names it) is
+        // refused, never a part; a delivery is then deferred.
+        let frozen = (2..=5).contains(&step);
         match store.open(user.as_str().into()).await {
-            Ok(maildrop) => {
+            Ok(maildrop) if !frozen => {
                 use mailbag::store::Maildrop;
                 let seen: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
                 assert_eq!(seen, delivered, "after step {step}: the whole maildrop");
             }
-            Err(StoreError::Locked) => {}
+            Err(StoreError::Locked) if frozen => {}
+            Ok(_) => panic!("after step {step}: a frozen maildrop was served"),
             Err(e) => panic!("after step {step}: {e}"),
         }
         let body = b"Subject: between\r\n\r\nx\r\n".to_vec();
         match Store::deliver(&store, user.as_str().into(), body).await {
-            Ok(uidl) => delivered.push(uidl),
-            Err(StoreError::Temporary(_)) => {}
-            Err(e) => panic!("after step {step}: {e}"),
+            Ok(uidl) if !frozen => delivered.push(uidl),
+            Err(StoreError::Temporary(_)) if frozen => {}
+            other => panic!("after step {step}: {other:?}"),
         }
 
         // (The session above unlocks in a task of its own.)
@@ -593,6 +596,7 @@ async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
         ("alice", "b\n", "no cluster named"),
         ("a\nb", "b", "user name refused"),
         ("", "b", "user name refused"),
+        ("nobody", "b", "nothing to move"),
     ] {
         let refused = move_user(&store, user, to, &options(0)).await.unwrap_err();
         assert!(
@@ -600,6 +604,8 @@ async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
             "{user:?} {to:?}: {refused}"
         );
     }
+    assert_eq!(placement(&two.a, "nobody").await, None, "no row for a typo");
+    assert_eq!(state(&two.b, "nobody").await, None);
     // A directory row fixed by hand is followed at once: nothing cached.
     directory
         .execute(
@@ -893,4 +899,57 @@ async fn sizing() {
         moved.messages as f64 / secs,
         moved.octets as f64 / secs / 1e6
     );
+}
+
+#[tokio::test]
+async fn a_stale_placement_never_reaches_the_old_copy() {
+    let test = "stale_placement";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let node = two.node().await;
+    let lmtp = node.lmtp.unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: one\r\n\r\nx\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    move_user(&two.store(), "alice", "b", &options(0))
+        .await
+        .unwrap();
+    // What a node that read the directory just before the switch holds:
+    // the old placement. (Here the directory itself is set back, so
+    // every read is stale.)
+    connect(&two.a)
+        .await
+        .execute(
+            "UPDATE placements SET cluster = 'a' WHERE name = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: two\r\n\r\nx\r\n").await;
+    assert!(
+        reply.starts_with("451"),
+        "deferred, not stored on a: {reply}"
+    );
+    let (_, reply) = node.try_login(ALICE).await;
+    assert!(
+        reply.starts_with("-ERR [SYS/TEMP]"),
+        "the empty old copy is not served: {reply}"
+    );
+    assert!(held(&two.a, "alice").await.is_empty());
+    assert_eq!(state(&two.a, "alice").await.as_deref(), Some("moved"));
+    // Once the placement is read afresh, both go to b.
+    connect(&two.a)
+        .await
+        .execute(
+            "UPDATE placements SET cluster = 'b' WHERE name = 'alice'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reply = lmtp_deliver(lmtp, "alice", b"Subject: three\r\n\r\nx\r\n").await;
+    assert!(reply.starts_with("250"), "{reply}");
+    let mut c = node.login(ALICE).await;
+    assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
+    c.ok("QUIT").await;
+    node.stop().await;
 }

@@ -344,7 +344,8 @@ impl Several {
         })
     }
 
-    async fn read_placement(&self, user: &str) -> Result<Option<Placement>, StoreError> {
+    /// The directory's row for `user`, without writing one.
+    pub async fn read_placement(&self, user: &str) -> Result<Option<Placement>, StoreError> {
         let mut client = self.directory.pool().get().await?;
         let row = client
             .query_prepared_opt(
@@ -364,20 +365,7 @@ impl Several {
     /// already holds their maildrop (made before the clusters, or by a
     /// node that had not yet got the cluster list), else the hash's pick.
     async fn first_placement(&self, user: &str) -> Result<String, StoreError> {
-        let mut holding = Vec::new();
-        for m in &self.members {
-            let client = m.store.pool().get().await?;
-            let row = client
-                .query_typed_opt(
-                    "SELECT state FROM maildrops WHERE name = $1",
-                    &[(&user, Type::TEXT)],
-                )
-                .await
-                .map_err(PgError::from)?;
-            if row.is_some_and(|r| r.get::<_, String>(0) != "moved") {
-                holding.push(m.name.as_str());
-            }
-        }
+        let holding = self.holding(user).await?;
         match holding[..] {
             [] => Ok(pick(
                 self.members
@@ -400,6 +388,26 @@ impl Several {
                 )))
             }
         }
+    }
+
+    /// The clusters that hold a maildrop of `user` (other than the
+    /// `moved` mark).
+    pub async fn holding(&self, user: &str) -> Result<Vec<&str>, StoreError> {
+        let mut holding = Vec::new();
+        for m in &self.members {
+            let client = m.store.pool().get().await?;
+            let row = client
+                .query_typed_opt(
+                    "SELECT state FROM maildrops WHERE name = $1",
+                    &[(&user, Type::TEXT)],
+                )
+                .await
+                .map_err(PgError::from)?;
+            if row.is_some_and(|r| r.get::<_, String>(0) != "moved") {
+                holding.push(m.name.as_str());
+            }
+        }
+        Ok(holding)
     }
 
     /// The state of `user`'s maildrop row on `store`.
