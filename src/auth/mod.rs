@@ -100,6 +100,11 @@ impl User {
     }
 }
 
+/// Chooses the one stored user among what each spelling of a name found
+/// ([`name::Matching::pick`]).
+pub type PickUser<'a> =
+    dyn Fn(Vec<Option<String>>) -> Result<Option<String>, AuthError> + Sync + 'a;
+
 /// A password database.
 pub trait PassDb: Send + Sync + 'static {
     /// Checks `credential` for `user`. On success returns the canonical
@@ -131,6 +136,31 @@ pub trait PassDb: Send + Sync + 'static {
                 found.push(self.user_exists(user).await?);
             }
             Ok(found)
+        }
+    }
+
+    /// Checks `credential` for the stored user one of `spellings` (the
+    /// spellings name matching tries for one name, in order) finds:
+    /// `pick` chooses among what each found ([`name::Matching::pick`]),
+    /// and `unknown` is checked, the decoy at the same cost, when none
+    /// found a user. Looks the spellings up, then checks, unless the
+    /// source finds the spellings and the secret in one round trip
+    /// (PostgreSQL).
+    fn verify_spellings(
+        &self,
+        spellings: &[String],
+        unknown: &str,
+        pick: &PickUser<'_>,
+        credential: &Credential,
+    ) -> impl Future<Output = Result<String, AuthError>> + Send {
+        async move {
+            let found = if spellings.is_empty() {
+                None
+            } else {
+                pick(self.users_exist(spellings).await?)?
+            };
+            self.verify(found.as_deref().unwrap_or(unknown), credential)
+                .await
         }
     }
 

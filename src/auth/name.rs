@@ -200,15 +200,7 @@ impl Matching {
         passdb: &P,
         name: &str,
     ) -> Result<Option<crate::auth::User>, crate::auth::AuthError> {
-        let mut found: Option<crate::auth::User> = None;
-        let mut other = None;
-        // A name the store could not hold is no user: refused at RCPT,
-        // not after DATA.
-        let candidates: Vec<String> = self
-            .candidates(name)
-            .into_iter()
-            .filter(|c| is_valid(c))
-            .collect();
+        let candidates = self.valid_candidates(name);
         let users: Vec<Option<crate::auth::User>> = if passdb.has_user_attributes() {
             let mut users = Vec::with_capacity(candidates.len());
             for candidate in &candidates {
@@ -225,21 +217,41 @@ impl Matching {
                 .map(|u| u.map(crate::auth::User::named))
                 .collect()
         };
-        for user in users {
-            match (&found, user) {
-                (None, user) => found = user,
-                (Some(first), Some(user)) if first.name != user.name => other = Some(user.name),
-                _ => {}
+        self.pick(users, |u| &u.name)
+    }
+
+    /// The spellings of `name` that are worth a lookup: a name the store
+    /// could not hold is no user (refused at RCPT, not after DATA).
+    fn valid_candidates(&self, name: &str) -> Vec<String> {
+        self.candidates(name)
+            .into_iter()
+            .filter(|c| is_valid(c))
+            .collect()
+    }
+
+    /// The one stored user among what each spelling found, or `None`.
+    pub fn pick<T>(
+        &self,
+        found: Vec<Option<T>>,
+        name_of: impl Fn(&T) -> &str,
+    ) -> Result<Option<T>, crate::auth::AuthError> {
+        let mut first: Option<T> = None;
+        let mut other = None;
+        for user in found.into_iter().flatten() {
+            match &first {
+                None => first = Some(user),
+                Some(f) if name_of(f) != name_of(&user) => other = Some(name_of(&user).to_owned()),
+                Some(_) => {}
             }
         }
-        if let (Some(a), Some(b)) = (found.as_ref().map(|u| &u.name), other) {
+        if let (Some(a), Some(b)) = (first.as_ref().map(&name_of), other) {
             return Err(crate::auth::AuthError::Temporary(format!(
                 "users {a:?} and {b:?} are one user to name matching (letter case \
                  and the default domain {:?}); rename or delete one",
                 self.default_domain
             )));
         }
-        Ok(found)
+        Ok(first)
     }
 
     /// Checks `credential` for the user `name` means. An unknown name is
@@ -252,9 +264,20 @@ impl Matching {
         name: &str,
         credential: &crate::auth::Credential,
     ) -> Result<String, crate::auth::AuthError> {
-        let user = self.resolve(passdb, name).await?;
-        let user = user.unwrap_or_else(|| self.key(name));
-        passdb.verify(&user, credential).await
+        if passdb.has_user_attributes() {
+            let user = self.resolve(passdb, name).await?;
+            let user = user.unwrap_or_else(|| self.key(name));
+            return passdb.verify(&user, credential).await;
+        }
+        let pick = |found: Vec<Option<String>>| self.pick(found, String::as_str);
+        passdb
+            .verify_spellings(
+                &self.valid_candidates(name),
+                &self.key(name),
+                &pick,
+                credential,
+            )
+            .await
     }
 
     /// The SCRAM keys of the user `name` means (salt and keys are the

@@ -387,9 +387,14 @@ async fn hash(scheme: Scheme, password: &[u8]) -> Result<String, UserError> {
     Ok(scheme::hash(scheme, password)?)
 }
 
-impl PassDb for PgPassDb {
-    async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
-        let found = self.lookup(user).await?;
+impl PgPassDb {
+    /// Checks `credential` against `found`, a stored name and secret, or
+    /// against the decoy when no user was found, at the same cost.
+    async fn check(
+        &self,
+        found: Option<(String, String)>,
+        credential: &Credential,
+    ) -> Result<String, AuthError> {
         let presented = credential.clone();
         let cache = self.cache.clone();
         let rehash = self.rehash_to.is_some() && matches!(credential, Credential::Password(_));
@@ -432,13 +437,13 @@ impl PassDb for PgPassDb {
         }
     }
 
-    async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
-        Ok(self.lookup(user).await?.map(|(name, _)| name))
-    }
-
     /// Every spelling in one query: what [`lookup`](Self::lookup) says of
-    /// each, for one round trip instead of one per spelling.
-    async fn users_exist(&self, users: &[String]) -> Result<Vec<Option<String>>, AuthError> {
+    /// each (the stored name and secret), for one round trip instead of
+    /// one per spelling.
+    async fn spellings(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<Option<(String, String)>>, AuthError> {
         let key = |user: &str| fold(user, self.case_insensitive).into_owned();
         let keys: Vec<String> = users
             .iter()
@@ -456,7 +461,7 @@ impl PassDb for PgPassDb {
         let rows = if self.case_insensitive {
             client
                 .query_prepared(
-                    r#"SELECT name, lower(name COLLATE "C") FROM users
+                    r#"SELECT name, lower(name COLLATE "C"), secret FROM users
                         WHERE lower(name COLLATE "C") = ANY($1) LIMIT $2"#,
                     &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
                 )
@@ -464,14 +469,17 @@ impl PassDb for PgPassDb {
         } else {
             client
                 .query_prepared(
-                    "SELECT name, name FROM users WHERE name = ANY($1) LIMIT $2",
+                    "SELECT name, name, secret FROM users WHERE name = ANY($1) LIMIT $2",
                     &[(&keys, Type::TEXT_ARRAY), (&limit, Type::INT8)],
                 )
                 .await
         }
         .map_err(temporary)?;
         drop(client);
-        let found: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let found: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         users
             .iter()
             .map(|user| {
@@ -479,14 +487,57 @@ impl PassDb for PgPassDb {
                     return Ok(None);
                 }
                 let key = key(user);
-                let mut matching = found.iter().filter(|(_, k)| *k == key).map(|(n, _)| n);
+                let mut matching = found.iter().filter(|(_, k, _)| *k == key);
                 match (matching.next(), matching.next()) {
                     (None, _) => Ok(None),
-                    (Some(name), None) => Ok(Some(name.clone())),
-                    (Some(a), Some(b)) => Err(case_conflict(a, b)),
+                    (Some((name, _, secret)), None) => Ok(Some((name.clone(), secret.clone()))),
+                    (Some((a, ..)), Some((b, ..))) => Err(case_conflict(a, b)),
                 }
             })
             .collect()
+    }
+}
+
+impl PassDb for PgPassDb {
+    async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
+        let found = self.lookup(user).await?;
+        self.check(found, credential).await
+    }
+
+    /// The spellings and the secret in one query.
+    async fn verify_spellings(
+        &self,
+        spellings: &[String],
+        _unknown: &str,
+        pick: &super::PickUser<'_>,
+        credential: &Credential,
+    ) -> Result<String, AuthError> {
+        // No spelling found a user: the decoy is checked, at the cost of
+        // a real check, without another lookup.
+        let mut found = self.spellings(spellings).await?;
+        let names = found
+            .iter()
+            .map(|f| f.as_ref().map(|(name, _)| name.clone()))
+            .collect();
+        let entry = pick(names)?.and_then(|chosen| {
+            found
+                .iter_mut()
+                .find_map(|f| f.take().filter(|(name, _)| *name == chosen))
+        });
+        self.check(entry, credential).await
+    }
+
+    async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
+        Ok(self.lookup(user).await?.map(|(name, _)| name))
+    }
+
+    async fn users_exist(&self, users: &[String]) -> Result<Vec<Option<String>>, AuthError> {
+        Ok(self
+            .spellings(users)
+            .await?
+            .into_iter()
+            .map(|f| f.map(|(name, _)| name))
+            .collect())
     }
 
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {

@@ -1253,13 +1253,14 @@ pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
 }
 
 /// A login cycle (USER, PASS, STAT, QUIT) of a user who has logged in
-/// before costs five round trips to PostgreSQL, none of them parsing a
-/// statement: the spellings of the name, the secret, the lock with the
-/// maildrop's id, the snapshot, and the unlock. The name the password
-/// check gave is the maildrop opened, not looked up again.
+/// before costs four round trips to PostgreSQL, none of them parsing a
+/// statement: the spellings of the name with the secret, the lock with
+/// the maildrop's id, the snapshot, and the unlock. The name the
+/// password check gave is the maildrop opened, not looked up again. A
+/// wrong password and an unknown user each cost the one lookup.
 #[tokio::test]
-async fn a_warm_login_is_five_round_trips_of_prepared_statements() {
-    let test = "a_warm_login_is_five_round_trips";
+async fn a_warm_login_is_four_round_trips_of_prepared_statements() {
+    let test = "a_warm_login_is_four_round_trips";
     let Some(cluster) = cluster(test) else { return };
     let url = cluster.database("round_trips").await;
     let (port, sent) = counting_proxy(cluster.port).await;
@@ -1297,7 +1298,17 @@ async fn a_warm_login_is_five_round_trips_of_prepared_statements() {
     assert_eq!(after.0 - before.0, 0, "statements parsed by warm logins");
     assert_eq!(
         after.1 - before.1,
-        5 * CYCLES,
+        4 * CYCLES,
         "round trips of {CYCLES} warm login cycles"
     );
+    for (user, password) in [
+        (ALICE.0, "wrong"),
+        ("nobody", "x"),
+        ("ALICE@localhost", "wrong"),
+    ] {
+        let before = counts();
+        let (_c, reply) = node.try_login((user, password)).await;
+        assert!(reply.starts_with("-ERR"), "{user}: {reply}");
+        assert_eq!(counts(), (before.0, before.1 + 1), "{user}: one lookup");
+    }
 }
