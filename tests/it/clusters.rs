@@ -623,15 +623,33 @@ async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
 /// Round trips to PostgreSQL of `CYCLES` warm login cycles (login, STAT,
 /// QUIT) and of `CYCLES` LMTP deliveries through a node on `config`
 /// (whose URLs point at the counting proxy).
+/// `plain`: the node's store is a bare `PgStore` (as before the clusters
+/// existed) instead of the `PgClusters` the server is built with.
 async fn round_trips(
     config: &str,
+    plain: bool,
+    sent: &crate::postgres::Sent,
+    user: (&str, &str),
+) -> (usize, usize) {
+    let config = Config::parse(config, std::path::Path::new("/")).unwrap();
+    if plain {
+        let store = pg_store(config.store.url.as_deref().unwrap());
+        let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+        return count_round_trips(config, store, passdb, sent, user).await;
+    }
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    count_round_trips(config, store, passdb, sent, user).await
+}
+
+async fn count_round_trips<S: Store>(
+    config: Config,
+    store: S,
+    passdb: PgPassDb,
     sent: &crate::postgres::Sent,
     user: (&str, &str),
 ) -> (usize, usize) {
     const CYCLES: usize = 10;
-    let config = Config::parse(config, std::path::Path::new("/")).unwrap();
-    let store = PgClusters::from_config(&config.store).unwrap();
-    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
     let node = Node::start(config, store, passdb).await;
     let lmtp = node.lmtp.unwrap();
     let cycle = || async {
@@ -660,7 +678,7 @@ async fn round_trips(
 }
 
 #[tokio::test]
-async fn one_cluster_adds_no_round_trip_and_the_directory_two_per_login() {
+async fn one_cluster_adds_no_round_trip_and_clusters_two_per_login() {
     let test = "directory_round_trips";
     let Some(two) = Two::new(test).await else {
         return;
@@ -676,8 +694,12 @@ async fn one_cluster_adds_no_round_trip_and_the_directory_two_per_login() {
         "[store]\nkind = \"postgres\"\nurl = \"{}\"\n{lmtp}",
         via_proxy(&two.a)
     );
-    let single = round_trips(&one, &sent, ALICE).await;
-    assert_eq!(single.0, 5, "a warm login with store.url");
+    let bare = round_trips(&one, true, &sent, ALICE).await;
+    let single = round_trips(&one, false, &sent, ALICE).await;
+    assert_eq!(
+        single, bare,
+        "store.url through PgClusters, against PgStore alone"
+    );
     // Two clusters, the user on the first, the directory beside it.
     let several = format!(
         "[store]\nkind = \"postgres\"\n\
@@ -686,7 +708,7 @@ async fn one_cluster_adds_no_round_trip_and_the_directory_two_per_login() {
         via_proxy(&two.a),
         two.b
     );
-    let clustered = round_trips(&several, &sent, BOB).await;
+    let clustered = round_trips(&several, false, &sent, BOB).await;
     eprintln!("round trips (login cycle, delivery): one cluster {single:?}, two {clustered:?}");
     // The placement read and the state check under the lock.
     assert_eq!(clustered.0, single.0 + 2, "a warm login with clusters");
