@@ -252,6 +252,19 @@ pub async fn move_user(
     let mut destination_conn = destination.pool().connect().await?;
     let destination_id =
         lock_maildrop(&destination_conn, user, to, "incoming", options.wait).await?;
+    if state(&destination_conn, destination_id).await? != "active" {
+        // What an earlier attempt left there is copies of messages the
+        // source still had then, some perhaps deleted since: they go,
+        // and the copy starts over. (An `active` destination is one this
+        // move made whole before it stopped, with the source frozen
+        // since: it stays.)
+        destination_conn
+            .execute(
+                "DELETE FROM messages WHERE maildrop_id = $1",
+                &[&destination_id],
+            )
+            .await?;
+    }
     destination_conn
         .execute(
             "UPDATE maildrops SET state = 'incoming' WHERE id = $1",
@@ -274,7 +287,32 @@ pub async fn move_user(
         },
         &|batch| if batch == 1 { stop(4) } else { Ok(()) },
     )
-    .await?;
+    .await;
+    let copied = match copied {
+        Ok(copied) => copied,
+        Err(MoveError::Refused(why)) => {
+            // A UIDL taken on the destination: the move cannot keep it.
+            // Serve the source again, as before the move; the partial
+            // copy stays `incoming`, never served (a later move there
+            // skips what it already holds).
+            source_conn
+                .execute(
+                    "UPDATE maildrops SET state = 'active' WHERE id = $1",
+                    &[&source_id],
+                )
+                .await?;
+            directory
+                .execute(
+                    "UPDATE placements SET move_to = NULL, changed = now() WHERE name = $1",
+                    &[&user],
+                )
+                .await?;
+            return Err(MoveError::Refused(format!(
+                "{why}; the move was undone and the user is served from {from} again"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
 
     // 5. The destination is whole: serve it.
     destination_conn
@@ -480,8 +518,8 @@ async fn copy_batch(
     if present != uidls.len() as i64 {
         // Rolled back on drop: nothing of this batch stays.
         return Err(MoveError::Refused(format!(
-            "a UIDL of this maildrop belongs to another maildrop on {to}; \
-             the directory still places the user where they were"
+            "a UIDL of this maildrop belongs to another maildrop on {to} \
+             (UIDLs kept by mailbag import can repeat between clusters)"
         )));
     }
     tx.commit().await?;

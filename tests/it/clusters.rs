@@ -42,11 +42,13 @@ impl Two {
     async fn new(test: &str) -> Option<Two> {
         let a = cluster(test)?.database(test).await;
         let b = second(test)?.database(test).await;
-        Some(Two {
+        let two = Two {
             a,
             b,
             dir: tempfile::tempdir().unwrap(),
-        })
+        };
+        std::fs::write(two.config_path(), two.config_text(false)).unwrap();
+        Some(two)
     }
 
     /// `b_new_users`: whether users never seen may go to b (off: every
@@ -62,14 +64,14 @@ impl Two {
         )
     }
 
-    fn config_path(&self, b_new_users: bool) -> PathBuf {
-        let path = self.dir.path().join("mailbag.toml");
-        std::fs::write(&path, self.config_text(b_new_users)).unwrap();
-        path
+    /// The config file, written once (`mailbag` commands read it while
+    /// the test runs).
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mailbag.toml")
     }
 
     fn config(&self) -> Config {
-        Config::load(&self.config_path(false)).unwrap()
+        Config::load(&self.config_path()).unwrap()
     }
 
     fn store(&self) -> PgClusters {
@@ -235,7 +237,7 @@ async fn a_move_while_lmtp_and_deliver_keep_arriving_loses_and_doubles_nothing()
             (acknowledged, deferred)
         })
     };
-    let config = two.config_path(false);
+    let config = two.config_path();
     let deliver_stream = {
         let stop = Arc::clone(&stop);
         let config = config.clone();
@@ -378,6 +380,14 @@ async fn a_pop3_session_holds_off_a_move_and_its_deletes_stay_right() {
     let mut c = node.login(ALICE).await;
     assert_eq!(uidls(&mut c).await[..2], listed[1..]);
     c.ok("QUIT").await;
+
+    // And back to a, where the `moved` mark is.
+    move_user(&store, "alice", "a", &options(0)).await.unwrap();
+    assert_eq!(held(&two.a, "alice").await, on_b);
+    assert!(held(&two.b, "alice").await.is_empty());
+    let mut c = node.login(ALICE).await;
+    assert_eq!(uidls(&mut c).await[..2], listed[1..]);
+    c.ok("QUIT").await;
     node.stop().await;
 }
 
@@ -419,7 +429,17 @@ async fn a_move_stopped_after_any_step_is_never_half_served_and_finishes_when_ru
         // old copy is frozen and the directory still names it) is
         // refused, never a part; a delivery is then deferred.
         let frozen = (2..=5).contains(&step);
-        match store.open(user.as_str().into()).await {
+        // The stopped move's connections close as a killed process's
+        // would: PostgreSQL releases their locks a moment later.
+        let mut opened = store.open(user.as_str().into()).await;
+        for _ in 0..100 {
+            if frozen || !matches!(opened, Err(StoreError::Locked)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            opened = store.open(user.as_str().into()).await;
+        }
+        match opened {
             Ok(maildrop) if !frozen => {
                 use mailbag::store::Maildrop;
                 let seen: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
@@ -469,7 +489,7 @@ async fn move_user_from_the_command_line_resumes_after_being_stopped() {
             lmtp_deliver(lmtp, "bob", format!("Subject: {i}\r\n\r\nx\r\n").as_bytes()).await;
         assert!(reply.starts_with("250"), "{reply}");
     }
-    let config = two.config_path(false);
+    let config = two.config_path();
     let config = config.to_str().unwrap();
     let args = [
         "move-user",
@@ -974,4 +994,67 @@ async fn a_stale_placement_never_reaches_the_old_copy() {
     assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
     c.ok("QUIT").await;
     node.stop().await;
+}
+
+#[tokio::test]
+async fn a_uidl_taken_on_the_destination_undoes_the_move() {
+    let test = "uidl_taken_on_destination";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let store = two.store();
+    let uidl = Store::deliver(&store, "alice".into(), b"Subject: a\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    // The same UIDL for another user on b (as `mailbag import` can keep
+    // one from an old server).
+    let b = connect(&two.b).await;
+    b.batch_execute(&format!(
+        "INSERT INTO maildrops (name) VALUES ('carol');
+         INSERT INTO messages (maildrop_id, uidl, size, body)
+              SELECT id, '{uidl}', 1, 'x' FROM maildrops WHERE name = 'carol'"
+    ))
+    .await
+    .unwrap();
+    let refused = move_user(&store, "alice", "b", &options(0))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("undone"), "{refused}");
+    assert_eq!(state(&two.a, "alice").await.as_deref(), Some("active"));
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("a"));
+    let row = connect(&two.a)
+        .await
+        .query_one("SELECT move_to FROM placements WHERE name = 'alice'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<String>>(0), None);
+    // Served and delivered to as before.
+    Store::deliver(&store, "alice".into(), b"Subject: b\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    use mailbag::store::Maildrop;
+    assert_eq!(
+        store.open("alice".into()).await.unwrap().messages().len(),
+        2
+    );
+    assert_eq!(
+        held(&two.b, "alice").await.len(),
+        0,
+        "nothing of it served on b"
+    );
+
+    // The first message deleted, the clash gone: a new move leaves
+    // nothing of the first attempt's copy behind.
+    let maildrop = store.open("alice".into()).await.unwrap();
+    maildrop.commit(&[0], &[]).await.unwrap();
+    b.batch_execute(&format!("DELETE FROM messages WHERE uidl = '{uidl}'"))
+        .await
+        .unwrap();
+    move_user(&store, "alice", "b", &options(0)).await.unwrap();
+    let subjects: Vec<String> = held(&two.b, "alice")
+        .await
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(subjects, ["b"]);
 }
