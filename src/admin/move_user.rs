@@ -163,6 +163,15 @@ pub async fn move_user(
     }
     let mut placement = clusters.placement(user).await?;
 
+    if placement.move_from.as_ref() == Some(&placement.cluster)
+        || placement.move_to.as_ref() == Some(&placement.cluster)
+    {
+        return Err(MoveError::Refused(
+            "the directory's row for this user names one cluster as both ends of a move: \
+             check it by hand"
+                .into(),
+        ));
+    }
     if let Some(from) = placement.move_from.clone() {
         // An earlier move switched the directory but did not remove the
         // old copy: finish that first. The switch came after a verified

@@ -625,6 +625,27 @@ async fn hostile_directory_rows_and_move_user_arguments_are_refused_clearly() {
         );
     }
     assert_eq!(placement(&two.a, "nobody").await, None, "no row for a typo");
+    // A row that makes the home cluster the old end of a move: the home
+    // copy is never deleted.
+    directory
+        .execute(
+            "INSERT INTO placements (name, cluster, move_from) VALUES ('carol', 'a', 'a')",
+            &[],
+        )
+        .await
+        .unwrap();
+    Store::deliver(
+        &store,
+        "carol".into(),
+        b"Subject: keep\r\n\r\nx\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let refused = move_user(&store, "carol", "b", &options(0))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("both ends"), "{refused}");
+    assert_eq!(held(&two.a, "carol").await.len(), 1);
     assert_eq!(state(&two.b, "nobody").await, None);
     // A directory row fixed by hand is followed at once: nothing cached.
     directory
