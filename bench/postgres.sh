@@ -16,6 +16,12 @@
 #                    LMTP +10, +11, +12; PostgreSQL +20
 #   PG_SHARED_BUFFERS=1GB
 #   LOADS="maildrop login retr lmtp"  the loads to run (all by default)
+#   SERVERS="mailbag-maildir mailbag-pg dovecot-tuned"  the servers loaded
+#   RETR_SIZES="20k 5m"  the RETR loads, in order (repeat one to alternate)
+#   MAILBAG_B=...    a second mailbag binary, served as `mailbag-pg-b` from
+#                    a database of its own (migrated and imported by that
+#                    binary), for A/B runs of two builds: POP3 port +3,
+#                    LMTP +13; every load then alternates the PostgreSQL nodes
 #
 # PostgreSQL runs with fsync and synchronous_commit on (a 250 to LMTP is a
 # flushed commit), on the same machine and disk as everything else. The
@@ -64,6 +70,7 @@ wait_port() {
 
 LOADS=" ${LOADS:-maildrop login retr lmtp} "
 wants() { [[ $LOADS == *" $1 "* ]]; }
+SERVERS=" ${SERVERS:-mailbag-maildir mailbag-pg dovecot-tuned} "
 
 # ---- mail, as Maildirs (only what the loads asked for use)
 passwd=$data/passwd
@@ -75,7 +82,7 @@ if wants retr; then
 fi
 gen --prefix lm --users 100 --messages 0
 if wants maildrop; then
-    for who in maildir pg dovecot-tuned; do
+    for who in maildir pg ${MAILBAG_B:+pg-b} dovecot-tuned; do
         gen --prefix "huge-$who" --users 1 --messages "$huge" --size 600
     done
 fi
@@ -120,23 +127,31 @@ EOF
 }
 { common "$P" $((P + 10)); printf '[store]\nroot = "%s"\n' "$data/mail"; } > "$data/maildir.toml"
 sed -i "s|^\[auth\]|[auth]\npasswd_file = \"$passwd\"|" "$data/maildir.toml"
-{ common $((P + 1)) $((P + 11)); printf '[store]\nkind = "postgres"\nurl = "%s"\n' "$url"; } > "$data/pg.toml"
-"$MAILBAG" migrate --config "$data/pg.toml" >/dev/null
-# Everyone's password, as in the passwd-file.
-runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -d mailbag \
-    -c "INSERT INTO users SELECT split_part(l, ':', 1), split_part(l, ':', 2)
-        FROM regexp_split_to_table(pg_read_file('$passwd'), E'\n') l WHERE l <> ''" >/dev/null
-log "copying the Maildirs into PostgreSQL"
-started=$(date +%s)
-for md in "$data"/mail/localhost/*/Maildir; do
-    user=$(basename "$(dirname "$md")")
-    case $user in huge-maildir1 | huge-dovecot-tuned1 | lm*) continue ;; esac
-    [ "$(ls -A "$md/new" "$md/cur" 2>/dev/null | wc -l)" -gt 0 ] || continue
-    echo "$user $md"
-done | xargs -P 4 -n 2 sh -c '"$0" import --config "$1" --user "$2" --from "maildir:$3" >/dev/null' \
-    "$MAILBAG" "$data/pg.toml"
-log "copied in $(($(date +%s) - started)) s"
-runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -d mailbag -c "VACUUM ANALYZE" >/dev/null
+load_pg() { # binary, name, database, POP3 port, LMTP port
+    local bin=$1 who=$2 db=$3 cfg=$data/$2.toml started
+    [ "$db" = mailbag ] ||
+        runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -c "CREATE DATABASE $db" >/dev/null
+    { common "$4" "$5"; printf '[store]\nkind = "postgres"\nurl = "%s"\n' "${url%/*}/$db"; } > "$cfg"
+    "$bin" migrate --config "$cfg" >/dev/null
+    # Everyone's password, as in the passwd-file.
+    runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -d "$db" \
+        -c "INSERT INTO users SELECT split_part(l, ':', 1), split_part(l, ':', 2)
+            FROM regexp_split_to_table(pg_read_file('$passwd'), E'\n') l WHERE l <> ''" >/dev/null
+    log "copying the Maildirs into PostgreSQL ($db)"
+    started=$(date +%s)
+    for md in "$data"/mail/localhost/*/Maildir; do
+        user=$(basename "$(dirname "$md")")
+        case $user in huge-maildir1 | huge-dovecot-tuned1 | lm*) continue ;; esac
+        case $user in huge-pg1 | huge-pg-b1) [ "$user" = "huge-${who}1" ] || continue ;; esac
+        [ "$(ls -A "$md/new" "$md/cur" 2>/dev/null | wc -l)" -gt 0 ] || continue
+        echo "$user $md"
+    done | xargs -P 4 -n 2 sh -c '"$0" import --config "$1" --user "$2" --from "maildir:$3" >/dev/null' \
+        "$bin" "$cfg"
+    log "copied in $(($(date +%s) - started)) s"
+    runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -d "$db" -c "VACUUM ANALYZE" >/dev/null
+}
+load_pg "$MAILBAG" pg mailbag $((P + 1)) $((P + 11))
+[ -z "${MAILBAG_B:-}" ] || load_pg "$MAILBAG_B" pg-b mailbag_b $((P + 3)) $((P + 13))
 
 "$MAILBAG" serve --config "$data/maildir.toml" 2>>"$out/mailbag-maildir.log" &
 pids+=("$!")
@@ -144,6 +159,11 @@ maildir_pid=$!
 "$MAILBAG" serve --config "$data/pg.toml" 2>>"$out/mailbag-pg.log" &
 pids+=("$!")
 pg_pid=$!
+if [ -n "${MAILBAG_B:-}" ]; then
+    "$MAILBAG_B" serve --config "$data/pg-b.toml" 2>>"$out/mailbag-pg-b.log" &
+    pids+=("$!")
+    pg_b_pid=$!
+fi
 
 dir=$data/dovecot
 mkdir -p "$dir/run" "$dir/state"
@@ -203,8 +223,19 @@ dovecot -F -c "$dir/dovecot.conf" &
 pids+=("$!")
 dovecot_pid=$!
 for port in "$P" $((P + 1)) $((P + 2)) $((P + 10)) $((P + 11)) $((P + 12)); do wait_port "$port"; done
+[ -z "${MAILBAG_B:-}" ] || { wait_port $((P + 3)); wait_port $((P + 13)); }
 
-servers=("mailbag-maildir $P $maildir_pid" "mailbag-pg $((P + 1)) $pg_pid" "dovecot-tuned $((P + 2)) $dovecot_pid")
+servers=()
+for s in "mailbag-maildir $P $maildir_pid" "mailbag-pg $((P + 1)) $pg_pid" \
+    "mailbag-pg-b $((P + 3)) ${pg_b_pid:-}" "dovecot-tuned $((P + 2)) $dovecot_pid"; do
+    set -- $s
+    if [ "$1" = mailbag-pg-b ]; then
+        [ -n "${MAILBAG_B:-}" ] || continue
+    else
+        [[ $SERVERS == *" $1 "* ]] || continue
+    fi
+    servers+=("$s")
+done
 {
     echo "# mailbag $("$MAILBAG" --version | head -1), PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), Dovecot $(dovecot --version)"
     echo "# $(nproc) CPUs, $(uname -r), $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -234,7 +265,7 @@ wants login && for round in 1 2; do
         echo | tee -a "$out/report.txt"
     done
 done
-wants retr && for size in 20k 5m; do
+wants retr && for size in ${RETR_SIZES:-20k 5m}; do
     for s in "${servers[@]}"; do
         set -- $s
         log "$1: RETR $size, 4 readers"

@@ -36,7 +36,7 @@ use tokio_postgres::Client;
 use crate::pg::PgError;
 use crate::store::postgres::check_user;
 use crate::store::postgres::cluster::{PgClusters, Several};
-use crate::store::postgres::PgStore;
+use crate::store::postgres::{PgStore, CHUNK_OCTETS};
 use crate::store::StoreError;
 
 /// The directory's advisory lock class for moves: `pg_advisory_lock(class,
@@ -51,6 +51,8 @@ const BATCH_MESSAGES: usize = 100;
 const BATCH_OCTETS: i64 = 16 * 1024 * 1024;
 /// Messages listed per query.
 const PAGE: i64 = 1000;
+/// Octets per `message_chunks` row, as a delivery cuts them.
+const CHUNK: i32 = CHUNK_OCTETS as i32;
 /// How often a held maildrop lock is tried again while waiting.
 const LOCK_POLL: Duration = Duration::from_millis(200);
 
@@ -488,8 +490,10 @@ async fn copy_batch(
 ) -> Result<(), MoveError> {
     let rows = source
         .query_typed(
-            "SELECT uidl, size, received::text, seen, body FROM messages
-              WHERE id = ANY($1) ORDER BY id",
+            "SELECT uidl, size, received::text, seen,
+                    coalesce((SELECT string_agg(data, ''::bytea ORDER BY seq)
+                                FROM message_chunks WHERE message_id = m.id), ''::bytea)
+               FROM messages m WHERE id = ANY($1) ORDER BY id",
             &[(&ids, Type::INT8_ARRAY)],
         )
         .await?;
@@ -501,10 +505,16 @@ async fn copy_batch(
         let received: String = row.get(2);
         let seen: bool = row.get(3);
         let body: &[u8] = row.get(4);
+        // The message and its chunks, cut as a delivery cuts them, in
+        // one statement; nothing when the UIDL is there already.
         tx.execute_typed(
-            "INSERT INTO messages (maildrop_id, uidl, size, received, seen, body)
-             VALUES ($1, $2, $3, $4::timestamptz, $5, $6)
-             ON CONFLICT (uidl) DO NOTHING",
+            "WITH m AS (INSERT INTO messages (maildrop_id, uidl, size, received, seen)
+                        VALUES ($1, $2, $3, $4::timestamptz, $5)
+                        ON CONFLICT (uidl) DO NOTHING
+                        RETURNING id)
+             INSERT INTO message_chunks (message_id, seq, data)
+             SELECT m.id, s.seq, substring($6 FROM s.seq * $7 + 1 FOR $7)
+               FROM m, generate_series(0, (octet_length($6) + $7 - 1) / $7 - 1) AS s (seq)",
             &[
                 (&destination_id, Type::INT8),
                 (&uidl, Type::TEXT),
@@ -512,6 +522,7 @@ async fn copy_batch(
                 (&received, Type::TEXT),
                 (&seen, Type::BOOL),
                 (&body, Type::BYTEA),
+                (&CHUNK, Type::INT4),
             ],
         )
         .await?;

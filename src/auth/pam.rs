@@ -13,8 +13,9 @@
 //! them (CAPA and AUTH offer only PLAIN and LOGIN, the greeting has no
 //! APOP timestamp) and an attempt fails like a wrong password.
 //!
-//! The conversation runs on the blocking pool, at most [`CONVERSATIONS`]
-//! at a time, with a deadline: a PAM stack that hangs (a network module,
+//! The account lookup (`getpwnam`, which may ask the network through NSS)
+//! and the conversation run on the blocking pool, at most
+//! [`CONVERSATIONS`] at a time, each with a deadline: a PAM stack that hangs (a network module,
 //! a helper that never answers) turns into `[SYS/TEMP]` for that login,
 //! never a stuck async thread. A conversation past its deadline keeps its
 //! slot until PAM returns, so stuck ones cannot pile up threads.
@@ -51,6 +52,9 @@ pub struct PamPassDb {
 struct Shared {
     service: String,
     min_uid: u32,
+    /// Finds an account ([`super::system::account`]; tests put a slow
+    /// one in).
+    lookup: fn(&str, u32) -> Option<String>,
     deadline: Duration,
     times: CheckTimes,
     slots: Arc<Semaphore>,
@@ -81,6 +85,7 @@ impl PamPassDb {
             shared: Arc::new(Shared {
                 service: service.to_string(),
                 min_uid,
+                lookup: super::system::account,
                 deadline,
                 times: CheckTimes::default(),
                 slots: Arc::new(Semaphore::new(CONVERSATIONS)),
@@ -90,9 +95,34 @@ impl PamPassDb {
 
     /// The account `user` if it exists and may log in by UID: its name
     /// exactly as the system spells it (the rule `mailbag deliver` uses
-    /// for recipients too).
-    fn account(&self, user: &str) -> Option<String> {
-        super::system::account(user, self.shared.min_uid)
+    /// for recipients too). Asked on the blocking pool under a slot and
+    /// the deadline, as a conversation is: a name service that hangs is
+    /// a temporary failure for this login, and stalls no other session.
+    async fn account(&self, user: &str) -> Result<Option<String>, AuthError> {
+        let deadline = tokio::time::Instant::now() + self.shared.deadline;
+        let acquired =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.shared.slots).acquire_owned());
+        let Ok(Ok(permit)) = acquired.await else {
+            return Err(AuthError::Temporary("PAM is busy".into()));
+        };
+        let (lookup, min_uid, user) = (self.shared.lookup, self.shared.min_uid, user.to_string());
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            lookup(&user, min_uid)
+        });
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) => Err(AuthError::Temporary(format!("account lookup failed: {e}"))),
+            Err(_) => {
+                tracing::warn!(
+                    "the account lookup (getpwnam) did not answer within {:?}",
+                    self.shared.deadline
+                );
+                Err(AuthError::Temporary(
+                    "the account lookup did not answer in time".into(),
+                ))
+            }
+        }
     }
 }
 
@@ -131,7 +161,11 @@ fn converse(service: &str, user: &str, password: &str) -> Result<(), ErrorCode> 
 impl PassDb for PamPassDb {
     async fn verify(&self, user: &str, credential: &Credential) -> Result<String, AuthError> {
         let began = Instant::now();
-        let outcome = match (credential, self.account(user)) {
+        let account = match credential {
+            Credential::Password(_) => self.account(user).await?,
+            _ => None,
+        };
+        let outcome = match (credential, account) {
             (Credential::Password(password), Some(name)) => {
                 let shared = Arc::clone(&self.shared);
                 let password = password.expose().to_string();
@@ -195,7 +229,7 @@ impl PassDb for PamPassDb {
     }
 
     async fn user_exists(&self, user: &str) -> Result<Option<String>, AuthError> {
-        Ok(self.account(user))
+        self.account(user).await
     }
 
     async fn scram_keys(&self, user: &str) -> Result<(String, ScramKeys), AuthError> {
@@ -234,14 +268,48 @@ impl PassDb for PamPassDb {
 mod tests {
     use super::*;
 
-    #[test]
-    fn system_accounts_below_the_minimum_uid_do_not_exist() {
+    #[tokio::test]
+    async fn system_accounts_below_the_minimum_uid_do_not_exist() {
         let db = PamPassDb::new("mailbag", 1000, Duration::from_secs(5));
-        assert_eq!(db.account("root"), None);
+        assert_eq!(db.account("root").await.unwrap(), None);
         let low = PamPassDb::new("mailbag", 0, Duration::from_secs(5));
-        assert_eq!(low.account("root").as_deref(), Some("root"));
-        assert_eq!(low.account("ROOT"), None);
-        assert_eq!(low.account("ro\0ot"), None);
-        assert_eq!(low.account(""), None);
+        assert_eq!(low.account("root").await.unwrap().as_deref(), Some("root"));
+        assert_eq!(low.account("ROOT").await.unwrap(), None);
+        assert_eq!(low.account("ro\0ot").await.unwrap(), None);
+        assert_eq!(low.account("").await.unwrap(), None);
+    }
+
+    /// A name service that hangs (an LDAP or SSSD server gone) makes the
+    /// lookup a temporary failure at the deadline, while the session's
+    /// thread goes on serving everything else.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_account_lookup_that_hangs_is_temporary_and_stalls_nothing_else() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let mut db = PamPassDb::new("mailbag", 0, Duration::from_millis(300));
+        Arc::get_mut(&mut db.shared).unwrap().lookup = |_, _| {
+            std::thread::sleep(Duration::from_millis(1500));
+            None
+        };
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn({
+            let ticks = Arc::clone(&ticks);
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let found = db.user_exists("alice").await;
+        assert!(matches!(found, Err(AuthError::Temporary(_))), "{found:?}");
+        let password = Credential::Password(mailbag_proto::secret::Secret::new("pw".into()));
+        let checked = db.verify("alice", &password).await;
+        assert!(
+            matches!(checked, Err(AuthError::Temporary(_))),
+            "{checked:?}"
+        );
+        ticker.abort();
+        // Two deadlines of 300 ms: the thread ran the ticker all along.
+        assert!(ticks.load(Ordering::SeqCst) >= 20, "{ticks:?}");
     }
 }

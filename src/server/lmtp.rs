@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::metrics::Delivery;
 use super::wire::{self, Input};
 use super::Shared;
 use crate::auth::{PassDb, User};
@@ -361,6 +362,12 @@ where
                             }
                         },
                     };
+                    shared.metrics.delivery(match result {
+                        DeliveryResult::Delivered => Delivery::Ok,
+                        DeliveryResult::OverQuota => Delivery::OverQuota,
+                        DeliveryResult::TemporaryFailure => Delivery::Temporary,
+                        DeliveryResult::PermanentFailure => Delivery::Permanent,
+                    });
                     results.push(result);
                 }
                 accepted.clear();
@@ -472,7 +479,6 @@ async fn deliver_one<S: Store, P: PassDb>(
     let quota = user.quota(shared.live().quota.for_user(&user.name));
     let result = deliver::deliver(&shared.store, quota, user.mailbox(), copy).await;
     let user = &user.name;
-    shared.metrics.delivery(result.is_ok());
     match result {
         Ok(id) => {
             info!(user = %user, octets, id = %id, "delivered");

@@ -49,6 +49,30 @@ struct Histogram {
     sum_micros: AtomicU64,
 }
 
+/// How a delivery to one recipient ended. Every failure keeps
+/// `result="failed"`; `reason` tells the ones to act on (`temporary`: the
+/// store failed, and the MTA retries) from the ones that are the
+/// recipient's (`over_quota`) or final (`permanent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Stored.
+    Ok,
+    /// Not stored, to be retried by the MTA (4xx).
+    Temporary,
+    /// Not stored, refused for good (5xx).
+    Permanent,
+    /// Not stored: the mailbox is full (552).
+    OverQuota,
+}
+
+/// The labels of each [`Delivery`], in its order.
+const DELIVERIES: [&str; 4] = [
+    "{result=\"ok\"}",
+    "{result=\"failed\",reason=\"temporary\"}",
+    "{result=\"failed\",reason=\"permanent\"}",
+    "{result=\"failed\",reason=\"over_quota\"}",
+];
+
 /// Every counter the server exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -59,8 +83,8 @@ pub struct Metrics {
     logins: [AtomicU64; LOGIN_RESULTS.len()],
     commands: [Histogram; VERBS.len()],
     bytes_sent: AtomicU64,
-    deliveries_ok: AtomicU64,
-    deliveries_failed: AtomicU64,
+    /// By [`Delivery`], in its order.
+    deliveries: [AtomicU64; DELIVERIES.len()],
     /// The TLS certificate in use (none without `[tls]`).
     certificates: Vec<std::sync::Arc<super::tls::Expiry>>,
 }
@@ -128,12 +152,8 @@ impl Metrics {
     }
 
     /// A delivery to one recipient ended.
-    pub fn delivery(&self, ok: bool) {
-        if ok {
-            self.deliveries_ok.fetch_add(1, Relaxed);
-        } else {
-            self.deliveries_failed.fetch_add(1, Relaxed);
-        }
+    pub fn delivery(&self, result: Delivery) {
+        self.deliveries[result as usize].fetch_add(1, Relaxed);
     }
 
     /// The whole exposition text.
@@ -194,10 +214,11 @@ impl Metrics {
             "mailbag_deliveries_total",
             "Deliveries to one recipient, by result.",
             "counter",
-            &[
-                ("{result=\"ok\"}".into(), get(&self.deliveries_ok)),
-                ("{result=\"failed\"}".into(), get(&self.deliveries_failed)),
-            ],
+            &DELIVERIES
+                .iter()
+                .zip(&self.deliveries)
+                .map(|(labels, n)| (labels.to_string(), get(n)))
+                .collect::<Vec<_>>(),
         );
         let expiries: Vec<(String, i64)> = self
             .certificates

@@ -28,7 +28,7 @@ use mailbag_proto::dot::{SizeCounter, Stuffer};
 use mailbag_proto::pop3::{
     Action, Conn, Credential, Event, Farewell, Index, Outcome, Settings, StoreFailure, Verb,
 };
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::{debug, error, info, warn};
@@ -43,6 +43,19 @@ use crate::auth::name::Matching;
 use crate::auth::{AuthError, PassDb};
 use crate::config::Config;
 use crate::store::{Maildrop, MessageBody, Store, StoreError};
+
+/// A maildrop found locked is tried again after each of these waits
+/// before the login is answered `[IN-USE]`. The session holding it may be
+/// ending: its QUIT answered a moment ago while its connection closes, or
+/// its connection just dropped and the unlock is on its way (to
+/// PostgreSQL, a round trip). A client that logs straight back in is not
+/// turned away for that; one that meets a live session waits a quarter
+/// of a second more for its answer.
+const LOCKED_WAITS: [Duration; 3] = [
+    Duration::from_millis(25),
+    Duration::from_millis(75),
+    Duration::from_millis(150),
+];
 
 /// Bytes read from the client at a time.
 const READ_OCTETS: usize = 4096;
@@ -724,7 +737,17 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 seconds: wait.as_secs().max(1),
             };
         }
-        match self.shared.store.open(found.mailbox()).await {
+        let mut waits = LOCKED_WAITS.iter();
+        let opened = loop {
+            match self.shared.store.open(found.mailbox()).await {
+                Err(StoreError::Locked) => match waits.next() {
+                    Some(wait) => tokio::time::sleep(*wait).await,
+                    None => break Err(StoreError::Locked),
+                },
+                opened => break opened,
+            }
+        };
+        match opened {
             Ok(m) => {
                 let messages = m.messages().to_vec();
                 info!(user = %user, messages = messages.len(), "logged in");
@@ -1041,13 +1064,12 @@ where
     let mut chunk = Vec::with_capacity(chunk_octets);
     out.reserve(chunk_octets + chunk_octets / 8);
     loop {
-        chunk.clear();
-        let n = reader.read_buf(&mut chunk).await?;
-        if n == 0 {
+        let piece = reader.next_piece(&mut chunk).await?;
+        if piece.is_empty() {
             break;
         }
-        check.feed(&chunk)?;
-        if stuffer.feed(&chunk, out) {
+        check.feed(piece)?;
+        if stuffer.feed(piece, out) {
             break;
         }
         if out.len() >= BODY_CHUNK_OCTETS {

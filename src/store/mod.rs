@@ -179,6 +179,20 @@ pub trait MessageBody: AsyncRead + Unpin + Send + 'static {
     fn in_memory(&self) -> Option<&[u8]> {
         None
     }
+
+    /// The next piece of the message; empty at its end. A store that
+    /// already holds the octets in its own buffers (PostgreSQL rows) hands
+    /// them over without a copy; by default they are read into `buf`.
+    fn next_piece<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+    ) -> impl std::future::Future<Output = std::io::Result<&'a [u8]>> + Send {
+        async move {
+            buf.clear();
+            tokio::io::AsyncReadExt::read_buf(self, buf).await?;
+            Ok(&buf[..])
+        }
+    }
 }
 
 /// A maildrop locked for one session. Dropping it releases the lock and

@@ -244,7 +244,9 @@ async fn scenario(test: &str, path: Path, phase: Duration) {
     let db = connect(&pair.direct_url(pair.standby_port)).await;
     let rows = db
         .query(
-            "SELECT d.name, m.body FROM messages m JOIN maildrops d ON d.id = m.maildrop_id",
+            "SELECT d.name, coalesce((SELECT string_agg(c.data, ''::bytea ORDER BY c.seq)
+                                         FROM message_chunks c WHERE c.message_id = m.id), '')
+               FROM messages m JOIN maildrops d ON d.id = m.maildrop_id",
             &[],
         )
         .await

@@ -418,3 +418,35 @@ impl Client {
         line
     }
 }
+
+/// `mailbag_deliveries_total` counts each recipient's delivery by how it
+/// ended: every failure under `result="failed"`, with the reason that
+/// tells an operator's problem (`temporary`) from a recipient's.
+#[tokio::test]
+async fn deliveries_are_counted_by_result_and_reason() {
+    use crate::observability::{sample, scrape_retrying};
+    let s =
+        start("[metrics]\nlisten = \"127.0.0.1:0\"\n[quota.users.bob]\nmax_octets = 300\n").await;
+    // alice's Maildir cannot be created: a file is in the way.
+    std::fs::create_dir_all(s.dir.path().join("mail/localhost")).unwrap();
+    std::fs::write(s.dir.path().join("mail/localhost/alice"), b"not a dir").unwrap();
+    let mut c = lmtp(&s).await;
+    lhlo(&mut c).await;
+    let big = [b"Subject: big\r\n\r\n".as_slice(), &[b'y'; 400], b"\r\n"].concat();
+    let replies = send_message(&mut c, "x@y", &["alice", "bob"], &big).await;
+    assert!(replies[0].starts_with("451 "), "{replies:?}");
+    assert!(replies[1].starts_with("552 "), "{replies:?}");
+    let replies = send_message(&mut c, "x@y", &["bob"], b"Subject: small\r\n\r\n").await;
+    assert!(replies[0].starts_with("250 "), "{replies:?}");
+    c.cmd("QUIT").await;
+    let body = scrape_retrying(s.metrics_addr.unwrap()).await;
+    let count = |labels: &str| sample(&body, &format!("mailbag_deliveries_total{labels}"));
+    assert_eq!(count("{result=\"ok\"}"), Some(1.0), "{body}");
+    assert_eq!(count("{result=\"failed\",reason=\"temporary\"}"), Some(1.0));
+    assert_eq!(
+        count("{result=\"failed\",reason=\"over_quota\"}"),
+        Some(1.0)
+    );
+    assert_eq!(count("{result=\"failed\",reason=\"permanent\"}"), Some(0.0));
+    s.stop().await;
+}

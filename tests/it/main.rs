@@ -27,6 +27,7 @@ mod oauth;
 mod observability;
 mod pam;
 mod pg_auth;
+mod pg_chunks;
 mod pop3;
 mod postfix;
 mod postgres;

@@ -33,7 +33,7 @@ async fn scrape(addr: SocketAddr) -> Option<String> {
     head.starts_with("HTTP/1.0 200").then(|| body.to_string())
 }
 
-async fn scrape_retrying(addr: SocketAddr) -> String {
+pub async fn scrape_retrying(addr: SocketAddr) -> String {
     for _ in 0..200 {
         if let Some(body) = scrape(addr).await {
             return body;
@@ -44,7 +44,7 @@ async fn scrape_retrying(addr: SocketAddr) -> String {
 }
 
 /// The value of the sample `name{labels}` (exactly), if present.
-fn sample(body: &str, series: &str) -> Option<f64> {
+pub fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

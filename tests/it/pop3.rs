@@ -281,6 +281,25 @@ async fn second_login_gets_in_use_until_the_first_ends() {
     s.stop().await;
 }
 
+/// A login that meets the lock of a session whose QUIT is a moment
+/// behind it waits for that session to end, instead of `[IN-USE]`.
+#[tokio::test]
+async fn a_login_just_before_the_holder_quits_waits_for_the_lock() {
+    let s = TestServer::start().await;
+    s.deliver("alice", PLAIN);
+    let mut first = s.login(ALICE).await;
+    let mut second = s.connect().await;
+    second.line().await;
+    second.ok("USER alice").await;
+    second.send(b"PASS wonderland\r\n").await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    first.ok("QUIT").await;
+    let reply = second.line().await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    second.ok("QUIT").await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn hundred_pipelined_commands_in_one_write() {
     let s = TestServer::start().await;

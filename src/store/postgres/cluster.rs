@@ -33,7 +33,7 @@ use std::time::Duration;
 use mailbag_proto::dot::canonical_size;
 use tokio_postgres::types::Type;
 
-use super::{check_user, new_uidl, PgError, PgMaildrop, PgOptions, PgStore};
+use super::{check_user, new_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS};
 use crate::pg::pool::{Pool, Pooled};
 use crate::store::{Mailbox, Store, StoreError, Usage};
 
@@ -511,7 +511,12 @@ fn changing() -> StoreError {
     ))
 }
 
-/// Inserts the message only if the user's maildrop row on `store` is
+/// Octets per `message_chunks` row, as [`PgStore`]'s own delivery cuts
+/// them.
+const CHUNK: i32 = CHUNK_OCTETS as i32;
+
+/// Inserts the message (and its body's chunks, in the same statement)
+/// only if the user's maildrop row on `store` is
 /// `active`, holding that row's share lock until the insert commits: a
 /// move's `UPDATE ... SET state = 'moving'` waits for this insert to
 /// commit (and then copies it), or this insert waits for the move's
@@ -526,15 +531,20 @@ async fn insert(
     let row = client
         .query_prepared_one(
             "WITH d AS (SELECT id, state FROM maildrops WHERE name = $1 FOR SHARE),
-                  ins AS (INSERT INTO messages (maildrop_id, uidl, size, body)
-                          SELECT id, $2, $3, $4 FROM d WHERE state = 'active'
-                          RETURNING 1)
-             SELECT (SELECT state FROM d), (SELECT count(*) FROM ins)",
+                  m AS (INSERT INTO messages (maildrop_id, uidl, size)
+                        SELECT id, $2, $3 FROM d WHERE state = 'active'
+                        RETURNING id),
+                  c AS (INSERT INTO message_chunks (message_id, seq, data)
+                        SELECT m.id, s.seq, substring($4 FROM s.seq * $5 + 1 FOR $5)
+                          FROM m, generate_series(0, (octet_length($4) + $5 - 1) / $5 - 1)
+                                  AS s (seq))
+             SELECT (SELECT state FROM d), (SELECT count(*) FROM m)",
             &[
                 (&user, Type::TEXT),
                 (&uidl, Type::TEXT),
                 (&size, Type::INT8),
                 (&message, Type::BYTEA),
+                (&CHUNK, Type::INT4),
             ],
         )
         .await;

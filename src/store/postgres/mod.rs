@@ -5,13 +5,14 @@
 //!
 //! - `open` finds (or creates) the maildrop row, takes its lock, then
 //!   snapshots `(id, uidl, size)` in delivery order.
-//! - `read` streams the body in chunks ([`reader`]).
+//! - `read` streams the body, stored as rows of `message_chunks`, in
+//!   batches of rows ([`reader`]).
 //! - `commit` deletes and marks seen in one statement, run on the lock
 //!   connection itself: if that connection has died, the lock has gone
 //!   with it and nothing is deleted.
-//! - `deliver` inserts the message in its own transaction, which is
-//!   committed (and, with `synchronous_commit`, flushed or replicated)
-//!   before it returns.
+//! - `deliver` inserts the message and its chunks in one statement, so
+//!   in one transaction, which is committed (and, with
+//!   `synchronous_commit`, flushed or replicated) before it returns.
 //!
 //! Every database failure is [`StoreError::Temporary`] (`[SYS/TEMP]`).
 
@@ -39,7 +40,7 @@ const INT8_ARRAY: Type = Type::INT8_ARRAY;
 const BYTEA: Type = Type::BYTEA;
 pub use crate::pg::PgError;
 use lock::{Held, Lock, Locks};
-pub use reader::ChunkReader;
+pub use reader::{ChunkReader, CHUNK_OCTETS};
 
 impl From<PgError> for StoreError {
     fn from(e: PgError) -> Self {
@@ -132,12 +133,7 @@ impl PgStore {
         let size = canonical_size(&message) as i64;
         let id = self.maildrop_id(user).await?;
         let mut client = self.pool.get().await?;
-        let inserted = client
-            .execute_prepared(
-                INSERT,
-                &[(&id, INT8), (&uidl, TEXT), (&size, INT8), (&message, BYTEA)],
-            )
-            .await;
+        let inserted = insert_message(&mut client, id, &uidl, size, &message).await;
         drop(client);
         match inserted {
             Ok(_) => Ok(uidl),
@@ -175,13 +171,8 @@ impl PgStore {
         }
         let size = canonical_size(&message) as i64;
         let id = self.maildrop_id(user).await?;
-        let client = self.pool.get().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)",
-                &[&id, &uidl, &size, &message],
-            )
-            .await;
+        let mut client = self.pool.get().await?;
+        let inserted = insert_message(&mut client, id, uidl, size, &message).await;
         drop(client);
         match inserted {
             Ok(_) => Ok(true),
@@ -216,8 +207,36 @@ impl PgStore {
     }
 }
 
-/// Stores one message.
-const INSERT: &str = "INSERT INTO messages (maildrop_id, uidl, size, body) VALUES ($1, $2, $3, $4)";
+/// Stores a message and its body's chunks in one statement, so in one
+/// transaction: all of it or nothing. The body goes to the server once,
+/// which cuts it into rows of [`CHUNK_OCTETS`] (an empty body has none).
+async fn insert_message(
+    client: &mut Pooled,
+    maildrop_id: i64,
+    uidl: &str,
+    size: i64,
+    body: &[u8],
+) -> Result<u64, tokio_postgres::Error> {
+    const CHUNK: i32 = CHUNK_OCTETS as i32;
+    client
+        .execute_prepared(
+            "WITH m AS (
+                 INSERT INTO messages (maildrop_id, uidl, size) VALUES ($1, $2, $3)
+                 RETURNING id
+             )
+             INSERT INTO message_chunks (message_id, seq, data)
+             SELECT m.id, s.seq, substring($4 FROM s.seq * $5 + 1 FOR $5)
+               FROM m, generate_series(0, (octet_length($4) + $5 - 1) / $5 - 1) AS s (seq)",
+            &[
+                (&maildrop_id, INT8),
+                (&uidl, TEXT),
+                (&size, INT8),
+                (&body, BYTEA),
+                (&CHUNK, Type::INT4),
+            ],
+        )
+        .await
+}
 
 /// Creates the maildrop `user` unless it exists.
 async fn create_maildrop(client: &mut Pooled, user: &str) -> Result<(), PgError> {

@@ -10,6 +10,10 @@ use super::PgError;
 /// Every migration, oldest first: (version, SQL).
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../../../migrations/0001_initial.sql")),
+    (
+        2,
+        include_str!("../../../migrations/0002_message_chunks.sql"),
+    ),
     (3, include_str!("../../../migrations/0003_clusters.sql")),
 ];
 

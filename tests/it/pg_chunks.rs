@@ -1,0 +1,309 @@
+//! Message bodies in PostgreSQL as rows of `message_chunks` (schema
+//! version 2): every size around a chunk and a batch boundary comes back
+//! byte-exact through RETR and TOP over a real socket, and a database of
+//! version 1 with mail in it is migrated by `mailbag migrate` without
+//! losing or changing a message.
+
+use std::process::Command;
+
+use mailbag::store::postgres::schema::MIGRATIONS;
+use mailbag::store::postgres::CHUNK_OCTETS;
+
+use crate::support::pg::*;
+use crate::support::*;
+
+/// Rows in the reader's first query and in each later one (see
+/// `store/postgres/reader.rs`), for sizes on either side of them.
+const FIRST_BATCH_ROWS: usize = 32;
+const BATCH_ROWS: usize = 64;
+
+/// A message of exactly `len` stored octets: LF lines, some starting with
+/// a dot (which RETR must stuff), a dot line right at the first chunk
+/// boundary and a CRLF split across the second, and 8-bit octets.
+fn message_of(len: usize, seed: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(len + 128);
+    let mut i = seed;
+    while m.len() < len {
+        if i.is_multiple_of(7) {
+            m.push(b'.');
+        }
+        m.extend_from_slice(format!("line {i} ").as_bytes());
+        m.extend_from_slice(b"\xe9\xff padding to make lines of different lengths\n");
+        i = i.wrapping_mul(31).wrapping_add(7) % 1000;
+    }
+    m.truncate(len);
+    let c = CHUNK_OCTETS;
+    if len > c + 1 {
+        m[c - 1] = b'\n';
+        m[c] = b'.';
+    }
+    if len > 2 * c + 1 {
+        m[2 * c - 1] = b'\r';
+        m[2 * c] = b'\n';
+        m[2 * c + 1] = b'.';
+    }
+    m
+}
+
+/// The sizes that matter to the chunked layout.
+fn sizes() -> Vec<usize> {
+    let c = CHUNK_OCTETS;
+    vec![
+        0,
+        1,
+        c - 1,
+        c,
+        c + 1,
+        3 * c,
+        FIRST_BATCH_ROWS * c,
+        FIRST_BATCH_ROWS * c + 1,
+        (FIRST_BATCH_ROWS + BATCH_ROWS) * c,
+        (FIRST_BATCH_ROWS + 2 * BATCH_ROWS) * c + c / 2,
+    ]
+}
+
+#[tokio::test]
+async fn bodies_at_every_chunk_and_batch_boundary_come_back_byte_exact() {
+    let test = "bodies_at_every_chunk_and_batch_boundary";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let messages: Vec<Vec<u8>> = sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(i, len)| message_of(len, i as u32))
+        .collect();
+    for m in &messages {
+        f.deliver("alice", m).await;
+    }
+
+    // Stored as rows of at most a chunk, in order, that add up to the body.
+    let db = connect(f.url.as_deref().unwrap()).await;
+    let rows = db
+        .query(
+            "SELECT m.id, count(c.seq), coalesce(max(octet_length(c.data)), 0),
+                    coalesce(string_agg(c.data, ''::bytea ORDER BY c.seq), '')
+               FROM messages m LEFT JOIN message_chunks c ON c.message_id = m.id
+              GROUP BY m.id ORDER BY m.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), messages.len());
+    for (row, m) in rows.iter().zip(&messages) {
+        let (count, widest, body): (i64, i32, Vec<u8>) = (row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            count as usize,
+            m.len().div_ceil(CHUNK_OCTETS),
+            "{}",
+            m.len()
+        );
+        assert!(widest as usize <= CHUNK_OCTETS);
+        assert!(body == *m, "stored body of {} octets differs", m.len());
+    }
+
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    for (i, m) in messages.iter().enumerate() {
+        let n = i + 1;
+        let expected = crlf(m);
+        let (status, body) = c.multi(&format!("RETR {n}")).await;
+        assert_eq!(status, format!("+OK {} octets\r\n", expected.len()));
+        assert!(body == expected, "RETR of {} octets differs", m.len());
+        // TOP: the header block and the first lines of the body.
+        let (_, top) = c.multi(&format!("TOP {n} 3")).await;
+        assert!(expected.starts_with(&top), "TOP of {} octets", m.len());
+    }
+    // Several RETRs pipelined in one write, large and small mixed.
+    let mut pipelined = String::new();
+    for n in [9, 1, 10, 2, 8] {
+        pipelined.push_str(&format!("RETR {n}\r\n"));
+    }
+    c.send(pipelined.as_bytes()).await;
+    for n in [9, 1, 10, 2, 8] {
+        let status = c.line().await;
+        assert!(status.starts_with("+OK"), "{status}");
+        let body = unstuff(&c.body().await);
+        assert!(body == crlf(&messages[n - 1]), "pipelined RETR {n}");
+    }
+    c.ok("DELE 10").await;
+    c.ok("QUIT").await;
+    // The deleted message's chunks went with it.
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM message_chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let expected: usize = messages[..9]
+        .iter()
+        .map(|m| m.len().div_ceil(CHUNK_OCTETS))
+        .sum();
+    assert_eq!(left as usize, expected);
+}
+
+#[tokio::test]
+async fn readers_that_stop_reading_large_messages_hold_no_pooled_connection() {
+    let test = "readers_that_stop_reading_hold_no_pooled_connection";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    // More than loopback's socket buffers hold, so the server's writes
+    // block while the client does not read.
+    let big = message_of(12_000_000, 3);
+    let db = connect(f.url.as_deref().unwrap()).await;
+    // Five sessions: one more than the fixture's pool of 4 connections.
+    let readers: Vec<String> = (0..5).map(|i| format!("reader{i}")).collect();
+    for user in &readers {
+        db.execute("INSERT INTO users VALUES ($1, '{PLAIN}secret')", &[user])
+            .await
+            .unwrap();
+        f.deliver(user, &big).await;
+    }
+    f.deliver("bob", b"Subject: small\n\nhello\n").await;
+    let node = f.node().await;
+    let mut stalled = Vec::new();
+    for user in &readers {
+        let mut c = node.login((user, "secret")).await;
+        c.send(b"RETR 1\r\n").await;
+        stalled.push(c);
+    }
+    // Every stalled reader has its first octets on the way...
+    for c in &mut stalled {
+        let status = c.line().await;
+        assert!(status.starts_with("+OK"), "{status}");
+    }
+    // ...and none holds a connection: another session is served.
+    let mut other = node.login(BOB).await;
+    let (_, body) = other.multi("RETR 1").await;
+    assert_eq!(body, crlf(b"Subject: small\n\nhello\n"));
+    other.ok("QUIT").await;
+    // Each stalled reader still gets every octet once it reads.
+    for mut c in stalled {
+        assert!(unstuff(&c.body().await) == crlf(&big));
+        c.ok("QUIT").await;
+    }
+}
+
+#[tokio::test]
+async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
+    let test = "migrate_from_version_1_moves_every_body";
+    let Some(cluster) = cluster(test) else { return };
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE from_version_1")
+        .await
+        .unwrap();
+    let url = cluster.url("from_version_1");
+    // A database as mailbag at schema version 1 left it, with mail.
+    let db = connect(&url).await;
+    let (version, initial) = MIGRATIONS[0];
+    assert_eq!(version, 1);
+    db.batch_execute(initial).await.unwrap();
+    db.batch_execute(
+        "CREATE TABLE schema_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );
+         INSERT INTO schema_migrations (version) VALUES (1);
+         INSERT INTO users VALUES ('alice', '{PLAIN}wonderland');
+         INSERT INTO maildrops (name) VALUES ('alice'), ('empty')",
+    )
+    .await
+    .unwrap();
+    let messages: Vec<Vec<u8>> = sizes()
+        .into_iter()
+        .enumerate()
+        .map(|(i, len)| message_of(len, 100 + i as u32))
+        .collect();
+    for (i, m) in messages.iter().enumerate() {
+        let size = crlf(m).len() as i64;
+        db.execute(
+            "INSERT INTO messages (maildrop_id, uidl, size, body)
+             SELECT id, $1, $2, $3 FROM maildrops WHERE name = 'alice'",
+            &[&format!("v1-{i}"), &size, m],
+        )
+        .await
+        .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mailbag.toml");
+    std::fs::write(
+        &config,
+        format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailbag"))
+        .args(["migrate", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "applied migration 2\n"
+    );
+
+    // Every body is now its chunks, and the old column is gone.
+    let body_column: i64 = db
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns
+              WHERE table_name = 'messages' AND column_name = 'body'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(body_column, 0);
+    let chunks: i64 = db
+        .query_one("SELECT count(*) FROM message_chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let expected: usize = messages
+        .iter()
+        .map(|m| m.len().div_ceil(CHUNK_OCTETS))
+        .sum();
+    assert_eq!(chunks as usize, expected);
+
+    // Served byte-exact under the UIDLs they had.
+    let store = pg_store(&url);
+    store.check_schema().await.unwrap();
+    let passdb = mailbag::auth::postgres::PgPassDb::new(std::sync::Arc::clone(store.pool())).await;
+    let node = Node::start(
+        mailbag::config::Config::load(&config).unwrap(),
+        store,
+        passdb,
+    )
+    .await;
+    let mut c = node.login(ALICE).await;
+    let (_, uidl) = c.multi("UIDL").await;
+    let uidl = String::from_utf8_lossy(&uidl).into_owned();
+    for (i, m) in messages.iter().enumerate() {
+        assert!(uidl.contains(&format!("{} v1-{i}\r\n", i + 1)), "{uidl}");
+        let (status, body) = c.multi(&format!("RETR {}", i + 1)).await;
+        assert_eq!(status, format!("+OK {} octets\r\n", crlf(m).len()));
+        assert!(body == crlf(m), "message {} after the migration", i + 1);
+    }
+    c.ok("DELE 1").await;
+    c.ok("DELE 9").await;
+    c.ok("QUIT").await;
+    // Delivery and deletion work on the migrated schema.
+    let mut c = node.login(ALICE).await;
+    let (status, _) = c.multi("LIST").await;
+    assert!(
+        status.starts_with(&format!("+OK {} messages", messages.len() - 2)),
+        "{status}"
+    );
+    c.ok("QUIT").await;
+    let orphans: i64 = db
+        .query_one(
+            "SELECT count(*) FROM message_chunks c
+              WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = c.message_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
+}
