@@ -21,7 +21,7 @@ use mailbag::privileges::{self, ServiceUser};
 use mailbag::server::Server;
 use mailbag::store::maildir::MaildirStore;
 use mailbag::store::mbox::MboxStore;
-use mailbag::store::postgres::{PgOptions, PgStore};
+use mailbag::store::postgres::cluster::PgClusters;
 use mailbag::store::Store;
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
@@ -73,6 +73,24 @@ enum Command {
     CheckConfig,
     /// Create or upgrade the PostgreSQL schema (store.kind = "postgres").
     Migrate,
+    /// Move one user's maildrop to another PostgreSQL cluster of
+    /// [[store.clusters]] while their mail keeps arriving (deliveries
+    /// during the move get a temporary failure and are retried, logins get
+    /// [IN-USE]). Every message keeps its UIDL. Waits --wait-secs for a
+    /// POP3 session of the user to end, then refuses with nothing changed.
+    /// A move that stopped part way (killed, a database down) is finished
+    /// by running the same command again. Exit codes: 0 moved (or already
+    /// there), 1 refused or failed.
+    MoveUser {
+        /// The canonical user name (as `mailbag user list` shows it).
+        name: String,
+        /// The name of the cluster to move to, as in store.clusters.
+        #[arg(long, value_name = "CLUSTER")]
+        to: String,
+        /// Seconds to wait for a POP3 session that holds the maildrop.
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+    },
     /// Copy one user's mail from a Maildir or mbox into the configured
     /// store (--from), or from the store out to a Maildir (--to), and
     /// verify counts and octets. Nothing is deleted on either side.
@@ -436,6 +454,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load(&cli.config)?;
             become_server_user(&config, &cli.config, "migrate")?;
             migrate(&config)
+        }
+        Command::MoveUser {
+            name,
+            to,
+            wait_secs,
+        } => {
+            let config = load(&cli.config)?;
+            become_server_user(&config, &cli.config, "move-user")?;
+            move_user(&config, &name, &to, wait_secs)
         }
         Command::Import { user, from, to } => {
             let config = load(&cli.config)?;
@@ -978,13 +1005,10 @@ fn mbox_store(config: &Config) -> Result<MboxStore> {
     )
 }
 
-fn pg_store(config: &Config) -> Result<PgStore> {
-    Ok(PgStore::new(&PgOptions {
-        url: config.store.url.clone().unwrap_or_default(),
-        pool_size: config.store.pool_size,
-        lock_connections: config.store.lock_connections,
-        ca_file: config.store.ca_file.clone(),
-    })?)
+/// The PostgreSQL store: `store.url`'s database, or `store.clusters`
+/// with their directory.
+fn pg_store(config: &Config) -> Result<PgClusters> {
+    Ok(PgClusters::from_config(&config.store)?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -999,19 +1023,57 @@ fn migrate(config: &Config) -> Result<()> {
         bail!("store.kind is not \"postgres\": a Maildir store needs no migration");
     }
     runtime()?.block_on(async {
-        let applied = pg_store(config)?
+        // Each database migrates in one transaction of its own; a
+        // failure leaves the ones before it migrated, which a second run
+        // finds current.
+        let databases = pg_store(config)?
             .migrate()
             .await
-            .context("store.url: migration failed (nothing was changed)")?;
-        if applied.is_empty() {
-            println!(
-                "schema is current (version {})",
-                mailbag::store::postgres::schema::LATEST
-            );
-        } else {
-            for version in applied {
-                println!("applied migration {version}");
+            .context("store.url: migration failed (nothing was changed in that database)")?;
+        for (label, applied) in databases {
+            let on = if label.is_empty() {
+                String::new()
+            } else {
+                format!(" on {label}")
+            };
+            if applied.is_empty() {
+                println!(
+                    "schema is current (version {}){on}",
+                    mailbag::store::postgres::schema::LATEST
+                );
+            } else {
+                for version in applied {
+                    println!("applied migration {version}{on}");
+                }
             }
+        }
+        Ok(())
+    })
+}
+
+fn move_user(config: &Config, user: &str, to: &str, wait_secs: u64) -> Result<()> {
+    use mailbag::admin::move_user::{move_user, MoveOptions};
+    if config.store.kind != StoreKind::Postgres {
+        bail!("store.kind is not \"postgres\": move-user moves between PostgreSQL clusters");
+    }
+    let options = MoveOptions {
+        wait: std::time::Duration::from_secs(wait_secs.min(3600)),
+        // For tests of resuming: stop as if killed after this step.
+        stop_after: std::env::var("MAILBAG_MOVE_STOP_AFTER")
+            .ok()
+            .and_then(|s| s.parse().ok()),
+        batch_messages: 0,
+    };
+    runtime()?.block_on(async {
+        let store = pg_store(config)?;
+        store.check_schema().await.context("store.clusters")?;
+        let moved = move_user(&store, user, to, &options).await?;
+        match moved.from {
+            Some(from) => println!(
+                "moved {user} from {from} to {}: {} messages ({} octets)",
+                moved.to, moved.messages, moved.octets
+            ),
+            None => println!("{user} is on {} already", moved.to),
         }
         Ok(())
     })

@@ -392,6 +392,31 @@ fn default_lock_wait_secs() -> u64 {
     10
 }
 
+/// `[[store.clusters]]`: one PostgreSQL cluster of several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A short stable label (1-32 of `a-z 0-9 _ -`), as the directory
+    /// records it: renaming a cluster strands its users.
+    pub name: String,
+    /// Its connection string, as `store.url`.
+    pub url: String,
+    /// Whether users never seen before may be placed here.
+    #[serde(default = "default_true")]
+    pub new_users: bool,
+}
+
+/// Most clusters in `store.clusters`.
+pub const MAX_CLUSTERS: usize = 64;
+
+/// Whether `name` may name a cluster: 1-32 of `a-z 0-9 _ -`.
+pub fn valid_cluster_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -421,6 +446,16 @@ pub struct StoreConfig {
     /// maildrop locks (each holds many).
     #[serde(default = "default_lock_connections")]
     pub lock_connections: usize,
+    /// PostgreSQL only, instead of `url`: several clusters, each holding
+    /// the maildrops of some users; the directory says which (see
+    /// docs/DEPLOYMENT.md, "Several PostgreSQL clusters").
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+    /// PostgreSQL with `clusters`: the database that holds the directory
+    /// (which cluster holds which user) and the users' passwords; the
+    /// first cluster's database when unset.
+    #[serde(default)]
+    pub directory_url: Option<String>,
     /// PostgreSQL only: the CA certificates (PEM) that sign the database
     /// server's certificate, for `sslmode=require` in `url` (which makes
     /// mailbag verify the certificate and host name). Without it, the
@@ -1020,6 +1055,57 @@ impl Config {
         Ok(())
     }
 
+    /// `[[store.clusters]]`: named, distinct, each with a URL, and one at
+    /// least open to new users; `url` is then not given.
+    fn validate_clusters(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        let clusters = &self.store.clusters;
+        if self.store.url.is_some() {
+            return invalid(
+                "store.url",
+                "give either url (one cluster) or [[store.clusters]], not both",
+            );
+        }
+        if clusters.len() > MAX_CLUSTERS {
+            return invalid("store.clusters", "at most 64 clusters");
+        }
+        for (i, c) in clusters.iter().enumerate() {
+            if !valid_cluster_name(&c.name) {
+                return invalid(
+                    "store.clusters.name",
+                    "must be 1 to 32 of a-z, 0-9, _ and -",
+                );
+            }
+            if clusters[..i].iter().any(|o| o.name == c.name) {
+                return invalid("store.clusters.name", "two clusters have the same name");
+            }
+            if c.url.is_empty() {
+                return invalid("store.clusters.url", "missing");
+            }
+        }
+        if !clusters.iter().any(|c| c.new_users) {
+            return invalid(
+                "store.clusters.new_users",
+                "at least one cluster must take new users",
+            );
+        }
+        if self.store.directory_url.as_deref() == Some("") {
+            return invalid("store.directory_url", "empty");
+        }
+        if self.store.pool_size == 0 {
+            return invalid("store.pool_size", "must be at least 1");
+        }
+        if self.store.lock_connections == 0 {
+            return invalid("store.lock_connections", "must be at least 1");
+        }
+        Ok(())
+    }
+
     /// Checks values that parse but cannot work; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: &str| {
@@ -1116,7 +1202,13 @@ impl Config {
                     }
                 }
             }
+            StoreKind::Postgres if !self.store.clusters.is_empty() => {
+                self.validate_clusters()?;
+            }
             StoreKind::Postgres => {
+                if self.store.directory_url.is_some() {
+                    return invalid("store.directory_url", "needs [[store.clusters]]");
+                }
                 if self.store.url.as_deref().is_none_or(str::is_empty) {
                     return invalid(
                         "store.url",
@@ -1308,6 +1400,64 @@ root = "mail"
 [auth]
 passwd_file = "passwd"
 "#;
+
+    #[test]
+    fn store_clusters_are_named_distinct_and_exclusive_with_url() {
+        let pg = r#"
+[pop3]
+listen = ["127.0.0.1:1110"]
+[store]
+kind = "postgres"
+[[store.clusters]]
+name = "a"
+url = "host=a"
+[[store.clusters]]
+name = "b-2"
+url = "host=b"
+new_users = false
+[auth]
+"#;
+        let c = Config::parse(pg, Path::new("/etc/mailbag")).unwrap();
+        let names: Vec<(&str, bool)> = c
+            .store
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.new_users))
+            .collect();
+        assert_eq!(names, [("a", true), ("b-2", false)]);
+        for (text, key) in [
+            (
+                pg.replace(
+                    "kind = \"postgres\"",
+                    "kind = \"postgres\"\nurl = \"host=x\"",
+                ),
+                "store.url",
+            ),
+            (pg.replace("\"b-2\"", "\"a\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"B\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"\""), "store.clusters.name"),
+            (pg.replace("\"b-2\"", "\"b\\n\""), "store.clusters.name"),
+            (pg.replace("\"host=b\"", "\"\""), "store.clusters.url"),
+            (
+                pg.replace("name = \"a\"", "name = \"a\"\nnew_users = false"),
+                "store.clusters.new_users",
+            ),
+            (
+                pg.replace(
+                    "[[store.clusters]]\nname = \"a\"",
+                    "directory_url = \"\"\n[[store.clusters]]\nname = \"a\"",
+                ),
+                "store.directory_url",
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        assert!(valid_cluster_name("eu-1_a"));
+        assert!(!valid_cluster_name(&"a".repeat(33)));
+    }
 
     #[test]
     fn postgres_store_needs_a_url_and_neither_root_nor_passwd_file() {

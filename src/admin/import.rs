@@ -118,6 +118,30 @@ impl UidlTarget for MaildirStore {
     }
 }
 
+impl UidlTarget for crate::store::postgres::cluster::PgClusters {
+    type Pending = ();
+
+    async fn deliver_keeping(
+        &self,
+        user: &str,
+        message: Vec<u8>,
+        uidl: Option<&str>,
+    ) -> Result<(Option<()>, bool), StoreError> {
+        if let Some(uidl) = uidl {
+            // Cloned only for the rare UIDL another maildrop has.
+            if self.deliver_with_uidl(user, message.clone(), uidl).await? {
+                return Ok((None, true));
+            }
+        }
+        Store::deliver(self, user.into(), message).await?;
+        Ok((None, false))
+    }
+
+    async fn settle(&self, _user: &str, _pending: Vec<()>) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+}
+
 impl UidlTarget for PgStore {
     type Pending = ();
 

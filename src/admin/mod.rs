@@ -8,3 +8,4 @@ pub mod demo;
 pub mod import;
 pub mod mailbox;
 pub mod migrate;
+pub mod move_user;

@@ -42,6 +42,20 @@ pub enum PgError {
          use pool_mode = session in PgBouncer, or connect to PostgreSQL directly"
     )]
     NotSessionBound(String),
+    /// One of several clusters (`store.clusters`) or the directory
+    /// failed; the text names which.
+    #[error("{0}")]
+    Clusters(String),
+    /// A failure on one database of several: `store.clusters`' `name`,
+    /// or the directory.
+    #[error("{at}")]
+    At {
+        /// Which database.
+        at: String,
+        /// What failed there.
+        #[source]
+        source: Box<PgError>,
+    },
     /// The database was migrated by a newer mailbag.
     #[error(
         "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"

@@ -8,6 +8,7 @@ mod attack_auth;
 mod attack_mbox;
 mod attack_store;
 mod cli;
+mod clusters;
 mod deliver;
 mod guessing;
 mod ha;

@@ -241,7 +241,7 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "applied migration 2\n"
+        "applied migration 2\napplied migration 3\n"
     );
 
     // Every body is now its chunks, and the old column is gone.

@@ -658,7 +658,10 @@ async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     assert!(stderr.contains("mailbag migrate"), "{stderr}");
     let (status, stdout, stderr) = run(&["migrate", "--config", config], b"");
     assert!(status.success(), "{stderr}");
-    assert_eq!(stdout, "applied migration 1\napplied migration 2\n");
+    assert_eq!(
+        stdout,
+        "applied migration 1\napplied migration 2\napplied migration 3\n"
+    );
     let (status, stdout, _) = run(&["migrate", "--config", config], b"");
     assert!(status.success());
     assert!(stdout.starts_with("schema is current"), "{stdout}");
@@ -1192,15 +1195,15 @@ async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
 /// the server: statements parsed (`P`) and round trips (`S`, each
 /// extended-protocol exchange ends with one Sync).
 #[derive(Default)]
-struct Sent {
-    parses: std::sync::atomic::AtomicUsize,
-    syncs: std::sync::atomic::AtomicUsize,
+pub(crate) struct Sent {
+    pub(crate) parses: std::sync::atomic::AtomicUsize,
+    pub(crate) syncs: std::sync::atomic::AtomicUsize,
 }
 
 /// A TCP proxy to PostgreSQL that counts what [`Sent`] counts, reading
 /// the frontend's message framing (the untyped startup message, then a
 /// type octet and a length for each message).
-async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
+pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

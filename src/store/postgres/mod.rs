@@ -16,6 +16,7 @@
 //!
 //! Every database failure is [`StoreError::Temporary`] (`[SYS/TEMP]`).
 
+pub mod cluster;
 pub mod lock;
 pub mod reader;
 pub mod schema;
@@ -249,7 +250,7 @@ async fn create_maildrop(client: &mut Pooled, user: &str) -> Result<(), PgError>
 }
 
 /// Refuses names that cannot be a user (the passdb checks the rest).
-fn check_user(user: &str) -> Result<(), StoreError> {
+pub(crate) fn check_user(user: &str) -> Result<(), StoreError> {
     if user.is_empty() || user.len() > 255 || user.chars().any(char::is_control) {
         return Err(StoreError::Permanent("user name refused".into()));
     }
@@ -258,7 +259,7 @@ fn check_user(user: &str) -> Result<(), StoreError> {
 
 /// A UIDL unique across nodes: time, then random, in hex (RFC 1939 §7:
 /// 1-70 characters in 0x21-0x7E).
-fn new_uidl() -> String {
+pub(crate) fn new_uidl() -> String {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());

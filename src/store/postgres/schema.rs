@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../../migrations/0002_message_chunks.sql"),
     ),
+    (3, include_str!("../../../migrations/0003_clusters.sql")),
 ];
 
 /// The version this build of mailbag needs.
