@@ -15,6 +15,7 @@
 #   PORT_BASE=21410  POP3: mailbag-maildir +0, mailbag-pg +1, dovecot +2;
 #                    LMTP +10, +11, +12; PostgreSQL +20
 #   PG_SHARED_BUFFERS=1GB
+#   PG_SOCKET=1      mailbag reaches PostgreSQL over its Unix socket, not TCP
 #   LOADS="maildrop login retr lmtp"  the loads to run (all by default)
 #   SERVERS="mailbag-maildir mailbag-pg dovecot-tuned"  the servers loaded
 #   RETR_SIZES="20k 5m"  the RETR loads, in order (repeat one to alternate)
@@ -93,10 +94,12 @@ chmod 644 "$passwd"
 mkdir -p "$pgdata"
 chown postgres: "$pgdata"
 runuser -u postgres -- "$pgbin/initdb" -D "$pgdata" -A trust -U postgres >/dev/null
+mkdir -p "$data/pgsock"
+chmod 1777 "$data/pgsock"
 cat >> "$pgdata/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $((P + 20))
-unix_socket_directories = '$pgdata'
+unix_socket_directories = '$data/pgsock'
 shared_buffers = ${PG_SHARED_BUFFERS:-1GB}
 max_connections = 100
 fsync = on
@@ -104,7 +107,11 @@ synchronous_commit = on
 EOF
 runuser -u postgres -- "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/postgresql.log" -w start >/dev/null
 runuser -u postgres -- "$pgbin/psql" -qh 127.0.0.1 -p $((P + 20)) -c "CREATE DATABASE mailbag" >/dev/null
-url="postgresql://postgres@127.0.0.1:$((P + 20))/mailbag"
+if [ "${PG_SOCKET:-0}" = 1 ]; then
+    url="postgresql://postgres@${data//\//%2F}%2Fpgsock:$((P + 20))/mailbag"
+else
+    url="postgresql://postgres@127.0.0.1:$((P + 20))/mailbag"
+fi
 
 common() { # pop3 port, lmtp port
     cat <<EOF

@@ -420,7 +420,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     pg_store(&config)?
                         .check_schema()
                         .await
-                        .context("store.url: database check failed")
+                        .with_context(|| format!("{}: database check failed", pg_setting(&config)))
                 })?,
             }
             if let Some(tls) = &config.tls {
@@ -747,11 +747,13 @@ fn serve(
                 }
                 StoreKind::Postgres => {
                     let store = pg_store(&config)?;
+                    store.check_schema().await.with_context(|| {
+                        format!("{}: cannot use the database", pg_setting(&config))
+                    })?;
                     store
-                        .check_schema()
+                        .check_session_bound()
                         .await
-                        .context("store.url: cannot use the database")?;
-                    store.check_session_bound().await.context("store.url")?;
+                        .context(pg_setting(&config))?;
                     serve_external(config, config_path, service, store, external, reload).await
                 }
             };
@@ -786,8 +788,11 @@ fn serve(
                 store
                     .check_schema()
                     .await
-                    .context("store.url: cannot use the database")?;
-                store.check_session_bound().await.context("store.url")?;
+                    .with_context(|| format!("{}: cannot use the database", pg_setting(&config)))?;
+                store
+                    .check_session_bound()
+                    .await
+                    .context(pg_setting(&config))?;
                 let passdb = PgPassDb::new(Arc::clone(store.pool()))
                     .await
                     .with_cache(mailbag::auth::cache::VerifiedCache::from_config(
@@ -1011,6 +1016,15 @@ fn pg_store(config: &Config) -> Result<PgClusters> {
     Ok(PgClusters::from_config(&config.store)?)
 }
 
+/// The setting that names the PostgreSQL databases, for messages.
+fn pg_setting(config: &Config) -> &'static str {
+    if config.store.clusters.is_empty() {
+        "store.url"
+    } else {
+        "store.clusters"
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1026,10 +1040,12 @@ fn migrate(config: &Config) -> Result<()> {
         // Each database migrates in one transaction of its own; a
         // failure leaves the ones before it migrated, which a second run
         // finds current.
-        let databases = pg_store(config)?
-            .migrate()
-            .await
-            .context("store.url: migration failed (nothing was changed in that database)")?;
+        let databases = pg_store(config)?.migrate().await.with_context(|| {
+            format!(
+                "{}: migration failed (nothing was changed in that database)",
+                pg_setting(config)
+            )
+        })?;
         for (label, applied) in databases {
             let on = if label.is_empty() {
                 String::new()
@@ -1099,7 +1115,7 @@ fn import(config: &Config, user: &str, from: Option<Mailbox>, to: Option<Mailbox
         StoreKind::Postgres => {
             let store = pg_store(config)?;
             runtime.block_on(async {
-                store.check_schema().await.context("store.url")?;
+                store.check_schema().await.context(pg_setting(config))?;
                 import_with(&store, &config.store.uidl_sources(), user, from, to).await
             })
         }
@@ -1156,7 +1172,7 @@ async fn import_with<S: mailbag::admin::import::UidlTarget>(
 
 async fn pg_user(config: &Config, action: UserCommand) -> Result<()> {
     let store = pg_store(config)?;
-    store.check_schema().await.context("store.url")?;
+    store.check_schema().await.context(pg_setting(config))?;
     let db = PgPassDb::new(Arc::clone(store.pool())).await;
     match action {
         UserCommand::Add {

@@ -621,3 +621,37 @@ async fn sighup_reloads_limits_without_dropping_sessions() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// A PostgreSQL store that cannot be reached is named by the setting the
+/// operator wrote: `store.url`, or `store.clusters` when there are
+/// several.
+#[test]
+fn an_unreachable_database_is_named_by_the_setting_that_gives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailbag.toml");
+    // A port nothing listens on.
+    let port = free_port();
+    let url = format!("host=127.0.0.1 port={port} user=nobody dbname=none connect_timeout=2");
+    let one = format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n");
+    let several = format!(
+        "[store]\nkind = \"postgres\"\n\
+         [[store.clusters]]\nname = \"a\"\nurl = \"{url}\"\n\
+         [[store.clusters]]\nname = \"b\"\nurl = \"{url}\"\n"
+    );
+    for (text, setting) in [(one, "store.url"), (several, "store.clusters")] {
+        std::fs::write(
+            &path,
+            format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n{text}[auth]\n"),
+        )
+        .unwrap();
+        let out = mailbag()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{setting}:")), "{setting}: {err}");
+    }
+}
