@@ -33,7 +33,7 @@ use std::time::Duration;
 use mailbag_proto::dot::canonical_size;
 use tokio_postgres::types::Type;
 
-use super::{check_user, new_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS};
+use super::{check_user, new_uidl, valid_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS};
 use crate::pg::pool::{Pool, Pooled};
 use crate::store::{Mailbox, Store, StoreError, Usage};
 
@@ -270,9 +270,7 @@ impl PgClusters {
         match &self.inner {
             Inner::One(s) => s.deliver_with_uidl(user, message, uidl).await,
             Inner::Several(s) => {
-                let valid = (1..=70).contains(&uidl.len())
-                    && uidl.bytes().all(|b| (0x21..=0x7E).contains(&b));
-                if !valid {
+                if !valid_uidl(uidl) {
                     return Ok(false);
                 }
                 Ok(s.deliver(user, message, Some(uidl)).await?.is_some())
@@ -438,7 +436,18 @@ impl Several {
                 // Moved away after we read the placement: ask again.
                 Some("moved") => drop(maildrop),
                 // Half a maildrop, or one being copied away: not served.
-                _ => return Err(StoreError::Locked),
+                // Said in the log, since a move that was stopped keeps it
+                // so until `move-user` runs again.
+                state => {
+                    tracing::warn!(
+                        user = %user,
+                        cluster = %placement.cluster,
+                        state = ?state,
+                        "maildrop not served: a move between clusters has not finished \
+                         (if no `mailbag move-user` is running for it, run it again)"
+                    );
+                    return Err(StoreError::Locked);
+                }
             }
         }
         Err(changing())

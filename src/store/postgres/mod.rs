@@ -164,9 +164,7 @@ impl PgStore {
         uidl: &str,
     ) -> Result<bool, StoreError> {
         check_user(user)?;
-        let valid =
-            (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7E).contains(&b));
-        if !valid {
+        if !valid_uidl(uidl) {
             return Ok(false);
         }
         let size = canonical_size(&message) as i64;
@@ -255,6 +253,12 @@ pub(crate) fn check_user(user: &str) -> Result<(), StoreError> {
         return Err(StoreError::Permanent("user name refused".into()));
     }
     Ok(())
+}
+
+/// Whether `uidl` is one RFC 1939 allows (1-70 characters in 0x21-0x7E),
+/// as the schema's check does.
+pub(crate) fn valid_uidl(uidl: &str) -> bool {
+    (1..=70).contains(&uidl.len()) && uidl.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
 /// A UIDL unique across nodes: time, then random, in hex (RFC 1939 §7:
