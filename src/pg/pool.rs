@@ -243,7 +243,13 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query(&statement, &values).await
+        match self.query(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query(&statement, &values).await
+            }
+            done => done,
+        }
     }
 
     /// As [`query_prepared`](Self::query_prepared), for at most one row.
@@ -253,7 +259,13 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<Option<Row>, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query_opt(&statement, &values).await
+        match self.query_opt(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query_opt(&statement, &values).await
+            }
+            done => done,
+        }
     }
 
     /// As [`query_prepared`](Self::query_prepared), for exactly one row.
@@ -263,7 +275,13 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<Row, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query_one(&statement, &values).await
+        match self.query_one(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query_one(&statement, &values).await
+            }
+            done => done,
+        }
     }
 
     /// As [`query_prepared`](Self::query_prepared), for the number of rows
@@ -274,7 +292,26 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<u64, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.execute(&statement, &values).await
+        match self.execute(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.execute(&statement, &values).await
+            }
+            done => done,
+        }
+    }
+
+    /// As [`prepare_params`](Self::prepare_params), after forgetting the
+    /// statement this connection had prepared for `sql`.
+    async fn prepare_again<'p>(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'p>,
+    ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.statements.remove(sql);
+        }
+        self.prepare_params(sql, params).await
     }
 
     async fn prepare_params<'p>(
@@ -286,6 +323,20 @@ impl Pooled {
         let statement = self.prepared(sql, &types).await?;
         Ok((statement, params.iter().map(|(v, _)| *v).collect()))
     }
+}
+
+/// Whether PostgreSQL refused a prepared statement because a table it
+/// reads changed the type of a column it returns (a migration, or an
+/// administrator's `ALTER TABLE`): the statement ran no part of itself,
+/// and preparing it again gives one that works. Kept in the cache, it
+/// would fail every later use on this connection.
+fn replanned(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+            && db
+                .message()
+                .starts_with("cached plan must not change result type")
+    })
 }
 
 impl Drop for Pooled {
