@@ -1,6 +1,8 @@
 //! The PostgreSQL store under hostile conditions: tables changed under a
 //! running node, bodies whose chunks a database administrator edited.
 
+use tokio::io::AsyncBufReadExt;
+
 use crate::support::pg::*;
 use crate::support::*;
 
@@ -32,5 +34,95 @@ async fn a_column_type_changed_under_a_running_node_does_not_break_logins() {
         let (_, listing) = c.multi("UIDL").await;
         assert_eq!(listing.split(|&b| b == b'\n').count(), 2, "one message");
         c.ok("QUIT").await;
+    }
+}
+
+/// Everything the server sends after `command` until it closes the
+/// connection (or `limit` octets).
+async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
+    c.send(format!("{command}\r\n").as_bytes()).await;
+    let mut got = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            c.stream.read_until(b'\n', &mut line),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(_)) => got.extend_from_slice(&line),
+            Err(_) => panic!("{command}: the server neither finished nor closed"),
+        }
+        if got.len() > limit || got.ends_with(b"\r\n.\r\n") {
+            return got;
+        }
+    }
+}
+
+/// Whether `got` (a RETR's answer) ends as a whole body other than
+/// `message`.
+fn wrong_body_ended(got: &[u8], message: &[u8]) -> bool {
+    if !got.starts_with(b"+OK") || !got.ends_with(b"\r\n.\r\n") {
+        return false;
+    }
+    let start = got.iter().position(|&b| b == b'\n').unwrap() + 1;
+    unstuff(&got[start..got.len() - 3]) != crlf(message)
+}
+
+/// Message bodies whose `message_chunks` rows were edited by hand (a
+/// chunk deleted, one added, one made oversize or empty, the size column
+/// changed): RETR never ends a body other than the one delivered (a row
+/// past a gap in the numbering is not part of it), and never hangs.
+#[tokio::test]
+async fn edited_chunks_never_end_a_retr_of_the_wrong_size() {
+    let test = "edited_chunks_never_end_a_retr";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let db = connect(f.url.as_deref().unwrap()).await;
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n";
+    let big: Vec<u8> = line.iter().copied().cycle().take(1_200_000).collect();
+    let edits = [
+        "DELETE FROM message_chunks WHERE seq = 3",
+        "DELETE FROM message_chunks WHERE seq = 40",
+        "DELETE FROM message_chunks WHERE seq = (SELECT max(seq) FROM message_chunks)",
+        "INSERT INTO message_chunks SELECT message_id, 5000, data FROM message_chunks WHERE seq = 0",
+        "INSERT INTO message_chunks SELECT message_id, 151, data FROM message_chunks WHERE seq = 0",
+        "UPDATE message_chunks SET data = data || substring(data FOR 100) WHERE seq = 7",
+        "UPDATE message_chunks SET data = substring(data FROM 2) WHERE seq = 70",
+        "UPDATE message_chunks SET data = '' WHERE seq = 33",
+        "UPDATE messages SET size = size + 1",
+        "UPDATE messages SET size = size - 1",
+        "UPDATE messages SET size = 0",
+    ];
+    let node = f.node().await;
+    for edit in edits {
+        db.batch_execute("DELETE FROM messages").await.unwrap();
+        f.deliver("alice", &big).await;
+        db.batch_execute(edit).await.unwrap();
+        let mut c = node.login(ALICE).await;
+        let got = until_closed(&mut c, "RETR 1", 3_000_000).await;
+        assert!(
+            !wrong_body_ended(&got, &big),
+            "{edit}: a wrong body ended as if whole"
+        );
+    }
+    // The same for a message of one chunk (handed over whole).
+    for edit in [
+        "UPDATE message_chunks SET data = data || 'x'::bytea",
+        "UPDATE message_chunks SET data = substring(data FROM 2)",
+        "INSERT INTO message_chunks SELECT message_id, 1, data FROM message_chunks",
+        "DELETE FROM message_chunks",
+    ] {
+        db.batch_execute("DELETE FROM messages").await.unwrap();
+        f.deliver("alice", b"Subject: small\n\nhello\n").await;
+        db.batch_execute(edit).await.unwrap();
+        let mut c = node.login(ALICE).await;
+        let got = until_closed(&mut c, "RETR 1", 100_000).await;
+        assert!(
+            !wrong_body_ended(&got, b"Subject: small\n\nhello\n"),
+            "{edit}: a wrong body ended as if whole"
+        );
     }
 }
