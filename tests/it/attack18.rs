@@ -1,6 +1,9 @@
 //! The PostgreSQL store under hostile conditions: tables changed under a
 //! running node, bodies whose chunks a database administrator edited.
 
+use mailbag::store::postgres::cluster::{ClusterOptions, PgClusters};
+use mailbag::store::postgres::PgOptions;
+use mailbag::store::{Store, StoreError};
 use tokio::io::AsyncBufReadExt;
 
 use crate::support::pg::*;
@@ -125,4 +128,122 @@ async fn edited_chunks_never_end_a_retr_of_the_wrong_size() {
             "{edit}: a wrong body ended as if whole"
         );
     }
+}
+
+/// Two databases of the shared postmaster as clusters "a" (takes new
+/// users) and "b", and a third as the directory.
+async fn three(test: &str) -> Option<(String, String, String)> {
+    let cluster = cluster(test)?;
+    Some((
+        cluster.database("a").await,
+        cluster.database("b").await,
+        cluster.database("dir").await,
+    ))
+}
+
+fn clusters_of(a: &str, b: &str, directory: &str) -> PgClusters {
+    let options = |url: &str| PgOptions {
+        url: url.to_owned(),
+        pool_size: 2,
+        lock_connections: 1,
+        ca_file: None,
+    };
+    PgClusters::several(
+        &[
+            ClusterOptions {
+                name: "a".into(),
+                options: options(a),
+                new_users: true,
+            },
+            ClusterOptions {
+                name: "b".into(),
+                options: options(b),
+                new_users: false,
+            },
+        ],
+        Some(&options(directory)),
+    )
+    .unwrap()
+}
+
+/// Refuses new connections to the database at `url` and ends the ones
+/// it has: to mailbag, that database is down.
+async fn take_down(url: &str) {
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn maildrops(url: &str) -> Vec<String> {
+    connect(url)
+        .await
+        .query(
+            "SELECT name || ':' || state FROM maildrops ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// With the directory down, deliveries and logins fail temporarily and
+/// nothing is made on any cluster: no maildrop chosen by the hash for a
+/// user whose mail is elsewhere. With a cluster down, a user seen for the
+/// first time is not placed elsewhere while that cluster may hold their
+/// maildrop.
+#[tokio::test]
+async fn a_database_down_never_places_a_user_on_another_cluster() {
+    let test = "a_database_down_never_places_a_user";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    // alice's mail is on b from before the clusters; the hash would put
+    // a new user on a (the only one that takes new users).
+    Store::deliver(
+        &pg_store(&b),
+        "alice".into(),
+        b"Subject: old\n\nx\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    Store::deliver(&pg_store(&b), "bob".into(), b"Subject: old\n\nx\n".to_vec())
+        .await
+        .unwrap();
+    let store = clusters_of(&a, &b, &dir);
+
+    // The cluster holding bob's mail is down at his first placement.
+    take_down(&b).await;
+    let got = Store::deliver(&store, "bob".into(), b"Subject: new\n\ny\n".to_vec()).await;
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    let got = Store::open(&store, "bob".into()).await.map(|_| ());
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
+    assert_eq!(
+        connect(&dir)
+            .await
+            .query("SELECT 1 FROM placements", &[])
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // The directory down: nothing is made on a either.
+    take_down(&dir).await;
+    let got = Store::deliver(&store, "alice".into(), b"Subject: new\n\ny\n".to_vec()).await;
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    let got = Store::open(&store, "alice".into()).await.map(|_| ());
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
 }
