@@ -236,8 +236,25 @@ impl Pooled {
         Ok(statement)
     }
 
-    /// Runs the constant `sql` as a prepared statement ([`prepared`](Self::prepared)).
+    /// Runs the constant `sql`, a query that changes nothing, as a
+    /// prepared statement ([`prepared`](Self::prepared)). When the
+    /// connection turns out to have died (a backend terminated, a
+    /// restart: an idle connection cannot know before its next use), the
+    /// query runs once more on a new connection, as a read may.
     pub async fn query_prepared(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        match self.query_prepared_here(sql, params).await {
+            Err(e) if self.gone(&e) && self.replace().await => {
+                self.query_prepared_here(sql, params).await
+            }
+            done => done,
+        }
+    }
+
+    async fn query_prepared_here(
         &mut self,
         sql: &'static str,
         params: &Params<'_>,
@@ -252,8 +269,22 @@ impl Pooled {
         }
     }
 
-    /// As [`query_prepared`](Self::query_prepared), for at most one row.
+    /// As [`query_prepared`](Self::query_prepared) (a read, run again on
+    /// a new connection when this one died), for at most one row.
     pub async fn query_prepared_opt(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        match self.query_prepared_opt_here(sql, params).await {
+            Err(e) if self.gone(&e) && self.replace().await => {
+                self.query_prepared_opt_here(sql, params).await
+            }
+            done => done,
+        }
+    }
+
+    async fn query_prepared_opt_here(
         &mut self,
         sql: &'static str,
         params: &Params<'_>,
@@ -299,6 +330,35 @@ impl Pooled {
             }
             done => done,
         }
+    }
+
+    /// Whether `e` says this connection is gone (so that whatever ran
+    /// on it ended with it).
+    fn gone(&self, e: &tokio_postgres::Error) -> bool {
+        use tokio_postgres::error::SqlState;
+        self.conn().client.is_closed()
+            || e.is_closed()
+            || e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
+            || e.code() == Some(&SqlState::CRASH_SHUTDOWN)
+    }
+
+    /// Swaps this dead connection for a new one, counted in its place;
+    /// `false` (keeping the dead one, which is not returned to the pool)
+    /// when none can be opened.
+    async fn replace(&mut self) -> bool {
+        let Ok(client) = self.pool.connect().await else {
+            return false;
+        };
+        let Some(old) = self.conn.take() else {
+            return false;
+        };
+        self.conn = Some(Conn {
+            client,
+            statements: HashMap::new(),
+            home: std::thread::current().id(),
+            _open: old._open,
+        });
+        true
     }
 
     /// As [`prepare_params`](Self::prepare_params), after forgetting the

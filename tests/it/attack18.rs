@@ -247,3 +247,40 @@ async fn a_database_down_never_places_a_user_on_another_cluster() {
     assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
     assert_eq!(maildrops(&a).await, Vec::<String>::new());
 }
+
+/// Every backend of the database terminated (an administrator, a
+/// restart, a failover) between sessions: the next logins and
+/// deliveries are served on new connections, pooled and lock ones alike.
+#[tokio::test]
+async fn connections_terminated_between_sessions_are_replaced() {
+    let test = "connections_terminated_between_sessions";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let node = f.node().await;
+    let url = f.url.clone().unwrap();
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap()
+        .to_owned();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    for round in 0..8 {
+        let mut c = node.login(ALICE).await;
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap();
+        let (mut c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("+OK"), "round {round}: {reply}");
+        let (_, body) = c.multi("RETR 1").await;
+        assert_eq!(body, crlf(b"Subject: one\n\nhello\n"));
+        c.ok("QUIT").await;
+    }
+}
