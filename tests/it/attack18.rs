@@ -284,3 +284,101 @@ async fn connections_terminated_between_sessions_are_replaced() {
         c.ok("QUIT").await;
     }
 }
+
+/// Lets the database at `url` take connections again.
+async fn bring_up(url: &str) {
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+}
+
+/// Failed connection attempts, many more than the pool's size, while the
+/// database refuses connections leave the pool able to open its full
+/// size again: logins and deliveries work as soon as it is back.
+#[tokio::test]
+async fn failed_connects_leave_the_pool_its_full_size() {
+    let test = "failed_connects_leave_the_pool";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let url = f.url.clone().unwrap();
+    let node = f.node().await;
+    node.login(ALICE).await.ok("QUIT").await;
+    take_down(&url).await;
+    // Concurrent attempts, five times the pool's four connections.
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let addr = node.addr;
+        attempts.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.line().await;
+            c.ok(&format!("USER {}", ALICE.0)).await;
+            c.cmd(&format!("PASS {}", ALICE.1)).await
+        });
+    }
+    while let Some(reply) = attempts.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    }
+    bring_up(&url).await;
+    // Two sessions at once, on new connections.
+    let mut held = Vec::new();
+    for user in ["alice", "bob"] {
+        let secret = if user == "alice" { ALICE.1 } else { BOB.1 };
+        let (c, reply) = node.try_login((user, secret)).await;
+        assert!(reply.starts_with("+OK"), "{user}: {reply}");
+        held.push(c);
+    }
+    for mut c in held {
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+    }
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    c.ok("QUIT").await;
+}
+
+/// Many clients hammering one maildrop that a session holds each get
+/// `[IN-USE]` after the bounded retries, and hold nothing meanwhile:
+/// another user is served during the storm, and the maildrop opens at
+/// once after its session ends.
+#[tokio::test]
+async fn a_storm_of_logins_on_a_held_maildrop_holds_nothing() {
+    let test = "a_storm_of_logins_on_a_held_maildrop";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    f.deliver("bob", b"Subject: two\n\nhello\n").await;
+    let node = f.node().await;
+    let mut holder = node.login(ALICE).await;
+    let mut storm = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let addr = node.addr;
+        storm.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.line().await;
+            c.ok(&format!("USER {}", ALICE.0)).await;
+            c.cmd(&format!("PASS {}", ALICE.1)).await
+        });
+    }
+    let mut other = node.login(BOB).await;
+    let (_, body) = other.multi("RETR 1").await;
+    assert_eq!(body, crlf(b"Subject: two\n\nhello\n"));
+    other.ok("QUIT").await;
+    while let Some(reply) = storm.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    }
+    holder.ok("QUIT").await;
+    let mut c = node.login(ALICE).await;
+    c.ok("STAT").await;
+    c.ok("QUIT").await;
+}
