@@ -382,3 +382,69 @@ async fn a_storm_of_logins_on_a_held_maildrop_holds_nothing() {
     c.ok("STAT").await;
     c.ok("QUIT").await;
 }
+
+/// A node on clusters "a" and "b" with the directory (and the users
+/// table) in a database of its own.
+async fn node_on(a: &str, b: &str, dir: &str, config_dir: &std::path::Path) -> Node {
+    let path = config_dir.join("mailbag.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n\
+             [store]\nkind = \"postgres\"\npool_size = 2\ndirectory_url = \"{dir}\"\n\
+             [[store.clusters]]\nname = \"a\"\nurl = \"{a}\"\n\
+             [[store.clusters]]\nname = \"b\"\nurl = \"{b}\"\nnew_users = false\n\
+             [auth]\nfailure_delay_ms = 10\n"
+        ),
+    )
+    .unwrap();
+    let config = mailbag::config::Config::load(&path).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let passdb = mailbag::auth::postgres::PgPassDb::new(std::sync::Arc::clone(store.pool())).await;
+    Node::start(config, store, passdb).await
+}
+
+/// The directory, which also holds the users, down while mail arrives
+/// over LMTP and clients log in: every recipient is deferred (4xx, never
+/// a 5xx that would bounce the mail), every login fails temporarily,
+/// and no cluster gets a maildrop.
+#[tokio::test]
+async fn the_directory_down_defers_lmtp_and_logins() {
+    let test = "the_directory_down_defers_lmtp";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    Store::deliver(
+        &pg_store(&b),
+        "alice".into(),
+        b"Subject: old\n\nx\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let node = node_on(&a, &b, &dir, config_dir.path()).await;
+    take_down(&dir).await;
+    let lmtp = node.lmtp.unwrap();
+    for rcpt in ["alice", "bob", "nobody"] {
+        let mut c = Client::connect(lmtp).await;
+        assert!(c.line().await.starts_with("220"));
+        c.send(b"LHLO test\r\n").await;
+        while c.line().await.as_bytes().get(3) == Some(&b'-') {}
+        assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).await;
+        let reply = if reply.starts_with('2') {
+            assert!(c.cmd("DATA").await.starts_with("354"));
+            c.send(b"Subject: new\r\n\r\ny\r\n").await;
+            c.cmd(".").await
+        } else {
+            reply
+        };
+        assert!(reply.starts_with('4'), "{rcpt}: {reply}");
+    }
+    for user in [ALICE, BOB] {
+        let (_, reply) = node.try_login(user).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    }
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
+    assert_eq!(maildrops(&b).await, vec!["alice:active".to_owned()]);
+}
