@@ -236,24 +236,67 @@ impl Pooled {
         Ok(statement)
     }
 
-    /// Runs the constant `sql` as a prepared statement ([`prepared`](Self::prepared)).
+    /// Runs the constant `sql`, a query that changes nothing, as a
+    /// prepared statement ([`prepared`](Self::prepared)). When the
+    /// connection turns out to have died (a backend terminated, a
+    /// restart: an idle connection cannot know before its next use), the
+    /// query runs once more on a new connection, as a read may.
     pub async fn query_prepared(
         &mut self,
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query(&statement, &values).await
+        match self.query_prepared_here(sql, params).await {
+            Err(e) if self.gone(&e) && self.replace().await => {
+                self.query_prepared_here(sql, params).await
+            }
+            done => done,
+        }
     }
 
-    /// As [`query_prepared`](Self::query_prepared), for at most one row.
+    async fn query_prepared_here(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let (statement, values) = self.prepare_params(sql, params).await?;
+        match self.query(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query(&statement, &values).await
+            }
+            done => done,
+        }
+    }
+
+    /// As [`query_prepared`](Self::query_prepared) (a read, run again on
+    /// a new connection when this one died), for at most one row.
     pub async fn query_prepared_opt(
         &mut self,
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Option<Row>, tokio_postgres::Error> {
+        match self.query_prepared_opt_here(sql, params).await {
+            Err(e) if self.gone(&e) && self.replace().await => {
+                self.query_prepared_opt_here(sql, params).await
+            }
+            done => done,
+        }
+    }
+
+    async fn query_prepared_opt_here(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query_opt(&statement, &values).await
+        match self.query_opt(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query_opt(&statement, &values).await
+            }
+            done => done,
+        }
     }
 
     /// As [`query_prepared`](Self::query_prepared), for exactly one row.
@@ -263,7 +306,13 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<Row, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.query_one(&statement, &values).await
+        match self.query_one(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.query_one(&statement, &values).await
+            }
+            done => done,
+        }
     }
 
     /// As [`query_prepared`](Self::query_prepared), for the number of rows
@@ -274,7 +323,55 @@ impl Pooled {
         params: &Params<'_>,
     ) -> Result<u64, tokio_postgres::Error> {
         let (statement, values) = self.prepare_params(sql, params).await?;
-        self.execute(&statement, &values).await
+        match self.execute(&statement, &values).await {
+            Err(e) if replanned(&e) => {
+                let (statement, values) = self.prepare_again(sql, params).await?;
+                self.execute(&statement, &values).await
+            }
+            done => done,
+        }
+    }
+
+    /// Whether `e` says this connection is gone (so that whatever ran
+    /// on it ended with it).
+    fn gone(&self, e: &tokio_postgres::Error) -> bool {
+        use tokio_postgres::error::SqlState;
+        self.conn().client.is_closed()
+            || e.is_closed()
+            || e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
+            || e.code() == Some(&SqlState::CRASH_SHUTDOWN)
+    }
+
+    /// Swaps this dead connection for a new one, counted in its place;
+    /// `false` (keeping the dead one, which is not returned to the pool)
+    /// when none can be opened.
+    async fn replace(&mut self) -> bool {
+        let Ok(client) = self.pool.connect().await else {
+            return false;
+        };
+        let Some(old) = self.conn.take() else {
+            return false;
+        };
+        self.conn = Some(Conn {
+            client,
+            statements: HashMap::new(),
+            home: std::thread::current().id(),
+            _open: old._open,
+        });
+        true
+    }
+
+    /// As [`prepare_params`](Self::prepare_params), after forgetting the
+    /// statement this connection had prepared for `sql`.
+    async fn prepare_again<'p>(
+        &mut self,
+        sql: &'static str,
+        params: &Params<'p>,
+    ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.statements.remove(sql);
+        }
+        self.prepare_params(sql, params).await
     }
 
     async fn prepare_params<'p>(
@@ -286,6 +383,20 @@ impl Pooled {
         let statement = self.prepared(sql, &types).await?;
         Ok((statement, params.iter().map(|(v, _)| *v).collect()))
     }
+}
+
+/// Whether PostgreSQL refused a prepared statement because a table it
+/// reads changed the type of a column it returns (a migration, or an
+/// administrator's `ALTER TABLE`): the statement ran no part of itself,
+/// and preparing it again gives one that works. Kept in the cache, it
+/// would fail every later use on this connection.
+fn replanned(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+            && db
+                .message()
+                .starts_with("cached plan must not change result type")
+    })
 }
 
 impl Drop for Pooled {

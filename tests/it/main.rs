@@ -4,6 +4,7 @@
 mod attack;
 mod attack15;
 mod attack17;
+mod attack18;
 mod attack_auth;
 mod attack_mbox;
 mod attack_store;

@@ -1,0 +1,450 @@
+//! The PostgreSQL store under hostile conditions: tables changed under a
+//! running node, bodies whose chunks a database administrator edited.
+
+use mailbag::store::postgres::cluster::{ClusterOptions, PgClusters};
+use mailbag::store::postgres::PgOptions;
+use mailbag::store::{Store, StoreError};
+use tokio::io::AsyncBufReadExt;
+
+use crate::support::pg::*;
+use crate::support::*;
+
+/// A column's type changed under a running node (by a migration or by
+/// hand) changes the result type of statements its connections keep
+/// prepared: PostgreSQL then refuses every later execution of them
+/// ("cached plan must not change result type"). The pool prepares the
+/// statement again instead of failing every login until a restart.
+#[tokio::test]
+async fn a_column_type_changed_under_a_running_node_does_not_break_logins() {
+    let test = "a_column_type_changed_under_a_running_node";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let node = f.node().await;
+    // Logins prepare the maildrop's listing on the pool's connections.
+    for _ in 0..3 {
+        let mut c = node.login(ALICE).await;
+        c.ok("QUIT").await;
+    }
+    let db = connect(f.url.as_deref().unwrap()).await;
+    db.batch_execute("ALTER TABLE messages ALTER COLUMN uidl TYPE varchar(70)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let (mut c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("+OK"), "{reply}");
+        let (_, listing) = c.multi("UIDL").await;
+        assert_eq!(listing.split(|&b| b == b'\n').count(), 2, "one message");
+        c.ok("QUIT").await;
+    }
+}
+
+/// Everything the server sends after `command` until it closes the
+/// connection (or `limit` octets).
+async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
+    c.send(format!("{command}\r\n").as_bytes()).await;
+    let mut got = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            c.stream.read_until(b'\n', &mut line),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(_)) => got.extend_from_slice(&line),
+            Err(_) => panic!("{command}: the server neither finished nor closed"),
+        }
+        if got.len() > limit || got.ends_with(b"\r\n.\r\n") {
+            return got;
+        }
+    }
+}
+
+/// Whether `got` (a RETR's answer) ends as a whole body other than
+/// `message`.
+fn wrong_body_ended(got: &[u8], message: &[u8]) -> bool {
+    if !got.starts_with(b"+OK") || !got.ends_with(b"\r\n.\r\n") {
+        return false;
+    }
+    let start = got.iter().position(|&b| b == b'\n').unwrap() + 1;
+    unstuff(&got[start..got.len() - 3]) != crlf(message)
+}
+
+/// Message bodies whose `message_chunks` rows were edited by hand (a
+/// chunk deleted, one added, one made oversize or empty, the size column
+/// changed): RETR never ends a body other than the one delivered (a row
+/// past a gap in the numbering is not part of it), and never hangs.
+#[tokio::test]
+async fn edited_chunks_never_end_a_retr_of_the_wrong_size() {
+    let test = "edited_chunks_never_end_a_retr";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let db = connect(f.url.as_deref().unwrap()).await;
+    let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\n";
+    let big: Vec<u8> = line.iter().copied().cycle().take(1_200_000).collect();
+    let edits = [
+        "DELETE FROM message_chunks WHERE seq = 3",
+        "DELETE FROM message_chunks WHERE seq = 40",
+        "DELETE FROM message_chunks WHERE seq = (SELECT max(seq) FROM message_chunks)",
+        "INSERT INTO message_chunks SELECT message_id, 5000, data FROM message_chunks WHERE seq = 0",
+        "INSERT INTO message_chunks SELECT message_id, 151, data FROM message_chunks WHERE seq = 0",
+        "UPDATE message_chunks SET data = data || substring(data FOR 100) WHERE seq = 7",
+        "UPDATE message_chunks SET data = substring(data FROM 2) WHERE seq = 70",
+        "UPDATE message_chunks SET data = '' WHERE seq = 33",
+        "UPDATE messages SET size = size + 1",
+        "UPDATE messages SET size = size - 1",
+        "UPDATE messages SET size = 0",
+    ];
+    let node = f.node().await;
+    for edit in edits {
+        db.batch_execute("DELETE FROM messages").await.unwrap();
+        f.deliver("alice", &big).await;
+        db.batch_execute(edit).await.unwrap();
+        let mut c = node.login(ALICE).await;
+        let got = until_closed(&mut c, "RETR 1", 3_000_000).await;
+        assert!(
+            !wrong_body_ended(&got, &big),
+            "{edit}: a wrong body ended as if whole"
+        );
+    }
+    // The same for a message of one chunk (handed over whole).
+    for edit in [
+        "UPDATE message_chunks SET data = data || 'x'::bytea",
+        "UPDATE message_chunks SET data = substring(data FROM 2)",
+        "INSERT INTO message_chunks SELECT message_id, 1, data FROM message_chunks",
+        "DELETE FROM message_chunks",
+    ] {
+        db.batch_execute("DELETE FROM messages").await.unwrap();
+        f.deliver("alice", b"Subject: small\n\nhello\n").await;
+        db.batch_execute(edit).await.unwrap();
+        let mut c = node.login(ALICE).await;
+        let got = until_closed(&mut c, "RETR 1", 100_000).await;
+        assert!(
+            !wrong_body_ended(&got, b"Subject: small\n\nhello\n"),
+            "{edit}: a wrong body ended as if whole"
+        );
+    }
+}
+
+/// Two databases of the shared postmaster as clusters "a" (takes new
+/// users) and "b", and a third as the directory.
+async fn three(test: &str) -> Option<(String, String, String)> {
+    let cluster = cluster(test)?;
+    Some((
+        cluster.database("a").await,
+        cluster.database("b").await,
+        cluster.database("dir").await,
+    ))
+}
+
+fn clusters_of(a: &str, b: &str, directory: &str) -> PgClusters {
+    let options = |url: &str| PgOptions {
+        url: url.to_owned(),
+        pool_size: 2,
+        lock_connections: 1,
+        ca_file: None,
+    };
+    PgClusters::several(
+        &[
+            ClusterOptions {
+                name: "a".into(),
+                options: options(a),
+                new_users: true,
+            },
+            ClusterOptions {
+                name: "b".into(),
+                options: options(b),
+                new_users: false,
+            },
+        ],
+        Some(&options(directory)),
+    )
+    .unwrap()
+}
+
+/// Refuses new connections to the database at `url` and ends the ones
+/// it has: to mailbag, that database is down.
+async fn take_down(url: &str) {
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .unwrap();
+}
+
+async fn maildrops(url: &str) -> Vec<String> {
+    connect(url)
+        .await
+        .query(
+            "SELECT name || ':' || state FROM maildrops ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// With the directory down, deliveries and logins fail temporarily and
+/// nothing is made on any cluster: no maildrop chosen by the hash for a
+/// user whose mail is elsewhere. With a cluster down, a user seen for the
+/// first time is not placed elsewhere while that cluster may hold their
+/// maildrop.
+#[tokio::test]
+async fn a_database_down_never_places_a_user_on_another_cluster() {
+    let test = "a_database_down_never_places_a_user";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    // alice's mail is on b from before the clusters; the hash would put
+    // a new user on a (the only one that takes new users).
+    Store::deliver(
+        &pg_store(&b),
+        "alice".into(),
+        b"Subject: old\n\nx\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    Store::deliver(&pg_store(&b), "bob".into(), b"Subject: old\n\nx\n".to_vec())
+        .await
+        .unwrap();
+    let store = clusters_of(&a, &b, &dir);
+
+    // The cluster holding bob's mail is down at his first placement.
+    take_down(&b).await;
+    let got = Store::deliver(&store, "bob".into(), b"Subject: new\n\ny\n".to_vec()).await;
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    let got = Store::open(&store, "bob".into()).await.map(|_| ());
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
+    assert_eq!(
+        connect(&dir)
+            .await
+            .query("SELECT 1 FROM placements", &[])
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // The directory down: nothing is made on a either.
+    take_down(&dir).await;
+    let got = Store::deliver(&store, "alice".into(), b"Subject: new\n\ny\n".to_vec()).await;
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    let got = Store::open(&store, "alice".into()).await.map(|_| ());
+    assert!(matches!(got, Err(StoreError::Temporary(_))), "{got:?}");
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
+}
+
+/// Every backend of the database terminated (an administrator, a
+/// restart, a failover) between sessions: the next logins and
+/// deliveries are served on new connections, pooled and lock ones alike.
+#[tokio::test]
+async fn connections_terminated_between_sessions_are_replaced() {
+    let test = "connections_terminated_between_sessions";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let node = f.node().await;
+    let url = f.url.clone().unwrap();
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap()
+        .to_owned();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    for round in 0..8 {
+        let mut c = node.login(ALICE).await;
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                &[&db],
+            )
+            .await
+            .unwrap();
+        let (mut c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("+OK"), "round {round}: {reply}");
+        let (_, body) = c.multi("RETR 1").await;
+        assert_eq!(body, crlf(b"Subject: one\n\nhello\n"));
+        c.ok("QUIT").await;
+    }
+}
+
+/// Lets the database at `url` take connections again.
+async fn bring_up(url: &str) {
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap();
+    let admin = connect(&url.replace(&format!("dbname={db}"), "dbname=postgres")).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+}
+
+/// Failed connection attempts, many more than the pool's size, while the
+/// database refuses connections leave the pool able to open its full
+/// size again: logins and deliveries work as soon as it is back.
+#[tokio::test]
+async fn failed_connects_leave_the_pool_its_full_size() {
+    let test = "failed_connects_leave_the_pool";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let url = f.url.clone().unwrap();
+    let node = f.node().await;
+    node.login(ALICE).await.ok("QUIT").await;
+    take_down(&url).await;
+    // Concurrent attempts, five times the pool's four connections.
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let addr = node.addr;
+        attempts.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.line().await;
+            c.ok(&format!("USER {}", ALICE.0)).await;
+            c.cmd(&format!("PASS {}", ALICE.1)).await
+        });
+    }
+    while let Some(reply) = attempts.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    }
+    bring_up(&url).await;
+    // Two sessions at once, on new connections.
+    let mut held = Vec::new();
+    for user in ["alice", "bob"] {
+        let secret = if user == "alice" { ALICE.1 } else { BOB.1 };
+        let (c, reply) = node.try_login((user, secret)).await;
+        assert!(reply.starts_with("+OK"), "{user}: {reply}");
+        held.push(c);
+    }
+    for mut c in held {
+        c.ok("STAT").await;
+        c.ok("QUIT").await;
+    }
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    c.ok("QUIT").await;
+}
+
+/// Many clients hammering one maildrop that a session holds each get
+/// `[IN-USE]` after the bounded retries, and hold nothing meanwhile:
+/// another user is served during the storm, and the maildrop opens at
+/// once after its session ends.
+#[tokio::test]
+async fn a_storm_of_logins_on_a_held_maildrop_holds_nothing() {
+    let test = "a_storm_of_logins_on_a_held_maildrop";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    f.deliver("bob", b"Subject: two\n\nhello\n").await;
+    let node = f.node().await;
+    let mut holder = node.login(ALICE).await;
+    let mut storm = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let addr = node.addr;
+        storm.spawn(async move {
+            let mut c = Client::connect(addr).await;
+            c.line().await;
+            c.ok(&format!("USER {}", ALICE.0)).await;
+            c.cmd(&format!("PASS {}", ALICE.1)).await
+        });
+    }
+    let mut other = node.login(BOB).await;
+    let (_, body) = other.multi("RETR 1").await;
+    assert_eq!(body, crlf(b"Subject: two\n\nhello\n"));
+    other.ok("QUIT").await;
+    while let Some(reply) = storm.join_next().await {
+        let reply = reply.unwrap();
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{reply}");
+    }
+    holder.ok("QUIT").await;
+    let mut c = node.login(ALICE).await;
+    c.ok("STAT").await;
+    c.ok("QUIT").await;
+}
+
+/// A node on clusters "a" and "b" with the directory (and the users
+/// table) in a database of its own.
+async fn node_on(a: &str, b: &str, dir: &str, config_dir: &std::path::Path) -> Node {
+    let path = config_dir.join("mailbag.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[lmtp]\nlisten = [\"127.0.0.1:0\"]\n\
+             [store]\nkind = \"postgres\"\npool_size = 2\ndirectory_url = \"{dir}\"\n\
+             [[store.clusters]]\nname = \"a\"\nurl = \"{a}\"\n\
+             [[store.clusters]]\nname = \"b\"\nurl = \"{b}\"\nnew_users = false\n\
+             [auth]\nfailure_delay_ms = 10\n"
+        ),
+    )
+    .unwrap();
+    let config = mailbag::config::Config::load(&path).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let passdb = mailbag::auth::postgres::PgPassDb::new(std::sync::Arc::clone(store.pool())).await;
+    Node::start(config, store, passdb).await
+}
+
+/// The directory, which also holds the users, down while mail arrives
+/// over LMTP and clients log in: every recipient is deferred (4xx, never
+/// a 5xx that would bounce the mail), every login fails temporarily,
+/// and no cluster gets a maildrop.
+#[tokio::test]
+async fn the_directory_down_defers_lmtp_and_logins() {
+    let test = "the_directory_down_defers_lmtp";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    Store::deliver(
+        &pg_store(&b),
+        "alice".into(),
+        b"Subject: old\n\nx\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let node = node_on(&a, &b, &dir, config_dir.path()).await;
+    take_down(&dir).await;
+    let lmtp = node.lmtp.unwrap();
+    for rcpt in ["alice", "bob", "nobody"] {
+        let mut c = Client::connect(lmtp).await;
+        assert!(c.line().await.starts_with("220"));
+        c.send(b"LHLO test\r\n").await;
+        while c.line().await.as_bytes().get(3) == Some(&b'-') {}
+        assert!(c.cmd("MAIL FROM:<x@example.org>").await.starts_with("250"));
+        let reply = c.cmd(&format!("RCPT TO:<{rcpt}@localhost>")).await;
+        let reply = if reply.starts_with('2') {
+            assert!(c.cmd("DATA").await.starts_with("354"));
+            c.send(b"Subject: new\r\n\r\ny\r\n").await;
+            c.cmd(".").await
+        } else {
+            reply
+        };
+        assert!(reply.starts_with('4'), "{rcpt}: {reply}");
+    }
+    for user in [ALICE, BOB] {
+        let (_, reply) = node.try_login(user).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    }
+    assert_eq!(maildrops(&a).await, Vec::<String>::new());
+    assert_eq!(maildrops(&b).await, vec!["alice:active".to_owned()]);
+}
