@@ -33,7 +33,9 @@ use std::time::Duration;
 use mailbag_proto::dot::canonical_size;
 use tokio_postgres::types::Type;
 
-use super::{check_user, new_uidl, valid_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS};
+use super::{
+    check_user, new_uidl, valid_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS,
+};
 use crate::pg::pool::{Pool, Pooled};
 use crate::store::{Mailbox, Store, StoreError, Usage};
 
