@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::store::maildir::{MaildirStore, UidlSources};
 use crate::store::mbox::MboxStore;
-use crate::store::postgres::PgStore;
+use crate::store::postgres::cluster::PgClusters;
 use crate::store::{maildir, Maildrop, Store, StoreError, Usage};
 
 /// Why an import did not complete.
@@ -118,7 +118,7 @@ impl UidlTarget for MaildirStore {
     }
 }
 
-impl UidlTarget for crate::store::postgres::cluster::PgClusters {
+impl UidlTarget for PgClusters {
     type Pending = ();
 
     async fn deliver_keeping(
@@ -134,30 +134,6 @@ impl UidlTarget for crate::store::postgres::cluster::PgClusters {
             }
         }
         Store::deliver(self, user.into(), message).await?;
-        Ok((None, false))
-    }
-
-    async fn settle(&self, _user: &str, _pending: Vec<()>) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-}
-
-impl UidlTarget for PgStore {
-    type Pending = ();
-
-    async fn deliver_keeping(
-        &self,
-        user: &str,
-        message: Vec<u8>,
-        uidl: Option<&str>,
-    ) -> Result<(Option<()>, bool), StoreError> {
-        if let Some(uidl) = uidl {
-            // Cloned only for the rare UIDL another maildrop has.
-            if self.deliver_with_uidl(user, message.clone(), uidl).await? {
-                return Ok((None, true));
-            }
-        }
-        PgStore::deliver(self, user, message).await?;
         Ok((None, false))
     }
 
