@@ -91,6 +91,40 @@ pub fn canonicalize(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `message` in canonical form, as [`canonicalize`] gives it, without a
+/// copy when it already is (as mail that came over LMTP usually is).
+pub fn into_canonical(message: Vec<u8>) -> Vec<u8> {
+    let ends_a_line = message.last().is_none_or(|&last| last == LF);
+    let every_lf_after_cr =
+        memchr::memchr_iter(LF, &message).all(|i| i > 0 && message[i - 1] == CR);
+    if ends_a_line && every_lf_after_cr {
+        message
+    } else {
+        canonicalize(&message)
+    }
+}
+
+/// `message` with Unix line ends, as mail files hold it: a CR that only
+/// makes a line end CRLF goes. The inverse of [`canonicalize`] for mail
+/// with LF ends, and for any message the canonical form (so the POP3
+/// size) stays what it was: a CR after a CR is data and stays.
+pub fn with_lf_line_ends(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    let mut run = 0;
+    for i in memchr::memchr_iter(LF, message) {
+        let Some(cr) = i.checked_sub(1) else {
+            continue;
+        };
+        let ending_only = message[cr] == CR && (cr == 0 || message[cr - 1] != CR);
+        if ending_only {
+            out.extend_from_slice(&message[run..cr]);
+            run = i;
+        }
+    }
+    out.extend_from_slice(&message[run..]);
+    out
+}
+
 /// How much of the message a [`Stuffer`] sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Extent {
@@ -128,6 +162,9 @@ pub struct Stuffer {
     prev_cr: bool,
     line_so_far: LineSoFar,
     finished: bool,
+    /// Canonical octets appended so far (stuffing dots and the terminator
+    /// not counted).
+    canonical: u64,
 }
 
 impl Default for Stuffer {
@@ -156,6 +193,20 @@ impl Stuffer {
             prev_cr: false,
             line_so_far: LineSoFar::Empty,
             finished: false,
+            canonical: 0,
+        }
+    }
+
+    /// The canonical size of the input fed so far, as if it ended here
+    /// (with the final CRLF that [`Stuffer::finish`] adds to a message not
+    /// ending in LF): what [`canonical_size`] gives for that input, counted
+    /// on the way, so that a RETR can check the size it announced without
+    /// a second pass over the message.
+    pub fn canonical_size(&self) -> u64 {
+        if self.at_line_start || self.finished {
+            self.canonical
+        } else {
+            self.canonical + 2
         }
     }
 
@@ -167,6 +218,8 @@ impl Stuffer {
             self.feed_whole(input, out);
             return false;
         }
+        let appended = out.len();
+        let mut dots = 0;
         let mut rest = input;
         while !rest.is_empty() {
             if self.extent == Extent::Done || self.finished {
@@ -178,6 +231,7 @@ impl Stuffer {
                 // termination octet.
                 if rest[0] == DOT {
                     out.push(DOT);
+                    dots += 1;
                 }
             }
             let Some(i) = memchr::memchr(LF, rest) else {
@@ -198,6 +252,7 @@ impl Stuffer {
             self.end_line();
             rest = &rest[i + 1..];
         }
+        self.canonical += (out.len() - appended - dots) as u64;
         self.extent == Extent::Done
     }
 
@@ -211,8 +266,11 @@ impl Stuffer {
         };
         // Room for LF endings on lines of 16 octets or more, in one go.
         out.reserve(input.len() + input.len() / 8 + 1);
+        let appended = out.len();
+        let mut dots = 0;
         if self.at_line_start && input[0] == DOT {
             out.push(DOT);
+            dots += 1;
         }
         // input[run..] is not copied yet.
         let mut run = 0;
@@ -229,10 +287,12 @@ impl Stuffer {
             if input.get(i + 1) == Some(&DOT) {
                 out.extend_from_slice(&input[run..=i]);
                 out.push(DOT);
+                dots += 1;
                 run = i + 1;
             }
         }
         out.extend_from_slice(&input[run..]);
+        self.canonical += (out.len() - appended - dots) as u64;
         self.at_line_start = last == LF;
         self.prev_cr = last == CR;
     }
@@ -247,6 +307,7 @@ impl Stuffer {
         self.finished = true;
         if !self.at_line_start {
             out.extend_from_slice(b"\r\n");
+            self.canonical += 2;
         }
         out.extend_from_slice(b".\r\n");
     }
@@ -667,6 +728,68 @@ mod tests {
             let body = &top[..top.len() - 3];
             assert!(wire.starts_with(body), "TOP {lines} of {message:?}");
             assert!(body.is_empty() || body.ends_with(b"\r\n"));
+        }
+    }
+
+    #[test]
+    fn into_canonical_copies_only_what_needs_it() {
+        let mut rng = Rng(0xc0de);
+        for _ in 0..2000 {
+            let message = rng.message();
+            let canonical = canonicalize(&message);
+            assert_eq!(into_canonical(message.clone()), canonical, "{message:?}");
+            // Canonical input comes back as the same allocation.
+            let ptr = canonical.as_ptr();
+            let again = into_canonical(canonical);
+            assert_eq!(again.as_ptr(), ptr);
+            assert_eq!(canonicalize(&again), again);
+        }
+        assert_eq!(into_canonical(Vec::new()), b"");
+        assert_eq!(into_canonical(b"\n".to_vec()), b"\r\n");
+        assert_eq!(into_canonical(b"a\r\nb".to_vec()), b"a\r\nb\r\n");
+        assert_eq!(into_canonical(b"a\r\r\n".to_vec()), b"a\r\r\n");
+    }
+
+    #[test]
+    fn lf_line_ends_keep_the_canonical_form() {
+        let mut rng = Rng(0x1f);
+        for _ in 0..3000 {
+            let message = rng.message();
+            let unix = with_lf_line_ends(&message);
+            assert_eq!(canonicalize(&unix), canonicalize(&message), "{message:?}");
+            // Mail with LF ends and a final LF comes back as it was.
+            let lf_only: Vec<u8> = message.iter().copied().filter(|&b| b != CR).collect();
+            if lf_only.last().is_none_or(|&b| b == LF) {
+                assert_eq!(with_lf_line_ends(&canonicalize(&lf_only)), lf_only);
+            }
+        }
+        assert_eq!(with_lf_line_ends(b"a\r\nb\r\r\n\r\n"), b"a\nb\r\r\n\n");
+    }
+
+    /// What RETR checks its announced size against: the stuffer's own
+    /// count, after every chunk, is the canonical size of what it was fed.
+    #[test]
+    fn the_stuffer_counts_the_canonical_size_as_it_goes() {
+        let mut rng = Rng(0x5eed);
+        for _ in 0..300 {
+            let message = rng.message();
+            for n in chunk_sizes() {
+                let mut stuffer = Stuffer::new();
+                let mut top = Stuffer::top(u64::MAX);
+                let (mut out, mut top_out) = (Vec::new(), Vec::new());
+                let mut fed = 0;
+                assert_eq!(stuffer.canonical_size(), 0);
+                for chunk in chunks(&message, n) {
+                    stuffer.feed(chunk, &mut out);
+                    top.feed(chunk, &mut top_out);
+                    fed += chunk.len();
+                    let expected = canonical_size(&message[..fed]);
+                    assert_eq!(stuffer.canonical_size(), expected, "{message:?} at {n}");
+                    assert_eq!(top.canonical_size(), expected, "TOP {message:?} at {n}");
+                }
+                stuffer.finish(&mut out);
+                assert_eq!(stuffer.canonical_size(), canonical_size(&message));
+            }
         }
     }
 

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use base64::prelude::{Engine as _, BASE64_STANDARD};
-use mailbag_proto::dot::{SizeCounter, Stuffer};
+use mailbag_proto::dot::Stuffer;
 use mailbag_proto::pop3::{
     Action, Conn, Credential, Event, Farewell, Index, Outcome, Settings, StoreFailure, Verb,
 };
@@ -977,35 +977,31 @@ struct Body {
     whole: bool,
 }
 
-/// Counts what a RETR sends against the size announced for the message.
+/// Checks what a RETR sends against the size announced for the message,
+/// by the stuffer's own count of canonical octets (no second pass).
+#[derive(Debug, Clone, Copy)]
 struct SizeCheck {
     body: Body,
-    counter: SizeCounter,
 }
 
 impl SizeCheck {
     fn new(body: Body) -> Self {
-        SizeCheck {
-            body,
-            counter: SizeCounter::new(),
-        }
+        SizeCheck { body }
     }
 
-    /// Counts a chunk; an error once more came than was announced.
-    fn feed(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        if !self.body.whole {
-            return Ok(());
-        }
-        self.counter.feed(chunk);
-        if self.counter.clone().finish() > self.body.size.saturating_add(2) {
+    /// An error once more came than was announced: the stuffer's count can
+    /// only grow, but for the final CRLF it counts ahead.
+    fn fed(&self, stuffer: &Stuffer) -> std::io::Result<()> {
+        if self.body.whole && stuffer.canonical_size() > self.body.size.saturating_add(2) {
             return Err(size_changed(self.body.size));
         }
         Ok(())
     }
 
-    /// An error unless exactly the announced octets came.
-    fn finish(self) -> std::io::Result<()> {
-        if self.body.whole && self.counter.finish() != self.body.size {
+    /// An error unless exactly the announced octets came; called before
+    /// the terminator goes out.
+    fn finish(&self, stuffer: &Stuffer) -> std::io::Result<()> {
+        if self.body.whole && stuffer.canonical_size() != self.body.size {
             return Err(size_changed(self.body.size));
         }
         Ok(())
@@ -1039,15 +1035,19 @@ where
     T: AsyncWrite + Unpin,
 {
     let size = body.size;
-    let mut check = SizeCheck::new(body);
+    let check = SizeCheck::new(body);
+    // What a piece of the wrong size adds to `out` never goes out.
+    let start = out.len();
     // A small message the store read whole goes through the stuffer in
     // one pass, straight from the store's buffer. Pipelined RETRs would
     // pile their answers up in `out`: past a chunk's worth it goes out
     // now, as the chunked path below does.
     if let Some(whole) = reader.in_memory() {
-        check.feed(whole)?;
-        check.finish()?;
         stuffer.feed(whole, out);
+        if let Err(e) = check.finish(&stuffer) {
+            out.truncate(start);
+            return Err(e);
+        }
         stuffer.finish(out);
         if out.len() >= BODY_CHUNK_OCTETS {
             stream.write_all(out).await?;
@@ -1068,8 +1068,13 @@ where
         if piece.is_empty() {
             break;
         }
-        check.feed(piece)?;
-        if stuffer.feed(piece, out) {
+        let before = out.len();
+        let done = stuffer.feed(piece, out);
+        if let Err(e) = check.fed(&stuffer) {
+            out.truncate(before);
+            return Err(e);
+        }
+        if done {
             break;
         }
         if out.len() >= BODY_CHUNK_OCTETS {
@@ -1077,7 +1082,7 @@ where
             out.clear();
         }
     }
-    check.finish()?;
+    check.finish(&stuffer)?;
     stuffer.finish(out);
     Ok(())
 }
@@ -1214,6 +1219,10 @@ mod tests {
                 let e = result.expect_err("a changed message went out as complete");
                 assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
                 assert!(!sent.ends_with(b"\r\n.\r\n") && !out.ends_with(b"\r\n.\r\n"));
+                if !streamed {
+                    // Nothing of a message read whole is left to go out.
+                    assert!(out.is_empty() && sent.is_empty());
+                }
             }
         }
         // TOP sends part of a message by design.
