@@ -11,7 +11,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mailbag_proto::dot::canonical_size;
+use mailbag_proto::dot::{canonical_size, with_lf_line_ends};
 use tokio::io::AsyncReadExt;
 
 use crate::store::maildir::{MaildirStore, UidlSources};
@@ -368,7 +368,8 @@ fn verify(copied: Copied, before: Usage, after: Usage) -> Result<(), ImportError
 }
 
 /// Copies every message of `user`'s maildrop in `store` into the Maildir
-/// `target` (created if missing), then checks the Maildir grew by their
+/// `target` (created if missing), with LF line ends as mail files have
+/// them (PostgreSQL keeps CRLF), then checks the Maildir grew by their
 /// count and CRLF octets. Holds the maildrop lock meanwhile, and deletes
 /// nothing.
 pub async fn out_to_maildir<S: Store>(
@@ -377,13 +378,14 @@ pub async fn out_to_maildir<S: Store>(
     target: &Path,
 ) -> Result<Copied, ImportError> {
     out_of_store(store, user, target, maildir_usage, |message| {
-        maildir::deliver(target, &message).map(drop)
+        maildir::deliver(target, &with_lf_line_ends(&message)).map(drop)
     })
     .await
 }
 
 /// Appends every message of `user`'s maildrop in `store` to the mbox file
-/// `target` (mboxrd quoting; created if missing, synced at the end), then
+/// `target` (mboxrd quoting, LF line ends; created if missing, synced at
+/// the end), then
 /// checks the file grew by their count and CRLF octets.
 pub async fn out_to_mbox<S: Store>(
     store: &S,
@@ -396,7 +398,7 @@ pub async fn out_to_mbox<S: Store>(
             Some(file) => file,
             None => file.insert(open_mbox_for_append(target)?),
         };
-        file.write_all(&mbox_entry(&message))
+        file.write_all(&mbox_entry(&with_lf_line_ends(&message)))
     });
     // The closure borrows `file` until the copy is done.
     let copied = copied.await;

@@ -91,7 +91,8 @@ async fn edited_chunks_never_end_a_retr_of_the_wrong_size() {
         "DELETE FROM message_chunks WHERE seq = 40",
         "DELETE FROM message_chunks WHERE seq = (SELECT max(seq) FROM message_chunks)",
         "INSERT INTO message_chunks SELECT message_id, 5000, data FROM message_chunks WHERE seq = 0",
-        "INSERT INTO message_chunks SELECT message_id, 151, data FROM message_chunks WHERE seq = 0",
+        "INSERT INTO message_chunks SELECT message_id, (SELECT max(seq) + 2 FROM message_chunks), data
+           FROM message_chunks WHERE seq = 0",
         "UPDATE message_chunks SET data = data || substring(data FOR 100) WHERE seq = 7",
         "UPDATE message_chunks SET data = substring(data FROM 2) WHERE seq = 70",
         "UPDATE message_chunks SET data = '' WHERE seq = 33",

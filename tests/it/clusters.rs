@@ -409,7 +409,8 @@ async fn a_move_stopped_after_any_step_is_never_half_served_and_finishes_when_ru
             // Bodies of 0 to 4 chunks and a part.
             let mut body = format!("Subject: {i}\r\n\r\n").into_bytes();
             body.extend((0..i * 8000 + 77).map(|n| b"abcdefghij\r\n"[n % 12]));
-            bodies.push(body.clone());
+            // Stored in canonical form: a final CRLF added.
+            bodies.push(crlf(&body));
             delivered.push(
                 Store::deliver(&store, user.as_str().into(), body)
                     .await

@@ -17,9 +17,11 @@ use crate::support::*;
 const FIRST_BATCH_ROWS: usize = 32;
 const BATCH_ROWS: usize = 64;
 
-/// A message of exactly `len` stored octets: LF lines, some starting with
-/// a dot (which RETR must stuff), a dot line right at the first chunk
-/// boundary and a CRLF split across the second, and 8-bit octets.
+/// A message of `len` octets in canonical form, as the store keeps it
+/// (CRLF lines; a few sizes too small for that gain a final CRLF): some
+/// lines start with a dot (which RETR must stuff), a dot line starts
+/// right at the first chunk boundary and a CRLF is split across the
+/// second, and 8-bit octets.
 fn message_of(len: usize, seed: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(len + 128);
     let mut i = seed;
@@ -28,19 +30,25 @@ fn message_of(len: usize, seed: u32) -> Vec<u8> {
             m.push(b'.');
         }
         m.extend_from_slice(format!("line {i} ").as_bytes());
-        m.extend_from_slice(b"\xe9\xff padding to make lines of different lengths\n");
+        m.extend_from_slice(b"\xe9\xff padding to make lines of different lengths\r\n");
         i = i.wrapping_mul(31).wrapping_add(7) % 1000;
     }
     m.truncate(len);
-    let c = CHUNK_OCTETS;
-    if len > c + 1 {
-        m[c - 1] = b'\n';
-        m[c] = b'.';
+    if len >= 2 {
+        m[len - 2..].copy_from_slice(b"\r\n");
     }
-    if len > 2 * c + 1 {
-        m[2 * c - 1] = b'\r';
-        m[2 * c] = b'\n';
-        m[2 * c + 1] = b'.';
+    let c = CHUNK_OCTETS;
+    if len > c + 3 {
+        m[c - 2..=c].copy_from_slice(b"\r\n.");
+    }
+    if len > 2 * c + 3 {
+        m[2 * c - 1..=2 * c + 1].copy_from_slice(b"\r\n.");
+    }
+    // What the cuts above split: an LF left without its CR becomes text.
+    for i in 0..m.len() {
+        if m[i] == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            m[i] = b'x';
+        }
     }
     m
 }
@@ -77,7 +85,8 @@ async fn bodies_at_every_chunk_and_batch_boundary_come_back_byte_exact() {
         f.deliver("alice", m).await;
     }
 
-    // Stored as rows of at most a chunk, in order, that add up to the body.
+    // Stored in canonical form (CRLF line ends, whatever the delivery
+    // brought), as rows of at most a chunk, in order, that add up to it.
     let db = connect(f.url.as_deref().unwrap()).await;
     let rows = db
         .query(
@@ -92,14 +101,19 @@ async fn bodies_at_every_chunk_and_batch_boundary_come_back_byte_exact() {
     assert_eq!(rows.len(), messages.len());
     for (row, m) in rows.iter().zip(&messages) {
         let (count, widest, body): (i64, i32, Vec<u8>) = (row.get(1), row.get(2), row.get(3));
+        let canonical = crlf(m);
         assert_eq!(
             count as usize,
-            m.len().div_ceil(CHUNK_OCTETS),
+            canonical.len().div_ceil(CHUNK_OCTETS),
             "{}",
             m.len()
         );
         assert!(widest as usize <= CHUNK_OCTETS);
-        assert!(body == *m, "stored body of {} octets differs", m.len());
+        assert!(
+            body == canonical,
+            "stored body of {} octets differs",
+            m.len()
+        );
     }
 
     let node = f.node().await;
@@ -182,6 +196,81 @@ async fn readers_that_stop_reading_large_messages_hold_no_pooled_connection() {
         assert!(unstuff(&c.body().await) == crlf(&big));
         c.ok("QUIT").await;
     }
+}
+
+/// A message delivered with LF line ends (as `mailbag deliver` gets it
+/// from an MTA) is stored in canonical form, its length its POP3 size;
+/// bodies stored with LF ends before that still come back exact.
+#[tokio::test]
+async fn lf_bodies_are_stored_canonical_and_lf_rows_from_before_still_serve() {
+    let test = "lf_bodies_are_stored_canonical";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let small = b"Subject: lf\n\n.dot line\nbare\rcr\nend".to_vec();
+    let mut big = Vec::new();
+    for i in 0..2000 {
+        big.extend_from_slice(
+            format!("{}line {i} of a long LF message\n", ".".repeat(i % 3)).as_bytes(),
+        );
+    }
+    for m in [&small, &big] {
+        f.deliver("alice", m).await;
+    }
+    let db = connect(f.url.as_deref().unwrap()).await;
+    let stored = |id: i64| {
+        let db = &db;
+        async move {
+            let row = db
+                .query_one(
+                    "SELECT m.size, coalesce(string_agg(c.data, ''::bytea ORDER BY c.seq), '')
+                       FROM messages m LEFT JOIN message_chunks c ON c.message_id = m.id
+                      WHERE m.id = $1 GROUP BY m.id",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1))
+        }
+    };
+    let ids: Vec<i64> = db
+        .query("SELECT id FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (id, m) in ids.iter().zip([&small, &big]) {
+        let (size, body) = stored(*id).await;
+        assert!(
+            body == crlf(m),
+            "stored as delivered, not in canonical form"
+        );
+        assert_eq!(size as usize, body.len());
+    }
+
+    // The same messages as LF rows, the way they were stored before.
+    for (id, m) in ids.iter().zip([&small, &big]) {
+        db.execute("DELETE FROM message_chunks WHERE message_id = $1", &[id])
+            .await
+            .unwrap();
+        db.execute(
+            "INSERT INTO message_chunks (message_id, seq, data)
+             SELECT $1, s, substring($2::bytea FROM s * 8000 + 1 FOR 8000)
+               FROM generate_series(0, (octet_length($2::bytea) + 7999) / 8000 - 1) AS s",
+            &[id, m],
+        )
+        .await
+        .unwrap();
+    }
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    for (n, m) in [&small, &big].into_iter().enumerate() {
+        let (status, body) = c.multi(&format!("RETR {}", n + 1)).await;
+        assert!(status.starts_with("+OK"), "{status}");
+        assert!(body == crlf(m), "RETR {} of an LF row", n + 1);
+    }
+    c.ok("QUIT").await;
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailbag_proto::dot::canonical_size;
+use mailbag_proto::dot::into_canonical;
 use tokio_postgres::types::Type;
 
 use super::{
@@ -465,7 +465,8 @@ impl Several {
         keep: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
         check_user(user)?;
-        let size = canonical_size(&message) as i64;
+        let message = into_canonical(message);
+        let size = message.len() as i64;
         let mut uidl = keep.map_or_else(new_uidl, str::to_owned);
         for _ in 0..FOLLOW {
             let placement = self.placement(user).await?;

@@ -12,7 +12,12 @@
 //!   with it and nothing is deleted.
 //! - `deliver` inserts the message and its chunks in one statement, so
 //!   in one transaction, which is committed (and, with
-//!   `synchronous_commit`, flushed or replicated) before it returns.
+//!   `synchronous_commit`, flushed or replicated) before it returns. The
+//!   body is stored in canonical form (CRLF line ends, as LMTP brings
+//!   it; a message with LF ends is converted once, here), so that its
+//!   length is its POP3 size and RETR copies it in long runs instead of a
+//!   line at a time. Bodies stored with LF ends before are served as
+//!   they are.
 //!
 //! Every database failure is [`StoreError::Temporary`] (`[SYS/TEMP]`).
 
@@ -27,7 +32,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mailbag_proto::dot::canonical_size;
+use mailbag_proto::dot::into_canonical;
 
 use super::{Mailbox, Maildrop, MessageInfo, Store, StoreError, Usage};
 use crate::pg::pool::{Pool, Pooled};
@@ -130,7 +135,8 @@ impl PgStore {
     pub async fn deliver(&self, user: &str, message: Vec<u8>) -> Result<String, StoreError> {
         check_user(user)?;
         let uidl = new_uidl();
-        let size = canonical_size(&message) as i64;
+        let message = into_canonical(message);
+        let size = message.len() as i64;
         let id = self.maildrop_id(user).await?;
         let mut client = self.pool.get().await?;
         let inserted = insert_message(&mut client, id, &uidl, size, &message).await;
@@ -167,7 +173,8 @@ impl PgStore {
         if !valid_uidl(uidl) {
             return Ok(false);
         }
-        let size = canonical_size(&message) as i64;
+        let message = into_canonical(message);
+        let size = message.len() as i64;
         let id = self.maildrop_id(user).await?;
         let mut client = self.pool.get().await?;
         let inserted = insert_message(&mut client, id, uidl, size, &message).await;
