@@ -1191,6 +1191,73 @@ async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
     c.ok("QUIT").await;
 }
 
+/// An admin command that opens a maildrop a moment after a session let
+/// it go (its unlock still on the way) waits for it as a login does,
+/// instead of answering "in use"; and it releases the maildrop itself
+/// before it returns, so that the next session or command finds it free.
+#[tokio::test]
+async fn mailbox_waits_for_a_maildrop_being_released_and_releases_it_itself() {
+    use mailbag::admin::mailbox::{run_with, MailboxCommand};
+    let test = "mailbox_waits_for_a_maildrop_being_released";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("admin_waits").await;
+    let store = pg_store(&url);
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    Store::deliver(&store, "alice".into(), b"Subject: s\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    let inspect = || MailboxCommand::Inspect {
+        user: "alice".into(),
+    };
+    // Connects the lock connection and prepares its statements, so that
+    // the next open asks PostgreSQL at once.
+    let mut out = Vec::new();
+    run_with(&store, &config, inspect(), &mut out)
+        .await
+        .unwrap();
+
+    // Another node's session holds the maildrop, and lets it go a moment
+    // after the command first finds it locked.
+    let other = connect(&url).await;
+    async fn free(other: &tokio_postgres::Client) -> bool {
+        other
+            .query_one(
+                "SELECT pg_try_advisory_lock(id) FROM maildrops WHERE name = 'alice'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+    assert!(free(&other).await, "the command left the maildrop locked");
+    let unlock = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        other
+            .execute(
+                "SELECT pg_advisory_unlock(id) FROM maildrops WHERE name = 'alice'",
+                &[],
+            )
+            .await
+            .unwrap();
+    };
+    let mut out = Vec::new();
+    let (done, ()) = tokio::join!(run_with(&store, &config, inspect(), &mut out), unlock);
+    done.unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("alice: 1 message "));
+    assert!(free(&other).await, "the command left the maildrop locked");
+    assert!(
+        matches!(
+            run_with(&store, &config, inspect(), &mut Vec::new()).await,
+            Err(mailbag::admin::mailbox::MailboxError::Locked(_))
+        ),
+        "a maildrop held all along is in use"
+    );
+}
+
 /// Frontend messages of the PostgreSQL protocol that a proxy saw go to
 /// the server: statements parsed (`P`) and round trips (`S`, each
 /// extended-protocol exchange ends with one Sync).
