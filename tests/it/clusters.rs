@@ -782,6 +782,70 @@ async fn one_cluster_adds_no_round_trip_and_clusters_two_per_login() {
     assert_eq!(clustered.1, single.1, "an LMTP delivery with clusters");
 }
 
+/// A login refused because the maildrop's move has not finished reads
+/// the state before anything else of the maildrop: however many
+/// messages it holds, and though the login tries the locked maildrop
+/// again before it answers `[IN-USE]`, none of them is listed.
+#[tokio::test]
+async fn a_login_refused_for_an_unfinished_move_lists_nothing() {
+    let test = "refused_login_lists_nothing";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let port = cluster(test).unwrap().port;
+    let (proxy, sent) = crate::postgres::counting_proxy(port).await;
+    let config = format!(
+        "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\n\
+         [[store.clusters]]\nname = \"a\"\nurl = \"{}\"\n\
+         [[store.clusters]]\nname = \"b\"\nurl = \"{}\"\nnew_users = false\n\
+         [auth]\nfailure_delay_ms = 10\n",
+        two.a
+            .replace(&format!("port={port}"), &format!("port={proxy}")),
+        two.b
+    );
+    let config = Config::parse(&config, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    const MESSAGES: usize = 40;
+    for i in 0..MESSAGES {
+        Store::deliver(
+            &store,
+            ALICE.0.into(),
+            format!("Subject: {i}\r\n\r\nx\r\n").into_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    // Served while active: the listing is there to be counted.
+    let rows = || sent.rows.load(Ordering::SeqCst);
+    let before = rows();
+    let mut c = node.login(ALICE).await;
+    c.ok("QUIT").await;
+    assert!(rows() - before >= MESSAGES, "the listing went unseen");
+
+    for unfinished in ["moving", "incoming"] {
+        connect(&two.a)
+            .await
+            .execute(
+                "UPDATE maildrops SET state = $2 WHERE name = $1",
+                &[&ALICE.0, &unfinished],
+            )
+            .await
+            .unwrap();
+        let before = rows();
+        let (_c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{unfinished}: {reply}");
+        let listed = rows() - before;
+        // The passdb's row, and per try the lock's and the state's.
+        assert!(
+            listed < MESSAGES,
+            "{unfinished}: {listed} rows for a refused login"
+        );
+    }
+    node.stop().await;
+}
+
 /// The sizing figures of docs/DEPLOYMENT.md ("Several PostgreSQL
 /// clusters"): disk per message, deliveries and logins through one
 /// cluster and through the directory, and a move's speed. A cluster of

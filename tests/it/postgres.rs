@@ -1265,10 +1265,12 @@ async fn mailbox_waits_for_a_maildrop_being_released_and_releases_it_itself() {
 pub(crate) struct Sent {
     pub(crate) parses: std::sync::atomic::AtomicUsize,
     pub(crate) syncs: std::sync::atomic::AtomicUsize,
+    /// Rows the server sent back (`D`, DataRow).
+    pub(crate) rows: std::sync::atomic::AtomicUsize,
 }
 
 /// A TCP proxy to PostgreSQL that counts what [`Sent`] counts, reading
-/// the frontend's message framing (the untyped startup message, then a
+/// the backend's message framing and the frontend's (the untyped startup message, then a
 /// type octet and a length for each message).
 pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1285,8 +1287,28 @@ pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
                     .unwrap();
                 let (mut client_rx, mut client_tx) = client.into_split();
                 let (mut server_rx, mut server_tx) = server.into_split();
+                let received = Arc::clone(&sent);
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    // The server's messages are all a type octet and a
+                    // length (no TLS is asked for here).
+                    let mut pending = Vec::new();
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(len) = pending.get(1..5) {
+                            let whole = 1 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+                            if pending.len() < whole {
+                                break;
+                            }
+                            if pending[0] == b'D' {
+                                received.rows.fetch_add(1, Ordering::SeqCst);
+                            }
+                            pending.drain(..whole);
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 });
                 let mut pending = Vec::new();
                 let mut started = false;

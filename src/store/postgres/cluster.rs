@@ -410,19 +410,6 @@ impl Several {
         Ok(holding)
     }
 
-    /// The state of `user`'s maildrop row on `store`.
-    async fn state(store: &PgStore, user: &str) -> Result<Option<String>, StoreError> {
-        let mut client = store.pool().get().await?;
-        let row = client
-            .query_prepared_opt(
-                "SELECT state FROM maildrops WHERE name = $1",
-                &[(&user, Type::TEXT)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
     /// Opens `user`'s maildrop where the directory places it, following
     /// a move that switched the placement under it.
     async fn open(&self, user: &str) -> Result<PgMaildrop, StoreError> {
@@ -430,17 +417,16 @@ impl Several {
         for _ in 0..FOLLOW {
             let placement = self.placement(user).await?;
             let store = self.member(&placement.cluster)?;
-            let maildrop = store.open(Mailbox::from(user)).await?;
-            // Read under the maildrop's lock, which every change of the
-            // state holds: it cannot change until this session ends.
-            match Self::state(store, user).await?.as_deref() {
-                Some("active") => return Ok(maildrop),
+            // The state is read under the maildrop's lock, which every
+            // change of it holds, and before anything is listed.
+            match store.open_if_active(user).await? {
+                Ok(maildrop) => return Ok(maildrop),
                 // Moved away after we read the placement: ask again.
-                Some("moved") => drop(maildrop),
+                Err(Some(state)) if state == "moved" => {}
                 // Half a maildrop, or one being copied away: not served.
                 // Said in the log, since a move that was stopped keeps it
                 // so until `move-user` runs again.
-                state => {
+                Err(state) => {
                     tracing::warn!(
                         user = %user,
                         cluster = %placement.cluster,

@@ -205,6 +205,88 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Takes the lock of `user`'s maildrop (created when missing): its id
+    /// and the lock.
+    async fn lock_maildrop(&self, user: &str) -> Result<(i64, Held), StoreError> {
+        match self.locks.lock(user).await? {
+            Lock::Held(id, lock) => Ok((id, lock)),
+            Lock::Busy => Err(StoreError::Locked),
+            Lock::Missing => {
+                create_maildrop(&mut self.pool.get().await?, user).await?;
+                match self.locks.lock(user).await? {
+                    Lock::Held(id, lock) => Ok((id, lock)),
+                    Lock::Busy => Err(StoreError::Locked),
+                    // Created and removed again at once: only an
+                    // administrator deleting it does that.
+                    Lock::Missing => Err(StoreError::Temporary(io::Error::other(
+                        "maildrop removed while being opened",
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The snapshot of the maildrop `id`, whose `lock` is held.
+    async fn snapshot(
+        &self,
+        client: &mut Pooled,
+        id: i64,
+        lock: Held,
+    ) -> Result<PgMaildrop, StoreError> {
+        // The snapshot comes after the lock: nothing can delete under it.
+        let rows = client
+            .query_prepared(
+                "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
+                &[(&id, INT8)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut infos = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.get::<_, i64>(0));
+            infos.push(MessageInfo {
+                uid: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+            });
+        }
+        Ok(PgMaildrop {
+            pool: Arc::clone(&self.pool),
+            lock,
+            maildrop_id: id,
+            ids,
+            infos,
+        })
+    }
+
+    /// Opens `user`'s maildrop as [`Store::open`] does when its row's
+    /// state is `active`; otherwise releases the lock and gives the state
+    /// (`None`: the row was removed under us), with nothing listed. The
+    /// state is read under the maildrop's lock, which every change of it
+    /// holds, so it cannot change until the session ends; and before the
+    /// listing, so that a maildrop not served costs no listing.
+    pub(crate) async fn open_if_active(
+        &self,
+        user: &str,
+    ) -> Result<Result<PgMaildrop, Option<String>>, StoreError> {
+        check_user(user)?;
+        let (id, lock) = self.lock_maildrop(user).await?;
+        let mut client = self.pool.get().await?;
+        let state = client
+            .query_prepared_opt("SELECT state FROM maildrops WHERE id = $1", &[(&id, INT8)])
+            .await
+            .map_err(PgError::from)?
+            .map(|row| row.get::<_, String>(0));
+        if state.as_deref() != Some("active") {
+            drop(client);
+            lock.unlock().await;
+            return Ok(Err(state));
+        }
+        self.snapshot(&mut client, id, lock).await.map(Ok)
+    }
+}
+
 /// Stores a message and its body's chunks in one statement, so in one
 /// transaction: all of it or nothing. The body goes to the server once,
 /// which cuts it into rows of [`CHUNK_OCTETS`] (an empty body has none).
@@ -281,49 +363,9 @@ impl Store for PgStore {
     async fn open(&self, user: Mailbox<'_>) -> Result<PgMaildrop, StoreError> {
         let user = user.name;
         check_user(user)?;
-        let (id, lock) = match self.locks.lock(user).await? {
-            Lock::Held(id, lock) => (id, lock),
-            Lock::Busy => return Err(StoreError::Locked),
-            Lock::Missing => {
-                create_maildrop(&mut self.pool.get().await?, user).await?;
-                match self.locks.lock(user).await? {
-                    Lock::Held(id, lock) => (id, lock),
-                    Lock::Busy => return Err(StoreError::Locked),
-                    // Created and removed again at once: only an
-                    // administrator deleting it does that.
-                    Lock::Missing => {
-                        return Err(StoreError::Temporary(io::Error::other(
-                            "maildrop removed while being opened",
-                        )))
-                    }
-                }
-            }
-        };
-        // The snapshot comes after the lock: nothing can delete under it.
+        let (id, lock) = self.lock_maildrop(user).await?;
         let mut client = self.pool.get().await?;
-        let rows = client
-            .query_prepared(
-                "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
-                &[(&id, INT8)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut infos = Vec::with_capacity(rows.len());
-        for row in rows {
-            ids.push(row.get::<_, i64>(0));
-            infos.push(MessageInfo {
-                uid: row.get(1),
-                size: row.get::<_, i64>(2) as u64,
-            });
-        }
-        Ok(PgMaildrop {
-            pool: Arc::clone(&self.pool),
-            lock,
-            maildrop_id: id,
-            ids,
-            infos,
-        })
+        self.snapshot(&mut client, id, lock).await
     }
 
     async fn deliver(&self, user: Mailbox<'_>, message: Vec<u8>) -> Result<String, StoreError> {
