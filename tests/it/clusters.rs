@@ -846,6 +846,59 @@ async fn a_login_refused_for_an_unfinished_move_lists_nothing() {
     node.stop().await;
 }
 
+/// A delivery under a given UIDL (an import keeping another server's
+/// UIDLs) whose reply is lost as its connection breaks is settled by
+/// looking for that UIDL in the user's own maildrop only: another user
+/// holding the same UIDL (so that the insert was in fact refused) does
+/// not make it count as stored.
+#[tokio::test]
+async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
+    let test = "unknown_outcome_own_maildrop";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    const SHARED: &str = "00000001.1700000000";
+    let direct = two.store();
+    assert!(direct
+        .deliver_with_uidl(BOB.0, b"Subject: bob's\r\n\r\nx\r\n".to_vec(), SHARED)
+        .await
+        .unwrap());
+    // Alice's maildrop exists, so the statement cut is the insert itself.
+    Store::deliver(
+        &direct,
+        ALICE.0.into(),
+        b"Subject: first\r\n\r\nx\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
+
+    let port = cluster(test).unwrap().port;
+    let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
+    let text = two
+        .config_text(false)
+        .replace(&format!("port={port}"), &format!("port={proxy}"));
+    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let kept = store
+        .deliver_with_uidl(ALICE.0, b"Subject: alice's\r\n\r\ny\r\n".to_vec(), SHARED)
+        .await;
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
+    assert!(
+        matches!(kept, Err(StoreError::Temporary(_))),
+        "a delivery that stored nothing was taken as stored: {kept:?}"
+    );
+    let alice: Vec<String> = held(&two.a, ALICE.0)
+        .await
+        .into_iter()
+        .map(|(_, subject)| subject)
+        .collect();
+    assert_eq!(alice, ["first"]);
+    assert_eq!(
+        held(&two.a, BOB.0).await,
+        [(SHARED.to_owned(), "bob's".to_owned())]
+    );
+}
+
 /// The sizing figures of docs/DEPLOYMENT.md ("Several PostgreSQL
 /// clusters"): disk per message, deliveries and logins through one
 /// cluster and through the directory, and a move's speed. A cluster of

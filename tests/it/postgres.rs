@@ -1028,7 +1028,7 @@ async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(bac
 /// commits) but never relays the reply, then cuts the connection: what a
 /// network failure at the worst moment looks like to the node. Returns
 /// its port and whether the cut has happened.
-async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::AtomicBool;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -28,7 +28,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mailbag_proto::dot::canonical_size;
 use tokio_postgres::types::Type;
@@ -483,7 +482,7 @@ impl Several {
                 Err(e) if e.as_db_error().is_some() => return Err(PgError::Db(e).into()),
                 // The connection broke around COMMIT: look the UIDL up.
                 Err(e) => {
-                    return if stored(store, &uidl).await {
+                    return if store.stored(user, &uidl).await {
                         Ok(Some(uidl))
                     } else {
                         Err(PgError::Db(e).into())
@@ -560,27 +559,6 @@ async fn insert(
         Some(_) if count == 1 => Inserted::Stored,
         Some(state) => Inserted::State(state),
     })
-}
-
-/// Whether a message with `uidl` was committed on `store`, asked after a
-/// failure whose outcome is unknown (as [`PgStore`]'s own delivery).
-async fn stored(store: &PgStore, uidl: &str) -> bool {
-    for wait in [0, 500, 2000] {
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let Ok(client) = store.pool().get().await else {
-            continue;
-        };
-        if let Ok(row) = client
-            .query_typed_opt(
-                "SELECT 1 FROM messages WHERE uidl = $1",
-                &[(&uidl, Type::TEXT)],
-            )
-            .await
-        {
-            return row.is_some();
-        }
-    }
-    false
 }
 
 /// The cluster a never-seen `user` goes to among `names`: the highest of

@@ -142,7 +142,7 @@ impl PgStore {
             Err(e) if e.as_db_error().is_some() => Err(PgError::Db(e).into()),
             Err(e) => {
                 let e = PgError::Db(e);
-                if self.stored(&uidl).await {
+                if self.stored(user, &uidl).await {
                     Ok(uidl)
                 } else {
                     Err(e.into())
@@ -184,18 +184,26 @@ impl PgStore {
         }
     }
 
-    /// Whether a message with `uidl` was committed; asked after a failure
-    /// whose outcome is unknown. `false` when the database cannot tell us
-    /// now (then the MTA retries, and at worst the message arrives twice,
-    /// never zero times).
-    async fn stored(&self, uidl: &str) -> bool {
+    /// Whether a message with `uidl` was committed to `user`'s maildrop;
+    /// asked after a failure whose outcome is unknown. `false` when the
+    /// database cannot tell us now (then the MTA retries, and at worst the
+    /// message arrives twice, never zero times). Only `user`'s maildrop
+    /// counts: the same UIDL in another maildrop (a message imported
+    /// under the UIDL another server gave it, which the insert then
+    /// refused) does not mean this delivery was stored. One statement,
+    /// through the UIDL's unique index and the maildrop's key.
+    pub(crate) async fn stored(&self, user: &str, uidl: &str) -> bool {
         for wait in [0, 500, 2000] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             let Ok(client) = self.pool.get().await else {
                 continue;
             };
             if let Ok(row) = client
-                .query_opt("SELECT 1 FROM messages WHERE uidl = $1", &[&uidl])
+                .query_typed_opt(
+                    "SELECT 1 FROM messages m JOIN maildrops d ON d.id = m.maildrop_id
+                      WHERE m.uidl = $1 AND d.name = $2",
+                    &[(&uidl, TEXT), (&user, TEXT)],
+                )
                 .await
             {
                 return row.is_some();
