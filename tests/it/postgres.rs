@@ -1267,6 +1267,8 @@ pub(crate) struct Sent {
     pub(crate) syncs: std::sync::atomic::AtomicUsize,
     /// Rows the server sent back (`D`, DataRow).
     pub(crate) rows: std::sync::atomic::AtomicUsize,
+    /// Octets the server sent back.
+    pub(crate) received_octets: std::sync::atomic::AtomicUsize,
 }
 
 /// A TCP proxy to PostgreSQL that counts what [`Sent`] counts, reading
@@ -1294,6 +1296,7 @@ pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
                     let mut pending = Vec::new();
                     let mut buf = vec![0u8; 65536];
                     while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        received.received_octets.fetch_add(n, Ordering::SeqCst);
                         pending.extend_from_slice(&buf[..n]);
                         while let Some(len) = pending.get(1..5) {
                             let whole = 1 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
