@@ -41,7 +41,8 @@ async fn a_column_type_changed_under_a_running_node_does_not_break_logins() {
 }
 
 /// Everything the server sends after `command` until it closes the
-/// connection (or `limit` octets).
+/// connection, ends a multi-line answer or refuses the command (or
+/// `limit` octets).
 async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
     c.send(format!("{command}\r\n").as_bytes()).await;
     let mut got = Vec::new();
@@ -57,7 +58,7 @@ async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
             Ok(Ok(_)) => got.extend_from_slice(&line),
             Err(_) => panic!("{command}: the server neither finished nor closed"),
         }
-        if got.len() > limit || got.ends_with(b"\r\n.\r\n") {
+        if got.len() > limit || got.ends_with(b"\r\n.\r\n") || got.starts_with(b"-ERR") {
             return got;
         }
     }
