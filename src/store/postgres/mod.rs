@@ -280,17 +280,18 @@ impl PgStore {
     ) -> Result<Result<PgMaildrop, Option<String>>, StoreError> {
         check_user(user)?;
         let (id, lock) = self.lock_maildrop(user).await?;
-        let mut client = self.pool.get().await?;
-        let state = client
+        // On the lock's own connection: read only while the lock holds.
+        let state = lock
+            .conn()
             .query_prepared_opt("SELECT state FROM maildrops WHERE id = $1", &[(&id, INT8)])
             .await
             .map_err(PgError::from)?
             .map(|row| row.get::<_, String>(0));
         if state.as_deref() != Some("active") {
-            drop(client);
             lock.unlock().await;
             return Ok(Err(state));
         }
+        let mut client = self.pool.get().await?;
         self.snapshot(&mut client, id, lock).await.map(Ok)
     }
 }
@@ -460,22 +461,21 @@ impl Maildrop for PgMaildrop {
             // It runs on the lock connection, so it cannot run once the
             // lock has gone.
             let conn = self.lock.conn();
-            let update = async {
-                let update = conn
-                    .prepared(
-                        "WITH gone AS (
-                             DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
-                         )
-                         UPDATE messages SET seen = true
-                          WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
-                        &[INT8, INT8_ARRAY, INT8_ARRAY],
-                    )
-                    .await?;
-                conn.client
-                    .execute(&update, &[&self.maildrop_id, &deleted, &seen])
-                    .await
-            };
-            update.await.map_err(|e| {
+            let update = conn
+                .execute_prepared(
+                    "WITH gone AS (
+                     DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
+                 )
+                 UPDATE messages SET seen = true
+                  WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
+                    &[
+                        (&self.maildrop_id, INT8),
+                        (&deleted, INT8_ARRAY),
+                        (&seen, INT8_ARRAY),
+                    ],
+                )
+                .await;
+            update.map_err(|e| {
                 if self.lock.conn().is_lost() {
                     lock_lost()
                 } else {
