@@ -449,8 +449,7 @@ async fn out_of_store<S: Store>(
         source,
     };
     let before = measure(target).map_err(read_error)?;
-    let mut maildrop = store
-        .open(user.into())
+    let mut maildrop = crate::store::open_waiting(store, user.into())
         .await
         .map_err(|source| ImportError::Store {
             done: 0,
@@ -479,7 +478,16 @@ async fn out_of_store<S: Store>(
         copied.octets += octets;
         progress.update(index + 1, copied.octets);
     }
-    drop(maildrop);
+    // Released unchanged and waited for, so that the maildrop is free
+    // when this command returns (see `mailbox::run_with`).
+    maildrop
+        .commit(&[], &[])
+        .await
+        .map_err(|source| ImportError::Store {
+            done: total,
+            total,
+            source,
+        })?;
     let after = measure(target).map_err(read_error)?;
     verify(copied, before, after)?;
     Ok(copied)

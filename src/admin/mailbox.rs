@@ -171,7 +171,10 @@ pub fn run(
         config.store.path.clone(),
         config.store.default_domain.clone(),
     );
-    let open = |user: &str| store.open_admin(user).map_err(|e| open_failed(user, e));
+    let open = |user: &str| {
+        crate::store::open_waiting_blocking(|| store.open_admin(user))
+            .map_err(|e| open_failed(user, e))
+    };
     let large = config.pop3.summary_large_octets;
     match command {
         MailboxCommand::Inspect { user } => {
@@ -234,25 +237,34 @@ pub async fn run_with<S: Store>(
             })
         }
     };
-    let mut m = store
-        .open(user.into())
+    let mut m = crate::store::open_waiting(store, user.into())
         .await
         .map_err(|e| open_failed(user, e))?;
-    let Some(number) = number else {
-        let large = config.pop3.summary_large_octets;
-        return inspect_maildrop(&mut m, user, None, large, out)
-            .await
-            .map(|_| ());
-    };
-    let index = index_of_number(number, m.messages().len())?;
-    let mut prefix = Vec::new();
-    m.read(index.get())
-        .await?
-        .take(PARSE_PREFIX_OCTETS as u64)
-        .read_to_end(&mut prefix)
-        .await?;
-    out.write_all(header_block(&prefix).as_bytes())?;
-    Ok(())
+    let done = async {
+        let Some(number) = number else {
+            let large = config.pop3.summary_large_octets;
+            return inspect_maildrop(&mut m, user, None, large, out)
+                .await
+                .map(|_| ());
+        };
+        let index = index_of_number(number, m.messages().len())?;
+        let mut prefix = Vec::new();
+        m.read(index.get())
+            .await?
+            .take(PARSE_PREFIX_OCTETS as u64)
+            .read_to_end(&mut prefix)
+            .await?;
+        out.write_all(header_block(&prefix).as_bytes())?;
+        Ok(())
+    }
+    .await;
+    // Released unchanged, and waited for: dropped, the unlock of a
+    // PostgreSQL maildrop would be left to the server noticing that this
+    // process has gone, and a session or command right after would find
+    // the maildrop still locked.
+    let released = m.commit(&[], &[]).await;
+    done?;
+    released.map_err(MailboxError::from)
 }
 
 /// Runs one `mailbox` command on an mbox store: `inspect` and `show`
@@ -267,7 +279,10 @@ pub async fn run_mbox(
     command: MailboxCommand,
     out: &mut impl Write,
 ) -> Result<(), MailboxError> {
-    let open = |user: &str| store.open_admin(user).map_err(|e| open_failed(user, e));
+    let open = |user: &str| {
+        crate::store::open_waiting_blocking(|| store.open_admin(user))
+            .map_err(|e| open_failed(user, e))
+    };
     let large = config.pop3.summary_large_octets;
     match command {
         MailboxCommand::Inspect { user } => {

@@ -224,16 +224,11 @@ impl Pooled {
         sql: &'static str,
         types: &[Type],
     ) -> Result<Statement, tokio_postgres::Error> {
-        let conn = self.conn.as_mut().expect("present until drop");
-        if let Some(statement) = conn.statements.get(sql) {
-            return Ok(statement.clone());
-        }
-        let statement = conn.client.prepare_typed(sql, types).await?;
-        if conn.statements.len() >= MAX_STATEMENTS {
-            conn.statements.clear();
-        }
-        conn.statements.insert(sql, statement.clone());
-        Ok(statement)
+        prepared(self.conn_mut(), sql, types).await
+    }
+
+    fn conn_mut(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("present until drop")
     }
 
     /// Runs the constant `sql`, a query that changes nothing, as a
@@ -259,14 +254,7 @@ impl Pooled {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let (statement, values) = self.prepare_params(sql, params).await?;
-        match self.query(&statement, &values).await {
-            Err(e) if replanned(&e) => {
-                let (statement, values) = self.prepare_again(sql, params).await?;
-                self.query(&statement, &values).await
-            }
-            done => done,
-        }
+        run_prepared::<_, Query>(self.conn_mut(), sql, params).await
     }
 
     /// As [`query_prepared`](Self::query_prepared) (a read, run again on
@@ -289,14 +277,7 @@ impl Pooled {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Option<Row>, tokio_postgres::Error> {
-        let (statement, values) = self.prepare_params(sql, params).await?;
-        match self.query_opt(&statement, &values).await {
-            Err(e) if replanned(&e) => {
-                let (statement, values) = self.prepare_again(sql, params).await?;
-                self.query_opt(&statement, &values).await
-            }
-            done => done,
-        }
+        run_prepared::<_, QueryOpt>(self.conn_mut(), sql, params).await
     }
 
     /// As [`query_prepared`](Self::query_prepared), for exactly one row.
@@ -305,14 +286,7 @@ impl Pooled {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<Row, tokio_postgres::Error> {
-        let (statement, values) = self.prepare_params(sql, params).await?;
-        match self.query_one(&statement, &values).await {
-            Err(e) if replanned(&e) => {
-                let (statement, values) = self.prepare_again(sql, params).await?;
-                self.query_one(&statement, &values).await
-            }
-            done => done,
-        }
+        run_prepared::<_, QueryOne>(self.conn_mut(), sql, params).await
     }
 
     /// As [`query_prepared`](Self::query_prepared), for the number of rows
@@ -322,14 +296,7 @@ impl Pooled {
         sql: &'static str,
         params: &Params<'_>,
     ) -> Result<u64, tokio_postgres::Error> {
-        let (statement, values) = self.prepare_params(sql, params).await?;
-        match self.execute(&statement, &values).await {
-            Err(e) if replanned(&e) => {
-                let (statement, values) = self.prepare_again(sql, params).await?;
-                self.execute(&statement, &values).await
-            }
-            done => done,
-        }
+        run_prepared::<_, Execute>(self.conn_mut(), sql, params).await
     }
 
     /// Whether `e` says this connection is gone (so that whatever ran
@@ -360,29 +327,6 @@ impl Pooled {
         });
         true
     }
-
-    /// As [`prepare_params`](Self::prepare_params), after forgetting the
-    /// statement this connection had prepared for `sql`.
-    async fn prepare_again<'p>(
-        &mut self,
-        sql: &'static str,
-        params: &Params<'p>,
-    ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.statements.remove(sql);
-        }
-        self.prepare_params(sql, params).await
-    }
-
-    async fn prepare_params<'p>(
-        &mut self,
-        sql: &'static str,
-        params: &Params<'p>,
-    ) -> Result<(Statement, Vec<&'p (dyn ToSql + Sync)>), tokio_postgres::Error> {
-        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-        let statement = self.prepared(sql, &types).await?;
-        Ok((statement, params.iter().map(|(v, _)| *v).collect()))
-    }
 }
 
 /// Whether PostgreSQL refused a prepared statement because a table it
@@ -397,6 +341,141 @@ fn replanned(e: &tokio_postgres::Error) -> bool {
                 .message()
                 .starts_with("cached plan must not change result type")
     })
+}
+
+/// A connection that keeps statements prepared, by their constant text:
+/// a pooled connection, or one that holds maildrop locks
+/// (`store::postgres::lock`).
+pub(crate) trait Statements {
+    /// The connection.
+    fn client(&self) -> &Client;
+    /// The statement prepared for `sql`, if any.
+    fn cached(&mut self, sql: &'static str) -> Option<Statement>;
+    /// Keeps `statement`, prepared for `sql`.
+    fn keep(&mut self, sql: &'static str, statement: Statement);
+    /// Forgets the statement prepared for `sql`.
+    fn forget(&mut self, sql: &'static str);
+}
+
+impl Statements for Conn {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn cached(&mut self, sql: &'static str) -> Option<Statement> {
+        self.statements.get(sql).cloned()
+    }
+
+    fn keep(&mut self, sql: &'static str, statement: Statement) {
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql, statement);
+    }
+
+    fn forget(&mut self, sql: &'static str) {
+        self.statements.remove(sql);
+    }
+}
+
+/// `sql` (a constant) prepared on `conn` with the parameter types
+/// `types`, once: later uses are one round trip each and parse nothing.
+pub(crate) async fn prepared<C: Statements + Send>(
+    conn: &mut C,
+    sql: &'static str,
+    types: &[Type],
+) -> Result<Statement, tokio_postgres::Error> {
+    if let Some(statement) = conn.cached(sql) {
+        return Ok(statement);
+    }
+    let statement = conn.client().prepare_typed(sql, types).await?;
+    conn.keep(sql, statement.clone());
+    Ok(statement)
+}
+
+/// One way to run a prepared statement, and what it gives.
+pub(crate) trait Run {
+    type Output: Send;
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
+}
+
+/// Every row.
+pub(crate) struct Query;
+/// At most one row.
+pub(crate) struct QueryOpt;
+/// Exactly one row.
+pub(crate) struct QueryOne;
+/// The number of rows changed.
+pub(crate) struct Execute;
+
+impl Run for Query {
+    type Output = Vec<Row>;
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a {
+        client.query(statement, params)
+    }
+}
+
+impl Run for QueryOpt {
+    type Output = Option<Row>;
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'a {
+        client.query_opt(statement, params)
+    }
+}
+
+impl Run for QueryOne {
+    type Output = Row;
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'a {
+        client.query_one(statement, params)
+    }
+}
+
+impl Run for Execute {
+    type Output = u64;
+    fn run<'a>(
+        client: &'a Client,
+        statement: &'a Statement,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        client.execute(statement, params)
+    }
+}
+
+/// Runs the constant `sql` with `params` as a statement prepared on
+/// `conn` ([`prepared`]). When PostgreSQL refuses the statement it has
+/// cached because a result type changed ([`replanned`]), which ran no
+/// part of it, the statement is prepared again and run once more.
+pub(crate) async fn run_prepared<C: Statements + Send, R: Run>(
+    conn: &mut C,
+    sql: &'static str,
+    params: &Params<'_>,
+) -> Result<R::Output, tokio_postgres::Error> {
+    let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+    let statement = prepared(conn, sql, &types).await?;
+    match R::run(conn.client(), &statement, &values).await {
+        Err(e) if replanned(&e) => {
+            conn.forget(sql);
+            let statement = prepared(conn, sql, &types).await?;
+            R::run(conn.client(), &statement, &values).await
+        }
+        done => done,
+    }
 }
 
 impl Drop for Pooled {

@@ -44,19 +44,6 @@ use crate::auth::{AuthError, PassDb};
 use crate::config::Config;
 use crate::store::{Maildrop, MessageBody, Store, StoreError};
 
-/// A maildrop found locked is tried again after each of these waits
-/// before the login is answered `[IN-USE]`. The session holding it may be
-/// ending: its QUIT answered a moment ago while its connection closes, or
-/// its connection just dropped and the unlock is on its way (to
-/// PostgreSQL, a round trip). A client that logs straight back in is not
-/// turned away for that; one that meets a live session waits a quarter
-/// of a second more for its answer.
-const LOCKED_WAITS: [Duration; 3] = [
-    Duration::from_millis(25),
-    Duration::from_millis(75),
-    Duration::from_millis(150),
-];
-
 /// Bytes read from the client at a time.
 const READ_OCTETS: usize = 4096;
 /// Message bytes read from the store at a time, and the output size at
@@ -737,16 +724,8 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
                 seconds: wait.as_secs().max(1),
             };
         }
-        let mut waits = LOCKED_WAITS.iter();
-        let opened = loop {
-            match self.shared.store.open(found.mailbox()).await {
-                Err(StoreError::Locked) => match waits.next() {
-                    Some(wait) => tokio::time::sleep(*wait).await,
-                    None => break Err(StoreError::Locked),
-                },
-                opened => break opened,
-            }
-        };
+        // A session that has just ended may still hold the lock.
+        let opened = crate::store::open_waiting(&self.shared.store, found.mailbox()).await;
         match opened {
             Ok(m) => {
                 let messages = m.messages().to_vec();

@@ -161,6 +161,58 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// A maildrop found locked is tried again after each of these waits
+/// before the opener is told [`StoreError::Locked`] (`[IN-USE]` at a
+/// login, "in use" from an admin command). The session holding it may be
+/// ending: its QUIT answered a moment ago while its connection closes, or
+/// its connection just dropped and the unlock is on its way (to
+/// PostgreSQL, a round trip; a process that exits leaves it to
+/// PostgreSQL to notice the closed connection). An opener that comes
+/// straight after is not turned away for that; one that meets a live
+/// session waits a quarter of a second more for its answer.
+pub const LOCKED_WAITS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(25),
+    std::time::Duration::from_millis(75),
+    std::time::Duration::from_millis(150),
+];
+
+/// [`Store::open`], tried again after each of [`LOCKED_WAITS`] while the
+/// maildrop is locked. Every opener of a maildrop (a POP3 login, an admin
+/// command) goes through it, so they wait alike.
+pub async fn open_waiting<S: Store>(
+    store: &S,
+    user: Mailbox<'_>,
+) -> Result<S::Maildrop, StoreError> {
+    let mut waits = LOCKED_WAITS.iter();
+    loop {
+        match store.open(user).await {
+            Err(StoreError::Locked) => match waits.next() {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return Err(StoreError::Locked),
+            },
+            opened => return opened,
+        }
+    }
+}
+
+/// `open` (an admin's synchronous open of a Maildir or an mbox spool),
+/// tried again after each of [`LOCKED_WAITS`] while it is
+/// [`StoreError::Locked`], as [`open_waiting`] does.
+pub fn open_waiting_blocking<T>(
+    mut open: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut waits = LOCKED_WAITS.iter();
+    loop {
+        match open() {
+            Err(StoreError::Locked) => match waits.next() {
+                Some(wait) => std::thread::sleep(*wait),
+                None => return Err(StoreError::Locked),
+            },
+            opened => return opened,
+        }
+    }
+}
+
 /// The size of a maildrop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {

@@ -40,8 +40,39 @@ async fn a_column_type_changed_under_a_running_node_does_not_break_logins() {
     }
 }
 
+/// The same on a lock connection: with several clusters a login reads
+/// the maildrop's state on the connection that holds its lock, which
+/// keeps that statement prepared. A type changed under it is prepared
+/// again there too, instead of failing every login until a restart.
+#[tokio::test]
+async fn a_column_type_changed_under_a_running_node_does_not_break_lock_connections() {
+    let test = "a_column_type_changed_under_lock_connections";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().unwrap();
+    let node = node_on(&a, &b, &dir, config_dir.path()).await;
+    // Logins prepare the lock and the state read on alice's lock
+    // connection (a maildrop always locks on the same one).
+    for _ in 0..3 {
+        let mut c = node.login(ALICE).await;
+        c.ok("QUIT").await;
+    }
+    connect(&a)
+        .await
+        .batch_execute("ALTER TABLE maildrops ALTER COLUMN state TYPE varchar(16)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let (mut c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("+OK"), "{reply}");
+        c.ok("QUIT").await;
+    }
+}
+
 /// Everything the server sends after `command` until it closes the
-/// connection (or `limit` octets).
+/// connection, ends a multi-line answer or refuses the command (or
+/// `limit` octets).
 async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
     c.send(format!("{command}\r\n").as_bytes()).await;
     let mut got = Vec::new();
@@ -57,7 +88,7 @@ async fn until_closed(c: &mut Client, command: &str, limit: usize) -> Vec<u8> {
             Ok(Ok(_)) => got.extend_from_slice(&line),
             Err(_) => panic!("{command}: the server neither finished nor closed"),
         }
-        if got.len() > limit || got.ends_with(b"\r\n.\r\n") {
+        if got.len() > limit || got.ends_with(b"\r\n.\r\n") || got.starts_with(b"-ERR") {
             return got;
         }
     }

@@ -783,6 +783,123 @@ async fn one_cluster_adds_no_round_trip_and_clusters_two_per_login() {
     assert_eq!(clustered.1, single.1, "an LMTP delivery with clusters");
 }
 
+/// A login refused because the maildrop's move has not finished reads
+/// the state before anything else of the maildrop: however many
+/// messages it holds, and though the login tries the locked maildrop
+/// again before it answers `[IN-USE]`, none of them is listed.
+#[tokio::test]
+async fn a_login_refused_for_an_unfinished_move_lists_nothing() {
+    let test = "refused_login_lists_nothing";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let port = cluster(test).unwrap().port;
+    let (proxy, sent) = crate::postgres::counting_proxy(port).await;
+    let config = format!(
+        "[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\n\
+         [[store.clusters]]\nname = \"a\"\nurl = \"{}\"\n\
+         [[store.clusters]]\nname = \"b\"\nurl = \"{}\"\nnew_users = false\n\
+         [auth]\nfailure_delay_ms = 10\n",
+        two.a
+            .replace(&format!("port={port}"), &format!("port={proxy}")),
+        two.b
+    );
+    let config = Config::parse(&config, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    const MESSAGES: usize = 40;
+    for i in 0..MESSAGES {
+        Store::deliver(
+            &store,
+            ALICE.0.into(),
+            format!("Subject: {i}\r\n\r\nx\r\n").into_bytes(),
+        )
+        .await
+        .unwrap();
+    }
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store, passdb).await;
+    // Served while active: the listing is there to be counted.
+    let rows = || sent.rows.load(Ordering::SeqCst);
+    let before = rows();
+    let mut c = node.login(ALICE).await;
+    c.ok("QUIT").await;
+    assert!(rows() - before >= MESSAGES, "the listing went unseen");
+
+    for unfinished in ["moving", "incoming"] {
+        connect(&two.a)
+            .await
+            .execute(
+                "UPDATE maildrops SET state = $2 WHERE name = $1",
+                &[&ALICE.0, &unfinished],
+            )
+            .await
+            .unwrap();
+        let before = rows();
+        let (_c, reply) = node.try_login(ALICE).await;
+        assert!(reply.starts_with("-ERR [IN-USE]"), "{unfinished}: {reply}");
+        let listed = rows() - before;
+        // The passdb's row, and per try the lock's and the state's.
+        assert!(
+            listed < MESSAGES,
+            "{unfinished}: {listed} rows for a refused login"
+        );
+    }
+    node.stop().await;
+}
+
+/// A delivery under a given UIDL (an import keeping another server's
+/// UIDLs) whose reply is lost as its connection breaks is settled by
+/// looking for that UIDL in the user's own maildrop only: another user
+/// holding the same UIDL (so that the insert was in fact refused) does
+/// not make it count as stored.
+#[tokio::test]
+async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
+    let test = "unknown_outcome_own_maildrop";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    const SHARED: &str = "00000001.1700000000";
+    let direct = two.store();
+    assert!(direct
+        .deliver_with_uidl(BOB.0, b"Subject: bob's\r\n\r\nx\r\n".to_vec(), SHARED)
+        .await
+        .unwrap());
+    // Alice's maildrop exists, so the statement cut is the insert itself.
+    Store::deliver(
+        &direct,
+        ALICE.0.into(),
+        b"Subject: first\r\n\r\nx\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
+
+    let port = cluster(test).unwrap().port;
+    let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
+    let text = two
+        .config_text(false)
+        .replace(&format!("port={port}"), &format!("port={proxy}"));
+    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let kept = store
+        .deliver_with_uidl(ALICE.0, b"Subject: alice's\r\n\r\ny\r\n".to_vec(), SHARED)
+        .await;
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
+    assert!(
+        matches!(kept, Err(StoreError::Temporary(_))),
+        "a delivery that stored nothing was taken as stored: {kept:?}"
+    );
+    let alice: Vec<String> = held(&two.a, ALICE.0)
+        .await
+        .into_iter()
+        .map(|(_, subject)| subject)
+        .collect();
+    assert_eq!(alice, ["first"]);
+    assert_eq!(
+        held(&two.a, BOB.0).await,
+        [(SHARED.to_owned(), "bob's".to_owned())]
+    );
+}
+
 /// The sizing figures of docs/DEPLOYMENT.md ("Several PostgreSQL
 /// clusters"): disk per message, deliveries and logins through one
 /// cluster and through the directory, and a move's speed. A cluster of

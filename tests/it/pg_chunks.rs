@@ -4,7 +4,14 @@
 //! version 1 with mail in it is migrated by `mailbag migrate` without
 //! losing or changing a message.
 
+use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mailbag::auth::postgres::PgPassDb;
+use mailbag::config::Config;
+use mailbag::store::{Maildrop, Store};
 
 use mailbag::store::postgres::schema::MIGRATIONS;
 use mailbag::store::postgres::CHUNK_OCTETS;
@@ -395,4 +402,85 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
         .unwrap()
         .get(0);
     assert_eq!(orphans, 0);
+}
+
+/// A `message_chunks` row larger than a chunk (storage changed by an
+/// administrator, a row edited by hand) fails the read that meets it
+/// before its octets leave the database: RETR answers `-ERR`, a few
+/// octets cross the wire instead of the row's megabyte, the error says
+/// what is wrong, and nothing is deleted. A row of exactly a chunk reads
+/// as before; one octet more is refused.
+#[tokio::test]
+async fn a_chunk_row_over_the_bound_fails_the_read_before_its_octets_are_fetched() {
+    let test = "a_chunk_row_over_the_bound_fails_the_read";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("oversized_chunk").await;
+    let (port, sent) = crate::postgres::counting_proxy(cluster.port).await;
+    let proxied = url.replace(&format!("port={}", cluster.port), &format!("port={port}"));
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{proxied}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    let store = pg_store(&proxied);
+    let messages = [
+        message_of(3 * CHUNK_OCTETS - 100, 7),
+        message_of(2 * CHUNK_OCTETS, 8),
+        message_of(2 * CHUNK_OCTETS, 9),
+    ];
+    for m in &messages {
+        Store::deliver(&store, ALICE.0.into(), m.clone())
+            .await
+            .unwrap();
+    }
+    // Message 1's second chunk becomes a megabyte, message 2's first one
+    // octet too many; message 3's first stays exactly a chunk.
+    let db = connect(&url).await;
+    // The schema keeps chunks in their heap page; a row of a megabyte
+    // needs the storage changed first.
+    db.batch_execute("ALTER TABLE message_chunks ALTER COLUMN data SET STORAGE EXTENDED")
+        .await
+        .unwrap();
+    for (number, seq, octets) in [(1i64, 1i32, 1 << 20), (2, 0, CHUNK_OCTETS as i32 + 1)] {
+        let changed = db
+            .execute(
+                "UPDATE message_chunks SET data = decode(repeat('78', $3), 'hex')
+                  WHERE seq = $2 AND message_id =
+                        (SELECT id FROM messages ORDER BY id OFFSET $1::int8 - 1 LIMIT 1)",
+                &[&number, &seq, &octets],
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+
+    let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
+    let node = Node::start(config, store.clone(), passdb).await;
+    let mut c = node.login(ALICE).await;
+    let received = || sent.received_octets.load(Ordering::SeqCst);
+    for number in [1, 2] {
+        let before = received();
+        let reply = c.cmd(&format!("RETR {number}")).await;
+        assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{number}: {reply}");
+        let octets = received() - before;
+        assert!(
+            octets < 2 * CHUNK_OCTETS,
+            "RETR {number}: {octets} octets came from the database"
+        );
+    }
+    let (_, body) = c.multi("RETR 3").await;
+    assert!(body == crlf(&messages[2]), "message 3 came back changed");
+    c.ok("QUIT").await;
+    node.stop().await;
+
+    let mut m = pg_store(&url).open(ALICE.0.into()).await.unwrap();
+    assert_eq!(m.messages().len(), 3, "a message was deleted");
+    let Err(e) = m.read(0).await else {
+        panic!("an oversized chunk was read");
+    };
+    let chain = format!("{e:?}");
+    assert!(
+        chain.contains("holds 1048576 octets, more than the 8000 a chunk may hold"),
+        "{chain}"
+    );
 }

@@ -1030,7 +1030,7 @@ async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(bac
 /// commits) but never relays the reply, then cuts the connection: what a
 /// network failure at the worst moment looks like to the node. Returns
 /// its port and whether the cut has happened.
-async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::AtomicBool;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1193,6 +1193,73 @@ async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
     c.ok("QUIT").await;
 }
 
+/// An admin command that opens a maildrop a moment after a session let
+/// it go (its unlock still on the way) waits for it as a login does,
+/// instead of answering "in use"; and it releases the maildrop itself
+/// before it returns, so that the next session or command finds it free.
+#[tokio::test]
+async fn mailbox_waits_for_a_maildrop_being_released_and_releases_it_itself() {
+    use mailbag::admin::mailbox::{run_with, MailboxCommand};
+    let test = "mailbox_waits_for_a_maildrop_being_released";
+    let Some(cluster) = cluster(test) else { return };
+    let url = cluster.database("admin_waits").await;
+    let store = pg_store(&url);
+    let config = Config::parse(
+        &format!("[pop3]\nlisten = [\"127.0.0.1:0\"]\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n[auth]\nfailure_delay_ms = 10\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    Store::deliver(&store, "alice".into(), b"Subject: s\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    let inspect = || MailboxCommand::Inspect {
+        user: "alice".into(),
+    };
+    // Connects the lock connection and prepares its statements, so that
+    // the next open asks PostgreSQL at once.
+    let mut out = Vec::new();
+    run_with(&store, &config, inspect(), &mut out)
+        .await
+        .unwrap();
+
+    // Another node's session holds the maildrop, and lets it go a moment
+    // after the command first finds it locked.
+    let other = connect(&url).await;
+    async fn free(other: &tokio_postgres::Client) -> bool {
+        other
+            .query_one(
+                "SELECT pg_try_advisory_lock(id) FROM maildrops WHERE name = 'alice'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+    assert!(free(&other).await, "the command left the maildrop locked");
+    let unlock = async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        other
+            .execute(
+                "SELECT pg_advisory_unlock(id) FROM maildrops WHERE name = 'alice'",
+                &[],
+            )
+            .await
+            .unwrap();
+    };
+    let mut out = Vec::new();
+    let (done, ()) = tokio::join!(run_with(&store, &config, inspect(), &mut out), unlock);
+    done.unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("alice: 1 message "));
+    assert!(free(&other).await, "the command left the maildrop locked");
+    assert!(
+        matches!(
+            run_with(&store, &config, inspect(), &mut Vec::new()).await,
+            Err(mailbag::admin::mailbox::MailboxError::Locked(_))
+        ),
+        "a maildrop held all along is in use"
+    );
+}
+
 /// Frontend messages of the PostgreSQL protocol that a proxy saw go to
 /// the server: statements parsed (`P`) and round trips (`S`, each
 /// extended-protocol exchange ends with one Sync).
@@ -1200,10 +1267,14 @@ async fn mailbox_inspects_and_shows_a_postgres_maildrop_and_moves_nothing() {
 pub(crate) struct Sent {
     pub(crate) parses: std::sync::atomic::AtomicUsize,
     pub(crate) syncs: std::sync::atomic::AtomicUsize,
+    /// Rows the server sent back (`D`, DataRow).
+    pub(crate) rows: std::sync::atomic::AtomicUsize,
+    /// Octets the server sent back.
+    pub(crate) received_octets: std::sync::atomic::AtomicUsize,
 }
 
 /// A TCP proxy to PostgreSQL that counts what [`Sent`] counts, reading
-/// the frontend's message framing (the untyped startup message, then a
+/// the backend's message framing and the frontend's (the untyped startup message, then a
 /// type octet and a length for each message).
 pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1220,8 +1291,29 @@ pub(crate) async fn counting_proxy(upstream: u16) -> (u16, Arc<Sent>) {
                     .unwrap();
                 let (mut client_rx, mut client_tx) = client.into_split();
                 let (mut server_rx, mut server_tx) = server.into_split();
+                let received = Arc::clone(&sent);
                 tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    // The server's messages are all a type octet and a
+                    // length (no TLS is asked for here).
+                    let mut pending = Vec::new();
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        received.received_octets.fetch_add(n, Ordering::SeqCst);
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(len) = pending.get(1..5) {
+                            let whole = 1 + u32::from_be_bytes(len.try_into().unwrap()) as usize;
+                            if pending.len() < whole {
+                                break;
+                            }
+                            if pending[0] == b'D' {
+                                received.rows.fetch_add(1, Ordering::SeqCst);
+                            }
+                            pending.drain(..whole);
+                        }
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
                 });
                 let mut pending = Vec::new();
                 let mut started = false;

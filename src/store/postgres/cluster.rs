@@ -28,7 +28,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mailbag_proto::dot::into_canonical;
 use tokio_postgres::types::Type;
@@ -410,19 +409,6 @@ impl Several {
         Ok(holding)
     }
 
-    /// The state of `user`'s maildrop row on `store`.
-    async fn state(store: &PgStore, user: &str) -> Result<Option<String>, StoreError> {
-        let mut client = store.pool().get().await?;
-        let row = client
-            .query_prepared_opt(
-                "SELECT state FROM maildrops WHERE name = $1",
-                &[(&user, Type::TEXT)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
     /// Opens `user`'s maildrop where the directory places it, following
     /// a move that switched the placement under it.
     async fn open(&self, user: &str) -> Result<PgMaildrop, StoreError> {
@@ -430,17 +416,16 @@ impl Several {
         for _ in 0..FOLLOW {
             let placement = self.placement(user).await?;
             let store = self.member(&placement.cluster)?;
-            let maildrop = store.open(Mailbox::from(user)).await?;
-            // Read under the maildrop's lock, which every change of the
-            // state holds: it cannot change until this session ends.
-            match Self::state(store, user).await?.as_deref() {
-                Some("active") => return Ok(maildrop),
+            // The state is read under the maildrop's lock, which every
+            // change of it holds, and before anything is listed.
+            match store.open_if_active(user).await? {
+                Ok(maildrop) => return Ok(maildrop),
                 // Moved away after we read the placement: ask again.
-                Some("moved") => drop(maildrop),
+                Err(Some(state)) if state == "moved" => {}
                 // Half a maildrop, or one being copied away: not served.
                 // Said in the log, since a move that was stopped keeps it
                 // so until `move-user` runs again.
-                state => {
+                Err(state) => {
                     tracing::warn!(
                         user = %user,
                         cluster = %placement.cluster,
@@ -498,7 +483,7 @@ impl Several {
                 Err(e) if e.as_db_error().is_some() => return Err(PgError::Db(e).into()),
                 // The connection broke around COMMIT: look the UIDL up.
                 Err(e) => {
-                    return if stored(store, &uidl).await {
+                    return if store.stored(user, &uidl).await {
                         Ok(Some(uidl))
                     } else {
                         Err(PgError::Db(e).into())
@@ -575,27 +560,6 @@ async fn insert(
         Some(_) if count == 1 => Inserted::Stored,
         Some(state) => Inserted::State(state),
     })
-}
-
-/// Whether a message with `uidl` was committed on `store`, asked after a
-/// failure whose outcome is unknown (as [`PgStore`]'s own delivery).
-async fn stored(store: &PgStore, uidl: &str) -> bool {
-    for wait in [0, 500, 2000] {
-        tokio::time::sleep(Duration::from_millis(wait)).await;
-        let Ok(client) = store.pool().get().await else {
-            continue;
-        };
-        if let Ok(row) = client
-            .query_typed_opt(
-                "SELECT 1 FROM messages WHERE uidl = $1",
-                &[(&uidl, Type::TEXT)],
-            )
-            .await
-        {
-            return row.is_some();
-        }
-    }
-    false
 }
 
 /// The cluster a never-seen `user` goes to among `names`: the highest of

@@ -26,10 +26,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::pool::Pool;
+use crate::pg::pool::{run_prepared, Execute, Params, Pool, QueryOpt, Statements};
 use crate::pg::PgError;
 use tokio_postgres::types::Type;
 
@@ -63,29 +63,51 @@ impl LockConn {
         self.lost.is_cancelled() || self.client.is_closed()
     }
 
-    /// `sql` (a constant) prepared on this connection, once: later uses
-    /// are one round trip each and parse nothing.
-    pub(crate) async fn prepared(
+    /// Runs the constant `sql` as a statement prepared on this
+    /// connection, for at most one row; prepared again when a changed
+    /// table changed its result type, as the pool's are
+    /// ([`run_prepared`]).
+    pub(crate) async fn query_prepared_opt(
         &self,
         sql: &'static str,
-        types: &[Type],
-    ) -> Result<Statement, tokio_postgres::Error> {
-        let cached = self
-            .statements
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(sql)
-            .cloned();
-        if let Some(statement) = cached {
-            return Ok(statement);
-        }
-        let statement = self.client.prepare_typed(sql, types).await?;
-        // The statements are this program's constants, a handful.
-        self.statements
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(sql, statement.clone());
-        Ok(statement)
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let mut conn = self;
+        run_prepared::<_, QueryOpt>(&mut conn, sql, params).await
+    }
+
+    /// As [`LockConn::query_prepared_opt`], for the number of rows
+    /// changed.
+    pub(crate) async fn execute_prepared(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let mut conn = self;
+        run_prepared::<_, Execute>(&mut conn, sql, params).await
+    }
+
+    fn statements(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Statement>> {
+        self.statements.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The statements are this program's constants, a handful.
+impl Statements for &LockConn {
+    fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn cached(&mut self, sql: &'static str) -> Option<Statement> {
+        self.statements().get(sql).cloned()
+    }
+
+    fn keep(&mut self, sql: &'static str, statement: Statement) {
+        self.statements().insert(sql, statement);
+    }
+
+    fn forget(&mut self, sql: &'static str) {
+        self.statements().remove(sql);
     }
 }
 
@@ -142,8 +164,9 @@ impl Locks {
         }
         let result = async {
             let conn = self.conn(name).await?;
-            let lock = conn.prepared(LOCK, &[Type::TEXT]).await?;
-            let row = conn.client.query_opt(&lock, &[&name]).await?;
+            let row = conn
+                .query_prepared_opt(LOCK, &[(&name, Type::TEXT)])
+                .await?;
             Ok::<_, PgError>(row.map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1), conn)))
         }
         .await;
@@ -330,6 +353,5 @@ impl Drop for Held {
 }
 
 async fn unlock(conn: &LockConn, key: i64) -> Result<u64, tokio_postgres::Error> {
-    let unlock = conn.prepared(UNLOCK, &[Type::INT8]).await?;
-    conn.client.execute(&unlock, &[&key]).await
+    conn.execute_prepared(UNLOCK, &[(&key, Type::INT8)]).await
 }

@@ -148,7 +148,7 @@ impl PgStore {
             Err(e) if e.as_db_error().is_some() => Err(PgError::Db(e).into()),
             Err(e) => {
                 let e = PgError::Db(e);
-                if self.stored(&uidl).await {
+                if self.stored(user, &uidl).await {
                     Ok(uidl)
                 } else {
                     Err(e.into())
@@ -191,24 +191,115 @@ impl PgStore {
         }
     }
 
-    /// Whether a message with `uidl` was committed; asked after a failure
-    /// whose outcome is unknown. `false` when the database cannot tell us
-    /// now (then the MTA retries, and at worst the message arrives twice,
-    /// never zero times).
-    async fn stored(&self, uidl: &str) -> bool {
+    /// Whether a message with `uidl` was committed to `user`'s maildrop;
+    /// asked after a failure whose outcome is unknown. `false` when the
+    /// database cannot tell us now (then the MTA retries, and at worst the
+    /// message arrives twice, never zero times). Only `user`'s maildrop
+    /// counts: the same UIDL in another maildrop (a message imported
+    /// under the UIDL another server gave it, which the insert then
+    /// refused) does not mean this delivery was stored. One statement,
+    /// through the UIDL's unique index and the maildrop's key.
+    pub(crate) async fn stored(&self, user: &str, uidl: &str) -> bool {
         for wait in [0, 500, 2000] {
             tokio::time::sleep(Duration::from_millis(wait)).await;
             let Ok(client) = self.pool.get().await else {
                 continue;
             };
             if let Ok(row) = client
-                .query_opt("SELECT 1 FROM messages WHERE uidl = $1", &[&uidl])
+                .query_typed_opt(
+                    "SELECT 1 FROM messages m JOIN maildrops d ON d.id = m.maildrop_id
+                      WHERE m.uidl = $1 AND d.name = $2",
+                    &[(&uidl, TEXT), (&user, TEXT)],
+                )
                 .await
             {
                 return row.is_some();
             }
         }
         false
+    }
+}
+
+impl PgStore {
+    /// Takes the lock of `user`'s maildrop (created when missing): its id
+    /// and the lock.
+    async fn lock_maildrop(&self, user: &str) -> Result<(i64, Held), StoreError> {
+        match self.locks.lock(user).await? {
+            Lock::Held(id, lock) => Ok((id, lock)),
+            Lock::Busy => Err(StoreError::Locked),
+            Lock::Missing => {
+                create_maildrop(&mut self.pool.get().await?, user).await?;
+                match self.locks.lock(user).await? {
+                    Lock::Held(id, lock) => Ok((id, lock)),
+                    Lock::Busy => Err(StoreError::Locked),
+                    // Created and removed again at once: only an
+                    // administrator deleting it does that.
+                    Lock::Missing => Err(StoreError::Temporary(io::Error::other(
+                        "maildrop removed while being opened",
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The snapshot of the maildrop `id`, whose `lock` is held.
+    async fn snapshot(
+        &self,
+        client: &mut Pooled,
+        id: i64,
+        lock: Held,
+    ) -> Result<PgMaildrop, StoreError> {
+        // The snapshot comes after the lock: nothing can delete under it.
+        let rows = client
+            .query_prepared(
+                "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
+                &[(&id, INT8)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut infos = Vec::with_capacity(rows.len());
+        for row in rows {
+            ids.push(row.get::<_, i64>(0));
+            infos.push(MessageInfo {
+                uid: row.get(1),
+                size: row.get::<_, i64>(2) as u64,
+            });
+        }
+        Ok(PgMaildrop {
+            pool: Arc::clone(&self.pool),
+            lock,
+            maildrop_id: id,
+            ids,
+            infos,
+        })
+    }
+
+    /// Opens `user`'s maildrop as [`Store::open`] does when its row's
+    /// state is `active`; otherwise releases the lock and gives the state
+    /// (`None`: the row was removed under us), with nothing listed. The
+    /// state is read under the maildrop's lock, which every change of it
+    /// holds, so it cannot change until the session ends; and before the
+    /// listing, so that a maildrop not served costs no listing.
+    pub(crate) async fn open_if_active(
+        &self,
+        user: &str,
+    ) -> Result<Result<PgMaildrop, Option<String>>, StoreError> {
+        check_user(user)?;
+        let (id, lock) = self.lock_maildrop(user).await?;
+        // On the lock's own connection: read only while the lock holds.
+        let state = lock
+            .conn()
+            .query_prepared_opt("SELECT state FROM maildrops WHERE id = $1", &[(&id, INT8)])
+            .await
+            .map_err(PgError::from)?
+            .map(|row| row.get::<_, String>(0));
+        if state.as_deref() != Some("active") {
+            lock.unlock().await;
+            return Ok(Err(state));
+        }
+        let mut client = self.pool.get().await?;
+        self.snapshot(&mut client, id, lock).await.map(Ok)
     }
 }
 
@@ -288,49 +379,9 @@ impl Store for PgStore {
     async fn open(&self, user: Mailbox<'_>) -> Result<PgMaildrop, StoreError> {
         let user = user.name;
         check_user(user)?;
-        let (id, lock) = match self.locks.lock(user).await? {
-            Lock::Held(id, lock) => (id, lock),
-            Lock::Busy => return Err(StoreError::Locked),
-            Lock::Missing => {
-                create_maildrop(&mut self.pool.get().await?, user).await?;
-                match self.locks.lock(user).await? {
-                    Lock::Held(id, lock) => (id, lock),
-                    Lock::Busy => return Err(StoreError::Locked),
-                    // Created and removed again at once: only an
-                    // administrator deleting it does that.
-                    Lock::Missing => {
-                        return Err(StoreError::Temporary(io::Error::other(
-                            "maildrop removed while being opened",
-                        )))
-                    }
-                }
-            }
-        };
-        // The snapshot comes after the lock: nothing can delete under it.
+        let (id, lock) = self.lock_maildrop(user).await?;
         let mut client = self.pool.get().await?;
-        let rows = client
-            .query_prepared(
-                "SELECT id, uidl, size FROM messages WHERE maildrop_id = $1 ORDER BY id",
-                &[(&id, INT8)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut infos = Vec::with_capacity(rows.len());
-        for row in rows {
-            ids.push(row.get::<_, i64>(0));
-            infos.push(MessageInfo {
-                uid: row.get(1),
-                size: row.get::<_, i64>(2) as u64,
-            });
-        }
-        Ok(PgMaildrop {
-            pool: Arc::clone(&self.pool),
-            lock,
-            maildrop_id: id,
-            ids,
-            infos,
-        })
+        self.snapshot(&mut client, id, lock).await
     }
 
     async fn deliver(&self, user: Mailbox<'_>, message: Vec<u8>) -> Result<String, StoreError> {
@@ -417,22 +468,21 @@ impl Maildrop for PgMaildrop {
             // It runs on the lock connection, so it cannot run once the
             // lock has gone.
             let conn = self.lock.conn();
-            let update = async {
-                let update = conn
-                    .prepared(
-                        "WITH gone AS (
-                             DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
-                         )
-                         UPDATE messages SET seen = true
-                          WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
-                        &[INT8, INT8_ARRAY, INT8_ARRAY],
-                    )
-                    .await?;
-                conn.client
-                    .execute(&update, &[&self.maildrop_id, &deleted, &seen])
-                    .await
-            };
-            update.await.map_err(|e| {
+            let update = conn
+                .execute_prepared(
+                    "WITH gone AS (
+                     DELETE FROM messages WHERE maildrop_id = $1 AND id = ANY($2)
+                 )
+                 UPDATE messages SET seen = true
+                  WHERE maildrop_id = $1 AND id = ANY($3) AND NOT seen",
+                    &[
+                        (&self.maildrop_id, INT8),
+                        (&deleted, INT8_ARRAY),
+                        (&seen, INT8_ARRAY),
+                    ],
+                )
+                .await;
+            update.map_err(|e| {
                 if self.lock.conn().is_lost() {
                     lock_lost()
                 } else {

@@ -45,8 +45,18 @@ const FIRST_BATCH_ROWS: i32 = 32;
 const BATCH_ROWS: i32 = 64;
 
 /// The chunks numbered `$2 <= seq < $3` of message `$1`, in order: an
-/// index range scan on the primary key, already in `seq` order.
-const SELECT_CHUNKS: &str = "SELECT data FROM message_chunks
+/// index range scan on the primary key, already in `seq` order. A row
+/// larger than [`CHUNK_OCTETS`] (a column whose storage an administrator
+/// changed, a row edited by hand) fails the query with a message that
+/// says so, before its octets are read (`octet_length` reads the stored
+/// length only), so that a batch never holds more than its rows' bound.
+/// The failure is a text that is no integer, cast to one: plain SQL has
+/// no statement that raises an error, and the column reference keeps the
+/// planner from evaluating it ahead of the rows.
+const SELECT_CHUNKS: &str = "SELECT CASE WHEN octet_length(data) <= 8000 THEN data
+  ELSE ('message ' || message_id || ' chunk ' || seq || ' holds ' || octet_length(data)
+        || ' octets, more than the 8000 a chunk may hold')::int::text::bytea END
+  FROM message_chunks
   WHERE message_id = $1 AND seq >= $2 AND seq < $3
   ORDER BY seq";
 
