@@ -71,6 +71,12 @@ pub struct Copied {
 /// the source, so that clients that leave mail on the server do not
 /// download it again.
 pub trait UidlTarget: Store {
+    /// The store keeps bodies in canonical form, CRLF line ends whatever
+    /// they came with (PostgreSQL): copied out into mail files, they get
+    /// LF ends again. Other stores keep what was delivered, and copies out
+    /// of them keep every octet.
+    const KEEPS_CRLF: bool = false;
+
     /// A message delivered, whose UIDL is still to be settled by
     /// [`UidlTarget::settle`].
     type Pending: Send;
@@ -119,6 +125,7 @@ impl UidlTarget for MaildirStore {
 }
 
 impl UidlTarget for PgClusters {
+    const KEEPS_CRLF: bool = true;
     type Pending = ();
 
     async fn deliver_keeping(
@@ -368,26 +375,26 @@ fn verify(copied: Copied, before: Usage, after: Usage) -> Result<(), ImportError
 }
 
 /// Copies every message of `user`'s maildrop in `store` into the Maildir
-/// `target` (created if missing), with LF line ends as mail files have
-/// them (PostgreSQL keeps CRLF), then checks the Maildir grew by their
+/// `target` (created if missing; with LF line ends, as mail files have
+/// them, when the store keeps CRLF), then checks the Maildir grew by their
 /// count and CRLF octets. Holds the maildrop lock meanwhile, and deletes
 /// nothing.
-pub async fn out_to_maildir<S: Store>(
+pub async fn out_to_maildir<S: UidlTarget>(
     store: &S,
     user: &str,
     target: &Path,
 ) -> Result<Copied, ImportError> {
     out_of_store(store, user, target, maildir_usage, |message| {
-        maildir::deliver(target, &with_lf_line_ends(&message)).map(drop)
+        maildir::deliver(target, &as_mail_file::<S>(message)).map(drop)
     })
     .await
 }
 
 /// Appends every message of `user`'s maildrop in `store` to the mbox file
-/// `target` (mboxrd quoting, LF line ends; created if missing, synced at
-/// the end), then
+/// `target` (mboxrd quoting, LF line ends as in [`out_to_maildir`];
+/// created if missing, synced at the end), then
 /// checks the file grew by their count and CRLF octets.
-pub async fn out_to_mbox<S: Store>(
+pub async fn out_to_mbox<S: UidlTarget>(
     store: &S,
     user: &str,
     target: &Path,
@@ -398,7 +405,7 @@ pub async fn out_to_mbox<S: Store>(
             Some(file) => file,
             None => file.insert(open_mbox_for_append(target)?),
         };
-        file.write_all(&mbox_entry(&with_lf_line_ends(&message)))
+        file.write_all(&mbox_entry(&as_mail_file::<S>(message)))
     });
     // The closure borrows `file` until the copy is done.
     let copied = copied.await;
@@ -409,6 +416,15 @@ pub async fn out_to_mbox<S: Store>(
         })?;
     }
     copied
+}
+
+/// A message read out of a store of kind `S`, as a mail file holds it.
+fn as_mail_file<S: UidlTarget>(message: Vec<u8>) -> Vec<u8> {
+    if S::KEEPS_CRLF {
+        with_lf_line_ends(&message)
+    } else {
+        message
+    }
 }
 
 /// Opens (or creates, mode 0600) an mbox file to append to: never through
