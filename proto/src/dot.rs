@@ -210,6 +210,22 @@ impl Stuffer {
         }
     }
 
+    /// The least canonical size that any message beginning with the input
+    /// fed so far can have: the octets counted, plus the line end still to
+    /// come (one octet, an LF, after a CR; two otherwise). A RETR whose
+    /// announced size is below it can stop at once: no continuation of the
+    /// message makes it that size again. [`Stuffer::canonical_size`]
+    /// counts ahead by up to two octets more, and does not tell this.
+    pub fn canonical_at_least(&self) -> u64 {
+        if self.at_line_start || self.finished {
+            self.canonical
+        } else if self.prev_cr {
+            self.canonical + 1
+        } else {
+            self.canonical + 2
+        }
+    }
+
     /// Appends the transformed form of `input` to `out`. Returns true once the
     /// transform needs no more input (TOP reached its limit); further input is
     /// ignored.
@@ -791,6 +807,47 @@ mod tests {
                 assert_eq!(stuffer.canonical_size(), canonical_size(&message));
             }
         }
+    }
+
+    /// The early size check's bound: after every chunk (empty chunks too),
+    /// no message that begins with what was fed is shorter, and a line
+    /// end or the end of the message reaches it.
+    #[test]
+    fn the_least_canonical_size_is_exact() {
+        let mut rng = Rng(0xf100);
+        let ends: [&[u8]; 7] = [b"", b"\n", b"\r", b"\r\n", b"a", b".", b"\r\r"];
+        for _ in 0..300 {
+            let message = rng.message();
+            for n in [1, 2, 3, 7, 64] {
+                let mut stuffer = Stuffer::new();
+                let mut out = Vec::new();
+                let mut fed = 0;
+                for chunk in chunks(&message, n) {
+                    stuffer.feed(&[], &mut out);
+                    stuffer.feed(chunk, &mut out);
+                    fed += chunk.len();
+                    let least = stuffer.canonical_at_least();
+                    let sizes = ends.map(|end| canonical_size(&[&message[..fed], end].concat()));
+                    assert!(sizes.iter().all(|&s| s >= least), "{message:?} at {fed}");
+                    assert_eq!(
+                        sizes[..2].iter().min(),
+                        Some(&least),
+                        "{message:?} at {fed}"
+                    );
+                    assert!(least <= canonical_size(&message));
+                    assert!(least <= stuffer.canonical_size());
+                }
+                stuffer.finish(&mut out);
+                assert_eq!(stuffer.canonical_at_least(), canonical_size(&message));
+            }
+        }
+        // A message cut after a CR: its LF would add one octet, not two.
+        let mut stuffer = Stuffer::new();
+        stuffer.feed(b"ab\r", &mut Vec::new());
+        assert_eq!(
+            (stuffer.canonical_at_least(), stuffer.canonical_size()),
+            (4, 5)
+        );
     }
 
     /// RETR's wire form, one byte at a time, as RFC 1939 §3 reads.

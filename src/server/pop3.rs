@@ -968,10 +968,12 @@ impl SizeCheck {
         SizeCheck { body }
     }
 
-    /// An error once more came than was announced: the stuffer's count can
-    /// only grow, but for the final CRLF it counts ahead.
+    /// An error as soon as the message can no longer be the announced
+    /// size: what was fed, with the shortest ending it could still get,
+    /// is longer. Checked before the piece's output can go out, so no
+    /// octet past the announced size is ever sent.
     fn fed(&self, stuffer: &Stuffer) -> std::io::Result<()> {
-        if self.body.whole && stuffer.canonical_size() > self.body.size.saturating_add(2) {
+        if self.body.whole && stuffer.canonical_at_least() > self.body.size {
             return Err(size_changed(self.body.size));
         }
         Ok(())
@@ -1215,6 +1217,84 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, b"a: b\r\n\r\nline\r\n.\r\n");
+    }
+
+    /// A message the store hands over in the pieces given, one per read
+    /// (as PostgreSQL's chunk rows come).
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(piece) = self.0.front_mut() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                piece.drain(..n);
+                if piece.is_empty() {
+                    self.0.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl MessageBody for Pieces {}
+
+    fn pieces(pieces: &[&[u8]]) -> Pieces {
+        Pieces(pieces.iter().map(|p| p.to_vec()).collect())
+    }
+
+    /// A message that grew by a line end (or a CR) since LIST announced
+    /// it: no octet past the announced size goes out, even when the
+    /// piece that brought it fills the output buffer, which is sent as
+    /// soon as it is full.
+    #[tokio::test]
+    async fn no_octet_past_the_announced_size_goes_out() {
+        let half = vec![b'a'; 100_000];
+        let size = 200_000;
+        let grown: [(&[&[u8]], u64); 4] = [
+            // A line end more: a size two octets past, at a line start.
+            (&[&half, &half, b"\n"], size),
+            (&[&half, &[&half[..], b"\n"].concat()], size),
+            // One octet past, and the message can no longer end in time.
+            (&[&half, &[&half[..], b"\r"].concat()], size + 1),
+            (&[&half, &[&half[..99_998], b"\r\n\r"].concat()], size),
+        ];
+        for (stored, announced) in grown {
+            let mut out = Vec::new();
+            let mut sent = Vec::new();
+            let r = pieces(stored);
+            let e = stream_body(r, retr(announced), Stuffer::new(), &mut out, &mut sent)
+                .await
+                .expect_err("a grown message went out as complete");
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+            assert!(
+                sent.len() as u64 <= announced,
+                "{} octets sent of {announced} announced",
+                sent.len()
+            );
+            assert!(!sent.ends_with(b".\r\n") && !out.ends_with(b".\r\n"));
+        }
+        // The same pieces at their true size go out whole, CR at a piece's
+        // end and LF at the next one's start included.
+        let stored: [&[u8]; 4] = [&half, b"\r", b"\n.", &half];
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        stream_body(
+            pieces(&stored),
+            retr(200_005),
+            Stuffer::new(),
+            &mut out,
+            &mut sent,
+        )
+        .await
+        .unwrap();
+        sent.extend_from_slice(&out);
+        assert_eq!(sent.len(), 200_005 + 1 + 3);
+        assert!(sent.ends_with(b"a\r\n.\r\n") && sent[100_000..100_004] == *b"\r\n..");
     }
 
     /// The server's end of an in-memory connection; remembers the largest
