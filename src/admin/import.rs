@@ -258,11 +258,17 @@ pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
     messages
 }
 
+/// Drops the empty line that ends an entry (the separator before the
+/// next `From ` line, or at the end of the file), as the mbox store does
+/// (`store::mbox::parse`): the whole entry of an empty message is that
+/// line.
 fn strip_separator(mut message: Vec<u8>) -> Vec<u8> {
-    if message.ends_with(b"\r\n\r\n") {
-        message.truncate(message.len() - 2);
-    } else if message.ends_with(b"\n\n") {
-        message.truncate(message.len() - 1);
+    let last_line = message[..message.len().saturating_sub(1)]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |lf| lf + 1);
+    if matches!(&message[last_line..], b"\n" | b"\r\n") {
+        message.truncate(last_line);
     }
     message
 }
@@ -524,7 +530,12 @@ pub(crate) fn mbox_entry(message: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(line);
     }
-    if !out.ends_with(b"\n") {
+    // A message that does not end a line gets the line end its canonical
+    // form has: after a CR, that is CRLF (the CR stays data), so that its
+    // POP3 size stays what it was.
+    if out.ends_with(b"\r") {
+        out.extend_from_slice(b"\r\n");
+    } else if !out.ends_with(b"\n") {
         out.push(b'\n');
     }
     out.push(b'\n');
@@ -597,6 +608,87 @@ fn maildir_usage(dir: &Path) -> io::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `import --to mbox:` writes reads back, by this command's
+    /// verify and by the mbox store alike, as messages of the sizes
+    /// copied: empty messages, messages of empty lines, a final bare CR,
+    /// no final line end, `From ` lines quoted or not, CRLF ends.
+    #[test]
+    fn mbox_entries_read_back_at_their_canonical_sizes() {
+        let mut seed = 0x6d62_6f78_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces: [&[u8]; 9] = [
+            b"\n", b"\r", b"\r\n", b"From ", b">", b"a", b".", b"\0", b"\xff",
+        ];
+        let fixed: [&[u8]; 9] = [
+            b"",
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"x\r",
+            b"x",
+            b"\n\r\n",
+            b"From x\r",
+            b">From \n\n",
+        ];
+        let mut batches: Vec<Vec<Vec<u8>>> = vec![fixed.iter().map(|m| m.to_vec()).collect()];
+        for _ in 0..300 {
+            let batch = (0..1 + next() % 4)
+                .map(|_| {
+                    (0..next() % 12)
+                        .flat_map(|_| pieces[(next() % 9) as usize].to_vec())
+                        .collect()
+                })
+                .collect();
+            batches.push(batch);
+        }
+        for batch in batches {
+            let mbox: Vec<u8> = batch.iter().flat_map(|m| mbox_entry(m)).collect();
+            let read = split_mbox(&mbox);
+            let sizes: Vec<u64> = batch.iter().map(|m| canonical_size(m)).collect();
+            let read_sizes: Vec<u64> = read.iter().map(|m| canonical_size(m)).collect();
+            assert_eq!(read_sizes, sizes, "{batch:?}");
+            for (got, sent) in read.iter().zip(&batch) {
+                assert_eq!(
+                    mailbag_proto::dot::canonicalize(got),
+                    mailbag_proto::dot::canonicalize(sent)
+                );
+            }
+            let (entries, junk) = crate::store::mbox::parse::parse(&mbox);
+            assert_eq!(junk, 0);
+            // The store shows `>From ` lines as stored: one octet more
+            // for each line quoted.
+            let quoted = |m: &[u8]| {
+                m.split_inclusive(|&b| b == b'\n')
+                    .filter(|l| {
+                        let q = l.iter().take_while(|&&b| b == b'>').count();
+                        l[q..].starts_with(b"From ")
+                    })
+                    .count() as u64
+            };
+            let store_sizes: Vec<u64> = entries.iter().map(|e| e.size).collect();
+            let shown: Vec<u64> = batch
+                .iter()
+                .map(|m| canonical_size(m) + quoted(m))
+                .collect();
+            assert_eq!(store_sizes, shown, "{batch:?}");
+        }
+        // A file written elsewhere, whose separators end in CRLF after a
+        // line that ends in LF: the same messages as the store shows.
+        let mbox = b"From a\nx\n\r\nFrom b\n\r\nFrom c\ny\r\n\n";
+        assert_eq!(split_mbox(mbox), [&b"x\n"[..], b"", b"y\r\n"]);
+        let sizes: Vec<u64> = crate::store::mbox::parse::parse(mbox)
+            .0
+            .iter()
+            .map(|e| e.size)
+            .collect();
+        assert_eq!(sizes, [3, 0, 3]);
+    }
 
     #[test]
     fn mbox_splits_on_from_lines_after_empty_lines_and_unquotes_mboxrd() {
