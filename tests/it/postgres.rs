@@ -1478,3 +1478,120 @@ fn pooled_connections_stay_with_the_thread_that_opened_them() {
     let third = c.backend();
     assert!([first_a, first_b].contains(&third), "{third}");
 }
+
+/// Bodies that test the canonical form (bare CRs, CR CR LF, a final CR, no
+/// final line end, only line ends, NUL and 8-bit octets, `From ` lines
+/// that the conversion to LF ends brings to a line start, dots), delivered
+/// into PostgreSQL directly, over LMTP and by `mailbag deliver`: LIST
+/// announces each one's canonical size, RETR sends exactly that body, TOP
+/// and UIDL answer, and `import --to` a Maildir and an mbox file copies
+/// them out with LF ends, verified, with their sizes and mboxrd quoting
+/// kept.
+#[tokio::test]
+async fn canonical_bodies_keep_their_size_through_delivery_retr_and_import_out() {
+    let test = "canonical_bodies_keep_their_size";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let config = f.config_path.to_str().unwrap();
+    let bodies: [&[u8]; 14] = [
+        b"",
+        b"a\rb\r\n\rc\n",
+        b"x\r\r\ny\r\r\r\n",
+        b"ends in a CR\r",
+        b"ends in two CRs\r\r",
+        b"no line end",
+        b"\r\n\r\n\r\n",
+        b"\n\n",
+        b"\0\xff\x80\r\0\n\xfe",
+        b"Subject: f\r\n\r\nFrom here\r\n>From there\r\n\r\nFrom x\r\n",
+        b"s\r\r\nFrom y\r\n\rFrom z\n",
+        b".\r\n..\r\n.\r\r\n.",
+        b"From \r\n",
+        b"\r",
+    ];
+    for body in bodies {
+        f.deliver("alice", body).await;
+    }
+    let node = f.node().await;
+    let lmtp = node.lmtp.unwrap();
+    // LMTP brings lines that start with a dot stuffed; these have none.
+    for body in [&b"l\r\r\nFrom m\r\n"[..], b"\r\n", b"\xff\r\x00\r\n"] {
+        let reply = lmtp_deliver(lmtp, "alice", body).await;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let (status, _, stderr) = run(
+        &["deliver", "--user", "alice", "--config", config],
+        b"d\r\r\nFrom d\n\r",
+    );
+    assert!(status.success(), "{stderr}");
+
+    let mut c = node.login(ALICE).await;
+    let (_, listing) = c.multi("LIST").await;
+    let sizes: Vec<u64> = String::from_utf8(listing)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(sizes.len(), bodies.len() + 4);
+    let mut retrieved = Vec::new();
+    for (i, &size) in sizes.iter().enumerate() {
+        let (_, got) = c.multi(&format!("RETR {}", i + 1)).await;
+        assert_eq!(got.len() as u64, size, "message {}", i + 1);
+        if let Some(body) = bodies.get(i) {
+            assert_eq!(got, crlf(body), "message {}", i + 1);
+        }
+        let (_, top) = c.multi(&format!("TOP {} 0", i + 1)).await;
+        assert!(got.starts_with(&top));
+        retrieved.push(got);
+    }
+    let (_, uidl) = c.multi("UIDL").await;
+    assert_eq!(uidl.split(|&b| b == b'\n').count(), sizes.len() + 1);
+    c.ok("QUIT").await;
+    retrieved.sort();
+
+    let back = f.dir.path().join("back/Maildir");
+    let to = format!("maildir:{}", back.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    let total: u64 = sizes.iter().sum();
+    assert_eq!(
+        stdout,
+        format!(
+            "copied and verified {} messages ({total} octets)\n",
+            sizes.len()
+        )
+    );
+    let mut files: Vec<Vec<u8>> = ["cur", "new"]
+        .iter()
+        .flat_map(|sub| maildir_files(&back, sub))
+        .map(|(_, body)| crlf(&body))
+        .collect();
+    files.sort();
+    assert_eq!(files, retrieved);
+
+    let out = f.dir.path().join("out.mbox");
+    let to = format!("mbox:{}", out.display());
+    let (status, stdout, stderr) = run(
+        &["import", "--user", "alice", "--to", &to, "--config", config],
+        b"",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(&format!("({total} octets)")), "{stdout}");
+    let mbox = std::fs::read(&out).unwrap();
+    // Every `From ` at a line start that is no separator is quoted.
+    let separators = mbox
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"From "))
+        .count();
+    assert_eq!(separators, sizes.len());
+    let mut messages: Vec<Vec<u8>> = mailbag::admin::import::split_mbox(&mbox)
+        .iter()
+        .map(|m| crlf(m))
+        .collect();
+    messages.sort();
+    assert_eq!(messages, retrieved);
+}
