@@ -1,7 +1,8 @@
 //! Fuzz target: the multi-line body transforms. Stuffing then unstuffing
 //! gives the canonical form back, the terminator is found exactly at the
-//! end, SizeCounter agrees with the canonical length however the message
-//! is chunked, and TOP's output is a prefix of RETR's.
+//! end, SizeCounter and the stuffer's own counts agree with the canonical
+//! length however the message is chunked, the LF form keeps the canonical
+//! form, and TOP's output is a prefix of RETR's.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -22,13 +23,33 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(counter.finish(), canonical.len() as u64);
 
-    // RETR, fed in chunks.
+    // RETR, fed in chunks: its own count is the canonical size of what
+    // it was fed, and the least size any continuation could give is never
+    // above the final size and reached by ending the message or a line.
     let mut stuffer = Stuffer::new();
     let mut wire = Vec::new();
+    let mut fed = 0;
     for part in message.chunks(chunk) {
         assert!(!stuffer.feed(part, &mut wire));
+        fed += part.len();
+        let so_far = &message[..fed];
+        assert_eq!(stuffer.canonical_size(), dot::canonical_size(so_far));
+        let least = stuffer.canonical_at_least();
+        assert!(least <= canonical.len() as u64);
+        let ended = dot::canonical_size(so_far);
+        let lf = dot::canonical_size(&[so_far, b"\n"].concat());
+        assert_eq!(least, ended.min(lf));
     }
     stuffer.finish(&mut wire);
+    assert_eq!(stuffer.canonical_size(), canonical.len() as u64);
+
+    // The canonical form without a copy, and back to LF ends with the same
+    // canonical form.
+    assert_eq!(dot::into_canonical(message.to_vec()), canonical);
+    assert_eq!(
+        dot::canonicalize(&dot::with_lf_line_ends(message)),
+        canonical
+    );
     stuffer.finish(&mut wire);
     assert!(wire.ends_with(b".\r\n"));
     // Every LF on the wire ends a CRLF (a bare CR stays as data).
