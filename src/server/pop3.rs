@@ -972,17 +972,22 @@ impl SizeCheck {
     /// size: what was fed, with the shortest ending it could still get,
     /// is longer. Checked before the piece's output can go out, so no
     /// octet past the announced size is ever sent.
+    /// TOP sends a prefix of the message, so the same bound holds for it.
     fn fed(&self, stuffer: &Stuffer) -> std::io::Result<()> {
-        if self.body.whole && stuffer.canonical_at_least() > self.body.size {
+        if stuffer.canonical_at_least() > self.body.size {
             return Err(size_changed(self.body.size));
         }
         Ok(())
     }
 
     /// An error unless exactly the announced octets came; called before
-    /// the terminator goes out.
-    fn finish(&self, stuffer: &Stuffer) -> std::io::Result<()> {
-        if self.body.whole && stuffer.canonical_size() != self.body.size {
+    /// the terminator goes out. A TOP that `stopped` at its line limit sent
+    /// part of the message by design; one that did not sent all of it
+    /// (`TOP n` with n past the last line, as some clients fetch mail
+    /// without marking it), and is checked as RETR is.
+    fn finish(&self, stuffer: &Stuffer, stopped: bool) -> std::io::Result<()> {
+        let all_sent = self.body.whole || !stopped;
+        if all_sent && stuffer.canonical_size() != self.body.size {
             return Err(size_changed(self.body.size));
         }
         Ok(())
@@ -1003,7 +1008,9 @@ fn size_changed(size: u64) -> std::io::Error {
 /// A RETR whose message turns out longer or shorter than the size
 /// announced for it (another program truncated or appended to the file)
 /// fails before its terminating `.` can go out: a client must never take
-/// a short or long body as the whole message.
+/// a short or long body as the whole message. So does a TOP that reaches
+/// the message's end, or whose part is already longer than the message
+/// announced.
 async fn stream_body<R, T>(
     mut reader: R,
     body: Body,
@@ -1024,8 +1031,8 @@ where
     // pile their answers up in `out`: past a chunk's worth it goes out
     // now, as the chunked path below does.
     if let Some(whole) = reader.in_memory() {
-        stuffer.feed(whole, out);
-        if let Err(e) = check.finish(&stuffer) {
+        let stopped = stuffer.feed(whole, out);
+        if let Err(e) = check.fed(&stuffer).and(check.finish(&stuffer, stopped)) {
             out.truncate(start);
             return Err(e);
         }
@@ -1044,18 +1051,19 @@ where
     // read_buf fills spare capacity: no zeroing of the buffer first.
     let mut chunk = Vec::with_capacity(chunk_octets);
     out.reserve(chunk_octets + chunk_octets / 8);
+    let mut stopped = false;
     loop {
         let piece = reader.next_piece(&mut chunk).await?;
         if piece.is_empty() {
             break;
         }
         let before = out.len();
-        let done = stuffer.feed(piece, out);
+        stopped = stuffer.feed(piece, out);
         if let Err(e) = check.fed(&stuffer) {
             out.truncate(before);
             return Err(e);
         }
-        if done {
+        if stopped {
             break;
         }
         if out.len() >= BODY_CHUNK_OCTETS {
@@ -1063,7 +1071,7 @@ where
             out.clear();
         }
     }
-    check.finish(&stuffer)?;
+    check.finish(&stuffer, stopped)?;
     stuffer.finish(out);
     Ok(())
 }
@@ -1295,6 +1303,56 @@ mod tests {
         sent.extend_from_slice(&out);
         assert_eq!(sent.len(), 200_005 + 1 + 3);
         assert!(sent.ends_with(b"a\r\n.\r\n") && sent[100_000..100_004] == *b"\r\n..");
+    }
+
+    /// `TOP n` past the last line sends the whole message (clients use it
+    /// to fetch mail without marking it): a changed message fails it as it
+    /// fails RETR, and so does one whose top alone is longer than the size
+    /// announced; a TOP that stops at its line limit is not measured.
+    #[tokio::test]
+    async fn a_top_that_reaches_the_end_of_a_changed_message_never_ends_with_a_dot() {
+        let message = b"a: b\n\nline\nline\n".to_vec();
+        let size = 20; // canonical
+        let top = |size| Body { size, whole: false };
+        for streamed in [false, true] {
+            let run = |stored: Vec<u8>, body: Body, stuffer: Stuffer| async move {
+                let (mut out, mut sent) = (Vec::new(), Vec::new());
+                let result = if streamed {
+                    let r = Streamed(std::io::Cursor::new(stored));
+                    stream_body(r, body, stuffer, &mut out, &mut sent).await
+                } else {
+                    let r = MessageReader::Memory(std::io::Cursor::new(stored));
+                    stream_body(r, body, stuffer, &mut out, &mut sent).await
+                };
+                sent.extend_from_slice(&out);
+                (result, sent)
+            };
+            let changed = [
+                (message[..10].to_vec(), top(size), Stuffer::top(100)),
+                (
+                    [&message[..], b"more\n"].concat(),
+                    top(size),
+                    Stuffer::top(100),
+                ),
+                (message.clone(), top(size - 2), Stuffer::top(100)),
+                // The top alone is longer than the whole message was.
+                (message.clone(), top(8), Stuffer::top(1)),
+            ];
+            for (stored, body, stuffer) in changed {
+                let (result, sent) = run(stored.clone(), body, stuffer).await;
+                let e = result.expect_err("a changed message's TOP ended");
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+                assert!(!sent.ends_with(b".\r\n"), "{stored:?} {streamed}");
+            }
+            let (result, sent) = run(message.clone(), top(size), Stuffer::top(100)).await;
+            result.unwrap();
+            assert_eq!(sent, b"a: b\r\n\r\nline\r\nline\r\n.\r\n");
+            // Stopped at its limit: what follows is not measured.
+            let longer = [&message[..], b"more\n"].concat();
+            let (result, sent) = run(longer, top(size), Stuffer::top(1)).await;
+            result.unwrap();
+            assert_eq!(sent, b"a: b\r\n\r\nline\r\n.\r\n");
+        }
     }
 
     /// The server's end of an in-memory connection; remembers the largest
