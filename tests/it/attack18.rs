@@ -162,6 +162,55 @@ async fn edited_chunks_never_end_a_retr_of_the_wrong_size() {
     }
 }
 
+/// `TOP n` past the last line sends a whole message, as clients use it to
+/// fetch mail without marking it: a body whose chunk rows were edited to
+/// another size never ends such a TOP with the final dot, in one chunk
+/// (handed over whole) or many (streamed); a TOP that stops at its line
+/// limit still answers.
+#[tokio::test]
+async fn edited_chunks_never_end_a_top_of_the_whole_message() {
+    let test = "edited_chunks_never_end_a_top";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let db = connect(f.url.as_deref().unwrap()).await;
+    let small = b"Subject: small\n\nhello\n".to_vec();
+    let big: Vec<u8> = b"Subject: big\n\n"
+        .iter()
+        .copied()
+        .chain(
+            b"a line of the body\n"
+                .iter()
+                .copied()
+                .cycle()
+                .take(100_000),
+        )
+        .collect();
+    let node = f.node().await;
+    for message in [&small, &big] {
+        for edit in [
+            "UPDATE message_chunks SET data = data || 'x'::bytea \
+             WHERE seq = (SELECT max(seq) FROM message_chunks)",
+            "UPDATE message_chunks SET data = substring(data FROM 2) WHERE seq = 0",
+        ] {
+            db.batch_execute("DELETE FROM messages").await.unwrap();
+            f.deliver("alice", message).await;
+            db.batch_execute(edit).await.unwrap();
+            let mut c = node.login(ALICE).await;
+            let got = until_closed(&mut c, "TOP 1 999999", 3_000_000).await;
+            assert!(
+                !got.starts_with(b"-ERR") && !got.ends_with(b"\r\n.\r\n"),
+                "{edit}: a changed body ended a TOP as if whole: {:?}",
+                String::from_utf8_lossy(&got[..got.len().min(300)])
+            );
+            let mut c = node.login(ALICE).await;
+            let (_, top) = c.multi("TOP 1 0").await;
+            assert!(top.ends_with(b"\r\n\r\n"), "{edit}");
+            c.ok("QUIT").await;
+        }
+    }
+}
+
 /// Two databases of the shared postmaster as clusters "a" (takes new
 /// users) and "b", and a third as the directory.
 async fn three(test: &str) -> Option<(String, String, String)> {
