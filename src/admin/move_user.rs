@@ -37,7 +37,7 @@ use crate::pg::PgError;
 use crate::store::postgres::check_user;
 use crate::store::postgres::cluster::{PgClusters, Several};
 use crate::store::postgres::{PgStore, CHUNK_OCTETS};
-use crate::store::StoreError;
+use crate::store::{StoreError, LOCKED_WAITS};
 
 /// The directory's advisory lock class for moves: `pg_advisory_lock(class,
 /// hashtext(name))`, two 32-bit keys, a space apart from the maildrop
@@ -141,227 +141,257 @@ pub async fn move_user(
     };
 
     let directory = clusters.directory().pool().connect().await?;
-    let locked: bool = directory
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, hashtext($2))",
-            &[&MOVE_LOCK_CLASS, &user],
-        )
-        .await?
-        .get(0);
-    if !locked {
-        return Err(MoveError::Refused(
-            "another mailbag move-user is moving this user now".into(),
-        ));
-    }
-    // A name the directory does not know and no cluster holds is a typo
-    // (or a user who never had mail): nothing to move, and no directory
-    // row or maildrop is made for it.
-    if clusters.read_placement(user).await?.is_none() && clusters.holding(user).await?.is_empty() {
-        return Err(MoveError::Refused(
-            "no placement and no maildrop for this user on any cluster: nothing to move \
-             (give the canonical name, as `mailbag user list` shows it)"
-                .into(),
-        ));
-    }
-    let mut placement = clusters.placement(user).await?;
+    take_move_lock(&directory, user).await?;
+    // The lock goes with the connection; it is released here too, so that
+    // a move run again straight after this one (stopped, or to finish)
+    // finds it free rather than waiting for the backend to go.
+    let moved: Result<Moved, MoveError> = async {
+        // A name the directory does not know and no cluster holds is a typo
+        // (or a user who never had mail): nothing to move, and no directory
+        // row or maildrop is made for it.
+        if clusters.read_placement(user).await?.is_none() && clusters.holding(user).await?.is_empty() {
+            return Err(MoveError::Refused(
+                "no placement and no maildrop for this user on any cluster: nothing to move \
+                 (give the canonical name, as `mailbag user list` shows it)"
+                    .into(),
+            ));
+        }
+        let mut placement = clusters.placement(user).await?;
 
-    if placement.move_from.as_ref() == Some(&placement.cluster)
-        || placement.move_to.as_ref() == Some(&placement.cluster)
-    {
-        return Err(MoveError::Refused(
-            "the directory's row for this user names one cluster as both ends of a move: \
-             check it by hand"
-                .into(),
-        ));
-    }
-    if let Some(from) = placement.move_from.clone() {
-        // An earlier move switched the directory but did not remove the
-        // old copy: finish that first. The switch came after a verified
-        // copy, and the old copy has been frozen since, so it is only
-        // deleted (copying it again could bring back messages the user
-        // deleted from the new copy since).
-        let source = member(clusters, &from)?;
-        let mut source_conn = source.pool().connect().await?;
-        let source_id = lock_maildrop(&source_conn, user, &from, "moved", options.wait).await?;
-        match state(&source_conn, source_id).await?.as_str() {
-            "moving" | "moved" => {}
-            other => {
-                return Err(MoveError::Refused(format!(
-                    "the directory says the move from {from} switched, but the maildrop there is \
-                     {other}: check the clusters by hand"
-                )))
+        if placement.move_from.as_ref() == Some(&placement.cluster)
+            || placement.move_to.as_ref() == Some(&placement.cluster)
+        {
+            return Err(MoveError::Refused(
+                "the directory's row for this user names one cluster as both ends of a move: \
+                 check it by hand"
+                    .into(),
+            ));
+        }
+        if let Some(from) = placement.move_from.clone() {
+            // An earlier move switched the directory but did not remove the
+            // old copy: finish that first. The switch came after a verified
+            // copy, and the old copy has been frozen since, so it is only
+            // deleted (copying it again could bring back messages the user
+            // deleted from the new copy since).
+            let source = member(clusters, &from)?;
+            let mut source_conn = source.pool().connect().await?;
+            let source_id = lock_maildrop(&source_conn, user, &from, "moved", options.wait).await?;
+            match state(&source_conn, source_id).await?.as_str() {
+                "moving" | "moved" => {}
+                other => {
+                    return Err(MoveError::Refused(format!(
+                        "the directory says the move from {from} switched, but the maildrop there is \
+                         {other}: check the clusters by hand"
+                    )))
+                }
+            }
+            remove_source(&mut source_conn, source_id).await?;
+            drop(source_conn);
+            directory
+                .execute(
+                    "UPDATE placements SET move_from = NULL, changed = now() WHERE name = $1",
+                    &[&user],
+                )
+                .await?;
+            placement.move_from = None;
+            if placement.cluster == to {
+                return Ok(Moved {
+                    from: Some(from),
+                    to: to.to_owned(),
+                    messages: 0,
+                    octets: 0,
+                });
             }
         }
+        if let Some(pending) = &placement.move_to {
+            if pending != to {
+                let pending: String = pending.chars().take(64).collect();
+                return Err(MoveError::Refused(format!(
+                    "an unfinished move of this user to {pending:?} is in the directory: \
+                     run move-user --to {pending:?} to finish it first"
+                )));
+            }
+        }
+        if placement.cluster == to {
+            return Ok(Moved {
+                from: None,
+                to: to.to_owned(),
+                messages: 0,
+                octets: 0,
+            });
+        }
+        let from = placement.cluster.clone();
+        let source = member(clusters, &from)?;
+        let destination = member(clusters, to)?;
+
+        // 1. The source maildrop's lock, before anything changes: a refusal
+        // here leaves everything as it was.
+        let mut source_conn = source.pool().connect().await?;
+        let source_id = lock_maildrop(&source_conn, user, &from, "active", options.wait).await?;
+
+        // 2. Record the move, then freeze the source.
+        directory
+            .execute(
+                "UPDATE placements SET move_to = $2, changed = now() WHERE name = $1 AND cluster = $3",
+                &[&user, &to, &from],
+            )
+            .await?;
+        stop(1)?;
+        let frozen = source_conn
+            .execute(
+                "UPDATE maildrops SET state = 'moving' WHERE id = $1 AND state IN ('active', 'moving')",
+                &[&source_id],
+            )
+            .await?;
+        if frozen == 0 {
+            let found = state(&source_conn, source_id).await?;
+            return Err(MoveError::Refused(format!(
+                "the directory places this user on {from}, but the maildrop there is {found}: \
+                 check the clusters by hand"
+            )));
+        }
+        stop(2)?;
+
+        // 3. The destination: locked and not served until it is whole.
+        let mut destination_conn = destination.pool().connect().await?;
+        let destination_id =
+            lock_maildrop(&destination_conn, user, to, "incoming", options.wait).await?;
+        if state(&destination_conn, destination_id).await? != "active" {
+            // What an earlier attempt left there is copies of messages the
+            // source still had then, some perhaps deleted since: they go,
+            // and the copy starts over. (An `active` destination is one this
+            // move made whole before it stopped, with the source frozen
+            // since: it stays.)
+            destination_conn
+                .execute(
+                    "DELETE FROM messages WHERE maildrop_id = $1",
+                    &[&destination_id],
+                )
+                .await?;
+        }
+        destination_conn
+            .execute(
+                "UPDATE maildrops SET state = 'incoming' WHERE id = $1",
+                &[&destination_id],
+            )
+            .await?;
+        stop(3)?;
+
+        // 4. Copy.
+        let copied = copy(
+            &mut source_conn,
+            source_id,
+            &mut destination_conn,
+            destination_id,
+            to,
+            if options.batch_messages == 0 {
+                BATCH_MESSAGES
+            } else {
+                options.batch_messages
+            },
+            &|batch| if batch == 1 { stop(4) } else { Ok(()) },
+        )
+        .await;
+        let copied = match copied {
+            Ok(copied) => copied,
+            Err(MoveError::Refused(why)) => {
+                // A UIDL taken on the destination: the move cannot keep it.
+                // Serve the source again, as before the move; the partial
+                // copy stays `incoming`, never served (a later move there
+                // skips what it already holds).
+                source_conn
+                    .execute(
+                        "UPDATE maildrops SET state = 'active' WHERE id = $1",
+                        &[&source_id],
+                    )
+                    .await?;
+                directory
+                    .execute(
+                        "UPDATE placements SET move_to = NULL, changed = now() WHERE name = $1",
+                        &[&user],
+                    )
+                    .await?;
+                return Err(MoveError::Refused(format!(
+                    "{why}; the move was undone and the user is served from {from} again"
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+
+        // 5. The destination is whole: serve it.
+        destination_conn
+            .execute(
+                "UPDATE maildrops SET state = 'active' WHERE id = $1",
+                &[&destination_id],
+            )
+            .await?;
+        stop(5)?;
+
+        // 6. Switch the directory.
+        directory
+            .execute(
+                "UPDATE placements
+                    SET cluster = move_to, move_to = NULL, move_from = cluster, changed = now()
+                  WHERE name = $1 AND move_to = $2",
+                &[&user, &to],
+            )
+            .await?;
+        stop(6)?;
+
+        // 7. Remove the source's copy, leaving the `moved` mark.
         remove_source(&mut source_conn, source_id).await?;
-        drop(source_conn);
+        stop(7)?;
         directory
             .execute(
                 "UPDATE placements SET move_from = NULL, changed = now() WHERE name = $1",
                 &[&user],
             )
             .await?;
-        placement.move_from = None;
-        if placement.cluster == to {
-            return Ok(Moved {
-                from: Some(from),
-                to: to.to_owned(),
-                messages: 0,
-                octets: 0,
-            });
-        }
-    }
-    if let Some(pending) = &placement.move_to {
-        if pending != to {
-            let pending: String = pending.chars().take(64).collect();
-            return Err(MoveError::Refused(format!(
-                "an unfinished move of this user to {pending:?} is in the directory: \
-                 run move-user --to {pending:?} to finish it first"
-            )));
-        }
-    }
-    if placement.cluster == to {
-        return Ok(Moved {
-            from: None,
+        // Closing the connections releases the maildrop locks.
+        drop((source_conn, destination_conn));
+        Ok(Moved {
+            from: Some(from),
             to: to.to_owned(),
-            messages: 0,
-            octets: 0,
-        });
+            messages: copied.0,
+            octets: copied.1,
+        })
     }
-    let from = placement.cluster.clone();
-    let source = member(clusters, &from)?;
-    let destination = member(clusters, to)?;
-
-    // 1. The source maildrop's lock, before anything changes: a refusal
-    // here leaves everything as it was.
-    let mut source_conn = source.pool().connect().await?;
-    let source_id = lock_maildrop(&source_conn, user, &from, "active", options.wait).await?;
-
-    // 2. Record the move, then freeze the source.
-    directory
-        .execute(
-            "UPDATE placements SET move_to = $2, changed = now() WHERE name = $1 AND cluster = $3",
-            &[&user, &to, &from],
-        )
-        .await?;
-    stop(1)?;
-    let frozen = source_conn
-        .execute(
-            "UPDATE maildrops SET state = 'moving' WHERE id = $1 AND state IN ('active', 'moving')",
-            &[&source_id],
-        )
-        .await?;
-    if frozen == 0 {
-        let found = state(&source_conn, source_id).await?;
-        return Err(MoveError::Refused(format!(
-            "the directory places this user on {from}, but the maildrop there is {found}: \
-             check the clusters by hand"
-        )));
-    }
-    stop(2)?;
-
-    // 3. The destination: locked and not served until it is whole.
-    let mut destination_conn = destination.pool().connect().await?;
-    let destination_id =
-        lock_maildrop(&destination_conn, user, to, "incoming", options.wait).await?;
-    if state(&destination_conn, destination_id).await? != "active" {
-        // What an earlier attempt left there is copies of messages the
-        // source still had then, some perhaps deleted since: they go,
-        // and the copy starts over. (An `active` destination is one this
-        // move made whole before it stopped, with the source frozen
-        // since: it stays.)
-        destination_conn
-            .execute(
-                "DELETE FROM messages WHERE maildrop_id = $1",
-                &[&destination_id],
-            )
-            .await?;
-    }
-    destination_conn
-        .execute(
-            "UPDATE maildrops SET state = 'incoming' WHERE id = $1",
-            &[&destination_id],
-        )
-        .await?;
-    stop(3)?;
-
-    // 4. Copy.
-    let copied = copy(
-        &mut source_conn,
-        source_id,
-        &mut destination_conn,
-        destination_id,
-        to,
-        if options.batch_messages == 0 {
-            BATCH_MESSAGES
-        } else {
-            options.batch_messages
-        },
-        &|batch| if batch == 1 { stop(4) } else { Ok(()) },
-    )
     .await;
-    let copied = match copied {
-        Ok(copied) => copied,
-        Err(MoveError::Refused(why)) => {
-            // A UIDL taken on the destination: the move cannot keep it.
-            // Serve the source again, as before the move; the partial
-            // copy stays `incoming`, never served (a later move there
-            // skips what it already holds).
-            source_conn
-                .execute(
-                    "UPDATE maildrops SET state = 'active' WHERE id = $1",
-                    &[&source_id],
-                )
-                .await?;
-            directory
-                .execute(
-                    "UPDATE placements SET move_to = NULL, changed = now() WHERE name = $1",
-                    &[&user],
-                )
-                .await?;
-            return Err(MoveError::Refused(format!(
-                "{why}; the move was undone and the user is served from {from} again"
-            )));
+    let _ = directory
+        .execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&MOVE_LOCK_CLASS, &user],
+        )
+        .await;
+    moved
+}
+
+/// Takes the advisory lock that keeps two moves of `user` apart, on the
+/// directory connection `directory`: tried again after each of
+/// [`LOCKED_WAITS`], as a maildrop being released is, since a move that
+/// was just killed holds it until the database notices.
+async fn take_move_lock(directory: &Client, user: &str) -> Result<(), MoveError> {
+    let mut waits = LOCKED_WAITS.iter();
+    loop {
+        let locked: bool = directory
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&MOVE_LOCK_CLASS, &user],
+            )
+            .await?
+            .get(0);
+        if locked {
+            return Ok(());
         }
-        Err(e) => return Err(e),
-    };
-
-    // 5. The destination is whole: serve it.
-    destination_conn
-        .execute(
-            "UPDATE maildrops SET state = 'active' WHERE id = $1",
-            &[&destination_id],
-        )
-        .await?;
-    stop(5)?;
-
-    // 6. Switch the directory.
-    directory
-        .execute(
-            "UPDATE placements
-                SET cluster = move_to, move_to = NULL, move_from = cluster, changed = now()
-              WHERE name = $1 AND move_to = $2",
-            &[&user, &to],
-        )
-        .await?;
-    stop(6)?;
-
-    // 7. Remove the source's copy, leaving the `moved` mark.
-    remove_source(&mut source_conn, source_id).await?;
-    stop(7)?;
-    directory
-        .execute(
-            "UPDATE placements SET move_from = NULL, changed = now() WHERE name = $1",
-            &[&user],
-        )
-        .await?;
-    // Closing the connections releases the locks.
-    drop((source_conn, destination_conn, directory));
-    Ok(Moved {
-        from: Some(from),
-        to: to.to_owned(),
-        messages: copied.0,
-        octets: copied.1,
-    })
+        match waits.next() {
+            Some(wait) => tokio::time::sleep(*wait).await,
+            None => {
+                return Err(MoveError::Refused(
+                    "another mailbag move-user is moving this user now".into(),
+                ))
+            }
+        }
+    }
 }
 
 /// The store of cluster `name`; one the configuration does not list (the
