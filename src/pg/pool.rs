@@ -302,11 +302,7 @@ impl Pooled {
     /// Whether `e` says this connection is gone (so that whatever ran
     /// on it ended with it).
     fn gone(&self, e: &tokio_postgres::Error) -> bool {
-        use tokio_postgres::error::SqlState;
-        self.conn().client.is_closed()
-            || e.is_closed()
-            || e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
-            || e.code() == Some(&SqlState::CRASH_SHUTDOWN)
+        connection_gone(&self.conn().client, e)
     }
 
     /// Swaps this dead connection for a new one, counted in its place;
@@ -327,6 +323,17 @@ impl Pooled {
         });
         true
     }
+}
+
+/// Whether `e`, from a statement on `client`, says that connection is
+/// gone (closed, or its backend terminated or crashed), so that whatever
+/// ran on it ended with it: its session's advisory locks too.
+pub(crate) fn connection_gone(client: &Client, e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    client.is_closed()
+        || e.is_closed()
+        || e.code() == Some(&SqlState::ADMIN_SHUTDOWN)
+        || e.code() == Some(&SqlState::CRASH_SHUTDOWN)
 }
 
 /// Whether PostgreSQL refused a prepared statement because a table it

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
-use crate::pg::pool::{run_prepared, Execute, Params, Pool, QueryOpt, Statements};
+use crate::pg::pool::{connection_gone, run_prepared, Execute, Params, Pool, QueryOpt, Statements};
 use crate::pg::PgError;
 use tokio_postgres::types::Type;
 
@@ -163,10 +163,20 @@ impl Locks {
             return Ok(Lock::Busy);
         }
         let result = async {
-            let conn = self.conn(name).await?;
-            let row = conn
-                .query_prepared_opt(LOCK, &[(&name, Type::TEXT)])
-                .await?;
+            let mut conn = self.conn(name).await?;
+            let row = match conn.query_prepared_opt(LOCK, &[(&name, Type::TEXT)]).await {
+                // The connection went under the statement (a restart, a
+                // failover, a terminated backend) before its loss was
+                // noticed: its locks went with it, so the lock is taken
+                // once more, on a new connection.
+                Err(e) if connection_gone(&conn.client, &e) => {
+                    conn.lost.cancel();
+                    conn = self.conn(name).await?;
+                    conn.query_prepared_opt(LOCK, &[(&name, Type::TEXT)])
+                        .await?
+                }
+                row => row?,
+            };
             Ok::<_, PgError>(row.map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1), conn)))
         }
         .await;
