@@ -295,7 +295,8 @@ pub async fn move_user(
         let copied = match copied {
             Ok(copied) => copied,
             Err(MoveError::Refused(why)) => {
-                // A UIDL taken on the destination: the move cannot keep it.
+                // The destination did not keep a batch whole: the move
+                // cannot keep every UIDL.
                 // Serve the source again, as before the move; the partial
                 // copy stays `incoming`, never served (a later move there
                 // skips what it already holds).
@@ -540,7 +541,7 @@ async fn copy_batch(
         tx.execute_typed(
             "WITH m AS (INSERT INTO messages (maildrop_id, uidl, size, received, seen)
                         VALUES ($1, $2, $3, $4::timestamptz, $5)
-                        ON CONFLICT (uidl) DO NOTHING
+                        ON CONFLICT (maildrop_id, uidl) DO NOTHING
                         RETURNING id)
              INSERT INTO message_chunks (message_id, seq, data)
              SELECT m.id, s.seq, substring($6 FROM s.seq * $7 + 1 FOR $7)
@@ -566,10 +567,12 @@ async fn copy_batch(
         .await?
         .get(0);
     if present != uidls.len() as i64 {
-        // Rolled back on drop: nothing of this batch stays.
+        // Rolled back on drop: nothing of this batch stays. A UIDL is
+        // unique within a maildrop, and the source's are, so only
+        // something on the destination that drops rows (a rule, a
+        // trigger) gets here.
         return Err(MoveError::Refused(format!(
-            "a UIDL of this maildrop belongs to another maildrop on {to} \
-             (UIDLs kept by mailbag import can repeat between clusters)"
+            "{to} did not keep every message of a batch under its UIDL"
         )));
     }
     tx.commit().await?;

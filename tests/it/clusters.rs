@@ -850,8 +850,8 @@ async fn a_login_refused_for_an_unfinished_move_lists_nothing() {
 /// A delivery under a given UIDL (an import keeping another server's
 /// UIDLs) whose reply is lost as its connection breaks is settled by
 /// looking for that UIDL in the user's own maildrop only: another user
-/// holding the same UIDL (so that the insert was in fact refused) does
-/// not make it count as stored.
+/// holding the same UIDL, while the insert was in fact refused, does not
+/// make it count as stored.
 #[tokio::test]
 async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
     let test = "unknown_outcome_own_maildrop";
@@ -872,6 +872,26 @@ async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
     )
     .await
     .unwrap();
+
+    // Alice's insert is refused (a trigger here; anything the server
+    // refuses after the statement is sent), so nothing of it commits.
+    connect(&two.a)
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_alice() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.uidl = '{SHARED}' AND NEW.maildrop_id =
+                    (SELECT id FROM maildrops WHERE name = '{alice}') THEN
+                 RAISE EXCEPTION 'refused';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_alice BEFORE INSERT ON messages
+               FOR EACH ROW EXECUTE FUNCTION refuse_alice()",
+            alice = ALICE.0
+        ))
+        .await
+        .unwrap();
 
     let port = cluster(test).unwrap().port;
     let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
@@ -1159,9 +1179,12 @@ async fn a_stale_placement_never_reaches_the_old_copy() {
     node.stop().await;
 }
 
+/// A UIDL is unique within its maildrop only: another user holding the
+/// same UIDL on the destination (as `mailbag import` keeps one from an
+/// old server) does not stop a move, and both keep it.
 #[tokio::test]
-async fn a_uidl_taken_on_the_destination_undoes_the_move() {
-    let test = "uidl_taken_on_destination";
+async fn another_users_uidl_on_the_destination_does_not_stop_the_move() {
+    let test = "uidl_of_another_user_on_destination";
     let Some(two) = Two::new(test).await else {
         return;
     };
@@ -1169,13 +1192,55 @@ async fn a_uidl_taken_on_the_destination_undoes_the_move() {
     let uidl = Store::deliver(&store, "alice".into(), b"Subject: a\r\n\r\nx\r\n".to_vec())
         .await
         .unwrap();
-    // The same UIDL for another user on b (as `mailbag import` can keep
-    // one from an old server).
     let b = connect(&two.b).await;
     b.batch_execute(&format!(
         "INSERT INTO maildrops (name) VALUES ('carol');
          INSERT INTO messages (maildrop_id, uidl, size)
-              SELECT id, '{uidl}', 1 FROM maildrops WHERE name = 'carol'"
+              SELECT id, '{uidl}', 0 FROM maildrops WHERE name = 'carol'"
+    ))
+    .await
+    .unwrap();
+    move_user(&store, "alice", "b", &options(0)).await.unwrap();
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("b"));
+    use mailbag::store::Maildrop;
+    let moved = store.open("alice".into()).await.unwrap();
+    let uidls: Vec<&str> = moved.messages().iter().map(|m| m.uid.as_str()).collect();
+    assert_eq!(uidls, [uidl.as_str()]);
+    drop(moved);
+    let carol: i64 = b
+        .query_one(
+            "SELECT count(*) FROM messages m JOIN maildrops d ON d.id = m.maildrop_id
+              WHERE d.name = 'carol' AND m.uidl = $1",
+            &[&uidl],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(carol, 1, "carol's message is untouched");
+}
+
+/// A destination that does not keep every message of a batch (here a
+/// trigger drops one) makes the move undo itself: the source is served
+/// again and nothing on the destination is.
+#[tokio::test]
+async fn a_destination_that_drops_a_message_undoes_the_move() {
+    let test = "destination_drops_a_message";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let store = two.store();
+    let uidl = Store::deliver(&store, "alice".into(), b"Subject: a\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    let b = connect(&two.b).await;
+    b.batch_execute(&format!(
+        "CREATE FUNCTION drop_one() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.uidl = '{uidl}' THEN RETURN NULL; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER drop_one BEFORE INSERT ON messages
+           FOR EACH ROW EXECUTE FUNCTION drop_one()"
     ))
     .await
     .unwrap();
@@ -1206,11 +1271,11 @@ async fn a_uidl_taken_on_the_destination_undoes_the_move() {
         "nothing of it served on b"
     );
 
-    // The first message deleted, the clash gone: a new move leaves
+    // The first message deleted, the trigger gone: a new move leaves
     // nothing of the first attempt's copy behind.
     let maildrop = store.open("alice".into()).await.unwrap();
     maildrop.commit(&[0], &[]).await.unwrap();
-    b.batch_execute(&format!("DELETE FROM messages WHERE uidl = '{uidl}'"))
+    b.batch_execute("DROP TRIGGER drop_one ON messages")
         .await
         .unwrap();
     move_user(&store, "alice", "b", &options(0)).await.unwrap();

@@ -722,9 +722,9 @@ fn check_config_reports_bad_dovecot_uidl_formats() {
 }
 
 /// `mailbag import --from maildir:` into the PostgreSQL store keeps the
-/// UIDLs Dovecot showed; a UIDL another maildrop already has in the
-/// database (UIDLs are unique across it) gets a new one, and the import
-/// says how many kept theirs.
+/// UIDLs Dovecot showed, for every user, even where two users' UIDLs are
+/// the same; a UIDL the user's own maildrop already has gets a new one,
+/// and the import says how many kept theirs.
 #[tokio::test]
 async fn import_into_postgres_keeps_dovecot_uidls() {
     use crate::support::pg::{Backend, Fixture};
@@ -791,13 +791,27 @@ async fn import_into_postgres_keeps_dovecot_uidls() {
     assert_eq!(uidls(&alice), want);
     drop(alice);
 
-    // The same Maildir for another user: every UIDL is taken.
+    // The same Maildir for another user (two users whose Dovecot
+    // mailboxes share a UIDVALIDITY show the same UIDLs): a UIDL is
+    // unique within its maildrop only, so bob keeps every one too.
     let said = import("bob");
-    assert!(!said.contains("kept"), "{said}");
+    assert!(said.contains("every message kept its UIDL"), "{said}");
     let bob = store.open("bob".into()).await.unwrap();
-    assert_eq!(bob.messages().len(), 4);
-    assert!(uidls(&bob).iter().all(|u| !want.contains(u)));
+    assert_eq!(uidls(&bob), want);
     drop(bob);
+
+    // Into alice again: her maildrop holds every one of those UIDLs, so
+    // the copies get new ones.
+    let said = import("alice");
+    assert!(!said.contains("kept"), "{said}");
+    let alice = store.open("alice".into()).await.unwrap();
+    let all = uidls(&alice);
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[..4], want);
+    assert!(all[4..].iter().all(|u| !want.contains(u)), "{all:?}");
+    let distinct: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), 8);
+    drop(alice);
 
     // A qpopper spool: the X-UIDL of each message.
     let mbox = f.dir.path().join("carol.mbox");

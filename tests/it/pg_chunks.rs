@@ -337,7 +337,7 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "applied migration 2\napplied migration 3\n"
+        "applied migration 2\napplied migration 3\napplied migration 4\n"
     );
 
     // Every body is now its chunks, and the old column is gone.
@@ -361,6 +361,32 @@ async fn migrate_from_version_1_moves_every_body_into_chunks_byte_exact() {
         .map(|m| m.len().div_ceil(CHUNK_OCTETS))
         .sum();
     assert_eq!(chunks as usize, expected);
+
+    // Version 4: a UIDL is unique within its maildrop, not across them.
+    let insert = |maildrop: &'static str| {
+        let db = &db;
+        async move {
+            db.execute(
+                "INSERT INTO messages (maildrop_id, uidl, size)
+                 SELECT id, 'v1-0', 0 FROM maildrops WHERE name = $1",
+                &[&maildrop],
+            )
+            .await
+        }
+    };
+    let twice = insert("alice").await.unwrap_err();
+    assert_eq!(
+        twice.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    assert_eq!(insert("empty").await.unwrap(), 1);
+    db.execute(
+        "DELETE FROM messages
+          WHERE maildrop_id = (SELECT id FROM maildrops WHERE name = 'empty')",
+        &[],
+    )
+    .await
+    .unwrap();
 
     // Served byte-exact under the UIDLs they had.
     let store = pg_store(&url);

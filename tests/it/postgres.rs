@@ -660,7 +660,7 @@ async fn serve_refuses_a_schema_behind_and_migrate_brings_it_up() {
     assert!(status.success(), "{stderr}");
     assert_eq!(
         stdout,
-        "applied migration 1\napplied migration 2\napplied migration 3\n"
+        "applied migration 1\napplied migration 2\napplied migration 3\napplied migration 4\n"
     );
     let (status, stdout, _) = run(&["migrate", "--config", config], b"");
     assert!(status.success());

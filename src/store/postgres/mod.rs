@@ -160,9 +160,10 @@ impl PgStore {
     /// Stores `message` for `user` under `uidl`, the UIDL it had on
     /// another server (`mailbag import` keeps it, so that clients do not
     /// download the message again). `Ok(false)`, with nothing stored, when
-    /// the database already holds a message with that UIDL (the schema
-    /// keeps UIDLs unique across all maildrops) or `uidl` is not one RFC
-    /// 1939 allows; the caller then delivers it under a new UIDL.
+    /// `user`'s maildrop already holds a message with that UIDL (a UIDL is
+    /// unique within its maildrop; other users' maildrops may hold the
+    /// same one) or `uidl` is not one RFC 1939 allows; the caller then
+    /// delivers it under a new UIDL.
     pub async fn deliver_with_uidl(
         &self,
         user: &str,
@@ -196,9 +197,9 @@ impl PgStore {
     /// database cannot tell us now (then the MTA retries, and at worst the
     /// message arrives twice, never zero times). Only `user`'s maildrop
     /// counts: the same UIDL in another maildrop (a message imported
-    /// under the UIDL another server gave it, which the insert then
-    /// refused) does not mean this delivery was stored. One statement,
-    /// through the UIDL's unique index and the maildrop's key.
+    /// under the UIDL another server gave it) does not mean this delivery
+    /// was stored. One statement, through the maildrop's name and its
+    /// (maildrop, UIDL) unique index.
     pub(crate) async fn stored(&self, user: &str, uidl: &str) -> bool {
         for wait in [0, 500, 2000] {
             tokio::time::sleep(Duration::from_millis(wait)).await;

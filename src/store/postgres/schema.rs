@@ -15,6 +15,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../../../migrations/0002_message_chunks.sql"),
     ),
     (3, include_str!("../../../migrations/0003_clusters.sql")),
+    (
+        4,
+        include_str!("../../../migrations/0004_uidl_per_maildrop.sql"),
+    ),
 ];
 
 /// The version this build of mailbag needs.
