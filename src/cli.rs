@@ -1138,16 +1138,21 @@ async fn import_with<S: mailbag::admin::import::UidlTarget>(
             import::into_store(store, user, &files, |p| import::read_message(p), uidl).await?
         }
         (Some(Mailbox::Mbox(file)), None) => {
-            let data = import::read_mbox(&file)?;
-            let messages = import::split_mbox(&data);
+            // Read as it is copied: one message in memory at a time.
+            let read_error = |source| import::ImportError::Read {
+                path: file.clone(),
+                source,
+            };
             // qpopper's spools carry each message's UIDL in its X-UIDL.
             let x_uidl = sources.x_uidl;
-            let uidl = |m: &Vec<u8>| {
-                x_uidl
-                    .then(|| mailbag::store::maildir::parse_x_uidl(m))
-                    .flatten()
-            };
-            import::into_store(store, user, &messages, |m| Ok(m.clone()), uidl).await?
+            let messages = import::mbox_messages(&file)?.map(|m| {
+                let m = m.map_err(read_error)?;
+                let uidl = x_uidl
+                    .then(|| mailbag::store::maildir::parse_x_uidl(&m))
+                    .flatten();
+                Ok((m, uidl))
+            });
+            import::into_store_from(store, user, messages, None).await?
         }
         (None, Some(Mailbox::Maildir(dir))) => import::out_to_maildir(store, user, &dir).await?,
         (None, Some(Mailbox::Mbox(file))) => import::out_to_mbox(store, user, &file).await?,

@@ -7,7 +7,7 @@
 //! side: a failed or interrupted import is repaired by removing what it
 //! wrote (or by importing into an empty maildrop again).
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,13 @@ pub enum ImportError {
         source: io::Error,
     },
     /// The target refused a message.
-    #[error("store failure after {done} of {total} messages: {source}")]
+    #[error("store failure after {done}{} messages: {source}", .total.map_or(String::new(), |t| format!(" of {t}")))]
     Store {
         /// Messages copied before the failure.
         done: usize,
-        /// Messages in the source.
-        total: usize,
+        /// Messages in the source, when known before the copy (an mbox
+        /// is read as it is copied).
+        total: Option<usize>,
         /// Why.
         #[source]
         source: StoreError,
@@ -214,48 +215,99 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, ImportError> {
     })
 }
 
-/// Reads an mbox file, when it is a regular file and not a symlink (the
-/// file may be its owner's, who could point a link at someone else's
-/// mail) or a FIFO.
-pub fn read_mbox(path: &Path) -> Result<Vec<u8>, ImportError> {
-    maildir::source::read_mbox(path).map_err(|source| ImportError::Read {
+/// The messages of an mbox file, read as they are copied: only the
+/// message being read is in memory, whatever the size of the spool. The
+/// file is opened when it is a regular file and not a symlink (the file
+/// may be its owner's, who could point a link at someone else's mail)
+/// or a FIFO, and read up to the length it had then.
+pub fn mbox_messages(path: &Path) -> Result<MboxMessages<impl BufRead>, ImportError> {
+    let file = maildir::source::open_mbox(path).map_err(|source| ImportError::Read {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    Ok(MboxMessages::new(io::BufReader::with_capacity(
+        64 * 1024,
+        file,
+    )))
 }
 
-/// Splits an mbox file into messages: a message starts at a `From ` line
-/// at the start of the file or after an empty line; mboxrd quoting
-/// (`>From `, `>>From `, ...) loses one `>`; the empty line before the
-/// next `From ` belongs to the format, not the message.
+/// Splits an mbox file held in memory into messages, as [`MboxMessages`]
+/// does.
 pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut messages: Vec<Vec<u8>> = Vec::new();
-    let mut current: Option<Vec<u8>> = None;
-    let mut previous_empty = true;
-    for line in data.split_inclusive(|&b| b == b'\n') {
-        if previous_empty && line.starts_with(b"From ") {
-            if let Some(done) = current.take() {
-                messages.push(strip_separator(done));
+    // Reading from memory cannot fail.
+    MboxMessages::new(data).map_while(Result::ok).collect()
+}
+
+/// The messages of an mbox, one at a time: a message starts at a `From `
+/// line at the start of the file or after an empty line; mboxrd quoting
+/// (`>From `, `>>From `, ...) loses one `>`; the empty line before the
+/// next `From ` belongs to the format, not the message. What comes
+/// before the first `From ` line is no message.
+#[derive(Debug)]
+pub struct MboxMessages<R> {
+    input: R,
+    /// The line being looked at.
+    line: Vec<u8>,
+    /// The message being gathered, once its `From ` line was seen.
+    current: Option<Vec<u8>>,
+    previous_empty: bool,
+    ended: bool,
+}
+
+impl<R: BufRead> MboxMessages<R> {
+    /// Reads the messages of `input`.
+    pub fn new(input: R) -> Self {
+        MboxMessages {
+            input,
+            line: Vec::new(),
+            current: None,
+            previous_empty: true,
+            ended: false,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for MboxMessages<R> {
+    type Item = io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            self.line.clear();
+            match self.input.read_until(b'\n', &mut self.line) {
+                Ok(0) => {
+                    self.ended = true;
+                    return self.current.take().map(|m| Ok(strip_separator(m)));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
             }
-            current = Some(Vec::new());
-            previous_empty = false;
-            continue;
-        }
-        previous_empty = line == b"\n" || line == b"\r\n";
-        let Some(message) = current.as_mut() else {
-            continue;
-        };
-        let quoted = line.iter().take_while(|&&b| b == b'>').count();
-        if quoted > 0 && line[quoted..].starts_with(b"From ") {
-            message.extend_from_slice(&line[1..]);
-        } else {
-            message.extend_from_slice(line);
+            let line = self.line.as_slice();
+            if self.previous_empty && line.starts_with(b"From ") {
+                self.previous_empty = false;
+                match self.current.replace(Vec::new()) {
+                    Some(done) => return Some(Ok(strip_separator(done))),
+                    None => continue,
+                }
+            }
+            self.previous_empty = line == b"\n" || line == b"\r\n";
+            let Some(message) = self.current.as_mut() else {
+                continue;
+            };
+            let quoted = line.iter().take_while(|&&b| b == b'>').count();
+            if quoted > 0 && line[quoted..].starts_with(b"From ") {
+                message.extend_from_slice(&line[1..]);
+            } else {
+                message.extend_from_slice(line);
+            }
         }
     }
-    if let Some(done) = current {
-        messages.push(strip_separator(done));
-    }
-    messages
 }
 
 /// Drops the empty line that ends an entry (the separator before the
@@ -273,16 +325,17 @@ fn strip_separator(mut message: Vec<u8>) -> Vec<u8> {
     message
 }
 
-/// A progress bar on standard error, drawn only on a terminal.
+/// A progress bar on standard error, drawn only on a terminal; without
+/// a total known in advance, a count.
 struct Progress {
-    total: usize,
+    total: Option<usize>,
     started: Instant,
     drawn: Option<Instant>,
     terminal: bool,
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
+    fn new(total: Option<usize>) -> Progress {
         Progress {
             total,
             started: Instant::now(),
@@ -295,24 +348,45 @@ impl Progress {
         let due = self
             .drawn
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
-        if !self.terminal || !(due || done == self.total) {
+        if !self.terminal || !(due || Some(done) == self.total) {
             return;
         }
+        self.draw(done, octets);
+    }
+
+    /// Draws the last state and ends the line.
+    fn finish(&mut self, done: usize, octets: u64) {
+        if self.terminal {
+            self.draw(done, octets);
+            let _ = writeln!(io::stderr());
+        }
+    }
+
+    fn draw(&mut self, done: usize, octets: u64) {
         self.drawn = Some(Instant::now());
         const WIDTH: usize = 30;
-        let filled = (done * WIDTH).checked_div(self.total).unwrap_or(WIDTH);
+        let mut err = io::stderr();
+        let _ = match self.total {
+            Some(total) => {
+                let filled = (done * WIDTH)
+                    .checked_div(total)
+                    .unwrap_or(WIDTH)
+                    .min(WIDTH);
+                write!(
+                    err,
+                    "\r[{}{}] {done}/{total} messages",
+                    "#".repeat(filled),
+                    " ".repeat(WIDTH - filled),
+                )
+            }
+            None => write!(err, "\r{done} messages"),
+        };
         let _ = write!(
-            io::stderr(),
-            "\r[{}{}] {done}/{} messages, {:.1} MB, {:.0?}",
-            "#".repeat(filled),
-            " ".repeat(WIDTH - filled),
-            self.total,
+            err,
+            ", {:.1} MB, {:.0?}",
             octets as f64 / 1e6,
             self.started.elapsed()
         );
-        if done == self.total {
-            let _ = writeln!(io::stderr());
-        }
     }
 }
 
@@ -327,7 +401,23 @@ pub async fn into_store<S: UidlTarget, T>(
     load: impl Fn(&T) -> Result<Vec<u8>, ImportError>,
     uidl: impl Fn(&T) -> Option<String>,
 ) -> Result<Copied, ImportError> {
-    let total = sources.len();
+    let messages = sources.iter().map(|source| {
+        let message = load(source)?;
+        Ok((message, uidl(source)))
+    });
+    into_store_from(store, user, messages, Some(sources.len())).await
+}
+
+/// Delivers each message `messages` yields, with the UIDL to keep for it
+/// where the store can, to `user` in `store`, holding one at a time; then
+/// checks the maildrop grew by exactly their count and CRLF octets.
+/// `total`: how many will come, when known, for the progress bar.
+pub async fn into_store_from<S: UidlTarget>(
+    store: &S,
+    user: &str,
+    messages: impl Iterator<Item = Result<(Vec<u8>, Option<String>), ImportError>>,
+    total: Option<usize>,
+) -> Result<Copied, ImportError> {
     let store_error = |done, source| ImportError::Store {
         done,
         total,
@@ -341,27 +431,30 @@ pub async fn into_store<S: UidlTarget, T>(
     let mut copied = Copied::default();
     let mut pending = Vec::new();
     progress.update(0, 0);
-    for (done, source) in sources.iter().enumerate() {
-        let message = load(source)?;
+    let mut done = 0;
+    for next in messages {
+        let (message, uidl) = next?;
         let octets = store.delivered_size(&message);
         let (settle, kept) = store
-            .deliver_keeping(user, message, uidl(source).as_deref())
+            .deliver_keeping(user, message, uidl.as_deref())
             .await
             .map_err(|e| store_error(done, e))?;
         pending.extend(settle);
+        done += 1;
         copied.messages += 1;
         copied.octets += octets;
         copied.uidls_kept += u64::from(kept);
-        progress.update(done + 1, copied.octets);
+        progress.update(done, copied.octets);
     }
+    progress.finish(done, copied.octets);
     copied.uidls_kept += store
         .settle(user, pending)
         .await
-        .map_err(|e| store_error(total, e))?;
+        .map_err(|e| store_error(done, e))?;
     let after = store
         .usage(user.into())
         .await
-        .map_err(|e| store_error(total, e))?;
+        .map_err(|e| store_error(done, e))?;
     verify(copied, before, after)?;
     Ok(copied)
 }
@@ -475,17 +568,17 @@ async fn out_of_store<S: Store>(
         .await
         .map_err(|source| ImportError::Store {
             done: 0,
-            total: 0,
+            total: None,
             source,
         })?;
     let total = maildrop.messages().len();
-    let mut progress = Progress::new(total);
+    let mut progress = Progress::new(Some(total));
     let mut copied = Copied::default();
     progress.update(0, 0);
     for index in 0..total {
         let store_error = |source| ImportError::Store {
             done: index,
-            total,
+            total: Some(total),
             source,
         };
         let mut reader = maildrop.read(index).await.map_err(store_error)?;
@@ -500,6 +593,7 @@ async fn out_of_store<S: Store>(
         copied.octets += octets;
         progress.update(index + 1, copied.octets);
     }
+    progress.finish(total, copied.octets);
     // Released unchanged and waited for, so that the maildrop is free
     // when this command returns (see `mailbox::run_with`).
     maildrop
@@ -507,7 +601,7 @@ async fn out_of_store<S: Store>(
         .await
         .map_err(|source| ImportError::Store {
             done: total,
-            total,
+            total: Some(total),
             source,
         })?;
     let after = measure(target).map_err(read_error)?;
@@ -573,18 +667,20 @@ fn asctime_now() -> String {
     )
 }
 
-/// Messages and CRLF octets of an mbox file; a missing file holds none.
+/// Messages and CRLF octets of an mbox file, read a message at a time; a
+/// missing file holds none.
 fn mbox_usage(path: &Path) -> io::Result<Usage> {
-    let data = match maildir::source::read_mbox(path) {
-        Ok(data) => data,
+    let file = match maildir::source::open_mbox(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
         Err(e) => return Err(e),
     };
-    let messages = split_mbox(&data);
-    Ok(Usage {
-        messages: messages.len() as u64,
-        octets: messages.iter().map(|m| canonical_size(m)).sum(),
-    })
+    let mut usage = Usage::default();
+    for message in MboxMessages::new(io::BufReader::with_capacity(64 * 1024, file)) {
+        usage.messages += 1;
+        usage.octets += canonical_size(&message?);
+    }
+    Ok(usage)
 }
 
 /// Messages and CRLF octets of a Maildir, measured from the files.
@@ -688,6 +784,68 @@ mod tests {
             .map(|e| e.size)
             .collect();
         assert_eq!(sizes, [3, 0, 3]);
+    }
+
+    /// An mbox entry, and what is left of it as a message.
+    const ENTRY: &[u8] = b"From a@b Mon Jan  1 00:00:00 2024\nSubject: s\n\n>From here\n\n";
+    const MESSAGE: &[u8] = b"Subject: s\n\nFrom here\n";
+
+    /// A spool without end, counting what was read of it; after `fail_at`
+    /// octets every read fails.
+    struct Endless {
+        read: usize,
+        fail_at: usize,
+    }
+
+    impl std::io::Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.read >= self.fail_at {
+                return Err(io::Error::other("the disk went away"));
+            }
+            let pos = self.read % ENTRY.len();
+            let n = buf.len().min(ENTRY.len() - pos);
+            buf[..n].copy_from_slice(&ENTRY[pos..pos + n]);
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    /// An mbox is split as it is read: the first messages of a spool come
+    /// out having read little more than them, whatever follows (here a
+    /// spool without end, which reading whole never finishes).
+    #[test]
+    fn mbox_messages_are_read_one_at_a_time() {
+        let mut spool = Endless {
+            read: 0,
+            fail_at: usize::MAX,
+        };
+        let got: Vec<Vec<u8>> = MboxMessages::new(io::BufReader::with_capacity(4096, &mut spool))
+            .take(3)
+            .collect::<io::Result<_>>()
+            .unwrap();
+        assert_eq!(got, vec![MESSAGE.to_vec(); 3]);
+        assert!(
+            spool.read <= 4096 + 4 * ENTRY.len(),
+            "{} octets read for three messages",
+            spool.read
+        );
+    }
+
+    /// A read that fails ends the messages with its error, after those
+    /// read whole before it.
+    #[test]
+    fn a_failed_read_ends_the_mbox_messages_with_its_error() {
+        let spool = Endless {
+            read: 0,
+            // Past the third entry's `From ` line, which ends the second.
+            fail_at: 2 * ENTRY.len() + 40,
+        };
+        let mut messages = MboxMessages::new(io::BufReader::with_capacity(16, spool));
+        assert_eq!(messages.next().unwrap().unwrap(), MESSAGE);
+        assert_eq!(messages.next().unwrap().unwrap(), MESSAGE);
+        let e = messages.next().unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "the disk went away");
+        assert!(messages.next().is_none());
     }
 
     #[test]

@@ -87,9 +87,11 @@ pub fn read(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads an mbox file (its last component not followed if a symlink,
-/// not waited on if a FIFO), when it is a regular file.
-pub fn read_mbox(path: &Path) -> io::Result<Vec<u8>> {
+/// Opens an mbox file for reading (its last component not followed if a
+/// symlink, not waited on if a FIFO), when it is a regular file, limited
+/// to the length it has now: a spool that grows meanwhile is read as it
+/// was when opened.
+pub fn open_mbox(path: &Path) -> io::Result<std::io::Take<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -107,7 +109,5 @@ pub fn read_mbox(path: &Path) -> io::Result<Vec<u8>> {
     if !meta.is_file() {
         return Err(refused());
     }
-    let mut bytes = Vec::new();
-    file.take(meta.len()).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(file.take(meta.len()))
 }
