@@ -40,6 +40,69 @@ async fn a_column_type_changed_under_a_running_node_does_not_break_logins() {
     }
 }
 
+/// A maildrop's key changed by hand to another integer type: the lock
+/// statement's result no longer decodes as this build expects. The login
+/// is refused with `[SYS/TEMP]`, as for any database failure, and the
+/// session goes on; decoding used to panic the session's task, which
+/// closed the connection without an answer.
+#[tokio::test]
+async fn a_maildrop_key_of_another_type_refuses_the_login_and_keeps_the_session() {
+    let test = "a_maildrop_key_of_another_type";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let node = f.node().await;
+    let mut c = node.login(ALICE).await;
+    c.ok("QUIT").await;
+    let db = connect(f.url.as_deref().unwrap()).await;
+    db.batch_execute("ALTER TABLE maildrops ALTER COLUMN id TYPE integer")
+        .await
+        .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    c.ok("QUIT").await;
+}
+
+/// A message's size written negative past the schema's check shows as
+/// 0 (it showed as 18446744073709551611), the other messages are served
+/// as before, and its RETR fails the size check rather than end a body.
+/// The size column changed by hand to another integer type refuses the
+/// login with `[SYS/TEMP]` instead of panicking the session.
+#[tokio::test]
+async fn message_sizes_out_of_range_or_of_another_type_never_panic_or_wrap() {
+    let test = "message_sizes_out_of_range";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    f.deliver("alice", b"Subject: two\n\nhello\n").await;
+    let node = f.node().await;
+    let db = connect(f.url.as_deref().unwrap()).await;
+    db.batch_execute(
+        "ALTER TABLE messages DROP CONSTRAINT messages_size_check;
+         UPDATE messages SET size = -5 WHERE id = (SELECT min(id) FROM messages)",
+    )
+    .await
+    .unwrap();
+    let mut c = node.login(ALICE).await;
+    let (_, listing) = c.multi("LIST").await;
+    let listing = String::from_utf8_lossy(&listing).into_owned();
+    assert!(listing.starts_with("1 0\r\n2 "), "{listing}");
+    let (status, _) = c.multi("RETR 2").await;
+    assert!(status.starts_with("+OK"), "{status}");
+    let got = until_closed(&mut c, "RETR 1", 1 << 20).await;
+    assert!(!got.ends_with(b"\r\n.\r\n"), "{got:?}");
+    drop(c);
+
+    db.batch_execute("ALTER TABLE messages ALTER COLUMN size TYPE integer")
+        .await
+        .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    c.ok("QUIT").await;
+}
+
 /// The same on a lock connection: with several clusters a login reads
 /// the maildrop's state on the connection that holds its lock, which
 /// keeps that statement prepared. A type changed under it is prepared

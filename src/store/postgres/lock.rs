@@ -177,7 +177,16 @@ impl Locks {
                 }
                 row => row?,
             };
-            Ok::<_, PgError>(row.map(|row| (row.get::<_, i64>(0), row.get::<_, bool>(1), conn)))
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            match (row.try_get::<_, i64>(0), row.try_get::<_, bool>(1)) {
+                (Ok(key), Ok(taken)) => Ok(Some((key, taken, conn))),
+                // Columns of another type than this build knows (a
+                // schema changed by hand): an error for this login, not a
+                // panic of the session's task.
+                (Err(e), _) | (_, Err(e)) => Err(PgError::from(e)),
+            }
         }
         .await;
         match result {

@@ -119,13 +119,13 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         const SELECT: &str = "SELECT id FROM maildrops WHERE name = $1";
         if let Some(row) = client.query_prepared_opt(SELECT, &[(&user, TEXT)]).await? {
-            return Ok(row.get(0));
+            return Ok(row.try_get(0)?);
         }
         create_maildrop(&mut client, user).await?;
         Ok(client
             .query_prepared_one(SELECT, &[(&user, TEXT)])
             .await?
-            .get(0))
+            .try_get(0)?)
     }
 
     /// Stores `message` for `user` with a UIDL chosen here, so that an
@@ -260,11 +260,23 @@ impl PgStore {
             .map_err(PgError::from)?;
         let mut ids = Vec::with_capacity(rows.len());
         let mut infos = Vec::with_capacity(rows.len());
+        // Columns of another type than this build knows (a schema changed
+        // by hand) refuse the login instead of panicking the session.
         for row in rows {
-            ids.push(row.get::<_, i64>(0));
+            let (id, uid, size) = (|| {
+                Ok::<_, tokio_postgres::Error>((
+                    row.try_get::<_, i64>(0)?,
+                    row.try_get::<_, String>(1)?,
+                    row.try_get::<_, i64>(2)?,
+                ))
+            })()
+            .map_err(PgError::from)?;
+            ids.push(id);
             infos.push(MessageInfo {
-                uid: row.get(1),
-                size: row.get::<_, i64>(2) as u64,
+                uid,
+                // The schema refuses a negative size; one written past
+                // that shows as 0, and its RETR fails the size check.
+                size: u64::try_from(size).unwrap_or(0),
             });
         }
         Ok(PgMaildrop {
