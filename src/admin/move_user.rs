@@ -42,7 +42,7 @@ use crate::store::{StoreError, LOCKED_WAITS};
 /// The directory's advisory lock class for moves: `pg_advisory_lock(class,
 /// hashtext(name))`, two 32-bit keys, a space apart from the maildrop
 /// locks' 64-bit keys. ("move" in ASCII.)
-const MOVE_LOCK_CLASS: i32 = 0x6d6f_7665;
+pub const MOVE_LOCK_CLASS: i32 = 0x6d6f_7665;
 
 /// Messages copied per transaction.
 const BATCH_MESSAGES: usize = 100;

@@ -429,6 +429,97 @@ async fn connections_terminated_between_sessions_are_replaced() {
     }
 }
 
+/// A proxy to PostgreSQL on `upstream` that closes, once, the connection
+/// whose client sends `needle`, before the server sees those bytes: the
+/// statement is sent, and its connection is gone before any answer.
+/// Counts the connections it cut.
+async fn cutting_proxy(
+    upstream: u16,
+    needle: &'static [u8],
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let armed = Arc::new(AtomicBool::new(true));
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&cuts);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (armed, cuts) = (Arc::clone(&armed), Arc::clone(&counted));
+            tokio::spawn(async move {
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut client_rx, mut client_tx) = client.into_split();
+                let (mut server_rx, mut server_tx) = server.into_split();
+                let answers = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                        if client_tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                    let chunk = &buf[..n];
+                    if chunk.windows(needle.len()).any(|w| w == needle)
+                        && armed.swap(false, Ordering::SeqCst)
+                    {
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        // Both halves of both sockets go: the client
+                        // reads the end of its connection, nothing else.
+                        answers.abort();
+                        return;
+                    }
+                    if server_tx.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, cuts)
+}
+
+/// A lock connection that dies under the lock statement itself (sent,
+/// then the connection closes before any answer) is replaced at once and
+/// the lock taken there: the login succeeds. A proxy forces the death on
+/// the first lock statement, so this does not depend on whether the
+/// driver noticed a dead connection before the statement, as
+/// `connections_terminated_between_sessions_are_replaced` does.
+#[tokio::test]
+async fn a_lock_connection_that_dies_under_the_lock_statement_is_replaced_at_once() {
+    let test = "a_lock_connection_dies_under_the_lock_statement";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    f.deliver("alice", b"Subject: one\n\nhello\n").await;
+    let url = f.url.clone().unwrap();
+    let port: u16 = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (proxy, cuts) = cutting_proxy(port, b"pg_try_advisory_lock").await;
+    let store = pg_store(&url.replace(&format!("port={port}"), &format!("port={proxy}")));
+    let passdb = mailbag::auth::postgres::PgPassDb::new(std::sync::Arc::clone(store.pool())).await;
+    let node = Node::start(f.config(), store, passdb).await;
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert_eq!(
+        cuts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never cut"
+    );
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let (_, body) = c.multi("RETR 1").await;
+    assert_eq!(body, crlf(b"Subject: one\n\nhello\n"));
+    c.ok("QUIT").await;
+}
+
 /// Lets the database at `url` take connections again.
 async fn bring_up(url: &str) {
     let db = url

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use mailbag::admin::move_user::{move_user, MoveError, MoveOptions};
+use mailbag::admin::move_user::{move_user, MoveError, MoveOptions, MOVE_LOCK_CLASS};
 use mailbag::auth::postgres::PgPassDb;
 use mailbag::config::Config;
 use mailbag::store::postgres::cluster::PgClusters;
@@ -1177,6 +1177,68 @@ async fn a_stale_placement_never_reaches_the_old_copy() {
     assert!(c.cmd("STAT").await.starts_with("+OK 2 "));
     c.ok("QUIT").await;
     node.stop().await;
+}
+
+/// A move lock still held a moment after the move that took it ended (a
+/// killed move-user's backend that PostgreSQL has not dropped yet) makes
+/// the next move wait for it instead of refusing; one held on makes the
+/// move refuse, with nothing changed.
+#[tokio::test]
+async fn a_move_waits_for_a_move_lock_being_released_and_refuses_one_held() {
+    let test = "move_lock_being_released";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    let store = two.store();
+    Store::deliver(&store, "alice".into(), b"Subject: a\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    // The directory is cluster a's database.
+    let holder = connect(&two.a).await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&MOVE_LOCK_CLASS, &"alice"],
+        )
+        .await
+        .unwrap();
+    let refused = move_user(&store, "alice", "b", &options(0))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("another mailbag move-user"),
+        "{refused}"
+    );
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("a"));
+    assert_eq!(state(&two.a, "alice").await.as_deref(), Some("active"));
+
+    // Released while the move waits for it (its waits add up to 250 ms):
+    // the move goes ahead.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        holder
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&MOVE_LOCK_CLASS, &"alice"],
+            )
+            .await
+            .unwrap();
+    });
+    move_user(&store, "alice", "b", &options(0)).await.unwrap();
+    release.await.unwrap();
+    assert_eq!(placement(&two.a, "alice").await.as_deref(), Some("b"));
+    // The move released its lock before it returned, not as its
+    // connection goes away later: the next move can take it at once.
+    let free: bool = connect(&two.a)
+        .await
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&MOVE_LOCK_CLASS, &"alice"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(free, "the move lock is still held after the move returned");
 }
 
 /// A UIDL is unique within its maildrop only: another user holding the
