@@ -72,12 +72,6 @@ pub struct Copied {
 /// the source, so that clients that leave mail on the server do not
 /// download it again.
 pub trait UidlTarget: Store {
-    /// The store keeps bodies in canonical form, CRLF line ends whatever
-    /// they came with (PostgreSQL): copied out into mail files, they get
-    /// LF ends again. Other stores keep what was delivered, and copies out
-    /// of them keep every octet.
-    const KEEPS_CRLF: bool = false;
-
     /// A message delivered, whose UIDL is still to be settled by
     /// [`UidlTarget::settle`].
     type Pending: Send;
@@ -126,7 +120,6 @@ impl UidlTarget for MaildirStore {
 }
 
 impl UidlTarget for PgClusters {
-    const KEEPS_CRLF: bool = true;
     type Pending = ();
 
     async fn deliver_keeping(

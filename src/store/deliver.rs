@@ -199,8 +199,15 @@ pub async fn deliver<S: Store>(
         }
     }
     // One line-ending form in storage, whichever way the message came
-    // (LMTP sends CRLF, a pipe from an MTA LF).
-    Ok(store.deliver(user, lf_line_endings(message)).await?)
+    // (LMTP sends CRLF, a pipe from an MTA LF): LF in mail files, CRLF
+    // where the store keeps the canonical form (which a message from
+    // LMTP already has, and is then stored without a copy).
+    let message = if S::KEEPS_CRLF {
+        message
+    } else {
+        lf_line_endings(message)
+    };
+    Ok(store.deliver(user, message).await?)
 }
 
 /// sysexits(3) codes that `mailbag deliver` exits with.

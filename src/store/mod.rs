@@ -129,6 +129,14 @@ pub trait Store: Send + Sync + 'static {
     /// The locked maildrop of one user.
     type Maildrop: Maildrop;
 
+    /// The store keeps bodies in canonical form, CRLF line ends whatever
+    /// they came with (PostgreSQL): delivery hands it messages as they
+    /// came, and copies out into mail files get LF ends again. Other
+    /// stores keep mail files, which delivery gives LF ends (the form
+    /// Maildir and mbox tools expect), and copies out of them keep every
+    /// octet.
+    const KEEPS_CRLF: bool = false;
+
     /// Locks `user`'s maildrop and snapshots its messages. A user whose
     /// maildrop does not exist yet gets an empty one. A maildrop from the
     /// user's entry that [`check_maildrop`] refuses is

@@ -589,6 +589,7 @@ fn weight(cluster: &str, user: &str) -> u64 {
 
 impl Store for PgClusters {
     type Maildrop = PgMaildrop;
+    const KEEPS_CRLF: bool = true;
 
     async fn open(&self, user: Mailbox<'_>) -> Result<PgMaildrop, StoreError> {
         match &self.inner {

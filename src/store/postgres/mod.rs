@@ -386,6 +386,7 @@ pub(crate) fn new_uidl() -> String {
 
 impl Store for PgStore {
     type Maildrop = PgMaildrop;
+    const KEEPS_CRLF: bool = true;
 
     /// The maildrop is the user's row: a maildrop from the user's entry
     /// has no meaning here and is ignored.
