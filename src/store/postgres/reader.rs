@@ -28,11 +28,19 @@ use crate::pg::pool::{Pool, Pooled};
 use crate::pg::PgError;
 use crate::store::MessageBody;
 
+/// [`CHUNK_OCTETS`] as a literal, so that the SQL text bounding a row
+/// says the same number.
+macro_rules! chunk_octets {
+    () => {
+        8000
+    };
+}
+
 /// Octets of a body per `message_chunks` row: a row of this much data and
 /// its key fits in one 8 KiB heap page (PostgreSQL's largest row there is
 /// 8,160 octets), so it is never compressed or moved out of line. The
 /// migration to version 2 writes the same size.
-pub const CHUNK_OCTETS: usize = 8000;
+pub const CHUNK_OCTETS: usize = chunk_octets!();
 
 /// Rows in the first query: 256,000 octets, so most mail comes whole with
 /// the request.
@@ -53,12 +61,18 @@ const BATCH_ROWS: i32 = 64;
 /// The failure is a text that is no integer, cast to one: plain SQL has
 /// no statement that raises an error, and the column reference keeps the
 /// planner from evaluating it ahead of the rows.
-const SELECT_CHUNKS: &str = "SELECT CASE WHEN octet_length(data) <= 8000 THEN data
+const SELECT_CHUNKS: &str = concat!(
+    "SELECT CASE WHEN octet_length(data) <= ",
+    chunk_octets!(),
+    " THEN data
   ELSE ('message ' || message_id || ' chunk ' || seq || ' holds ' || octet_length(data)
-        || ' octets, more than the 8000 a chunk may hold')::int::text::bytea END
+        || ' octets, more than the ",
+    chunk_octets!(),
+    " a chunk may hold')::int::text::bytea END
   FROM message_chunks
   WHERE message_id = $1 AND seq >= $2 AND seq < $3
-  ORDER BY seq";
+  ORDER BY seq"
+);
 
 /// Rows of chunks as they came from the database.
 type Batch = Vec<Row>;
