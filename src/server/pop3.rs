@@ -782,8 +782,12 @@ impl<S: Store, P: PassDb> Session<'_, S, P> {
         };
         if let Err(e) = stream_body(reader, body, stuffer, &mut self.out, &mut self.stream).await {
             // The +OK is out: the only honest signal left is to end the
-            // connection.
+            // connection. What waits in the output buffer goes first:
+            // the whole answers to commands pipelined before this one,
+            // then this one's unfinished start (never its end, and
+            // nothing of a piece of the wrong size).
             warn!(error = %e, index, "message transfer failed");
+            let _ = self.write_out().await;
             return Err(Ended);
         }
         if let Some(t) = &mut self.transcript {

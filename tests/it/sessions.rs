@@ -129,6 +129,39 @@ async fn a_message_that_changes_size_during_retr_ends_the_connection_unretrieved
     s.stop().await;
 }
 
+/// Commands pipelined before a RETR whose message changed size get their
+/// whole answers before the connection ends; the failed RETR never gets
+/// its terminating line.
+#[tokio::test]
+async fn answers_pipelined_before_a_failed_retr_are_sent_before_the_connection_ends() {
+    let s = TestServer::start().await;
+    let first = b"Subject: one\n\nthe first body\n";
+    s.deliver("alice", first);
+    let second = b"Subject: two\n\nthe second body\n";
+    let name = s.deliver("alice", second);
+    let path = s.maildir("alice").join("new").join(&name);
+    let mut c = s.login(ALICE).await;
+    std::fs::write(&path, b"Subject: two\n\nthe second body, and more\n").unwrap();
+    c.send(b"STAT\r\nRETR 1\r\nRETR 2\r\n").await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), c.stream.read_to_end(&mut got))
+        .await
+        .expect("the connection stayed open")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    let whole_first = format!(
+        "+OK 2 {}\r\n+OK {} octets\r\n{}.\r\n",
+        crlf(first).len() + crlf(second).len(),
+        crlf(first).len(),
+        String::from_utf8_lossy(&crlf(first))
+    );
+    assert!(got.starts_with(&whole_first), "{got:?}");
+    let rest = &got[whole_first.len()..];
+    assert!(rest.starts_with("+OK "), "{got:?}");
+    assert!(!rest.ends_with("\r\n.\r\n"), "{got:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_retr_never_read_loses_the_maildrop_lock_at_autologout() {
     let s = TestServer::start_with("\n[limits]\nautologout_secs = 1\n").await;
