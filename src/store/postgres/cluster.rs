@@ -481,9 +481,14 @@ impl Several {
                 Ok(Inserted::UidlTaken) => uidl = new_uidl(),
                 // Refused by the server: rolled back, nothing stored.
                 Err(e) if e.as_db_error().is_some() => return Err(PgError::Db(e).into()),
-                // The connection broke around COMMIT: look the UIDL up.
+                // The connection broke around COMMIT: look the UIDL up,
+                // when it is one chosen here. A kept UIDL may be one the
+                // maildrop already held (an mbox carrying an X-UIDL twice,
+                // an import run again), refused by the unique key: finding
+                // it says nothing of this insert, so the outcome stays
+                // unknown and the import stops, as with one cluster.
                 Err(e) => {
-                    return if store.stored(user, &uidl).await {
+                    return if keep.is_none() && store.stored(user, &uidl).await {
                         Ok(Some(uidl))
                     } else {
                         Err(PgError::Db(e).into())
