@@ -785,7 +785,7 @@ async fn a_null_secret_is_a_wrong_password_not_a_panic() {
         "{reply}"
     );
     c.ok("QUIT").await;
-    let (mut c, reply) = node.try_login((ALICE.0, "")).await;
+    let (c, reply) = node.try_login((ALICE.0, "")).await;
     assert!(reply.starts_with("-ERR"), "{reply}");
     drop(c);
     let mut c = node.login(BOB).await;
