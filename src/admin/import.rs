@@ -231,16 +231,18 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, ImportError> {
 /// may be its owner's, who could point a link at someone else's mail)
 /// or a FIFO, and read up to the length it had then; a file that turns
 /// out shorter (truncated or rewritten while it is read) ends the
-/// messages with an error, never as if its messages had all been read.
+/// messages with an error, never as if its messages had all been read,
+/// and so does text before the first `From ` line (no mbox, or a
+/// damaged one).
 pub fn mbox_messages(path: &Path) -> Result<MboxMessages<impl BufRead>, ImportError> {
     let file = open_spool(path).map_err(|source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(MboxMessages::new(io::BufReader::with_capacity(
-        64 * 1024,
-        file,
-    )))
+    Ok(
+        MboxMessages::new(io::BufReader::with_capacity(64 * 1024, file))
+            .refusing_text_before_the_first_message(),
+    )
 }
 
 /// An mbox file opened by [`maildir::source::open_mbox`], read up to the
@@ -296,6 +298,10 @@ pub struct MboxMessages<R> {
     current: Option<Vec<u8>>,
     previous_empty: bool,
     ended: bool,
+    /// Lines read before the first message.
+    lines_before: u64,
+    /// Whether a line with text before the first message is an error.
+    refuse_text_before: bool,
 }
 
 /// Octets of a line enough to tell a `From ` line and an empty one.
@@ -310,7 +316,18 @@ impl<R: BufRead> MboxMessages<R> {
             current: None,
             previous_empty: true,
             ended: false,
+            lines_before: 0,
+            refuse_text_before: false,
         }
+    }
+
+    /// Makes a line other than an empty one before the first `From `
+    /// line an error (ending the messages before any): a file that is no
+    /// mbox (one message, a Maildir file), or one damaged at its start,
+    /// is not taken for an mbox of no messages, or of fewer than it has.
+    pub fn refusing_text_before_the_first_message(mut self) -> Self {
+        self.refuse_text_before = true;
+        self
     }
 
     /// Reads the next line, the first [`LINE_HEAD`] octets then the rest,
@@ -405,6 +422,18 @@ impl<R: BufRead> Iterator for MboxMessages<R> {
             let line = &into[start..];
             self.previous_empty = line == b"\n" || line == b"\r\n";
             if !keep {
+                self.lines_before += 1;
+                if self.refuse_text_before && !self.previous_empty {
+                    self.ended = true;
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} has text before the first \"From \" line: not an mbox \
+                             file, or one damaged at its start",
+                            self.lines_before
+                        ),
+                    )));
+                }
                 continue;
             }
             let quoted = line.iter().take_while(|&&b| b == b'>').count();
