@@ -247,8 +247,27 @@ pub fn mbox_messages(path: &Path) -> Result<MboxMessages<impl BufRead>, ImportEr
 
 /// An mbox file opened by [`maildir::source::open_mbox`], read up to the
 /// length it had when opened.
+/// A file with holes is refused: no mail program writes them, and its
+/// length, which costs its owner nothing, would be read as zeros (a
+/// terabyte of them, one message to hold in memory).
 fn open_spool(path: &Path) -> io::Result<WholeSpool> {
-    maildir::source::open_mbox(path).map(WholeSpool)
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    let file = maildir::source::open_mbox(path)?;
+    let len = file.limit();
+    // Where SEEK_HOLE is not supported, the only hole is at the end.
+    if let Ok(hole) = lseek(file.get_ref().as_fd(), 0, Whence::SeekHole) {
+        if u64::try_from(hole).unwrap_or(0) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the file has holes (a sparse file): no mail program writes them; \
+                 nothing was read",
+            ));
+        }
+        // SEEK_HOLE moved the offset: back to the start.
+        lseek(file.get_ref().as_fd(), 0, Whence::SeekSet).map_err(io::Error::from)?;
+    }
+    Ok(WholeSpool(file))
 }
 
 /// A spool read to the length it had when opened: an end of file before
@@ -1314,6 +1333,25 @@ mod tests {
         assert!(e.to_string().contains("shorter"), "{e}");
         // The export check counts the same way.
         assert!(mbox_usage(&path).is_ok());
+    }
+
+    /// A spool with holes (a terabyte of them behind one `From ` line,
+    /// which costs its owner no disk) is refused when opened, by the
+    /// import and by the export check alike, before anything is read.
+    #[test]
+    fn a_sparse_spool_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox");
+        std::fs::write(&path, b"From a@b\nSubject: s\n\n").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(1 << 40).unwrap();
+        drop(file);
+        let e = mbox_messages(&path)
+            .err()
+            .expect("a sparse spool was opened");
+        assert!(e.to_string().contains("holes"), "{e}");
+        let e = mbox_usage(&path).unwrap_err();
+        assert!(e.to_string().contains("holes"), "{e}");
     }
 
     /// When the source fails after some messages were copied, the error
