@@ -408,12 +408,18 @@ impl Several {
             let client = m.store.pool().get().await?;
             let row = client
                 .query_typed_opt(
-                    "SELECT state FROM maildrops WHERE name = $1",
+                    "SELECT state::text FROM maildrops WHERE name = $1",
                     &[(&user, Type::TEXT)],
                 )
                 .await
                 .map_err(PgError::from)?;
-            if row.is_some_and(|r| r.get::<_, String>(0) != "moved") {
+            // Decoded without a panic: this runs at a first login or
+            // delivery, in the session's task.
+            let state = row
+                .map(|r| r.try_get::<_, String>(0))
+                .transpose()
+                .map_err(PgError::from)?;
+            if state.is_some_and(|state| state != "moved") {
                 holding.push(m.name.as_str());
             }
         }
