@@ -319,7 +319,8 @@ pub struct MboxMessages<R> {
     ended: bool,
     /// Lines read before the first message.
     lines_before: u64,
-    /// Whether a line with text before the first message is an error.
+    /// Whether text before the first message, or a `From ` line with
+    /// CR-only line ends, is an error.
     refuse_text_before: bool,
 }
 
@@ -344,6 +345,8 @@ impl<R: BufRead> MboxMessages<R> {
     /// line an error (ending the messages before any): a file that is no
     /// mbox (one message, a Maildir file), or one damaged at its start,
     /// is not taken for an mbox of no messages, or of fewer than it has.
+    /// So is a `From ` line holding a CR that ends no line: with CR-only
+    /// line ends the whole rest of the file is that line.
     pub fn refusing_text_before_the_first_message(mut self) -> Self {
         self.refuse_text_before = true;
         self
@@ -353,32 +356,38 @@ impl<R: BufRead> MboxMessages<R> {
     /// onto the end of `into`, unless those first octets make it a `From `
     /// line that starts a message (`previous_empty`), or `keep` is false:
     /// then only its head is left in `into` and the rest is skipped.
-    /// `None` at the end of the input, else whether it starts a message.
+    /// `None` at the end of the input, else whether it starts a message,
+    /// and whether what was skipped of it held a CR that ends no line
+    /// with an LF (a file with CR-only line ends is one line).
     fn line(
         input: &mut R,
         into: &mut Vec<u8>,
         previous_empty: bool,
         keep: bool,
-    ) -> io::Result<Option<bool>> {
+    ) -> io::Result<Option<(bool, bool)>> {
         let start = into.len();
         if io::Read::take(&mut *input, LINE_HEAD).read_until(b'\n', into)? == 0 {
             return Ok(None);
         }
         if into.ends_with(b"\n") {
-            return Ok(Some(previous_empty && into[start..].starts_with(b"From ")));
+            let from = previous_empty && into[start..].starts_with(b"From ");
+            return Ok(Some((from, false)));
         }
         let from = previous_empty && &into[start..] == b"From ";
         if keep && !from {
             input.read_until(b'\n', into)?;
-        } else {
-            skip_line(input)?;
+            return Ok(Some((from, false)));
         }
-        Ok(Some(from))
+        let bare_cr = skip_line(input)?;
+        Ok(Some((from, bare_cr)))
     }
 }
 
-/// Consumes input up to and including the next LF, holding none of it.
-fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
+/// Consumes input up to and including the next LF, holding none of it;
+/// whether it held a CR not followed by that LF or another LF.
+fn skip_line(input: &mut impl BufRead) -> io::Result<bool> {
+    let mut bare_cr = false;
+    let mut after_cr = false;
     loop {
         let buf = match input.fill_buf() {
             Ok(buf) => buf,
@@ -386,17 +395,19 @@ fn skip_line(input: &mut impl BufRead) -> io::Result<()> {
             Err(e) => return Err(e),
         };
         if buf.is_empty() {
-            return Ok(());
+            return Ok(bare_cr || after_cr);
         }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(lf) => {
-                input.consume(lf + 1);
-                return Ok(());
-            }
-            None => {
-                let n = buf.len();
-                input.consume(n);
-            }
+        let (n, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(lf) => (lf + 1, true),
+            None => (buf.len(), false),
+        };
+        for &b in &buf[..n] {
+            bare_cr |= after_cr && b != b'\n';
+            after_cr = b == b'\r';
+        }
+        input.consume(n);
+        if done {
+            return Ok(bare_cr);
         }
     }
 }
@@ -417,19 +428,31 @@ impl<R: BufRead> Iterator for MboxMessages<R> {
                 }
             };
             let start = into.len();
-            let starts_message = match Self::line(&mut self.input, into, self.previous_empty, keep)
-            {
-                Ok(Some(starts)) => starts,
-                Ok(None) => {
-                    self.ended = true;
-                    return self.current.take().map(|m| Ok(strip_separator(m)));
-                }
-                Err(e) => {
-                    self.ended = true;
-                    self.current = None;
-                    return Some(Err(e));
-                }
-            };
+            let (starts_message, bare_cr) =
+                match Self::line(&mut self.input, into, self.previous_empty, keep) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => {
+                        self.ended = true;
+                        return self.current.take().map(|m| Ok(strip_separator(m)));
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        self.current = None;
+                        return Some(Err(e));
+                    }
+                };
+            if starts_message && bare_cr && self.refuse_text_before {
+                // The rest of the file went as that `From ` line: it
+                // would be one empty message, copied and "verified".
+                self.ended = true;
+                self.current = None;
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a \"From \" line holds a CR that ends no line: the file has CR-only \
+                     line ends (classic Mac OS), and is no mbox this command reads \
+                     (convert them to LF first)",
+                )));
+            }
             if starts_message {
                 into.truncate(start);
                 self.previous_empty = false;
@@ -1265,6 +1288,34 @@ mod tests {
                     String::from_utf8_lossy(spool)
                 );
             }
+        }
+    }
+
+    /// A file with CR-only line ends is one line: when it starts with
+    /// `From `, all of it would be that line and the import would copy
+    /// one empty message and call it verified. The import's reader
+    /// refuses it, wherever the CRs fall against the buffer; CRLF line
+    /// ends are an mbox as before.
+    #[test]
+    fn cr_only_line_ends_are_refused_and_crlf_ones_are_not() {
+        let cr_only = b"From a@b x\rSubject: one\r\rbody\r\rFrom c@d y\rSubject: two\r";
+        let crlf = b"From a@b x\r\nSubject: one\r\n\r\nbody\r\n\r\nFrom c@d y\r\nSubject: two\r\n";
+        for capacity in (1..=13).chain([64 * 1024]) {
+            let read = |data: &'static [u8]| {
+                MboxMessages::new(io::BufReader::with_capacity(capacity, data))
+                    .refusing_text_before_the_first_message()
+                    .collect::<Vec<_>>()
+            };
+            let got = read(cr_only);
+            assert_eq!(got.len(), 1, "capacity {capacity}");
+            let e = got[0].as_ref().unwrap_err();
+            assert!(
+                e.to_string().contains("CR-only"),
+                "capacity {capacity}: {e}"
+            );
+            let got: Vec<Vec<u8>> = read(crlf).into_iter().collect::<io::Result<_>>().unwrap();
+            assert_eq!(got, split_whole(crlf), "capacity {capacity}");
+            assert_eq!(got.len(), 2);
         }
     }
 

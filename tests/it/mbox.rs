@@ -737,6 +737,12 @@ fn import_of_a_file_that_is_no_mbox_copies_nothing_and_fails() {
         assert!(stderr.contains("line 1 "), "{stderr}");
         assert_eq!(spool_now(), spool);
     }
+    // CR-only line ends: the whole file would be one `From ` line.
+    let out = import(b"From a@x\rSubject: one\r\rbody\r\rFrom b@x\rSubject: two\r\rtwo\r");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("CR-only"), "{stderr}");
+    assert_eq!(spool_now(), spool);
 
     let out = import(b"");
     assert!(
