@@ -618,10 +618,13 @@ pub async fn into_store_from<S: UidlTarget>(
             }
         };
         let octets = store.delivered_size(&message);
-        let (settle, kept) = store
-            .deliver_keeping(user, message, uidl.as_deref())
-            .await
-            .map_err(|e| store_error(done, e))?;
+        let (settle, kept) = match store.deliver_keeping(user, message, uidl.as_deref()).await {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                stopped = Some(store_error(done, e));
+                break;
+            }
+        };
         pending.extend(settle);
         done += 1;
         copied.messages += 1;
@@ -630,21 +633,20 @@ pub async fn into_store_from<S: UidlTarget>(
         progress.update(done, copied.octets);
     }
     progress.finish(done, copied.octets);
-    copied.uidls_kept += store
-        .settle(user, pending)
-        .await
-        .map_err(|e| store_error(done, e))?;
-    // Those copied before a source failed keep their UIDLs all the same,
-    // so that clients do not download them again.
+    let settled = store.settle(user, pending).await;
+    // Those copied before the source or the store failed keep their
+    // UIDLs all the same, so that clients do not download them again;
+    // the first failure is the one reported.
     if let Some(e) = stopped {
-        return Err(match done {
-            0 => e,
-            _ => ImportError::Stopped {
+        return Err(match (done, e) {
+            (_, e @ ImportError::Store { .. }) | (0, e) => e,
+            (_, e) => ImportError::Stopped {
                 done,
                 source: Box::new(e),
             },
         });
     }
+    copied.uidls_kept += settled.map_err(|e| store_error(done, e))?;
     let after = store
         .usage(user.into())
         .await
@@ -1435,6 +1437,42 @@ mod tests {
             text.contains("after 2 messages") && text.contains("the disk went away"),
             "{text}"
         );
+        let maildrop = store.open("u".into()).await.unwrap();
+        let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
+        got.sort();
+        assert_eq!(got, ["KEPT-1", "KEPT-2"]);
+    }
+
+    /// When the store refuses a message midway (its Maildir broken, the
+    /// disk full), those copied before it keep the UIDLs they came with
+    /// (they used to get new ones, so clients downloaded them again), and
+    /// the error is the store's, saying how many were copied.
+    #[tokio::test]
+    async fn a_store_failing_midway_keeps_the_uidls_of_what_was_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let store =
+            maildir::MaildirStore::new(root.clone(), "{root}/{user}".into(), "localhost".into());
+        let tmp = root.join("u/tmp");
+        let messages = (1..=3).map(|i| {
+            if i == 3 {
+                // Deliveries write into tmp/ first: a file there now
+                // makes the third one fail.
+                std::fs::remove_dir_all(&tmp).unwrap();
+                std::fs::write(&tmp, b"").unwrap();
+            }
+            Ok((
+                format!("Subject: {i}\n\nbody\n").into_bytes(),
+                Some(format!("KEPT-{i}")),
+            ))
+        });
+        let e = into_store_from(&store, "u", messages, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ImportError::Store { done: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("after 2 messages"), "{e}");
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
         let maildrop = store.open("u".into()).await.unwrap();
         let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
         got.sort();
