@@ -43,6 +43,16 @@ pub enum ImportError {
         #[source]
         source: StoreError,
     },
+    /// The source failed after some messages were copied: they stay in
+    /// the maildrop (with the UIDLs they keep), the rest were not copied.
+    #[error("stopped after {done} messages were copied (they stay in the maildrop; the rest were not copied): {source}")]
+    Stopped {
+        /// Messages copied before the failure.
+        done: usize,
+        /// Why.
+        #[source]
+        source: Box<ImportError>,
+    },
     /// The counts or octets differ after the copy.
     #[error("verification failed: expected {expected_messages} messages and {expected_octets} octets more, found {found_messages} and {found_octets} (was mail delivered meanwhile?)")]
     Mismatch {
@@ -212,16 +222,66 @@ pub fn read_message(path: &Path) -> Result<Vec<u8>, ImportError> {
 /// message being read is in memory, whatever the size of the spool. The
 /// file is opened when it is a regular file and not a symlink (the file
 /// may be its owner's, who could point a link at someone else's mail)
-/// or a FIFO, and read up to the length it had then.
+/// or a FIFO, and read up to the length it had then; a file that turns
+/// out shorter (truncated or rewritten while it is read) ends the
+/// messages with an error, never as if its messages had all been read,
+/// and so does text before the first `From ` line (no mbox, or a
+/// damaged one).
 pub fn mbox_messages(path: &Path) -> Result<MboxMessages<impl BufRead>, ImportError> {
-    let file = maildir::source::open_mbox(path).map_err(|source| ImportError::Read {
+    let file = open_spool(path).map_err(|source| ImportError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(MboxMessages::new(io::BufReader::with_capacity(
-        64 * 1024,
-        file,
-    )))
+    Ok(
+        MboxMessages::new(io::BufReader::with_capacity(64 * 1024, file))
+            .refusing_text_before_the_first_message(),
+    )
+}
+
+/// An mbox file opened by [`maildir::source::open_mbox`], read up to the
+/// length it had when opened.
+/// A file with holes is refused: no mail program writes them, and its
+/// length, which costs its owner nothing, would be read as zeros (a
+/// terabyte of them, one message to hold in memory).
+fn open_spool(path: &Path) -> io::Result<WholeSpool> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    let file = maildir::source::open_mbox(path)?;
+    let len = file.limit();
+    // Where SEEK_HOLE is not supported, the only hole is at the end.
+    if let Ok(hole) = lseek(file.get_ref().as_fd(), 0, Whence::SeekHole) {
+        if u64::try_from(hole).unwrap_or(0) < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the file has holes (a sparse file): no mail program writes them; \
+                 nothing was read",
+            ));
+        }
+        // SEEK_HOLE moved the offset: back to the start.
+        lseek(file.get_ref().as_fd(), 0, Whence::SeekSet).map_err(io::Error::from)?;
+    }
+    Ok(WholeSpool(file))
+}
+
+/// A spool read to the length it had when opened: an end of file before
+/// that length is an error, so that a spool cut short while an import
+/// or an export check reads it is not taken for a whole one.
+struct WholeSpool(io::Take<std::fs::File>);
+
+impl io::Read for WholeSpool {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.0.limit() > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file became shorter while it was read ({} octets missing)",
+                    self.0.limit()
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Splits an mbox file held in memory into messages, as [`MboxMessages`]
@@ -236,26 +296,111 @@ pub fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
 /// (`>From `, `>>From `, ...) loses one `>`; the empty line before the
 /// next `From ` belongs to the format, not the message. What comes
 /// before the first `From ` line is no message.
+///
+/// A message's lines are read straight into it, and lines that are no
+/// part of a message (`From ` lines, text before the first one) are
+/// looked at only as far as their first octets: however long a line
+/// is, memory holds one message and the reader's buffer, nothing more.
 #[derive(Debug)]
 pub struct MboxMessages<R> {
     input: R,
-    /// The line being looked at.
-    line: Vec<u8>,
+    /// The head of a line before the first message.
+    head: Vec<u8>,
     /// The message being gathered, once its `From ` line was seen.
     current: Option<Vec<u8>>,
     previous_empty: bool,
     ended: bool,
+    /// Lines read before the first message.
+    lines_before: u64,
+    /// Whether text before the first message, or a `From ` line with
+    /// CR-only line ends, is an error.
+    refuse_text_before: bool,
 }
+
+/// Octets of a line enough to tell a `From ` line and an empty one.
+const LINE_HEAD: u64 = 5;
 
 impl<R: BufRead> MboxMessages<R> {
     /// Reads the messages of `input`.
     pub fn new(input: R) -> Self {
         MboxMessages {
             input,
-            line: Vec::new(),
+            head: Vec::new(),
             current: None,
             previous_empty: true,
             ended: false,
+            lines_before: 0,
+            refuse_text_before: false,
+        }
+    }
+
+    /// Makes a line other than an empty one before the first `From `
+    /// line an error (ending the messages before any): a file that is no
+    /// mbox (one message, a Maildir file), or one damaged at its start,
+    /// is not taken for an mbox of no messages, or of fewer than it has.
+    /// So is a `From ` line holding a CR that ends no line: with CR-only
+    /// line ends the whole rest of the file is that line.
+    pub fn refusing_text_before_the_first_message(mut self) -> Self {
+        self.refuse_text_before = true;
+        self
+    }
+
+    /// Reads the next line, the first [`LINE_HEAD`] octets then the rest,
+    /// onto the end of `into`, unless those first octets make it a `From `
+    /// line that starts a message (`previous_empty`), or `keep` is false:
+    /// then only its head is left in `into` and the rest is skipped.
+    /// `None` at the end of the input, else whether it starts a message,
+    /// and whether what was skipped of it held a CR that ends no line
+    /// with an LF (a file with CR-only line ends is one line).
+    fn line(
+        input: &mut R,
+        into: &mut Vec<u8>,
+        previous_empty: bool,
+        keep: bool,
+    ) -> io::Result<Option<(bool, bool)>> {
+        let start = into.len();
+        if io::Read::take(&mut *input, LINE_HEAD).read_until(b'\n', into)? == 0 {
+            return Ok(None);
+        }
+        if into.ends_with(b"\n") {
+            let from = previous_empty && into[start..].starts_with(b"From ");
+            return Ok(Some((from, false)));
+        }
+        let from = previous_empty && &into[start..] == b"From ";
+        if keep && !from {
+            input.read_until(b'\n', into)?;
+            return Ok(Some((from, false)));
+        }
+        let bare_cr = skip_line(input)?;
+        Ok(Some((from, bare_cr)))
+    }
+}
+
+/// Consumes input up to and including the next LF, holding none of it;
+/// whether it held a CR not followed by that LF or another LF.
+fn skip_line(input: &mut impl BufRead) -> io::Result<bool> {
+    let mut bare_cr = false;
+    let mut after_cr = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(bare_cr || after_cr);
+        }
+        let (n, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(lf) => (lf + 1, true),
+            None => (buf.len(), false),
+        };
+        for &b in &buf[..n] {
+            bare_cr |= after_cr && b != b'\n';
+            after_cr = b == b'\r';
+        }
+        input.consume(n);
+        if done {
+            return Ok(bare_cr);
         }
     }
 }
@@ -268,36 +413,67 @@ impl<R: BufRead> Iterator for MboxMessages<R> {
             return None;
         }
         loop {
-            self.line.clear();
-            match self.input.read_until(b'\n', &mut self.line) {
-                Ok(0) => {
-                    self.ended = true;
-                    return self.current.take().map(|m| Ok(strip_separator(m)));
+            let (into, keep) = match self.current.as_mut() {
+                Some(message) => (message, true),
+                None => {
+                    self.head.clear();
+                    (&mut self.head, false)
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.ended = true;
-                    return Some(Err(e));
-                }
+            };
+            let start = into.len();
+            let (starts_message, bare_cr) =
+                match Self::line(&mut self.input, into, self.previous_empty, keep) {
+                    Ok(Some(line)) => line,
+                    Ok(None) => {
+                        self.ended = true;
+                        return self.current.take().map(|m| Ok(strip_separator(m)));
+                    }
+                    Err(e) => {
+                        self.ended = true;
+                        self.current = None;
+                        return Some(Err(e));
+                    }
+                };
+            if starts_message && bare_cr && self.refuse_text_before {
+                // The rest of the file went as that `From ` line: it
+                // would be one empty message, copied and "verified".
+                self.ended = true;
+                self.current = None;
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a \"From \" line holds a CR that ends no line: the file has CR-only \
+                     line ends (classic Mac OS), and is no mbox this command reads \
+                     (convert them to LF first)",
+                )));
             }
-            let line = self.line.as_slice();
-            if self.previous_empty && line.starts_with(b"From ") {
+            if starts_message {
+                into.truncate(start);
                 self.previous_empty = false;
                 match self.current.replace(Vec::new()) {
                     Some(done) => return Some(Ok(strip_separator(done))),
                     None => continue,
                 }
             }
+            let line = &into[start..];
             self.previous_empty = line == b"\n" || line == b"\r\n";
-            let Some(message) = self.current.as_mut() else {
+            if !keep {
+                self.lines_before += 1;
+                if self.refuse_text_before && !self.previous_empty {
+                    self.ended = true;
+                    return Some(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} has text before the first \"From \" line: not an mbox \
+                             file, or one damaged at its start",
+                            self.lines_before
+                        ),
+                    )));
+                }
                 continue;
-            };
+            }
             let quoted = line.iter().take_while(|&&b| b == b'>').count();
             if quoted > 0 && line[quoted..].starts_with(b"From ") {
-                message.extend_from_slice(&line[1..]);
-            } else {
-                message.extend_from_slice(line);
+                into.remove(start);
             }
         }
     }
@@ -425,13 +601,23 @@ pub async fn into_store_from<S: UidlTarget>(
     let mut pending = Vec::new();
     progress.update(0, 0);
     let mut done = 0;
+    let mut stopped = None;
     for next in messages {
-        let (message, uidl) = next?;
+        let (message, uidl) = match next {
+            Ok(next) => next,
+            Err(e) => {
+                stopped = Some(e);
+                break;
+            }
+        };
         let octets = store.delivered_size(&message);
-        let (settle, kept) = store
-            .deliver_keeping(user, message, uidl.as_deref())
-            .await
-            .map_err(|e| store_error(done, e))?;
+        let (settle, kept) = match store.deliver_keeping(user, message, uidl.as_deref()).await {
+            Ok(delivered) => delivered,
+            Err(e) => {
+                stopped = Some(store_error(done, e));
+                break;
+            }
+        };
         pending.extend(settle);
         done += 1;
         copied.messages += 1;
@@ -440,10 +626,20 @@ pub async fn into_store_from<S: UidlTarget>(
         progress.update(done, copied.octets);
     }
     progress.finish(done, copied.octets);
-    copied.uidls_kept += store
-        .settle(user, pending)
-        .await
-        .map_err(|e| store_error(done, e))?;
+    let settled = store.settle(user, pending).await;
+    // Those copied before the source or the store failed keep their
+    // UIDLs all the same, so that clients do not download them again;
+    // the first failure is the one reported.
+    if let Some(e) = stopped {
+        return Err(match (done, e) {
+            (_, e @ ImportError::Store { .. }) | (0, e) => e,
+            (_, e) => ImportError::Stopped {
+                done,
+                source: Box::new(e),
+            },
+        });
+    }
+    copied.uidls_kept += settled.map_err(|e| store_error(done, e))?;
     let after = store
         .usage(user.into())
         .await
@@ -663,7 +859,7 @@ fn asctime_now() -> String {
 /// Messages and CRLF octets of an mbox file, read a message at a time; a
 /// missing file holds none.
 fn mbox_usage(path: &Path) -> io::Result<Usage> {
-    let file = match maildir::source::open_mbox(path) {
+    let file = match open_spool(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Usage::default()),
         Err(e) => return Err(e),
@@ -977,6 +1173,303 @@ mod tests {
         assert_eq!(got, ["000000016553f100", "1700000003.c.host", "KEPT-2"]);
         // The source is only read.
         assert!(!source.join("mailbag.uidls").exists());
+    }
+
+    /// The whole-file splitter the streaming one replaced, kept as the
+    /// reference it must agree with.
+    fn split_whole(data: &[u8]) -> Vec<Vec<u8>> {
+        let mut messages: Vec<Vec<u8>> = Vec::new();
+        let mut current: Option<Vec<u8>> = None;
+        let mut previous_empty = true;
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            if previous_empty && line.starts_with(b"From ") {
+                if let Some(done) = current.take() {
+                    messages.push(strip_separator(done));
+                }
+                current = Some(Vec::new());
+                previous_empty = false;
+                continue;
+            }
+            previous_empty = line == b"\n" || line == b"\r\n";
+            let Some(message) = current.as_mut() else {
+                continue;
+            };
+            let quoted = line.iter().take_while(|&&b| b == b'>').count();
+            if quoted > 0 && line[quoted..].starts_with(b"From ") {
+                message.extend_from_slice(&line[1..]);
+            } else {
+                message.extend_from_slice(line);
+            }
+        }
+        if let Some(done) = current {
+            messages.push(strip_separator(done));
+        }
+        messages
+    }
+
+    /// Hostile spools (CR-only line ends, NUL, `From` lines cut short,
+    /// quoting at the end of the file, text before the first message,
+    /// nothing at all), and pseudo-random ones built of the same pieces,
+    /// split as they are read through buffers of every small size (so
+    /// every line head falls across a buffer boundary) give the same
+    /// messages as the whole-file splitter.
+    #[test]
+    fn streaming_agrees_with_the_whole_file_splitter_at_every_buffer_size() {
+        let mut spools: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\n",
+            b"From ",
+            b"From",
+            b"From \n",
+            b"From x",
+            b"preamble\nFrom a\nbody\n",
+            b"preamble\n\nFrom a\nbody\n",
+            b"From a\r\nS: 1\r\n\r\nFrom b\r\n>From c\r\n\r\n",
+            b"From a\rS: cr only\r\rFrom b\r",
+            b"From a\n\0\0\n\nFrom \0\n\0From x\n",
+            b"From a\n\n>From",
+            b"From a\n\n>From ",
+            b"From a\n\n>>>From x\n>>>From",
+            b"From a\nx\n\nFrom b\n\n\nFrom c\n",
+            b"From a\n\n\n",
+            b"From a\n\r\n",
+            b"From a\nFrom b\n\nFromage\n\nFrom  c\n",
+        ]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+        let pieces: [&[u8]; 12] = [
+            b"From a@b x\n",
+            b"\n",
+            b"\r\n",
+            b">From q\n",
+            b">>From ",
+            b"From",
+            b" ",
+            b"body line\n",
+            b"\r",
+            b"\0",
+            b"Fro",
+            b"m \n",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..300 {
+            let mut spool = Vec::new();
+            for _ in 0..24 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                spool.extend_from_slice(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            spools.push(spool);
+        }
+        for spool in &spools {
+            let want = split_whole(spool);
+            assert_eq!(
+                split_mbox(spool),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(spool)
+            );
+            for capacity in (1..=13).chain([64 * 1024]) {
+                let got: Vec<Vec<u8>> =
+                    MboxMessages::new(io::BufReader::with_capacity(capacity, &spool[..]))
+                        .collect::<io::Result<_>>()
+                        .unwrap();
+                assert_eq!(
+                    got,
+                    want,
+                    "capacity {capacity}: {:?}",
+                    String::from_utf8_lossy(spool)
+                );
+            }
+        }
+    }
+
+    /// A file with CR-only line ends is one line: when it starts with
+    /// `From `, all of it would be that line and the import would copy
+    /// one empty message and call it verified. The import's reader
+    /// refuses it, wherever the CRs fall against the buffer; CRLF line
+    /// ends are an mbox as before.
+    #[test]
+    fn cr_only_line_ends_are_refused_and_crlf_ones_are_not() {
+        let cr_only = b"From a@b x\rSubject: one\r\rbody\r\rFrom c@d y\rSubject: two\r";
+        let crlf = b"From a@b x\r\nSubject: one\r\n\r\nbody\r\n\r\nFrom c@d y\r\nSubject: two\r\n";
+        for capacity in (1..=13).chain([64 * 1024]) {
+            let read = |data: &'static [u8]| {
+                MboxMessages::new(io::BufReader::with_capacity(capacity, data))
+                    .refusing_text_before_the_first_message()
+                    .collect::<Vec<_>>()
+            };
+            let got = read(cr_only);
+            assert_eq!(got.len(), 1, "capacity {capacity}");
+            let e = got[0].as_ref().unwrap_err();
+            assert!(
+                e.to_string().contains("CR-only"),
+                "capacity {capacity}: {e}"
+            );
+            let got: Vec<Vec<u8>> = read(crlf).into_iter().collect::<io::Result<_>>().unwrap();
+            assert_eq!(got, split_whole(crlf), "capacity {capacity}");
+            assert_eq!(got.len(), 2);
+        }
+    }
+
+    /// A line of many megabytes that is no part of a message (text
+    /// before the first `From ` line, a `From ` line itself) is skipped
+    /// as it is read, never held; a message's own long line is read
+    /// straight into the message, not into a second buffer as well.
+    #[test]
+    fn long_lines_outside_messages_are_skipped_not_held() {
+        use std::io::Read;
+        const LONG: u64 = 16 << 20;
+        let spool = io::repeat(b'p')
+            .take(LONG)
+            .chain(&b"\n\nFrom "[..])
+            .chain(io::repeat(b'f').take(LONG))
+            .chain(&b"\nSubject: a\n\nbody\n\nFrom "[..])
+            .chain(io::repeat(b'g').take(LONG))
+            .chain(&b"\nSubject: b\n\n"[..])
+            .chain(io::repeat(b'x').take(LONG));
+        let mut messages = MboxMessages::new(io::BufReader::with_capacity(64 * 1024, spool));
+        let first = messages.next().unwrap().unwrap();
+        assert!(first == b"Subject: a\n\nbody\n", "{} octets", first.len());
+        assert!(first.capacity() < 1024, "{}", first.capacity());
+        let second = messages.next().unwrap().unwrap();
+        assert!(second.starts_with(b"Subject: b\n\nxxx"));
+        assert_eq!(second.len() as u64, 12 + LONG);
+        assert!(second.capacity() as u64 <= 2 * (12 + LONG));
+        assert!(messages.next().is_none());
+        assert!(
+            messages.head.capacity() < 1024,
+            "{} octets kept of lines outside messages",
+            messages.head.capacity()
+        );
+    }
+
+    /// A spool truncated while it is read (its owner, or a program
+    /// rewriting it) ends the messages with an error: the import never
+    /// takes the messages read so far for the whole spool.
+    #[test]
+    fn a_spool_cut_short_while_it_is_read_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox");
+        let body = vec![b'b'; 100 * 1024];
+        let mut spool = Vec::new();
+        for i in 0..3 {
+            spool.extend_from_slice(format!("From a@b {i}\nSubject: {i}\n\n").as_bytes());
+            spool.extend_from_slice(&body);
+            spool.extend_from_slice(b"\n\n");
+        }
+        std::fs::write(&path, &spool).unwrap();
+        let mut messages = mbox_messages(&path).unwrap();
+        assert!(messages
+            .next()
+            .unwrap()
+            .unwrap()
+            .starts_with(b"Subject: 0\n"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(spool.len() as u64 / 2)
+            .unwrap();
+        let rest: Vec<io::Result<Vec<u8>>> = messages.collect();
+        let e = rest.last().unwrap().as_ref().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(e.to_string().contains("shorter"), "{e}");
+        // The export check counts the same way.
+        assert!(mbox_usage(&path).is_ok());
+    }
+
+    /// A spool with holes (a terabyte of them behind one `From ` line,
+    /// which costs its owner no disk) is refused when opened, by the
+    /// import and by the export check alike, before anything is read.
+    #[test]
+    fn a_sparse_spool_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inbox");
+        std::fs::write(&path, b"From a@b\nSubject: s\n\n").unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(1 << 40).unwrap();
+        drop(file);
+        let e = mbox_messages(&path)
+            .err()
+            .expect("a sparse spool was opened");
+        assert!(e.to_string().contains("holes"), "{e}");
+        let e = mbox_usage(&path).unwrap_err();
+        assert!(e.to_string().contains("holes"), "{e}");
+    }
+
+    /// When the source fails after some messages were copied, the error
+    /// says how many stay in the maildrop, and those keep the UIDLs they
+    /// came with (recorded as at the end of a whole import), so clients
+    /// do not download them again.
+    #[tokio::test]
+    async fn a_source_failing_midway_says_what_was_copied_and_keeps_its_uidls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = maildir::MaildirStore::new(
+            dir.path().join("root"),
+            "{root}/{user}".into(),
+            "localhost".into(),
+        );
+        let messages = vec![
+            Ok((b"Subject: 1\n\none\n".to_vec(), Some("KEPT-1".to_string()))),
+            Ok((b"Subject: 2\n\ntwo\n".to_vec(), Some("KEPT-2".to_string()))),
+            Err(ImportError::Read {
+                path: "inbox".into(),
+                source: io::Error::other("the disk went away"),
+            }),
+            Ok((b"Subject: 3\n\nthree\n".to_vec(), None)),
+        ];
+        let e = into_store_from(&store, "u", messages.into_iter(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ImportError::Stopped { done: 2, .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("after 2 messages") && text.contains("the disk went away"),
+            "{text}"
+        );
+        let maildrop = store.open("u".into()).await.unwrap();
+        let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
+        got.sort();
+        assert_eq!(got, ["KEPT-1", "KEPT-2"]);
+    }
+
+    /// When the store refuses a message midway (its Maildir broken, the
+    /// disk full), those copied before it keep the UIDLs they came with
+    /// (they used to get new ones, so clients downloaded them again), and
+    /// the error is the store's, saying how many were copied.
+    #[tokio::test]
+    async fn a_store_failing_midway_keeps_the_uidls_of_what_was_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let store =
+            maildir::MaildirStore::new(root.clone(), "{root}/{user}".into(), "localhost".into());
+        let tmp = root.join("u/tmp");
+        let messages = (1..=3).map(|i| {
+            if i == 3 {
+                // Deliveries write into tmp/ first: a file there now
+                // makes the third one fail.
+                std::fs::remove_dir_all(&tmp).unwrap();
+                std::fs::write(&tmp, b"").unwrap();
+            }
+            Ok((
+                format!("Subject: {i}\n\nbody\n").into_bytes(),
+                Some(format!("KEPT-{i}")),
+            ))
+        });
+        let e = into_store_from(&store, "u", messages, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ImportError::Store { done: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("after 2 messages"), "{e}");
+        std::fs::remove_file(&tmp).unwrap();
+        std::fs::create_dir(&tmp).unwrap();
+        let maildrop = store.open("u".into()).await.unwrap();
+        let mut got: Vec<String> = maildrop.messages().iter().map(|m| m.uid.clone()).collect();
+        got.sort();
+        assert_eq!(got, ["KEPT-1", "KEPT-2"]);
     }
 
     #[test]

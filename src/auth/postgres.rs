@@ -93,6 +93,23 @@ fn temporary(e: impl std::fmt::Display) -> AuthError {
     AuthError::Temporary(e.to_string())
 }
 
+/// Column `i` of a `users` row as text: a column changed by hand to
+/// another type is a temporary error for this login, never a panic of
+/// the session's task.
+fn text(row: &tokio_postgres::Row, i: usize) -> Result<String, AuthError> {
+    row.try_get(i).map_err(temporary)
+}
+
+/// The secret in column `i`. A NULL one (the schema's NOT NULL dropped,
+/// a user disabled by hand) is empty: no password matches it, and the
+/// login is answered and counted like any wrong password.
+fn secret(row: &tokio_postgres::Row, i: usize) -> Result<String, AuthError> {
+    Ok(row
+        .try_get::<_, Option<String>>(i)
+        .map_err(temporary)?
+        .unwrap_or_default())
+}
+
 impl PgPassDb {
     /// A passdb on `pool`. Reads the flags once now (a database that is
     /// down leaves them off) and keeps refreshing them while the passdb
@@ -286,12 +303,11 @@ impl PgPassDb {
         .map_err(temporary)?;
         match &rows[..] {
             [] => Ok(None),
-            [row] => Ok(Some((row.get(0), row.get(1)))),
+            [row] => Ok(Some((text(row, 0)?, secret(row, 1)?))),
             [first, second, ..] => {
                 // Rows written by hand around `mailbag user add`: which
                 // user a login means cannot be told, so none is chosen.
-                let (a, b): (String, String) = (first.get(0), second.get(0));
-                Err(case_conflict(&a, &b))
+                Err(case_conflict(&text(first, 0)?, &text(second, 0)?))
             }
         }
     }
@@ -478,8 +494,8 @@ impl PgPassDb {
         drop(client);
         let found: Vec<(String, String, String)> = rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
+            .map(|r| Ok((text(r, 0)?, text(r, 1)?, secret(r, 2)?)))
+            .collect::<Result<_, AuthError>>()?;
         users
             .iter()
             .map(|user| {

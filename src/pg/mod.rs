@@ -7,6 +7,12 @@ pub mod tls;
 
 use tls::PgTlsError;
 
+/// How long `mailbag migrate` waits for a lock on a table it changes.
+/// While it waits, its request queues every later statement on that table
+/// (the deliveries and listings of running nodes), so it gives up rather
+/// than stall them behind a session that never ends.
+pub const MIGRATE_LOCK_WAIT: &str = "10s";
+
 /// What can go wrong talking to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -56,6 +62,14 @@ pub enum PgError {
         #[source]
         source: Box<PgError>,
     },
+    /// `mailbag migrate` waited [`MIGRATE_LOCK_WAIT`] for a table that
+    /// another session keeps in use; it gave up and changed nothing.
+    #[error(
+        "a table to migrate stayed in use by another session (an open transaction, an idle \
+         psql) for {MIGRATE_LOCK_WAIT}; nothing was changed: end that session (see \
+         pg_stat_activity) and run `mailbag migrate` again"
+    )]
+    MigrateLockWait(#[source] tokio_postgres::Error),
     /// The database was migrated by a newer mailbag.
     #[error(
         "database schema is at version {have}, newer than this mailbag's {want}: upgrade mailbag"

@@ -683,3 +683,165 @@ async fn the_directory_down_defers_lmtp_and_logins() {
     assert_eq!(maildrops(&a).await, Vec::<String>::new());
     assert_eq!(maildrops(&b).await, vec!["alice:active".to_owned()]);
 }
+
+/// With several clusters, a login reads the maildrop's state and the
+/// directory's placement, and a delivery the state: columns an
+/// administrator turned into enums are read as text and served, and a
+/// placement whose cluster was set NULL by hand refuses the login with
+/// `[SYS/TEMP]` (the session goes on) and defers the delivery. Decoding
+/// them used to panic the session's task, which closed the client's
+/// connection without an answer.
+#[tokio::test]
+async fn states_and_placements_changed_by_hand_never_panic_a_session_or_delivery() {
+    let test = "states_and_placements_changed_by_hand";
+    let Some((a, b, dir)) = three(test).await else {
+        return;
+    };
+    let config_dir = tempfile::tempdir().unwrap();
+    let node = node_on(&a, &b, &dir, config_dir.path()).await;
+    let mut c = node.login(ALICE).await;
+    c.ok("QUIT").await;
+    let store = clusters_of(&a, &b, &dir);
+    let deliver = |subject: &'static str| {
+        let store = &store;
+        async move {
+            Store::deliver(
+                store,
+                ALICE.0.into(),
+                format!("Subject: {subject}\r\n\r\nx\r\n").into_bytes(),
+            )
+            .await
+        }
+    };
+    deliver("before").await.unwrap();
+
+    connect(&a)
+        .await
+        .batch_execute(
+            "ALTER TABLE maildrops DROP CONSTRAINT maildrops_state_check;
+             ALTER TABLE maildrops ALTER COLUMN state DROP DEFAULT;
+             CREATE TYPE maildrop_state AS ENUM ('active', 'moving', 'incoming', 'moved');
+             ALTER TABLE maildrops ALTER COLUMN state TYPE maildrop_state
+               USING state::maildrop_state;
+             ALTER TABLE maildrops ALTER COLUMN state SET DEFAULT 'active'",
+        )
+        .await
+        .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let stat = c.ok("STAT").await;
+    assert!(stat.starts_with("+OK 1 "), "{stat}");
+    c.ok("QUIT").await;
+    deliver("enum").await.unwrap();
+    // A maildrop the directory does not place yet (made before the
+    // clusters): the first login finds it by its state.
+    connect(&a)
+        .await
+        .batch_execute("INSERT INTO maildrops (name) VALUES ('bob')")
+        .await
+        .unwrap();
+    let mut c = node.login(BOB).await;
+    c.ok("QUIT").await;
+
+    connect(&dir)
+        .await
+        .batch_execute(
+            "CREATE TYPE cluster_name AS ENUM ('a', 'b');
+             ALTER TABLE placements ALTER COLUMN cluster TYPE cluster_name
+               USING cluster::cluster_name",
+        )
+        .await
+        .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("+OK"), "{reply}");
+    c.ok("QUIT").await;
+    deliver("enum placement").await.unwrap();
+
+    connect(&dir)
+        .await
+        .batch_execute(
+            "ALTER TABLE placements ALTER COLUMN cluster DROP NOT NULL;
+             UPDATE placements SET cluster = NULL WHERE name = 'alice'",
+        )
+        .await
+        .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(reply.starts_with("-ERR [SYS/TEMP]"), "{reply}");
+    c.ok("QUIT").await;
+    let refused = deliver("null").await;
+    assert!(
+        matches!(refused, Err(StoreError::Temporary(_))),
+        "{refused:?}"
+    );
+}
+
+/// A user's secret set NULL by hand (the schema's NOT NULL dropped, to
+/// disable the user, say) reads as empty: the login is answered as a
+/// wrong password and the session goes on; other users log in. Decoding
+/// it used to panic the session's task.
+#[tokio::test]
+async fn a_null_secret_is_a_wrong_password_not_a_panic() {
+    let test = "a_null_secret_is_a_wrong_password";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let node = f.node().await;
+    let db = connect(f.url.as_deref().unwrap()).await;
+    db.batch_execute(
+        "ALTER TABLE users ALTER COLUMN secret DROP NOT NULL;
+         UPDATE users SET secret = NULL WHERE name = 'alice'",
+    )
+    .await
+    .unwrap();
+    let (mut c, reply) = node.try_login(ALICE).await;
+    assert!(
+        reply.starts_with("-ERR") && !reply.contains("SYS/TEMP"),
+        "{reply}"
+    );
+    c.ok("QUIT").await;
+    let (c, reply) = node.try_login((ALICE.0, "")).await;
+    assert!(reply.starts_with("-ERR"), "{reply}");
+    drop(c);
+    let mut c = node.login(BOB).await;
+    c.ok("QUIT").await;
+}
+
+/// A message size written negative past the schema's check counts as 0
+/// in the maildrop's usage (what the quota and import's verification
+/// read), as it does in the listing: the sum neither wraps to an exabyte
+/// (a quota that refuses every delivery) nor hides the other messages.
+#[tokio::test]
+async fn a_negative_size_counts_as_zero_in_usage() {
+    let test = "a_negative_size_counts_as_zero_in_usage";
+    let Some(f) = Fixture::new(Backend::Postgres, test).await else {
+        return;
+    };
+    let url = f.url.as_deref().unwrap();
+    let store = pg_store(url);
+    Store::deliver(
+        &store,
+        "alice".into(),
+        b"Subject: one\r\n\r\nx\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    Store::deliver(
+        &store,
+        "alice".into(),
+        b"Subject: two\r\n\r\nxy\r\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    let before = store.usage("alice".into()).await.unwrap();
+    connect(url)
+        .await
+        .batch_execute(
+            "ALTER TABLE messages DROP CONSTRAINT messages_size_check;
+             UPDATE messages SET size = -1000 WHERE id = (SELECT min(id) FROM messages)",
+        )
+        .await
+        .unwrap();
+    let after = store.usage("alice".into()).await.unwrap();
+    assert_eq!(after.messages, 2);
+    assert_eq!(after.octets, before.octets - 19, "{before:?} {after:?}");
+}

@@ -920,6 +920,46 @@ async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
     );
 }
 
+/// An import keeping a UIDL the user's own maildrop already holds (an
+/// mbox with one X-UIDL twice, an import run again), whose reply is lost
+/// as its connection breaks: the server refused the insert on the
+/// maildrop's unique key, and finding the UIDL there is the earlier
+/// message, not this one. The delivery is not taken as stored; the
+/// import stops instead of counting a message that is not there.
+#[tokio::test]
+async fn an_unknown_outcome_for_a_uidl_the_maildrop_already_holds_is_not_taken_as_stored() {
+    let test = "unknown_outcome_own_uidl";
+    let Some(two) = Two::new(test).await else {
+        return;
+    };
+    const KEPT: &str = "00000002.1700000000";
+    let direct = two.store();
+    assert!(direct
+        .deliver_with_uidl(ALICE.0, b"Subject: first\r\n\r\nx\r\n".to_vec(), KEPT)
+        .await
+        .unwrap());
+
+    let port = cluster(test).unwrap().port;
+    let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
+    let text = two
+        .config_text(false)
+        .replace(&format!("port={port}"), &format!("port={proxy}"));
+    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+    let store = PgClusters::from_config(&config.store).unwrap();
+    let kept = store
+        .deliver_with_uidl(ALICE.0, b"Subject: again\r\n\r\ny\r\n".to_vec(), KEPT)
+        .await;
+    assert!(cut.load(Ordering::SeqCst), "the proxy never cut");
+    assert!(
+        matches!(kept, Err(StoreError::Temporary(_))),
+        "a delivery the unique key refused was taken as stored: {kept:?}"
+    );
+    assert_eq!(
+        held(&two.a, ALICE.0).await,
+        [(KEPT.to_owned(), "first".to_owned())]
+    );
+}
+
 /// The sizing figures of docs/DEPLOYMENT.md ("Several PostgreSQL
 /// clusters"): disk per message, deliveries and logins through one
 /// cluster and through the directory, and a move's speed. A cluster of

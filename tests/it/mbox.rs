@@ -704,6 +704,63 @@ async fn summary_mailbox_and_import_work_on_mbox() {
     assert!(data.windows(15).any(|w| w == b"\n>From here on\n"));
 }
 
+/// `mailbag import --from mbox:` of a file that is no mbox (one message
+/// saved on its own, a file damaged at its start) fails, copies nothing
+/// and says why; it used to skip everything before the first `From `
+/// line and report "copied and verified 0 messages" (or fewer than the
+/// file held) as a success. An empty file, or empty lines before the
+/// first `From ` line, are an mbox as before.
+#[test]
+fn import_of_a_file_that_is_no_mbox_copies_nothing_and_fails() {
+    let spool = entry("a@x", b"Subject: own\n\nmine\n");
+    let (dir, _) = child_setup(&spool);
+    let import = |contents: &[u8]| {
+        let source = dir.path().join("source");
+        std::fs::write(&source, contents).unwrap();
+        let mut cmd = mailbag();
+        cmd.arg("--config")
+            .arg(dir.path().join("mailbag.toml"))
+            .args(["import", "--user", "alice", "--from"])
+            .arg(format!("mbox:{}", source.display()));
+        as_unprivileged(&mut cmd, dir.path());
+        cmd.output().unwrap()
+    };
+    let spool_now = || std::fs::read(dir.path().join("mail/alice")).unwrap();
+
+    let mut damaged = b"Subject: lost\n\nfirst message\n\n".to_vec();
+    damaged.extend(entry("b@x", b"Subject: second\n\ntwo\n"));
+    for contents in [&b"Subject: one message\n\nbody\n"[..], &damaged] {
+        let out = import(contents);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("not an mbox file"), "{stderr}");
+        assert!(stderr.contains("line 1 "), "{stderr}");
+        assert_eq!(spool_now(), spool);
+    }
+    // CR-only line ends: the whole file would be one `From ` line.
+    let out = import(b"From a@x\rSubject: one\r\rbody\r\rFrom b@x\rSubject: two\r\rtwo\r");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("CR-only"), "{stderr}");
+    assert_eq!(spool_now(), spool);
+
+    let out = import(b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut blank_first = b"\n\r\n".to_vec();
+    blank_first.extend(entry("c@x", b"Subject: third\n\nthree\n"));
+    let out = import(&blank_first);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mailbag::admin::import::split_mbox(&spool_now()).len(), 2);
+}
+
 /// The first login to a 100,000-message spool, to the end of UIDL (debug
 /// build: a figure, not a benchmark). `cargo test --test it -- --ignored
 /// mbox_first_login --nocapture`

@@ -510,3 +510,62 @@ async fn a_chunk_row_over_the_bound_fails_the_read_before_its_octets_are_fetched
         "{chain}"
     );
 }
+
+/// `mailbag migrate` to version 4 while another session keeps `messages`
+/// in use (a transaction left open, an idle psql): waiting for the table
+/// would hold the index build's lock, which stops every delivery, and
+/// queue every listing behind its request, so it gives up after
+/// `MIGRATE_LOCK_WAIT`, says why, and changes nothing; once that session
+/// ends, it migrates. (It used to wait for as long as the session lived,
+/// and every node's deliveries and logins with it.)
+#[tokio::test]
+async fn a_migration_behind_a_session_that_never_ends_gives_up_and_changes_nothing() {
+    let test = "migration_behind_an_idle_transaction";
+    let Some(cluster) = cluster(test) else { return };
+    let admin = connect(&cluster.url("postgres")).await;
+    admin
+        .batch_execute("CREATE DATABASE behind_idle")
+        .await
+        .unwrap();
+    let url = cluster.url("behind_idle");
+    let db = connect(&url).await;
+    for (_, sql) in &MIGRATIONS[..3] {
+        db.batch_execute(sql).await.unwrap();
+    }
+    db.batch_execute(
+        "CREATE TABLE schema_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );
+         INSERT INTO schema_migrations (version) VALUES (1), (2), (3);
+         INSERT INTO maildrops (name) VALUES ('alice');
+         INSERT INTO messages (maildrop_id, uidl, size)
+           SELECT id, 'v3-0', 0 FROM maildrops WHERE name = 'alice'",
+    )
+    .await
+    .unwrap();
+    let idle = connect(&url).await;
+    idle.batch_execute("BEGIN; SELECT count(*) FROM messages")
+        .await
+        .unwrap();
+
+    let store = pg_store(&url);
+    let migrated = tokio::time::timeout(std::time::Duration::from_secs(120), store.migrate())
+        .await
+        .expect("the migration waited as long as the other session lived");
+    let e = migrated.unwrap_err();
+    assert!(
+        matches!(e, mailbag::pg::PgError::MigrateLockWait(_)),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    let version: i32 = db
+        .query_one("SELECT max(version) FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+
+    idle.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), [4]);
+}

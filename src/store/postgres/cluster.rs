@@ -348,16 +348,27 @@ impl Several {
         let mut client = self.directory.pool().get().await?;
         let row = client
             .query_prepared_opt(
-                "SELECT cluster, move_to, move_from FROM placements WHERE name = $1",
+                "SELECT cluster::text, move_to::text, move_from::text
+                   FROM placements WHERE name = $1",
                 &[(&user, Type::TEXT)],
             )
             .await
             .map_err(PgError::from)?;
-        Ok(row.map(|row| Placement {
-            cluster: row.get(0),
-            move_to: row.get(1),
-            move_from: row.get(2),
-        }))
+        // Read as text and decoded without a panic: columns changed by
+        // hand (an enum, a NULL cluster) refuse the login or delivery
+        // instead of ending the session's task.
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let placement = (|| {
+            Ok::<_, tokio_postgres::Error>(Placement {
+                cluster: row.try_get(0)?,
+                move_to: row.try_get(1)?,
+                move_from: row.try_get(2)?,
+            })
+        })()
+        .map_err(PgError::from)?;
+        Ok(Some(placement))
     }
 
     /// The cluster for a user the directory does not know: the one that
@@ -397,12 +408,18 @@ impl Several {
             let client = m.store.pool().get().await?;
             let row = client
                 .query_typed_opt(
-                    "SELECT state FROM maildrops WHERE name = $1",
+                    "SELECT state::text FROM maildrops WHERE name = $1",
                     &[(&user, Type::TEXT)],
                 )
                 .await
                 .map_err(PgError::from)?;
-            if row.is_some_and(|r| r.get::<_, String>(0) != "moved") {
+            // Decoded without a panic: this runs at a first login or
+            // delivery, in the session's task.
+            let state = row
+                .map(|r| r.try_get::<_, String>(0))
+                .transpose()
+                .map_err(PgError::from)?;
+            if state.is_some_and(|state| state != "moved") {
                 holding.push(m.name.as_str());
             }
         }
@@ -481,9 +498,14 @@ impl Several {
                 Ok(Inserted::UidlTaken) => uidl = new_uidl(),
                 // Refused by the server: rolled back, nothing stored.
                 Err(e) if e.as_db_error().is_some() => return Err(PgError::Db(e).into()),
-                // The connection broke around COMMIT: look the UIDL up.
+                // The connection broke around COMMIT: look the UIDL up,
+                // when it is one chosen here. A kept UIDL may be one the
+                // maildrop already held (an mbox carrying an X-UIDL twice,
+                // an import run again), refused by the unique key: finding
+                // it says nothing of this insert, so the outcome stays
+                // unknown and the import stops, as with one cluster.
                 Err(e) => {
-                    return if store.stored(user, &uidl).await {
+                    return if keep.is_none() && store.stored(user, &uidl).await {
                         Ok(Some(uidl))
                     } else {
                         Err(PgError::Db(e).into())
@@ -527,7 +549,7 @@ async fn insert(
 ) -> Result<Inserted, tokio_postgres::Error> {
     let row = client
         .query_prepared_one(
-            "WITH d AS (SELECT id, state FROM maildrops WHERE name = $1 FOR SHARE),
+            "WITH d AS (SELECT id, state::text AS state FROM maildrops WHERE name = $1 FOR SHARE),
                   m AS (INSERT INTO messages (maildrop_id, uidl, size)
                         SELECT id, $2, $3 FROM d WHERE state = 'active'
                         RETURNING id),
@@ -553,8 +575,11 @@ async fn insert(
         }
         Err(e) => return Err(e),
     };
-    let state: Option<String> = row.get(0);
-    let count: i64 = row.get(1);
+    // Not a panic when a column was changed by hand: the statement ran
+    // (and may have committed), so the caller settles it as an unknown
+    // outcome.
+    let state: Option<String> = row.try_get(0)?;
+    let count: i64 = row.try_get(1)?;
     Ok(match state {
         None => Inserted::Missing,
         Some(_) if count == 1 => Inserted::Stored,

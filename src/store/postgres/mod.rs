@@ -301,12 +301,20 @@ impl PgStore {
         check_user(user)?;
         let (id, lock) = self.lock_maildrop(user).await?;
         // On the lock's own connection: read only while the lock holds.
+        // Read as text, and decoded without a panic: a column changed by
+        // hand (to an enum, say) still answers, and one that cannot
+        // refuses this login rather than ending the session's task.
         let state = lock
             .conn()
-            .query_prepared_opt("SELECT state FROM maildrops WHERE id = $1", &[(&id, INT8)])
+            .query_prepared_opt(
+                "SELECT state::text FROM maildrops WHERE id = $1",
+                &[(&id, INT8)],
+            )
             .await
             .map_err(PgError::from)?
-            .map(|row| row.get::<_, String>(0));
+            .map(|row| row.try_get::<_, String>(0))
+            .transpose()
+            .map_err(PgError::from)?;
         if state.as_deref() != Some("active") {
             lock.unlock().await;
             return Ok(Err(state));
@@ -407,16 +415,24 @@ impl Store for PgStore {
         let mut client = self.pool.get().await?;
         let row = client
             .query_prepared_one(
-                "SELECT count(m.id), coalesce(sum(m.size), 0)::bigint
+                "SELECT count(m.id), coalesce(sum(greatest(m.size, 0)), 0)::bigint
                    FROM maildrops d JOIN messages m ON m.maildrop_id = d.id
                   WHERE d.name = $1",
                 &[(&user, TEXT)],
             )
             .await
             .map_err(PgError::from)?;
+        // A size written negative past the schema's check counts as 0, as
+        // in the listing: never a sum that wraps to an exabyte (a quota
+        // refusing every delivery) or below what the other messages hold.
+        let count = |i| {
+            row.try_get::<_, i64>(i)
+                .map(|n| u64::try_from(n).unwrap_or(0))
+                .map_err(PgError::from)
+        };
         Ok(Usage {
-            messages: row.get::<_, i64>(0) as u64,
-            octets: row.get::<_, i64>(1) as u64,
+            messages: count(0)?,
+            octets: count(1)?,
         })
     }
 }

@@ -51,6 +51,15 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, PgError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
         .await?;
+    // A migration that waits for a table behind a session that never
+    // ends (an idle transaction) holds what it took so far and queues
+    // every node's statements behind its own request: all deliveries and
+    // logins would wait with it. It gives up instead, changing nothing.
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{}'",
+        crate::pg::MIGRATE_LOCK_WAIT
+    ))
+    .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer PRIMARY KEY,
@@ -73,7 +82,13 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, PgError> {
     }
     let mut applied = Vec::new();
     for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.batch_execute(sql).await?;
+        tx.batch_execute(sql).await.map_err(|e| {
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                PgError::MigrateLockWait(e)
+            } else {
+                PgError::from(e)
+            }
+        })?;
         tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[&version],
