@@ -139,7 +139,9 @@ impl UidlTarget for PgClusters {
         uidl: Option<&str>,
     ) -> Result<(Option<()>, bool), StoreError> {
         if let Some(uidl) = uidl {
-            // Cloned only for the rare UIDL another maildrop has.
+            // Cloned so that a message whose UIDL this maildrop already
+            // holds (an import run twice) can go in under a new one: two
+            // copies of one message for a moment, one message at a time.
             if self.deliver_with_uidl(user, message.clone(), uidl).await? {
                 return Ok((None, true));
             }
