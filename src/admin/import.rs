@@ -138,14 +138,15 @@ impl UidlTarget for PgClusters {
         message: Vec<u8>,
         uidl: Option<&str>,
     ) -> Result<(Option<()>, bool), StoreError> {
-        if let Some(uidl) = uidl {
-            // Cloned so that a message whose UIDL this maildrop already
-            // holds (an import run twice) can go in under a new one: two
-            // copies of one message for a moment, one message at a time.
-            if self.deliver_with_uidl(user, message.clone(), uidl).await? {
-                return Ok((None, true));
-            }
-        }
+        let message = match uidl {
+            // A message whose UIDL this maildrop already holds (an import
+            // run twice) comes back, to go in under a new one.
+            Some(uidl) => match self.deliver_with_uidl(user, message, uidl).await? {
+                Ok(()) => return Ok((None, true)),
+                Err(message) => message,
+            },
+            None => message,
+        };
         Store::deliver(self, user.into(), message).await?;
         Ok((None, false))
     }

@@ -860,10 +860,13 @@ async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
     };
     const SHARED: &str = "00000001.1700000000";
     let direct = two.store();
-    assert!(direct
-        .deliver_with_uidl(BOB.0, b"Subject: bob's\r\n\r\nx\r\n".to_vec(), SHARED)
-        .await
-        .unwrap());
+    assert_eq!(
+        direct
+            .deliver_with_uidl(BOB.0, b"Subject: bob's\r\n\r\nx\r\n".to_vec(), SHARED)
+            .await
+            .unwrap(),
+        Ok(())
+    );
     // Alice's maildrop exists, so the statement cut is the insert itself.
     Store::deliver(
         &direct,
@@ -934,10 +937,22 @@ async fn an_unknown_outcome_for_a_uidl_the_maildrop_already_holds_is_not_taken_a
     };
     const KEPT: &str = "00000002.1700000000";
     let direct = two.store();
-    assert!(direct
-        .deliver_with_uidl(ALICE.0, b"Subject: first\r\n\r\nx\r\n".to_vec(), KEPT)
-        .await
-        .unwrap());
+    assert_eq!(
+        direct
+            .deliver_with_uidl(ALICE.0, b"Subject: first\r\n\r\nx\r\n".to_vec(), KEPT)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // Asked again with a connection that works: nothing is stored, and
+    // the message comes back, in canonical form, for a new UIDL.
+    assert_eq!(
+        direct
+            .deliver_with_uidl(ALICE.0, b"Subject: again\n\ny\n".to_vec(), KEPT)
+            .await
+            .unwrap(),
+        Err(b"Subject: again\r\n\r\ny\r\n".to_vec())
+    );
 
     let port = cluster(test).unwrap().port;
     let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;

@@ -1595,3 +1595,35 @@ async fn canonical_bodies_keep_their_size_through_delivery_retr_and_import_out()
     messages.sort();
     assert_eq!(messages, retrieved);
 }
+
+/// A UIDL the user's maildrop already holds, or one RFC 1939 does not
+/// allow: nothing is stored and the message comes back, so that an
+/// import delivers it under a new UIDL without holding a copy of its own.
+/// Another user's maildrop holding the UIDL takes nothing from this one.
+#[tokio::test]
+async fn a_uidl_the_maildrop_holds_hands_the_message_back() {
+    use crate::support::pg::{pg_store, Backend, Fixture};
+    let Some(f) = Fixture::new(Backend::Postgres, "uidl_held_hands_back").await else {
+        return;
+    };
+    let store = pg_store(f.url.as_deref().unwrap());
+    let keep = |user: &'static str, message: &'static [u8], uidl: &'static str| {
+        let store = &store;
+        async move {
+            store
+                .deliver_with_uidl(user, message.to_vec(), uidl)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(keep("alice", b"Subject: a\n\nx\n", "KEPT-1").await, Ok(()));
+    assert_eq!(
+        keep("alice", b"Subject: b\n\ny\n", "KEPT-1").await,
+        Err(b"Subject: b\r\n\r\ny\r\n".to_vec())
+    );
+    assert_eq!(keep("bob", b"Subject: c\n\nz\n", "KEPT-1").await, Ok(()));
+    assert_eq!(
+        keep("alice", b"Subject: d\n\nw\n", "no spaces").await,
+        Err(b"Subject: d\n\nw\n".to_vec())
+    );
+}

@@ -260,21 +260,22 @@ impl PgClusters {
     }
 
     /// Stores `message` for `user` under `uidl` (`mailbag import`);
-    /// `Ok(false)`, with nothing stored, when the UIDL is taken or not one
-    /// RFC 1939 allows, as [`PgStore::deliver_with_uidl`].
+    /// `Ok(Err(message))`, with nothing stored and the message handed
+    /// back, when the UIDL is taken or not one RFC 1939 allows, as
+    /// [`PgStore::deliver_with_uidl`].
     pub async fn deliver_with_uidl(
         &self,
         user: &str,
         message: Vec<u8>,
         uidl: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Result<(), Vec<u8>>, StoreError> {
         match &self.inner {
             Inner::One(s) => s.deliver_with_uidl(user, message, uidl).await,
             Inner::Several(s) => {
                 if !valid_uidl(uidl) {
-                    return Ok(false);
+                    return Ok(Err(message));
                 }
-                Ok(s.deliver(user, message, Some(uidl)).await?.is_some())
+                Ok(s.deliver(user, message, Some(uidl)).await?.map(|_| ()))
             }
         }
     }
@@ -458,14 +459,15 @@ impl Several {
     }
 
     /// Delivers to `user` where the directory places it. `keep`: the UIDL
-    /// to store the message under (`None` when it is taken); otherwise a
-    /// new one. Returns the UIDL stored.
+    /// to store the message under (when the maildrop holds it already,
+    /// nothing is stored and the message is handed back, in canonical
+    /// form); otherwise a new one. Returns the UIDL stored.
     async fn deliver(
         &self,
         user: &str,
         message: Vec<u8>,
         keep: Option<&str>,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Result<String, Vec<u8>>, StoreError> {
         check_user(user)?;
         let message = into_canonical(message);
         let size = message.len() as i64;
@@ -477,7 +479,7 @@ impl Several {
             let inserted = insert(&mut client, user, &uidl, size, &message).await;
             drop(client);
             match inserted {
-                Ok(Inserted::Stored) => return Ok(Some(uidl)),
+                Ok(Inserted::Stored) => return Ok(Ok(uidl)),
                 Ok(Inserted::Missing) => {
                     let mut client = store.pool().get().await?;
                     client
@@ -494,7 +496,7 @@ impl Several {
                         "the maildrop is being moved between clusters; try again shortly",
                     )))
                 }
-                Ok(Inserted::UidlTaken) if keep.is_some() => return Ok(None),
+                Ok(Inserted::UidlTaken) if keep.is_some() => return Ok(Err(message)),
                 Ok(Inserted::UidlTaken) => uidl = new_uidl(),
                 // Refused by the server: rolled back, nothing stored.
                 Err(e) if e.as_db_error().is_some() => return Err(PgError::Db(e).into()),
@@ -506,7 +508,7 @@ impl Several {
                 // unknown and the import stops, as with one cluster.
                 Err(e) => {
                     return if keep.is_none() && store.stored(user, &uidl).await {
-                        Ok(Some(uidl))
+                        Ok(Ok(uidl))
                     } else {
                         Err(PgError::Db(e).into())
                     }
@@ -629,7 +631,7 @@ impl Store for PgClusters {
             Inner::Several(s) => s
                 .deliver(user.name, message, None)
                 .await?
-                .ok_or_else(|| StoreError::Temporary(io::Error::other("no UIDL was free"))),
+                .map_err(|_| StoreError::Temporary(io::Error::other("no UIDL was free"))),
         }
     }
 

@@ -159,7 +159,8 @@ impl PgStore {
 
     /// Stores `message` for `user` under `uidl`, the UIDL it had on
     /// another server (`mailbag import` keeps it, so that clients do not
-    /// download the message again). `Ok(false)`, with nothing stored, when
+    /// download the message again). `Ok(Err(message))`, with nothing
+    /// stored and the message handed back (no copy is kept for this), when
     /// `user`'s maildrop already holds a message with that UIDL (a UIDL is
     /// unique within its maildrop; other users' maildrops may hold the
     /// same one) or `uidl` is not one RFC 1939 allows; the caller then
@@ -169,10 +170,10 @@ impl PgStore {
         user: &str,
         message: Vec<u8>,
         uidl: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Result<(), Vec<u8>>, StoreError> {
         check_user(user)?;
         if !valid_uidl(uidl) {
-            return Ok(false);
+            return Ok(Err(message));
         }
         let message = into_canonical(message);
         let size = message.len() as i64;
@@ -181,9 +182,9 @@ impl PgStore {
         let inserted = insert_message(&mut client, id, uidl, size, &message).await;
         drop(client);
         match inserted {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Ok(())),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                Ok(false)
+                Ok(Err(message))
             }
             // Refused, or an unknown outcome (the connection broke around
             // COMMIT): the import stops and says so, and its documented
