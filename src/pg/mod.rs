@@ -7,6 +7,16 @@ pub mod tls;
 
 use tls::PgTlsError;
 
+/// Column `i` of `row` as a `T`. A column of another type than this build
+/// knows (changed by hand) is an error for the statement's caller, never
+/// the panic of `Row::get`.
+pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    i: usize,
+) -> Result<T, PgError> {
+    Ok(row.try_get(i)?)
+}
+
 /// How long `mailbag migrate` waits for a lock on a table it changes.
 /// While it waits, its request queues every later statement on that table
 /// (the deliveries and listings of running nodes), so it gives up rather

@@ -35,6 +35,7 @@ use tokio_postgres::types::Type;
 use super::{
     check_user, new_uidl, valid_uidl, PgError, PgMaildrop, PgOptions, PgStore, CHUNK_OCTETS,
 };
+use crate::pg::column;
 use crate::pg::pool::{Pool, Pooled};
 use crate::store::{Mailbox, Store, StoreError, Usage};
 
@@ -361,15 +362,11 @@ impl Several {
         let Some(row) = row else {
             return Ok(None);
         };
-        let placement = (|| {
-            Ok::<_, tokio_postgres::Error>(Placement {
-                cluster: row.try_get(0)?,
-                move_to: row.try_get(1)?,
-                move_from: row.try_get(2)?,
-            })
-        })()
-        .map_err(PgError::from)?;
-        Ok(Some(placement))
+        Ok(Some(Placement {
+            cluster: column(&row, 0)?,
+            move_to: column(&row, 1)?,
+            move_from: column(&row, 2)?,
+        }))
     }
 
     /// The cluster for a user the directory does not know: the one that
@@ -416,10 +413,7 @@ impl Several {
                 .map_err(PgError::from)?;
             // Decoded without a panic: this runs at a first login or
             // delivery, in the session's task.
-            let state = row
-                .map(|r| r.try_get::<_, String>(0))
-                .transpose()
-                .map_err(PgError::from)?;
+            let state = row.map(|r| column::<String>(&r, 0)).transpose()?;
             if state.is_some_and(|state| state != "moved") {
                 holding.push(m.name.as_str());
             }

@@ -30,7 +30,7 @@ use tokio_postgres::{Client, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::pg::pool::{connection_gone, run_prepared, Execute, Params, Pool, QueryOpt, Statements};
-use crate::pg::PgError;
+use crate::pg::{column, PgError};
 use tokio_postgres::types::Type;
 
 /// Connections that [`check_session_bound`] holds in a transaction, one
@@ -177,16 +177,13 @@ impl Locks {
                 }
                 row => row?,
             };
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            match (row.try_get::<_, i64>(0), row.try_get::<_, bool>(1)) {
-                (Ok(key), Ok(taken)) => Ok(Some((key, taken, conn))),
-                // Columns of another type than this build knows (a
-                // schema changed by hand): an error for this login, not a
-                // panic of the session's task.
-                (Err(e), _) | (_, Err(e)) => Err(PgError::from(e)),
-            }
+            // Columns of another type than this build knows (a schema
+            // changed by hand): an error for this login, not a panic of
+            // the session's task.
+            row.map(|row| {
+                Ok::<_, PgError>((column::<i64>(&row, 0)?, column::<bool>(&row, 1)?, conn))
+            })
+            .transpose()
         }
         .await;
         match result {

@@ -35,6 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mailbag_proto::dot::into_canonical;
 
 use super::{Mailbox, Maildrop, MessageInfo, Store, StoreError, Usage};
+use crate::pg::column;
 use crate::pg::pool::{Pool, Pooled};
 use crate::pg::tls::RustlsConnect;
 use tokio_postgres::types::Type;
@@ -264,20 +265,12 @@ impl PgStore {
         // Columns of another type than this build knows (a schema changed
         // by hand) refuse the login instead of panicking the session.
         for row in rows {
-            let (id, uid, size) = (|| {
-                Ok::<_, tokio_postgres::Error>((
-                    row.try_get::<_, i64>(0)?,
-                    row.try_get::<_, String>(1)?,
-                    row.try_get::<_, i64>(2)?,
-                ))
-            })()
-            .map_err(PgError::from)?;
-            ids.push(id);
+            ids.push(column::<i64>(&row, 0)?);
             infos.push(MessageInfo {
-                uid,
+                uid: column(&row, 1)?,
                 // The schema refuses a negative size; one written past
                 // that shows as 0, and its RETR fails the size check.
-                size: u64::try_from(size).unwrap_or(0),
+                size: u64::try_from(column::<i64>(&row, 2)?).unwrap_or(0),
             });
         }
         Ok(PgMaildrop {
@@ -313,9 +306,8 @@ impl PgStore {
             )
             .await
             .map_err(PgError::from)?
-            .map(|row| row.try_get::<_, String>(0))
-            .transpose()
-            .map_err(PgError::from)?;
+            .map(|row| column::<String>(&row, 0))
+            .transpose()?;
         if state.as_deref() != Some("active") {
             lock.unlock().await;
             return Ok(Err(state));
@@ -426,11 +418,7 @@ impl Store for PgStore {
         // A size written negative past the schema's check counts as 0, as
         // in the listing: never a sum that wraps to an exabyte (a quota
         // refusing every delivery) or below what the other messages hold.
-        let count = |i| {
-            row.try_get::<_, i64>(i)
-                .map(|n| u64::try_from(n).unwrap_or(0))
-                .map_err(PgError::from)
-        };
+        let count = |i| column::<i64>(&row, i).map(|n| u64::try_from(n).unwrap_or(0));
         Ok(Usage {
             messages: count(0)?,
             octets: count(1)?,
