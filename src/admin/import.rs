@@ -603,7 +603,6 @@ pub async fn into_store_from<S: UidlTarget>(
     let mut copied = Copied::default();
     let mut pending = Vec::new();
     progress.update(0, 0);
-    let mut done = 0;
     let mut stopped = None;
     for next in messages {
         let (message, uidl) = match next {
@@ -617,17 +616,17 @@ pub async fn into_store_from<S: UidlTarget>(
         let (settle, kept) = match store.deliver_keeping(user, message, uidl.as_deref()).await {
             Ok(delivered) => delivered,
             Err(e) => {
-                stopped = Some(store_error(done, e));
+                stopped = Some(store_error(copied.messages as usize, e));
                 break;
             }
         };
         pending.extend(settle);
-        done += 1;
         copied.messages += 1;
         copied.octets += octets;
         copied.uidls_kept += u64::from(kept);
-        progress.update(done, copied.octets);
+        progress.update(copied.messages as usize, copied.octets);
     }
+    let done = copied.messages as usize;
     progress.finish(done, copied.octets);
     let settled = store.settle(user, pending).await;
     // Those copied before the source or the store failed keep their
