@@ -437,50 +437,26 @@ async fn cutting_proxy(
     upstream: u16,
     needle: &'static [u8],
 ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use crate::postgres::{relay, Relay};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let armed = Arc::new(AtomicBool::new(true));
     let cuts = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&cuts);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let (armed, cuts) = (Arc::clone(&armed), Arc::clone(&counted));
-            tokio::spawn(async move {
-                let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
-                    .await
-                    .unwrap();
-                let (mut client_rx, mut client_tx) = client.into_split();
-                let (mut server_rx, mut server_tx) = server.into_split();
-                let answers = tokio::spawn(async move {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
-                        if client_tx.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
-                    let chunk = &buf[..n];
-                    if chunk.windows(needle.len()).any(|w| w == needle)
-                        && armed.swap(false, Ordering::SeqCst)
-                    {
-                        cuts.fetch_add(1, Ordering::SeqCst);
-                        // Both halves of both sockets go: the client
-                        // reads the end of its connection, nothing else.
-                        answers.abort();
-                        return;
-                    }
-                    if server_tx.write_all(chunk).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let port = relay(upstream, move || {
+        let (armed, cuts) = (Arc::clone(&armed), Arc::clone(&counted));
+        move |chunk: &[u8]| {
+            if chunk.windows(needle.len()).any(|w| w == needle)
+                && armed.swap(false, Ordering::SeqCst)
+            {
+                cuts.fetch_add(1, Ordering::SeqCst);
+                Relay::Cut
+            } else {
+                Relay::Forward
+            }
         }
-    });
+    })
+    .await;
     (port, cuts)
 }
 

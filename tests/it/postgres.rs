@@ -1025,25 +1025,33 @@ async fn lmtp_delivery_is_retrieved_byte_exact_and_unknown_users_are_refused(bac
 
 // ------------------------------------------- an unknown COMMIT outcome
 
-/// A TCP proxy to PostgreSQL that, once, lets the statement after an
-/// `INSERT INTO messages` prepare reach the server (so it executes and
-/// commits) but never relays the reply, then cuts the connection: what a
-/// network failure at the worst moment looks like to the node. Returns
-/// its port and whether the cut has happened.
-pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+/// What a [`relay`] does with one read of a client's bytes.
+pub(crate) enum Relay {
+    /// Pass them on.
+    Forward,
+    /// Close the connection without passing them on: the client reads
+    /// the end of its connection and nothing else.
+    Cut,
+    /// Pass them on (the server executes and commits), swallow every
+    /// reply, then close the connection after a while.
+    LoseReplies,
+}
+
+/// A TCP relay to PostgreSQL on `upstream`. `per_connection` makes, for
+/// each connection, the function that decides what becomes of each read
+/// from the client. Returns the relay's port.
+pub(crate) async fn relay<F, D>(upstream: u16, per_connection: F) -> u16
+where
+    F: Fn() -> D + Send + 'static,
+    D: FnMut(&[u8]) -> Relay + Send + 'static,
+{
     use std::sync::atomic::AtomicBool;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let armed = Arc::new(AtomicBool::new(true));
-    let cut = Arc::new(AtomicBool::new(false));
-    let cut_out = Arc::clone(&cut);
     tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            let (armed, cut) = (Arc::clone(&armed), Arc::clone(&cut));
+        while let Ok((client, _)) = listener.accept().await {
+            let mut decide = per_connection();
             tokio::spawn(async move {
                 let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
                     .await
@@ -1051,13 +1059,11 @@ pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::at
                 let (mut client_rx, mut client_tx) = client.into_split();
                 let (mut server_rx, mut server_tx) = server.into_split();
                 let muted = Arc::new(AtomicBool::new(false));
-                let muted_s2c = Arc::clone(&muted);
-                let s2c = tokio::spawn(async move {
+                let muted_replies = Arc::clone(&muted);
+                let replies = tokio::spawn(async move {
                     let mut buf = vec![0u8; 65536];
                     while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
-                        // Muted: the reply is swallowed, and the client
-                        // waits until the connection is cut.
-                        if !muted_s2c.load(Ordering::SeqCst)
+                        if !muted_replies.load(Ordering::SeqCst)
                             && client_tx.write_all(&buf[..n]).await.is_err()
                         {
                             return;
@@ -1065,22 +1071,23 @@ pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::at
                     }
                 });
                 let mut buf = vec![0u8; 1 << 20];
-                let mut insert_prepared = false;
                 while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
                     let chunk = &buf[..n];
-                    if insert_prepared {
-                        muted.store(true, Ordering::SeqCst);
-                        cut.store(true, Ordering::SeqCst);
-                        let _ = server_tx.write_all(chunk).await;
-                        // Long enough for the server to execute and commit.
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        s2c.abort();
-                        return;
-                    }
-                    if chunk.windows(20).any(|w| w == b"INSERT INTO messages")
-                        && armed.swap(false, Ordering::SeqCst)
-                    {
-                        insert_prepared = true;
+                    match decide(chunk) {
+                        Relay::Forward => {}
+                        Relay::Cut => {
+                            replies.abort();
+                            return;
+                        }
+                        Relay::LoseReplies => {
+                            muted.store(true, Ordering::SeqCst);
+                            let _ = server_tx.write_all(chunk).await;
+                            // Long enough for the server to execute and
+                            // commit.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            replies.abort();
+                            return;
+                        }
                     }
                     if server_tx.write_all(chunk).await.is_err() {
                         return;
@@ -1089,6 +1096,36 @@ pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::at
             });
         }
     });
+    port
+}
+
+/// A TCP proxy to PostgreSQL that, once, lets the statement after an
+/// `INSERT INTO messages` prepare reach the server (so it executes and
+/// commits) but never relays the reply, then cuts the connection: what a
+/// network failure at the worst moment looks like to the node. Returns
+/// its port and whether the cut has happened.
+pub(crate) async fn reply_losing_proxy(upstream: u16) -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::AtomicBool;
+    let armed = Arc::new(AtomicBool::new(true));
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_out = Arc::clone(&cut);
+    let port = relay(upstream, move || {
+        let (armed, cut) = (Arc::clone(&armed), Arc::clone(&cut));
+        let mut insert_prepared = false;
+        move |chunk: &[u8]| {
+            if insert_prepared {
+                cut.store(true, Ordering::SeqCst);
+                return Relay::LoseReplies;
+            }
+            if chunk.windows(20).any(|w| w == b"INSERT INTO messages")
+                && armed.swap(false, Ordering::SeqCst)
+            {
+                insert_prepared = true;
+            }
+            Relay::Forward
+        }
+    })
+    .await;
     (port, cut_out)
 }
 
