@@ -78,6 +78,19 @@ impl Two {
         PgClusters::from_config(&self.config().store).unwrap()
     }
 
+    /// The same clusters reached through [`crate::postgres::reply_losing_proxy`]:
+    /// the first insert's reply is lost as its connection breaks. Also
+    /// whether the cut has happened.
+    async fn store_losing_a_reply(&self, test: &str) -> (PgClusters, Arc<AtomicBool>) {
+        let port = cluster(test).unwrap().port;
+        let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
+        let text = self
+            .config_text(false)
+            .replace(&format!("port={port}"), &format!("port={proxy}"));
+        let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+        (PgClusters::from_config(&config.store).unwrap(), cut)
+    }
+
     async fn node(&self) -> Node {
         let store = self.store();
         let passdb = PgPassDb::new(Arc::clone(store.pool())).await;
@@ -896,13 +909,7 @@ async fn an_unknown_outcome_is_settled_in_the_users_own_maildrop() {
         .await
         .unwrap();
 
-    let port = cluster(test).unwrap().port;
-    let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
-    let text = two
-        .config_text(false)
-        .replace(&format!("port={port}"), &format!("port={proxy}"));
-    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
-    let store = PgClusters::from_config(&config.store).unwrap();
+    let (store, cut) = two.store_losing_a_reply(test).await;
     let kept = store
         .deliver_with_uidl(ALICE.0, b"Subject: alice's\r\n\r\ny\r\n".to_vec(), SHARED)
         .await;
@@ -954,13 +961,7 @@ async fn an_unknown_outcome_for_a_uidl_the_maildrop_already_holds_is_not_taken_a
         Err(b"Subject: again\r\n\r\ny\r\n".to_vec())
     );
 
-    let port = cluster(test).unwrap().port;
-    let (proxy, cut) = crate::postgres::reply_losing_proxy(port).await;
-    let text = two
-        .config_text(false)
-        .replace(&format!("port={port}"), &format!("port={proxy}"));
-    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
-    let store = PgClusters::from_config(&config.store).unwrap();
+    let (store, cut) = two.store_losing_a_reply(test).await;
     let kept = store
         .deliver_with_uidl(ALICE.0, b"Subject: again\r\n\r\ny\r\n".to_vec(), KEPT)
         .await;
